@@ -1,0 +1,237 @@
+"""Wire models: the JSON shapes the server speaks and the device client reads.
+
+Both sides import these, so a field renamed here is renamed everywhere and the OpenAPI
+document always matches what the client sends. Bounds on every number keep values
+inside a 64-bit column, so bad input is a 422 and never a database error.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from .names import PATH_MAX_BYTES, check_name, check_text
+
+INT64_MAX = 2**63 - 1
+MAX_CHUNK_BYTES = 64 * 1024 * 1024
+MAX_CHUNKS_PER_VERSION = 100_000
+
+Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(check_name)]
+Target = Annotated[
+    str,
+    Field(min_length=1, max_length=PATH_MAX_BYTES),
+    AfterValidator(lambda v: check_text(v, max_bytes=PATH_MAX_BYTES, what="a symlink target")),
+]
+NodeId = Annotated[int, Field(ge=1, le=INT64_MAX)]
+Rev = Annotated[int, Field(ge=0, le=INT64_MAX)]
+Size = Annotated[int, Field(ge=0, le=INT64_MAX)]
+MtimeNs = Annotated[int, Field(ge=0, le=INT64_MAX)]
+Mode = Annotated[int, Field(ge=0, le=0o7777)]
+FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
+Fingerprint = Annotated[str, Field(pattern=FINGERPRINT_RE.pattern, description="SHA-256 of the plain bytes, lowercase hex")]
+Compression = Literal["none", "zstd"]
+Kind = Literal["file", "dir", "symlink"]
+Op = Literal["create", "modify", "move", "delete", "attr"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ChunkRef(Strict):
+    """One chunk of a version, in file order."""
+
+    fingerprint: Fingerprint
+    length: Annotated[int, Field(ge=1, le=MAX_CHUNK_BYTES)]
+
+
+class ChunkUpload(ChunkRef):
+    """A chunk the device wants to store; `stored_*` describe the bytes as uploaded."""
+
+    compression: Compression = "none"
+    stored_length: Annotated[int, Field(ge=1, le=MAX_CHUNK_BYTES + 65536)] | None = None
+    stored_sha256: Fingerprint | None = None
+
+
+class Node(BaseModel):
+    id: int
+    parent_id: int | None
+    name: str
+    kind: Kind
+    mode: int
+    mtime_ns: int
+    size: int
+    rev: int
+    target: str | None = None
+    deleted: bool = False
+
+
+class SignedRequest(BaseModel):
+    """A request the device makes straight to the object store."""
+
+    method: Literal["GET", "PUT"]
+    url: str
+    headers: dict[str, str] = {}
+
+
+class PrepareUploadRequest(Strict):
+    chunks: Annotated[list[ChunkUpload], Field(max_length=10_000)]
+
+
+class ChunkTicket(BaseModel):
+    fingerprint: str
+    upload: SignedRequest
+
+
+class PrepareUploadResponse(BaseModel):
+    missing: list[ChunkTicket]
+    present: list[str]
+
+
+class PrepareDownloadRequest(Strict):
+    fingerprints: Annotated[list[Fingerprint], Field(max_length=10_000)]
+
+
+class ChunkDownload(BaseModel):
+    fingerprint: str
+    length: int
+    compression: Compression
+    download: SignedRequest
+
+
+class PrepareDownloadResponse(BaseModel):
+    chunks: list[ChunkDownload]
+
+
+class CommitRequest(Strict):
+    """Commit a new version of a file.
+
+    Name the file by `node_id` (an existing file), or by `parent_id` + `name` or
+    `path` (which creates it when `base_rev` is 0). `base_rev` is the revision the device
+    started from; if the server has moved on, the commit is refused with 409.
+    """
+
+    node_id: NodeId | None = None
+    parent_id: NodeId | None = None
+    name: Name | None = None
+    path: Annotated[str, Field(min_length=1, max_length=PATH_MAX_BYTES)] | None = None
+    base_rev: Rev
+    size: Size
+    mtime_ns: MtimeNs
+    mode: Mode | None = Field(default=None, description="permission bits; default 0o644 for a new file, unchanged otherwise")
+    chunks: Annotated[list[ChunkRef], Field(max_length=MAX_CHUNKS_PER_VERSION)]
+
+
+class VersionChunk(BaseModel):
+    fingerprint: str
+    length: int
+    offset: int
+    compression: Compression = "none"
+    download: SignedRequest | None = None
+
+
+class Version(BaseModel):
+    rev: int
+    size: int
+    mtime_ns: int
+    device: str
+    created_at: float
+
+
+class FileInfo(BaseModel):
+    node: Node
+    version: Version | None
+    chunks: list[VersionChunk]
+    cursor: int
+
+
+class CommitResponse(BaseModel):
+    node: Node
+    version: Version
+    cursor: int
+
+
+class MkdirRequest(Strict):
+    parent_id: NodeId
+    name: Name
+    mode: Mode = 0o755
+    mtime_ns: MtimeNs | None = None
+
+
+class SymlinkRequest(Strict):
+    parent_id: NodeId
+    name: Name
+    target: Target
+    mtime_ns: MtimeNs | None = None
+
+
+class MoveRequest(Strict):
+    parent_id: NodeId
+    name: Name
+    replace: bool = False
+
+
+class AttrRequest(Strict):
+    mode: Mode | None = None
+    mtime_ns: MtimeNs | None = None
+
+
+class RestoreRequest(Strict):
+    rev: Annotated[int, Field(ge=1, le=INT64_MAX)]
+    base_rev: Rev | None = None
+
+
+class NodeResponse(BaseModel):
+    node: Node
+    cursor: int
+
+
+class Listing(BaseModel):
+    entries: list[Node]
+    next_after: str | None = Field(description="pass as `after` for the next page; null on the last page")
+
+
+class Snapshot(BaseModel):
+    nodes: list[Node]
+    next_after_id: int | None
+    cursor: int = Field(description="journal position this snapshot is at least as new as")
+
+
+class VersionList(BaseModel):
+    node_id: int
+    versions: list[Version]
+
+
+class Change(BaseModel):
+    seq: int
+    op: Op
+    node: Node
+    old_parent_id: int | None = None
+    old_name: str | None = None
+    device: str
+
+
+class ChangesResponse(BaseModel):
+    changes: list[Change]
+    cursor: int
+    has_more: bool
+
+
+class Me(BaseModel):
+    user_id: int
+    name: str
+    root_id: int
+    cursor: int
+    quota_bytes: int | None
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer. Some errors add fields: `node` (409s), `current_rev`
+    (stale revision), `chunks` (missing chunks), `floor` (expired cursor)."""
+
+    model_config = ConfigDict(extra="allow")
+    error: str
+    detail: str
+    field: str | None = None

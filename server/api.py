@@ -1,0 +1,228 @@
+"""HTTP routes for devices: tree, files, versions and the change feed.
+
+Each handler validates, runs one metadata function in a worker thread, and wakes
+long-polls when it wrote to the journal. The logic lives in `tree.py`, `files.py`
+and `journal.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import trio
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from cloudfs.backend import wire
+from cloudfs.backend.names import split_path
+
+from . import files, journal, tree
+from .app import ServerContext, User, context, current_user, device_name
+from .errors import Invalid
+
+ERRORS = {
+    status: {"model": wire.ErrorBody, "description": description}
+    for status, description in [
+        (400, "bad request"), (401, "missing or unknown token"), (404, "no such node, or not yours"),
+        (409, "conflict: stale revision, name taken, not empty ..."), (410, "cursor older than retained history"),
+        (413, "body too large"), (422, "invalid input or missing chunks"),
+    ]
+}
+router = APIRouter(responses=ERRORS)
+
+Ctx = Annotated[ServerContext, Depends(context)]
+Auth = Annotated[User, Depends(current_user)]
+Device = Annotated[str, Depends(device_name)]
+NodeIdPath = Annotated[int, Path(ge=1, le=wire.INT64_MAX)]
+Cursor = Annotated[int, Query(ge=0, le=wire.INT64_MAX, description="seq of the last change applied; 0 for all")]
+
+
+def _signer(ctx: ServerContext, request: Request) -> files.Signer:
+    return files.Signer(ctx.store, str(request.base_url))
+
+
+@router.get("/health", tags=["server"])
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/me", tags=["server"])
+async def me(ctx: Ctx, user: Auth) -> wire.Me:
+    def run() -> int:
+        with ctx.db.read() as conn:
+            return journal.cursor(conn, user.id)
+    return wire.Me(user_id=user.id, name=user.name, root_id=user.root_id, cursor=await ctx.run_db(run),
+                   quota_bytes=user.quota_bytes)
+
+
+# --- tree ------------------------------------------------------------------------------
+
+
+async def _mutate(ctx: ServerContext, user: User, fn, *args) -> wire.NodeResponse:  # noqa: ANN001
+    def run() -> wire.NodeResponse:
+        with ctx.db.write(user.id) as conn:
+            row, seq = fn(conn, user.id, *args)
+            cursor = seq if seq is not None else journal.cursor(conn, user.id)
+        return wire.NodeResponse(node=tree.to_wire(row), cursor=cursor)
+
+    response = await ctx.run_db(run)
+    ctx.notifier.notify(user.id)
+    return response
+
+
+@router.get("/resolve", tags=["tree"])
+async def resolve(ctx: Ctx, user: Auth, path: Annotated[str, Query(max_length=4095, description="absolute path, '/' is the root")]) -> wire.NodeResponse:
+    try:
+        names = split_path(path)
+    except ValueError as exc:
+        raise Invalid(f"path {path!r}: {exc}", field="path") from None
+
+    def run() -> wire.NodeResponse:
+        with ctx.db.read() as conn:
+            row = tree.resolve(conn, user.id, user.root_id, names)
+            return wire.NodeResponse(node=tree.to_wire(row), cursor=journal.cursor(conn, user.id))
+    return await ctx.run_db(run)
+
+
+@router.get("/nodes", tags=["tree"])
+async def snapshot(ctx: Ctx, user: Auth, after_id: Annotated[int, Query(ge=0, le=wire.INT64_MAX)] = 0,
+                   limit: Annotated[int, Query(ge=1, le=10_000)] = 5000) -> wire.Snapshot:
+    """Every live node, paged by id: how a new or lost device rebuilds its mirror.
+    Take `cursor` from the first page and follow `/changes` from there afterwards."""
+    def run() -> wire.Snapshot:
+        with ctx.db.read() as conn:
+            cursor = journal.cursor(conn, user.id)
+            page, next_after = tree.snapshot(conn, user.id, after_id=after_id, limit=limit)
+        return wire.Snapshot(nodes=page, next_after_id=next_after, cursor=cursor)
+    return await ctx.run_db(run)
+
+
+@router.get("/nodes/{node_id}", tags=["tree"])
+async def get_node(ctx: Ctx, user: Auth, node_id: NodeIdPath) -> wire.NodeResponse:
+    def run() -> wire.NodeResponse:
+        with ctx.db.read() as conn:
+            return wire.NodeResponse(node=tree.to_wire(tree.get(conn, user.id, node_id)), cursor=journal.cursor(conn, user.id))
+    return await ctx.run_db(run)
+
+
+@router.get("/nodes/{node_id}/children", tags=["tree"])
+async def list_dir(ctx: Ctx, user: Auth, node_id: NodeIdPath,
+                   after: Annotated[str | None, Query(max_length=255, description="last name of the previous page")] = None,
+                   limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> wire.Listing:
+    def run() -> wire.Listing:
+        with ctx.db.read() as conn:
+            entries, next_after = tree.list_children(conn, user.id, node_id, after=after, limit=limit)
+        return wire.Listing(entries=entries, next_after=next_after)
+    return await ctx.run_db(run)
+
+
+@router.post("/dirs", status_code=201, tags=["tree"])
+async def mkdir(ctx: Ctx, user: Auth, device: Device, req: wire.MkdirRequest) -> wire.NodeResponse:
+    return await _mutate(ctx, user, tree.mkdir, req, device)
+
+
+@router.post("/symlinks", status_code=201, tags=["tree"])
+async def symlink(ctx: Ctx, user: Auth, device: Device, req: wire.SymlinkRequest) -> wire.NodeResponse:
+    return await _mutate(ctx, user, tree.symlink, req, device)
+
+
+@router.post("/nodes/{node_id}/move", tags=["tree"])
+async def move(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath, req: wire.MoveRequest) -> wire.NodeResponse:
+    """Rename or move a node; a directory moves with its whole subtree in one step."""
+    return await _mutate(ctx, user, tree.move, node_id, req, device)
+
+
+@router.patch("/nodes/{node_id}", tags=["tree"])
+async def set_attr(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath, req: wire.AttrRequest) -> wire.NodeResponse:
+    return await _mutate(ctx, user, tree.set_attr, node_id, req, device)
+
+
+@router.delete("/nodes/{node_id}", tags=["tree"])
+async def delete(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath, recursive: bool = False) -> wire.NodeResponse:
+    """Tombstone a node; a non-empty directory needs `recursive=true`."""
+    return await _mutate(ctx, user, lambda conn, owner: tree.delete(conn, owner, node_id, recursive=recursive, device=device))
+
+
+# --- files -----------------------------------------------------------------------------
+
+
+@router.post("/uploads/prepare", tags=["files"])
+async def prepare_upload(ctx: Ctx, user: Auth, request: Request, req: wire.PrepareUploadRequest) -> wire.PrepareUploadResponse:
+    """Which of these chunks this account lacks, with a signed PUT for each."""
+    return await ctx.run_db(files.prepare_upload, ctx.db, _signer(ctx, request), user.id, req)
+
+
+@router.post("/downloads/prepare", tags=["files"])
+async def prepare_download(ctx: Ctx, user: Auth, request: Request, req: wire.PrepareDownloadRequest) -> wire.PrepareDownloadResponse:
+    """Fresh signed GET URLs for chunks of this account."""
+    return await ctx.run_db(files.prepare_download, ctx.db, _signer(ctx, request), user.id, req)
+
+
+@router.post("/files", tags=["files"])
+async def commit(ctx: Ctx, user: Auth, device: Device, req: wire.CommitRequest) -> wire.CommitResponse:
+    """Commit a version. Every chunk must be uploaded first (422 names the missing ones);
+    a stale `base_rev` is 409 with the current revision."""
+    files.check_commit(req)
+    problems, pending = await ctx.run_db(files.chunk_plan, ctx.db, user.id, req.chunks)
+    verdicts: list[str | None] = [None] * len(pending)
+
+    async def check(i: int) -> None:
+        verdicts[i] = await ctx.run_store(files.check_stored, ctx.store, user.id, pending[i])
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(pending)):
+            nursery.start_soon(check, i)
+    verified = []
+    for row, verdict in zip(pending, verdicts):
+        if verdict is None:
+            verified.append(row["fingerprint"])
+        else:
+            problems[row["fingerprint"]] = verdict
+    await ctx.run_db(files.finish_verification, ctx.db, user.id, verified, problems)
+    response = await ctx.run_db(files.write_commit, ctx.db, user.id, user.root_id, req, device)
+    ctx.notifier.notify(user.id)
+    return response
+
+
+@router.get("/files/{node_id}", tags=["files"])
+async def file_info(ctx: Ctx, user: Auth, request: Request, node_id: NodeIdPath,
+                    rev: Annotated[int | None, Query(ge=1, le=wire.INT64_MAX)] = None, urls: bool = True) -> wire.FileInfo:
+    """Metadata, ordered chunk list and signed GET URLs of the current (or `rev`) version."""
+    return await ctx.run_db(files.file_info, ctx.db, _signer(ctx, request), user.id, node_id, rev=rev, urls=urls)
+
+
+@router.get("/files/{node_id}/versions", tags=["files"])
+async def versions(ctx: Ctx, user: Auth, node_id: NodeIdPath, limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> wire.VersionList:
+    return await ctx.run_db(files.list_versions, ctx.db, user.id, node_id, limit=limit)
+
+
+@router.post("/files/{node_id}/restore", tags=["files"])
+async def restore(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath, req: wire.RestoreRequest) -> wire.CommitResponse:
+    """Make an old revision current again, as a new commit."""
+    response = await ctx.run_db(files.restore, ctx.db, user.id, node_id, req, device)
+    ctx.notifier.notify(user.id)
+    return response
+
+
+# --- change feed -----------------------------------------------------------------------
+
+
+@router.get("/changes", tags=["sync"])
+async def changes(ctx: Ctx, user: Auth, cursor: Cursor = 0,
+                  wait: Annotated[float, Query(ge=0, le=60, description="seconds to hold the request open when nothing is new")] = 0,
+                  limit: Annotated[int, Query(ge=1, le=5000)] = 1000) -> wire.ChangesResponse:
+    """Journal entries after `cursor`, oldest first. With `wait`, long-polls until something
+    arrives. 410 means the cursor is older than retained history: resync from `/nodes`."""
+    def read() -> wire.ChangesResponse:
+        with ctx.db.read() as conn:
+            entries, new_cursor, has_more = journal.read(conn, user.id, cursor, limit)
+        return wire.ChangesResponse(changes=entries, cursor=new_cursor, has_more=has_more)
+
+    deadline = trio.current_time() + wait
+    while True:
+        woken = ctx.notifier.waiter(user.id)
+        response = await ctx.run_db(read)
+        remaining = deadline - trio.current_time()
+        if response.changes or remaining <= 0 or ctx.notifier.closing:
+            return response
+        with trio.move_on_after(remaining):
+            await woken.wait()

@@ -1,0 +1,208 @@
+"""The ASGI application: shared context, authentication, limits and error bodies.
+
+Routes live in `api.py` (metadata) and `blobs.py` (local-store chunk transfer); this
+module wires them to one `ServerContext` and makes every failure a JSON body of the
+shape `{"error", "detail", "field"}`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+import trio
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cloudfs.backend.store import ObjectStore
+
+from . import users
+from .db import Database
+from .errors import ApiError, Invalid, Unauthorized
+from .notifier import ChangeNotifier
+
+log = logging.getLogger("cloudfs.server")
+T = TypeVar("T")
+
+JSON_BODY_LIMIT = 16 * 1024 * 1024
+BLOB_BODY_LIMIT = 80 * 1024 * 1024
+DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.@()+-]{0,63}$")
+TOKEN_CACHE_TTL = 30.0
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    root_id: int
+    quota_bytes: int | None
+
+
+@dataclass
+class ServerContext:
+    db: Database
+    store: ObjectStore
+    notifier: ChangeNotifier = field(default_factory=ChangeNotifier)
+    db_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(16))
+    store_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(16))
+    _token_cache: dict[str, tuple[float, User]] = field(default_factory=dict)
+
+    async def run_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking metadata function in a worker thread."""
+        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self.db_limiter)
+
+    async def run_store(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self.store_limiter)
+
+    async def authenticate(self, token: str) -> User | None:
+        hit = self._token_cache.get(token)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+
+        def lookup() -> User | None:
+            with self.db.read() as conn:
+                row = users.user_for_token(conn, token)
+            return None if row is None else User(row["id"], row["name"], row["root_id"], row["quota_bytes"])
+
+        user = await self.run_db(lookup)
+        if user is not None:
+            if len(self._token_cache) > 10_000:
+                self._token_cache.clear()
+            self._token_cache[token] = (time.monotonic() + TOKEN_CACHE_TTL, user)
+        return user
+
+
+bearer = HTTPBearer(auto_error=False, description="the token printed by `cloudfs user add`")
+
+
+def context(request: Request) -> ServerContext:
+    return request.app.state.ctx
+
+
+async def current_user(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+) -> User:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("send 'Authorization: Bearer <token>'", field="Authorization")
+    token = credentials.credentials
+    if len(token) > 200 or not token.isascii():
+        raise Unauthorized("malformed token", field="Authorization")
+    user = await context(request).authenticate(token)
+    if user is None:
+        raise Unauthorized("unknown token", field="Authorization")
+    return user
+
+
+def device_name(x_cloudfs_device: str | None = Header(default=None, description="name of the device making the change")) -> str:
+    if x_cloudfs_device is None:
+        return "unknown"
+    if not DEVICE_RE.match(x_cloudfs_device):
+        raise Invalid("device name: 1-64 letters, digits, spaces or _.@()+-", field="X-Cloudfs-Device")
+    return x_cloudfs_device
+
+
+class BodyLimit:
+    """Refuse oversized request bodies with 413 before they are read into memory."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = BLOB_BODY_LIMIT if scope["path"].startswith("/blobs/") else JSON_BODY_LIMIT
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return await _send_json(send, 413, {"error": "payload_too_large", "field": "body",
+                                                "detail": f"request bodies here are at most {limit} bytes"})
+        seen = 0
+        started = False
+
+        async def limited_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge()
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _send_json(send, 413, {"error": "payload_too_large", "field": "body",
+                                             "detail": f"request bodies here are at most {limit} bytes"})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _send_json(send: Callable, status: int, body: dict) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _field_of(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (("." if out else "") + p)
+    return out or (str(loc[0]) if loc else "body")
+
+
+def create_app(ctx: ServerContext) -> FastAPI:
+    from . import api, blobs
+
+    app = FastAPI(
+        title="cloudfs",
+        version="1",
+        description="Metadata, change journal and chunk-store URLs for cloudfs devices.",
+    )
+    app.state.ctx = ctx
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+        detail = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            detail = "the body is not valid JSON"
+        return JSONResponse({"error": "invalid", "detail": detail, "field": _field_of(tuple(first.get("loc", ()))),
+                             "problems": len(errors)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": code, "detail": str(exc.detail), "field": None}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal", "detail": "internal server error", "field": None}, status_code=500)
+
+    app.include_router(api.router)
+    app.include_router(blobs.router)
+    app.add_middleware(BodyLimit)
+    return app

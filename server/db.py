@@ -1,0 +1,201 @@
+"""The metadata schema and the one way to open a transaction on SQLite or PostgreSQL.
+
+Both engines run the same SQLAlchemy Core statements. The engine-specific part is
+only how a *write* transaction serialises: SQLite takes the database write lock up
+front (BEGIN IMMEDIATE, so a read-then-write transaction can never fail half way with
+SQLITE_BUSY), PostgreSQL locks the owner's row (SELECT ... FOR UPDATE). Either way one
+user's writes commit in journal order, which is what makes a cursor safe to resume from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from typing import Iterator
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+metadata = sa.MetaData()
+
+users = sa.Table(
+    "users", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("root_id", sa.BigInteger, nullable=True),
+    sa.Column("quota_bytes", sa.BigInteger, nullable=True),
+    sa.Column("journal_floor", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+tokens = sa.Table(
+    "tokens", metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.BigInteger, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+nodes = sa.Table(
+    "nodes", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("owner_id", sa.BigInteger, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("parent_id", sa.BigInteger, nullable=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("mode", sa.Integer, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("rev", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("target", sa.Text, nullable=True),
+    sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+sa.Index(
+    "nodes_live_name", nodes.c.owner_id, nodes.c.parent_id, nodes.c.name, unique=True,
+    sqlite_where=nodes.c.deleted == sa.false(), postgresql_where=nodes.c.deleted == sa.false(),
+)
+sa.Index("nodes_owner_id", nodes.c.owner_id, nodes.c.id)
+
+versions = sa.Table(
+    "versions", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("node_id", sa.BigInteger, sa.ForeignKey("nodes.id"), nullable=False),
+    sa.Column("rev", sa.BigInteger, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("device", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("node_id", "rev", name="versions_node_rev"),
+)
+
+version_chunks = sa.Table(
+    "version_chunks", metadata,
+    sa.Column("version_id", sa.BigInteger, sa.ForeignKey("versions.id"), primary_key=True),
+    sa.Column("idx", sa.Integer, primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("length", sa.Integer, nullable=False),
+)
+
+chunks = sa.Table(
+    "chunks", metadata,
+    sa.Column("owner_id", sa.BigInteger, sa.ForeignKey("users.id"), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), primary_key=True),
+    sa.Column("length", sa.Integer, nullable=False),
+    sa.Column("stored_length", sa.Integer, nullable=False),
+    sa.Column("stored_sha256", sa.String(64), nullable=False),
+    sa.Column("compression", sa.String(8), nullable=False),
+    sa.Column("state", sa.String(8), nullable=False),  # pending | verified | bad
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+journal = sa.Table(
+    "journal", metadata,
+    sa.Column("seq", BigId, primary_key=True, autoincrement=True),
+    sa.Column("owner_id", sa.BigInteger, nullable=False),
+    sa.Column("node_id", sa.BigInteger, nullable=False),
+    sa.Column("op", sa.String(8), nullable=False),
+    sa.Column("rev", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("parent_id", sa.BigInteger, nullable=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("old_parent_id", sa.BigInteger, nullable=True),
+    sa.Column("old_name", sa.Text, nullable=True),
+    sa.Column("mode", sa.Integer, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("target", sa.Text, nullable=True),
+    sa.Column("device", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+sa.Index("journal_owner_seq", journal.c.owner_id, journal.c.seq)
+
+settings = sa.Table(
+    "settings", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+
+def normalise_url(url: str) -> str:
+    """Accept the URLs people type (postgresql://, a bare path) for the drivers we ship."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    if "://" not in url:
+        return f"sqlite:///{url}"
+    return url
+
+
+class Database:
+    """An engine plus the transaction discipline described in the module docstring."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalise_url(url)
+        self.is_sqlite = self.url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine: Engine = sa.create_engine(
+                self.url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, max_overflow=8,
+            )
+            event.listen(self.engine, "connect", _sqlite_on_connect)
+            event.listen(self.engine, "begin", _sqlite_on_begin)
+        else:
+            self.engine = sa.create_engine(self.url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+    def create_schema(self) -> None:
+        with self.engine.begin() as conn:
+            if not self.is_sqlite:
+                # Two servers starting at once must not race on CREATE TABLE.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(84700001)"))
+            metadata.create_all(conn)
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.info["write"] = False
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def write(self, owner_id: int | None = None) -> Iterator[Connection]:
+        """A write transaction, serialised per owner (all writers on SQLite)."""
+        with self.engine.connect() as conn:
+            conn.info["write"] = True
+            with conn.begin():
+                if owner_id is not None and not self.is_sqlite:
+                    conn.execute(sa.select(users.c.id).where(users.c.id == owner_id).with_for_update())
+                yield conn
+
+    def setting(self, key: str, make: "callable[[], str]") -> str:
+        """Read a server-wide setting, creating it once (shared by every replica)."""
+        with self.write() as conn:
+            value = conn.execute(sa.select(settings.c.value).where(settings.c.key == key)).scalar()
+            if value is None:
+                value = make()
+                conn.execute(settings.insert().values(key=key, value=value))
+        return value
+
+    def signing_secret(self) -> bytes:
+        return bytes.fromhex(self.setting("signing_secret", lambda: secrets.token_hex(32)))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API objects
+    dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, see _sqlite_on_begin
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")  # an acknowledged commit lets a device drop its only copy
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write", True) else "BEGIN")
+
+
+def now() -> float:
+    return time.time()

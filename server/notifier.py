@@ -1,0 +1,85 @@
+"""Wakes long-polling `/changes` requests when an owner's journal grows.
+
+Within one server process a commit calls `notify` directly. Across replicas on
+PostgreSQL, every journal append also issues `pg_notify('cloudfs_journal', owner)`,
+delivered at commit time, and `listen_postgres` relays those into `notify`, so a
+long-poll held by any replica wakes for a commit made on any other.
+
+Concurrency: all methods run on the trio thread; an idle waiter costs one shared
+`trio.Event` per owner and no thread.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+import trio
+
+log = logging.getLogger("cloudfs.server")
+
+CHANNEL = "cloudfs_journal"
+
+
+class ChangeNotifier:
+    def __init__(self) -> None:
+        self._events: dict[int, trio.Event] = {}
+        self.closing = False
+
+    def waiter(self, owner_id: int) -> trio.Event:
+        """The event that is set on the owner's next change. Take it *before* reading
+        the journal, so a change landing in between is not missed."""
+        event = self._events.get(owner_id)
+        if event is None:
+            event = self._events[owner_id] = trio.Event()
+        if self.closing:
+            event.set()
+        return event
+
+    def notify(self, owner_id: int) -> None:
+        event = self._events.pop(owner_id, None)
+        if event is not None:
+            event.set()
+
+    def notify_all(self) -> None:
+        events, self._events = self._events, {}
+        for event in events.values():
+            event.set()
+
+    def close(self) -> None:
+        """Server shutdown: every long-poll answers now with what it has."""
+        self.closing = True
+        self.notify_all()
+
+
+async def listen_postgres(dsn: str, notifier: ChangeNotifier, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Relay PostgreSQL notifications into `notifier` until cancelled.
+
+    psycopg's `notifies` blocks, so it runs in a worker thread with a short timeout:
+    cancellation waits at most that long for the thread to come back."""
+    conn = await trio.to_thread.run_sync(lambda: psycopg.connect(dsn, autocommit=True))
+    try:
+        await trio.to_thread.run_sync(conn.execute, f"LISTEN {CHANNEL}")
+        task_status.started()
+
+        def wait() -> list[str]:
+            return [n.payload for n in conn.notifies(timeout=0.5, stop_after=1000)]
+
+        while True:
+            try:
+                payloads = await trio.to_thread.run_sync(wait)
+            except psycopg.Error as exc:
+                log.warning("lost the PostgreSQL LISTEN connection (%s); waking every long-poll and reconnecting", exc)
+                notifier.notify_all()
+                await trio.sleep(1)
+                conn.close()
+                conn = await trio.to_thread.run_sync(lambda: psycopg.connect(dsn, autocommit=True))
+                await trio.to_thread.run_sync(conn.execute, f"LISTEN {CHANNEL}")
+                continue
+            for payload in set(payloads):
+                try:
+                    notifier.notify(int(payload))
+                except ValueError:
+                    log.warning("ignoring notification %r on %s", payload, CHANNEL)
+    finally:
+        conn.close()

@@ -1,0 +1,219 @@
+"""The file tree: nodes, names, moves and tombstones, one owner at a time.
+
+Every function takes an open transaction and the owner's id, and every query filters
+on that owner, so a node id from another account behaves exactly like one that does
+not exist. Mutations append their journal entry in the same transaction.
+"""
+
+from __future__ import annotations
+
+import time
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, RowMapping
+
+from cloudfs.backend import wire
+
+from . import journal
+from .db import nodes
+from .errors import InvalidMove, IsADirectory, NameExists, NotADirectory, NotEmpty, NotFound
+
+MAX_DEPTH = 4096
+
+
+def to_wire(row: RowMapping) -> wire.Node:
+    return wire.Node(
+        id=row["id"], parent_id=row["parent_id"], name=row["name"], kind=row["kind"], mode=row["mode"],
+        mtime_ns=row["mtime_ns"], size=row["size"], rev=row["rev"], target=row["target"], deleted=row["deleted"],
+    )
+
+
+def get(conn: Connection, owner_id: int, node_id: int, *, allow_deleted: bool = False) -> RowMapping:
+    row = conn.execute(
+        sa.select(nodes).where(nodes.c.id == node_id, nodes.c.owner_id == owner_id)
+    ).mappings().first()
+    if row is None or (row["deleted"] and not allow_deleted):
+        raise NotFound(f"no node with id {node_id}", field="id")
+    return row
+
+
+def get_dir(conn: Connection, owner_id: int, node_id: int, *, field: str = "parent_id") -> RowMapping:
+    try:
+        row = get(conn, owner_id, node_id)
+    except NotFound:
+        raise NotFound(f"no directory with id {node_id}", field=field) from None
+    if row["kind"] != "dir":
+        raise NotADirectory(f"node {node_id} ({row['name']!r}) is not a directory", field=field)
+    return row
+
+
+def child(conn: Connection, owner_id: int, parent_id: int, name: str) -> RowMapping | None:
+    return conn.execute(
+        sa.select(nodes).where(
+            nodes.c.owner_id == owner_id, nodes.c.parent_id == parent_id,
+            nodes.c.name == name, nodes.c.deleted == sa.false(),
+        )
+    ).mappings().first()
+
+
+def has_children(conn: Connection, owner_id: int, node_id: int) -> bool:
+    return conn.execute(
+        sa.select(nodes.c.id).where(
+            nodes.c.owner_id == owner_id, nodes.c.parent_id == node_id, nodes.c.deleted == sa.false()
+        ).limit(1)
+    ).first() is not None
+
+
+def resolve(conn: Connection, owner_id: int, root_id: int, names: list[str]) -> RowMapping:
+    """Walk `names` from the root; NotFound names the first component that is missing."""
+    row = get(conn, owner_id, root_id)
+    walked = ""
+    for name in names:
+        if row["kind"] != "dir":
+            raise NotADirectory(f"{walked or '/'} is not a directory", field="path")
+        found = child(conn, owner_id, row["id"], name)
+        walked += "/" + name
+        if found is None:
+            raise NotFound(f"{walked} does not exist", field="path")
+        row = found
+    return row
+
+
+def list_children(conn: Connection, owner_id: int, dir_id: int, *, after: str | None, limit: int) -> tuple[list[wire.Node], str | None]:
+    get_dir(conn, owner_id, dir_id, field="id")
+    query = sa.select(nodes).where(
+        nodes.c.owner_id == owner_id, nodes.c.parent_id == dir_id, nodes.c.deleted == sa.false()
+    )
+    if after is not None:
+        query = query.where(nodes.c.name > after)
+    rows = conn.execute(query.order_by(nodes.c.name).limit(limit + 1)).mappings().all()
+    page = [to_wire(r) for r in rows[:limit]]
+    return page, (page[-1].name if len(rows) > limit else None)
+
+
+def snapshot(conn: Connection, owner_id: int, *, after_id: int, limit: int) -> tuple[list[wire.Node], int | None]:
+    rows = conn.execute(
+        sa.select(nodes).where(nodes.c.owner_id == owner_id, nodes.c.deleted == sa.false(), nodes.c.id > after_id)
+        .order_by(nodes.c.id).limit(limit + 1)
+    ).mappings().all()
+    page = [to_wire(r) for r in rows[:limit]]
+    return page, (page[-1].id if len(rows) > limit else None)
+
+
+def create_root(conn: Connection, owner_id: int) -> int:
+    return conn.execute(
+        nodes.insert().values(owner_id=owner_id, parent_id=None, name="", kind="dir", mode=0o755,
+                              mtime_ns=time.time_ns(), size=0, rev=1, deleted=False)
+    ).inserted_primary_key[0]
+
+
+def insert(conn: Connection, owner_id: int, *, parent_id: int, name: str, kind: str, mode: int,
+           mtime_ns: int | None, device: str, target: str | None = None, size: int = 0, rev: int = 1,
+           record: bool = True) -> tuple[RowMapping, int | None]:
+    """Create a node under a checked directory; the name must be free. With `record`
+    False the caller appends the journal entry itself (a file's first commit)."""
+    existing = child(conn, owner_id, parent_id, name)
+    if existing is not None:
+        raise NameExists(f"{name!r} already exists in directory {parent_id}", field="name", node=to_wire(existing).model_dump())
+    node_id = conn.execute(
+        nodes.insert().values(owner_id=owner_id, parent_id=parent_id, name=name, kind=kind, mode=mode,
+                              mtime_ns=mtime_ns if mtime_ns is not None else time.time_ns(), size=size,
+                              rev=rev, target=target, deleted=False)
+    ).inserted_primary_key[0]
+    row = get(conn, owner_id, node_id)
+    return row, (journal.append(conn, owner_id, "create", row, device=device) if record else None)
+
+
+def mkdir(conn: Connection, owner_id: int, req: wire.MkdirRequest, device: str) -> tuple[RowMapping, int]:
+    get_dir(conn, owner_id, req.parent_id)
+    return insert(conn, owner_id, parent_id=req.parent_id, name=req.name, kind="dir", mode=req.mode,
+                  mtime_ns=req.mtime_ns, device=device)
+
+
+def symlink(conn: Connection, owner_id: int, req: wire.SymlinkRequest, device: str) -> tuple[RowMapping, int]:
+    get_dir(conn, owner_id, req.parent_id)
+    return insert(conn, owner_id, parent_id=req.parent_id, name=req.name, kind="symlink", mode=0o777,
+                  mtime_ns=req.mtime_ns, device=device, target=req.target, size=len(req.target.encode()))
+
+
+def _is_ancestor(conn: Connection, owner_id: int, ancestor_id: int, node_id: int) -> bool:
+    current: int | None = node_id
+    for _ in range(MAX_DEPTH):
+        if current is None:
+            return False
+        if current == ancestor_id:
+            return True
+        current = conn.execute(
+            sa.select(nodes.c.parent_id).where(nodes.c.id == current, nodes.c.owner_id == owner_id)
+        ).scalar()
+    raise InvalidMove("directory tree deeper than the server allows", field="parent_id")
+
+
+def move(conn: Connection, owner_id: int, node_id: int, req: wire.MoveRequest, device: str) -> tuple[RowMapping, int | None]:
+    """Rename and/or reparent one node: one journal entry however big the subtree.
+
+    With `replace`, an existing destination is tombstoned in the same transaction
+    (rename(2) semantics: a directory only replaces an empty directory, a file only a
+    non-directory). Returns the journal seq, or None when nothing changed.
+    """
+    row = get(conn, owner_id, node_id)
+    if row["parent_id"] is None:
+        raise InvalidMove("the root directory cannot be moved", field="id")
+    get_dir(conn, owner_id, req.parent_id)
+    if row["kind"] == "dir" and _is_ancestor(conn, owner_id, node_id, req.parent_id):
+        raise InvalidMove(f"cannot move directory {node_id} into itself or its own subtree", field="parent_id")
+    if row["parent_id"] == req.parent_id and row["name"] == req.name:
+        return row, None
+    existing = child(conn, owner_id, req.parent_id, req.name)
+    if existing is not None:
+        if not req.replace:
+            raise NameExists(f"{req.name!r} already exists in directory {req.parent_id}", field="name",
+                             node=to_wire(existing).model_dump())
+        if existing["kind"] == "dir" and row["kind"] != "dir":
+            raise IsADirectory(f"{req.name!r} is a directory; a {row['kind']} cannot replace it", field="name")
+        if existing["kind"] != "dir" and row["kind"] == "dir":
+            raise NotADirectory(f"{req.name!r} is not a directory; a directory cannot replace it", field="name")
+        if existing["kind"] == "dir" and has_children(conn, owner_id, existing["id"]):
+            raise NotEmpty(f"{req.name!r} is a non-empty directory", field="name")
+        _tombstone(conn, owner_id, existing, device)
+    conn.execute(nodes.update().where(nodes.c.id == node_id).values(parent_id=req.parent_id, name=req.name))
+    moved = get(conn, owner_id, node_id)
+    seq = journal.append(conn, owner_id, "move", moved, device=device,
+                         old_parent_id=row["parent_id"], old_name=row["name"])
+    return moved, seq
+
+
+def set_attr(conn: Connection, owner_id: int, node_id: int, req: wire.AttrRequest, device: str) -> tuple[RowMapping, int | None]:
+    row = get(conn, owner_id, node_id)
+    values = {k: v for k, v in (("mode", req.mode), ("mtime_ns", req.mtime_ns)) if v is not None}
+    if not values or all(row[k] == v for k, v in values.items()):
+        return row, None
+    conn.execute(nodes.update().where(nodes.c.id == node_id).values(**values))
+    row = get(conn, owner_id, node_id)
+    return row, journal.append(conn, owner_id, "attr", row, device=device)
+
+
+def delete(conn: Connection, owner_id: int, node_id: int, *, recursive: bool, device: str) -> tuple[RowMapping, int]:
+    """Tombstone a node (and, with `recursive`, its whole subtree) as one journal entry.
+    Versions stay, so a deleted file can be restored."""
+    row = get(conn, owner_id, node_id)
+    if row["parent_id"] is None:
+        raise InvalidMove("the root directory cannot be deleted", field="id")
+    if row["kind"] == "dir" and has_children(conn, owner_id, node_id) and not recursive:
+        raise NotEmpty(f"directory {node_id} ({row['name']!r}) is not empty", field="id")
+    seq = _tombstone(conn, owner_id, row, device)
+    return get(conn, owner_id, node_id, allow_deleted=True), seq
+
+
+def _tombstone(conn: Connection, owner_id: int, row: RowMapping, device: str) -> int:
+    if row["kind"] == "dir":
+        subtree = sa.select(nodes.c.id).where(
+            nodes.c.owner_id == owner_id, nodes.c.parent_id == row["id"], nodes.c.deleted == sa.false()
+        ).cte("subtree", recursive=True)
+        subtree = subtree.union_all(
+            sa.select(nodes.c.id).where(nodes.c.parent_id == subtree.c.id, nodes.c.deleted == sa.false())
+        )
+        conn.execute(nodes.update().where(nodes.c.id.in_(sa.select(subtree.c.id))).values(deleted=True))
+    conn.execute(nodes.update().where(nodes.c.id == row["id"]).values(deleted=True))
+    gone = get(conn, owner_id, row["id"], allow_deleted=True)
+    return journal.append(conn, owner_id, "delete", gone, device=device)

@@ -1,0 +1,48 @@
+"""Accounts and bearer tokens. Tokens are 256-bit random strings; only their SHA-256
+is stored, so a leaked database does not leak a usable token."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from . import tree
+from .db import Database, tokens, users
+
+USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+
+class UserExistsError(Exception):
+    pass
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def add_user(db: Database, name: str, *, quota_bytes: int | None = None) -> str:
+    """Create `name` with its root directory and first token; returns the token."""
+    if not USER_NAME_RE.match(name):
+        raise ValueError(f"user name {name!r}: use 1-64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit")
+    token = "cfs_" + secrets.token_urlsafe(32)
+    with db.write() as conn:
+        if conn.execute(sa.select(users.c.id).where(users.c.name == name)).first() is not None:
+            raise UserExistsError(f"user {name!r} already exists")
+        user_id = conn.execute(
+            users.insert().values(name=name, quota_bytes=quota_bytes, journal_floor=0, created_at=time.time())
+        ).inserted_primary_key[0]
+        root_id = tree.create_root(conn, user_id)
+        conn.execute(users.update().where(users.c.id == user_id).values(root_id=root_id))
+        conn.execute(tokens.insert().values(token_hash=hash_token(token), user_id=user_id, created_at=time.time()))
+    return token
+
+
+def user_for_token(conn: Connection, token: str) -> sa.RowMapping | None:
+    return conn.execute(
+        sa.select(users).join(tokens, tokens.c.user_id == users.c.id).where(tokens.c.token_hash == hash_token(token))
+    ).mappings().first()
