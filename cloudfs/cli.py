@@ -23,7 +23,7 @@ def _server(args: argparse.Namespace) -> int:
 
 
 def _user_add(args: argparse.Namespace) -> int:
-    from cloudfs.server.main import open_database
+    from cloudfs.server.db import open_database
     from cloudfs.server.users import UserExistsError, add_user
 
     db = open_database(args.data, args.db)

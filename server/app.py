@@ -110,7 +110,13 @@ def device_name(x_cloudfs_device: str | None = Header(default=None, description=
 
 
 class BodyLimit:
-    """Refuse oversized request bodies with 413 before they are read into memory."""
+    """Refuse oversized request bodies with 413 before they are read into memory.
+
+    A declared Content-Length over the limit is refused before the app runs. A body
+    without one (chunked) is counted as it arrives; once it passes the limit, reading
+    raises `_TooLarge`. FastAPI turns any error while reading a JSON body into its own
+    400, so whatever the app answers after the limit was hit is replaced by the 413.
+    """
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -119,24 +125,32 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = BLOB_BODY_LIMIT if scope["path"].startswith("/blobs/") else JSON_BODY_LIMIT
+        too_large = {"error": "payload_too_large", "field": "body",
+                     "detail": f"request bodies here are at most {limit} bytes"}
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            return await _send_json(send, 413, {"error": "payload_too_large", "field": "body",
-                                                "detail": f"request bodies here are at most {limit} bytes"})
+            return await _send_json(send, 413, too_large)
         seen = 0
         started = False
+        over = False
 
         async def limited_receive() -> dict:
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    over = True
                     raise _TooLarge()
             return message
 
         async def tracking_send(message: dict) -> None:
             nonlocal started
+            if over:
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await _send_json(send, 413, too_large)
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
@@ -144,8 +158,7 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await _send_json(send, 413, {"error": "payload_too_large", "field": "body",
-                                             "detail": f"request bodies here are at most {limit} bytes"})
+                await _send_json(send, 413, too_large)
 
 
 class _TooLarge(Exception):
@@ -159,8 +172,13 @@ async def _send_json(send: Callable, status: int, body: dict) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+LOCATIONS = ("body", "query", "path", "header", "cookie")
+
+
 def _field_of(loc: tuple) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    """`("body", "chunks", 3, "length")` -> `"chunks[3].length"`. Only the first element
+    is a location: a field that happens to be called `path` keeps its name."""
+    parts = [str(p) for p in (loc[1:] if loc and loc[0] in LOCATIONS else loc)]
     out = ""
     for p in parts:
         out += f"[{p}]" if p.isdigit() else (("." if out else "") + p)
@@ -186,13 +204,23 @@ def create_app(ctx: ServerContext) -> FastAPI:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
         detail = first.get("msg", "invalid request")
+        field = _field_of(tuple(first.get("loc", ())))
         if first.get("type") == "json_invalid":
-            detail = "the body is not valid JSON"
-        return JSONResponse({"error": "invalid", "detail": detail, "field": _field_of(tuple(first.get("loc", ()))),
+            loc = tuple(first.get("loc", ()))
+            reason = (first.get("ctx") or {}).get("error", "")
+            at = f" at byte {loc[1]}" if len(loc) > 1 else ""
+            detail, field = f"the body is not valid JSON{': ' + reason if reason else ''}{at}", "body"
+        return JSONResponse({"error": "invalid", "detail": detail, "field": field,
                              "problems": len(errors)}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI could not decode the JSON body: deeper nesting than the parser
+            # allows, an integer of thousands of digits. Same answer as malformed JSON.
+            reason = str(exc.__cause__)[:200] or type(exc.__cause__).__name__
+            return JSONResponse({"error": "invalid", "detail": f"the body is not valid JSON: {reason}",
+                                 "field": "body", "problems": 1}, status_code=422)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse({"error": code, "detail": str(exc.detail), "field": None}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -167,7 +168,7 @@ class Database:
                     conn.execute(sa.select(users.c.id).where(users.c.id == owner_id).with_for_update())
                 yield conn
 
-    def setting(self, key: str, make: "callable[[], str]") -> str:
+    def setting(self, key: str, make: Callable[[], str]) -> str:
         """Read a server-wide setting, creating it once (shared by every replica)."""
         with self.write() as conn:
             value = conn.execute(sa.select(settings.c.value).where(settings.c.key == key)).scalar()
@@ -181,6 +182,15 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def open_database(data_dir: Path, db_url: str | None) -> Database:
+    """The server's database: `db_url`, or the embedded SQLite file in `data_dir`."""
+    if db_url is None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(db_url or str(data_dir / "cloudfs.sqlite3"))
+    db.create_schema()
+    return db
 
 
 def _sqlite_on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API objects

@@ -22,7 +22,7 @@ from cloudfs.backend.store import open_store
 
 from . import journal
 from .app import ServerContext, create_app
-from .db import Database, users
+from .db import Database, open_database, users
 from .notifier import listen_postgres
 
 log = logging.getLogger("cloudfs.server")
@@ -37,13 +37,6 @@ class ServerOptions:
     store_url: str | None = None
     journal_retain: int = 1_000_000
     prune_interval: float = 300.0
-
-
-def open_database(data_dir: Path, db_url: str | None) -> Database:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(db_url or str(data_dir / "cloudfs.sqlite3"))
-    db.create_schema()
-    return db
 
 
 async def prune_journal(db: Database, retain: int, interval: float) -> None:

@@ -76,6 +76,12 @@ class Api(httpx.Client):
             self.me = self.get("/me").json()
             self.root_id = self.me["root_id"]
 
+    def __enter__(self) -> "Api":  # already opened by the /me request above
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 @pytest.fixture
 def alice(server: ServerProcess) -> Iterator[Api]:

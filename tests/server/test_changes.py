@@ -1,0 +1,105 @@
+"""The change feed: paging, long-poll wake-ups, retention (410) and shutdown."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import Api, start_server
+from tests.server.helpers import changes, cursor, mkdir, put_file
+
+
+def test_pages_with_has_more(alice):
+    start = cursor(alice)
+    d = mkdir(alice, alice.root_id, "feed")
+    for i in range(9):
+        mkdir(alice, d["id"], f"e{i}")
+    seen, at = [], start
+    for _ in range(10):
+        page = changes(alice, at, limit=4)
+        seen += [c["node"]["name"] for c in page["changes"]]
+        assert page["cursor"] >= at
+        at = page["cursor"]
+        if not page["has_more"]:
+            break
+    assert seen == ["feed"] + [f"e{i}" for i in range(9)]
+    assert changes(alice, at) == {"changes": [], "cursor": at, "has_more": False}
+
+
+def test_long_poll_wakes_on_commit(alice):
+    at = cursor(alice)
+    result: dict = {}
+
+    def poll() -> None:
+        t0 = time.monotonic()
+        result["body"] = alice.get("/changes", params={"cursor": at, "wait": 20}).json()
+        result["waited"] = time.monotonic() - t0
+
+    waiter = threading.Thread(target=poll)
+    waiter.start()
+    time.sleep(0.5)
+    node = put_file(alice, "/wake-up")
+    waiter.join(timeout=25)
+    assert not waiter.is_alive()
+    assert [c["node"]["id"] for c in result["body"]["changes"]] == [node["id"]]
+    assert 0.4 < result["waited"] < 5
+
+
+def test_long_poll_times_out_empty(alice):
+    at = cursor(alice)
+    t0 = time.monotonic()
+    body = changes(alice, at, wait=1)
+    assert body["changes"] == [] and body["cursor"] == at
+    assert 0.9 < time.monotonic() - t0 < 5
+
+
+def test_cursor_from_the_future_is_gone(alice):
+    r = alice.get("/changes", params={"cursor": 10**15})
+    assert r.status_code == 410 and r.json()["error"] == "cursor_expired"
+
+
+@pytest.mark.parametrize("kind", ["sqlite-local"])
+def test_pruned_history_answers_410(kind, tmp_path, request):
+    with start_server(kind, tmp_path, request, ["--journal-retain", "3", "--prune-interval", "0.2"]) as srv:
+        with Api(srv, srv.add_user("pruned")) as api:
+            start = cursor(api)
+            for i in range(8):
+                mkdir(api, api.root_id, f"d{i}")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                r = api.get("/changes", params={"cursor": start})
+                if r.status_code == 410:
+                    break
+                time.sleep(0.2)
+            assert r.status_code == 410, r.text
+            assert r.json()["field"] == "cursor"
+            newest = cursor(api)
+            recent = api.get("/changes", params={"cursor": newest - 2})
+            assert recent.status_code == 200 and len(recent.json()["changes"]) == 2
+
+
+def test_sigterm_answers_long_polls_and_exits_zero(tmp_path, request):
+    with start_server("sqlite-local", tmp_path, request) as srv:
+        token = srv.add_user("sleepy")
+        client = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        at = client.get("/me").json()["cursor"]
+        result: dict = {}
+
+        def poll() -> None:
+            r = client.get("/changes", params={"cursor": at, "wait": 60})
+            result["status"] = r.status_code
+
+        waiter = threading.Thread(target=poll)
+        waiter.start()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(timeout=15) == 0
+        waiter.join(timeout=5)
+        assert result.get("status") == 200, "the in-flight long-poll was answered, not dropped"
+        assert time.monotonic() - t0 < 10
+        client.close()
