@@ -96,3 +96,45 @@ def test_commit_refuses_chunks_never_uploaded(server, alice):
                 raise AssertionError("commit of a chunk that was never uploaded was accepted")
 
     trio.run(main)
+
+
+def test_bytes_that_do_not_match_their_fingerprint_never_commit(server, alice):
+    """Local store: the PUT itself is refused. S3 (moto keeps no checksum): the PUT lands,
+    and the server's verification at commit time catches it."""
+    good, evil = os.urandom(5000), os.urandom(5000)
+    fp = hashlib.sha256(good).hexdigest()
+    prep = alice.post("/uploads/prepare", json={"chunks": [{"fingerprint": fp, "length": 5000}]}).json()
+    upload = prep["missing"][0]["upload"]
+    put = alice.request(upload["method"], upload["url"], content=evil, headers={**upload["headers"], "Authorization": ""})
+    if put.status_code < 300:
+        assert server.store_url and server.store_url.startswith("s3://")
+    else:
+        assert put.status_code == 422 and put.json()["error"] == "corrupt_chunk"
+    r = alice.post("/files", json={"path": "/evil", "base_rev": 0, "size": 5000, "mtime_ns": 1,
+                                   "chunks": [{"fingerprint": fp, "length": 5000}]})
+    assert r.status_code == 422 and r.json()["error"] == "missing_chunks", r.text
+    assert alice.get("/resolve", params={"path": "/evil"}).status_code == 404
+    # The honest upload still works afterwards.
+    put = alice.request(upload["method"], upload["url"], content=good, headers={**upload["headers"], "Authorization": ""})
+    assert put.status_code < 300
+    again = alice.post("/uploads/prepare", json={"chunks": [{"fingerprint": fp, "length": 5000}]}).json()
+    for ticket in again["missing"]:
+        up = ticket["upload"]
+        alice.request(up["method"], up["url"], content=good, headers={**up["headers"], "Authorization": ""})
+    r = alice.post("/files", json={"path": "/evil", "base_rev": 0, "size": 5000, "mtime_ns": 1,
+                                   "chunks": [{"fingerprint": fp, "length": 5000}]})
+    assert r.status_code == 200, r.text
+
+
+def test_tampered_or_unsigned_blob_urls_are_refused(server, alice):
+    if server.store_url:
+        return  # S3 signs its own URLs; moto does not check signatures
+    data = os.urandom(100)
+    fp = hashlib.sha256(data).hexdigest()
+    prep = alice.post("/uploads/prepare", json={"chunks": [{"fingerprint": fp, "length": 100}]}).json()
+    url = prep["missing"][0]["upload"]["url"]
+    assert alice.put(url.replace("len=100", "len=101"), content=data + b"x").status_code == 403
+    assert alice.put(url.split("?")[0], content=data).status_code == 403
+    other_key = url.replace(fp, hashlib.sha256(b"other").hexdigest())
+    assert alice.put(other_key, content=data).status_code == 403
+    assert alice.put(url, content=data).status_code == 201
