@@ -120,6 +120,10 @@ class ApiClient:
         if response.status_code >= 300:
             raise from_response(response.status_code, _error_body(response))
 
+    async def prepare_download(self, fingerprints: list[str]) -> wire.PrepareDownloadResponse:
+        return wire.PrepareDownloadResponse.model_validate(
+            await self._call("POST", "/downloads/prepare", json={"fingerprints": fingerprints}))
+
     async def commit(self, req: wire.CommitRequest) -> wire.CommitResponse:
         return wire.CommitResponse.model_validate(
             await self._call("POST", "/files", json=req.model_dump(exclude_none=True)))

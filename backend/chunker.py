@@ -2,7 +2,8 @@
 
 Cut points depend on the bytes, not on offsets, so inserting a few bytes near the
 start of a file changes one or two chunks instead of all of them. The average chunk
-grows with the file so that a 50 GB file still has only a few thousand chunks.
+grows with the file, but pyfastcdc caps it at 4 MiB (a real mean of ~5 MiB): up to 16 GiB
+a file has at most about TARGET_CHUNKS chunks, a 50 GB file about 10,000.
 Fingerprints are SHA-256 of the plain bytes (what S3 can verify on upload).
 """
 

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import re
+import stat
 import time
 import uuid
 
@@ -26,10 +27,15 @@ from .store import CorruptChunkError, NoSuchKeyError, ObjectInfo, StoreError
 from .wire import SignedRequest
 
 KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,254}$")
+ZSTD_SLICE = 1024
+"""Compressed bytes fed to the decompressor per call. A zstd block takes at least 4 bytes
+and expands to at most 128 KiB, so one call yields at most ~32 MiB however the body was
+crafted; a bomb is refused once it passes the signed plain length, never held whole."""
 
 
 def check_key(key: str) -> str:
-    if not KEY_RE.match(key) or ".." in key or "//" in key:
+    # fullmatch: `$` alone would also accept a trailing newline
+    if not KEY_RE.fullmatch(key) or ".." in key or "//" in key:
         raise NoSuchKeyError(f"invalid object key {key!r}")
     return key
 
@@ -68,17 +74,20 @@ class LocalStore:
             st = self._path(key).stat()
         except (FileNotFoundError, NotADirectoryError):
             raise NoSuchKeyError(key) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise NoSuchKeyError(key)  # a directory of keys, not an object
         return ObjectInfo(size=st.st_size, verified_on_write=True)
 
     def delete(self, key: str) -> None:
         try:
             self._path(key).unlink()
-        except FileNotFoundError:
-            pass
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            pass  # no object under this key
 
     def list(self, prefix: str = "") -> Iterator[str]:
         for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if d != ".tmp")
+            # only the top-level .tmp holds uploads in progress; "a/.tmp/x" is a valid key
+            dirnames[:] = sorted(d for d in dirnames if not (d == ".tmp" and dirpath == str(self.root)))
             for name in sorted(filenames):
                 key = os.path.relpath(os.path.join(dirpath, name), self.root)
                 if key.startswith(prefix):
@@ -143,12 +152,25 @@ class BlobWriter:
             raise CorruptChunkError(f"{self.key}: body longer than the signed {self.expected_length} bytes")
         self.hash.update(data)
         if self.decompressor is not None:
-            plain = self.decompressor.decompress(data)
+            self._decompress(data)
+        self.file.write(data)
+
+    def _decompress(self, data: bytes) -> None:
+        """Hash the plain bytes; the body must be exactly one zstd frame."""
+        view = memoryview(data)
+        for start in range(0, len(view), ZSTD_SLICE):
+            if self.decompressor.eof:
+                raise CorruptChunkError(f"{self.key}: data after the end of the zstd frame")
+            try:
+                plain = self.decompressor.decompress(view[start:start + ZSTD_SLICE])
+            except zstandard.ZstdError as exc:
+                raise CorruptChunkError(f"{self.key}: not a valid zstd frame ({exc})") from None
+            if self.decompressor.unused_data:
+                raise CorruptChunkError(f"{self.key}: data after the end of the zstd frame")
             self.plain_seen += len(plain)
             if self.plain_length is not None and self.plain_seen > self.plain_length:
                 raise CorruptChunkError(f"{self.key}: decompresses to more than {self.plain_length} bytes")
             self.plain_hash.update(plain)
-        self.file.write(data)
 
     def finish(self) -> None:
         """Verify, fsync, rename into place, fsync the directory. Blocking."""
@@ -158,6 +180,8 @@ class BlobWriter:
         if self.expected_sha256 is not None and digest != self.expected_sha256:
             raise CorruptChunkError(f"{self.key}: body hashes to {digest}, not {self.expected_sha256}")
         if self.decompressor is not None:
+            if not self.decompressor.eof:
+                raise CorruptChunkError(f"{self.key}: the zstd frame is incomplete")
             plain_digest = self.plain_hash.hexdigest()
             if self.plain_length is not None and self.plain_seen != self.plain_length:
                 raise CorruptChunkError(f"{self.key}: decompresses to {self.plain_seen} bytes, not {self.plain_length}")

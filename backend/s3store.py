@@ -14,7 +14,7 @@ from typing import Iterator
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError
+from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError, IncompleteReadError
 
 from .store import NoSuchKeyError, ObjectInfo, StoreError, TransientError
 from .wire import SignedRequest
@@ -31,18 +31,20 @@ def _translate(exc: Exception, key: str) -> StoreError:
         if status >= 500 or code in ("SlowDown", "RequestTimeout", "InternalError"):
             return TransientError(f"{key}: {code} ({status})")
         return StoreError(f"{key}: {code} ({status})")
-    if isinstance(exc, (BotoConnectionError, BotoCoreError)):
+    if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError)):
         return TransientError(f"{key}: {exc}")
+    # other BotoCoreErrors (bad parameters, no credentials) fail the same way on every retry
     return StoreError(f"{key}: {exc}")
 
 
 class S3Store:
     def __init__(self, bucket: str, *, endpoint: str | None = None, region: str | None = None) -> None:
         self.bucket = bucket
+        self.region = region or "us-east-1"
         self.client = boto3.client(
             "s3",
             endpoint_url=endpoint,
-            region_name=region or "us-east-1",
+            region_name=self.region,
             config=Config(
                 signature_version="s3v4",
                 s3={"addressing_style": "path"},
@@ -57,10 +59,17 @@ class S3Store:
         """Create the bucket when it does not exist yet (first start of a server)."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
+            return
         except ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code")) not in ("404", "NoSuchBucket", "NotFound"):
                 raise _translate(exc, self.bucket) from exc
-            self.client.create_bucket(Bucket=self.bucket)
+        # outside us-east-1, S3 refuses a bucket without a LocationConstraint for its region
+        where = {} if self.region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": self.region}}
+        try:
+            self.client.create_bucket(Bucket=self.bucket, **where)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) != "BucketAlreadyOwnedByYou":  # lost a race: fine
+                raise _translate(exc, self.bucket) from exc
 
     def put(self, key: str, data: bytes) -> None:
         try:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,6 +43,100 @@ def _user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_size(text: str) -> int:
+    """'10G', '512M', '1.5GiB', '4096' -> bytes."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in "KMGT" else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (try 10G or 512M)") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the size must be positive")
+    return int(number * units[unit])
+
+
+def _mount(args: argparse.Namespace) -> int:
+    from cloudfs.backend.session import SessionOptions, default_cache_dir
+
+    token = args.token or os.environ.get("CLOUDFS_TOKEN")
+    if not token:
+        print("cloudfs mount: no token (use --token or set CLOUDFS_TOKEN)", file=sys.stderr)
+        return 2
+    mountpoint = args.mountpoint.resolve()
+    if not mountpoint.is_dir():
+        print(f"cloudfs mount: {mountpoint} is not a directory", file=sys.stderr)
+        return 2
+    if os.path.ismount(mountpoint):
+        print(f"cloudfs mount: {mountpoint} is already a mount point", file=sys.stderr)
+        return 1
+    cache_dir = args.cache or default_cache_dir(Path(platformdirs.user_cache_dir("cloudfs")), args.server_url, mountpoint)
+    if not args.foreground:
+        from cloudfs.fs.mount import spawn
+
+        argv = ["mount", args.server_url, str(mountpoint), "--cache", str(cache_dir), "--cache-size",
+                str(args.cache_size), "--device", args.device]
+        os.environ["CLOUDFS_TOKEN"] = token
+        return spawn(argv, mountpoint, cache_dir / "mount.log")
+    from cloudfs.fs.mount import MountOptions, run_foreground
+
+    session = SessionOptions(server_url=args.server_url, token=token, cache_dir=cache_dir,
+                             cache_size=args.cache_size, device=args.device)
+    return run_foreground(MountOptions(session=session, mountpoint=mountpoint))
+
+
+def _control(mountpoint: Path, payload: dict, timeout: float) -> dict | None:
+    from cloudfs.backend import control
+
+    try:
+        return control.request(mountpoint.resolve(), payload, timeout=timeout)
+    except OSError as exc:
+        print(f"cloudfs: no cloudfs mount answers at {mountpoint} ({exc})", file=sys.stderr)
+        return None
+
+
+def _status(args: argparse.Namespace) -> int:
+    reply = _control(args.mountpoint, {"command": "status"}, 10)
+    if reply is None:
+        return 1
+    reply.pop("ok", None)
+    if args.json:
+        print(json.dumps(reply))
+        return 0
+    print(f"{reply['mountpoint']}: {'online' if reply['online'] else 'OFFLINE'}")
+    print(f"  pending uploads: {reply['pending_files']} files, {reply['pending_bytes']} bytes")
+    print(f"  cursor: {reply['cursor']}   conflicts: {reply['conflicts']}")
+    print(f"  cache: {reply['cache_bytes']} of {reply['cache_limit']} bytes")
+    if reply.get("last_error") and not reply["online"]:
+        print(f"  last error: {reply['last_error']}")
+    return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    reply = _control(args.mountpoint, {"command": "sync", "timeout": args.timeout}, args.timeout + 10)
+    if reply is None:
+        return 1
+    if not reply.get("ok"):
+        print(f"cloudfs sync: not done after {args.timeout}s ({reply.get('pending_files')} files pending)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _umount(args: argparse.Namespace) -> int:
+    mountpoint = args.mountpoint.resolve()
+    reply = _control(mountpoint, {"command": "flush", "timeout": args.timeout}, args.timeout + 10)
+    if reply is None or not reply.get("ok"):
+        print(f"cloudfs umount: pending changes could not be uploaded; {mountpoint} stays mounted", file=sys.stderr)
+        return 1
+    done = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"cloudfs umount: {done.stderr.strip()}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cloudfs", description="A self-hosted cloud drive as a FUSE filesystem.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
@@ -62,6 +160,31 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--db", help="database URL, as for `cloudfs server --db`")
     add.add_argument("--quota", type=int, default=None, metavar="BYTES", help="storage quota (default: none)")
     add.set_defaults(func=_user_add)
+
+    mount = verbs.add_parser("mount", help="mount the drive (returns once it answers, unless --foreground)")
+    mount.add_argument("server_url", metavar="SERVER_URL")
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
+    mount.add_argument("--token", help="bearer token (default: $CLOUDFS_TOKEN)")
+    mount.add_argument("--cache", type=Path, help="cache directory (default: one per server + mountpoint)")
+    mount.add_argument("--cache-size", type=parse_size, default=10 << 30, metavar="SIZE", help="default 10G")
+    mount.add_argument("--device", default=socket.gethostname() or "device", help="this device's name")
+    mount.add_argument("--foreground", action="store_true", help="serve until unmounted or SIGINT/SIGTERM")
+    mount.set_defaults(func=_mount)
+
+    umount = verbs.add_parser("umount", help="upload everything pending, then unmount")
+    umount.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
+    umount.add_argument("--timeout", type=float, default=600)
+    umount.set_defaults(func=_umount)
+
+    status = verbs.add_parser("status", help="online/offline, pending uploads, cursor, cache use")
+    status.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_status)
+
+    sync = verbs.add_parser("sync", help="wait until local changes are committed and remote ones applied")
+    sync.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
+    sync.add_argument("--timeout", type=float, default=300)
+    sync.set_defaults(func=_sync)
     return parser
 
 

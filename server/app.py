@@ -116,6 +116,12 @@ class BodyLimit:
     without one (chunked) is counted as it arrives; once it passes the limit, reading
     raises `_TooLarge`. FastAPI turns any error while reading a JSON body into its own
     400, so whatever the app answers after the limit was hit is replaced by the 413.
+
+    A client is usually still sending when the 413 is ready, and closing a socket with
+    unread bytes in it resets the connection, which can destroy the answer before the
+    client reads it. So the rest of a moderately oversized body (up to the limit again)
+    is read and dropped first; past that the answer says `Connection: close` and the
+    client may see a reset instead.
     """
 
     def __init__(self, app: Any) -> None:
@@ -129,27 +135,35 @@ class BodyLimit:
                      "detail": f"request bodies here are at most {limit} bytes"}
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            return await _send_json(send, 413, too_large)
+            drained = declared.isdigit() and int(declared) <= 2 * limit and await _drain(receive, 2 * limit)
+            return await _send_json(send, 413, too_large, close=not drained)
         seen = 0
-        started = False
-        over = False
+        body_done = False
+        over = False  # the limit was passed before the app started answering
+        started = False  # a response start went out (the app's own, or our 413)
 
         async def limited_receive() -> dict:
-            nonlocal seen, over
+            nonlocal seen, body_done, over
             message = await receive()
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    over = True
+                    over = not started
                     raise _TooLarge()
             return message
 
+        async def refuse() -> None:
+            nonlocal started
+            started = True
+            drained = body_done or await _drain(receive, 2 * limit - seen)
+            await _send_json(send, 413, too_large, close=not drained)
+
         async def tracking_send(message: dict) -> None:
             nonlocal started
-            if over:
+            if over:  # the app's answer to a body it could not read: answer 413 instead
                 if message["type"] == "http.response.start" and not started:
-                    started = True
-                    await _send_json(send, 413, too_large)
+                    await refuse()
                 return
             started = started or message["type"] == "http.response.start"
             await send(message)
@@ -158,17 +172,32 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await _send_json(send, 413, too_large)
+                await refuse()
 
 
 class _TooLarge(Exception):
     pass
 
 
-async def _send_json(send: Callable, status: int, body: dict) -> None:
+async def _drain(receive: Callable, budget: int) -> bool:
+    """Read and drop the rest of the request body, at most `budget` bytes; True when
+    the body ended (or the client went away) within that."""
+    while budget >= 0:
+        message = await receive()
+        if message["type"] != "http.request":
+            return True
+        budget -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return budget >= 0
+    return False
+
+
+async def _send_json(send: Callable, status: int, body: dict, *, close: bool = False) -> None:
     payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
 

@@ -1,0 +1,299 @@
+"""The device's LMDB cache: metadata mirror, dirty blocks, clean chunks, outbox.
+
+One LMDB environment, several named databases, each owned by one concern:
+
+    inodes     ino → Inode (JSON)            the local mirror of the tree
+    dirents    parent ino + name → ino       lookups and sorted readdir
+    node_ids   server node id → ino          applying server answers and changes
+    chunklists ino → base chunk list         the committed version a file overlays
+    blocks     ino + block_no → bytes        write-back data not yet committed
+    chunks     fingerprint → plain bytes     clean chunk cache (LRU, see chunkcache.py)
+    outbox     seq → JSON op                 local changes the server has not seen, in order
+    meta       key → value                   cursor, counters, identity
+
+Concurrency rules: every write transaction runs on the trio thread and never spans an
+`await`, so each one is atomic with respect to every FUSE request and background task.
+Worker threads only open read transactions. The environment is opened without fsync
+on commit (a killed process loses nothing: committed pages are in the OS page cache);
+`sync()` makes everything durable and is what fsync(2) on the mount calls.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import lmdb
+
+ROOT_INO = 1
+BLOCK_SIZE = 128 * 1024
+_Q = struct.Struct(">Q")
+_QQ = struct.Struct(">QQ")
+_CHUNK = struct.Struct(">32sI")
+
+
+def u64(n: int) -> bytes:
+    return _Q.pack(n)
+
+
+def from_u64(b: bytes) -> int:
+    return _Q.unpack(b)[0]
+
+
+@dataclass
+class Inode:
+    """One node of the local mirror.
+
+    `srv_*` remember what the server last acknowledged, so the syncer can tell what
+    to push. `base_len` is how much of the committed version still shows through
+    (truncation hides the rest); `gen` bumps on every content change so the uploader
+    can tell whether a file changed while it was being uploaded.
+    """
+
+    ino: int
+    parent: int
+    name: str
+    kind: str  # file | dir | symlink
+    mode: int
+    size: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    target: str = ""
+    node_id: int = 0
+    rev: int = 0
+    base_len: int = 0
+    dirty: bool = False
+    gen: int = 0
+    min_trunc: int = -1
+    srv_parent: int = 0
+    srv_name: str = ""
+    srv_mode: int = 0
+    srv_mtime_ns: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "Inode":
+        return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True)
+class ChunkEntry:
+    fingerprint: str
+    length: int
+    offset: int
+
+
+def pack_chunklist(rev: int, chunks: list[tuple[str, int]]) -> bytes:
+    return u64(rev) + b"".join(_CHUNK.pack(bytes.fromhex(fp), length) for fp, length in chunks)
+
+
+def unpack_chunklist(raw: bytes) -> tuple[int, list[ChunkEntry]]:
+    rev = from_u64(raw[:8])
+    out, offset = [], 0
+    for fp, length in _CHUNK.iter_unpack(raw[8:]):
+        out.append(ChunkEntry(fp.hex(), length, offset))
+        offset += length
+    return rev, out
+
+
+class Cache:
+    """The LMDB environment and the metadata mirror's primitive operations."""
+
+    def __init__(self, path: Path, *, map_size: int = 1 << 40) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.env = lmdb.open(str(path / "cache.lmdb"), map_size=map_size, max_dbs=16, subdir=True,
+                             sync=False, metasync=False, writemap=False, readahead=False, max_readers=256)
+        self.inodes = self.env.open_db(b"inodes")
+        self.dirents = self.env.open_db(b"dirents")
+        self.node_ids = self.env.open_db(b"node_ids")
+        self.chunklists = self.env.open_db(b"chunklists")
+        self.blocks = self.env.open_db(b"blocks")
+        self.chunks = self.env.open_db(b"chunks")
+        self.outbox = self.env.open_db(b"outbox")
+        self.meta = self.env.open_db(b"meta")
+        self._memo: dict[int, Inode] = {}
+
+    def close(self) -> None:
+        self.env.sync(True)
+        self.env.close()
+
+    def sync(self) -> None:
+        """Make every committed transaction durable (fsync)."""
+        self.env.sync(True)
+
+    def write(self) -> lmdb.Transaction:
+        return self.env.begin(write=True)
+
+    def read(self, *, buffers: bool = False) -> lmdb.Transaction:
+        return self.env.begin(buffers=buffers)
+
+    # --- meta ---
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        with self.read() as txn:
+            raw = txn.get(key.encode(), db=self.meta)
+        return raw.decode() if raw is not None else default
+
+    def set_meta(self, txn: lmdb.Transaction, key: str, value: str) -> None:
+        txn.put(key.encode(), value.encode(), db=self.meta)
+
+    def next_counter(self, txn: lmdb.Transaction, key: str, start: int) -> int:
+        raw = txn.get(key.encode(), db=self.meta)
+        value = int(raw) if raw is not None else start
+        txn.put(key.encode(), str(value + 1).encode(), db=self.meta)
+        return value
+
+    # --- inodes ---
+
+    def get(self, ino: int) -> Inode | None:
+        node = self._memo.get(ino)
+        if node is not None:
+            return node
+        with self.read() as txn:
+            raw = txn.get(u64(ino), db=self.inodes)
+        if raw is None:
+            return None
+        node = Inode.decode(raw)
+        if len(self._memo) > 200_000:
+            self._memo.clear()
+        self._memo[ino] = node
+        return node
+
+    def put(self, txn: lmdb.Transaction, node: Inode) -> None:
+        txn.put(u64(node.ino), node.encode(), db=self.inodes)
+        self._memo[node.ino] = node
+
+    def forget_memo(self) -> None:
+        """Drop decoded inodes after an aborted transaction (they may be ahead of LMDB)."""
+        self._memo.clear()
+
+    def drop(self, txn: lmdb.Transaction, node: Inode) -> None:
+        """Remove an inode and everything keyed by it."""
+        txn.delete(u64(node.ino), db=self.inodes)
+        if node.node_id:
+            txn.delete(u64(node.node_id), db=self.node_ids)
+        txn.delete(u64(node.ino), db=self.chunklists)
+        self.drop_blocks(txn, node.ino, from_block=0)
+        self._memo.pop(node.ino, None)
+
+    def new_ino(self, txn: lmdb.Transaction) -> int:
+        return self.next_counter(txn, "next_ino", ROOT_INO + 1)
+
+    def ino_for_node(self, node_id: int) -> int | None:
+        with self.read() as txn:
+            raw = txn.get(u64(node_id), db=self.node_ids)
+        return from_u64(raw) if raw is not None else None
+
+    def bind_node_id(self, txn: lmdb.Transaction, node: Inode, node_id: int) -> None:
+        node.node_id = node_id
+        txn.put(u64(node_id), u64(node.ino), db=self.node_ids)
+
+    def unbind_node_id(self, txn: lmdb.Transaction, node_id: int) -> None:
+        txn.delete(u64(node_id), db=self.node_ids)
+
+    # --- directory entries ---
+
+    @staticmethod
+    def _dirent_key(parent: int, name: str) -> bytes:
+        return u64(parent) + name.encode("utf-8", "surrogateescape")
+
+    def lookup(self, parent: int, name: str) -> int | None:
+        with self.read() as txn:
+            raw = txn.get(self._dirent_key(parent, name), db=self.dirents)
+        return from_u64(raw) if raw is not None else None
+
+    def link(self, txn: lmdb.Transaction, parent: int, name: str, ino: int) -> None:
+        txn.put(self._dirent_key(parent, name), u64(ino), db=self.dirents)
+
+    def unlink(self, txn: lmdb.Transaction, parent: int, name: str) -> None:
+        txn.delete(self._dirent_key(parent, name), db=self.dirents)
+
+    def children(self, parent: int) -> list[tuple[str, int]]:
+        prefix = u64(parent)
+        out = []
+        with self.read() as txn:
+            cursor = txn.cursor(db=self.dirents)
+            if cursor.set_range(prefix):
+                for key, value in cursor:
+                    if not key.startswith(prefix):
+                        break
+                    out.append((key[8:].decode("utf-8", "surrogateescape"), from_u64(value)))
+        return out
+
+    def has_children(self, parent: int) -> bool:
+        prefix = u64(parent)
+        with self.read() as txn:
+            cursor = txn.cursor(db=self.dirents)
+            return cursor.set_range(prefix) and cursor.key().startswith(prefix)
+
+    # --- base chunk lists ---
+
+    def chunklist(self, ino: int) -> tuple[int, list[ChunkEntry]] | None:
+        with self.read() as txn:
+            raw = txn.get(u64(ino), db=self.chunklists)
+        return unpack_chunklist(raw) if raw is not None else None
+
+    def set_chunklist(self, txn: lmdb.Transaction, ino: int, rev: int, chunks: list[tuple[str, int]]) -> None:
+        txn.put(u64(ino), pack_chunklist(rev, chunks), db=self.chunklists)
+
+    # --- dirty blocks ---
+
+    def get_block(self, txn: lmdb.Transaction, ino: int, block_no: int) -> bytes | None:
+        return txn.get(_QQ.pack(ino, block_no), db=self.blocks)
+
+    def put_block(self, txn: lmdb.Transaction, ino: int, block_no: int, data: bytes) -> None:
+        txn.put(_QQ.pack(ino, block_no), data, db=self.blocks)
+
+    def drop_blocks(self, txn: lmdb.Transaction, ino: int, *, from_block: int) -> int:
+        """Delete blocks >= from_block of one file; returns the bytes freed."""
+        freed = 0
+        cursor = txn.cursor(db=self.blocks)
+        if cursor.set_range(_QQ.pack(ino, from_block)):
+            while True:
+                key = cursor.key()
+                if len(key) != 16 or _QQ.unpack(key)[0] != ino:
+                    break
+                freed += len(cursor.value())
+                if not cursor.delete():
+                    break
+        return freed
+
+    def dirty_bytes(self) -> int:
+        with self.read(buffers=True) as txn:
+            return sum(len(v) for _, v in txn.cursor(db=self.blocks))
+
+    # --- outbox ---
+
+    def enqueue(self, txn: lmdb.Transaction, op: dict) -> int:
+        seq = self.next_counter(txn, "next_outbox", 1)
+        txn.put(u64(seq), json.dumps(op, separators=(",", ":")).encode(), db=self.outbox)
+        return seq
+
+    def outbox_items(self, limit: int = 1000) -> list[tuple[int, dict]]:
+        out = []
+        with self.read() as txn:
+            for key, value in txn.cursor(db=self.outbox):
+                out.append((from_u64(key), json.loads(value)))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def outbox_len(self) -> int:
+        with self.read() as txn:
+            return txn.stat(self.outbox)["entries"]
+
+    def dequeue(self, seq: int) -> None:
+        with self.write() as txn:
+            txn.delete(u64(seq), db=self.outbox)
+
+    def iter_inodes(self) -> Iterator[Inode]:
+        with self.read() as txn:
+            for _, raw in txn.cursor(db=self.inodes):
+                yield Inode.decode(raw)

@@ -1,0 +1,283 @@
+"""The drive as one device sees it: local-first namespace and content operations.
+
+Every operation changes the LMDB mirror and appends to the outbox in one write
+transaction, then returns: no FUSE request waits for the network except a read of
+bytes that are not cached yet. The syncer (syncer.py) pushes the outbox to the
+server in order, in the background.
+
+Open files are counted here so an unlinked file stays readable until its last
+handle is released (it becomes an orphan: parent 0, no directory entry).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import time
+from typing import Iterator
+
+import lmdb
+
+from .cache import ROOT_INO, Cache, Inode
+from .chunkcache import ChunkCache
+from .content import Content
+from .errors import (CloudFsError, ExistsError, InvalidError, IsADirectoryError_, NotADirectoryError_,
+                     NotEmptyError, NotFoundError)
+from .names import NAME_MAX_BYTES, name_problem
+
+log = logging.getLogger("cloudfs.drive")
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+class NameTooLongError(CloudFsError):
+    errno = errno.ENAMETOOLONG
+
+
+def check_local_name(name: str) -> None:
+    problem = name_problem(name)
+    if problem is None:
+        return
+    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX_BYTES:
+        raise NameTooLongError(problem)
+    raise InvalidError(problem)
+
+
+class Drive:
+    def __init__(self, cache: Cache, chunks: ChunkCache, content: Content) -> None:
+        self.cache = cache
+        self.chunks = chunks
+        self.content = content
+        self.open_count: dict[int, int] = {}
+        self.on_outbox = lambda: None  # the syncer's wake-up, set when it starts
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[lmdb.Transaction]:
+        """A write transaction; on failure the decoded-inode memo is dropped too."""
+        try:
+            with self.cache.write() as txn:
+                yield txn
+        except BaseException:
+            self.cache.forget_memo()
+            raise
+        self.on_outbox()
+
+    # --- lookups ---
+
+    def get(self, ino: int) -> Inode:
+        node = self.cache.get(ino)
+        if node is None:
+            raise NotFoundError(f"inode {ino} is gone")
+        return node
+
+    def lookup(self, parent: int, name: str) -> Inode:
+        self._dir(parent)
+        ino = self.cache.lookup(parent, name)
+        if ino is None:
+            raise NotFoundError(f"{name!r} not in directory inode {parent}")
+        return self.get(ino)
+
+    def readdir(self, ino: int) -> list[tuple[str, Inode]]:
+        self._dir(ino)
+        out = []
+        for name, child in self.cache.children(ino):
+            node = self.cache.get(child)
+            if node is not None:
+                out.append((name, node))
+        return out
+
+    def _dir(self, ino: int) -> Inode:
+        node = self.get(ino)
+        if node.kind != "dir":
+            raise NotADirectoryError_(f"inode {ino} ({node.name!r}) is not a directory")
+        return node
+
+    # --- creating ---
+
+    def _new(self, parent: int, name: str, kind: str, mode: int, target: str = "") -> Inode:
+        check_local_name(name)
+        self._dir(parent)
+        if self.cache.lookup(parent, name) is not None:
+            raise ExistsError(f"{name!r} exists in directory inode {parent}")
+        now = time.time_ns()
+        with self.transaction() as txn:
+            node = Inode(ino=self.cache.new_ino(txn), parent=parent, name=name, kind=kind, mode=mode & 0o7777,
+                         size=len(target.encode("utf-8", "surrogateescape")) if kind == "symlink" else 0,
+                         mtime_ns=now, ctime_ns=now, target=target, dirty=kind == "file")
+            self.cache.put(txn, node)
+            self.cache.link(txn, parent, name, node.ino)
+            self.cache.enqueue(txn, {"op": "upload" if kind == "file" else "push", "ino": node.ino})
+            self._touch_dir(txn, parent, now)
+        return node
+
+    def mkdir(self, parent: int, name: str, mode: int) -> Inode:
+        return self._new(parent, name, "dir", mode)
+
+    def create(self, parent: int, name: str, mode: int) -> Inode:
+        return self._new(parent, name, "file", mode)
+
+    def symlink(self, parent: int, name: str, target: str) -> Inode:
+        return self._new(parent, name, "symlink", 0o777, target)
+
+    def _touch_dir(self, txn: lmdb.Transaction, ino: int, now: int) -> None:
+        """Directory mtimes are local only: the server derives them from its own changes."""
+        node = self.cache.get(ino)
+        if node is not None:
+            node.mtime_ns = node.ctime_ns = now
+            self.cache.put(txn, node)
+
+    # --- removing ---
+
+    def unlink(self, parent: int, name: str) -> None:
+        node = self.lookup(parent, name)
+        if node.kind == "dir":
+            raise IsADirectoryError_(f"{name!r} is a directory")
+        with self.transaction() as txn:
+            self.cache.unlink(txn, parent, name)
+            self._forget(txn, node)
+            self._touch_dir(txn, parent, time.time_ns())
+
+    def rmdir(self, parent: int, name: str) -> None:
+        node = self.lookup(parent, name)
+        if node.kind != "dir":
+            raise NotADirectoryError_(f"{name!r} is not a directory")
+        if self.cache.has_children(node.ino):
+            raise NotEmptyError(f"{name!r} is not empty")
+        with self.transaction() as txn:
+            self.cache.unlink(txn, parent, name)
+            self._forget(txn, node)
+            self._touch_dir(txn, parent, time.time_ns())
+
+    def _forget(self, txn: lmdb.Transaction, node: Inode) -> None:
+        """The node left the tree: tell the server, and drop it unless still open."""
+        if node.node_id:
+            self.cache.enqueue(txn, {"op": "delete", "ino": node.ino, "node_id": node.node_id})
+        if self.open_count.get(node.ino):
+            node.parent = 0
+            self.cache.put(txn, node)
+        else:
+            self.chunks.dirty_bytes -= self._dirty_size(txn, node)
+            self.cache.drop(txn, node)
+
+    def _dirty_size(self, txn: lmdb.Transaction, node: Inode) -> int:
+        return self.cache.drop_blocks(txn, node.ino, from_block=0) if node.kind == "file" else 0
+
+    # --- renaming ---
+
+    def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str, flags: int) -> None:
+        if flags & RENAME_EXCHANGE:
+            raise InvalidError("RENAME_EXCHANGE is not supported")
+        check_local_name(new_name)
+        node = self.lookup(old_parent, old_name)
+        self._dir(new_parent)
+        if node.kind == "dir" and self._is_ancestor(node.ino, new_parent):
+            raise InvalidError(f"cannot move {old_name!r} into its own subtree")
+        victim_ino = self.cache.lookup(new_parent, new_name)
+        victim = self.cache.get(victim_ino) if victim_ino is not None else None
+        if victim is not None and victim.ino == node.ino:
+            return
+        if victim is not None:
+            if flags & RENAME_NOREPLACE:
+                raise ExistsError(f"{new_name!r} exists")
+            if victim.kind == "dir" and node.kind != "dir":
+                raise IsADirectoryError_(f"{new_name!r} is a directory")
+            if victim.kind != "dir" and node.kind == "dir":
+                raise NotADirectoryError_(f"{new_name!r} is not a directory")
+            if victim.kind == "dir" and self.cache.has_children(victim.ino):
+                raise NotEmptyError(f"{new_name!r} is not empty")
+        now = time.time_ns()
+        with self.transaction() as txn:
+            if victim is not None:
+                self.cache.unlink(txn, new_parent, new_name)
+                self._forget(txn, victim)
+            self.cache.unlink(txn, old_parent, old_name)
+            self.cache.link(txn, new_parent, new_name, node.ino)
+            node.parent, node.name, node.ctime_ns = new_parent, new_name, now
+            self.cache.put(txn, node)
+            self.cache.enqueue(txn, {"op": "push", "ino": node.ino})
+            self._touch_dir(txn, old_parent, now)
+            self._touch_dir(txn, new_parent, now)
+
+    def _is_ancestor(self, ancestor: int, ino: int) -> bool:
+        for _ in range(4096):
+            if ino == ancestor:
+                return True
+            if ino in (ROOT_INO, 0):
+                return False
+            node = self.cache.get(ino)
+            if node is None:
+                return False
+            ino = node.parent
+        return True
+
+    # --- attributes and content ---
+
+    def setattr(self, ino: int, *, size: int | None = None, mode: int | None = None,
+                mtime_ns: int | None = None) -> Inode:
+        node = self.get(ino)
+        if size is not None and node.kind == "dir":
+            raise IsADirectoryError_(f"inode {ino} is a directory")
+        with self.transaction() as txn:
+            if size is not None and size != node.size:
+                self.content.truncate(txn, node, size)
+                node.mtime_ns = time.time_ns()
+                self.cache.enqueue(txn, {"op": "upload", "ino": ino})
+            if mode is not None:
+                node.mode = mode & 0o7777
+            if mtime_ns is not None:
+                node.mtime_ns = mtime_ns
+            node.ctime_ns = time.time_ns()
+            self.cache.put(txn, node)
+            if (mode is not None or mtime_ns is not None) and not node.dirty:
+                self.cache.enqueue(txn, {"op": "push", "ino": ino})
+        return node
+
+    async def read(self, ino: int, off: int, size: int, *, readahead: int = 0) -> bytes:
+        return await self.content.read(self.get(ino), off, size, readahead=readahead)
+
+    async def write(self, ino: int, off: int, data: bytes) -> int:
+        node = self.get(ino)
+        await self.content.write(node, off, data, self._write_txn(node))
+        return len(data)
+
+    def _write_txn(self, node: Inode):  # noqa: ANN202 - a context-manager factory
+        def factory():  # noqa: ANN202
+            node.mtime_ns = time.time_ns()
+            txn = self.cache.write()
+            if not node.dirty:  # clean -> dirty: make sure an upload is queued, even across a crash
+                self.cache.enqueue(txn, {"op": "upload", "ino": node.ino})
+            return txn
+        return factory
+
+    def opened(self, ino: int) -> None:
+        self.open_count[ino] = self.open_count.get(ino, 0) + 1
+
+    def released(self, ino: int, *, schedule_upload: bool) -> None:
+        left = self.open_count.get(ino, 1) - 1
+        if left:
+            self.open_count[ino] = left
+        else:
+            self.open_count.pop(ino, None)
+        node = self.cache.get(ino)
+        if node is None:
+            return
+        with self.transaction() as txn:
+            if node.parent == 0 and node.ino != ROOT_INO and not left:
+                self.chunks.dirty_bytes -= self._dirty_size(txn, node)
+                self.cache.drop(txn, node)
+            elif schedule_upload and node.dirty:
+                self.cache.enqueue(txn, {"op": "upload", "ino": ino, "t": time.time()})
+
+    def fsync(self, ino: int | None = None) -> None:
+        """Make every acknowledged change durable on this device, and upload `ino` soon
+        even if it is still open."""
+        self.cache.sync()
+        node = self.cache.get(ino) if ino is not None else None
+        if node is not None and node.dirty:
+            with self.transaction() as txn:
+                self.cache.enqueue(txn, {"op": "upload", "ino": ino, "force": True})
+
+    def statfs_used(self) -> int:
+        return self.chunks.used_bytes

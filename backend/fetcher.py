@@ -1,0 +1,97 @@
+"""Lazy chunk downloads: from the chunk cache if present, else from the store.
+
+Each chunk is fetched once however many readers want it (in-flight requests are
+shared), several chunks download in parallel, and every chunk is verified against
+its fingerprint (in `ApiClient.fetch_chunk`) before it is cached or returned.
+Signed URLs are asked for in batches and reused until shortly before they expire.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import trio
+
+from . import wire
+from .api_client import ApiClient
+from .chunkcache import ChunkCache
+
+log = logging.getLogger("cloudfs.fetcher")
+URL_REUSE_S = 45 * 60
+
+
+class Fetcher:
+    def __init__(self, client: ApiClient, chunks: ChunkCache, *, parallel: int = 8) -> None:
+        self.client = client
+        self.chunks = chunks
+        self._limiter = trio.CapacityLimiter(parallel)
+        self._inflight: dict[str, trio.Event] = {}
+        self._errors: dict[str, BaseException] = {}
+        self._urls: dict[str, tuple[float, wire.ChunkDownload]] = {}
+        self.downloaded_bytes = 0
+
+    async def _urls_for(self, fingerprints: list[str]) -> dict[str, wire.ChunkDownload]:
+        now = time.monotonic()
+        out, wanted = {}, []
+        for fp in fingerprints:
+            hit = self._urls.get(fp)
+            if hit and hit[0] > now:
+                out[fp] = hit[1]
+            else:
+                wanted.append(fp)
+        for i in range(0, len(wanted), 1000):
+            answer = await self.client.prepare_download(wanted[i:i + 1000])
+            for chunk in answer.chunks:
+                self._urls[chunk.fingerprint] = (now + URL_REUSE_S, chunk)
+                out[chunk.fingerprint] = chunk
+        return out
+
+    async def ensure(self, fingerprints: list[str]) -> None:
+        """Make sure every chunk is in the cache, downloading the missing ones in parallel."""
+        missing = [fp for fp in dict.fromkeys(fingerprints) if fp not in self.chunks]
+        if not missing:
+            return
+        mine = [fp for fp in missing if fp not in self._inflight]
+        for fp in mine:
+            self._inflight[fp] = trio.Event()
+        try:
+            urls = await self._urls_for(mine) if mine else {}
+        except BaseException as exc:
+            for fp in mine:
+                self._errors[fp] = exc
+                self._inflight.pop(fp).set()
+            raise
+
+        async def one(fp: str) -> None:
+            try:
+                async with self._limiter:
+                    chunk = urls[fp]
+                    data = await self.client.fetch_chunk(fp, chunk.download, chunk.compression)
+                self.chunks.put(fp, data)
+                self.downloaded_bytes += len(data)
+                self._errors.pop(fp, None)
+            except Exception as exc:  # noqa: BLE001 - handed to every waiter below
+                log.warning("fetching chunk %s failed: %s", fp, exc)
+                self._errors[fp] = exc
+            finally:
+                self._inflight.pop(fp).set()
+
+        async with trio.open_nursery() as nursery:
+            for fp in mine:
+                nursery.start_soon(one, fp)
+        for fp in missing:
+            event = self._inflight.get(fp)
+            if event is not None:
+                await event.wait()
+            if fp not in self.chunks:
+                raise self._errors.pop(fp, None) or RuntimeError(f"chunk {fp} vanished from the cache")
+
+    async def read_range(self, fingerprint: str, start: int, end: int) -> bytes:
+        data = self.chunks.read_range(fingerprint, start, end)
+        if data is None:
+            await self.ensure([fingerprint])
+            data = self.chunks.read_range(fingerprint, start, end)
+        if data is None:
+            raise RuntimeError(f"chunk {fingerprint} evicted right after download (cache too small?)")
+        return data

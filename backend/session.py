@@ -1,0 +1,118 @@
+"""One device's drive, assembled: cache, client, fetcher, uploader, syncer, follower.
+
+`open_session` is the async context manager the mount uses; its background tasks live
+in the caller's nursery (`session.start(nursery)`), so they end with the mount.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator
+
+import trio
+
+from .api_client import ApiClient
+from .cache import Cache
+from .chunkcache import ChunkCache
+from .content import Content
+from .drive import Drive
+from .fetcher import Fetcher
+from .follower import Follower, Invalidator
+from .syncer import Syncer
+from .uploader import Uploader
+
+
+@dataclass
+class SessionOptions:
+    server_url: str
+    token: str
+    cache_dir: Path
+    cache_size: int
+    device: str
+
+
+def default_cache_dir(base: Path, server_url: str, mountpoint: Path) -> Path:
+    """One cache per server + mountpoint, so two mounts never share dirty data."""
+    digest = hashlib.sha256(f"{server_url.rstrip('/')}\0{mountpoint.resolve()}".encode()).hexdigest()[:16]
+    return base / digest
+
+
+@dataclass
+class Session:
+    options: SessionOptions
+    client: ApiClient
+    cache: Cache
+    chunks: ChunkCache
+    drive: Drive
+    syncer: Syncer
+    follower: Follower
+    fetcher: Fetcher
+    uploader: Uploader
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        await nursery.start(self.syncer.run)
+        await nursery.start(self.follower.run)
+
+    def status(self) -> dict:
+        items = self.cache.outbox_items(limit=100_000)
+        pending = {op.get("ino") for _, op in items if op.get("op") == "upload"}
+        dirty = {n.ino for n in self.cache.iter_inodes() if n.dirty and n.parent}
+        return {
+            "online": self.syncer.online and self.follower.online,
+            "pending_files": len(pending | dirty),
+            "pending_ops": len(items),
+            "pending_bytes": self.chunks.dirty_bytes,
+            "cursor": self.follower.cursor,
+            "cache_bytes": self.chunks.used_bytes,
+            "cache_limit": self.chunks.limit,
+            "conflicts": self.syncer.conflicts,
+            "uploaded_chunks": self.uploader.sent_chunks,
+            "uploaded_bytes": self.uploader.sent_bytes,
+            "downloaded_bytes": self.fetcher.downloaded_bytes,
+            "last_error": self.syncer.last_error,
+        }
+
+    async def flush(self) -> None:
+        """Upload every local change made so far, open files included."""
+        dirty = [n.ino for n in self.cache.iter_inodes() if n.dirty and n.parent]
+        with self.cache.write() as txn:
+            last = 0
+            for ino in dirty:
+                last = self.cache.enqueue(txn, {"op": "upload", "ino": ino, "force": True})
+            if not last:
+                raw = txn.get(b"next_outbox", db=self.cache.meta)
+                last = int(raw) - 1 if raw else 0
+        self.syncer.wake()
+        await self.syncer.wait_idle(last)
+
+    async def sync(self) -> None:
+        """Local changes committed, then every remote change known now applied."""
+        await self.flush()
+        target = (await self.client.me()).cursor
+        await self.follower.wait_for(target)
+
+
+@contextlib.asynccontextmanager
+async def open_session(options: SessionOptions, invalidate: Invalidator | None = None) -> AsyncIterator[Session]:
+    cache = Cache(options.cache_dir)
+    client = ApiClient(options.server_url, options.token, device=options.device)
+    try:
+        chunks = ChunkCache(cache, options.cache_size)
+        fetcher = Fetcher(client, chunks)
+        content = Content(cache, chunks, fetcher)
+        drive = Drive(cache, chunks, content)
+        uploader = Uploader(client, cache, chunks, content)
+        syncer = Syncer(client, cache, chunks, uploader, device=options.device, open_count=drive.open_count)
+        follower = Follower(client, cache, chunks, device=options.device, open_count=drive.open_count,
+                            invalidate=invalidate)
+        drive.on_outbox = syncer.wake
+        await follower.bootstrap()
+        yield Session(options, client, cache, chunks, drive, syncer, follower, fetcher, uploader)
+    finally:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(5):
+                await client.aclose()
+        cache.close()

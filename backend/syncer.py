@@ -1,0 +1,267 @@
+"""Pushes the outbox to the server, in order, until it is empty; then waits.
+
+Outbox entries name *what* changed, not how: `push` (make the server's location and
+attributes of an inode match the mirror, creating it if the server has never seen
+it), `upload` (commit its content) and `delete` (tombstone a node). Applying the
+mirror's current state makes every entry idempotent, so an entry that is retried after
+a crash or an outage does no harm, and later entries for the same inode become no-ops.
+
+Failures: network trouble and 5xx keep the entry at the head of the queue and retry
+with backoff (the drive is offline meanwhile); a 409 from a stale base revision turns
+the local edit into a conflicted copy; anything else is logged and the entry dropped,
+so one bad entry never wedges the queue.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import time
+from typing import Any
+
+import trio
+
+from . import wire
+from .api_client import ApiClient
+from .cache import ROOT_INO, Cache, Inode
+from .chunkcache import ChunkCache
+from .errors import ConflictError, OfflineError, ServerError, StaleRevisionError
+from .uploader import Uploader, finish_upload
+
+log = logging.getLogger("cloudfs.syncer")
+
+DEBOUNCE_S = 0.3
+MAX_BACKOFF_S = 10.0
+
+
+class Syncer:
+    def __init__(self, client: ApiClient, cache: Cache, chunks: ChunkCache, uploader: Uploader, *,
+                 device: str, open_count: dict[int, int]) -> None:
+        self.client = client
+        self.cache = cache
+        self.chunks = chunks
+        self.uploader = uploader
+        self.device = device
+        self.open_count = open_count
+        self.online = True
+        self.conflicts = int(cache.get_meta("conflicts", "0") or 0)
+        self.last_error = ""
+        self._wake = trio.Event()
+        self._idle = trio.Event()
+        self.done_seq = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        backoff = 0.2
+        while True:
+            items = self.cache.outbox_items(limit=200)
+            if not items:
+                self._idle.set()
+                self._wake = trio.Event()
+                with trio.move_on_after(1.0):
+                    await self._wake.wait()
+                continue
+            self._idle = trio.Event()
+            for seq, op in items:
+                try:
+                    await self._apply(op)
+                except (OfflineError, _Retry) as exc:
+                    self._went_offline(exc)
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    break
+                except ServerError as exc:
+                    if exc.status >= 500 or exc.status in (401, 408, 429):
+                        self._went_offline(exc)
+                        await trio.sleep(backoff)
+                        backoff = min(backoff * 2, MAX_BACKOFF_S)
+                        break
+                    log.error("dropping outbox entry %s: the server refused it: %s", op, exc)
+                self.online, backoff = True, 0.2
+                self.cache.dequeue(seq)
+                self.done_seq = seq
+
+    def _went_offline(self, exc: BaseException) -> None:
+        if self.online:
+            log.warning("server unreachable, changes stay queued: %s", exc)
+        self.online = False
+        self.last_error = str(exc)
+
+    async def wait_idle(self, upto_seq: int) -> None:
+        """Return once every outbox entry up to `upto_seq` has been applied."""
+        while True:
+            items = self.cache.outbox_items(limit=1)
+            if not items or items[0][0] > upto_seq:
+                return
+            self.wake()
+            await trio.sleep(0.05)
+
+    # --- applying one entry ---
+
+    async def _apply(self, op: dict) -> None:
+        kind = op["op"]
+        if kind == "delete":
+            await self._delete(op["node_id"])
+            return
+        node = self.cache.get(op["ino"])
+        if node is None or (node.parent == 0 and node.ino != ROOT_INO):
+            return  # gone or orphaned since: a later delete entry (if any) handles the server
+        if kind == "upload":
+            if not node.dirty or (self.open_count.get(node.ino) and not op.get("force")):
+                return  # clean already, or still open: release() queues another upload
+            delay = op.get("t", 0) + DEBOUNCE_S - time.time()
+            if delay > 0:
+                await trio.sleep(delay)
+            await self._push(node, depth=0)
+        else:
+            await self._push(node, depth=0)
+
+    async def _delete(self, node_id: int) -> None:
+        try:
+            await self.client.delete(node_id, recursive=True)
+        except ServerError as exc:
+            if exc.status != 404:
+                raise
+
+    async def _ensure_parent(self, node: Inode, depth: int) -> int:
+        parent = self.cache.get(node.parent)
+        if parent is None:
+            raise _Retry(f"parent inode {node.parent} of {node.name!r} vanished")
+        if not parent.node_id:
+            await self._push(parent, depth + 1)
+        return parent.node_id
+
+    async def _push(self, node: Inode, depth: int) -> None:
+        """Make the server agree with the mirror about `node`."""
+        if depth > 64:
+            raise _Retry("directory chain too deep to create in one go")
+        if node.ino == ROOT_INO:
+            return
+        parent_id = await self._ensure_parent(node, depth)
+        if node.kind == "file" and (node.dirty or not node.node_id):
+            await self._upload(node, parent_id)
+        elif not node.node_id:
+            await self._create(node, parent_id)
+        if node.node_id and (node.srv_parent != node.parent or node.srv_name != node.name):
+            await self._move(node, parent_id)
+        if node.node_id and node.kind != "symlink" and (node.srv_mode != node.mode or node.srv_mtime_ns != node.mtime_ns) \
+                and not node.dirty:
+            answer = await self.client.set_attr(node.node_id, mode=node.mode, mtime_ns=node.mtime_ns)
+            self._record(node, answer.node)
+
+    def _record(self, node: Inode, remote: wire.Node) -> None:
+        with self.cache.write() as txn:
+            if not node.node_id:
+                self.cache.bind_node_id(txn, node, remote.id)
+            node.srv_parent = self.cache.ino_for_node(remote.parent_id) or 0 if remote.parent_id else 0
+            node.srv_name = remote.name
+            node.srv_mode = remote.mode
+            node.srv_mtime_ns = remote.mtime_ns
+            if remote.kind != "file":
+                node.rev = remote.rev
+            self.cache.put(txn, node)
+
+    async def _create(self, node: Inode, parent_id: int) -> None:
+        try:
+            if node.kind == "dir":
+                answer = await self.client.mkdir(parent_id, node.name, mode=node.mode, mtime_ns=node.mtime_ns)
+            else:
+                answer = await self.client.symlink(parent_id, node.name, node.target)
+        except ConflictError as exc:
+            if exc.code != "name_exists" or not await self._clear_the_way(exc, node):
+                raise
+            return await self._create(node, parent_id)
+        self._record(node, answer.node)
+
+    async def _move(self, node: Inode, parent_id: int) -> None:
+        try:
+            answer = await self.client.move(node.node_id, parent_id, node.name)
+        except ConflictError as exc:
+            if exc.code != "name_exists" or not await self._clear_the_way(exc, node):
+                raise
+            answer = await self.client.move(node.node_id, parent_id, node.name)
+        except ServerError as exc:
+            if exc.status != 404:
+                raise
+            with self.cache.write() as txn:  # the server lost it: create it again
+                node.node_id = 0
+                node.dirty = node.kind == "file"
+                self.cache.put(txn, node)
+            return await self._push(node, 0)
+        self._record(node, answer.node)
+
+    async def _clear_the_way(self, exc: ConflictError, node: Inode) -> bool:
+        """The server has another node where `node` belongs. If the mirror moved or
+        deleted that node, apply that first and say so (the caller retries)."""
+        occupant = exc.body.get("node") or {}
+        occupant_ino = self.cache.ino_for_node(int(occupant.get("id", 0)))
+        local = self.cache.get(occupant_ino) if occupant_ino else None
+        if local is None or local.parent == 0:
+            await self._delete(int(occupant["id"]))
+            return True
+        if local.ino != node.ino and (local.parent, local.name) != (node.parent, node.name):
+            if (local.parent, local.name) == (local.srv_parent, local.srv_name):
+                return False
+            await self._push(local, 1)
+            return True
+        return False
+
+    async def _upload(self, node: Inode, parent_id: int) -> None:
+        with self.cache.write() as txn:
+            node.min_trunc = -1
+            self.cache.put(txn, node)
+        try:
+            result = await self.uploader.upload(node, parent_node_id=parent_id)
+        except StaleRevisionError as exc:
+            await self._conflicted_copy(node, exc)
+            return
+        except ConflictError as exc:
+            if exc.code == "name_exists" and await self._clear_the_way(exc, node):
+                return await self._upload(node, parent_id)
+            if exc.code == "name_exists":
+                await self._conflicted_copy(node, exc)
+                return
+            raise
+        current = self.cache.get(node.ino)
+        if current is None or current.parent == 0:
+            # Deleted locally while uploading: the server must not keep it.
+            await self._delete(result.response.node.id)
+            return
+        finish_upload(self.cache, self.chunks, node, result)
+
+    async def _conflicted_copy(self, node: Inode, exc: ServerError) -> None:
+        """Someone else committed first: keep their version under the name, ours beside it."""
+        name = conflicted_name(node.name, self.device, self.cache, node.parent)
+        log.warning("conflict on %r (%s): keeping this device's bytes as %r", node.name, exc.code, name)
+        with self.cache.write() as txn:
+            self.cache.unlink(txn, node.parent, node.name)
+            self.cache.link(txn, node.parent, name, node.ino)
+            if node.node_id:
+                self.cache.unbind_node_id(txn, node.node_id)
+            node.name, node.node_id, node.rev = name, 0, 0
+            node.srv_parent, node.srv_name = 0, ""
+            self.cache.put(txn, node)
+            self.conflicts += 1
+            self.cache.set_meta(txn, "conflicts", str(self.conflicts))
+        await self._push(node, 0)
+
+
+def conflicted_name(name: str, device: str, cache: Cache, parent: int) -> str:
+    stem, ext = os.path.splitext(name)
+    if stem == "" or name.startswith(".") and ext == name:
+        stem, ext = name, ""
+    day = datetime.date.today().isoformat()
+    for n in range(1, 1000):
+        suffix = "" if n == 1 else f" {n}"
+        candidate = f"{stem} (conflicted copy, {device}, {day}{suffix}){ext}"
+        if cache.lookup(parent, candidate) is None:
+            return candidate
+    raise OSError(f"too many conflicted copies of {name!r}")
+
+
+class _Retry(Exception):
+    """Transient: leave the entry at the head of the queue and try again later."""

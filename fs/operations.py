@@ -1,0 +1,259 @@
+"""The pyfuse3 operations: each handler is a few lines that call the drive.
+
+Errors become errno in one place, `@errno_of`: domain errors carry their errno,
+anything unexpected is logged with its traceback and answered with EIO (pyfuse3 would
+otherwise end the whole mount).
+
+Hard links, device nodes, FIFOs and sockets answer EPERM; extended attributes are
+not stored (ENOTSUP on set, none listed).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, TypeVar
+
+import pyfuse3
+
+from cloudfs.backend.cache import ROOT_INO, Inode
+from cloudfs.backend.drive import Drive
+from cloudfs.backend.errors import CloudFsError
+
+log = logging.getLogger("cloudfs.fs")
+T = TypeVar("T")
+
+TIMEOUT_S = 300.0  # metadata is local; remote changes invalidate explicitly
+READAHEAD = 16 * 1024 * 1024
+KIND_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}
+
+
+def errno_of(handler: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(handler)
+    async def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except CloudFsError as exc:
+            if exc.errno == errno.EIO:
+                log.error("%s failed: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except OSError as exc:
+            log.error("%s failed: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("unexpected error in %s", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper
+
+
+def _name(raw: bytes) -> str:
+    return os.fsdecode(raw)
+
+
+@dataclass
+class Handle:
+    ino: int
+    next_off: int = 0
+    wrote: bool = False
+
+
+class Operations(pyfuse3.Operations):
+    enable_writeback_cache = True
+
+    def __init__(self, drive: Drive) -> None:
+        super().__init__()
+        self.drive = drive
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self.handles: dict[int, Handle] = {}
+        self.dir_handles: dict[int, list[tuple[str, Inode]]] = {}
+        self._next_fh = 1
+
+    def _fh(self) -> int:
+        self._next_fh += 1
+        return self._next_fh
+
+    def attrs(self, node: Inode) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = node.ino
+        entry.generation = 0
+        entry.entry_timeout = entry.attr_timeout = TIMEOUT_S
+        entry.st_mode = KIND_BITS[node.kind] | (node.mode & 0o7777)
+        entry.st_nlink = 1
+        entry.st_uid, entry.st_gid = self.uid, self.gid
+        entry.st_size = node.size
+        entry.st_blksize = 128 * 1024
+        entry.st_blocks = (node.size + 511) // 512
+        entry.st_atime_ns = entry.st_mtime_ns = node.mtime_ns
+        entry.st_ctime_ns = node.ctime_ns or node.mtime_ns
+        return entry
+
+    # --- metadata ---
+
+    @errno_of
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self.attrs(self.drive.lookup(parent_inode, _name(name)))
+
+    @errno_of
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self.attrs(self.drive.get(inode))
+
+    @errno_of
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+        node = self.drive.setattr(
+            inode,
+            size=attr.st_size if fields.update_size else None,
+            mode=attr.st_mode if fields.update_mode else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+        )
+        return self.attrs(node)
+
+    @errno_of
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        node = self.drive.get(inode)
+        if node.kind != "symlink":
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return os.fsencode(node.target)
+
+    @errno_of
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        return self.attrs(self.drive.mkdir(parent_inode, _name(name), mode & ~ctx.umask))
+
+    @errno_of
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        return self.attrs(self.drive.symlink(parent_inode, _name(name), os.fsdecode(target)))
+
+    @errno_of
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        if not stat.S_ISREG(mode):
+            raise pyfuse3.FUSEError(errno.EPERM)  # device nodes, FIFOs and sockets are not synced
+        return self.attrs(self.drive.create(parent_inode, _name(name), mode & ~ctx.umask))
+
+    @errno_of
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EPERM)  # hard links are not supported
+
+    @errno_of
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self.drive.unlink(parent_inode, _name(name))
+
+    @errno_of
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self.drive.rmdir(parent_inode, _name(name))
+
+    @errno_of
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+                     flags: int, ctx: Any) -> None:
+        self.drive.rename(parent_inode_old, _name(name_old), parent_inode_new, _name(name_new), flags)
+
+    # --- directories ---
+
+    @errno_of
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        entries = self.drive.readdir(inode)
+        fh = self._fh()
+        self.dir_handles[fh] = entries
+        return fh
+
+    @errno_of
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = self.dir_handles.get(fh, [])
+        for index in range(start_id, len(entries)):
+            name, node = entries[index]
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attrs(node), index + 1):
+                return
+
+    @errno_of
+    async def releasedir(self, fh: int) -> None:
+        self.dir_handles.pop(fh, None)
+
+    # --- files ---
+
+    @errno_of
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        node = self.drive.get(inode)
+        if node.kind == "dir":
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        fh = self._fh()
+        self.handles[fh] = Handle(inode)
+        self.drive.opened(inode)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @errno_of
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        node = self.drive.create(parent_inode, _name(name), mode & ~ctx.umask)
+        fh = self._fh()
+        self.handles[fh] = Handle(node.ino, wrote=True)
+        self.drive.opened(node.ino)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self.attrs(node)
+
+    @errno_of
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self.handles[fh]
+        sequential = off == handle.next_off and off > 0
+        data = await self.drive.read(handle.ino, off, size, readahead=READAHEAD if sequential else 0)
+        handle.next_off = off + len(data)
+        return data
+
+    @errno_of
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self.handles[fh]
+        handle.wrote = True
+        return await self.drive.write(handle.ino, off, buf)
+
+    @errno_of
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @errno_of
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        self.drive.fsync(self.handles[fh].ino)
+
+    @errno_of
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        self.drive.fsync()
+
+    @errno_of
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh)
+        self.drive.released(handle.ino, schedule_upload=handle.wrote)
+
+    # --- the rest ---
+
+    @errno_of
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = 4096
+        total = 1 << 40
+        used = min(self.drive.statfs_used(), total)
+        data.f_blocks = total // 4096
+        data.f_bfree = data.f_bavail = (total - used) // 4096
+        data.f_files = 1 << 32
+        data.f_ffree = data.f_favail = (1 << 32) - 1
+        data.f_namemax = 255
+        return data
+
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        raise pyfuse3.FUSEError(errno.ENODATA)
+
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        return []
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        raise pyfuse3.FUSEError(errno.ENODATA)
+
+    async def forget(self, inode_list: Any) -> None:
+        return None
+
+
+__all__ = ["Operations", "ROOT_INO"]

@@ -1,0 +1,126 @@
+"""The chunker: pieces cover the file exactly, fingerprints are SHA-256 of the plain bytes,
+chunk size grows with the file, and cut points follow content, not offsets."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cloudfs.backend.chunker import MAX_AVG, MIN_AVG, MiB, average_size, fingerprint, iter_pieces
+from cloudfs.backend.wire import MAX_CHUNK_BYTES, MAX_CHUNKS_PER_VERSION
+
+GB = 10**9
+
+
+def make_data(kind: str, size: int, seed: int) -> bytes:
+    rng = random.Random(seed)
+    if kind == "random":
+        return rng.randbytes(size)
+    if kind == "zeros":
+        return bytes(size)
+    if kind == "repeating":
+        block = rng.randbytes(rng.randint(1, 4096))
+        return (block * (size // len(block) + 1))[:size]
+    # mostly random with long runs of zeros: both extremes in one file
+    out = bytearray()
+    while len(out) < size:
+        out += rng.randbytes(rng.randint(1, 512 * 1024)) if rng.random() < 0.5 else bytes(rng.randint(1, 2 * MiB))
+    return bytes(out[:size])
+
+
+def fingerprints(data: bytes) -> list[str]:
+    return [p.fingerprint for p in iter_pieces(io.BytesIO(data), len(data))]
+
+
+@settings(max_examples=30, deadline=None)
+@given(kind=st.sampled_from(["random", "zeros", "repeating", "mixed"]), size=st.integers(0, 6 * MiB),
+       seed=st.integers(0, 2**32))
+def test_pieces_reassemble_to_the_input(kind: str, size: int, seed: int) -> None:
+    data = make_data(kind, size, seed)
+    pieces = list(iter_pieces(io.BytesIO(data), len(data)))
+    assert b"".join(p.data for p in pieces) == data
+    avg = average_size(len(data))
+    offset = 0
+    for i, piece in enumerate(pieces):
+        assert piece.offset == offset
+        assert 1 <= piece.length <= 4 * avg <= MAX_CHUNK_BYTES
+        if i < len(pieces) - 1:
+            assert piece.length >= avg // 4  # only the last piece may be shorter than the minimum
+        assert piece.fingerprint == hashlib.sha256(piece.data).hexdigest() == fingerprint(piece.data)
+        offset += piece.length
+    assert offset == len(data)
+
+
+def test_empty_file_has_no_pieces() -> None:
+    assert list(iter_pieces(io.BytesIO(b""), 0)) == []
+
+
+def test_small_file_is_one_piece() -> None:
+    pieces = list(iter_pieces(io.BytesIO(b"hello"), 5))
+    assert [(p.offset, p.data, p.fingerprint) for p in pieces] == [(0, b"hello", hashlib.sha256(b"hello").hexdigest())]
+
+
+def test_fingerprint_accepts_memoryview() -> None:
+    data = b"some bytes"
+    assert fingerprint(memoryview(data)) == fingerprint(data) == hashlib.sha256(data).hexdigest()
+
+
+@given(a=st.integers(0, 10**15), b=st.integers(0, 10**15))
+def test_average_size_grows_with_file_size(a: int, b: int) -> None:
+    small, large = sorted((a, b))
+    assert average_size(small) <= average_size(large)
+    for size in (small, large):
+        avg = average_size(size)
+        assert MIN_AVG <= avg <= MAX_AVG
+        assert avg & (avg - 1) == 0  # a power of two
+
+
+def test_average_size_steps() -> None:
+    assert average_size(0) == MIN_AVG == 1 * MiB
+    assert average_size(1 * GB) == 1 * MiB
+    assert average_size(8 * GB) == 2 * MiB
+    assert average_size(16 * GB) == 4 * MiB
+    assert average_size(50 * GB) == MAX_AVG == 4 * MiB
+    assert average_size(10**15) == MAX_AVG
+    sizes = [0, 4 * GB, 8 * GB, 16 * GB, 50 * GB]
+    assert sorted({average_size(s) for s in sizes}) == [1 * MiB, 2 * MiB, 4 * MiB]
+
+
+def test_a_50_gb_file_has_at_most_about_10000_chunks() -> None:
+    """FastCDC's mean chunk is avg_size + min_size (pyfastcdc: min_size = avg_size // 4, see
+    the paper's cut-point skipping), and pyfastcdc caps avg_size at 4 MiB."""
+    size = 50 * GB
+    avg = average_size(size)
+    expected_chunks = size / (avg + avg // 4)
+    assert expected_chunks <= 10_000
+    assert size / avg <= 12_000  # even counting every chunk at the nominal average
+    assert size / (avg // 4) <= MAX_CHUNKS_PER_VERSION  # even if every chunk were minimum-size
+    # 50 GiB too, within a few percent of 10,000
+    assert 50 * 2**30 / (avg + avg // 4) <= 10_500
+
+
+def test_real_mean_chunk_is_at_least_the_average() -> None:
+    """The arithmetic above is a ceiling only if chunks really come out at least avg long."""
+    size = 48 * MiB
+    data = random.Random(7).randbytes(size)
+    count = len(fingerprints(data))
+    assert size / count >= average_size(size)
+    assert size / count <= 2 * average_size(size)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**32), position=st.integers(0, 64 * 1024), inserted=st.binary(min_size=10, max_size=10))
+def test_insert_near_start_changes_few_chunks(seed: int, position: int, inserted: bytes) -> None:
+    data = random.Random(seed).randbytes(8 * MiB)
+    before = fingerprints(data)
+    after = fingerprints(data[:position] + inserted + data[position:])
+    assert len(before) >= 5
+    shared = set(before) & set(after)
+    changed = [fp for fp in after if fp not in shared]
+    assert len(changed) <= 2, f"{len(changed)} of {len(after)} chunks changed"
+    assert len(shared) >= len(before) - 2
+    assert before[-1] == after[-1]  # the tail is untouched
