@@ -20,6 +20,7 @@ on commit (a killed process loses nothing: committed pages are in the OS page ca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,12 @@ from pathlib import Path
 from typing import Iterator
 
 import lmdb
+
+from .errors import NotFoundError
+
+
+class GoneError(NotFoundError):
+    """An inode disappeared while someone was still working on it."""
 
 ROOT_INO = 1
 BLOCK_SIZE = 128 * 1024
@@ -128,8 +135,18 @@ class Cache:
         """Make every committed transaction durable (fsync)."""
         self.env.sync(True)
 
-    def write(self) -> lmdb.Transaction:
-        return self.env.begin(write=True)
+    @contextlib.contextmanager
+    def write(self) -> Iterator[lmdb.Transaction]:
+        """A write transaction. If it fails, decoded inodes (which callers may have
+        changed in place) are forgotten, so nothing ahead of LMDB is served later."""
+        txn = self.env.begin(write=True)
+        try:
+            yield txn
+        except BaseException:
+            txn.abort()
+            self._memo.clear()
+            raise
+        txn.commit()
 
     def read(self, *, buffers: bool = False) -> lmdb.Transaction:
         return self.env.begin(buffers=buffers)
@@ -166,8 +183,14 @@ class Cache:
         self._memo[ino] = node
         return node
 
-    def put(self, txn: lmdb.Transaction, node: Inode) -> None:
-        txn.put(u64(node.ino), node.encode(), db=self.inodes)
+    def put(self, txn: lmdb.Transaction, node: Inode, *, create: bool = False) -> None:
+        """Store `node`. Unless `create`, the inode must still exist: a task holding an
+        Inode across an await must never bring back one that was deleted meanwhile."""
+        key = u64(node.ino)
+        if not create and txn.get(key, db=self.inodes) is None:
+            self._memo.pop(node.ino, None)
+            raise GoneError(f"inode {node.ino} ({node.name!r}) was removed meanwhile")
+        txn.put(key, node.encode(), db=self.inodes)
         self._memo[node.ino] = node
 
     def forget_memo(self) -> None:

@@ -15,7 +15,7 @@ after any base chunks they need have been fetched.
 from __future__ import annotations
 
 import bisect
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import trio
 
@@ -115,9 +115,10 @@ class Content:
 
     # --- writes ---
 
-    async def write(self, node: Inode, off: int, data: bytes, txn_factory) -> None:  # noqa: ANN001
+    async def write(self, node: Inode, off: int, data: bytes,
+                    in_txn: Callable[["lmdb.Transaction"], None] = lambda txn: None) -> None:
         """Overlay `data` at `off`. Base chunks under partially written blocks are fetched
-        first; then one write transaction (from `txn_factory`) updates blocks and inode."""
+        first; then one write transaction updates blocks and inode (and runs `in_txn`)."""
         end = off + len(data)
         first, last = off // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
         chunks = await self.base_chunks(node)
@@ -125,7 +126,8 @@ class Content:
             start = block_no * BLOCK_SIZE
             if start < node.base_len and not self._has_block(node.ino, block_no):
                 await self._base_bytes_fetching(chunks, start, min(start + BLOCK_SIZE, node.base_len, node.size))
-        with txn_factory() as txn:
+        with self.cache.write() as txn:
+            in_txn(txn)
             for block_no in range(first, last + 1):
                 start = block_no * BLOCK_SIZE
                 lo, hi = max(off, start), min(end, start + BLOCK_SIZE)

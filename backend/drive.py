@@ -55,13 +55,9 @@ class Drive:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[lmdb.Transaction]:
-        """A write transaction; on failure the decoded-inode memo is dropped too."""
-        try:
-            with self.cache.write() as txn:
-                yield txn
-        except BaseException:
-            self.cache.forget_memo()
-            raise
+        """A write transaction that wakes the syncer once it committed."""
+        with self.cache.write() as txn:
+            yield txn
         self.on_outbox()
 
     # --- lookups ---
@@ -106,7 +102,7 @@ class Drive:
             node = Inode(ino=self.cache.new_ino(txn), parent=parent, name=name, kind=kind, mode=mode & 0o7777,
                          size=len(target.encode("utf-8", "surrogateescape")) if kind == "symlink" else 0,
                          mtime_ns=now, ctime_ns=now, target=target, dirty=kind == "file")
-            self.cache.put(txn, node)
+            self.cache.put(txn, node, create=True)
             self.cache.link(txn, parent, name, node.ino)
             self.cache.enqueue(txn, {"op": "upload" if kind == "file" else "push", "ino": node.ino})
             self._touch_dir(txn, parent, now)
@@ -239,17 +235,14 @@ class Drive:
 
     async def write(self, ino: int, off: int, data: bytes) -> int:
         node = self.get(ino)
-        await self.content.write(node, off, data, self._write_txn(node))
-        return len(data)
 
-    def _write_txn(self, node: Inode):  # noqa: ANN202 - a context-manager factory
-        def factory():  # noqa: ANN202
+        def in_txn(txn: lmdb.Transaction) -> None:
             node.mtime_ns = time.time_ns()
-            txn = self.cache.write()
-            if not node.dirty:  # clean -> dirty: make sure an upload is queued, even across a crash
+            if not node.dirty:  # clean -> dirty: queue an upload now, so it survives a crash
                 self.cache.enqueue(txn, {"op": "upload", "ino": node.ino})
-            return txn
-        return factory
+
+        await self.content.write(node, off, data, in_txn)
+        return len(data)
 
     def opened(self, ino: int) -> None:
         self.open_count[ino] = self.open_count.get(ino, 0) + 1

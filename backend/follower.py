@@ -69,7 +69,7 @@ class Follower:
                 ino = inos[node.id]
                 parent = inos.get(node.parent_id or 0, 0) if node.id != me.root_id else 0
                 local = self._inode_from(node, ino, parent)
-                self.cache.put(txn, local)
+                self.cache.put(txn, local, create=True)
                 self.cache.bind_node_id(txn, local, node.id)
                 if parent:
                     self.cache.link(txn, parent, node.name, ino)
@@ -137,7 +137,7 @@ class Follower:
                 return
             with self.cache.write() as txn:
                 node = self._inode_from(remote, self.cache.new_ino(txn), parent_ino)
-                self.cache.put(txn, node)
+                self.cache.put(txn, node, create=True)
                 self.cache.bind_node_id(txn, node, remote.id)
                 self.cache.link(txn, parent_ino, remote.name, node.ino)
             self.invalidate.entry(parent_ino, remote.name)

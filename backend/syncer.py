@@ -24,7 +24,7 @@ import trio
 
 from . import wire
 from .api_client import ApiClient
-from .cache import ROOT_INO, Cache, Inode
+from .cache import ROOT_INO, Cache, GoneError, Inode
 from .chunkcache import ChunkCache
 from .errors import ConflictError, OfflineError, ServerError, StaleRevisionError
 from .uploader import Uploader, finish_upload
@@ -32,6 +32,7 @@ from .uploader import Uploader, finish_upload
 log = logging.getLogger("cloudfs.syncer")
 
 DEBOUNCE_S = 0.3
+PARALLEL_UPLOADS = 16
 MAX_BACKOFF_S = 10.0
 
 
@@ -50,11 +51,14 @@ class Syncer:
         self._wake = trio.Event()
         self._idle = trio.Event()
         self.done_seq = 0
+        self._locks: dict[int, trio.Lock] = {}
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Drain the outbox in order. Consecutive uploads of different files run
+        concurrently (up to PARALLEL_UPLOADS); every other entry waits for them."""
         task_status.started()
         backoff = 0.2
         while True:
@@ -66,24 +70,46 @@ class Syncer:
                     await self._wake.wait()
                 continue
             self._idle = trio.Event()
-            for seq, op in items:
-                try:
-                    await self._apply(op)
-                except (OfflineError, _Retry) as exc:
-                    self._went_offline(exc)
-                    await trio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+            failed: BaseException | None = None
+            for group in _groups(items):
+                failed = await self._apply_group(group)
+                if failed is not None:
                     break
-                except ServerError as exc:
-                    if exc.status >= 500 or exc.status in (401, 408, 429):
-                        self._went_offline(exc)
-                        await trio.sleep(backoff)
-                        backoff = min(backoff * 2, MAX_BACKOFF_S)
-                        break
-                    log.error("dropping outbox entry %s: the server refused it: %s", op, exc)
+                for seq, _ in group:
+                    self.cache.dequeue(seq)
+                    self.done_seq = seq
                 self.online, backoff = True, 0.2
-                self.cache.dequeue(seq)
-                self.done_seq = seq
+            if failed is not None:
+                self._went_offline(failed)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def _apply_group(self, group: list[tuple[int, dict]]) -> BaseException | None:
+        """Apply entries concurrently; return the first transient failure (the whole
+        group is retried later, which is safe because every entry is idempotent)."""
+        failures: list[BaseException] = []
+
+        async def one(op: dict) -> None:
+            try:
+                await self._apply(op)
+            except GoneError:
+                pass  # removed locally while we worked on it; its delete entry follows
+            except (OfflineError, _Retry) as exc:
+                failures.append(exc)
+            except ServerError as exc:
+                if exc.status >= 500 or exc.status in (401, 408, 429):
+                    failures.append(exc)
+                else:
+                    log.error("dropping outbox entry %s: the server refused it: %s", op, exc)
+
+        distinct: dict[Any, dict] = {}
+        for _, op in group:
+            key = ("ino", op["ino"]) if op["op"] == "upload" else id(op)
+            distinct[key] = {**distinct.get(key, {}), **op}  # the latest entry wins, "force" sticks
+        async with trio.open_nursery() as nursery:
+            for op in distinct.values():
+                nursery.start_soon(one, op)
+        return failures[0] if failures else None
 
     def _went_offline(self, exc: BaseException) -> None:
         if self.online:
@@ -116,8 +142,9 @@ class Syncer:
             delay = op.get("t", 0) + DEBOUNCE_S - time.time()
             if delay > 0:
                 await trio.sleep(delay)
-            await self._push(node, depth=0)
-        else:
+                if not self._still_here(node):
+                    return
+        async with self._lock(node.ino):
             await self._push(node, depth=0)
 
     async def _delete(self, node_id: int) -> None:
@@ -127,12 +154,22 @@ class Syncer:
             if exc.status != 404:
                 raise
 
+    def _lock(self, ino: int) -> trio.Lock:
+        lock = self._locks.get(ino)
+        if lock is None:
+            lock = self._locks[ino] = trio.Lock()
+        return lock
+
     async def _ensure_parent(self, node: Inode, depth: int) -> int:
+        """Create missing ancestors first. Locks are taken child before parent, so
+        concurrent uploads into one new directory create it once, without deadlock."""
         parent = self.cache.get(node.parent)
         if parent is None:
             raise _Retry(f"parent inode {node.parent} of {node.name!r} vanished")
         if not parent.node_id:
-            await self._push(parent, depth + 1)
+            async with self._lock(parent.ino):
+                if not parent.node_id:
+                    await self._push(parent, depth + 1)
         return parent.node_id
 
     async def _push(self, node: Inode, depth: int) -> None:
@@ -154,6 +191,8 @@ class Syncer:
             self._record(node, answer.node)
 
     def _record(self, node: Inode, remote: wire.Node) -> None:
+        if self.cache.get(node.ino) is None:
+            return  # dropped locally meanwhile; a delete entry follows if it had a node id
         with self.cache.write() as txn:
             if not node.node_id:
                 self.cache.bind_node_id(txn, node, remote.id)
@@ -165,6 +204,11 @@ class Syncer:
                 node.rev = remote.rev
             self.cache.put(txn, node)
 
+    def _still_here(self, node: Inode) -> bool:
+        """False when the inode left the tree while a request about it was in flight."""
+        current = self.cache.get(node.ino)
+        return current is not None and (current.parent != 0 or current.ino == ROOT_INO)
+
     async def _create(self, node: Inode, parent_id: int) -> None:
         try:
             if node.kind == "dir":
@@ -175,13 +219,17 @@ class Syncer:
             if exc.code != "name_exists" or not await self._clear_the_way(exc, node):
                 raise
             return await self._create(node, parent_id)
+        if not self._still_here(node):
+            await self._delete(answer.node.id)  # removed locally meanwhile
+            return
         self._record(node, answer.node)
 
     async def _move(self, node: Inode, parent_id: int) -> None:
         try:
             answer = await self.client.move(node.node_id, parent_id, node.name)
         except ConflictError as exc:
-            if exc.code != "name_exists" or not await self._clear_the_way(exc, node):
+            if exc.code not in ("name_exists", "is_a_directory", "not_a_directory") \
+                    or not await self._clear_the_way(exc, node):
                 raise
             answer = await self.client.move(node.node_id, parent_id, node.name)
         except ServerError as exc:
@@ -220,14 +268,12 @@ class Syncer:
             await self._conflicted_copy(node, exc)
             return
         except ConflictError as exc:
-            if exc.code == "name_exists" and await self._clear_the_way(exc, node):
+            if exc.code in ("name_exists", "is_a_directory") and await self._clear_the_way(exc, node):
                 return await self._upload(node, parent_id)
-            if exc.code == "name_exists":
-                await self._conflicted_copy(node, exc)
-                return
-            raise
-        current = self.cache.get(node.ino)
-        if current is None or current.parent == 0:
+            # Never drop content the server refused: keep it under a conflicted name.
+            await self._conflicted_copy(node, exc)
+            return
+        if not self._still_here(node):
             # Deleted locally while uploading: the server must not keep it.
             await self._delete(result.response.node.id)
             return
@@ -261,6 +307,29 @@ def conflicted_name(name: str, device: str, cache: Cache, parent: int) -> str:
         if cache.lookup(parent, candidate) is None:
             return candidate
     raise OSError(f"too many conflicted copies of {name!r}")
+
+
+def _groups(items: list[tuple[int, dict]]) -> list[list[tuple[int, dict]]]:
+    """Split the outbox into runs that may be applied concurrently: uploads of
+    distinct inodes together, everything else alone, order kept between runs."""
+    groups: list[list[tuple[int, dict]]] = []
+    current: list[tuple[int, dict]] = []
+    inos: set[int] = set()
+    for seq, op in items:
+        if op["op"] == "upload" and (op["ino"] in inos or len(inos) < PARALLEL_UPLOADS) and current:
+            current.append((seq, op))  # a repeat of an inode in the group is applied once
+            inos.add(op["ino"])
+            continue
+        if current:
+            groups.append(current)
+            current, inos = [], set()
+        if op["op"] == "upload":
+            current, inos = [(seq, op)], {op["ino"]}
+        else:
+            groups.append([(seq, op)])
+    if current:
+        groups.append(current)
+    return groups
 
 
 class _Retry(Exception):

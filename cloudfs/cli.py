@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import socket
@@ -64,7 +65,15 @@ def _mount(args: argparse.Namespace) -> int:
     if not token:
         print("cloudfs mount: no token (use --token or set CLOUDFS_TOKEN)", file=sys.stderr)
         return 2
-    mountpoint = args.mountpoint.resolve()
+    mountpoint = Path(os.path.abspath(args.mountpoint))
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise
+        # A mount whose process died (kill -9, crash): clear it; its data is in the cache.
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+    mountpoint = mountpoint.resolve()
     if not mountpoint.is_dir():
         print(f"cloudfs mount: {mountpoint} is not a directory", file=sys.stderr)
         return 2

@@ -180,8 +180,11 @@ class Operations(pyfuse3.Operations):
         node = self.drive.get(inode)
         if node.kind == "dir":
             raise pyfuse3.FUSEError(errno.EISDIR)
+        truncate = bool(flags & os.O_TRUNC) and node.size > 0
+        if truncate:  # libfuse negotiates atomic O_TRUNC: no separate setattr comes
+            self.drive.setattr(inode, size=0)
         fh = self._fh()
-        self.handles[fh] = Handle(inode)
+        self.handles[fh] = Handle(inode, wrote=truncate)
         self.drive.opened(inode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 

@@ -234,9 +234,14 @@ def create_app(ctx: ServerContext) -> FastAPI:
         first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
         detail = first.get("msg", "invalid request")
         field = _field_of(tuple(first.get("loc", ())))
-        if first.get("type") == "json_invalid":
+        ctx = first.get("ctx") or {}
+        if first.get("type") == "value_error" and "error" in ctx:
+            detail = str(ctx["error"])  # our own validators' words, without pydantic's "Value error, "
+        elif first.get("type") == "missing" and field == "body":
+            detail = "a JSON body is required"
+        elif first.get("type") == "json_invalid":
             loc = tuple(first.get("loc", ()))
-            reason = (first.get("ctx") or {}).get("error", "")
+            reason = ctx.get("error", "")
             at = f" at byte {loc[1]}" if len(loc) > 1 else ""
             detail, field = f"the body is not valid JSON{': ' + reason if reason else ''}{at}", "body"
         return JSONResponse({"error": "invalid", "detail": detail, "field": field,

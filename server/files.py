@@ -189,7 +189,7 @@ def _target_for_commit(conn: Connection, owner_id: int, root_id: int, req: wire.
         parent_id, name = tree.get_dir(conn, owner_id, req.parent_id)["id"], req.name
     existing = tree.child(conn, owner_id, parent_id, name)
     if existing is not None and existing["kind"] != "file":
-        raise IsADirectory(f"{name!r} is a {existing['kind']}", field="name")
+        raise IsADirectory(f"{name!r} is a {existing['kind']}", field="name", node=tree.to_wire(existing).model_dump())
     return existing, parent_id, name
 
 

@@ -131,3 +131,79 @@ def cloudfs_server(data_dir: Path, *, db_url: str | None = None, store_url: str 
 def _listening_line(proc: subprocess.Popen) -> str | None:
     line = proc.stdout.readline()
     return line if "listening on" in line else None
+
+
+@dataclass
+class MountProcess:
+    path: Path
+    cache_dir: Path
+    proc: subprocess.Popen
+    log_path: Path
+    server: ServerProcess
+    token: str
+    device: str
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([*CLOUDFS, *args], capture_output=True, text=True, timeout=timeout)
+
+    def sync(self, timeout: float = 120) -> None:
+        done = self.cli("sync", str(self.path), "--timeout", str(timeout), timeout=timeout + 30)
+        if done.returncode != 0:
+            raise AssertionError(f"cloudfs sync failed: {done.stderr}\n{self.log()[-3000:]}")
+
+    def status(self) -> dict:
+        import json
+
+        done = self.cli("status", str(self.path), "--json", timeout=30)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def is_mounted(path: Path) -> bool:
+    """From /proc/self/mounts: true for a dead FUSE mount too, where stat() fails."""
+    target = os.path.abspath(path)
+    with open("/proc/self/mounts") as mounts:
+        return any(line.split()[1].replace("\\040", " ") == target for line in mounts)
+
+
+def unmount(path: Path, proc: subprocess.Popen | None, *, timeout: float = 30) -> None:
+    """fusermount3 -u; if that fails, lazy unmount and kill. Never leaves a mount behind."""
+    if is_mounted(path):
+        subprocess.run(["fusermount3", "-u", str(path)], capture_output=True, timeout=timeout)
+    if proc is not None:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    if is_mounted(path):
+        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, timeout=timeout)
+    assert not is_mounted(path), f"{path} is still mounted"
+
+
+@contextlib.contextmanager
+def cloudfs_mount(server: ServerProcess, token: str, path: Path, cache_dir: Path, *, device: str = "dev-a",
+                  extra_args: list[str] = ()) -> Iterator[MountProcess]:
+    """A `cloudfs mount --foreground` subprocess; waits until the mount answers and
+    always unmounts afterwards, also when the test failed."""
+    path.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    log_path = cache_dir.parent / f"{cache_dir.name}-mount.log"
+    log_file = open(log_path, "ab")
+    proc = subprocess.Popen(
+        [*CLOUDFS, "mount", server.url, str(path), "--cache", str(cache_dir), "--device", device, "--foreground",
+         *extra_args],
+        stdout=log_file, stderr=log_file, env={**os.environ, "CLOUDFS_TOKEN": token})
+    mount = MountProcess(path, cache_dir, proc, log_path, server, token, device)
+    try:
+        wait_until(lambda: os.path.ismount(path) and mount.cli("status", str(path), timeout=10).returncode == 0,
+                   timeout=60, what=f"mount at {path}", proc=proc, interval=0.1)
+        yield mount
+    finally:
+        try:
+            unmount(path, proc)
+        finally:
+            log_file.close()

@@ -118,7 +118,7 @@ def test_insert_near_start_changes_few_chunks(seed: int, position: int, inserted
     data = random.Random(seed).randbytes(8 * MiB)
     before = fingerprints(data)
     after = fingerprints(data[:position] + inserted + data[position:])
-    assert len(before) >= 5
+    assert len(before) >= 3  # 8 MiB at ~1.25 MiB average: usually 5-7 chunks, never fewer than 3
     shared = set(before) & set(after)
     changed = [fp for fp in after if fp not in shared]
     assert len(changed) <= 2, f"{len(changed)} of {len(after)} chunks changed"

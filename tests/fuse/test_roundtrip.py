@@ -1,0 +1,69 @@
+"""The drive end to end on one device: write through the mount, sync, wipe the cache,
+mount again, and get every byte back from the server."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.harness import cloudfs_mount
+
+
+def tree_equal(a: Path, b: Path) -> None:
+    cmp = filecmp.dircmp(a, b)
+    assert not cmp.left_only and not cmp.right_only and not cmp.funny_files, (cmp.left_only, cmp.right_only)
+    _, mismatch, errors = filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)
+    assert not mismatch and not errors, (mismatch, errors)
+    for sub in cmp.common_dirs:
+        tree_equal(a / sub, b / sub)
+
+
+def make_tree(root: Path, files: int) -> None:
+    for i in range(files):
+        d = root / f"d{i % 37}" / f"e{i % 5}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}.txt").write_bytes(os.urandom(i % 3000) + f"file {i}\n".encode())
+    (root / "link").symlink_to("d1/e1")
+
+
+def test_tree_and_big_file_survive_a_cache_wipe(fuse_server, account, tmp_path):
+    src = tmp_path / "src"
+    make_tree(src, 600)
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        for _ in range(40):
+            f.write(os.urandom(1 << 20))
+    with cloudfs_mount(fuse_server, account, tmp_path / "mnt", tmp_path / "cache1") as m:
+        subprocess.run(["cp", "-a", str(src), str(m.path / "tree")], check=True, timeout=300)
+        shutil.copyfile(big, m.path / "big.bin")
+        tree_equal(src, m.path / "tree")
+        m.sync()
+        assert m.status()["pending_files"] == 0
+    with cloudfs_mount(fuse_server, account, tmp_path / "mnt", tmp_path / "cache2") as m:
+        tree_equal(src, m.path / "tree")
+        assert filecmp.cmp(big, m.path / "big.bin", shallow=False)
+        assert os.readlink(m.path / "tree" / "link") == "d1/e1"
+
+
+def test_fsynced_data_survives_kill_9(fuse_server, account, tmp_path):
+    data = os.urandom(3 << 20)
+    with cloudfs_mount(fuse_server, account, tmp_path / "mnt", tmp_path / "cache") as m:
+        # Keep the file open so nothing is uploaded before the crash: only LMDB has it.
+        fd = os.open(m.path / "precious.bin", os.O_CREAT | os.O_WRONLY, 0o644)
+        os.write(fd, data)
+        os.fsync(fd)
+        m.proc.send_signal(signal.SIGKILL)
+        m.proc.wait(10)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    with cloudfs_mount(fuse_server, account, tmp_path / "mnt", tmp_path / "cache") as m:
+        assert (m.path / "precious.bin").read_bytes() == data
+        m.sync()
+    with cloudfs_mount(fuse_server, account, tmp_path / "mnt", tmp_path / "fresh-cache") as m:
+        assert (m.path / "precious.bin").read_bytes() == data
