@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 want_test=0
 [[ "${1:-}" == "--test" ]] && want_test=1
 
-apt_packages=(fuse3 libfuse3-dev pkg-config python3-venv)
+apt_packages=(fuse3 libfuse3-dev pkg-config python3-venv curl)
 (( want_test )) && apt_packages+=(postgresql sqlite3 git rsync)
 
 missing=()
