@@ -87,11 +87,10 @@ class Content:
             return b""
         chunks = await self.base_chunks(node)
         needed = self._covering(chunks, off, min(end, node.base_len))
+        if readahead:
+            self.fetcher.prefetch([c.fingerprint for c in self._covering(chunks, end, min(end + readahead, node.base_len))])
         if needed:
-            wanted = [c.fingerprint for c in needed]
-            if readahead:
-                wanted += [c.fingerprint for c in self._covering(chunks, end, min(end + readahead, node.base_len))]
-            await self.fetcher.ensure(wanted)
+            await self.fetcher.ensure([c.fingerprint for c in needed])
         parts = []
         pos = off
         while pos < end:

@@ -30,6 +30,7 @@ class Fetcher:
         self._errors: dict[str, BaseException] = {}
         self._urls: dict[str, tuple[float, wire.ChunkDownload]] = {}
         self.downloaded_bytes = 0
+        self.nursery: trio.Nursery | None = None  # set by the session; hosts read-ahead
 
     async def _urls_for(self, fingerprints: list[str]) -> dict[str, wire.ChunkDownload]:
         now = time.monotonic()
@@ -86,6 +87,19 @@ class Fetcher:
                 await event.wait()
             if fp not in self.chunks:
                 raise self._errors.pop(fp, None) or RuntimeError(f"chunk {fp} vanished from the cache")
+
+    def prefetch(self, fingerprints: list[str]) -> None:
+        """Read-ahead: fetch these in the background (in the session's nursery); a failure
+        only means the later read fetches again."""
+        wanted = [fp for fp in fingerprints if fp not in self.chunks and fp not in self._inflight]
+        if wanted and self.nursery is not None:
+            self.nursery.start_soon(self._prefetch, wanted)
+
+    async def _prefetch(self, fingerprints: list[str]) -> None:
+        try:
+            await self.ensure(fingerprints)
+        except Exception as exc:  # noqa: BLE001 - read-ahead is best effort
+            log.debug("read-ahead failed: %s", exc)
 
     async def read_range(self, fingerprint: str, start: int, end: int) -> bytes:
         data = self.chunks.read_range(fingerprint, start, end)

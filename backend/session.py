@@ -53,6 +53,7 @@ class Session:
     uploader: Uploader
 
     async def start(self, nursery: trio.Nursery) -> None:
+        self.fetcher.nursery = nursery
         await nursery.start(self.syncer.run)
         await nursery.start(self.follower.run)
 

@@ -25,6 +25,8 @@ from .content import Content, ContentReader
 log = logging.getLogger("cloudfs.uploader")
 
 BATCH = 16
+BATCH_BYTES = 32 * 1024 * 1024
+QUEUED_PIECES = 2
 PARALLEL_PUTS = 8
 
 
@@ -54,7 +56,8 @@ class Uploader:
         base = await self.content.base_chunks(node)
         refs: list[tuple[str, int]] = []
         sent_chunks = sent_bytes = 0
-        send, receive = trio.open_memory_channel[Piece | None](BATCH)
+        # Memory bound: QUEUED_PIECES in the channel + one batch (<= BATCH_BYTES + a chunk).
+        send, receive = trio.open_memory_channel[Piece | None](QUEUED_PIECES)
 
         def produce() -> None:
             reader = ContentReader(self.content, node, base, size)
@@ -69,7 +72,7 @@ class Uploader:
                 async for piece in receive:
                     refs.append((piece.fingerprint, piece.length))
                     batch.append(piece)
-                    if len(batch) >= BATCH:
+                    if len(batch) >= BATCH or sum(p.length for p in batch) >= BATCH_BYTES:
                         c, b = await self._send_batch(batch)
                         sent_chunks, sent_bytes, batch = sent_chunks + c, sent_bytes + b, []
                 if batch:
