@@ -82,9 +82,11 @@ class ApiClient:
             body["mtime_ns"] = mtime_ns
         return wire.NodeResponse.model_validate(await self._call("POST", "/dirs", json=body))
 
-    async def symlink(self, parent_id: int, name: str, target: str) -> wire.NodeResponse:
-        return wire.NodeResponse.model_validate(
-            await self._call("POST", "/symlinks", json={"parent_id": parent_id, "name": name, "target": target}))
+    async def symlink(self, parent_id: int, name: str, target: str, *, mtime_ns: int | None = None) -> wire.NodeResponse:
+        body: dict[str, Any] = {"parent_id": parent_id, "name": name, "target": target}
+        if mtime_ns is not None:
+            body["mtime_ns"] = mtime_ns
+        return wire.NodeResponse.model_validate(await self._call("POST", "/symlinks", json=body))
 
     async def move(self, node_id: int, parent_id: int, name: str, *, replace: bool = False) -> wire.NodeResponse:
         return wire.NodeResponse.model_validate(await self._call(

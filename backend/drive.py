@@ -51,6 +51,10 @@ class Drive:
         self.chunks = chunks
         self.content = content
         self.open_count: dict[int, int] = {}
+        self.lookups: dict[int, int] = {}
+        """The kernel's references per inode (lookup/create/readdirplus minus forget): an
+        inode removed from the tree lives on, as an orphan, until both this and
+        open_count reach zero, so an open() racing a rename never sees ENOENT."""
         self.on_outbox = lambda: None  # the syncer's wake-up, set when it starts
 
     @contextlib.contextmanager
@@ -69,6 +73,8 @@ class Drive:
         return node
 
     def lookup(self, parent: int, name: str) -> Inode:
+        if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX_BYTES:
+            raise NameTooLongError(f"a name is at most {NAME_MAX_BYTES} bytes")
         self._dir(parent)
         ino = self.cache.lookup(parent, name)
         if ino is None:
@@ -150,7 +156,7 @@ class Drive:
         """The node left the tree: tell the server, and drop it unless still open."""
         if node.node_id:
             self.cache.enqueue(txn, {"op": "delete", "ino": node.ino, "node_id": node.node_id})
-        if self.open_count.get(node.ino):
+        if self.open_count.get(node.ino) or self.lookups.get(node.ino):
             node.parent = 0
             self.cache.put(txn, node)
         else:
@@ -244,6 +250,32 @@ class Drive:
         await self.content.write(node, off, data, in_txn)
         return len(data)
 
+    def referenced(self, ino: int) -> None:
+        self.lookups[ino] = self.lookups.get(ino, 0) + 1
+
+    def forgotten(self, ino: int, count: int) -> None:
+        left = self.lookups.get(ino, 0) - count
+        if left > 0:
+            self.lookups[ino] = left
+            return
+        self.lookups.pop(ino, None)
+        self._drop_if_orphan(ino)
+
+    def _drop_if_orphan(self, ino: int) -> None:
+        node = self.cache.get(ino)
+        if node is None or node.parent != 0 or ino == ROOT_INO or self.open_count.get(ino) or self.lookups.get(ino):
+            return
+        with self.transaction() as txn:
+            self.chunks.dirty_bytes -= self._dirty_size(txn, node)
+            self.cache.drop(txn, node)
+
+    def purge_orphans(self) -> int:
+        """At mount time nothing references anything: drop orphans a crash left behind."""
+        orphans = [n.ino for n in self.cache.iter_inodes() if n.parent == 0 and n.ino != ROOT_INO]
+        for ino in orphans:
+            self._drop_if_orphan(ino)
+        return len(orphans)
+
     def opened(self, ino: int) -> None:
         self.open_count[ino] = self.open_count.get(ino, 0) + 1
 
@@ -256,11 +288,10 @@ class Drive:
         node = self.cache.get(ino)
         if node is None:
             return
-        with self.transaction() as txn:
-            if node.parent == 0 and node.ino != ROOT_INO and not left:
-                self.chunks.dirty_bytes -= self._dirty_size(txn, node)
-                self.cache.drop(txn, node)
-            elif schedule_upload and node.dirty:
+        if node.parent == 0 and node.ino != ROOT_INO:
+            self._drop_if_orphan(ino)
+        elif schedule_upload and node.dirty:
+            with self.transaction() as txn:
                 self.cache.enqueue(txn, {"op": "upload", "ino": ino, "t": time.time()})
 
     def fsync(self, ino: int | None = None) -> None:

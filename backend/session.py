@@ -111,6 +111,7 @@ async def open_session(options: SessionOptions, invalidate: Invalidator | None =
                             invalidate=invalidate)
         drive.on_outbox = syncer.wake
         await follower.bootstrap()
+        drive.purge_orphans()
         yield Session(options, client, cache, chunks, drive, syncer, follower, fetcher, uploader)
     finally:
         with trio.CancelScope(shield=True):

@@ -104,7 +104,7 @@ class Syncer:
 
         distinct: dict[Any, dict] = {}
         for _, op in group:
-            key = ("ino", op["ino"]) if op["op"] == "upload" else id(op)
+            key = (op["op"], op["ino"]) if op["op"] in ("upload", "delete") else id(op)
             distinct[key] = {**distinct.get(key, {}), **op}  # the latest entry wins, "force" sticks
         async with trio.open_nursery() as nursery:
             for op in distinct.values():
@@ -185,8 +185,7 @@ class Syncer:
             await self._create(node, parent_id)
         if node.node_id and (node.srv_parent != node.parent or node.srv_name != node.name):
             await self._move(node, parent_id)
-        if node.node_id and node.kind != "symlink" and (node.srv_mode != node.mode or node.srv_mtime_ns != node.mtime_ns) \
-                and not node.dirty:
+        if node.node_id and (node.srv_mode != node.mode or node.srv_mtime_ns != node.mtime_ns) and not node.dirty:
             answer = await self.client.set_attr(node.node_id, mode=node.mode, mtime_ns=node.mtime_ns)
             self._record(node, answer.node)
 
@@ -214,7 +213,7 @@ class Syncer:
             if node.kind == "dir":
                 answer = await self.client.mkdir(parent_id, node.name, mode=node.mode, mtime_ns=node.mtime_ns)
             else:
-                answer = await self.client.symlink(parent_id, node.name, node.target)
+                answer = await self.client.symlink(parent_id, node.name, node.target, mtime_ns=node.mtime_ns)
         except ConflictError as exc:
             if exc.code != "name_exists" or not await self._clear_the_way(exc, node):
                 raise
@@ -311,20 +310,22 @@ def conflicted_name(name: str, device: str, cache: Cache, parent: int) -> str:
 
 def _groups(items: list[tuple[int, dict]]) -> list[list[tuple[int, dict]]]:
     """Split the outbox into runs that may be applied concurrently: uploads of
-    distinct inodes together, everything else alone, order kept between runs."""
+    distinct inodes together, deletes together, everything else alone, order kept
+    between runs."""
     groups: list[list[tuple[int, dict]]] = []
     current: list[tuple[int, dict]] = []
     inos: set[int] = set()
+    kind = ""
     for seq, op in items:
-        if op["op"] == "upload" and (op["ino"] in inos or len(inos) < PARALLEL_UPLOADS) and current:
+        if op["op"] in ("upload", "delete") and op["op"] == kind and (op["ino"] in inos or len(inos) < PARALLEL_UPLOADS):
             current.append((seq, op))  # a repeat of an inode in the group is applied once
             inos.add(op["ino"])
             continue
         if current:
             groups.append(current)
-            current, inos = [], set()
-        if op["op"] == "upload":
-            current, inos = [(seq, op)], {op["ino"]}
+            current, inos, kind = [], set(), ""
+        if op["op"] in ("upload", "delete"):
+            current, inos, kind = [(seq, op)], {op["ino"]}, op["op"]
         else:
             groups.append([(seq, op)])
     if current:

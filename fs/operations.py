@@ -78,13 +78,18 @@ class Operations(pyfuse3.Operations):
         self._next_fh += 1
         return self._next_fh
 
+    def entry(self, node: Inode) -> pyfuse3.EntryAttributes:
+        """Attributes for a reply that hands the kernel a new reference (lookup, create ...)."""
+        self.drive.referenced(node.ino)
+        return self.attrs(node)
+
     def attrs(self, node: Inode) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
         entry.st_ino = node.ino
         entry.generation = 0
         entry.entry_timeout = entry.attr_timeout = TIMEOUT_S
         entry.st_mode = KIND_BITS[node.kind] | (node.mode & 0o7777)
-        entry.st_nlink = 1
+        entry.st_nlink = 0 if node.parent == 0 and node.ino != ROOT_INO else 1
         entry.st_uid, entry.st_gid = self.uid, self.gid
         entry.st_size = node.size
         entry.st_blksize = 128 * 1024
@@ -97,7 +102,7 @@ class Operations(pyfuse3.Operations):
 
     @errno_of
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        return self.attrs(self.drive.lookup(parent_inode, _name(name)))
+        return self.entry(self.drive.lookup(parent_inode, _name(name)))
 
     @errno_of
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
@@ -123,17 +128,17 @@ class Operations(pyfuse3.Operations):
 
     @errno_of
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
-        return self.attrs(self.drive.mkdir(parent_inode, _name(name), mode & ~ctx.umask))
+        return self.entry(self.drive.mkdir(parent_inode, _name(name), mode & ~ctx.umask))
 
     @errno_of
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
-        return self.attrs(self.drive.symlink(parent_inode, _name(name), os.fsdecode(target)))
+        return self.entry(self.drive.symlink(parent_inode, _name(name), os.fsdecode(target)))
 
     @errno_of
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
         if not stat.S_ISREG(mode):
             raise pyfuse3.FUSEError(errno.EPERM)  # device nodes, FIFOs and sockets are not synced
-        return self.attrs(self.drive.create(parent_inode, _name(name), mode & ~ctx.umask))
+        return self.entry(self.drive.create(parent_inode, _name(name), mode & ~ctx.umask))
 
     @errno_of
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
@@ -168,6 +173,7 @@ class Operations(pyfuse3.Operations):
             name, node = entries[index]
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attrs(node), index + 1):
                 return
+            self.drive.referenced(node.ino)  # readdirplus: the kernel keeps a reference
 
     @errno_of
     async def releasedir(self, fh: int) -> None:
@@ -195,7 +201,7 @@ class Operations(pyfuse3.Operations):
         fh = self._fh()
         self.handles[fh] = Handle(node.ino, wrote=True)
         self.drive.opened(node.ino)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self.attrs(node)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self.entry(node)
 
     @errno_of
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -255,8 +261,10 @@ class Operations(pyfuse3.Operations):
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
         raise pyfuse3.FUSEError(errno.ENODATA)
 
+    @errno_of
     async def forget(self, inode_list: Any) -> None:
-        return None
+        for ino, count in inode_list:
+            self.drive.forgotten(ino, count)
 
 
 __all__ = ["Operations", "ROOT_INO"]

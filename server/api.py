@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import outcome
 import trio
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from cloudfs.backend import wire
 from cloudfs.backend.names import split_path
 
 from . import files, journal, tree
-from .app import ServerContext, User, context, current_user, device_name
+from .app import ServerContext, User, context_dependency, current_user, device_name
 from .errors import Invalid
 
 ERRORS = {
@@ -29,7 +30,7 @@ ERRORS = {
 }
 router = APIRouter(responses=ERRORS)
 
-Ctx = Annotated[ServerContext, Depends(context)]
+Ctx = Annotated[ServerContext, Depends(context_dependency)]
 Auth = Annotated[User, Depends(current_user)]
 Device = Annotated[str, Depends(device_name)]
 NodeIdPath = Annotated[int, Path(ge=1, le=wire.INT64_MAX)]
@@ -108,6 +109,9 @@ async def get_node(ctx: Ctx, user: Auth, node_id: NodeIdPath) -> wire.NodeRespon
 async def list_dir(ctx: Ctx, user: Auth, node_id: NodeIdPath,
                    after: Annotated[str | None, Query(max_length=255, description="last name of the previous page")] = None,
                    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> wire.Listing:
+    if after is not None and "\0" in after:
+        raise Invalid("a name never contains NUL", field="after")
+
     def run() -> wire.Listing:
         with ctx.db.read() as conn:
             entries, next_after = tree.list_children(conn, user.id, node_id, after=after, limit=limit)
@@ -162,7 +166,18 @@ async def commit(ctx: Ctx, user: Auth, device: Device, req: wire.CommitRequest) 
     """Commit a version. Every chunk must be uploaded first (422 names the missing ones);
     a stale `base_rev` is 409 with the current revision."""
     files.check_commit(req)
-    problems, pending = await ctx.run_db(files.chunk_plan, ctx.db, user.id, req.chunks)
+
+    def fast() -> wire.CommitResponse | tuple[dict, list]:
+        problems, pending = files.chunk_plan(ctx.db, user.id, req.chunks)
+        if problems or pending:
+            return problems, pending
+        return files.write_commit(ctx.db, user.id, user.root_id, req, device)
+
+    done = await ctx.run_db(fast)
+    if isinstance(done, wire.CommitResponse):
+        ctx.notifier.notify(user.id)
+        return done
+    problems, pending = done
     verdicts: list[str | None] = [None] * len(pending)
 
     async def check(i: int) -> None:
@@ -206,10 +221,43 @@ async def restore(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath, req
 # --- change feed -----------------------------------------------------------------------
 
 
-@router.get("/changes", tags=["sync"])
+class _SharedPage:
+    """One journal read and its rendered JSON, shared by every long-poll of the same
+    owner, cursor and limit that took its waiter in the same notifier generation."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: outcome.Outcome | None = None
+
+
+async def _changes_page(ctx: ServerContext, owner_id: int, cursor: int, limit: int, generation: int) -> tuple[bool, bytes]:
+    key = (owner_id, cursor, limit, generation)
+    pages = ctx.shared_pages
+    page = pages.get(key)
+    if page is None:
+        page = pages[key] = _SharedPage()
+
+        def read() -> tuple[bool, bytes]:
+            with ctx.db.read() as conn:
+                entries, new_cursor, has_more = journal.read(conn, owner_id, cursor, limit)
+            return bool(entries), wire.ChangesResponse(changes=entries, cursor=new_cursor, has_more=has_more).model_dump_json().encode()
+
+        try:
+            page.result = await outcome.acapture(ctx.run_db, read)
+        finally:
+            del pages[key]
+            page.done.set()
+    else:
+        await page.done.wait()
+    if isinstance(page.result, outcome.Error):
+        raise page.result.error
+    return page.result.value
+
+
+@router.get("/changes", tags=["sync"], response_model=wire.ChangesResponse)
 async def changes(ctx: Ctx, user: Auth, cursor: Cursor = 0,
                   wait: Annotated[float, Query(ge=0, le=60, description="seconds to hold the request open when nothing is new")] = 0,
-                  limit: Annotated[int, Query(ge=1, le=5000)] = 1000) -> wire.ChangesResponse:
+                  limit: Annotated[int, Query(ge=1, le=5000)] = 1000) -> Response:
     """Journal entries after `cursor`, oldest first. With `wait`, long-polls until something
     arrives. 410 means the cursor is older than retained history: resync from `/nodes`."""
     def read() -> wire.ChangesResponse:
@@ -220,9 +268,10 @@ async def changes(ctx: Ctx, user: Auth, cursor: Cursor = 0,
     deadline = trio.current_time() + wait
     while True:
         woken = ctx.notifier.waiter(user.id)
-        response = await ctx.run_db(read)
+        generation = ctx.notifier.generation(user.id)
+        found, body = await _changes_page(ctx, user.id, cursor, limit, generation)
         remaining = deadline - trio.current_time()
-        if response.changes or remaining <= 0 or ctx.notifier.closing:
-            return response
+        if found or remaining <= 0 or ctx.notifier.closing:
+            return Response(content=body, media_type="application/json")
         with trio.move_on_after(remaining):
             await woken.wait()

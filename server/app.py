@@ -54,6 +54,8 @@ class ServerContext:
     db_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(16))
     store_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(16))
     _token_cache: dict[str, tuple[float, User]] = field(default_factory=dict)
+    shared_pages: dict[tuple[int, int, int, int], Any] = field(default_factory=dict)
+    """In-flight /changes reads shared by long-polls (see api._changes_page)."""
 
     async def run_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking metadata function in a worker thread."""
@@ -87,6 +89,12 @@ def context(request: Request) -> ServerContext:
     return request.app.state.ctx
 
 
+async def context_dependency(request: Request) -> ServerContext:
+    """`context` as a FastAPI dependency: async, so FastAPI calls it inline instead of
+    sending it to a worker thread (FastAPI runs every plain `def` dependency there)."""
+    return request.app.state.ctx
+
+
 async def current_user(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
 ) -> User:
@@ -101,7 +109,7 @@ async def current_user(
     return user
 
 
-def device_name(x_cloudfs_device: str | None = Header(default=None, description="name of the device making the change")) -> str:
+async def device_name(x_cloudfs_device: str | None = Header(default=None, description="name of the device making the change")) -> str:
     if x_cloudfs_device is None:
         return "unknown"
     if not DEVICE_RE.match(x_cloudfs_device):
@@ -173,6 +181,36 @@ class BodyLimit:
         except _TooLarge:
             if not started:
                 await refuse()
+
+
+class AccessLog:
+    """One log line per request: client, method, path (never the query, which may hold
+    URL signatures), status, response bytes and seconds."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.log = logging.getLogger("cloudfs.access")
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status, size = 0, 0
+
+        async def counting_send(message: dict) -> None:
+            nonlocal status, size
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                size += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            self.log.info('%s:%s "%s %s" %s %d %.6fs', client[0], client[1], scope["method"], scope["path"],
+                          status or "-", size, time.perf_counter() - started)
 
 
 class _TooLarge(Exception):
@@ -267,4 +305,5 @@ def create_app(ctx: ServerContext) -> FastAPI:
     app.include_router(api.router)
     app.include_router(blobs.router)
     app.add_middleware(BodyLimit)
+    app.add_middleware(AccessLog)
     return app

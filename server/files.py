@@ -24,7 +24,8 @@ from cloudfs.backend.store import NoSuchKeyError, ObjectStore, StoreError, Trans
 
 from . import journal, tree
 from .db import Database, chunks, nodes, version_chunks, versions
-from .errors import Invalid, IsADirectory, MissingChunks, NameExists, NotFound, StaleRevision, StoreUnavailable
+from .errors import (Invalid, IsADirectory, MissingChunks, NameExists, NotADirectory, NotFound, StaleRevision,
+                     StoreUnavailable)
 
 URL_TTL = 3600
 IN_BATCH = 500
@@ -52,12 +53,19 @@ def _batched(items: list[str]) -> Iterable[list[str]]:
         yield items[i:i + IN_BATCH]
 
 
+_CHUNKS = sa.select(chunks).where(chunks.c.owner_id == sa.bindparam("owner_id"),
+                                 chunks.c.fingerprint.in_(sa.bindparam("fps", expanding=True)))
+_VERSION = versions.insert()
+_VCHUNKS = version_chunks.insert()
+_NODE_UPDATE = nodes.update().where(nodes.c.id == sa.bindparam("b_id")).values(
+    size=sa.bindparam("b_size"), mtime_ns=sa.bindparam("b_mtime"), rev=sa.bindparam("b_rev"), deleted=False)
+_NODE_UPDATE_MODE = _NODE_UPDATE.values(mode=sa.bindparam("b_mode"))
+
+
 def _chunk_rows(conn: Connection, owner_id: int, fingerprints: list[str]) -> dict[str, RowMapping]:
     found: dict[str, RowMapping] = {}
     for batch in _batched(fingerprints):
-        for row in conn.execute(
-            sa.select(chunks).where(chunks.c.owner_id == owner_id, chunks.c.fingerprint.in_(batch))
-        ).mappings():
+        for row in conn.execute(_CHUNKS, {"owner_id": owner_id, "fps": batch}).mappings():
             found[row["fingerprint"]] = row
     return found
 
@@ -170,7 +178,10 @@ def _target_for_commit(conn: Connection, owner_id: int, root_id: int, req: wire.
     if ways != 1 or (req.parent_id is None) != (req.name is None):
         raise Invalid("name the file by exactly one of: node_id, path, or parent_id + name", field="node_id")
     if req.node_id is not None:
-        row = tree.get(conn, owner_id, req.node_id)
+        try:
+            row = tree.get(conn, owner_id, req.node_id)
+        except NotFound:
+            raise NotFound(f"no file with id {req.node_id}", field="node_id") from None
         if row["kind"] != "file":
             raise IsADirectory(f"node {req.node_id} is a {row['kind']}, not a file", field="node_id")
         return row, row["parent_id"], row["name"]
@@ -183,13 +194,18 @@ def _target_for_commit(conn: Connection, owner_id: int, root_id: int, req: wire.
             raise IsADirectory("the root is a directory, not a file", field="path")
         parent = tree.resolve(conn, owner_id, root_id, names[:-1])
         if parent["kind"] != "dir":
-            raise IsADirectory(f"{'/'.join(names[:-1])} is not a directory", field="path")
+            raise NotADirectory(f"/{'/'.join(names[:-1])} is not a directory", field="path")
         parent_id, name = parent["id"], names[-1]
     else:
         parent_id, name = tree.get_dir(conn, owner_id, req.parent_id)["id"], req.name
     existing = tree.child(conn, owner_id, parent_id, name)
+    if existing is not None and existing["kind"] == "file" and req.base_rev == 0:
+        # A create onto a taken name is a name conflict, not an edit of that file.
+        raise NameExists(f"{name!r} already exists in directory {parent_id}", field="path" if req.path else "name",
+                         node=tree.to_wire(existing).model_dump())
     if existing is not None and existing["kind"] != "file":
-        raise IsADirectory(f"{name!r} is a {existing['kind']}", field="name", node=tree.to_wire(existing).model_dump())
+        raise IsADirectory(f"{name!r} is a {existing['kind']}", field="path" if req.path is not None else "name",
+                           node=tree.to_wire(existing).model_dump())
     return existing, parent_id, name
 
 
@@ -216,16 +232,16 @@ def _write_version(conn: Connection, owner_id: int, node: RowMapping | None, par
     rev = node["rev"] + 1
     created = time.time()
     version_id = conn.execute(
-        versions.insert().values(node_id=node["id"], rev=rev, size=size, mtime_ns=mtime_ns, device=device, created_at=created)
+        _VERSION, dict(node_id=node["id"], rev=rev, size=size, mtime_ns=mtime_ns, device=device, created_at=created)
     ).inserted_primary_key[0]
     if refs:
-        conn.execute(version_chunks.insert(), [
+        conn.execute(_VCHUNKS, [
             {"version_id": version_id, "idx": i, "fingerprint": fp, "length": length} for i, (fp, length) in enumerate(refs)
         ])
-    update = {"size": size, "mtime_ns": mtime_ns, "rev": rev, "deleted": False}
+    update = {"b_id": node["id"], "b_size": size, "b_mtime": mtime_ns, "b_rev": rev}
     if mode is not None:
-        update["mode"] = mode
-    conn.execute(nodes.update().where(nodes.c.id == node["id"]).values(**update))
+        update["b_mode"] = mode
+    conn.execute(_NODE_UPDATE_MODE if mode is not None else _NODE_UPDATE, update)
     node = tree.get(conn, owner_id, node["id"])
     seq = journal.append(conn, owner_id, op, node, device=device)
     return node, wire.Version(rev=rev, size=size, mtime_ns=mtime_ns, device=device, created_at=created), seq

@@ -19,6 +19,14 @@ from .db import journal, users
 from .errors import Gone
 
 
+_INSERT = journal.insert()
+_FLOOR = sa.select(users.c.journal_floor).where(users.c.id == sa.bindparam("owner_id"))
+_AFTER = (sa.select(journal).where(journal.c.owner_id == sa.bindparam("owner_id"), journal.c.seq > sa.bindparam("after"))
+          .order_by(journal.c.seq).limit(sa.bindparam("lim")))
+_NEWEST = sa.select(sa.func.max(journal.c.seq))
+_LAST = sa.select(sa.func.max(journal.c.seq)).where(journal.c.owner_id == sa.bindparam("owner_id"))
+
+
 def append(conn: Connection, owner_id: int, op: str, row: RowMapping, *, device: str,
            old_parent_id: int | None = None, old_name: str | None = None) -> int:
     """Record `op` on the node in `row` (its state after the change); returns the seq.
@@ -26,7 +34,7 @@ def append(conn: Connection, owner_id: int, op: str, row: RowMapping, *, device:
     if conn.dialect.name == "postgresql":
         conn.execute(sa.text("SELECT pg_notify('cloudfs_journal', :owner)"), {"owner": str(owner_id)})
     return conn.execute(
-        journal.insert().values(
+        _INSERT, dict(
             owner_id=owner_id, node_id=row["id"], op=op, rev=row["rev"], kind=row["kind"],
             parent_id=row["parent_id"], name=row["name"], old_parent_id=old_parent_id, old_name=old_name,
             mode=row["mode"], mtime_ns=row["mtime_ns"], size=row["size"], target=row["target"],
@@ -37,25 +45,22 @@ def append(conn: Connection, owner_id: int, op: str, row: RowMapping, *, device:
 
 def cursor(conn: Connection, owner_id: int) -> int:
     """The newest position for this owner: the seq of its last entry."""
-    last = conn.execute(sa.select(sa.func.max(journal.c.seq)).where(journal.c.owner_id == owner_id)).scalar()
+    last = conn.execute(_LAST, {"owner_id": owner_id}).scalar()
     if last is not None:
         return last
-    return conn.execute(sa.select(users.c.journal_floor).where(users.c.id == owner_id)).scalar() or 0
+    return conn.execute(_FLOOR, {"owner_id": owner_id}).scalar() or 0
 
 
 def read(conn: Connection, owner_id: int, after: int, limit: int) -> tuple[list[wire.Change], int, bool]:
     """Entries after `after`, oldest first, at most `limit`; plus the new cursor and
     whether more are waiting. Raises Gone when `after` predates retained history."""
-    floor = conn.execute(sa.select(users.c.journal_floor).where(users.c.id == owner_id)).scalar() or 0
+    floor = conn.execute(_FLOOR, {"owner_id": owner_id}).scalar() or 0
     if after < floor:
         raise Gone(f"cursor {after} is older than the retained journal (which starts after {floor}); resync",
                    field="cursor", floor=floor)
-    rows = conn.execute(
-        sa.select(journal).where(journal.c.owner_id == owner_id, journal.c.seq > after)
-        .order_by(journal.c.seq).limit(limit + 1)
-    ).mappings().all()
+    rows = conn.execute(_AFTER, {"owner_id": owner_id, "after": after, "lim": limit + 1}).mappings().all()
     if not rows:
-        newest = conn.execute(sa.select(sa.func.max(journal.c.seq))).scalar() or 0
+        newest = conn.execute(_NEWEST).scalar() or 0
         if after > max(newest, floor):
             raise Gone(f"cursor {after} is ahead of this server's journal ({newest}); resync", field="cursor", floor=floor)
     changes = [_to_change(r) for r in rows[:limit]]

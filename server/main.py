@@ -68,9 +68,8 @@ async def serve_forever(options: ServerOptions) -> None:
 
     config = Config()
     config.bind = [f"{options.host}:{options.port}"]
-    config.accesslog = logging.getLogger("cloudfs.access")  # one line per request
+    config.accesslog = None  # app.AccessLog logs each request; hypercorn's copies os.environ per line
     config.errorlog = logging.getLogger("hypercorn.error")
-    config.access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
     config.graceful_timeout = 10
     config.keep_alive_timeout = 75
 

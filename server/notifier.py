@@ -24,7 +24,13 @@ CHANNEL = "cloudfs_journal"
 class ChangeNotifier:
     def __init__(self) -> None:
         self._events: dict[int, trio.Event] = {}
+        self._generation: dict[int, int] = {}
         self.closing = False
+
+    def generation(self, owner_id: int) -> int:
+        """Bumped by every notify: two readers that took their waiter in the same
+        generation may share one journal read."""
+        return self._generation.get(owner_id, 0)
 
     def waiter(self, owner_id: int) -> trio.Event:
         """The event that is set on the owner's next change. Take it *before* reading
@@ -37,11 +43,14 @@ class ChangeNotifier:
         return event
 
     def notify(self, owner_id: int) -> None:
+        self._generation[owner_id] = self._generation.get(owner_id, 0) + 1
         event = self._events.pop(owner_id, None)
         if event is not None:
             event.set()
 
     def notify_all(self) -> None:
+        for owner_id in self._events:
+            self._generation[owner_id] = self._generation.get(owner_id, 0) + 1
         events, self._events = self._events, {}
         for event in events.values():
             event.set()

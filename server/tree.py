@@ -28,10 +28,14 @@ def to_wire(row: RowMapping) -> wire.Node:
     )
 
 
+_GET = sa.select(nodes).where(nodes.c.id == sa.bindparam("node_id"), nodes.c.owner_id == sa.bindparam("owner_id"))
+_CHILD = sa.select(nodes).where(nodes.c.owner_id == sa.bindparam("owner_id"), nodes.c.parent_id == sa.bindparam("parent_id"),
+                                nodes.c.name == sa.bindparam("name"), nodes.c.deleted == sa.false())
+_INSERT = nodes.insert()
+
+
 def get(conn: Connection, owner_id: int, node_id: int, *, allow_deleted: bool = False) -> RowMapping:
-    row = conn.execute(
-        sa.select(nodes).where(nodes.c.id == node_id, nodes.c.owner_id == owner_id)
-    ).mappings().first()
+    row = conn.execute(_GET, {"node_id": node_id, "owner_id": owner_id}).mappings().first()
     if row is None or (row["deleted"] and not allow_deleted):
         raise NotFound(f"no node with id {node_id}", field="id")
     return row
@@ -48,12 +52,7 @@ def get_dir(conn: Connection, owner_id: int, node_id: int, *, field: str = "pare
 
 
 def child(conn: Connection, owner_id: int, parent_id: int, name: str) -> RowMapping | None:
-    return conn.execute(
-        sa.select(nodes).where(
-            nodes.c.owner_id == owner_id, nodes.c.parent_id == parent_id,
-            nodes.c.name == name, nodes.c.deleted == sa.false(),
-        )
-    ).mappings().first()
+    return conn.execute(_CHILD, {"owner_id": owner_id, "parent_id": parent_id, "name": name}).mappings().first()
 
 
 def has_children(conn: Connection, owner_id: int, node_id: int) -> bool:
@@ -116,9 +115,9 @@ def insert(conn: Connection, owner_id: int, *, parent_id: int, name: str, kind: 
     if existing is not None:
         raise NameExists(f"{name!r} already exists in directory {parent_id}", field="name", node=to_wire(existing).model_dump())
     node_id = conn.execute(
-        nodes.insert().values(owner_id=owner_id, parent_id=parent_id, name=name, kind=kind, mode=mode,
-                              mtime_ns=mtime_ns if mtime_ns is not None else time.time_ns(), size=size,
-                              rev=rev, target=target, deleted=False)
+        _INSERT, dict(owner_id=owner_id, parent_id=parent_id, name=name, kind=kind, mode=mode,
+                      mtime_ns=mtime_ns if mtime_ns is not None else time.time_ns(), size=size,
+                      rev=rev, target=target, deleted=False)
     ).inserted_primary_key[0]
     row = get(conn, owner_id, node_id)
     return row, (journal.append(conn, owner_id, "create", row, device=device) if record else None)
