@@ -23,7 +23,6 @@ _INSERT = journal.insert()
 _FLOOR = sa.select(users.c.journal_floor).where(users.c.id == sa.bindparam("owner_id"))
 _AFTER = (sa.select(journal).where(journal.c.owner_id == sa.bindparam("owner_id"), journal.c.seq > sa.bindparam("after"))
           .order_by(journal.c.seq).limit(sa.bindparam("lim")))
-_NEWEST = sa.select(sa.func.max(journal.c.seq))
 _LAST = sa.select(sa.func.max(journal.c.seq)).where(journal.c.owner_id == sa.bindparam("owner_id"))
 
 
@@ -60,9 +59,12 @@ def read(conn: Connection, owner_id: int, after: int, limit: int) -> tuple[list[
                    field="cursor", floor=floor)
     rows = conn.execute(_AFTER, {"owner_id": owner_id, "after": after, "lim": limit + 1}).mappings().all()
     if not rows:
-        newest = conn.execute(_NEWEST).scalar() or 0
+        # Every cursor we hand out is one of this owner's seqs (or its floor); anything
+        # beyond means the server's database was replaced. Compare with this owner's
+        # own entries only, so nobody learns how busy the others are.
+        newest = conn.execute(_LAST, {"owner_id": owner_id}).scalar() or 0
         if after > max(newest, floor):
-            raise Gone(f"cursor {after} is ahead of this server's journal ({newest}); resync", field="cursor", floor=floor)
+            raise Gone(f"cursor {after} is ahead of this account's journal; resync", field="cursor", floor=floor)
     changes = [_to_change(r) for r in rows[:limit]]
     return changes, (changes[-1].seq if changes else after), len(rows) > limit
 

@@ -67,3 +67,22 @@ def test_fsynced_data_survives_kill_9(fuse_server, account, tmp_path):
         m.sync()
     with cloudfs_mount(fuse_server, account, tmp_path / "mnt", tmp_path / "fresh-cache") as m:
         assert (m.path / "precious.bin").read_bytes() == data
+
+
+def test_reads_through_a_cache_smaller_than_the_file(fuse_server, account, tmp_path):
+    """Lazy reads with LRU eviction: a 24 MiB file read through a 6 MiB chunk cache."""
+    data = os.urandom(24 << 20)
+    with cloudfs_mount(fuse_server, account, tmp_path / "mnt", tmp_path / "cache1") as m:
+        (m.path / "big.bin").write_bytes(data)
+        m.sync()
+    with cloudfs_mount(fuse_server, account, tmp_path / "mnt", tmp_path / "small",
+                       extra_args=["--cache-size", "6M"]) as m:
+        assert os.stat(m.path / "big.bin").st_size == len(data)  # metadata needs no download
+        assert m.status()["cache_bytes"] == 0
+        with open(m.path / "big.bin", "rb") as f:
+            f.seek(20 << 20)
+            assert f.read(1 << 20) == data[20 << 20:21 << 20]  # a random read fetches one chunk
+            f.seek(0)
+            assert f.read() == data
+        status = m.status()
+        assert status["cache_bytes"] <= (6 << 20) + (4 << 20), status  # the limit, give or take a chunk
