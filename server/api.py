@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import outcome
-import trio
+import anyio
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from cloudfs.backend import wire
@@ -183,7 +182,7 @@ async def commit(ctx: Ctx, user: Auth, device: Device, req: wire.CommitRequest) 
     async def check(i: int) -> None:
         verdicts[i] = await ctx.run_store(files.check_stored, ctx.store, user.id, pending[i])
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         for i in range(len(pending)):
             nursery.start_soon(check, i)
     verified = []
@@ -226,8 +225,9 @@ class _SharedPage:
     owner, cursor and limit that took its waiter in the same notifier generation."""
 
     def __init__(self) -> None:
-        self.done = trio.Event()
-        self.result: outcome.Outcome | None = None
+        self.done = anyio.Event()
+        self.value: tuple[bool, bytes] | None = None
+        self.error: BaseException | None = None
 
 
 async def _changes_page(ctx: ServerContext, owner_id: int, cursor: int, limit: int, generation: int) -> tuple[bool, bytes]:
@@ -243,15 +243,21 @@ async def _changes_page(ctx: ServerContext, owner_id: int, cursor: int, limit: i
             return bool(entries), wire.ChangesResponse(changes=entries, cursor=new_cursor, has_more=has_more).model_dump_json().encode()
 
         try:
-            page.result = await outcome.acapture(ctx.run_db, read)
+            try:
+                page.value = await ctx.run_db(read)
+            except Exception as exc:  # noqa: BLE001 - re-raised in every sharer below
+                page.error = exc
         finally:
             del pages[key]
             page.done.set()
     else:
         await page.done.wait()
-    if isinstance(page.result, outcome.Error):
-        raise page.result.error
-    return page.result.value
+        if page.value is None and page.error is None:  # the reader was cancelled: read ourselves
+            return await _changes_page(ctx, owner_id, cursor, limit, generation)
+    if page.error is not None:
+        raise page.error
+    assert page.value is not None
+    return page.value
 
 
 @router.get("/changes", tags=["sync"], response_model=wire.ChangesResponse)
@@ -265,13 +271,13 @@ async def changes(ctx: Ctx, user: Auth, cursor: Cursor = 0,
             entries, new_cursor, has_more = journal.read(conn, user.id, cursor, limit)
         return wire.ChangesResponse(changes=entries, cursor=new_cursor, has_more=has_more)
 
-    deadline = trio.current_time() + wait
+    deadline = anyio.current_time() + wait
     while True:
         woken = ctx.notifier.waiter(user.id)
         generation = ctx.notifier.generation(user.id)
         found, body = await _changes_page(ctx, user.id, cursor, limit, generation)
-        remaining = deadline - trio.current_time()
+        remaining = deadline - anyio.current_time()
         if found or remaining <= 0 or ctx.notifier.closing:
             return Response(content=body, media_type="application/json")
-        with trio.move_on_after(remaining):
+        with anyio.move_on_after(remaining):
             await woken.wait()

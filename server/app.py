@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
-import trio
+import anyio
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -51,18 +51,18 @@ class ServerContext:
     db: Database
     store: ObjectStore
     notifier: ChangeNotifier = field(default_factory=ChangeNotifier)
-    db_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(16))
-    store_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(16))
+    db_limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(16))
+    store_limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(16))
     _token_cache: dict[str, tuple[float, User]] = field(default_factory=dict)
     shared_pages: dict[tuple[int, int, int, int], Any] = field(default_factory=dict)
     """In-flight /changes reads shared by long-polls (see api._changes_page)."""
 
     async def run_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking metadata function in a worker thread."""
-        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self.db_limiter)
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self.db_limiter)
 
     async def run_store(self, fn: Callable[..., T], *args: Any) -> T:
-        return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self.store_limiter)
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self.store_limiter)
 
     async def authenticate(self, token: str) -> User | None:
         hit = self._token_cache.get(token)

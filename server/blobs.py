@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-import trio
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
@@ -63,7 +63,7 @@ async def put_blob(key: str, request: Request) -> Response:
     try:
         async for piece in request.stream():
             writer.write(piece)
-        await trio.to_thread.run_sync(writer.finish)
+        await anyio.to_thread.run_sync(writer.finish)
     except CorruptChunkError as exc:
         raise CorruptUpload(str(exc), field="body") from None
     finally:

@@ -5,8 +5,8 @@ PostgreSQL, every journal append also issues `pg_notify('cloudfs_journal', owner
 delivered at commit time, and `listen_postgres` relays those into `notify`, so a
 long-poll held by any replica wakes for a commit made on any other.
 
-Concurrency: all methods run on the trio thread; an idle waiter costs one shared
-`trio.Event` per owner and no thread.
+Concurrency: all methods run on the event-loop thread; an idle waiter costs one shared
+`anyio.Event` per owner and no thread.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 
 import psycopg
-import trio
+import anyio
+from anyio.abc import TaskStatus
 
 log = logging.getLogger("cloudfs.server")
 
@@ -23,7 +24,7 @@ CHANNEL = "cloudfs_journal"
 
 class ChangeNotifier:
     def __init__(self) -> None:
-        self._events: dict[int, trio.Event] = {}
+        self._events: dict[int, anyio.Event] = {}
         self._generation: dict[int, int] = {}
         self.closing = False
 
@@ -32,12 +33,12 @@ class ChangeNotifier:
         generation may share one journal read."""
         return self._generation.get(owner_id, 0)
 
-    def waiter(self, owner_id: int) -> trio.Event:
+    def waiter(self, owner_id: int) -> anyio.Event:
         """The event that is set on the owner's next change. Take it *before* reading
         the journal, so a change landing in between is not missed."""
         event = self._events.get(owner_id)
         if event is None:
-            event = self._events[owner_id] = trio.Event()
+            event = self._events[owner_id] = anyio.Event()
         if self.closing:
             event.set()
         return event
@@ -61,14 +62,14 @@ class ChangeNotifier:
         self.notify_all()
 
 
-async def listen_postgres(dsn: str, notifier: ChangeNotifier, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def listen_postgres(dsn: str, notifier: ChangeNotifier, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
     """Relay PostgreSQL notifications into `notifier` until cancelled.
 
     psycopg's `notifies` blocks, so it runs in a worker thread with a short timeout:
     cancellation waits at most that long for the thread to come back."""
-    conn = await trio.to_thread.run_sync(lambda: psycopg.connect(dsn, autocommit=True))
+    conn = await anyio.to_thread.run_sync(lambda: psycopg.connect(dsn, autocommit=True))
     try:
-        await trio.to_thread.run_sync(conn.execute, f"LISTEN {CHANNEL}")
+        await anyio.to_thread.run_sync(conn.execute, f"LISTEN {CHANNEL}")
         task_status.started()
 
         def wait() -> list[str]:
@@ -76,14 +77,14 @@ async def listen_postgres(dsn: str, notifier: ChangeNotifier, *, task_status=tri
 
         while True:
             try:
-                payloads = await trio.to_thread.run_sync(wait)
+                payloads = await anyio.to_thread.run_sync(wait)
             except psycopg.Error as exc:
                 log.warning("lost the PostgreSQL LISTEN connection (%s); waking every long-poll and reconnecting", exc)
                 notifier.notify_all()
-                await trio.sleep(1)
+                await anyio.sleep(1)
                 conn.close()
-                conn = await trio.to_thread.run_sync(lambda: psycopg.connect(dsn, autocommit=True))
-                await trio.to_thread.run_sync(conn.execute, f"LISTEN {CHANNEL}")
+                conn = await anyio.to_thread.run_sync(lambda: psycopg.connect(dsn, autocommit=True))
+                await anyio.to_thread.run_sync(conn.execute, f"LISTEN {CHANNEL}")
                 continue
             for payload in set(payloads):
                 try:
