@@ -136,10 +136,11 @@ class Cache:
         self.env.sync(True)
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[lmdb.Transaction]:
+    def write(self, *, buffers: bool = False) -> Iterator[lmdb.Transaction]:
         """A write transaction. If it fails, decoded inodes (which callers may have
-        changed in place) are forgotten, so nothing ahead of LMDB is served later."""
-        txn = self.env.begin(write=True)
+        changed in place) are forgotten, so nothing ahead of LMDB is served later.
+        With `buffers`, gets return memoryviews into the map (valid inside only)."""
+        txn = self.env.begin(write=True, buffers=buffers)
         try:
             yield txn
         except BaseException:
@@ -163,7 +164,7 @@ class Cache:
 
     def next_counter(self, txn: lmdb.Transaction, key: str, start: int) -> int:
         raw = txn.get(key.encode(), db=self.meta)
-        value = int(raw) if raw is not None else start
+        value = int(bytes(raw)) if raw is not None else start
         txn.put(key.encode(), str(value + 1).encode(), db=self.meta)
         return value
 

@@ -125,22 +125,24 @@ class Content:
             start = block_no * BLOCK_SIZE
             if start < node.base_len and not self._has_block(node.ino, block_no):
                 await self._base_bytes_fetching(chunks, start, min(start + BLOCK_SIZE, node.base_len, node.size))
-        with self.cache.write() as txn:
+        view = memoryview(data)
+        with self.cache.write(buffers=True) as txn:  # no copies of blocks we only measure
             in_txn(txn)
             for block_no in range(first, last + 1):
                 start = block_no * BLOCK_SIZE
                 lo, hi = max(off, start), min(end, start + BLOCK_SIZE)
                 if lo == start and hi - start == BLOCK_SIZE:
-                    block = data[lo - off:hi - off]
+                    block = view[lo - off:hi - off]
                 else:
                     old = self._old_block(txn, node, chunks, block_no)
                     length = max(len(old), hi - start)
                     buf = bytearray(old) + bytearray(length - len(old))
-                    buf[lo - start:hi - start] = data[lo - off:hi - off]
-                    block = bytes(buf)
+                    buf[lo - start:hi - start] = view[lo - off:hi - off]
+                    block = buf
                 previous = self.cache.get_block(txn, node.ino, block_no)
+                previous_len = len(previous) if previous is not None else 0  # before the put reuses its page
                 self.cache.put_block(txn, node.ino, block_no, block)
-                self.chunks.dirty_bytes += len(block) - (len(previous) if previous is not None else 0)
+                self.chunks.dirty_bytes += len(block) - previous_len
             node.size = max(node.size, end)
             node.gen += 1
             node.dirty = True

@@ -32,6 +32,8 @@ from .uploader import Uploader, finish_upload
 log = logging.getLogger("cloudfs.syncer")
 
 DEBOUNCE_S = 0.3
+QUIET_S = 0.2
+MAX_DELAY_S = 2.0
 PARALLEL_UPLOADS = 16
 MAX_BACKOFF_S = 10.0
 
@@ -52,9 +54,21 @@ class Syncer:
         self._idle = trio.Event()
         self.done_seq = 0
         self._locks: dict[int, trio.Lock] = {}
+        self._last_activity = 0.0
 
     def wake(self) -> None:
+        self._last_activity = time.monotonic()
         self._wake.set()
+
+    async def _quiet_period(self, head: dict) -> None:
+        """Debounce: let a burst of local changes (cp -r, tar x) finish before pushing,
+        so the burst is not slowed by uploads competing for the CPU. Bounded by
+        MAX_DELAY_S; an fsync'ed file (`force`) goes at once."""
+        if head.get("force"):
+            return
+        deadline = time.monotonic() + MAX_DELAY_S
+        while time.monotonic() < deadline and time.monotonic() - self._last_activity < QUIET_S:
+            await trio.sleep(QUIET_S / 4)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Drain the outbox in order. Consecutive uploads of different files run
@@ -70,6 +84,8 @@ class Syncer:
                     await self._wake.wait()
                 continue
             self._idle = trio.Event()
+            await self._quiet_period(items[0][1])
+            items = self.cache.outbox_items(limit=500)
             failed: BaseException | None = None
             for group in _groups(items):
                 failed = await self._apply_group(group)

@@ -1,0 +1,476 @@
+#!/usr/bin/env python
+"""Benchmark the cloudfs mount against a filesystem that stores nothing, in one run.
+
+Both are pyfuse3 + trio processes with the same mount options (scripts/nullfs.py is
+the null one), measured one after the other for each figure, so they see the same
+machine and the same load; the ratio cloudfs / nullfs is what the targets are about.
+The cloudfs side is a real `cloudfs server` (SQLite, local chunk store) and a real
+`cloudfs mount` of a fresh user (tests.harness), all in a temp dir.
+
+Measured on both, from this process with plain os calls:
+  - sequential write of one file in 1 MiB writes, open to close (for cloudfs: into the
+    local cache; the upload happens afterwards and is reported on its own);
+  - warm sequential read of that file in 1 MiB reads: read once, then time a second read;
+  - the same read after dropping the file's kernel page cache (posix_fadvise
+    DONTNEED), so every byte crosses FUSE (no target: the figure behind the warm one);
+  - creates/s: empty files, os.open(O_CREAT | O_EXCL) + close, in a fresh directory;
+  - stats/s: os.stat over those files, several passes.
+Between phases the cloudfs mount is synced (untimed), so its background upload does
+not run inside the next measurement. MB/s is 10^6 bytes per second, as dd prints it.
+
+    .venv/bin/python scripts/bench_mount.py [--quick] [--profile DIR]
+
+`--profile DIR` records each cloudfs phase with py-spy (`DIR/<phase>.svg`, or raw
+collapsed stacks with `--profile-format raw`); the figures of such a run are slower
+than unprofiled ones. Every mount is unmounted at the end, also on failure and on
+Ctrl-C / SIGTERM. Exit status: 0 when every target is met, 1 when one is missed, 2
+when the run broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.harness import (BIN, MountProcess, cloudfs_mount, cloudfs_server, is_mounted,  # noqa: E402
+                           unmount, wait_until)
+
+MIB = 1 << 20
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NULLFS = REPO / "scripts" / "nullfs.py"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each phase does; `--quick` shrinks it for a sanity run."""
+
+    file_mib: int = 512
+    files: int = 2000
+    stat_passes: int = 5           # at least this many passes over the files ...
+    stat_min_s: float = 1.0        # ... and until this much time went by (capped below)
+    stat_max_passes: int = 200
+    phase_timeout: float = 300.0   # no single measured phase runs longer than this
+    sync_timeout: float = 900.0    # the untimed upload between phases
+
+    @classmethod
+    def quick(cls) -> "Sizes":
+        return cls(file_mib=128, files=1000, stat_passes=3, stat_min_s=0.5, sync_timeout=300.0)
+
+
+@dataclass
+class Row:
+    """One line of the result table. `target` is the minimum ratio cloudfs / nullfs;
+    None for figures reported without a target."""
+
+    name: str
+    null: float | None
+    cloud: float | None
+    unit: str
+    target: float | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.null is None or self.cloud is None or self.null <= 0:
+            return None
+        return self.cloud / self.null
+
+    @property
+    def ok(self) -> bool | None:
+        if self.target is None:
+            return None
+        return self.ratio is not None and self.ratio >= self.target
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        ratio = f"{row.ratio:.2f}" if row.ratio is not None else "-"
+        verdict = "" if row.ok is None else f"  (target >= {row.target:.2f}: {'PASS' if row.ok else 'FAIL'})"
+        print(f"  {row.name}: nullfs {_fmt(row.null)}, cloudfs {_fmt(row.cloud)} {row.unit}; ratio {ratio}{verdict}",
+              flush=True)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"  ({text})", flush=True)
+
+    def table(self) -> str:
+        header = ("Measure", "nullfs", "cloudfs", "cloudfs / nullfs", "Target", "Status")
+        body = [(f"{r.name} ({r.unit})", _fmt(r.null), _fmt(r.cloud),
+                 f"{r.ratio:.2f}" if r.ratio is not None else "-",
+                 f">= {r.target:.2f}" if r.target is not None else "-",
+                 "-" if r.ok is None else ("PASS" if r.ok else "FAIL")) for r in self.rows]
+        widths = [max(len(x[i]) for x in [header, *body]) for i in range(len(header))]
+        lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(header, widths)) + " |",
+                 "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+        lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in body]
+        return "\n".join(lines)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.ok is not False for r in self.rows)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+class BenchError(Exception):
+    """The run itself went wrong (a short read, a phase past its deadline)."""
+
+
+# --- the processes, seen from outside ------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a whole process, all threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def vm_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise BenchError(f"no {key} for pid {pid}")
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+@contextlib.contextmanager
+def nullfs_mount(path: Path, log_path: Path) -> Iterator[subprocess.Popen]:
+    """scripts/nullfs.py in the foreground; waits until it answers, always unmounts."""
+    path.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, str(NULLFS), str(path)], stdout=log_file, stderr=log_file)
+        try:
+            wait_until(lambda: is_mounted(path) and os.stat(path), timeout=30, what=f"nullfs at {path}", proc=proc)
+            yield proc
+        finally:
+            unmount(path, proc)
+
+
+@contextlib.contextmanager
+def profiled(pid: int, out: Path | None, fmt: str, *, native: bool = False) -> Iterator[None]:
+    """py-spy record of `pid` while the block runs (nothing when `out` is None)."""
+    if out is None:
+        yield
+        return
+    spy = BIN / "py-spy" if (BIN / "py-spy").exists() else Path(shutil.which("py-spy") or "py-spy")
+    proc = subprocess.Popen([str(spy), "record", "--pid", str(pid), "--output", str(out), "--format", fmt,
+                             "--rate", "250", *(["--native"] if native else ["--nonblocking"])],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)  # let it attach
+        if proc.poll() is not None:
+            raise BenchError(f"py-spy exited with {proc.returncode} (pip install py-spy into the venv?)")
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+# --- the measurements: plain os calls, every loop bounded ----------------------------------
+
+
+def _deadline(timeout: float) -> Callable[[str], None]:
+    end = time.monotonic() + timeout
+
+    def check(what: str) -> None:
+        if time.monotonic() > end:
+            raise BenchError(f"{what}: not done after {timeout:.0f}s")
+    return check
+
+
+def write_file(path: str, size: int, timeout: float) -> float:
+    """Seconds for open + `size` bytes in 1 MiB writes + close."""
+    check = _deadline(timeout)
+    block = memoryview(os.urandom(MIB))
+    start = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for _ in range(size // MIB):
+            done = 0
+            for _ in range(1024):  # short writes are legal; a FUSE mount hardly makes them
+                done += os.write(fd, block[done:])
+                if done == MIB:
+                    break
+            else:
+                raise BenchError(f"write to {path} keeps coming back short")
+            check(f"writing {path}")
+    finally:
+        os.close(fd)
+    seconds = time.perf_counter() - start
+    if os.stat(path).st_size != size:
+        raise BenchError(f"{path}: size {os.stat(path).st_size} after writing {size}")
+    return seconds
+
+
+def read_file(path: str, size: int, timeout: float, *, drop_page_cache: bool = False) -> float:
+    """Seconds for open + reading the whole file in 1 MiB reads + close."""
+    check = _deadline(timeout)
+    buf = bytearray(MIB)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if drop_page_cache:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        start = time.perf_counter()
+        total = 0
+        for _ in range(size // MIB + 2):
+            n = os.readv(fd, [buf])
+            if n == 0:
+                break
+            total += n
+            check(f"reading {path}")
+        seconds = time.perf_counter() - start
+    finally:
+        os.close(fd)
+    if total != size:
+        raise BenchError(f"{path}: read {total} bytes of {size}")
+    return seconds
+
+
+def create_files(directory: str, count: int, timeout: float) -> tuple[float, list[str]]:
+    """Seconds to create `count` empty files (open O_CREAT | O_EXCL, close) in a new dir."""
+    check = _deadline(timeout)
+    os.mkdir(directory)
+    paths = [os.path.join(directory, f"f{i:05d}") for i in range(count)]
+    start = time.perf_counter()
+    for i, path in enumerate(paths):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        if i % 100 == 0:
+            check(f"creating files in {directory}")
+    return time.perf_counter() - start, paths
+
+
+@dataclass
+class StatRun:
+    first_s: float   # the first pass: the kernel has no attributes yet, each stat is a getattr
+    seconds: float   # every pass, the first included
+    done: int
+
+
+def stat_files(paths: list[str], sizes: Sizes) -> StatRun:
+    """At least `stat_passes` passes over `paths` and `stat_min_s` seconds."""
+    check = _deadline(sizes.phase_timeout)
+    start = time.perf_counter()
+    first = 0.0
+    done = 0
+    for n in range(sizes.stat_max_passes):
+        for path in paths:
+            os.stat(path)
+        done += len(paths)
+        if n == 0:
+            first = time.perf_counter() - start
+        check("stat passes")
+        if n + 1 >= sizes.stat_passes and time.perf_counter() - start >= sizes.stat_min_s:
+            break
+    return StatRun(first, time.perf_counter() - start, done)
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    """One filesystem under test: where it is mounted and which process serves it."""
+
+    name: str
+    root: Path
+    pid: int
+
+
+def run_all(null: Side, cloud: Side, mount: MountProcess, sizes: Sizes, report: Report,
+            profile_dir: Path | None, profile_fmt: str, profile_native: bool) -> None:
+    size = sizes.file_mib * MIB
+    ext = "svg" if profile_fmt == "flamegraph" else "txt"
+
+    def both(phase: str, measure: Callable[[Side], float]) -> tuple[float, float]:
+        """Run `measure` on nullfs, then on cloudfs (profiled if asked); note the mount's CPU."""
+        cpu = cpu_seconds(null.pid)
+        t0 = time.perf_counter()
+        a = measure(null)
+        null_wall, null_cpu = time.perf_counter() - t0, cpu_seconds(null.pid) - cpu
+        cpu = cpu_seconds(cloud.pid)
+        with profiled(cloud.pid, profile_dir / f"{phase}.{ext}" if profile_dir else None, profile_fmt,
+                      native=profile_native):
+            t0 = time.perf_counter()
+            b = measure(cloud)
+            wall = time.perf_counter() - t0
+        report.note(f"{phase}: CPU of the filesystem process: nullfs {null_cpu:.2f} s in {null_wall:.2f} s, "
+                    f"cloudfs {cpu_seconds(cloud.pid) - cpu:.2f} s in {wall:.2f} s")
+        return a, b
+
+    def sync(what: str) -> float:
+        t0 = time.perf_counter()
+        mount.sync(timeout=sizes.sync_timeout)
+        return time.perf_counter() - t0
+
+    seq = {s.name: str(s.root / "seq.bin") for s in (null, cloud)}
+    w_null, w_cloud = both("write", lambda s: write_file(seq[s.name], size, sizes.phase_timeout))
+    report.add(Row(f"sequential write, {sizes.file_mib} MiB in 1 MiB writes, to close", size / w_null / 1e6,
+                   size / w_cloud / 1e6, "MB/s", 0.5))
+    upload_s = sync("upload")
+    report.note(f"upload of the {sizes.file_mib} MiB file to the local server (cloudfs sync, untimed in the "
+                f"write figure): {upload_s:.1f} s, {size / upload_s / 1e6:.0f} MB/s")
+
+    for s in (null, cloud):  # the first read makes it warm
+        read_file(seq[s.name], size, sizes.phase_timeout)
+    r_null, r_cloud = both("read-warm", lambda s: read_file(seq[s.name], size, sizes.phase_timeout))
+    report.add(Row("warm sequential read, 1 MiB reads (second read)", size / r_null / 1e6, size / r_cloud / 1e6,
+                   "MB/s", 0.5))
+    d_null, d_cloud = both("read-fuse", lambda s: read_file(seq[s.name], size, sizes.phase_timeout,
+                                                             drop_page_cache=True))
+    report.add(Row("sequential read, page cache dropped (every byte through FUSE)", size / d_null / 1e6,
+                   size / d_cloud / 1e6, "MB/s"))
+
+    made: dict[str, list[str]] = {}
+
+    def creates(s: Side) -> float:
+        seconds, made[s.name] = create_files(str(s.root / "many"), sizes.files, sizes.phase_timeout)
+        return seconds
+
+    c_null, c_cloud = both("create", creates)
+    report.add(Row(f"creates, {sizes.files} empty files in a new directory", sizes.files / c_null,
+                   sizes.files / c_cloud, "files/s", 0.3))
+    push_s = sync("creates")
+    report.note(f"pushing the {sizes.files} new files to the server (cloudfs sync, untimed): {push_s:.1f} s")
+
+    stats: dict[str, StatRun] = {}
+
+    def stat_pass(s: Side) -> float:
+        stats[s.name] = stat_files(made[s.name], sizes)
+        return stats[s.name].seconds
+
+    both("stat", stat_pass)
+    a, b = stats[null.name], stats[cloud.name]
+    report.add(Row(f"stats, os.stat over the {sizes.files} files, {a.done // sizes.files} / {b.done // sizes.files} "
+                   "passes", a.done / a.seconds, b.done / b.seconds, "stats/s", 0.5))
+    report.add(Row("stats, first pass only (each one a FUSE getattr)", sizes.files / a.first_s,
+                   sizes.files / b.first_s, "stats/s", 0.5))
+    report.add(Row("stats, later passes only (kernel attribute cache)", (a.done - sizes.files) / (a.seconds - a.first_s),
+                   (b.done - sizes.files) / (b.seconds - b.first_s), "stats/s"))
+
+    report.add(Row("peak RSS of the mount process (VmHWM)", vm_kib(null.pid, "VmHWM") / 1024,
+                   vm_kib(cloud.pid, "VmHWM") / 1024, "MiB"))
+    report.add(Row("RSS at the end: anonymous (heap)", vm_kib(null.pid, "RssAnon") / 1024,
+                   vm_kib(cloud.pid, "RssAnon") / 1024, "MiB"))
+    report.add(Row("RSS at the end: file-backed (LMDB map, libraries)", vm_kib(null.pid, "RssFile") / 1024,
+                   vm_kib(cloud.pid, "RssFile") / 1024, "MiB"))
+
+
+def code_state() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30).stdout
+    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "fs", "backend", "cloudfs").splitlines() if line]
+    return head + (f" + uncommitted {', '.join(dirty)}" if dirty else "")
+
+
+def machine() -> str:
+    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal:"))
+    return (f"{os.cpu_count()} cores, {mem_kib / 1024 / 1024:.0f} GiB, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds through every finally: mounts come down
+
+
+def _mounted_under(root: Path) -> list[str]:
+    prefix = os.path.abspath(root) + os.sep
+    with open("/proc/self/mounts") as mounts:
+        return [p for p in (line.split()[1].replace("\\040", " ") for line in mounts) if p.startswith(prefix)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (a sanity run, not the recorded figures)")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="record each cloudfs phase with py-spy into DIR")
+    parser.add_argument("--profile-format", choices=("flamegraph", "raw", "speedscope"), default="flamegraph")
+    parser.add_argument("--profile-native", action="store_true",
+                        help="py-spy --native: C frames too (LMDB, pyfuse3); pauses the process per sample")
+    parser.add_argument("--tmp", type=Path, default=None, help="where the temp dir goes (default: the system's)")
+    args = parser.parse_args(argv)
+    sizes = Sizes.quick() if args.quick else Sizes()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _sigterm)
+    report = Report()
+    print(f"cloudfs mount benchmark; {machine()}; load {loadavg()}", flush=True)
+    print(f"code: {code_state()}", flush=True)
+
+    tmp = Path(tempfile.mkdtemp(prefix="cloudfs-bench-mount-", dir=args.tmp))
+    status = 2
+    try:
+        with cloudfs_server(tmp / "server") as server:
+            token = server.add_user(f"bench-{uuid.uuid4().hex[:8]}")
+            with cloudfs_mount(server, token, tmp / "mnt-cloudfs", tmp / "cache", device="bench") as mount, \
+                    nullfs_mount(tmp / "mnt-null", tmp / "nullfs.log") as null_proc:
+                null = Side("nullfs", tmp / "mnt-null", null_proc.pid)
+                cloud = Side("cloudfs", mount.path, mount.proc.pid)
+                try:
+                    run_all(null, cloud, mount, sizes, report, args.profile, args.profile_format, args.profile_native)
+                    status = 0 if report.passed else 1
+                except (BenchError, AssertionError, OSError) as exc:
+                    print(f"benchmark failed: {exc!r}", file=sys.stderr)
+                    print("mount log (tail):\n" + mount.log()[-3000:], file=sys.stderr)
+                finally:
+                    if "Traceback" in mount.log():
+                        print("mount log has a traceback:\n" + mount.log()[-3000:], file=sys.stderr)
+        counts = re.search(r"nullfs requests: (.*)", (tmp / "nullfs.log").read_text(errors="replace"))
+        if counts:
+            report.note(f"nullfs answered {counts.group(1)}")
+    except KeyboardInterrupt:
+        print("interrupted; everything is unmounted", file=sys.stderr)
+        return 130
+    finally:
+        left = _mounted_under(tmp)
+        if left:
+            print(f"still mounted, {tmp} left in place: {left}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    print()
+    print(f"{'--quick; ' if args.quick else ''}{sizes.file_mib} MiB file, {sizes.files} files; "
+          f"{machine()}; load at the end {loadavg()}; code {code_state()}")
+    if args.profile:
+        print(f"profiled with py-spy into {args.profile}: figures are slower than unprofiled ones")
+    print(report.table())
+    for text in report.notes:
+        print(f"- {text}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
