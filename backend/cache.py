@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -82,7 +82,7 @@ class Inode:
     extra: dict = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return json.dumps(self.__dict__, separators=(",", ":")).encode()  # asdict() deep-copies
 
     @classmethod
     def decode(cls, raw: bytes) -> "Inode":

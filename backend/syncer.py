@@ -139,7 +139,7 @@ class Syncer:
             items = self.cache.outbox_items(limit=1)
             if not items or items[0][0] > upto_seq:
                 return
-            self.wake()
+            self._wake.set()  # not wake(): waiting is not local activity, no debounce
             await trio.sleep(0.05)
 
     # --- applying one entry ---

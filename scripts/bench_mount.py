@@ -330,7 +330,7 @@ def run_all(null: Side, cloud: Side, mount: MountProcess, sizes: Sizes, report: 
                     f"cloudfs {cpu_seconds(cloud.pid) - cpu:.2f} s in {wall:.2f} s")
         return a, b
 
-    def sync(what: str) -> float:
+    def sync() -> float:
         t0 = time.perf_counter()
         mount.sync(timeout=sizes.sync_timeout)
         return time.perf_counter() - t0
@@ -339,7 +339,7 @@ def run_all(null: Side, cloud: Side, mount: MountProcess, sizes: Sizes, report: 
     w_null, w_cloud = both("write", lambda s: write_file(seq[s.name], size, sizes.phase_timeout))
     report.add(Row(f"sequential write, {sizes.file_mib} MiB in 1 MiB writes, to close", size / w_null / 1e6,
                    size / w_cloud / 1e6, "MB/s", 0.5))
-    upload_s = sync("upload")
+    upload_s = sync()
     report.note(f"upload of the {sizes.file_mib} MiB file to the local server (cloudfs sync, untimed in the "
                 f"write figure): {upload_s:.1f} s, {size / upload_s / 1e6:.0f} MB/s")
 
@@ -362,7 +362,7 @@ def run_all(null: Side, cloud: Side, mount: MountProcess, sizes: Sizes, report: 
     c_null, c_cloud = both("create", creates)
     report.add(Row(f"creates, {sizes.files} empty files in a new directory", sizes.files / c_null,
                    sizes.files / c_cloud, "files/s", 0.3))
-    push_s = sync("creates")
+    push_s = sync()
     report.note(f"pushing the {sizes.files} new files to the server (cloudfs sync, untimed): {push_s:.1f} s")
 
     stats: dict[str, StatRun] = {}
