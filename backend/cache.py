@@ -194,10 +194,6 @@ class Cache:
         txn.put(key, node.encode(), db=self.inodes)
         self._memo[node.ino] = node
 
-    def forget_memo(self) -> None:
-        """Drop decoded inodes after an aborted transaction (they may be ahead of LMDB)."""
-        self._memo.clear()
-
     def drop(self, txn: lmdb.Transaction, node: Inode) -> None:
         """Remove an inode and everything keyed by it."""
         txn.delete(u64(node.ino), db=self.inodes)

@@ -32,6 +32,9 @@ class Content:
         self.cache = cache
         self.chunks = chunks
         self.fetcher = fetcher
+        self._lists: dict[int, tuple[int, list[ChunkEntry]]] = {}
+        """Unpacked chunk lists by inode, tagged with their rev: a read must not unpack a
+        whole list from LMDB for every 128 KiB request."""
 
     # --- the base version ---
 
@@ -39,21 +42,26 @@ class Content:
         """The committed chunk list `node` overlays, fetched from the server once per rev."""
         if node.base_len == 0 or node.rev == 0:
             return []
+        memo = self._lists.get(node.ino)
+        if memo is not None and memo[0] == node.rev:
+            return memo[1]
         held = self.cache.chunklist(node.ino)
-        if held is not None and held[0] == node.rev:
-            return held[1]
-        info = await self.fetcher.client.file_info(node.node_id, rev=node.rev, urls=False)
-        pairs = [(c.fingerprint, c.length) for c in info.chunks]
-        with self.cache.write() as txn:
-            self.cache.set_chunklist(txn, node.ino, node.rev, pairs)
-        return self.cache.chunklist(node.ino)[1]
+        if held is None or held[0] != node.rev:
+            info = await self.fetcher.client.file_info(node.node_id, rev=node.rev, urls=False)
+            pairs = [(c.fingerprint, c.length) for c in info.chunks]
+            with self.cache.write() as txn:
+                self.cache.set_chunklist(txn, node.ino, node.rev, pairs)
+            held = self.cache.chunklist(node.ino)
+        if len(self._lists) > 1024:
+            self._lists.clear()
+        self._lists[node.ino] = held
+        return held[1]
 
     @staticmethod
     def _covering(chunks: list[ChunkEntry], start: int, end: int) -> list[ChunkEntry]:
         if start >= end or not chunks:
             return []
-        offsets = [c.offset for c in chunks]
-        i = max(bisect.bisect_right(offsets, start) - 1, 0)
+        i = max(bisect.bisect_right(chunks, start, key=lambda c: c.offset) - 1, 0)
         out = []
         while i < len(chunks) and chunks[i].offset < end:
             out.append(chunks[i])

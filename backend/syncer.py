@@ -51,8 +51,6 @@ class Syncer:
         self.conflicts = int(cache.get_meta("conflicts", "0") or 0)
         self.last_error = ""
         self._wake = trio.Event()
-        self._idle = trio.Event()
-        self.done_seq = 0
         self._locks: dict[int, trio.Lock] = {}
         self._last_activity = 0.0
 
@@ -78,12 +76,10 @@ class Syncer:
         while True:
             items = self.cache.outbox_items(limit=200)
             if not items:
-                self._idle.set()
                 self._wake = trio.Event()
                 with trio.move_on_after(1.0):
                     await self._wake.wait()
                 continue
-            self._idle = trio.Event()
             await self._quiet_period(items[0][1])
             items = self.cache.outbox_items(limit=500)
             failed: BaseException | None = None
@@ -93,7 +89,6 @@ class Syncer:
                     break
                 for seq, _ in group:
                     self.cache.dequeue(seq)
-                    self.done_seq = seq
                 self.online, backoff = True, 0.2
             if failed is not None:
                 self._went_offline(failed)
