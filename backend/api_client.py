@@ -14,10 +14,14 @@ import zstandard
 
 from . import wire
 from .chunker import fingerprint as sha256_fingerprint
-from .errors import CorruptChunkError, OfflineError, from_response
+from .errors import CorruptChunkError, OfflineError, ServerError, from_response
 
 
 class ApiClient:
+    INTERACTIVE = httpx.Timeout(4.0, connect=2.0)
+    """For requests a reader is blocked on: a read of uncached bytes fails with EIO
+    within seconds when the server hangs, instead of after the background timeout."""
+
     def __init__(self, base_url: str, token: str, *, device: str = "unknown", timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.http = httpx.AsyncClient(
@@ -30,6 +34,9 @@ class ApiClient:
         self.blobs = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0),
                                        limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
 
+    reachable = True
+    """How the last request to the server went (a transport error or a 5xx: False)."""
+
     async def aclose(self) -> None:
         await self.http.aclose()
         await self.blobs.aclose()
@@ -41,12 +48,14 @@ class ApiClient:
         await self.aclose()
 
     async def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-                    timeout: float | None = None) -> dict[str, Any]:
+                    timeout: float | httpx.Timeout | None = None) -> dict[str, Any]:
         try:
             response = await self.http.request(method, path, json=json, params=params,
                                                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
         except httpx.TransportError as exc:
+            self.reachable = False
             raise OfflineError(f"{method} {path}: {exc!r}") from exc
+        self.reachable = response.status_code < 500
         if response.status_code >= 400:
             try:
                 body = response.json()
@@ -57,11 +66,24 @@ class ApiClient:
 
     # --- metadata ---
 
+    async def health(self, timeout: float) -> None:
+        """A cheap round trip; `reachable` says how the last one went."""
+        await self._call("GET", "/health", timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0)))
+
     async def me(self) -> wire.Me:
         return wire.Me.model_validate(await self._call("GET", "/me"))
 
     async def resolve(self, path: str) -> wire.Node:
         return wire.NodeResponse.model_validate(await self._call("GET", "/resolve", params={"path": path})).node
+
+    async def node(self, node_id: int) -> wire.Node | None:
+        """The node's current state, or None once it is deleted (or never was ours)."""
+        try:
+            return wire.NodeResponse.model_validate(await self._call("GET", f"/nodes/{node_id}")).node
+        except ServerError as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     async def list_dir(self, node_id: int) -> list[wire.Node]:
         entries: list[wire.Node] = []
@@ -96,9 +118,11 @@ class ApiClient:
         body = {k: v for k, v in (("mode", mode), ("mtime_ns", mtime_ns)) if v is not None}
         return wire.NodeResponse.model_validate(await self._call("PATCH", f"/nodes/{node_id}", json=body))
 
-    async def delete(self, node_id: int, *, recursive: bool = False) -> wire.NodeResponse:
-        return wire.NodeResponse.model_validate(
-            await self._call("DELETE", f"/nodes/{node_id}", params={"recursive": str(recursive).lower()}))
+    async def delete(self, node_id: int, *, recursive: bool = False, rev: int | None = None) -> wire.NodeResponse:
+        params: dict[str, Any] = {"recursive": str(recursive).lower()}
+        if rev is not None:
+            params["rev"] = rev
+        return wire.NodeResponse.model_validate(await self._call("DELETE", f"/nodes/{node_id}", params=params))
 
     async def changes(self, cursor: int, *, wait: float = 0, limit: int = 1000) -> wire.ChangesResponse:
         return wire.ChangesResponse.model_validate(await self._call(
@@ -124,7 +148,8 @@ class ApiClient:
 
     async def prepare_download(self, fingerprints: list[str]) -> wire.PrepareDownloadResponse:
         return wire.PrepareDownloadResponse.model_validate(
-            await self._call("POST", "/downloads/prepare", json={"fingerprints": fingerprints}))
+            await self._call("POST", "/downloads/prepare", json={"fingerprints": fingerprints},
+                             timeout=self.INTERACTIVE))
 
     async def commit(self, req: wire.CommitRequest) -> wire.CommitResponse:
         return wire.CommitResponse.model_validate(
@@ -134,7 +159,8 @@ class ApiClient:
         params: dict[str, Any] = {"urls": str(urls).lower()}
         if rev is not None:
             params["rev"] = rev
-        return wire.FileInfo.model_validate(await self._call("GET", f"/files/{node_id}", params=params))
+        return wire.FileInfo.model_validate(await self._call("GET", f"/files/{node_id}", params=params,
+                                                             timeout=self.INTERACTIVE))
 
     async def versions(self, node_id: int) -> wire.VersionList:
         return wire.VersionList.model_validate(await self._call("GET", f"/files/{node_id}/versions"))
@@ -145,7 +171,8 @@ class ApiClient:
     async def fetch_chunk(self, fingerprint: str, download: wire.SignedRequest, compression: str = "none") -> bytes:
         """Download one chunk and return its plain bytes, verified against `fingerprint`."""
         try:
-            response = await self.blobs.request(download.method, download.url, headers=download.headers)
+            response = await self.blobs.request(download.method, download.url, headers=download.headers,
+                                                timeout=self.INTERACTIVE)
         except httpx.TransportError as exc:
             raise OfflineError(f"download of chunk {fingerprint}: {exc!r}") from exc
         if response.status_code >= 300:

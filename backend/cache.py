@@ -197,8 +197,8 @@ class Cache:
     def drop(self, txn: lmdb.Transaction, node: Inode) -> None:
         """Remove an inode and everything keyed by it."""
         txn.delete(u64(node.ino), db=self.inodes)
-        if node.node_id:
-            txn.delete(u64(node.node_id), db=self.node_ids)
+        if node.node_id and txn.get(u64(node.node_id), db=self.node_ids) == u64(node.ino):
+            txn.delete(u64(node.node_id), db=self.node_ids)  # unless the id moved on to a newer inode
         txn.delete(u64(node.ino), db=self.chunklists)
         self.drop_blocks(txn, node.ino, from_block=0)
         self._memo.pop(node.ino, None)

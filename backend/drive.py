@@ -51,6 +51,9 @@ class Drive:
         self.chunks = chunks
         self.content = content
         self.open_count: dict[int, int] = {}
+        self.writers: dict[int, int] = {}
+        """Open handles that may write, per inode: a remote change to such a file waits
+        (follower.py), since the kernel may still hold writes it has not sent us."""
         self.lookups: dict[int, int] = {}
         """The kernel's references per inode (lookup/create/readdirplus minus forget): an
         inode removed from the tree lives on, as an orphan, until both this and
@@ -154,8 +157,11 @@ class Drive:
 
     def _forget(self, txn: lmdb.Transaction, node: Inode) -> None:
         """The node left the tree: tell the server, and drop it unless still open."""
-        if node.node_id:
-            self.cache.enqueue(txn, {"op": "delete", "ino": node.ino, "node_id": node.node_id})
+        if node.node_id and not node.extra.get("detached"):
+            # `rev`: the server refuses the delete if another device committed since,
+            # so an edit made elsewhere survives this delete.
+            self.cache.enqueue(txn, {"op": "delete", "ino": node.ino, "node_id": node.node_id,
+                                     "rev": node.rev if node.kind == "file" else None})
         if self.open_count.get(node.ino) or self.lookups.get(node.ino):
             node.parent = 0
             self.cache.put(txn, node)
@@ -276,15 +282,18 @@ class Drive:
             self._drop_if_orphan(ino)
         return len(orphans)
 
-    def opened(self, ino: int) -> None:
+    def opened(self, ino: int, *, write: bool = True) -> None:
         self.open_count[ino] = self.open_count.get(ino, 0) + 1
+        if write:
+            self.writers[ino] = self.writers.get(ino, 0) + 1
 
-    def released(self, ino: int, *, schedule_upload: bool) -> None:
-        left = self.open_count.get(ino, 1) - 1
-        if left:
-            self.open_count[ino] = left
-        else:
-            self.open_count.pop(ino, None)
+    def released(self, ino: int, *, schedule_upload: bool, write: bool = True) -> None:
+        for counts, counted in ((self.open_count, True), (self.writers, write)):
+            left = counts.get(ino, 1) - 1 if counted else counts.get(ino, 0)
+            if left:
+                counts[ino] = left
+            else:
+                counts.pop(ino, None)
         node = self.cache.get(ino)
         if node is None:
             return

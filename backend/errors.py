@@ -6,8 +6,11 @@ about FUSE.
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
-from typing import Any
+from typing import Any, AsyncIterator, Iterator
+
+import trio
 
 
 class CloudFsError(Exception):
@@ -106,3 +109,25 @@ def from_response(status: int, body: dict[str, Any]) -> ServerError:
     exc = cls(status, body)
     exc.errno = err
     return exc
+
+
+@contextlib.asynccontextmanager
+async def one_error() -> AsyncIterator[None]:
+    """Around a nursery: raise the first real error of its tasks as itself, not
+    wrapped in an ExceptionGroup, so callers can catch OfflineError, ConflictError ...
+    as if the work had been done by one task."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        first = next((e for e in _leaves(group) if not isinstance(e, trio.Cancelled)), None)
+        if first is None:
+            raise
+        raise first from None
+
+
+def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

@@ -1,16 +1,34 @@
 """Follows the server's change journal and applies other devices' changes locally.
 
 The cursor is persisted in LMDB with every applied batch, so a remount resumes where it
-stopped. Our own changes are skipped (the mirror made them first). A change to a file
-that has local edits not yet uploaded is left alone: the upload then meets a stale base
-revision and becomes a conflicted copy, so nothing is lost either way.
+stopped. Our own changes are skipped (the mirror made them first).
 
-The kernel's caches are told through `invalidate` callbacks given by the mount (this
-module knows nothing of FUSE).
+A remote change never overwrites local work that is not on the server yet. A change to
+a node with pending local changes (dirty content, a move or attribute change not pushed,
+a file open for writing) is *deferred*: its node id is kept (in LMDB too) and the node is
+pulled from the server again once the local work has settled; if the local work meets
+the remote change on the server first, the syncer turns it into a conflicted copy. A
+remote create that lands on a name taken by a local node the server has never seen
+renames the local node to a conflicted copy (two new directories are merged instead).
+A remote delete keeps whatever inside it still has local changes; those are created on
+the server again.
+
+The kernel caches file sizes and mtimes itself (writeback cache), and ignores those the
+filesystem reports for a regular file it already knows. A file whose content changed
+remotely therefore gets a new inode number: the kernel looks the name up again and sees
+the new size, while a handle still open on the old inode keeps reading the old version,
+as after a local atomic replace. The kernel is told through `invalidate` callbacks given
+by the mount (this module knows nothing of FUSE); they run in a worker thread, because
+an invalidation may wait for the kernel to write back pages, which this loop serves.
+
+`reconcile` compares the whole mirror with a server snapshot: after a 410 from
+`/changes` (the journal no longer reaches our cursor), on `cloudfs sync --full`, and
+every RECONCILE_EVERY_S.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -22,9 +40,14 @@ from . import wire
 from .api_client import ApiClient
 from .cache import ROOT_INO, Cache, Inode
 from .chunkcache import ChunkCache
+from .conflicts import conflicted_name, count_conflict
 from .errors import CursorExpiredError, OfflineError, ServerError
 
 log = logging.getLogger("cloudfs.follower")
+
+RECONCILE_EVERY_S = 3600.0
+SETTLE_EVERY_S = 0.25
+MAX_PULL_DEPTH = 4096
 
 
 @dataclass
@@ -35,31 +58,34 @@ class Invalidator:
 
 class Follower:
     def __init__(self, client: ApiClient, cache: Cache, chunks: ChunkCache, *, device: str,
-                 open_count: dict[int, int], invalidate: Invalidator | None = None) -> None:
+                 open_count: dict[int, int], lookups: dict[int, int] | None = None,
+                 writers: dict[int, int] | None = None, invalidate: Invalidator | None = None) -> None:
         self.client = client
         self.cache = cache
         self.chunks = chunks
         self.device = device
         self.open_count = open_count
+        self.lookups = lookups if lookups is not None else {}
+        self.writers = writers if writers is not None else {}
         self.invalidate = invalidate or Invalidator()
         self.cursor = int(cache.get_meta("cursor", "0") or 0)
+        self.deferred: set[int] = set(json.loads(cache.get_meta("deferred", "[]") or "[]"))
         self.online = True
         self._advanced = trio.Event()
+        self._inval: list[tuple[Any, ...]] = []
+        self._reconcile_now = trio.Event()
+        self._reconciled = trio.Event()
+        self._reconciling = trio.Lock()
+        self.reconciles = 0
+
+    # --- the first mount ---
 
     async def bootstrap(self) -> None:
         """First mount with an empty cache: mirror the whole tree from a snapshot."""
         if self.cache.get(ROOT_INO) is not None:
             return
         me = await self.client.me()
-        nodes: list[wire.Node] = []
-        cursor, after = None, 0
-        for _ in range(1_000_000):
-            snap = await self.client.snapshot(after)
-            cursor = snap.cursor if cursor is None else cursor
-            nodes.extend(snap.nodes)
-            if snap.next_after_id is None:
-                break
-            after = snap.next_after_id
+        nodes, cursor = await self._snapshot()
         with self.cache.write() as txn:
             inos = {me.root_id: ROOT_INO}
             for node in nodes:
@@ -73,10 +99,22 @@ class Follower:
                 self.cache.bind_node_id(txn, local, node.id)
                 if parent:
                     self.cache.link(txn, parent, node.name, ino)
-            self.cache.set_meta(txn, "cursor", str(cursor or 0))
+            self.cache.set_meta(txn, "cursor", str(cursor))
             self.cache.set_meta(txn, "user_id", str(me.user_id))
-        self.cursor = cursor or 0
+        self.cursor = cursor
         log.info("mirrored %d nodes from the server at cursor %d", len(nodes), self.cursor)
+
+    async def _snapshot(self) -> tuple[list[wire.Node], int]:
+        nodes: list[wire.Node] = []
+        cursor, after = None, 0
+        for _ in range(1_000_000):
+            snap = await self.client.snapshot(after)
+            cursor = snap.cursor if cursor is None else cursor
+            nodes.extend(snap.nodes)
+            if snap.next_after_id is None:
+                break
+            after = snap.next_after_id
+        return nodes, cursor or 0
 
     def _inode_from(self, node: wire.Node, ino: int, parent: int) -> Inode:
         return Inode(ino=ino, parent=parent, name=node.name, kind=node.kind, mode=node.mode, size=node.size,
@@ -84,17 +122,23 @@ class Follower:
                      rev=node.rev, base_len=node.size if node.kind == "file" else 0,
                      srv_parent=parent, srv_name=node.name, srv_mode=node.mode, srv_mtime_ns=node.mtime_ns)
 
+    # --- the loops ---
+
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow)
+            nursery.start_soon(self._settle)
+            nursery.start_soon(self._reconcile_loop)
+            task_status.started()
+
+    async def _follow(self) -> None:
         backoff = 0.2
         while True:
             try:
                 answer = await self.client.changes(self.cursor, wait=25)
             except CursorExpiredError:
-                log.warning("journal no longer reaches cursor %d; continuing from the server's current position",
-                            self.cursor)
-                me = await self.client.me()
-                self._save_cursor(me.cursor)
+                log.warning("the journal no longer reaches cursor %d: comparing the whole tree", self.cursor)
+                await self._run_reconcile()
                 continue
             except (OfflineError, ServerError) as exc:
                 if self.online:
@@ -107,7 +151,63 @@ class Follower:
             for change in answer.changes:
                 if change.device != self.device:
                     self.apply(change)
+            await self._flush_invalidations()
             self._save_cursor(answer.cursor)
+
+    async def _settle(self) -> None:
+        """Pull deferred nodes again once their local work is done."""
+        while True:
+            await trio.sleep(SETTLE_EVERY_S)
+            if not self.deferred:
+                continue
+            try:
+                await self._pull_deferred()
+            except (OfflineError, ServerError) as exc:
+                log.debug("deferred changes wait: %s", exc)
+
+    async def _pull_deferred(self) -> None:
+        for node_id in sorted(self.deferred):
+            if self._blocked(node_id):
+                continue
+            self._undefer(node_id)
+            await self.pull(node_id)
+        await self._flush_invalidations()
+
+    async def pull(self, node_id: int, depth: int = 0) -> None:
+        """Make the mirror agree with the server about one node (and, for a directory
+        the mirror did not know, everything in it)."""
+        remote = await self.client.node(node_id)
+        if remote is None:
+            ino = self.cache.ino_for_node(node_id)
+            local = self.cache.get(ino) if ino else None
+            if local is not None:
+                self._apply_delete(local)
+            return
+        known = self.cache.ino_for_node(node_id) is not None
+        self.apply(wire.Change(seq=0, op="modify", node=remote, device="pull"))
+        if remote.kind == "dir" and not known and depth < MAX_PULL_DEPTH:
+            for child in await self.client.list_dir(node_id):
+                await self.pull(child.id, depth + 1)
+
+    def refresh(self, node_id: int) -> None:
+        """The syncer learnt that the server's version of `node_id` differs from ours
+        (a conflict): pull it once nothing local is pending on it."""
+        self._defer(node_id)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            with trio.move_on_after(RECONCILE_EVERY_S):
+                await self._reconcile_now.wait()
+            try:
+                await self._run_reconcile()
+            except (OfflineError, ServerError) as exc:
+                log.warning("reconciliation postponed: %s", exc)
+
+    async def reconcile(self) -> None:
+        """On demand (`cloudfs sync --full`): compare now and wait for it."""
+        done = self._reconciled
+        self._reconcile_now.set()
+        await done.wait()
 
     def _save_cursor(self, cursor: int) -> None:
         with self.cache.write() as txn:
@@ -120,69 +220,295 @@ class Follower:
         while self.cursor < cursor:
             await self._advanced.wait()
 
+    async def settled(self) -> None:
+        """Return once every deferred node that can be pulled has been."""
+        for _ in range(100_000):
+            waiting = [i for i in self.deferred if not self._blocked(i)]
+            if not waiting:
+                return
+            await trio.sleep(SETTLE_EVERY_S / 5)
+
+    def _blocked(self, node_id: int) -> bool:
+        ino = self.cache.ino_for_node(node_id)
+        local = self.cache.get(ino) if ino else None
+        return local is not None and self._pending(local)
+
+    # --- what counts as local work ---
+
+    def _pending(self, local: Inode) -> bool:
+        """True while `local` has changes the server has not acknowledged."""
+        if local.ino == ROOT_INO:
+            return False
+        if not local.node_id or local.extra.get("detached") or self.writers.get(local.ino):
+            return True
+        if (local.parent, local.name) != (local.srv_parent, local.srv_name) or local.mode != local.srv_mode:
+            return True
+        return local.kind != "dir" and (local.dirty or local.mtime_ns != local.srv_mtime_ns)
+
+    def _in_use(self, ino: int) -> bool:
+        return bool(self.open_count.get(ino) or self.lookups.get(ino))
+
+    def _defer(self, node_id: int) -> None:
+        if node_id not in self.deferred:
+            self.deferred.add(node_id)
+            with self.cache.write() as txn:
+                self.cache.set_meta(txn, "deferred", json.dumps(sorted(self.deferred)))
+
+    def _undefer(self, node_id: int) -> None:
+        self.deferred.discard(node_id)
+        with self.cache.write() as txn:
+            self.cache.set_meta(txn, "deferred", json.dumps(sorted(self.deferred)))
+
     # --- applying one change ---
 
     def apply(self, change: wire.Change) -> None:
         remote = change.node
         ino = self.cache.ino_for_node(remote.id)
         local = self.cache.get(ino) if ino else None
-        parent_ino = self.cache.ino_for_node(remote.parent_id) if remote.parent_id else None
-        if change.op == "delete":
-            if local is not None and not local.dirty:
-                self._remove(local)
+        if change.op == "delete" or remote.deleted:
+            if local is not None:
+                self._apply_delete(local)
+            return
+        if remote.parent_id is None:
+            return  # the root: nothing of it is mirrored but its children
+        if local is not None and self._pending(local):
+            self._defer(remote.id)
+            return
+        parent_ino = self.cache.ino_for_node(remote.parent_id)
+        parent = self.cache.get(parent_ino) if parent_ino else None
+        if parent is None or parent.parent == 0 and parent.ino != ROOT_INO:
+            self._defer(remote.id)  # its directory is not here (yet): pulled once it is
+            return
+        room = self._make_room(parent.ino, remote, local)
+        if room == "wait":
+            self._defer(remote.id)
+            return
+        if room == "merged":
             return
         if local is None:
-            if parent_ino is None or self.cache.lookup(parent_ino, remote.name) is not None:
-                log.info("not applying %s of %r: parent unknown or name taken locally", change.op, remote.name)
-                return
-            with self.cache.write() as txn:
-                node = self._inode_from(remote, self.cache.new_ino(txn), parent_ino)
-                self.cache.put(txn, node, create=True)
-                self.cache.bind_node_id(txn, node, remote.id)
-                self.cache.link(txn, parent_ino, remote.name, node.ino)
-            self.invalidate.entry(parent_ino, remote.name)
-            return
-        if local.dirty:
-            return  # our upload will meet a stale revision and keep both versions
-        moved = parent_ino is not None and (local.parent, local.name) != (parent_ino, remote.name)
+            self._create(remote, parent.ino)
+        elif local.kind == "file" and (remote.rev, remote.size, remote.mtime_ns) != (local.rev, local.size, local.mtime_ns):
+            self._replace(local, remote, parent.ino)
+        else:
+            self._update(local, remote, parent.ino)
+
+    def _make_room(self, parent: int, remote: wire.Node, local: Inode | None) -> str:
+        """Free the name `remote` takes in `parent` ("free"), or say why not ("wait":
+        a clean node is there, which a later change moves away; "merged": a new local
+        directory of that name became `remote`). The server got there first, so a
+        local node there that the server has not seen becomes a conflicted copy."""
+        occupant_ino = self.cache.lookup(parent, remote.name)
+        if occupant_ino is None or (local is not None and occupant_ino == local.ino):
+            return "free"
+        occupant = self.cache.get(occupant_ino)
+        if occupant is None:
+            return "free"
+        if not self._pending(occupant):
+            return "wait"  # a clean node: the journal moves or deletes it too
+        if occupant.kind == "dir" and remote.kind == "dir" and not occupant.node_id and local is None:
+            with self.cache.write() as txn:  # two new directories of one name: merge them
+                self.cache.bind_node_id(txn, occupant, remote.id)
+                occupant.rev, occupant.srv_parent, occupant.srv_name = remote.rev, parent, remote.name
+                occupant.srv_mode, occupant.srv_mtime_ns = remote.mode, remote.mtime_ns
+                self.cache.put(txn, occupant)
+            return "merged"
+        name = conflicted_name(occupant.name, self.device, self.cache, parent)
+        log.warning("%r arrived from another device where a local change is pending: keeping ours as %r",
+                    remote.name, name)
+        with self.cache.write() as txn:
+            self.cache.unlink(txn, parent, occupant.name)
+            self.cache.link(txn, parent, name, occupant.ino)
+            occupant.name = name
+            self.cache.put(txn, occupant)
+            self.cache.enqueue(txn, {"op": "upload" if occupant.kind == "file" else "push", "ino": occupant.ino})
+            count_conflict(self.cache, txn)
+        self._inval.append(("entry", parent, remote.name))
+        return "free"
+
+    def _create(self, remote: wire.Node, parent: int) -> None:
+        with self.cache.write() as txn:
+            node = self._inode_from(remote, self.cache.new_ino(txn), parent)
+            self.cache.put(txn, node, create=True)
+            self.cache.bind_node_id(txn, node, remote.id)
+            self.cache.link(txn, parent, remote.name, node.ino)
+        self._inval.append(("entry", parent, remote.name))
+
+    def _replace(self, local: Inode, remote: wire.Node, parent: int) -> None:
+        """New content: a new inode under the name, so the kernel forgets the old size."""
+        with self.cache.write() as txn:
+            self.cache.unlink(txn, local.parent, local.name)
+            if self._in_use(local.ino):
+                local.parent = 0  # an orphan, readable through open handles until released
+                self.cache.put(txn, local)
+            else:
+                self.cache.drop(txn, local)
+            node = self._inode_from(remote, self.cache.new_ino(txn), parent)
+            self.cache.put(txn, node, create=True)
+            self.cache.bind_node_id(txn, node, remote.id)
+            self.cache.link(txn, parent, remote.name, node.ino)
+        self._inval.append(("entry", local.parent or parent, local.name))
+        if (local.parent, local.name) != (parent, remote.name):
+            self._inval.append(("entry", parent, remote.name))
+
+    def _update(self, local: Inode, remote: wire.Node, parent: int) -> None:
+        """A move or an attribute change: the same inode, so open handles follow it."""
+        moved = (local.parent, local.name) != (parent, remote.name)
         old_parent, old_name = local.parent, local.name
         with self.cache.write() as txn:
-            if moved and self.cache.lookup(parent_ino, remote.name) is None:
+            if moved:
                 self.cache.unlink(txn, local.parent, local.name)
-                self.cache.link(txn, parent_ino, remote.name, local.ino)
-                local.parent, local.name = parent_ino, remote.name
-                local.srv_parent, local.srv_name = parent_ino, remote.name
+                self.cache.link(txn, parent, remote.name, local.ino)
+                local.parent, local.name = parent, remote.name
+            local.srv_parent, local.srv_name = parent, remote.name
             local.mode = local.srv_mode = remote.mode
             local.mtime_ns = local.srv_mtime_ns = remote.mtime_ns
             local.ctime_ns = time.time_ns()
-            if local.kind == "file" and remote.rev != local.rev:
-                local.rev, local.size, local.base_len = remote.rev, remote.size, remote.size
+            local.rev = remote.rev
+            if local.kind == "symlink":
+                local.target, local.size = remote.target or "", remote.size
             self.cache.put(txn, local)
         if moved:
-            self.invalidate.entry(old_parent, old_name)
-            self.invalidate.entry(local.parent, local.name)
-        self.invalidate.inode(local.ino)
+            self._inval.append(("entry", old_parent, old_name))
+            self._inval.append(("entry", local.parent, local.name))
+        self._inval.append(("inode", local.ino))
 
-    def _remove(self, local: Inode) -> None:
-        """Drop a node and its subtree (the server tombstoned them as one entry)."""
+    def _apply_delete(self, local: Inode) -> None:
+        """Drop a node and its subtree (the server tombstoned them as one entry), except
+        what still has local work: that, and the directories leading to it, stay and are
+        created on the server again."""
+        keep = self._with_local_work(local)
         parent, name = local.parent, local.name
         with self.cache.write() as txn:
-            self.cache.unlink(txn, parent, name)
             stack = [local]
             for _ in range(10_000_000):
                 if not stack:
                     break
                 node = stack.pop()
+                if node.ino in keep:
+                    self._detach(txn, node)
+                    if node.kind == "dir":
+                        stack.extend(c for c in map(self.cache.get, (i for _, i in self.cache.children(node.ino)))
+                                     if c is not None)
+                    continue
+                self.cache.unlink(txn, node.parent, node.name)
                 if node.kind == "dir":
                     for child_name, child_ino in self.cache.children(node.ino):
                         child = self.cache.get(child_ino)
                         self.cache.unlink(txn, node.ino, child_name)
                         if child is not None:
                             stack.append(child)
-                if self.open_count.get(node.ino):
+                if self._in_use(node.ino):
                     node.parent = 0
                     self.cache.put(txn, node)
                 else:
                     self.chunks.dirty_bytes -= self.cache.drop_blocks(txn, node.ino, from_block=0)
                     self.cache.drop(txn, node)
-        self.invalidate.entry(parent, name)
+        if local.ino in keep:
+            log.warning("%r was deleted on another device but has local changes here: keeping it", name)
+        else:
+            self._inval.append(("entry", parent, name))
+
+    def _with_local_work(self, top: Inode) -> set[int]:
+        """Inodes of `top`'s subtree that must survive its remote deletion."""
+        keep: set[int] = set()
+        path: dict[int, int] = {top.ino: 0}
+        stack = [top]
+        for _ in range(10_000_000):
+            if not stack:
+                break
+            node = stack.pop()
+            if node.kind == "dir":
+                for _, child_ino in self.cache.children(node.ino):
+                    child = self.cache.get(child_ino)
+                    if child is not None:
+                        path[child.ino] = node.ino
+                        stack.append(child)
+            if not node.node_id or (node.kind != "dir" and self._pending(node)):
+                ino = node.ino
+                while ino and ino not in keep:
+                    keep.add(ino)
+                    ino = path.get(ino, 0)
+        return keep
+
+    def _detach(self, txn: Any, node: Inode) -> None:
+        """The server no longer has `node`: forget its id so the syncer creates it anew.
+        A file keeps reading its old content (node id + rev stay for that) until then."""
+        if node.node_id:
+            self.cache.unbind_node_id(txn, node.node_id)
+        node.srv_parent, node.srv_name = 0, ""
+        if node.kind == "file":
+            node.extra["detached"] = True
+            node.dirty = True
+            self.cache.enqueue(txn, {"op": "upload", "ino": node.ino})
+        else:
+            node.node_id = 0
+            self.cache.enqueue(txn, {"op": "push", "ino": node.ino})
+        self.cache.put(txn, node)
+
+    # --- the kernel ---
+
+    async def _flush_invalidations(self) -> None:
+        if not self._inval:
+            return
+        batch, self._inval = self._inval, []
+
+        def run() -> None:
+            for what, *args in batch:
+                if what == "entry":
+                    self.invalidate.entry(*args)
+                else:
+                    self.invalidate.inode(*args)
+
+        await trio.to_thread.run_sync(run)
+
+    # --- the whole tree ---
+
+    async def _run_reconcile(self) -> None:
+        async with self._reconciling:
+            await self._reconcile_once()
+
+    async def _reconcile_once(self) -> None:
+        """Make the mirror match a server snapshot, leaving pending local work alone."""
+        me = await self.client.me()
+        nodes, cursor = await self._snapshot()
+        by_id = {n.id: n for n in nodes}
+        children: dict[int, list[wire.Node]] = {}
+        for n in nodes:
+            if n.parent_id is not None:
+                children.setdefault(n.parent_id, []).append(n)
+        # Parents before children, so every create finds its directory.
+        order, stack = [], [me.root_id]
+        for _ in range(len(nodes) + 1):
+            if not stack:
+                break
+            node_id = stack.pop()
+            for child in children.get(node_id, []):
+                order.append(child)
+                stack.append(child.id)
+        changed = 0
+        for remote in order:
+            ino = self.cache.ino_for_node(remote.id)
+            local = self.cache.get(ino) if ino else None
+            if local is None or self._differs(local, remote):
+                self.apply(wire.Change(seq=0, op="modify", node=remote, device="reconcile"))
+                changed += 1
+        for local in list(self.cache.iter_inodes()):
+            if local.node_id and local.ino != ROOT_INO and local.parent and local.node_id not in by_id \
+                    and not local.extra.get("detached"):
+                current = self.cache.get(local.ino)
+                if current is not None and current.parent:
+                    self._apply_delete(current)
+                    changed += 1
+        await self._flush_invalidations()
+        self._save_cursor(cursor)
+        self.reconciles += 1
+        log.info("reconciled the mirror with the server at cursor %d: %d node(s) repaired", cursor, changed)
+        self._reconcile_now = trio.Event()
+        done, self._reconciled = self._reconciled, trio.Event()
+        done.set()
+
+    def _differs(self, local: Inode, remote: wire.Node) -> bool:
+        parent = self.cache.ino_for_node(remote.parent_id) if remote.parent_id else 0
+        if (local.parent, local.name, local.mode) != (parent, remote.name, remote.mode):
+            return True
+        return local.kind == "file" and (local.rev, local.size) != (remote.rev, remote.size)

@@ -19,10 +19,14 @@ from .cache import Cache
 from .chunkcache import ChunkCache
 from .content import Content
 from .drive import Drive
+from .errors import OfflineError, ServerError
 from .fetcher import Fetcher
 from .follower import Follower, Invalidator
 from .syncer import Syncer
 from .uploader import Uploader
+
+
+HEARTBEAT_S = 2.0
 
 
 @dataclass
@@ -56,13 +60,24 @@ class Session:
         self.fetcher.nursery = nursery
         await nursery.start(self.syncer.run)
         await nursery.start(self.follower.run)
+        nursery.start_soon(self._heartbeat)
+
+    async def _heartbeat(self) -> None:
+        """Notice a server that stopped answering while nothing else is asking it
+        (a parked long-poll does not tell), so `status` says offline within seconds."""
+        while True:
+            try:
+                await self.client.health(HEARTBEAT_S)
+            except (OfflineError, ServerError):
+                pass
+            await trio.sleep(HEARTBEAT_S)
 
     def status(self) -> dict:
         items = self.cache.outbox_items(limit=100_000)
         pending = {op.get("ino") for _, op in items if op.get("op") == "upload"}
         dirty = {n.ino for n in self.cache.iter_inodes() if n.dirty and n.parent}
         return {
-            "online": self.syncer.online and self.follower.online,
+            "online": self.client.reachable and self.syncer.online and self.follower.online,
             "pending_files": len(pending | dirty),
             "pending_ops": len(items),
             "pending_bytes": self.chunks.dirty_bytes,
@@ -89,11 +104,19 @@ class Session:
         self.syncer.wake()
         await self.syncer.wait_idle(last)
 
-    async def sync(self) -> None:
-        """Local changes committed, then every remote change known now applied."""
-        await self.flush()
-        target = (await self.client.me()).cursor
-        await self.follower.wait_for(target)
+    async def sync(self, *, full: bool = False) -> None:
+        """Local changes committed, then every remote change known now applied (with
+        `full`, by comparing the whole tree with the server's)."""
+        for _ in range(5):  # applying remote changes can queue local ones (conflicted copies)
+            await self.flush()
+            if full:
+                await self.follower.reconcile()
+                full = False
+            target = (await self.client.me()).cursor
+            await self.follower.wait_for(target)
+            await self.follower.settled()
+            if not self.cache.outbox_items(limit=1):
+                return
 
 
 @contextlib.asynccontextmanager
@@ -108,8 +131,9 @@ async def open_session(options: SessionOptions, invalidate: Invalidator | None =
         uploader = Uploader(client, cache, chunks, content)
         syncer = Syncer(client, cache, chunks, uploader, device=options.device, open_count=drive.open_count)
         follower = Follower(client, cache, chunks, device=options.device, open_count=drive.open_count,
-                            invalidate=invalidate)
+                            lookups=drive.lookups, writers=drive.writers, invalidate=invalidate)
         drive.on_outbox = syncer.wake
+        syncer.on_stale = follower.refresh
         await follower.bootstrap()
         drive.purge_orphans()
         yield Session(options, client, cache, chunks, drive, syncer, follower, fetcher, uploader)

@@ -10,15 +10,21 @@ Failures: network trouble and 5xx keep the entry at the head of the queue and re
 with backoff (the drive is offline meanwhile); a 409 from a stale base revision turns
 the local edit into a conflicted copy; anything else is logged and the entry dropped,
 so one bad entry never wedges the queue.
+
+Conflicts never lose bytes. A name taken on the server by a node this device has not
+seen yet makes ours a conflicted copy (two new directories merge). A file deleted on
+the server while edited here is created again (the edit survives); so is a directory
+deleted there while something new was put in it here. A delete sent from here names
+the revision it saw, so it fails, and the node comes back, if someone committed since.
+Whenever the server's state of a node turns out to differ, `on_stale` asks the follower
+to pull that node.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
-import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import trio
 
@@ -26,6 +32,7 @@ from . import wire
 from .api_client import ApiClient
 from .cache import ROOT_INO, Cache, GoneError, Inode
 from .chunkcache import ChunkCache
+from .conflicts import conflicted_name, conflicts_seen, count_conflict
 from .errors import ConflictError, OfflineError, ServerError, StaleRevisionError
 from .uploader import Uploader, finish_upload
 
@@ -48,11 +55,15 @@ class Syncer:
         self.device = device
         self.open_count = open_count
         self.online = True
-        self.conflicts = int(cache.get_meta("conflicts", "0") or 0)
+        self.on_stale: Callable[[int], None] = lambda node_id: None  # the follower's refresh
         self.last_error = ""
         self._wake = trio.Event()
         self._locks: dict[int, trio.Lock] = {}
         self._last_activity = 0.0
+
+    @property
+    def conflicts(self) -> int:
+        return conflicts_seen(self.cache)
 
     def wake(self) -> None:
         self._last_activity = time.monotonic()
@@ -142,7 +153,7 @@ class Syncer:
     async def _apply(self, op: dict) -> None:
         kind = op["op"]
         if kind == "delete":
-            await self._delete(op["node_id"])
+            await self._delete_entry(op)
             return
         node = self.cache.get(op["ino"])
         if node is None or (node.parent == 0 and node.ino != ROOT_INO):
@@ -164,6 +175,28 @@ class Syncer:
         except ServerError as exc:
             if exc.status != 404:
                 raise
+
+    async def _delete_entry(self, op: dict) -> bool:
+        """A local unlink or rmdir. Not recursive and guarded by the revision we saw:
+        what another device put there meanwhile survives and is pulled back here.
+        True when the node is gone from the server."""
+        try:
+            await self.client.delete(op["node_id"], rev=op.get("rev"))
+        except ConflictError as exc:
+            log.warning("not deleting node %d: changed on another device meanwhile (%s); pulling it back",
+                        op["node_id"], exc.code)
+            self.on_stale(op["node_id"])
+            return False
+        except ServerError as exc:
+            if exc.status != 404:
+                raise
+        return True
+
+    def _queued_delete(self, node_id: int) -> dict | None:
+        for _, op in self.cache.outbox_items(limit=100_000):
+            if op.get("op") == "delete" and op.get("node_id") == node_id:
+                return op
+        return None
 
     def _lock(self, ino: int) -> trio.Lock:
         lock = self._locks.get(ino)
@@ -190,7 +223,7 @@ class Syncer:
         if node.ino == ROOT_INO:
             return
         parent_id = await self._ensure_parent(node, depth)
-        if node.kind == "file" and (node.dirty or not node.node_id):
+        if node.kind == "file" and (node.dirty or not node.node_id or node.extra.get("detached")):
             await self._upload(node, parent_id)
         elif not node.node_id:
             await self._create(node, parent_id)
@@ -226,9 +259,22 @@ class Syncer:
             else:
                 answer = await self.client.symlink(parent_id, node.name, node.target, mtime_ns=node.mtime_ns)
         except ConflictError as exc:
-            if exc.code != "name_exists" or not await self._clear_the_way(exc, node):
+            if exc.code not in ("name_exists", "is_a_directory"):
                 raise
+            if await self._clear_the_way(exc, node):
+                return await self._create(node, parent_id)
+            occupant = wire.Node.model_validate(exc.body["node"])
+            if node.kind == "dir" and occupant.kind == "dir" and self.cache.ino_for_node(occupant.id) is None:
+                self._record(node, occupant)  # two new directories of one name: one directory
+                self.on_stale(occupant.id)  # and pull in what the other device put there
+                return
+            self._rename_conflicted(node, exc)
             return await self._create(node, parent_id)
+        except ServerError as exc:
+            if exc.status == 404 and exc.body.get("field") == "parent_id":
+                self._detach_parent(node)
+                raise _Retry(f"the directory of {node.name!r} was deleted on the server: creating it again")
+            raise
         if not self._still_here(node):
             await self._delete(answer.node.id)  # removed locally meanwhile
             return
@@ -238,17 +284,18 @@ class Syncer:
         try:
             answer = await self.client.move(node.node_id, parent_id, node.name)
         except ConflictError as exc:
-            if exc.code not in ("name_exists", "is_a_directory", "not_a_directory") \
-                    or not await self._clear_the_way(exc, node):
+            if exc.code not in ("name_exists", "is_a_directory", "not_a_directory"):
                 raise
-            answer = await self.client.move(node.node_id, parent_id, node.name)
+            if not await self._clear_the_way(exc, node):
+                self._rename_conflicted(node, exc)
+            return await self._move(node, parent_id)
         except ServerError as exc:
             if exc.status != 404:
                 raise
-            with self.cache.write() as txn:  # the server lost it: create it again
-                node.node_id = 0
-                node.dirty = node.kind == "file"
-                self.cache.put(txn, node)
+            if exc.body.get("field") == "parent_id":
+                self._detach_parent(node)
+                raise _Retry(f"the directory of {node.name!r} was deleted on the server: creating it again") from None
+            self._detach(node)  # deleted on the server while moved here: create it again
             return await self._push(node, 0)
         self._record(node, answer.node)
 
@@ -256,11 +303,15 @@ class Syncer:
         """The server has another node where `node` belongs. If the mirror moved or
         deleted that node, apply that first and say so (the caller retries)."""
         occupant = exc.body.get("node") or {}
-        occupant_ino = self.cache.ino_for_node(int(occupant.get("id", 0)))
+        occupant_id = int(occupant.get("id", 0))
+        occupant_ino = self.cache.ino_for_node(occupant_id)
         local = self.cache.get(occupant_ino) if occupant_ino else None
         if local is None or local.parent == 0:
-            await self._delete(int(occupant["id"]))
-            return True
+            queued = self._queued_delete(occupant_id)
+            if queued is None:
+                self.on_stale(occupant_id)  # another device's node that we have not seen yet
+                return False
+            return await self._delete_entry(queued)  # we removed it here; its delete is still queued
         if local.ino != node.ino and (local.parent, local.name) != (node.parent, node.name):
             if (local.parent, local.name) == (local.srv_parent, local.srv_name):
                 return False
@@ -283,6 +334,15 @@ class Syncer:
             # Never drop content the server refused: keep it under a conflicted name.
             await self._conflicted_copy(node, exc)
             return
+        except ServerError as exc:
+            if exc.status != 404:
+                raise
+            if exc.body.get("field") == "parent_id":
+                self._detach_parent(node)
+                raise _Retry(f"the directory of {node.name!r} was deleted on the server: creating it again") from None
+            log.warning("%r was deleted on another device while edited here: keeping the edit", node.name)
+            self._detach(node)
+            return await self._upload(node, parent_id)
         if not self._still_here(node):
             # Deleted locally while uploading: the server must not keep it.
             await self._delete(result.response.node.id)
@@ -291,32 +351,46 @@ class Syncer:
 
     async def _conflicted_copy(self, node: Inode, exc: ServerError) -> None:
         """Someone else committed first: keep their version under the name, ours beside it."""
+        node_id = node.node_id if not node.extra.get("detached") else 0
+        self._rename_conflicted(node, exc)
+        if node_id:
+            self._detach(node)
+            self.on_stale(node_id)  # bring the winner in under the name
+        await self._push(node, 0)
+
+    def _rename_conflicted(self, node: Inode, exc: ServerError) -> None:
         name = conflicted_name(node.name, self.device, self.cache, node.parent)
-        log.warning("conflict on %r (%s): keeping this device's bytes as %r", node.name, exc.code, name)
+        log.warning("conflict on %r (%s): keeping this device's version as %r", node.name, exc.code, name)
+        occupant = (exc.body.get("node") or {}).get("id")
         with self.cache.write() as txn:
             self.cache.unlink(txn, node.parent, node.name)
             self.cache.link(txn, node.parent, name, node.ino)
+            node.name = name
+            self.cache.put(txn, node)
+            count_conflict(self.cache, txn)
+        if occupant and self.cache.ino_for_node(int(occupant)) is None:
+            self.on_stale(int(occupant))
+
+    def _detach(self, node: Inode) -> None:
+        """The server's node is gone (or someone else's now): create ours anew. A file
+        keeps its node id and rev, which its unchanged bytes are read from."""
+        with self.cache.write() as txn:
             if node.node_id:
                 self.cache.unbind_node_id(txn, node.node_id)
-            node.name, node.node_id, node.rev = name, 0, 0
             node.srv_parent, node.srv_name = 0, ""
+            if node.kind == "file":
+                node.extra["detached"] = True
+                node.dirty = True
+            else:
+                node.node_id = 0
             self.cache.put(txn, node)
-            self.conflicts += 1
-            self.cache.set_meta(txn, "conflicts", str(self.conflicts))
-        await self._push(node, 0)
 
-
-def conflicted_name(name: str, device: str, cache: Cache, parent: int) -> str:
-    stem, ext = os.path.splitext(name)
-    if stem == "" or name.startswith(".") and ext == name:
-        stem, ext = name, ""
-    day = datetime.date.today().isoformat()
-    for n in range(1, 1000):
-        suffix = "" if n == 1 else f" {n}"
-        candidate = f"{stem} (conflicted copy, {device}, {day}{suffix}){ext}"
-        if cache.lookup(parent, candidate) is None:
-            return candidate
-    raise OSError(f"too many conflicted copies of {name!r}")
+    def _detach_parent(self, node: Inode) -> None:
+        """The server deleted `node`'s directory: the follower applies that delete, which
+        keeps (and detaches) whatever has local work in it; then the retry creates it."""
+        parent = self.cache.get(node.parent)
+        if parent is not None and parent.node_id:
+            self.on_stale(parent.node_id)
 
 
 def _groups(items: list[tuple[int, dict]]) -> list[list[tuple[int, dict]]]:
@@ -328,20 +402,25 @@ def _groups(items: list[tuple[int, dict]]) -> list[list[tuple[int, dict]]]:
     inos: set[int] = set()
     kind = ""
     for seq, op in items:
-        if op["op"] in ("upload", "delete") and op["op"] == kind and (op["ino"] in inos or len(inos) < PARALLEL_UPLOADS):
+        if op["op"] in ("upload", "delete") and op["op"] == kind and not _deletes_dir(op) and (op["ino"] in inos or len(inos) < PARALLEL_UPLOADS):
             current.append((seq, op))  # a repeat of an inode in the group is applied once
             inos.add(op["ino"])
             continue
         if current:
             groups.append(current)
             current, inos, kind = [], set(), ""
-        if op["op"] in ("upload", "delete"):
+        if op["op"] in ("upload", "delete") and not _deletes_dir(op):
             current, inos, kind = [(seq, op)], {op["ino"]}, op["op"]
         else:
             groups.append([(seq, op)])
     if current:
         groups.append(current)
     return groups
+
+
+def _deletes_dir(op: dict) -> bool:
+    """A directory's delete waits for the deletes before it (of what was inside)."""
+    return op["op"] == "delete" and op.get("rev") is None
 
 
 class _Retry(Exception):

@@ -21,6 +21,7 @@ from .cache import Cache, Inode
 from .chunker import Piece, iter_pieces
 from .chunkcache import ChunkCache
 from .content import Content, ContentReader
+from .errors import one_error
 
 log = logging.getLogger("cloudfs.uploader")
 
@@ -79,15 +80,16 @@ class Uploader:
                     c, b = await self._send_batch(batch)
                     sent_chunks, sent_bytes = sent_chunks + c, sent_bytes + b
 
-        async with trio.open_nursery() as nursery:
+        async with one_error(), trio.open_nursery() as nursery:
             nursery.start_soon(consume)
             await trio.to_thread.run_sync(produce)
 
+        existing = node.node_id if not node.extra.get("detached") else 0  # detached: its node is gone
         request = wire.CommitRequest(
-            node_id=node.node_id or None,
-            parent_id=None if node.node_id else parent_node_id,
-            name=None if node.node_id else node.name,
-            base_rev=node.rev if node.node_id else 0,
+            node_id=existing or None,
+            parent_id=None if existing else parent_node_id,
+            name=None if existing else node.name,
+            base_rev=node.rev if existing else 0,
             size=size, mtime_ns=mtime_ns, mode=node.mode,
             chunks=[wire.ChunkRef(fingerprint=fp, length=length) for fp, length in refs],
         )
@@ -110,7 +112,7 @@ class Uploader:
                 await self.client.put_chunk(ticket, data)
                 sent += len(data)
 
-        async with trio.open_nursery() as nursery:
+        async with one_error(), trio.open_nursery() as nursery:
             for ticket in prepared.missing:
                 nursery.start_soon(put, ticket)
         # Keep what we just uploaded: the next read of this file is then local.
@@ -127,7 +129,7 @@ def finish_upload(cache: Cache, chunks: ChunkCache, node: Inode, result: UploadR
         current = cache.get(node.ino)
         if current is None:
             return True
-        if not current.node_id:
+        if not current.node_id or current.extra.pop("detached", False):
             cache.bind_node_id(txn, current, result.response.node.id)
         remote = result.response.node
         current.srv_parent = (cache.ino_for_node(remote.parent_id) or 0) if remote.parent_id else 0

@@ -123,7 +123,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    reply = _control(args.mountpoint, {"command": "sync", "timeout": args.timeout}, args.timeout + 10)
+    reply = _control(args.mountpoint, {"command": "sync", "timeout": args.timeout, "full": args.full},
+                     args.timeout + 10)
     if reply is None:
         return 1
     if not reply.get("ok"):
@@ -193,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     sync = verbs.add_parser("sync", help="wait until local changes are committed and remote ones applied")
     sync.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
     sync.add_argument("--timeout", type=float, default=300)
+    sync.add_argument("--full", action="store_true",
+                      help="also compare the whole local tree with the server's and repair any drift")
     sync.set_defaults(func=_sync)
     return parser
 

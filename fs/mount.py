@@ -63,7 +63,7 @@ async def _control_handler(session: Session, mountpoint: Path):  # noqa: ANN202
             return {"ok": True, "mountpoint": str(mountpoint), **session.status()}
         if command in ("sync", "flush"):
             with trio.move_on_after(timeout) as scope:
-                await (session.sync() if command == "sync" else session.flush())
+                await (session.sync(full=bool(req.get("full"))) if command == "sync" else session.flush())
             return {"ok": not scope.cancelled_caught, "timed_out": scope.cancelled_caught, **session.status()}
         return {"ok": False, "error": f"unknown command {command!r}"}
     return handle

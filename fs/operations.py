@@ -61,6 +61,7 @@ class Handle:
     ino: int
     next_off: int = 0
     wrote: bool = False
+    writable: bool = True
 
 
 class Operations(pyfuse3.Operations):
@@ -190,8 +191,9 @@ class Operations(pyfuse3.Operations):
         if truncate:  # libfuse negotiates atomic O_TRUNC: no separate setattr comes
             self.drive.setattr(inode, size=0)
         fh = self._fh()
-        self.handles[fh] = Handle(inode, wrote=truncate)
-        self.drive.opened(inode)
+        writable = flags & os.O_ACCMODE != os.O_RDONLY
+        self.handles[fh] = Handle(inode, wrote=truncate, writable=writable)
+        self.drive.opened(inode, write=writable)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @errno_of
@@ -232,7 +234,7 @@ class Operations(pyfuse3.Operations):
     @errno_of
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh)
-        self.drive.released(handle.ino, schedule_upload=handle.wrote)
+        self.drive.released(handle.ino, schedule_upload=handle.wrote, write=handle.writable)
 
     # --- the rest ---
 

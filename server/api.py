@@ -140,9 +140,13 @@ async def set_attr(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath, re
 
 
 @router.delete("/nodes/{node_id}", tags=["tree"])
-async def delete(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath, recursive: bool = False) -> wire.NodeResponse:
-    """Tombstone a node; a non-empty directory needs `recursive=true`."""
-    return await _mutate(ctx, user, lambda conn, owner: tree.delete(conn, owner, node_id, recursive=recursive, device=device))
+async def delete(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath, recursive: bool = False,
+                 rev: Annotated[int | None, Query(ge=0, description="delete a file only if it is still at this revision")] = None,
+                 ) -> wire.NodeResponse:
+    """Tombstone a node; a non-empty directory needs `recursive=true`. A file deleted with
+    a `rev` it no longer has answers 409 stale_revision, like a commit would."""
+    return await _mutate(ctx, user, lambda conn, owner: tree.delete(conn, owner, node_id, recursive=recursive,
+                                                                   device=device, rev=rev))
 
 
 # --- files -----------------------------------------------------------------------------

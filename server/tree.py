@@ -16,7 +16,7 @@ from cloudfs.backend import wire
 
 from . import journal
 from .db import nodes
-from .errors import InvalidMove, IsADirectory, NameExists, NotADirectory, NotEmpty, NotFound
+from .errors import InvalidMove, IsADirectory, NameExists, NotADirectory, NotEmpty, NotFound, StaleRevision
 
 MAX_DEPTH = 4096
 
@@ -192,12 +192,17 @@ def set_attr(conn: Connection, owner_id: int, node_id: int, req: wire.AttrReques
     return row, journal.append(conn, owner_id, "attr", row, device=device)
 
 
-def delete(conn: Connection, owner_id: int, node_id: int, *, recursive: bool, device: str) -> tuple[RowMapping, int]:
+def delete(conn: Connection, owner_id: int, node_id: int, *, recursive: bool, device: str,
+           rev: int | None = None) -> tuple[RowMapping, int]:
     """Tombstone a node (and, with `recursive`, its whole subtree) as one journal entry.
-    Versions stay, so a deleted file can be restored."""
+    Versions stay, so a deleted file can be restored. With `rev`, a file is deleted only
+    if nobody committed to it since: a delete never silently discards a newer edit."""
     row = get(conn, owner_id, node_id)
     if row["parent_id"] is None:
         raise InvalidMove("the root directory cannot be deleted", field="id")
+    if rev is not None and row["kind"] == "file" and row["rev"] != rev:
+        raise StaleRevision(f"node {node_id} is at revision {row['rev']}, not {rev}", field="rev",
+                            current_rev=row["rev"], node=to_wire(row).model_dump())
     if row["kind"] == "dir" and has_children(conn, owner_id, node_id) and not recursive:
         raise NotEmpty(f"directory {node_id} ({row['name']!r}) is not empty", field="id")
     seq = _tombstone(conn, owner_id, row, device)

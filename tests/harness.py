@@ -107,15 +107,18 @@ class ServerProcess:
 
 @contextlib.contextmanager
 def cloudfs_server(data_dir: Path, *, db_url: str | None = None, store_url: str | None = None,
-                   extra_args: list[str] = (), env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+                   extra_args: list[str] = (), env: dict[str, str] | None = None,
+                   port: int = 0) -> Iterator[ServerProcess]:
+    """`port` 0 picks a free one; a test that restarts a server passes the old port so
+    its mounts find it again."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "server.log"
-    args = [*CLOUDFS, "server", "--data", str(data_dir), "--port", "0", *extra_args]
+    args = [*CLOUDFS, "server", "--data", str(data_dir), "--port", str(port), *extra_args]
     if db_url:
         args += ["--db", db_url]
     if store_url:
         args += ["--store", store_url]
-    log_file = open(log_path, "w")
+    log_file = open(log_path, "a")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log_file, text=True,
                             env={**os.environ, **S3_ENV, **(env or {})})
     try:

@@ -1,0 +1,82 @@
+"""Two devices: two mounts with separate caches, one account, one server."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.harness import MountProcess, ServerProcess, cloudfs_mount, cloudfs_server, free_port
+
+
+@dataclass
+class Devices:
+    a: MountProcess
+    b: MountProcess
+
+
+@pytest.fixture(scope="module")
+def sync_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with cloudfs_server(tmp_path_factory.mktemp("sync-server")) as srv:
+        yield srv
+
+
+@contextlib.contextmanager
+def two_devices(server: ServerProcess, token: str, tmp: Path) -> Iterator[Devices]:
+    with cloudfs_mount(server, token, tmp / "a", tmp / "cache-a", device="dev-a") as a, \
+            cloudfs_mount(server, token, tmp / "b", tmp / "cache-b", device="dev-b") as b:
+        yield Devices(a, b)
+        for m in (a, b):
+            assert "Traceback" not in m.log(), m.log()[-5000:]
+
+
+@pytest.fixture
+def devices(sync_server: ServerProcess, tmp_path: Path) -> Iterator[Devices]:
+    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    with two_devices(sync_server, token, tmp_path) as d:
+        yield d
+
+
+class RestartableServer:
+    """A cloudfs server that a test can stop and start again on the same port and
+    data, to take the devices offline and bring them back."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self._stack = contextlib.ExitStack()
+        self.server: ServerProcess = self._start()
+        self.url = self.server.url
+
+    def _start(self) -> ServerProcess:
+        return self._stack.enter_context(cloudfs_server(self.data_dir, port=self.port))
+
+    def stop(self) -> None:
+        self._stack.close()
+        self._stack = contextlib.ExitStack()
+
+    def start(self) -> None:
+        self.server = self._start()
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+@pytest.fixture
+def restartable(tmp_path: Path) -> Iterator[RestartableServer]:
+    srv = RestartableServer(tmp_path / "server")
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+@pytest.fixture
+def offline_devices(restartable: RestartableServer, tmp_path: Path) -> Iterator[Devices]:
+    token = restartable.server.add_user("owner")
+    with two_devices(restartable.server, token, tmp_path) as d:
+        yield d

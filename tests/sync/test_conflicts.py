@@ -1,0 +1,123 @@
+"""Concurrent changes on two devices: the first commit wins the name, the other
+device's bytes survive beside it, and both devices end up with both."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.sync.conftest import Devices, RestartableServer
+
+
+def copy_name(name: str, device: str) -> str:
+    stem, ext = os.path.splitext(name)
+    return f"{stem} (conflicted copy, {device}, {datetime.date.today().isoformat()}){ext}"
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under root with its bytes (None for a directory)."""
+    out: dict[str, bytes | None] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, d), root)] = None
+        for f in filenames:
+            out[os.path.relpath(os.path.join(dirpath, f), root)] = Path(dirpath, f).read_bytes()
+    return out
+
+
+def one_wins(name: str, by_device: dict[str, bytes]) -> list[dict[str, bytes]]:
+    """Both devices retry by themselves once the server is back, so either may win:
+    the acceptable end states, one per possible winner."""
+    (da, ba), (db, bb) = by_device.items()
+    return [{name: ba, copy_name(name, db): bb}, {name: bb, copy_name(name, da): ba}]
+
+
+def settle(devices: Devices, first: str = "a") -> None:
+    """Both devices push and pull until they agree: first `first`, then the other."""
+    order = [devices.a, devices.b] if first == "a" else [devices.b, devices.a]
+    for m in order + order:
+        m.sync(timeout=60)
+
+
+def offline_edit(restartable: RestartableServer, devices: Devices, on_a, on_b, first: str = "a") -> None:  # noqa: ANN001
+    """Make both edits while the server is away, so both start from the same base."""
+    restartable.stop()
+    on_a(devices.a.path)
+    on_b(devices.b.path)
+    restartable.start()
+    settle(devices, first)
+
+
+def test_same_file_edited_on_both(restartable, offline_devices):
+    d = offline_devices
+    (d.a.path / "notes.txt").write_text("base\n")
+    settle(d)
+    offline_edit(restartable, d,
+                 lambda root: (root / "notes.txt").write_text("edited on a\n"),
+                 lambda root: (root / "notes.txt").write_text("edited on b, which came second\n"))
+    outcomes = one_wins("notes.txt", {"dev-a": b"edited on a\n", "dev-b": b"edited on b, which came second\n"})
+    assert snapshot(d.a.path) in outcomes
+    assert snapshot(d.b.path) == snapshot(d.a.path)
+    loser = d.b if copy_name("notes.txt", "dev-b") in snapshot(d.a.path) else d.a
+    winner = d.a if loser is d.b else d.b
+    assert (loser.status()["conflicts"], winner.status()["conflicts"]) == (1, 0)
+
+
+@pytest.mark.parametrize("first", ["a", "b"])
+def test_edit_survives_a_delete(restartable, offline_devices, first):
+    d = offline_devices
+    (d.a.path / "doc.md").write_text("v1\n")
+    (d.a.path / "other.md").write_text("untouched\n")
+    settle(d)
+    offline_edit(restartable, d,
+                 lambda root: (root / "doc.md").unlink(),
+                 lambda root: (root / "doc.md").write_text("v2 from b\n"), first=first)
+    expected = {"doc.md": b"v2 from b\n", "other.md": b"untouched\n"}
+    assert snapshot(d.a.path) == expected
+    assert snapshot(d.b.path) == expected
+
+
+def test_create_on_both_with_one_name(restartable, offline_devices):
+    d = offline_devices
+    offline_edit(restartable, d,
+                 lambda root: (root / "todo.txt").write_text("a's list\n"),
+                 lambda root: (root / "todo.txt").write_text("b's list\n"))
+    assert snapshot(d.a.path) in one_wins("todo.txt", {"dev-a": b"a's list\n", "dev-b": b"b's list\n"})
+    assert snapshot(d.b.path) == snapshot(d.a.path)
+
+
+def test_new_directories_of_one_name_merge(restartable, offline_devices):
+    d = offline_devices
+
+    def make(who: str):  # noqa: ANN202
+        def run(root: Path) -> None:
+            (root / "photos").mkdir()
+            (root / "photos" / f"from-{who}.jpg").write_bytes(who.encode() * 1000)
+        return run
+
+    offline_edit(restartable, d, make("a"), make("b"))
+    expected = {"photos": None, "photos/from-a.jpg": b"a" * 1000, "photos/from-b.jpg": b"b" * 1000}
+    assert snapshot(d.a.path) == expected
+    assert snapshot(d.b.path) == expected
+
+
+@pytest.mark.parametrize("first", ["a", "b"])
+def test_directory_deleted_while_written_elsewhere(restartable, offline_devices, first):
+    d = offline_devices
+    (d.a.path / "proj" / "src").mkdir(parents=True)
+    (d.a.path / "proj" / "src" / "main.c").write_text("int main;\n")
+    (d.a.path / "proj" / "README").write_text("readme\n")
+    settle(d)
+
+    def on_b(root: Path) -> None:
+        (root / "proj" / "src" / "main.c").write_text("int main(void) { return 0; }\n")
+        (root / "proj" / "NEW").write_text("new on b\n")
+
+    offline_edit(restartable, d, lambda root: __import__("shutil").rmtree(root / "proj"), on_b, first=first)
+    expected = {"proj": None, "proj/src": None, "proj/src/main.c": b"int main(void) { return 0; }\n",
+                "proj/NEW": b"new on b\n"}
+    assert snapshot(d.b.path) == expected
+    assert snapshot(d.a.path) == expected
