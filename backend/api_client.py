@@ -18,9 +18,12 @@ from .errors import CorruptChunkError, OfflineError, ServerError, from_response
 
 
 class ApiClient:
-    INTERACTIVE = httpx.Timeout(4.0, connect=2.0)
+    INTERACTIVE = httpx.Timeout(3.0, connect=2.0)
     """For requests a reader is blocked on: a read of uncached bytes fails with EIO
-    within seconds when the server hangs, instead of after the background timeout."""
+    within seconds when the server hangs, instead of after the background timeout.
+    While the server is known to be unreachable they get only UNREACHABLE (the kernel
+    often retries a failed read at once, and the reader waits for both)."""
+    UNREACHABLE = httpx.Timeout(1.0)
 
     def __init__(self, base_url: str, token: str, *, device: str = "unknown", timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
@@ -49,6 +52,8 @@ class ApiClient:
 
     async def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
                     timeout: float | httpx.Timeout | None = None) -> dict[str, Any]:
+        if timeout is self.INTERACTIVE and not self.reachable:
+            timeout = self.UNREACHABLE
         try:
             response = await self.http.request(method, path, json=json, params=params,
                                                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
@@ -172,7 +177,7 @@ class ApiClient:
         """Download one chunk and return its plain bytes, verified against `fingerprint`."""
         try:
             response = await self.blobs.request(download.method, download.url, headers=download.headers,
-                                                timeout=self.INTERACTIVE)
+                                                timeout=self.INTERACTIVE if self.reachable else self.UNREACHABLE)
         except httpx.TransportError as exc:
             raise OfflineError(f"download of chunk {fingerprint}: {exc!r}") from exc
         if response.status_code >= 300:
