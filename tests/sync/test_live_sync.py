@@ -142,3 +142,29 @@ def test_propagation_is_fast(devices):
         eventually(lambda: read(b.path / f"quick{i}.txt") == f"quick {i}".encode(), f"quick{i} on b")
         delays.append(time.monotonic() - start)
     assert sorted(delays)[2] < 3.0, delays
+
+
+def test_two_device_scenario(devices, tmp_path):
+    """The issue's done-when: a 2,000-file tree and a 200 MiB file copied into a arrive
+    byte-identical on b; an edit on b shows up on a by itself."""
+    import filecmp
+
+    from tests.fuse.test_roundtrip import make_tree, tree_equal
+
+    a, b = devices.a, devices.b
+    src = tmp_path / "src"
+    make_tree(src, 2000)
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        for _ in range(200):
+            f.write(os.urandom(1 << 20))
+    subprocess.run(["cp", "-a", str(src), str(a.path / "tree")], check=True, timeout=600)
+    subprocess.run(["cp", str(big), str(a.path / "big.bin")], check=True, timeout=600)
+    a.sync(timeout=600)
+    eventually(lambda: (b.path / "big.bin").exists() and os.stat(b.path / "big.bin").st_size == 200 << 20,
+               "big file on b", timeout=60)
+    tree_equal(src, b.path / "tree")
+    assert filecmp.cmp(big, b.path / "big.bin", shallow=False)
+
+    (b.path / "tree" / "d1" / "e1" / "f1.txt").write_text("edited on b\n")
+    eventually(lambda: read(a.path / "tree" / "d1" / "e1" / "f1.txt") == b"edited on b\n", "b's edit on a")

@@ -1,0 +1,499 @@
+"""Random operations on two mounts of one account (devices dev-a and dev-b), settled
+every few steps; after each settle both mounts must agree and no written byte may be lost.
+
+The model. Live sync runs while the operations run, so an operation on one device may
+or may not see the other device's earlier changes: the test cannot predict outcomes and
+records what actually happened. Every write makes unique bytes (a tag naming the device
+and a counter, then random bytes). Every operation that replaces or removes a file first
+opens it for writing and reads it through that descriptor ("observes" it); the follower
+never replaces a file open for writing, so the bytes read are the bytes the operation
+destroys. A round is the operations between two settles; a settle is `a.sync(); b.sync();
+a.sync(); b.sync()`. After it:
+
+1. Convergence: both mounts show the same tree with the same bytes.
+2. Nothing invented: every file holds bytes that some operation produced; every name is
+   from the pool or a conflicted copy of one (`NAME (conflicted copy, dev-X, DAY[ N]).EXT`).
+3. Nothing lost: `live` is the multiset of contents that must exist: the files of the
+   previous settle, plus every content produced in the round, minus every content an
+   operation observed and then destroyed (overwrite, append, truncate, unlink, rename
+   over, rm -r). Each must be the content of some file, under any name (a conflicted
+   copy counts). A device may destroy only what it saw: an edit made on one device
+   survives a delete (of the file or of a directory above it) made on the other without
+   having seen it, and both sides of an edit/edit conflict survive. A device that did see
+   the other's content (live sync brought it over) may delete or overwrite it.
+4. Nothing resurrected: content destroyed in the round that is not live is in no file.
+5. Exact where the devices did not meet: the paths of each successful operation form a
+   group (a rename's two paths are one group); groups are linked when a path of one
+   equals or lies under a path of the other. Under the paths of a linked set whose groups
+   all come from one device, the settled tree must equal that device's own tree just
+   before the settle (no conflicted copy, no lost delete or move); paths under no group
+   keep their state from the previous settle. Only where both devices met are
+   conflicted copies and either outcome allowed, within rules 1-4.
+
+Deterministic in CI: the same few programs every run (`derandomize`), no shrinking
+(every example mounts twice). CLOUDFS_HYPOTHESIS_EXAMPLES=N explores N random programs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime
+import errno
+import os
+import random
+import re
+import shutil
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
+
+from tests.harness import ServerProcess
+from tests.sync.conftest import two_devices
+
+EXPLORE = int(os.environ.get("CLOUDFS_HYPOTHESIS_EXAMPLES", "0"))
+EXAMPLES = EXPLORE or 6
+STEPS = 24
+pytestmark = pytest.mark.timeout(300 if not EXPLORE else 120 + 90 * EXPLORE)
+
+NAMES = ("x.txt", "y", "d", "e")
+POOL = ("x.txt", "y", "d", "e", "d/x.txt", "d/y", "d/e", "d/e/x.txt", "e/x.txt")
+DEVICES = st.sampled_from("ab")
+# A pool path, or the i-th path that exists on the device (conflicted copies included).
+PATHS = st.one_of(st.sampled_from(POOL), st.sampled_from(POOL), st.integers(0, 40))
+SIZES = st.one_of(st.integers(1, 3000), st.integers(1, 3000), st.integers(1, 3000), st.integers(100_000, 400_000))
+SEEDS = st.integers(0, 2**32 - 1)
+ALLOWED_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY, errno.EINVAL}
+TAG = re.compile(rb"<([ab])#(\d+)>")
+COPY = re.compile(r"^(.*) \(conflicted copy, dev-[ab], \d{4}-\d{2}-\d{2}(?: \d+)?\)(\.[^.]*)?$")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    if _libc.renameat2(-100, os.fsencode(src), -100, os.fsencode(dst), 1) != 0:  # AT_FDCWD, RENAME_NOREPLACE
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(dst))
+
+
+def read_all(fd: int) -> bytes:
+    parts, off = [], 0
+    for _ in range(10_000):
+        part = os.pread(fd, 1 << 20, off)
+        if not part:
+            break
+        parts.append(part)
+        off += len(part)
+    return b"".join(parts)
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under root with its bytes (None for a directory); tolerates entries
+    that vanish while it walks (live sync may be moving things)."""
+    out: dict[str, bytes | None] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, d), root)] = None
+        for f in filenames:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                out[os.path.relpath(os.path.join(dirpath, f), root)] = Path(dirpath, f).read_bytes()
+    return out
+
+
+def label(content: bytes | None) -> str:
+    if content is None:
+        return "dir"
+    tags = "+".join(f"{d.decode()}{n.decode()}" for d, n in TAG.findall(content)) or "untagged"
+    return f"<{tags}:{len(content)}B>"
+
+
+def base_name(name: str) -> str:
+    """The pool name a (possibly conflicted-copy) name derives from."""
+    for _ in range(20):
+        m = COPY.match(name)
+        if not m:
+            return name
+        name = m.group(1) + (m.group(2) or "")
+    return name
+
+
+def base_path(path: str) -> str:
+    return "/".join(base_name(part) for part in path.split("/"))
+
+
+def related(p: str, q: str) -> bool:
+    return p == q or p.startswith(q + "/") or q.startswith(p + "/")
+
+
+def under_any(path: str, roots: set[str]) -> bool:
+    return any(path == r or path.startswith(r + "/") for r in roots)
+
+
+class TwoDevices(RuleBasedStateMachine):
+    server: ServerProcess
+    base_dir: Path
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = self.base_dir / uuid.uuid4().hex[:8]
+        self.stack = contextlib.ExitStack()
+        token = self.server.add_user(f"m2-{uuid.uuid4().hex[:10]}")
+        try:
+            d = self.stack.enter_context(two_devices(self.server, token, self.tmp))
+        except BaseException:
+            self.stack.close()
+            raise
+        self.mounts = {"a": d.a, "b": d.b}
+        self.history: list[str] = [f"example in {self.tmp}"]
+        self.settled: dict[str, bytes | None] = {}
+        self.live: Counter[bytes] = Counter()
+        self.produced: set[bytes] = set()
+        self.destroyed: Counter[bytes] = Counter()
+        self.groups: list[tuple[str, tuple[str, ...]]] = []
+        self.counter = 0
+        self.ops = 0
+        self.round_limit = 4
+        self.rounds = 0
+        self.busy = False  # a rule is running: if teardown sees it set, that rule failed
+
+    # --- bookkeeping ---
+
+    def note(self, dev: str, text: str) -> None:
+        self.history.append(f"{dev}: {text}")
+
+    def new_content(self, dev: str, size: int, seed: int) -> bytes:
+        self.counter += 1
+        return f"<{dev}#{self.counter}>".encode() + random.Random(seed).randbytes(size)
+
+    def produce(self, old: bytes, new: bytes) -> None:
+        """A file's bytes went from `old` (observed) to `new`."""
+        self.destroy(old)
+        if new:
+            self.live[new] += 1
+        self.produced.add(new)
+
+    def destroy(self, old: bytes) -> None:
+        if old:
+            self.destroyed[old] += 1
+            if self.live[old] > 0:
+                self.live[old] -= 1
+
+    def touched(self, dev: str, *paths: str) -> None:
+        self.groups.append((dev, paths))
+
+    def resolve(self, dev: str, path: str | int) -> str:
+        if isinstance(path, str):
+            return path
+        root = self.mounts[dev].path
+        existing = sorted(os.path.relpath(os.path.join(d, n), root)
+                          for d, dirs, files in os.walk(root) for n in dirs + files)
+        return existing[path % len(existing)] if existing else POOL[path % len(POOL)]
+
+    @contextlib.contextmanager
+    def op(self, dev: str, what: str):  # noqa: ANN201
+        """Run one operation: an expected errno (the tree moved under it) is an outcome,
+        anything else fails the test."""
+        self.ops += 1
+        self.busy = True
+        outcome = ["ok"]
+        try:
+            yield outcome
+        except OSError as exc:
+            if exc.errno not in ALLOWED_ERRNOS:
+                self.note(dev, f"{what} -> {exc!r}")
+                raise AssertionError(f"{what} on {dev}: {exc!r}\n" + self.story()) from exc
+            outcome[0] = errno.errorcode[exc.errno]
+        self.note(dev, f"{what} -> {outcome[0]}")
+        self.busy = False
+
+    def observe_open(self, root: Path, path: str, flags: int = 0) -> tuple[int, bytes]:
+        fd = os.open(root / path, os.O_RDWR | flags, 0o644)
+        try:
+            return fd, read_all(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    # --- operations ---
+
+    def can_op(self) -> bool:
+        return self.ops < self.round_limit
+
+    @precondition(can_op)
+    @rule(dev=DEVICES, path=PATHS, size=SIZES, seed=SEEDS)
+    def write(self, dev: str, path: str | int, size: int, seed: int) -> None:
+        path, root = self.resolve(dev, path), self.mounts[dev].path
+        new = self.new_content(dev, size, seed)
+        with self.op(dev, f"write {path} {label(new)}") as outcome:
+            fd, old = self.observe_open(root, path, os.O_CREAT)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, new, 0)
+            finally:
+                os.close(fd)
+            self.produce(old, new)
+            self.touched(dev, path)
+            outcome[0] = f"ok, was {label(old)}"
+
+    @precondition(can_op)
+    @rule(dev=DEVICES, path=PATHS, size=st.integers(1, 2000), seed=SEEDS)
+    def append(self, dev: str, path: str | int, size: int, seed: int) -> None:
+        path, root = self.resolve(dev, path), self.mounts[dev].path
+        extra = self.new_content(dev, size, seed)
+        with self.op(dev, f"append {path} {label(extra)}") as outcome:
+            fd, old = self.observe_open(root, path)
+            try:
+                os.pwrite(fd, extra, len(old))
+            finally:
+                os.close(fd)
+            self.produce(old, old + extra)
+            self.touched(dev, path)
+            outcome[0] = f"ok, now {label(old + extra)}"
+
+    @precondition(can_op)
+    @rule(dev=DEVICES, path=PATHS, size=st.integers(0, 4000))
+    def truncate(self, dev: str, path: str | int, size: int) -> None:
+        path, root = self.resolve(dev, path), self.mounts[dev].path
+        with self.op(dev, f"truncate {path} to {size}") as outcome:
+            fd, old = self.observe_open(root, path)
+            try:
+                os.ftruncate(fd, size)
+            finally:
+                os.close(fd)
+            new = old[:size] + b"\0" * max(0, size - len(old))
+            if new != old:
+                self.produce(old, new)
+                self.touched(dev, path)
+            outcome[0] = f"ok, {label(old)} -> {label(new)}"
+
+    @precondition(can_op)
+    @rule(dev=DEVICES, path=PATHS)
+    def mkdir(self, dev: str, path: str | int) -> None:
+        path = self.resolve(dev, path)
+        with self.op(dev, f"mkdir {path}"):
+            os.mkdir(self.mounts[dev].path / path)
+            self.touched(dev, path)
+
+    @precondition(can_op)
+    @rule(dev=DEVICES, path=PATHS)
+    def unlink(self, dev: str, path: str | int) -> None:
+        path, root = self.resolve(dev, path), self.mounts[dev].path
+        with self.op(dev, f"unlink {path}") as outcome:
+            fd, old = self.observe_open(root, path)
+            try:
+                os.unlink(root / path)
+            finally:
+                os.close(fd)
+            self.destroy(old)
+            self.touched(dev, path)
+            outcome[0] = f"ok, was {label(old)}"
+
+    @precondition(can_op)
+    @rule(dev=DEVICES, src=PATHS, dst=PATHS)
+    def rename(self, dev: str, src: str | int, dst: str | int) -> None:
+        src, dst, root = self.resolve(dev, src), self.resolve(dev, dst), self.mounts[dev].path
+        with self.op(dev, f"rename {src} -> {dst}") as outcome:
+            if src == dst:
+                outcome[0] = "same path, skipped"
+                return
+            try:
+                fd, old = self.observe_open(root, dst)
+            except (FileNotFoundError, NotADirectoryError):
+                rename_noreplace(root / src, root / dst)
+            except IsADirectoryError:
+                os.rename(root / src, root / dst)  # over an empty directory, or fails
+            else:
+                try:
+                    os.rename(root / src, root / dst)
+                finally:
+                    os.close(fd)
+                self.destroy(old)
+                outcome[0] = f"ok, over {label(old)}"
+            self.touched(dev, src, dst)
+
+    @precondition(can_op)
+    @rule(dev=DEVICES, path=PATHS)
+    def rm_r(self, dev: str, path: str | int) -> None:
+        path, root = self.resolve(dev, path), self.mounts[dev].path
+        with self.op(dev, f"rm -r {path}") as outcome:
+            gone: list[str] = []
+            try:
+                os.rmdir(root / path)  # empty, or not a directory: the walk below handles it
+                gone.append("dir")
+            except OSError as exc:
+                if exc.errno == errno.ENOTDIR:
+                    fd, old = self.observe_open(root, path)
+                    try:
+                        os.unlink(root / path)
+                    finally:
+                        os.close(fd)
+                    self.destroy(old)
+                    gone.append(label(old))
+                elif exc.errno != errno.ENOTEMPTY:
+                    raise
+                else:
+                    gone += self._rm_tree(root, path)
+            self.touched(dev, path)
+            outcome[0] = f"ok, removed {' '.join(gone)}"
+
+    def _rm_tree(self, root: Path, path: str) -> list[str]:
+        """rm -r with every file observed; whatever arrives meanwhile stays (ENOTEMPTY)."""
+        gone: list[str] = []
+        for dirpath, _, filenames in os.walk(root / path, topdown=False):
+            for f in filenames:
+                rel = os.path.relpath(os.path.join(dirpath, f), root)
+                try:
+                    fd, old = self.observe_open(root, rel)
+                except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                    continue
+                try:
+                    os.unlink(root / rel)
+                    self.destroy(old)
+                    gone.append(f"{rel}={label(old)}")
+                except FileNotFoundError:
+                    pass
+                finally:
+                    os.close(fd)
+            try:
+                os.rmdir(dirpath)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):
+                    raise
+                gone.append(f"(rmdir {os.path.relpath(dirpath, root)}: {errno.errorcode[exc.errno]})")
+        return gone
+
+    # --- settling and the checks ---
+
+    @precondition(lambda self: self.ops > 0)
+    @rule(next_round=st.integers(1, 6))
+    def settle(self, next_round: int) -> None:
+        self.busy = True
+        self.check_round()
+        self.round_limit = next_round
+        self.busy = False
+
+    def check_round(self) -> None:
+        self.rounds += 1
+        self.history.append(f"--- settle {self.rounds}")
+        before = {dev: snapshot(m.path) for dev, m in self.mounts.items()}
+        a, b = self.mounts["a"], self.mounts["b"]
+        for m in (a, b, a, b):
+            m.sync(timeout=60)
+        final = snapshot(a.path)
+        other = snapshot(b.path)
+        if final != other:
+            later = "never"
+            for attempt in range(3):
+                a.sync(timeout=60)
+                b.sync(timeout=60)
+                if snapshot(a.path) == snapshot(b.path):
+                    later = f"after {attempt + 1} more a/b syncs"
+                    break
+            self._fail("the mounts differ after a, b, a, b sync (converged: " + later + ")",
+                      self.diff(final, other, "a", "b"))
+
+        contents = Counter(v for v in final.values() if v)
+        lost = [c for c, n in self.live.items() if n > contents[c]]
+        if lost:
+            self._fail("written content lost", "\n".join(
+                f"  {label(c)}: must be in {self.live[c]} file(s), is in {contents[c]}" for c in lost))
+        back = [c for c in self.destroyed if self.live[c] == 0 and contents[c]]
+        if back:
+            self._fail("destroyed content came back", "\n".join(
+                f"  {label(c)} at {[p for p, v in final.items() if v == c]}" for c in back))
+        alien = {p: label(v) for p, v in final.items() if v is not None and v not in self.produced}
+        bad_names = [p for p in final if any(part not in NAMES for part in base_path(p).split("/"))]
+        if alien or bad_names:
+            self._fail("content or names nobody made", f"  contents: {alien}\n  names: {bad_names}")
+        self.check_exact(before, final)
+
+        self.settled = final
+        self.live = contents
+        self.destroyed = Counter()
+        self.groups = []
+        self.ops = 0
+
+    def check_exact(self, before: dict[str, dict[str, bytes | None]], final: dict[str, bytes | None]) -> None:
+        """Rule 5: link the groups; single-device components must come out exactly."""
+        n = len(self.groups)
+        comp = list(range(n))
+
+        def find(i: int) -> int:
+            while comp[i] != i:
+                comp[i] = comp[comp[i]]
+                i = comp[i]
+            return i
+
+        for i in range(n):
+            for j in range(i + 1, n):
+                if any(related(p, q) for p in self.groups[i][1] for q in self.groups[j][1]):
+                    comp[find(i)] = find(j)
+        devices: dict[int, set[str]] = {}
+        for i, (dev, _) in enumerate(self.groups):
+            devices.setdefault(find(i), set()).add(dev)
+        contested: set[str] = set()
+        owned: dict[str, set[str]] = {"a": set(), "b": set()}
+        for i, (dev, paths) in enumerate(self.groups):
+            (contested if len(devices[find(i)]) > 1 else owned[dev]).update(paths)
+        wrong = []
+        for p in sorted(set(final) | set(self.settled) | set(before["a"]) | set(before["b"])):
+            if under_any(base_path(p), contested) or under_any(p, contested):
+                continue
+            owner = next((dev for dev in "ab" if under_any(p, owned[dev])), None)
+            want = before[owner].get(p, "absent") if owner else self.settled.get(p, "absent")
+            got = final.get(p, "absent")
+            if want != got:
+                wrong.append(f"  {p}: {label(got) if got != 'absent' else got}, expected "
+                             f"{label(want) if want != 'absent' else want} "
+                             f"({'as on dev-' + owner + ' before the settle' if owner else 'untouched'})")
+        if wrong:
+            self._fail(f"where only one device acted, the result differs (contested: {sorted(contested)})",
+                      "\n".join(wrong))
+
+    def diff(self, x: dict, y: dict, nx: str, ny: str) -> str:
+        return "\n".join(f"  {p}: {nx} {label(x[p]) if p in x else 'absent'}, {ny} {label(y[p]) if p in y else 'absent'}"
+                         for p in sorted(set(x) | set(y)) if x.get(p, 0) != y.get(p, 0))
+
+    def story(self) -> str:
+        logs = []
+        for dev, m in self.mounts.items():
+            lines = [ln for ln in m.log().splitlines() if " WARNING " in ln or " ERROR " in ln]
+            logs.append(f"dev-{dev} log ({m.log_path}), warnings and errors:\n  " + "\n  ".join(lines[-30:]))
+        return "operations:\n  " + "\n  ".join(self.history) + "\n" + "\n".join(logs)
+
+    def _fail(self, what: str, detail: str) -> None:
+        raise AssertionError(f"{what}\n{detail}\nsettled before: "
+                             f"{ {p: label(v) for p, v in self.settled.items()} }\n{self.story()}")
+
+    def teardown(self) -> None:
+        try:
+            if not self.busy:
+                if self.ops:
+                    self.check_round()
+                for dev, m in self.mounts.items():
+                    errors = [ln for ln in m.log().splitlines() if " ERROR " in ln or "Traceback" in ln]
+                    assert not errors, f"dev-{dev} logged errors:\n" + "\n".join(errors[:20]) + "\n" + self.story()
+        finally:
+            self.stack.close()
+        if not self.busy:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def test_two_devices_random_operations(sync_server, tmp_path):
+    TwoDevices.server = sync_server
+    TwoDevices.base_dir = tmp_path
+    # Deterministic in CI (the same programs every run); CLOUDFS_HYPOTHESIS_EXAMPLES=N
+    # explores N random ones instead. No shrinking: every example mounts two devices.
+    phases = [Phase.explicit, Phase.reuse, Phase.generate]
+    if os.environ.get("CLOUDFS_HYPOTHESIS_SHRINK"):
+        phases.append(Phase.shrink)
+    runner = settings(max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, derandomize=not EXPLORE,
+                      database=None, phases=phases, suppress_health_check=list(HealthCheck),
+                      print_blob=False)(TwoDevices).TestCase
+    runner().runTest()
+    assert "Traceback" not in sync_server.log(), sync_server.log()[-5000:]
