@@ -3,18 +3,40 @@
 Async (httpx on trio). Every chunk downloaded is checked against its fingerprint
 before anyone sees it; every error answer becomes a `ServerError` subclass carrying
 the server's JSON body.
+
+Transient failures (connection errors, timeouts, 5xx, 429) are retried with
+exponential backoff and jitter (tenacity), for up to RETRY_FOR_S in the background and
+once, quickly, for requests a reader waits on; then the error goes to the caller (the
+syncer keeps the work queued, a read answers EIO). Retrying a commit is safe: one that
+landed although its answer was lost is recognised by the uploader.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable, TypeVar
 
 import httpx
+import tenacity
+import trio
 import zstandard
 
 from . import wire
 from .chunker import fingerprint as sha256_fingerprint
 from .errors import CorruptChunkError, OfflineError, ServerError, from_response
+
+T = TypeVar("T")
+RETRY_FOR_S = 20.0
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, OfflineError):
+        return True
+    return isinstance(exc, ServerError) and (exc.status >= 500 or exc.status in (408, 429))
+
+
+def _transient_quick(exc: BaseException) -> bool:
+    """A reader waits: retry a reset or a 5xx once, never a timeout (it already cost seconds)."""
+    return _transient(exc) and not isinstance(exc.__cause__, httpx.TimeoutException)
 
 
 class ApiClient:
@@ -26,6 +48,7 @@ class ApiClient:
     UNREACHABLE = httpx.Timeout(1.0)
 
     def __init__(self, base_url: str, token: str, *, device: str = "unknown", timeout: float = 30.0) -> None:
+        self.device = device
         self.base_url = base_url.rstrip("/")
         self.http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -50,8 +73,29 @@ class ApiClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    retries = 0
+    """Requests repeated after a transient failure (for status and tests)."""
+
+    async def _retried(self, attempt: Callable[..., Awaitable[T]], *args: Any, interactive: bool) -> T:
+        """`attempt` must be an async function (tenacity calls anything else as sync)."""
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(_transient_quick if interactive else _transient),
+            wait=tenacity.wait_random_exponential(multiplier=0.05, max=0.2 if interactive else 5.0),
+            stop=tenacity.stop_after_attempt(2) if interactive else tenacity.stop_after_delay(RETRY_FOR_S),
+            sleep=trio.sleep, reraise=True,
+            before_sleep=lambda state: setattr(self, "retries", self.retries + 1))
+        return await retrying(attempt, *args)
+
     async def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-                    timeout: float | httpx.Timeout | None = None) -> dict[str, Any]:
+                    timeout: float | httpx.Timeout | None = None, retry: bool = True) -> dict[str, Any]:
+        async def attempt() -> dict[str, Any]:
+            return await self._call_once(method, path, json=json, params=params, timeout=timeout)
+        if not retry:
+            return await attempt()
+        return await self._retried(attempt, interactive=timeout is self.INTERACTIVE)
+
+    async def _call_once(self, method: str, path: str, *, json: Any, params: dict[str, Any] | None,
+                         timeout: float | httpx.Timeout | None) -> dict[str, Any]:
         if timeout is self.INTERACTIVE and not self.reachable:
             timeout = self.UNREACHABLE
         try:
@@ -73,7 +117,7 @@ class ApiClient:
 
     async def health(self, timeout: float) -> None:
         """A cheap round trip; `reachable` says how the last one went."""
-        await self._call("GET", "/health", timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0)))
+        await self._call("GET", "/health", timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0)), retry=False)
 
     async def me(self) -> wire.Me:
         return wire.Me.model_validate(await self._call("GET", "/me"))
@@ -131,7 +175,8 @@ class ApiClient:
 
     async def changes(self, cursor: int, *, wait: float = 0, limit: int = 1000) -> wire.ChangesResponse:
         return wire.ChangesResponse.model_validate(await self._call(
-            "GET", "/changes", params={"cursor": cursor, "wait": wait, "limit": limit}, timeout=wait + 30))
+            "GET", "/changes", params={"cursor": cursor, "wait": wait, "limit": limit}, timeout=wait + 30,
+            retry=False))  # the follower has its own loop
 
     async def snapshot(self, after_id: int = 0) -> wire.Snapshot:
         return wire.Snapshot.model_validate(await self._call("GET", "/nodes", params={"after_id": after_id}))
@@ -143,6 +188,9 @@ class ApiClient:
         return wire.PrepareUploadResponse.model_validate(await self._call("POST", "/uploads/prepare", json=body))
 
     async def put_chunk(self, ticket: wire.ChunkTicket, data: bytes) -> None:
+        await self._retried(self._put_once, ticket, data, interactive=False)
+
+    async def _put_once(self, ticket: wire.ChunkTicket, data: bytes) -> None:
         upload = ticket.upload
         try:
             response = await self.blobs.request(upload.method, upload.url, content=data, headers=upload.headers)
@@ -175,6 +223,9 @@ class ApiClient:
 
     async def fetch_chunk(self, fingerprint: str, download: wire.SignedRequest, compression: str = "none") -> bytes:
         """Download one chunk and return its plain bytes, verified against `fingerprint`."""
+        return await self._retried(self._fetch_once, fingerprint, download, compression, interactive=True)
+
+    async def _fetch_once(self, fingerprint: str, download: wire.SignedRequest, compression: str) -> bytes:
         try:
             response = await self.blobs.request(download.method, download.url, headers=download.headers,
                                                 timeout=self.INTERACTIVE if self.reachable else self.UNREACHABLE)

@@ -73,8 +73,21 @@ def open_store(url: str, *, data_dir: Path, secret: bytes) -> ObjectStore:
 
     `file:///path` or a bare path: the embedded local directory (URLs signed by the
     server with `secret`). `s3://BUCKET?endpoint=URL&region=R`: S3 through boto3, with
-    credentials from the standard AWS environment variables.
+    credentials from the standard AWS environment variables. `fault+URL?fault_rate=R`
+    wraps either in a store that fails a share R of its calls (for tests).
     """
+    if url.startswith("fault+"):
+        from .faultstore import FaultyStore
+
+        inner, _, query = url[len("fault+"):].partition("?")
+        params = {k: v[-1] for k, v in parse_qs(query).items()}
+        try:
+            rate, seed = float(params.pop("fault_rate", "0.2")), int(params.pop("fault_seed", "1"))
+        except ValueError:
+            raise ValueError(f"--store {url}: fault_rate must be a number, fault_seed an integer") from None
+        rest = "&".join(f"{k}={v}" for k, v in params.items())
+        return FaultyStore(open_store(inner + (f"?{rest}" if rest else ""), data_dir=data_dir, secret=secret),
+                           rate=rate, seed=seed)
     parts = urlsplit(url)
     if parts.scheme in ("", "file"):
         from .localstore import LocalStore

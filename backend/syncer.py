@@ -33,7 +33,7 @@ from .api_client import ApiClient
 from .cache import ROOT_INO, Cache, GoneError, Inode
 from .chunkcache import ChunkCache
 from .conflicts import conflicted_name, conflicts_seen, count_conflict
-from .errors import ConflictError, OfflineError, ServerError, StaleRevisionError
+from .errors import ConflictError, MissingChunksError, OfflineError, ServerError, StaleRevisionError
 from .uploader import Uploader, finish_upload
 
 log = logging.getLogger("cloudfs.syncer")
@@ -116,8 +116,8 @@ class Syncer:
                 await self._apply(op)
             except GoneError:
                 pass  # removed locally while we worked on it; its delete entry follows
-            except (OfflineError, _Retry) as exc:
-                failures.append(exc)
+            except (OfflineError, MissingChunksError, _Retry) as exc:
+                failures.append(exc)  # missing chunks: a PUT was lost; the retry sends it again
             except ServerError as exc:
                 if exc.status >= 500 or exc.status in (401, 408, 429):
                     failures.append(exc)
@@ -340,6 +340,8 @@ class Syncer:
             if exc.body.get("field") == "parent_id":
                 self._detach_parent(node)
                 raise _Retry(f"the directory of {node.name!r} was deleted on the server: creating it again") from None
+            if exc.body.get("field") != "node_id":
+                raise
             log.warning("%r was deleted on another device while edited here: keeping the edit", node.name)
             self._detach(node)
             return await self._upload(node, parent_id)

@@ -21,7 +21,7 @@ from .cache import Cache, Inode
 from .chunker import Piece, iter_pieces
 from .chunkcache import ChunkCache
 from .content import Content, ContentReader
-from .errors import one_error
+from .errors import ConflictError, one_error
 
 log = logging.getLogger("cloudfs.uploader")
 
@@ -93,10 +93,34 @@ class Uploader:
             size=size, mtime_ns=mtime_ns, mode=node.mode,
             chunks=[wire.ChunkRef(fingerprint=fp, length=length) for fp, length in refs],
         )
-        response = await self.client.commit(request)
+        try:
+            response = await self.client.commit(request)
+        except ConflictError as exc:
+            response = await self._landed_already(exc, refs, size, mtime_ns)
+            if response is None:
+                raise
         self.sent_chunks += sent_chunks
         self.sent_bytes += sent_bytes
         return UploadResult(response, refs, gen, size, sent_chunks, sent_bytes)
+
+    async def _landed_already(self, exc: ConflictError, refs: list[tuple[str, int]], size: int,
+                              mtime_ns: int) -> wire.CommitResponse | None:
+        """A commit retried after its answer was lost meets its own first attempt (a stale
+        base revision, or its own new file under the name). If the server's current
+        version is exactly what we sent, from this device, it was ours: success."""
+        if exc.code not in ("stale_revision", "name_exists"):
+            return None
+        node_id = int((exc.body.get("node") or {}).get("id", 0))
+        if not node_id:
+            return None
+        info = await self.client.file_info(node_id, urls=False)
+        version = info.version
+        if version is None or (version.device, version.size, version.mtime_ns) != (self.client.device, size, mtime_ns):
+            return None
+        if [(c.fingerprint, c.length) for c in info.chunks] != refs:
+            return None
+        log.info("the commit of node %d rev %d had landed before its answer was lost", node_id, version.rev)
+        return wire.CommitResponse(node=info.node, version=version, cursor=info.cursor)
 
     async def _send_batch(self, batch: list[Piece]) -> tuple[int, int]:
         by_fp = {p.fingerprint: p for p in batch}

@@ -17,7 +17,7 @@ from cloudfs.backend.names import split_path
 
 from . import files, journal, tree
 from .app import ServerContext, User, context_dependency, current_user, device_name
-from .errors import Invalid
+from .errors import Invalid, StoreUnavailable
 
 ERRORS = {
     status: {"model": wire.ErrorBody, "description": description}
@@ -183,12 +183,19 @@ async def commit(ctx: Ctx, user: Auth, device: Device, req: wire.CommitRequest) 
     problems, pending = done
     verdicts: list[str | None] = [None] * len(pending)
 
+    unavailable: list[StoreUnavailable] = []
+
     async def check(i: int) -> None:
-        verdicts[i] = await ctx.run_store(files.check_stored, ctx.store, user.id, pending[i])
+        try:
+            verdicts[i] = await ctx.run_store(files.check_stored, ctx.store, user.id, pending[i])
+        except StoreUnavailable as exc:  # raised below as itself, not inside an ExceptionGroup
+            unavailable.append(exc)
 
     async with anyio.create_task_group() as nursery:
         for i in range(len(pending)):
             nursery.start_soon(check, i)
+    if unavailable:
+        raise unavailable[0]
     verified = []
     for row, verdict in zip(pending, verdicts):
         if verdict is None:

@@ -85,8 +85,8 @@ async def serve_forever(options: ServerOptions) -> None:
     db = await anyio.to_thread.run_sync(open_database, options.data_dir, options.db_url)
     secret = await anyio.to_thread.run_sync(db.signing_secret)
     store = open_store(options.store_url or str(options.data_dir / "chunks"), data_dir=options.data_dir, secret=secret)
-    if isinstance(store, S3Store):
-        await anyio.to_thread.run_sync(store.ensure_bucket)
+    if isinstance(getattr(store, "inner", store), S3Store):  # also under a fault-injecting wrapper
+        await anyio.to_thread.run_sync(getattr(store, "inner", store).ensure_bucket)
     ctx = ServerContext(db=db, store=store)
     config = uvicorn.Config(create_app(ctx), log_config=None, access_log=False, lifespan="off", http="httptools",
                             loop="none", timeout_graceful_shutdown=GRACEFUL_S, timeout_keep_alive=75,

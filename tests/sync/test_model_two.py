@@ -137,6 +137,7 @@ def under_any(path: str, roots: set[str]) -> bool:
 class TwoDevices(RuleBasedStateMachine):
     server: ServerProcess
     base_dir: Path
+    stats: Counter[str] = Counter()  # over the whole run, printed at the end (pytest -s)
 
     def __init__(self) -> None:
         super().__init__()
@@ -160,6 +161,7 @@ class TwoDevices(RuleBasedStateMachine):
         self.round_limit = 4
         self.rounds = 0
         self.busy = False  # a rule is running: if teardown sees it set, that rule failed
+        self.stats["examples"] += 1
 
     # --- bookkeeping ---
 
@@ -208,6 +210,7 @@ class TwoDevices(RuleBasedStateMachine):
                 self.note(dev, f"{what} -> {exc!r}")
                 raise AssertionError(f"{what} on {dev}: {exc!r}\n" + self.story()) from exc
             outcome[0] = errno.errorcode[exc.errno]
+        self.stats["ops ok" if outcome[0].startswith("ok") else "ops failed (errno)"] += 1
         self.note(dev, f"{what} -> {outcome[0]}")
         self.busy = False
 
@@ -412,6 +415,8 @@ class TwoDevices(RuleBasedStateMachine):
             self._fail("content or names nobody made", f"  contents: {alien}\n  names: {bad_names}")
         self.check_exact(before, final)
 
+        self.stats["rounds"] += 1
+        self.stats["conflicted copies"] += sum(1 for p in final if base_path(p) != p and p not in self.settled)
         self.settled = final
         self.live = contents
         self.destroyed = Counter()
@@ -440,6 +445,7 @@ class TwoDevices(RuleBasedStateMachine):
         owned: dict[str, set[str]] = {"a": set(), "b": set()}
         for i, (dev, paths) in enumerate(self.groups):
             (contested if len(devices[find(i)]) > 1 else owned[dev]).update(paths)
+        self.stats["rounds where the devices met"] += bool(contested)
         wrong = []
         for p in sorted(set(final) | set(self.settled) | set(before["a"]) | set(before["b"])):
             if under_any(base_path(p), contested) or under_any(p, contested):
@@ -495,5 +501,7 @@ def test_two_devices_random_operations(sync_server, tmp_path):
     runner = settings(max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, derandomize=not EXPLORE,
                       database=None, phases=phases, suppress_health_check=list(HealthCheck),
                       print_blob=False)(TwoDevices).TestCase
+    TwoDevices.stats.clear()
     runner().runTest()
+    print(f"two-device model: {dict(TwoDevices.stats)}")
     assert "Traceback" not in sync_server.log(), sync_server.log()[-5000:]

@@ -14,7 +14,7 @@ import pytest
 
 from tests.harness import cloudfs_mount, wait_until
 from tests.sync.conftest import two_devices
-from tests.sync.proxy import HangingProxy
+from tests.proxy import Proxy
 
 
 def eventually(check, what: str, timeout: float = 30):  # noqa: ANN001
@@ -78,7 +78,7 @@ def test_server_stopped_and_restarted(restartable, offline_devices):
 def test_connection_that_hangs(fuse_free_server, tmp_path):
     server = fuse_free_server
     token = server.add_user(f"u-{uuid.uuid4().hex[:8]}")
-    proxy = HangingProxy(int(server.url.rsplit(":", 1)[1]))
+    proxy = Proxy(int(server.url.rsplit(":", 1)[1]))
     try:
         with cloudfs_mount(server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
             proxied = type(server)(**{**server.__dict__, "url": proxy.url})

@@ -1,0 +1,157 @@
+"""A TCP proxy on loopback that injects network faults between a device and the
+server or S3: it can stop answering (connections accepted, then silence: what a
+stopped server does not show), and it can answer 503, reset connections part-way
+through a transfer, or be slow, at random but from a seed."""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Faults:
+    """Per new connection: the chance it is answered with a 503, reset after a random
+    number of bytes, or delayed; `seed` makes a run repeatable."""
+
+    error: float = 0.0
+    reset: float = 0.0
+    slow: float = 0.0
+    slow_s: float = 0.5
+    seed: int = 1
+
+
+BODY_503 = b'{"error":"unavailable","detail":"fault injected by the test proxy"}'
+ANSWER_503 = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+              b"Content-Length: " + str(len(BODY_503)).encode() + b"\r\n\r\n" + BODY_503)
+
+
+class Proxy:
+    def __init__(self, target_port: int, faults: Faults | None = None) -> None:
+        self.faults = faults or Faults()
+        self._random = random.Random(self.faults.seed)
+        self.injected = {"error": 0, "reset": 0, "slow": 0}
+        self.target = ("127.0.0.1", target_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hang(self) -> None:
+        """From now on nothing passes, in either direction; connections stay open."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Drop the connections that hung (their peers see a reset) and pass again."""
+        with self._lock:
+            stuck, self._sockets = self._sockets, []
+        for s in stuck:
+            _close(s)
+        self._flowing.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._flowing.set()
+        _close(self.listener)
+        with self._lock:
+            for s in self._sockets:
+                _close(s)
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _fate(self) -> tuple[str, int]:
+        with self._lock:
+            roll, budget = self._random.random(), self._random.randrange(0, 256 * 1024)
+        f = self.faults
+        for fate, chance in (("error", f.error), ("reset", f.reset), ("slow", f.slow)):
+            if roll < chance:
+                self.injected[fate] += 1
+                return fate, budget
+            roll -= chance
+        return "pass", budget
+
+    def _serve(self, client: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(client)
+        self._flowing.wait()
+        fate, budget = self._fate()
+        if fate == "error":
+            try:
+                client.recv(65536)  # the request head, unread by anyone
+                client.sendall(ANSWER_503)
+            except OSError:
+                pass
+            _close(client)
+            return
+        if fate == "slow":
+            time.sleep(self.faults.slow_s)
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+            upstream.settimeout(None)
+        except OSError:
+            _close(client)
+            return
+        with self._lock:
+            self._sockets.append(upstream)
+        limit = [budget if fate == "reset" else -1]  # bytes both directions may pass, shared
+        threading.Thread(target=self._pump, args=(upstream, client, limit), daemon=True).start()
+        self._pump(client, upstream, limit)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, limit: list[int]) -> None:
+        while not self._closed.is_set():
+            try:
+                data = src.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            while not self._flowing.is_set() and not self._closed.is_set():
+                self._flowing.wait(0.1)  # hung: hold the bytes, answer nothing
+            if self._closed.is_set():
+                break
+            if limit[0] >= 0:
+                if len(data) >= limit[0]:
+                    _reset(src)
+                    _reset(dst)
+                    return
+                limit[0] -= len(data)
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        _close(src)
+        _close(dst)
+
+
+def _reset(s: socket.socket) -> None:
+    """Break the connection part-way, as a crashed peer or a middlebox would (an RST
+    where the kernel still can). The shutdown wakes the pump thread blocked on this
+    socket: a bare close() would wait for that thread and the peer would see nothing."""
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    _close(s)
+
+
+def _close(s: socket.socket) -> None:
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    s.close()
