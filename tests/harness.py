@@ -210,3 +210,34 @@ def cloudfs_mount(server: ServerProcess, token: str, path: Path, cache_dir: Path
             unmount(path, proc)
         finally:
             log_file.close()
+
+
+class RestartableServer:
+    """A cloudfs server that a test can stop and start again on the same port and
+    data, to take the devices offline and bring them back."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self._stack = contextlib.ExitStack()
+        self.server: ServerProcess = self._start()
+        self.url = self.server.url
+
+    def _start(self) -> ServerProcess:
+        return self._stack.enter_context(cloudfs_server(self.data_dir, port=self.port))
+
+    def stop(self) -> None:
+        self._stack.close()
+        self._stack = contextlib.ExitStack()
+
+    def kill(self) -> None:
+        """kill -9: no graceful shutdown, in-flight requests die with it."""
+        self.server.proc.kill()
+        self.server.proc.wait(10)
+        self.stop()
+
+    def start(self) -> None:
+        self.server = self._start()
+
+    def close(self) -> None:
+        self._stack.close()

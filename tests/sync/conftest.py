@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.harness import MountProcess, ServerProcess, cloudfs_mount, cloudfs_server, free_port
+from tests.harness import MountProcess, RestartableServer, ServerProcess, cloudfs_mount, cloudfs_server
 
 
 @dataclass
@@ -39,31 +39,6 @@ def devices(sync_server: ServerProcess, tmp_path: Path) -> Iterator[Devices]:
     token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
     with two_devices(sync_server, token, tmp_path) as d:
         yield d
-
-
-class RestartableServer:
-    """A cloudfs server that a test can stop and start again on the same port and
-    data, to take the devices offline and bring them back."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self._stack = contextlib.ExitStack()
-        self.server: ServerProcess = self._start()
-        self.url = self.server.url
-
-    def _start(self) -> ServerProcess:
-        return self._stack.enter_context(cloudfs_server(self.data_dir, port=self.port))
-
-    def stop(self) -> None:
-        self._stack.close()
-        self._stack = contextlib.ExitStack()
-
-    def start(self) -> None:
-        self.server = self._start()
-
-    def close(self) -> None:
-        self._stack.close()
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ from pathlib import Path
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, Phase, settings
-from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from tests.harness import ServerProcess
 from tests.sync.conftest import two_devices
@@ -63,6 +63,7 @@ pytestmark = pytest.mark.timeout(300 if not EXPLORE else 120 + 90 * EXPLORE)
 
 NAMES = ("x.txt", "y", "d", "e")
 POOL = ("x.txt", "y", "d", "e", "d/x.txt", "d/y", "d/e", "d/e/x.txt", "e/x.txt")
+START_FILES = ("x.txt", "y", "d/x.txt", "d/y", "d/e/x.txt", "e/x.txt")
 DEVICES = st.sampled_from("ab")
 # A pool path, or the i-th path that exists on the device (conflicted copies included).
 PATHS = st.one_of(st.sampled_from(POOL), st.sampled_from(POOL), st.integers(0, 40))
@@ -221,6 +222,25 @@ class TwoDevices(RuleBasedStateMachine):
         except BaseException:
             os.close(fd)
             raise
+
+    # --- the tree every example starts from, settled: both devices then edit one base ---
+
+    @initialize(dev=DEVICES, files=st.lists(st.sampled_from(START_FILES), min_size=2, unique=True), seed=SEEDS)
+    def start(self, dev: str, files: list[str], seed: int) -> None:
+        self.busy = True
+        root = self.mounts[dev].path
+        for d in ("d", "d/e", "e"):
+            os.mkdir(root / d)
+            self.touched(dev, d)
+        for i, path in enumerate(files):
+            data = self.new_content(dev, 200 + 100 * i, seed + i)
+            (root / path).write_bytes(data)
+            self.produce(b"", data)
+            self.touched(dev, path)
+        self.note(dev, f"start: directories d, d/e, e; files {', '.join(files)}")
+        self.ops += 1
+        self.check_round()
+        self.busy = False
 
     # --- operations ---
 
