@@ -221,6 +221,12 @@ class ApiClient:
     async def restore(self, node_id: int, rev: int) -> wire.CommitResponse:
         return wire.CommitResponse.model_validate(await self._call("POST", f"/files/{node_id}/restore", json={"rev": rev}))
 
+    async def report_chunk(self, fingerprint: str) -> wire.ChunkReport:
+        return wire.ChunkReport.model_validate(await self._call("POST", f"/chunks/{fingerprint}/report"))
+
+    async def fsck(self) -> wire.FsckReport:
+        return wire.FsckReport.model_validate(await self._call("POST", "/fsck", timeout=3600))
+
     async def fetch_chunk(self, fingerprint: str, download: wire.SignedRequest, compression: str = "none") -> bytes:
         """Download one chunk and return its plain bytes, verified against `fingerprint`."""
         return await self._retried(self._fetch_once, fingerprint, download, compression, interactive=True)

@@ -22,7 +22,7 @@ import lmdb
 from .cache import ROOT_INO, Cache, Inode
 from .chunkcache import ChunkCache
 from .content import Content
-from .errors import (CloudFsError, ExistsError, InvalidError, IsADirectoryError_, NotADirectoryError_,
+from .errors import (CloudFsError, CorruptChunkError, ExistsError, InvalidError, IsADirectoryError_, NotADirectoryError_,
                      NotEmptyError, NotFoundError)
 from .names import NAME_MAX_BYTES, name_problem
 
@@ -243,7 +243,13 @@ class Drive:
         return node
 
     async def read(self, ino: int, off: int, size: int, *, readahead: int = 0) -> bytes:
-        return await self.content.read(self.get(ino), off, size, readahead=readahead)
+        node = self.get(ino)
+        try:
+            return await self.content.read(node, off, size, readahead=readahead)
+        except CorruptChunkError:
+            log.error("read of %r (inode %d, node %d rev %d) at %d failed: a chunk of it is corrupt in the store",
+                      node.name, ino, node.node_id, node.rev, off)
+            raise
 
     async def write(self, ino: int, off: int, data: bytes) -> int:
         node = self.get(ino)

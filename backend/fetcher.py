@@ -16,6 +16,7 @@ import trio
 from . import wire
 from .api_client import ApiClient
 from .chunkcache import ChunkCache
+from .errors import CorruptChunkError, OfflineError, ServerError
 
 log = logging.getLogger("cloudfs.fetcher")
 URL_REUSE_S = 45 * 60
@@ -30,6 +31,7 @@ class Fetcher:
         self._errors: dict[str, BaseException] = {}
         self._urls: dict[str, tuple[float, wire.ChunkDownload]] = {}
         self.downloaded_bytes = 0
+        self.corrupt_downloads = 0
         self.nursery: trio.Nursery | None = None  # set by the session; hosts read-ahead
 
     async def _urls_for(self, fingerprints: list[str]) -> dict[str, wire.ChunkDownload]:
@@ -72,6 +74,12 @@ class Fetcher:
                 self.chunks.put(fp, data)
                 self.downloaded_bytes += len(data)
                 self._errors.pop(fp, None)
+            except CorruptChunkError as exc:
+                log.error("chunk %s from the store does not match its fingerprint: %s", fp, exc)
+                self._errors[fp] = exc
+                self.corrupt_downloads += 1
+                if self.nursery is not None:
+                    self.nursery.start_soon(self._report, fp)
             except Exception as exc:  # noqa: BLE001 - handed to every waiter below
                 log.warning("fetching chunk %s failed: %s", fp, exc)
                 self._errors[fp] = exc
@@ -87,6 +95,16 @@ class Fetcher:
                 await event.wait()
             if fp not in self.chunks:
                 raise self._errors.pop(fp, None) or RuntimeError(f"chunk {fp} vanished from the cache")
+
+    async def _report(self, fingerprint: str) -> None:
+        """Tell the server, which checks the stored object itself and marks it bad so
+        the next upload of those bytes replaces it."""
+        try:
+            report = await self.client.report_chunk(fingerprint)
+            log.warning("reported chunk %s: the server found it %s (%s)", fingerprint, report.state,
+                        report.problem or "no problem in the store")
+        except (OfflineError, ServerError) as exc:
+            log.warning("could not report chunk %s: %s", fingerprint, exc)
 
     def prefetch(self, fingerprints: list[str]) -> None:
         """Read-ahead: fetch these in the background (in the session's nursery); a failure

@@ -235,3 +235,21 @@ class ErrorBody(BaseModel):
     error: str
     detail: str
     field: str | None = None
+
+
+class ChunkReport(BaseModel):
+    fingerprint: str
+    state: Literal["bad", "verified"]
+    problem: str | None = None
+
+
+class BadChunk(BaseModel):
+    fingerprint: str
+    problem: str
+    node_ids: list[int]
+    """Live files that use the chunk."""
+
+
+class FsckReport(BaseModel):
+    checked: int
+    bad: list[BadChunk]

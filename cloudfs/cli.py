@@ -122,6 +122,24 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fsck(args: argparse.Namespace) -> int:
+    reply = _control(args.mountpoint, {"command": "fsck", "timeout": args.timeout}, args.timeout + 10)
+    if reply is None:
+        return 1
+    if args.json:
+        print(json.dumps(reply))
+    else:
+        for line in reply.get("repaired", []):
+            print(f"repaired: {line}")
+        for line in reply.get("problems", []):
+            print(f"PROBLEM: {line}")
+        device, server = reply.get("device", {}), reply.get("server", {})
+        print(f"checked {device.get('cached_chunks', 0)} cached chunks on this device and "
+              f"{server.get('checked_chunks', 0)} chunks in the store: "
+              f"{'no problem left' if reply.get('ok') else str(len(reply.get('problems', []))) + ' problem(s) left'}")
+    return 0 if reply.get("ok") else 1
+
+
 def _sync(args: argparse.Namespace) -> int:
     reply = _control(args.mountpoint, {"command": "sync", "timeout": args.timeout, "full": args.full},
                      args.timeout + 10)
@@ -190,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_status)
+
+    fsck = verbs.add_parser("fsck", help="check the cache and the server's copy; repair what can be; "
+                                         "exit 1 if problems are left")
+    fsck.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
+    fsck.add_argument("--json", action="store_true")
+    fsck.add_argument("--timeout", type=float, default=3600)
+    fsck.set_defaults(func=_fsck)
 
     sync = verbs.add_parser("sync", help="wait until local changes are committed and remote ones applied")
     sync.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)

@@ -25,6 +25,7 @@ import trio
 
 from cloudfs.backend import control
 from cloudfs.backend.follower import Invalidator
+from cloudfs.backend.fsck import run_fsck
 from cloudfs.backend.session import Session, SessionOptions, open_session
 
 from .operations import Operations
@@ -65,6 +66,12 @@ async def _control_handler(session: Session, mountpoint: Path):  # noqa: ANN202
             with trio.move_on_after(timeout) as scope:
                 await (session.sync(full=bool(req.get("full"))) if command == "sync" else session.flush())
             return {"ok": not scope.cancelled_caught, "timed_out": scope.cancelled_caught, **session.status()}
+        if command == "fsck":
+            with trio.move_on_after(timeout) as scope:
+                report = await run_fsck(session)
+            if scope.cancelled_caught:
+                return {"ok": False, "timed_out": True, "problems": [f"fsck did not finish in {timeout:.0f}s"]}
+            return report
         return {"ok": False, "error": f"unknown command {command!r}"}
     return handle
 

@@ -253,7 +253,7 @@ def _field_of(loc: tuple) -> str:
 
 
 def create_app(ctx: ServerContext) -> FastAPI:
-    from . import api, blobs
+    from . import api, blobs, integrity
 
     app = FastAPI(
         title="cloudfs",
@@ -304,6 +304,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
 
     app.include_router(api.router)
     app.include_router(blobs.router)
+    app.include_router(integrity.router)
     app.add_middleware(BodyLimit)
     app.add_middleware(AccessLog)
     return app
