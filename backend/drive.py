@@ -18,6 +18,7 @@ import time
 from typing import Iterator
 
 import lmdb
+import trio
 
 from .cache import ROOT_INO, Cache, Inode
 from .chunkcache import ChunkCache
@@ -34,6 +35,13 @@ RENAME_EXCHANGE = 2
 
 class NameTooLongError(CloudFsError):
     errno = errno.ENAMETOOLONG
+
+
+class NoSpaceError(CloudFsError):
+    errno = errno.ENOSPC
+
+
+FULL_WAIT_S = 10.0
 
 
 def check_local_name(name: str) -> None:
@@ -253,6 +261,7 @@ class Drive:
 
     async def write(self, ino: int, off: int, data: bytes) -> int:
         node = self.get(ino)
+        await self._make_room(node, len(data))
 
         def in_txn(txn: lmdb.Transaction) -> None:
             node.mtime_ns = time.time_ns()
@@ -261,6 +270,26 @@ class Drive:
 
         await self.content.write(node, off, data, in_txn)
         return len(data)
+
+    async def _make_room(self, node: Inode, incoming: int) -> None:
+        """Dirty data is never evicted: when it would outgrow the cache, clean chunks go
+        first; then the writer waits a little for uploads of closed files to free room,
+        and gets ENOSPC if none comes (its file, open, cannot be uploaded yet)."""
+        chunks = self.chunks
+        if chunks.dirty_bytes + incoming <= chunks.limit:
+            if chunks.used_bytes + incoming > chunks.limit:
+                chunks.evict(incoming)
+            return
+        chunks.evict(incoming)
+        deadline = trio.current_time() + FULL_WAIT_S
+        while chunks.dirty_bytes + incoming > chunks.limit:
+            if trio.current_time() >= deadline:
+                error = NoSpaceError(f"the cache ({chunks.limit} bytes) is full of changes not uploaded yet; "
+                                     f"writing {incoming} more bytes to {node.name!r} would evict them")
+                log.warning("ENOSPC: %s", error)
+                raise error
+            self.on_outbox()
+            await trio.sleep(0.1)
 
     def referenced(self, ino: int) -> None:
         self.lookups[ino] = self.lookups.get(ino, 0) + 1

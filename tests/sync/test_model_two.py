@@ -392,8 +392,8 @@ class TwoDevices(RuleBasedStateMachine):
 
     # --- settling and the checks ---
 
-    @precondition(lambda self: self.ops > 0)
-    @rule(next_round=st.integers(1, 6))
+    @precondition(lambda self: self.ops >= self.round_limit)
+    @rule(next_round=st.integers(1, 8))
     def settle(self, next_round: int) -> None:
         self.busy = True
         self.check_round()
@@ -497,6 +497,8 @@ class TwoDevices(RuleBasedStateMachine):
                              f"{ {p: label(v) for p, v in self.settled.items()} }\n{self.story()}")
 
     def teardown(self) -> None:
+        if os.environ.get("CLOUDFS_MODEL_TRACE"):
+            print("\n".join(self.history), flush=True)
         try:
             if not self.busy:
                 if self.ops:

@@ -1,0 +1,47 @@
+"""A full cache and a full quota: the writer gets ENOSPC or EDQUOT, nothing already
+written is lost or damaged, and writing works again once room is made."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from tests.harness import cloudfs_mount, cloudfs_server
+
+MiB = 1 << 20
+
+
+def test_full_cache_gives_enospc_and_recovers(tmp_path):
+    first = os.urandom(6 * MiB)
+    with cloudfs_server(tmp_path / "srv") as srv:
+        token = srv.add_user("owner")
+        with cloudfs_mount(srv, token, tmp_path / "mnt", tmp_path / "cache",
+                           extra_args=["--cache-size", "8M"]) as m:
+            # 14 MiB into an 8 MiB cache, all of it in one open file (which cannot be
+            # uploaded before it is closed or fsynced): the kernel's write-back reaches
+            # the drive at the fsync, and the error comes back there (or at close).
+            fd = os.open(m.path / "big.bin", os.O_CREAT | os.O_WRONLY, 0o644)
+            with pytest.raises(OSError) as caught:
+                try:
+                    os.write(fd, first)
+                    for _ in range(8):
+                        os.write(fd, os.urandom(MiB))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            assert caught.value.errno == errno.ENOSPC
+            assert "is full of changes not uploaded yet" in m.log()
+            m.sync()
+            assert (m.path / "big.bin").read_bytes()[:len(first)] == first
+            # Uploaded, so the room is back.
+            more = os.urandom(5 * MiB)
+            (m.path / "more.bin").write_bytes(more)
+            m.sync()
+            assert (m.path / "more.bin").read_bytes() == more
+        with cloudfs_mount(srv, token, tmp_path / "mnt", tmp_path / "cache-fresh") as m:
+            # What was accepted before the error is there, intact; what was refused is not.
+            stored = (m.path / "big.bin").read_bytes()
+            assert stored[:len(first)] == first and len(first) <= len(stored) < 14 * MiB
+            assert (m.path / "more.bin").read_bytes() == more
