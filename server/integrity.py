@@ -23,11 +23,12 @@ from sqlalchemy.engine import RowMapping
 from cloudfs.backend import wire
 from cloudfs.backend.store import NoSuchKeyError, ObjectStore, StoreError, TransientError, chunk_key
 
+from .api import ERRORS
 from .app import ServerContext, User, context_dependency, current_user
 from .db import Database, chunks, nodes, version_chunks, versions
 from .errors import NotFound, StoreUnavailable
 
-router = APIRouter(tags=["integrity"])
+router = APIRouter(tags=["integrity"], responses=ERRORS)
 Ctx = Annotated[ServerContext, Depends(context_dependency)]
 Auth = Annotated[User, Depends(current_user)]
 Fingerprint = Annotated[str, Path(pattern="^[0-9a-f]{64}$", description="SHA-256 of the chunk's plain bytes")]
