@@ -31,7 +31,7 @@ RETRY_FOR_S = 20.0
 def _transient(exc: BaseException) -> bool:
     if isinstance(exc, OfflineError):
         return True
-    return isinstance(exc, ServerError) and (exc.status >= 500 or exc.status in (408, 429))
+    return isinstance(exc, ServerError) and (exc.status >= 500 or exc.status in (408, 429)) and exc.status != 507
 
 
 def _transient_quick(exc: BaseException) -> bool:

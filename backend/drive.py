@@ -41,6 +41,10 @@ class NoSpaceError(CloudFsError):
     errno = errno.ENOSPC
 
 
+class QuotaExceededError(CloudFsError):
+    errno = errno.EDQUOT
+
+
 FULL_WAIT_S = 10.0
 
 
@@ -67,6 +71,10 @@ class Drive:
         inode removed from the tree lives on, as an orphan, until both this and
         open_count reach zero, so an open() racing a rename never sees ENOENT."""
         self.on_outbox = lambda: None  # the syncer's wake-up, set when it starts
+        self.quota: tuple[int, int] | None = None
+        """(quota, bytes used on the server) when the account has a quota, refreshed by
+        the session: a write that would go over it gets EDQUOT here and now, not an
+        upload refused later."""
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[lmdb.Transaction]:
@@ -276,6 +284,14 @@ class Drive:
         first; then the writer waits a little for uploads of closed files to free room,
         and gets ENOSPC if none comes (its file, open, cannot be uploaded yet)."""
         chunks = self.chunks
+        if self.quota is not None:
+            quota, used = self.quota
+            # Changes not uploaded yet count in full: an over-estimate only near the quota.
+            if used + chunks.dirty_bytes + incoming > quota:
+                error = QuotaExceededError(f"writing {incoming} bytes to {node.name!r} would exceed the quota "
+                                           f"({used} of {quota} bytes used, {chunks.dirty_bytes} not uploaded yet)")
+                log.warning("EDQUOT: %s", error)
+                raise error
         if chunks.dirty_bytes + incoming <= chunks.limit:
             if chunks.used_bytes + incoming > chunks.limit:
                 chunks.evict(incoming)

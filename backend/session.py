@@ -27,6 +27,7 @@ from .uploader import Uploader
 
 
 HEARTBEAT_S = 2.0
+QUOTA_EVERY = 5  # heartbeats between refreshes of the quota and the bytes used
 
 
 @dataclass
@@ -65,9 +66,13 @@ class Session:
     async def _heartbeat(self) -> None:
         """Notice a server that stopped answering while nothing else is asking it
         (a parked long-poll does not tell), so `status` says offline within seconds."""
-        while True:
+        for beat in range(10**12):
             try:
-                await self.client.health(HEARTBEAT_S)
+                if beat % QUOTA_EVERY == 0:
+                    me = await self.client.me()
+                    self.drive.quota = (me.quota_bytes, me.used_bytes) if me.quota_bytes is not None else None
+                else:
+                    await self.client.health(HEARTBEAT_S)
             except (OfflineError, ServerError):
                 pass
             await trio.sleep(HEARTBEAT_S)

@@ -120,7 +120,7 @@ class Syncer:
                 failures.append(exc)  # missing chunks: a PUT was lost; the retry sends it again
             except ServerError as exc:
                 if exc.status >= 500 or exc.status in (401, 408, 429):
-                    failures.append(exc)
+                    failures.append(exc)  # 507: over quota; kept until room is made
                 else:
                     log.error("dropping outbox entry %s: the server refused it: %s", op, exc)
 
@@ -134,6 +134,11 @@ class Syncer:
         return failures[0] if failures else None
 
     def _went_offline(self, exc: BaseException) -> None:
+        if isinstance(exc, ServerError) and exc.status == 507:
+            if self.last_error != str(exc):
+                log.warning("over quota, changes stay queued until room is made: %s", exc)
+            self.last_error = str(exc)
+            return
         if self.online:
             log.warning("server unreachable, changes stay queued: %s", exc)
         self.online = False

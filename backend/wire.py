@@ -225,6 +225,8 @@ class Me(BaseModel):
     root_id: int
     cursor: int
     quota_bytes: int | None
+    used_bytes: int = 0
+    """Sum of the sizes of this user's live files, what the quota counts."""
 
 
 class ErrorBody(BaseModel):
