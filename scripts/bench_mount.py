@@ -9,14 +9,31 @@ The cloudfs side is a real `cloudfs server` (SQLite, local chunk store) and a re
 
 Measured on both, from this process with plain os calls:
   - sequential write of one file in 1 MiB writes, open to close (for cloudfs: into the
-    local cache; the upload happens afterwards and is reported on its own);
+    local cache; the upload happens afterwards, untimed, and is reported on its own);
   - warm sequential read of that file in 1 MiB reads: read once, then time a second read;
   - the same read after dropping the file's kernel page cache (posix_fadvise
     DONTNEED), so every byte crosses FUSE (no target: the figure behind the warm one);
   - creates/s: empty files, os.open(O_CREAT | O_EXCL) + close, in a fresh directory;
   - stats/s: os.stat over those files, several passes.
-Between phases the cloudfs mount is synced (untimed), so its background upload does
-not run inside the next measurement. MB/s is 10^6 bytes per second, as dd prints it.
+MB/s is 10^6 bytes per second, as dd prints it.
+
+Noise, and what the run does against it (the machine is shared, 2 cores):
+  - Every phase runs in `rounds` rounds (3 unless `--rounds N`), nullfs first in odd
+    rounds and cloudfs first in even ones; each row is the round with the lower-median
+    ratio, and the notes give the ratio of every round. Round 1 writes into a fresh
+    cache; later rounds write a new file after the previous one was deleted.
+  - Between phases the cloudfs mount is synced (untimed), so its background upload
+    does not run inside the next measurement, and before each measurement `sync(2)`
+    writes back the dirty pages the previous one left (cloudfs's LMDB file, the
+    server's chunk store), so one side's writeback does not land in the other's time.
+  - Before the first round a scratch file of `warm_factor` times the file size is
+    written and removed in the temp dir (untimed; `--cold` skips it). On a freshly
+    booted VM whose memory the host backs lazily, the first touch of a guest page
+    costs far more than the copy into it (this 2-core Firecracker VM: ~300 MB/s into
+    never-used pages, 2-5 GB/s into recycled ones). cloudfs puts every written byte
+    into the page cache of its LMDB file and nullfs stores nothing, so on a cold VM
+    the write row measures the hypervisor. The note "page allocator warm-up" gives the
+    scratch file's MB/s: far below the copy speed means the memory was cold.
 
     .venv/bin/python scripts/bench_mount.py [--quick] [--profile DIR]
 
@@ -41,7 +58,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -63,6 +80,8 @@ class Sizes:
 
     file_mib: int = 512
     files: int = 2000
+    rounds: int = 3                # every phase this many times; each row is the median ratio
+    warm_factor: int = 4           # page allocator warm-up: this many times the file size
     stat_passes: int = 5           # at least this many passes over the files ...
     stat_min_s: float = 1.0        # ... and until this much time went by (capped below)
     stat_max_passes: int = 200
@@ -235,6 +254,21 @@ def write_file(path: str, size: int, timeout: float) -> float:
     return seconds
 
 
+def warm_page_allocator(directory: Path, mib: int) -> float:
+    """Write and remove a scratch file of `mib` MiB (no fsync: its pages are dropped,
+    not written back), so the measured phases get pages the host already backs.
+    Returns MB/s."""
+    path = directory / "warm-up.scratch"
+    block = bytes(MIB)
+    start = time.perf_counter()
+    with open(path, "wb", buffering=0) as out:
+        for _ in range(mib):
+            out.write(block)
+    seconds = time.perf_counter() - start
+    path.unlink()
+    return mib * MIB / seconds / 1e6
+
+
 def read_file(path: str, size: int, timeout: float, *, drop_page_cache: bool = False) -> float:
     """Seconds for open + reading the whole file in 1 MiB reads + close."""
     check = _deadline(timeout)
@@ -309,25 +343,42 @@ class Side:
     pid: int
 
 
+def lower_median(values: list[float]) -> int:
+    """Index of the lower median: with an even count the smaller middle value."""
+    return sorted(range(len(values)), key=values.__getitem__)[(len(values) - 1) // 2]
+
+
 def run_all(null: Side, cloud: Side, mount: MountProcess, sizes: Sizes, report: Report,
-            profile_dir: Path | None, profile_fmt: str, profile_native: bool) -> None:
+            profile_dir: Path | None, profile_fmt: str, profile_native: bool, *, scratch: Path,
+            warm: bool = True) -> None:
     size = sizes.file_mib * MIB
     ext = "svg" if profile_fmt == "flamegraph" else "txt"
+    samples: dict[tuple[str, str, float | None], list[tuple[float, float]]] = {}
 
-    def both(phase: str, measure: Callable[[Side], float]) -> tuple[float, float]:
-        """Run `measure` on nullfs, then on cloudfs (profiled if asked); note the mount's CPU."""
-        cpu = cpu_seconds(null.pid)
-        t0 = time.perf_counter()
-        a = measure(null)
-        null_wall, null_cpu = time.perf_counter() - t0, cpu_seconds(null.pid) - cpu
-        cpu = cpu_seconds(cloud.pid)
-        with profiled(cloud.pid, profile_dir / f"{phase}.{ext}" if profile_dir else None, profile_fmt,
-                      native=profile_native):
-            t0 = time.perf_counter()
-            b = measure(cloud)
-            wall = time.perf_counter() - t0
+    def record(name: str, unit: str, target: float | None, null_value: float, cloud_value: float) -> None:
+        samples.setdefault((name, unit, target), []).append((null_value, cloud_value))
+
+    def both(phase: str, measure: Callable[[Side], float], *, cloud_first: bool) -> tuple[float, float]:
+        """Run `measure` on nullfs and on cloudfs (profiled if asked) in the given order;
+        note each filesystem process's CPU."""
+        def one(side: Side) -> tuple[float, float, float]:
+            os.sync()  # the previous measurement's dirty pages are written back now, not during this one
+            cpu = cpu_seconds(side.pid)
+            out = profile_dir / f"{phase}.{ext}" if profile_dir and side is cloud else None
+            with profiled(side.pid, out, profile_fmt, native=profile_native):
+                t0 = time.perf_counter()
+                result = measure(side)
+                wall = time.perf_counter() - t0
+            return result, wall, cpu_seconds(side.pid) - cpu
+
+        if cloud_first:
+            b, cloud_wall, cloud_cpu = one(cloud)
+            a, null_wall, null_cpu = one(null)
+        else:
+            a, null_wall, null_cpu = one(null)
+            b, cloud_wall, cloud_cpu = one(cloud)
         report.note(f"{phase}: CPU of the filesystem process: nullfs {null_cpu:.2f} s in {null_wall:.2f} s, "
-                    f"cloudfs {cpu_seconds(cloud.pid) - cpu:.2f} s in {wall:.2f} s")
+                    f"cloudfs {cloud_cpu:.2f} s in {cloud_wall:.2f} s")
         return a, b
 
     def sync() -> float:
@@ -335,50 +386,72 @@ def run_all(null: Side, cloud: Side, mount: MountProcess, sizes: Sizes, report: 
         mount.sync(timeout=sizes.sync_timeout)
         return time.perf_counter() - t0
 
-    seq = {s.name: str(s.root / "seq.bin") for s in (null, cloud)}
-    w_null, w_cloud = both("write", lambda s: write_file(seq[s.name], size, sizes.phase_timeout))
-    report.add(Row(f"sequential write, {sizes.file_mib} MiB in 1 MiB writes, to close", size / w_null / 1e6,
-                   size / w_cloud / 1e6, "MB/s", 0.5))
-    upload_s = sync()
-    report.note(f"upload of the {sizes.file_mib} MiB file to the local server (cloudfs sync, untimed in the "
-                f"write figure): {upload_s:.1f} s, {size / upload_s / 1e6:.0f} MB/s")
+    if warm:
+        mib = sizes.warm_factor * sizes.file_mib
+        report.note(f"page allocator warm-up: {mib} MiB scratch file at {warm_page_allocator(scratch, mib):,.0f} MB/s")
+    seq: dict[str, str] = {}
+    for rnd in range(sizes.rounds):
+        first = rnd % 2 == 1  # cloudfs first in every other round
+        report.note(f"round {rnd + 1}/{sizes.rounds}, {'cloudfs' if first else 'nullfs'} first, load {loadavg()}")
+        if seq:  # the previous round's file: gone, so the page cache does not pile up
+            for s in (null, cloud):
+                os.unlink(seq[s.name])
+            sync()
+        paths = seq = {s.name: str(s.root / f"seq{rnd}.bin") for s in (null, cloud)}
+        w_null, w_cloud = both(f"write{rnd}", lambda s: write_file(paths[s.name], size, sizes.phase_timeout),
+                               cloud_first=first)
+        record(f"sequential write, {sizes.file_mib} MiB in 1 MiB writes, to close", "MB/s", 0.5,
+               size / w_null / 1e6, size / w_cloud / 1e6)
+        upload_s = sync()
+        report.note(f"upload of the {sizes.file_mib} MiB file{' (written into a fresh cache)' if rnd == 0 else ''} "
+                    f"to the local server (cloudfs sync, untimed): {upload_s:.1f} s, {size / upload_s / 1e6:.0f} MB/s")
 
-    for s in (null, cloud):  # the first read makes it warm
-        read_file(seq[s.name], size, sizes.phase_timeout)
-    r_null, r_cloud = both("read-warm", lambda s: read_file(seq[s.name], size, sizes.phase_timeout))
-    report.add(Row("warm sequential read, 1 MiB reads (second read)", size / r_null / 1e6, size / r_cloud / 1e6,
-                   "MB/s", 0.5))
-    d_null, d_cloud = both("read-fuse", lambda s: read_file(seq[s.name], size, sizes.phase_timeout,
-                                                             drop_page_cache=True))
-    report.add(Row("sequential read, page cache dropped (every byte through FUSE)", size / d_null / 1e6,
-                   size / d_cloud / 1e6, "MB/s"))
+        for s in (null, cloud):  # the first read makes it warm
+            read_file(paths[s.name], size, sizes.phase_timeout)
+        r_null, r_cloud = both(f"read-warm{rnd}", lambda s: read_file(paths[s.name], size, sizes.phase_timeout),
+                               cloud_first=first)
+        record("warm sequential read, 1 MiB reads (second read)", "MB/s", 0.5, size / r_null / 1e6, size / r_cloud / 1e6)
+        d_null, d_cloud = both(f"read-fuse{rnd}", lambda s: read_file(paths[s.name], size, sizes.phase_timeout,
+                                                                       drop_page_cache=True), cloud_first=first)
+        record("sequential read, page cache dropped (every byte through FUSE)", "MB/s", None,
+               size / d_null / 1e6, size / d_cloud / 1e6)
 
-    made: dict[str, list[str]] = {}
+        made: dict[str, list[str]] = {}
 
-    def creates(s: Side) -> float:
-        seconds, made[s.name] = create_files(str(s.root / "many"), sizes.files, sizes.phase_timeout)
-        return seconds
+        def creates(s: Side, rnd: int = rnd, made: dict[str, list[str]] = made) -> float:
+            seconds, made[s.name] = create_files(str(s.root / f"many{rnd}"), sizes.files, sizes.phase_timeout)
+            return seconds
 
-    c_null, c_cloud = both("create", creates)
-    report.add(Row(f"creates, {sizes.files} empty files in a new directory", sizes.files / c_null,
-                   sizes.files / c_cloud, "files/s", 0.3))
-    push_s = sync()
-    report.note(f"pushing the {sizes.files} new files to the server (cloudfs sync, untimed): {push_s:.1f} s")
+        c_null, c_cloud = both(f"create{rnd}", creates, cloud_first=first)
+        record(f"creates, {sizes.files} empty files in a new directory", "files/s", 0.3,
+               sizes.files / c_null, sizes.files / c_cloud)
+        push_s = sync()
+        report.note(f"pushing the {sizes.files} new files to the server (cloudfs sync, untimed): {push_s:.1f} s")
 
-    stats: dict[str, StatRun] = {}
+        stats: dict[str, StatRun] = {}
 
-    def stat_pass(s: Side) -> float:
-        stats[s.name] = stat_files(made[s.name], sizes)
-        return stats[s.name].seconds
+        def stat_pass(s: Side, made: dict[str, list[str]] = made, stats: dict[str, StatRun] = stats) -> float:
+            stats[s.name] = stat_files(made[s.name], sizes)
+            return stats[s.name].seconds
 
-    both("stat", stat_pass)
-    a, b = stats[null.name], stats[cloud.name]
-    report.add(Row(f"stats, os.stat over the {sizes.files} files, {a.done // sizes.files} / {b.done // sizes.files} "
-                   "passes", a.done / a.seconds, b.done / b.seconds, "stats/s", 0.5))
-    report.add(Row("stats, first pass only (each one a FUSE getattr)", sizes.files / a.first_s,
-                   sizes.files / b.first_s, "stats/s", 0.5))
-    report.add(Row("stats, later passes only (kernel attribute cache)", (a.done - sizes.files) / (a.seconds - a.first_s),
-                   (b.done - sizes.files) / (b.seconds - b.first_s), "stats/s"))
+        both(f"stat{rnd}", stat_pass, cloud_first=first)
+        a, b = stats[null.name], stats[cloud.name]
+        report.note(f"stat passes over the {sizes.files} files: nullfs {a.done // sizes.files}, "
+                    f"cloudfs {b.done // sizes.files}")
+        record(f"stats, os.stat over the {sizes.files} files, all passes", "stats/s", 0.5,
+               a.done / a.seconds, b.done / b.seconds)
+        record("stats, first pass only (each one a FUSE getattr)", "stats/s", 0.5,
+               sizes.files / a.first_s, sizes.files / b.first_s)
+        record("stats, later passes only (kernel attribute cache)", "stats/s", None,
+               (a.done - sizes.files) / (a.seconds - a.first_s), (b.done - sizes.files) / (b.seconds - b.first_s))
+
+    for (name, unit, target), values in samples.items():
+        ratios = [c / n for n, c in values]
+        mid = lower_median(ratios)
+        suffix = f" (median of {len(values)} rounds)" if len(values) > 1 else ""
+        report.add(Row(name + suffix, values[mid][0], values[mid][1], unit, target))
+        if len(values) > 1:
+            report.note(f"{name}: ratio per round {', '.join(f'{r:.2f}' for r in ratios)}")
 
     report.add(Row("peak RSS of the mount process (VmHWM)", vm_kib(null.pid, "VmHWM") / 1024,
                    vm_kib(cloud.pid, "VmHWM") / 1024, "MiB"))
@@ -420,9 +493,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-format", choices=("flamegraph", "raw", "speedscope"), default="flamegraph")
     parser.add_argument("--profile-native", action="store_true",
                         help="py-spy --native: C frames too (LMDB, pyfuse3); pauses the process per sample")
+    parser.add_argument("--cold", action="store_true",
+                        help="skip the page allocator warm-up (see the module docstring)")
+    parser.add_argument("--rounds", type=int, default=None, metavar="N",
+                        help="repeat every phase N times (default 3); each row is the median ratio")
     parser.add_argument("--tmp", type=Path, default=None, help="where the temp dir goes (default: the system's)")
     args = parser.parse_args(argv)
     sizes = Sizes.quick() if args.quick else Sizes()
+    if args.rounds is not None:
+        sizes = replace(sizes, rounds=max(1, args.rounds))
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _sigterm)
@@ -440,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
                 null = Side("nullfs", tmp / "mnt-null", null_proc.pid)
                 cloud = Side("cloudfs", mount.path, mount.proc.pid)
                 try:
-                    run_all(null, cloud, mount, sizes, report, args.profile, args.profile_format, args.profile_native)
+                    run_all(null, cloud, mount, sizes, report, args.profile, args.profile_format, args.profile_native,
+                            scratch=tmp, warm=not args.cold)
                     status = 0 if report.passed else 1
                 except (BenchError, AssertionError, OSError) as exc:
                     print(f"benchmark failed: {exc!r}", file=sys.stderr)
@@ -462,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
     print()
-    print(f"{'--quick; ' if args.quick else ''}{sizes.file_mib} MiB file, {sizes.files} files; "
+    print(f"{'--quick; ' if args.quick else ''}{'--cold; ' if args.cold else ''}{sizes.file_mib} MiB file, {sizes.files} files; "
           f"{machine()}; load at the end {loadavg()}; code {code_state()}")
     if args.profile:
         print(f"profiled with py-spy into {args.profile}: figures are slower than unprofiled ones")
