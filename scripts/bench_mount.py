@@ -18,7 +18,7 @@ Measured on both, from this process with plain os calls:
 MB/s is 10^6 bytes per second, as dd prints it.
 
 Noise, and what the run does against it (the machine is shared, 2 cores):
-  - Every phase runs in `rounds` rounds (3 unless `--rounds N`), nullfs first in odd
+  - Every phase runs in `rounds` rounds (5 unless `--rounds N`), nullfs first in odd
     rounds and cloudfs first in even ones; each row is the round with the lower-median
     ratio, and the notes give the ratio of every round. Round 1 writes into a fresh
     cache; later rounds write a new file after the previous one was deleted.
@@ -80,7 +80,7 @@ class Sizes:
 
     file_mib: int = 512
     files: int = 2000
-    rounds: int = 3                # every phase this many times; each row is the median ratio
+    rounds: int = 5                # every phase this many times; each row is the median ratio
     warm_factor: int = 4           # page allocator warm-up: this many times the file size
     stat_passes: int = 5           # at least this many passes over the files ...
     stat_min_s: float = 1.0        # ... and until this much time went by (capped below)
@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold", action="store_true",
                         help="skip the page allocator warm-up (see the module docstring)")
     parser.add_argument("--rounds", type=int, default=None, metavar="N",
-                        help="repeat every phase N times (default 3); each row is the median ratio")
+                        help="repeat every phase N times (default 5); each row is the median ratio")
     parser.add_argument("--tmp", type=Path, default=None, help="where the temp dir goes (default: the system's)")
     args = parser.parse_args(argv)
     sizes = Sizes.quick() if args.quick else Sizes()
