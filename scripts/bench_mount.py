@@ -15,6 +15,12 @@ Measured on both, from this process with plain os calls:
     DONTNEED), so every byte crosses FUSE (no target: the figure behind the warm one);
   - creates/s: empty files, os.open(O_CREAT | O_EXCL) + close, in a fresh directory;
   - stats/s: os.stat over those files, several passes.
+Creates and stats are one request (or a few) each, so they measure the round trip
+through the kernel, which on a loaded VM swings tenfold with where the scheduler puts
+the woken process: a pass of 1,000 stats ran at 3,000/s or at 30,000/s on either
+filesystem, whole passes at a time. So these two phases alternate call by call between
+the two filesystems (one file on nullfs, one on cloudfs, who goes first alternating)
+and time every call: both sides see the same moments.
 MB/s is 10^6 bytes per second, as dd prints it.
 
 Noise, and what the run does against it (the machine is shared, 2 cores):
@@ -60,7 +66,7 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -70,6 +76,7 @@ from tests.harness import (BIN, MountProcess, cloudfs_mount, cloudfs_server, is_
                            unmount, wait_until)
 
 MIB = 1 << 20
+T = TypeVar("T")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NULLFS = REPO / "scripts" / "nullfs.py"
 
@@ -293,17 +300,29 @@ def read_file(path: str, size: int, timeout: float, *, drop_page_cache: bool = F
     return seconds
 
 
-def create_files(directory: str, count: int, timeout: float) -> tuple[float, list[str]]:
-    """Seconds to create `count` empty files (open O_CREAT | O_EXCL, close) in a new dir."""
+def _turns(i: int) -> tuple[int, int]:
+    """Which side goes first for item `i` of a paired loop: it alternates."""
+    return (0, 1) if i % 2 == 0 else (1, 0)
+
+
+def create_files_paired(dirs: tuple[str, str], count: int, timeout: float) -> tuple[list[float], list[list[str]]]:
+    """Create `count` empty files (open O_CREAT | O_EXCL, close) in a new directory on each
+    of two filesystems, one file on one, then one on the other, timing every call: on a
+    shared machine both sides then meet the same moments of load. Seconds per side."""
     check = _deadline(timeout)
-    os.mkdir(directory)
-    paths = [os.path.join(directory, f"f{i:05d}") for i in range(count)]
-    start = time.perf_counter()
-    for i, path in enumerate(paths):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    for directory in dirs:
+        os.mkdir(directory)
+    paths = [[os.path.join(directory, f"f{i:05d}") for i in range(count)] for directory in dirs]
+    spent = [0.0, 0.0]
+    clock = time.perf_counter
+    for i in range(count):
+        for side in _turns(i):
+            t0 = clock()
+            os.close(os.open(paths[side][i], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            spent[side] += clock() - t0
         if i % 100 == 0:
-            check(f"creating files in {directory}")
-    return time.perf_counter() - start, paths
+            check(f"creating files in {dirs}")
+    return spent, paths
 
 
 @dataclass
@@ -313,22 +332,27 @@ class StatRun:
     done: int
 
 
-def stat_files(paths: list[str], sizes: Sizes) -> StatRun:
-    """At least `stat_passes` passes over `paths` and `stat_min_s` seconds."""
+def stat_files_paired(paths: list[list[str]], sizes: Sizes) -> list[StatRun]:
+    """Passes of os.stat over two lists of files, one call on each side in turn (see
+    `create_files_paired`): at least `stat_passes` passes and `2 * stat_min_s` seconds."""
     check = _deadline(sizes.phase_timeout)
-    start = time.perf_counter()
-    first = 0.0
+    clock = time.perf_counter
+    spent, first = [0.0, 0.0], [0.0, 0.0]
     done = 0
+    start = clock()
     for n in range(sizes.stat_max_passes):
-        for path in paths:
-            os.stat(path)
-        done += len(paths)
+        for i in range(len(paths[0])):
+            for side in _turns(i):
+                t0 = clock()
+                os.stat(paths[side][i])
+                spent[side] += clock() - t0
+        done += len(paths[0])
         if n == 0:
-            first = time.perf_counter() - start
+            first = list(spent)
         check("stat passes")
-        if n + 1 >= sizes.stat_passes and time.perf_counter() - start >= sizes.stat_min_s:
+        if n + 1 >= sizes.stat_passes and clock() - start >= 2 * sizes.stat_min_s:
             break
-    return StatRun(first, time.perf_counter() - start, done)
+    return [StatRun(first[side], spent[side], done) for side in (0, 1)]
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -381,6 +405,21 @@ def run_all(null: Side, cloud: Side, mount: MountProcess, sizes: Sizes, report: 
                     f"cloudfs {cloud_cpu:.2f} s in {cloud_wall:.2f} s")
         return a, b
 
+    def paired(phase: str, measure: Callable[[], T]) -> T:
+        """Run a measurement that alternates between the two sides call by call (creates,
+        stats); note both processes' CPU over it, profile cloudfs if asked."""
+        os.sync()
+        cpu = cpu_seconds(null.pid), cpu_seconds(cloud.pid)
+        with profiled(cloud.pid, profile_dir / f"{phase}.{ext}" if profile_dir else None, profile_fmt,
+                      native=profile_native):
+            t0 = time.perf_counter()
+            result = measure()
+            wall = time.perf_counter() - t0
+        report.note(f"{phase}: CPU of the filesystem processes, one call on each in turn: nullfs "
+                    f"{cpu_seconds(null.pid) - cpu[0]:.2f} s, cloudfs {cpu_seconds(cloud.pid) - cpu[1]:.2f} s, "
+                    f"in {wall:.2f} s")
+        return result
+
     def sync() -> float:
         t0 = time.perf_counter()
         mount.sync(timeout=sizes.sync_timeout)
@@ -416,28 +455,15 @@ def run_all(null: Side, cloud: Side, mount: MountProcess, sizes: Sizes, report: 
         record("sequential read, page cache dropped (every byte through FUSE)", "MB/s", None,
                size / d_null / 1e6, size / d_cloud / 1e6)
 
-        made: dict[str, list[str]] = {}
-
-        def creates(s: Side, rnd: int = rnd, made: dict[str, list[str]] = made) -> float:
-            seconds, made[s.name] = create_files(str(s.root / f"many{rnd}"), sizes.files, sizes.phase_timeout)
-            return seconds
-
-        c_null, c_cloud = both(f"create{rnd}", creates, cloud_first=first)
+        spent, made = paired(f"create{rnd}", lambda: create_files_paired(
+            (str(null.root / f"many{rnd}"), str(cloud.root / f"many{rnd}")), sizes.files, sizes.phase_timeout))
         record(f"creates, {sizes.files} empty files in a new directory", "files/s", 0.3,
-               sizes.files / c_null, sizes.files / c_cloud)
+               sizes.files / spent[0], sizes.files / spent[1])
         push_s = sync()
         report.note(f"pushing the {sizes.files} new files to the server (cloudfs sync, untimed): {push_s:.1f} s")
 
-        stats: dict[str, StatRun] = {}
-
-        def stat_pass(s: Side, made: dict[str, list[str]] = made, stats: dict[str, StatRun] = stats) -> float:
-            stats[s.name] = stat_files(made[s.name], sizes)
-            return stats[s.name].seconds
-
-        both(f"stat{rnd}", stat_pass, cloud_first=first)
-        a, b = stats[null.name], stats[cloud.name]
-        report.note(f"stat passes over the {sizes.files} files: nullfs {a.done // sizes.files}, "
-                    f"cloudfs {b.done // sizes.files}")
+        a, b = paired(f"stat{rnd}", lambda: stat_files_paired(made, sizes))
+        report.note(f"stat passes over the {sizes.files} files: {a.done // sizes.files}")
         record(f"stats, os.stat over the {sizes.files} files, all passes", "stats/s", 0.5,
                a.done / a.seconds, b.done / b.seconds)
         record("stats, first pass only (each one a FUSE getattr)", "stats/s", 0.5,
