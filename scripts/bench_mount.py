@@ -2,8 +2,8 @@
 """Benchmark the cloudfs mount against a filesystem that stores nothing, in one run.
 
 Both are pyfuse3 + trio processes with the same mount options (scripts/nullfs.py is
-the null one), measured one after the other for each figure, so they see the same
-machine and the same load; the ratio cloudfs / nullfs is what the targets are about.
+the null one), measured one after the other for each figure (creates and stats: call
+by call), so they see the same machine and the same load; the ratio cloudfs / nullfs is what the targets are about.
 The cloudfs side is a real `cloudfs server` (SQLite, local chunk store) and a real
 `cloudfs mount` of a fresh user (tests.harness), all in a temp dir.
 
@@ -41,9 +41,9 @@ Noise, and what the run does against it (the machine is shared, 2 cores):
     the write row measures the hypervisor. The note "page allocator warm-up" gives the
     scratch file's MB/s: far below the copy speed means the memory was cold.
 
-    .venv/bin/python scripts/bench_mount.py [--quick] [--profile DIR]
+    .venv/bin/python scripts/bench_mount.py [--quick] [--rounds N] [--cold] [--profile DIR]
 
-`--profile DIR` records each cloudfs phase with py-spy (`DIR/<phase>.svg`, or raw
+`--profile DIR` records each cloudfs phase with py-spy (`DIR/<phase><round>.svg`, or raw
 collapsed stacks with `--profile-format raw`); the figures of such a run are slower
 than unprofiled ones. Every mount is unmounted at the end, also on failure and on
 Ctrl-C / SIGTERM. Exit status: 0 when every target is met, 1 when one is missed, 2
