@@ -2,25 +2,48 @@
 """Benchmark the cloudfs mount against a filesystem that stores nothing, in one run.
 
 Both are pyfuse3 + trio processes with the same mount options (scripts/nullfs.py is
-the null one), measured one after the other for each figure, so they see the same
-machine and the same load; the ratio cloudfs / nullfs is what the targets are about.
+the null one), measured one after the other for each figure (creates and stats: call
+by call), so they see the same machine and the same load; the ratio cloudfs / nullfs is what the targets are about.
 The cloudfs side is a real `cloudfs server` (SQLite, local chunk store) and a real
 `cloudfs mount` of a fresh user (tests.harness), all in a temp dir.
 
 Measured on both, from this process with plain os calls:
   - sequential write of one file in 1 MiB writes, open to close (for cloudfs: into the
-    local cache; the upload happens afterwards and is reported on its own);
+    local cache; the upload happens afterwards, untimed, and is reported on its own);
   - warm sequential read of that file in 1 MiB reads: read once, then time a second read;
   - the same read after dropping the file's kernel page cache (posix_fadvise
     DONTNEED), so every byte crosses FUSE (no target: the figure behind the warm one);
   - creates/s: empty files, os.open(O_CREAT | O_EXCL) + close, in a fresh directory;
   - stats/s: os.stat over those files, several passes.
-Between phases the cloudfs mount is synced (untimed), so its background upload does
-not run inside the next measurement. MB/s is 10^6 bytes per second, as dd prints it.
+Creates and stats are one request (or a few) each, so they measure the round trip
+through the kernel, which on a loaded VM swings tenfold with where the scheduler puts
+the woken process: a pass of 1,000 stats ran at 3,000/s or at 30,000/s on either
+filesystem, whole passes at a time. So these two phases alternate call by call between
+the two filesystems (one file on nullfs, one on cloudfs, who goes first alternating)
+and time every call: both sides see the same moments.
+MB/s is 10^6 bytes per second, as dd prints it.
 
-    .venv/bin/python scripts/bench_mount.py [--quick] [--profile DIR]
+Noise, and what the run does against it (the machine is shared, 2 cores):
+  - Every phase runs in `rounds` rounds (5 unless `--rounds N`), nullfs first in odd
+    rounds and cloudfs first in even ones; each row is the round with the lower-median
+    ratio, and the notes give the ratio of every round. Round 1 writes into a fresh
+    cache; later rounds write a new file after the previous one was deleted.
+  - Between phases the cloudfs mount is synced (untimed), so its background upload
+    does not run inside the next measurement, and before each measurement `sync(2)`
+    writes back the dirty pages the previous one left (cloudfs's LMDB file, the
+    server's chunk store), so one side's writeback does not land in the other's time.
+  - Before the first round a scratch file of `warm_factor` times the file size is
+    written and removed in the temp dir (untimed; `--cold` skips it). On a freshly
+    booted VM whose memory the host backs lazily, the first touch of a guest page
+    costs far more than the copy into it (this 2-core Firecracker VM: ~300 MB/s into
+    never-used pages, 2-5 GB/s into recycled ones). cloudfs puts every written byte
+    into the page cache of its LMDB file and nullfs stores nothing, so on a cold VM
+    the write row measures the hypervisor. The note "page allocator warm-up" gives the
+    scratch file's MB/s: far below the copy speed means the memory was cold.
 
-`--profile DIR` records each cloudfs phase with py-spy (`DIR/<phase>.svg`, or raw
+    .venv/bin/python scripts/bench_mount.py [--quick] [--rounds N] [--cold] [--profile DIR]
+
+`--profile DIR` records each cloudfs phase with py-spy (`DIR/<phase><round>.svg`, or raw
 collapsed stacks with `--profile-format raw`); the figures of such a run are slower
 than unprofiled ones. Every mount is unmounted at the end, also on failure and on
 Ctrl-C / SIGTERM. Exit status: 0 when every target is met, 1 when one is missed, 2
@@ -41,9 +64,9 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -53,6 +76,7 @@ from tests.harness import (BIN, MountProcess, cloudfs_mount, cloudfs_server, is_
                            unmount, wait_until)
 
 MIB = 1 << 20
+T = TypeVar("T")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NULLFS = REPO / "scripts" / "nullfs.py"
 
@@ -63,6 +87,8 @@ class Sizes:
 
     file_mib: int = 512
     files: int = 2000
+    rounds: int = 5                # every phase this many times; each row is the median ratio
+    warm_factor: int = 4           # page allocator warm-up: this many times the file size
     stat_passes: int = 5           # at least this many passes over the files ...
     stat_min_s: float = 1.0        # ... and until this much time went by (capped below)
     stat_max_passes: int = 200
@@ -235,6 +261,21 @@ def write_file(path: str, size: int, timeout: float) -> float:
     return seconds
 
 
+def warm_page_allocator(directory: Path, mib: int) -> float:
+    """Write and remove a scratch file of `mib` MiB (no fsync: its pages are dropped,
+    not written back), so the measured phases get pages the host already backs.
+    Returns MB/s."""
+    path = directory / "warm-up.scratch"
+    block = bytes(MIB)
+    start = time.perf_counter()
+    with open(path, "wb", buffering=0) as out:
+        for _ in range(mib):
+            out.write(block)
+    seconds = time.perf_counter() - start
+    path.unlink()
+    return mib * MIB / seconds / 1e6
+
+
 def read_file(path: str, size: int, timeout: float, *, drop_page_cache: bool = False) -> float:
     """Seconds for open + reading the whole file in 1 MiB reads + close."""
     check = _deadline(timeout)
@@ -259,17 +300,29 @@ def read_file(path: str, size: int, timeout: float, *, drop_page_cache: bool = F
     return seconds
 
 
-def create_files(directory: str, count: int, timeout: float) -> tuple[float, list[str]]:
-    """Seconds to create `count` empty files (open O_CREAT | O_EXCL, close) in a new dir."""
+def _turns(i: int) -> tuple[int, int]:
+    """Which side goes first for item `i` of a paired loop: it alternates."""
+    return (0, 1) if i % 2 == 0 else (1, 0)
+
+
+def create_files_paired(dirs: tuple[str, str], count: int, timeout: float) -> tuple[list[float], list[list[str]]]:
+    """Create `count` empty files (open O_CREAT | O_EXCL, close) in a new directory on each
+    of two filesystems, one file on one, then one on the other, timing every call: on a
+    shared machine both sides then meet the same moments of load. Seconds per side."""
     check = _deadline(timeout)
-    os.mkdir(directory)
-    paths = [os.path.join(directory, f"f{i:05d}") for i in range(count)]
-    start = time.perf_counter()
-    for i, path in enumerate(paths):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    for directory in dirs:
+        os.mkdir(directory)
+    paths = [[os.path.join(directory, f"f{i:05d}") for i in range(count)] for directory in dirs]
+    spent = [0.0, 0.0]
+    clock = time.perf_counter
+    for i in range(count):
+        for side in _turns(i):
+            t0 = clock()
+            os.close(os.open(paths[side][i], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            spent[side] += clock() - t0
         if i % 100 == 0:
-            check(f"creating files in {directory}")
-    return time.perf_counter() - start, paths
+            check(f"creating files in {dirs}")
+    return spent, paths
 
 
 @dataclass
@@ -279,22 +332,27 @@ class StatRun:
     done: int
 
 
-def stat_files(paths: list[str], sizes: Sizes) -> StatRun:
-    """At least `stat_passes` passes over `paths` and `stat_min_s` seconds."""
+def stat_files_paired(paths: list[list[str]], sizes: Sizes) -> list[StatRun]:
+    """Passes of os.stat over two lists of files, one call on each side in turn (see
+    `create_files_paired`): at least `stat_passes` passes and `2 * stat_min_s` seconds."""
     check = _deadline(sizes.phase_timeout)
-    start = time.perf_counter()
-    first = 0.0
+    clock = time.perf_counter
+    spent, first = [0.0, 0.0], [0.0, 0.0]
     done = 0
+    start = clock()
     for n in range(sizes.stat_max_passes):
-        for path in paths:
-            os.stat(path)
-        done += len(paths)
+        for i in range(len(paths[0])):
+            for side in _turns(i):
+                t0 = clock()
+                os.stat(paths[side][i])
+                spent[side] += clock() - t0
+        done += len(paths[0])
         if n == 0:
-            first = time.perf_counter() - start
+            first = list(spent)
         check("stat passes")
-        if n + 1 >= sizes.stat_passes and time.perf_counter() - start >= sizes.stat_min_s:
+        if n + 1 >= sizes.stat_passes and clock() - start >= 2 * sizes.stat_min_s:
             break
-    return StatRun(first, time.perf_counter() - start, done)
+    return [StatRun(first[side], spent[side], done) for side in (0, 1)]
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -309,76 +367,117 @@ class Side:
     pid: int
 
 
+def lower_median(values: list[float]) -> int:
+    """Index of the lower median: with an even count the smaller middle value."""
+    return sorted(range(len(values)), key=values.__getitem__)[(len(values) - 1) // 2]
+
+
 def run_all(null: Side, cloud: Side, mount: MountProcess, sizes: Sizes, report: Report,
-            profile_dir: Path | None, profile_fmt: str, profile_native: bool) -> None:
+            profile_dir: Path | None, profile_fmt: str, profile_native: bool, *, scratch: Path,
+            warm: bool = True) -> None:
     size = sizes.file_mib * MIB
     ext = "svg" if profile_fmt == "flamegraph" else "txt"
+    samples: dict[tuple[str, str, float | None], list[tuple[float, float]]] = {}
 
-    def both(phase: str, measure: Callable[[Side], float]) -> tuple[float, float]:
-        """Run `measure` on nullfs, then on cloudfs (profiled if asked); note the mount's CPU."""
-        cpu = cpu_seconds(null.pid)
-        t0 = time.perf_counter()
-        a = measure(null)
-        null_wall, null_cpu = time.perf_counter() - t0, cpu_seconds(null.pid) - cpu
-        cpu = cpu_seconds(cloud.pid)
+    def record(name: str, unit: str, target: float | None, null_value: float, cloud_value: float) -> None:
+        samples.setdefault((name, unit, target), []).append((null_value, cloud_value))
+
+    def both(phase: str, measure: Callable[[Side], float], *, cloud_first: bool) -> tuple[float, float]:
+        """Run `measure` on nullfs and on cloudfs (profiled if asked) in the given order;
+        note each filesystem process's CPU."""
+        def one(side: Side) -> tuple[float, float, float]:
+            os.sync()  # the previous measurement's dirty pages are written back now, not during this one
+            cpu = cpu_seconds(side.pid)
+            out = profile_dir / f"{phase}.{ext}" if profile_dir and side is cloud else None
+            with profiled(side.pid, out, profile_fmt, native=profile_native):
+                t0 = time.perf_counter()
+                result = measure(side)
+                wall = time.perf_counter() - t0
+            return result, wall, cpu_seconds(side.pid) - cpu
+
+        if cloud_first:
+            b, cloud_wall, cloud_cpu = one(cloud)
+            a, null_wall, null_cpu = one(null)
+        else:
+            a, null_wall, null_cpu = one(null)
+            b, cloud_wall, cloud_cpu = one(cloud)
+        report.note(f"{phase}: CPU of the filesystem process: nullfs {null_cpu:.2f} s in {null_wall:.2f} s, "
+                    f"cloudfs {cloud_cpu:.2f} s in {cloud_wall:.2f} s")
+        return a, b
+
+    def paired(phase: str, measure: Callable[[], T]) -> T:
+        """Run a measurement that alternates between the two sides call by call (creates,
+        stats); note both processes' CPU over it, profile cloudfs if asked."""
+        os.sync()
+        cpu = cpu_seconds(null.pid), cpu_seconds(cloud.pid)
         with profiled(cloud.pid, profile_dir / f"{phase}.{ext}" if profile_dir else None, profile_fmt,
                       native=profile_native):
             t0 = time.perf_counter()
-            b = measure(cloud)
+            result = measure()
             wall = time.perf_counter() - t0
-        report.note(f"{phase}: CPU of the filesystem process: nullfs {null_cpu:.2f} s in {null_wall:.2f} s, "
-                    f"cloudfs {cpu_seconds(cloud.pid) - cpu:.2f} s in {wall:.2f} s")
-        return a, b
+        report.note(f"{phase}: CPU of the filesystem processes, one call on each in turn: nullfs "
+                    f"{cpu_seconds(null.pid) - cpu[0]:.2f} s, cloudfs {cpu_seconds(cloud.pid) - cpu[1]:.2f} s, "
+                    f"in {wall:.2f} s")
+        return result
 
     def sync() -> float:
         t0 = time.perf_counter()
         mount.sync(timeout=sizes.sync_timeout)
         return time.perf_counter() - t0
 
-    seq = {s.name: str(s.root / "seq.bin") for s in (null, cloud)}
-    w_null, w_cloud = both("write", lambda s: write_file(seq[s.name], size, sizes.phase_timeout))
-    report.add(Row(f"sequential write, {sizes.file_mib} MiB in 1 MiB writes, to close", size / w_null / 1e6,
-                   size / w_cloud / 1e6, "MB/s", 0.5))
-    upload_s = sync()
-    report.note(f"upload of the {sizes.file_mib} MiB file to the local server (cloudfs sync, untimed in the "
-                f"write figure): {upload_s:.1f} s, {size / upload_s / 1e6:.0f} MB/s")
+    if warm:
+        mib = sizes.warm_factor * sizes.file_mib
+        report.note(f"page allocator warm-up: {mib} MiB scratch file at {warm_page_allocator(scratch, mib):,.0f} MB/s")
+    seq: dict[str, str] = {}
+    for rnd in range(sizes.rounds):
+        first = rnd % 2 == 1  # cloudfs first in every other round
+        report.note(f"round {rnd + 1}/{sizes.rounds}, {'cloudfs' if first else 'nullfs'} first, load {loadavg()}")
+        if seq:  # the previous round's file: gone, so the page cache does not pile up
+            for s in (null, cloud):
+                os.unlink(seq[s.name])
+            sync()
+        paths = seq = {s.name: str(s.root / f"seq{rnd}.bin") for s in (null, cloud)}
+        w_null, w_cloud = both(f"write{rnd}", lambda s: write_file(paths[s.name], size, sizes.phase_timeout),
+                               cloud_first=first)
+        record(f"sequential write, {sizes.file_mib} MiB in 1 MiB writes, to close", "MB/s", 0.5,
+               size / w_null / 1e6, size / w_cloud / 1e6)
+        upload_s = sync()
+        report.note(f"upload of the {sizes.file_mib} MiB file{' (written into a fresh cache)' if rnd == 0 else ''} "
+                    f"to the local server (cloudfs sync, untimed): {upload_s:.1f} s, {size / upload_s / 1e6:.0f} MB/s")
 
-    for s in (null, cloud):  # the first read makes it warm
-        read_file(seq[s.name], size, sizes.phase_timeout)
-    r_null, r_cloud = both("read-warm", lambda s: read_file(seq[s.name], size, sizes.phase_timeout))
-    report.add(Row("warm sequential read, 1 MiB reads (second read)", size / r_null / 1e6, size / r_cloud / 1e6,
-                   "MB/s", 0.5))
-    d_null, d_cloud = both("read-fuse", lambda s: read_file(seq[s.name], size, sizes.phase_timeout,
-                                                             drop_page_cache=True))
-    report.add(Row("sequential read, page cache dropped (every byte through FUSE)", size / d_null / 1e6,
-                   size / d_cloud / 1e6, "MB/s"))
+        for s in (null, cloud):  # the first read makes it warm
+            read_file(paths[s.name], size, sizes.phase_timeout)
+        r_null, r_cloud = both(f"read-warm{rnd}", lambda s: read_file(paths[s.name], size, sizes.phase_timeout),
+                               cloud_first=first)
+        record("warm sequential read, 1 MiB reads (second read)", "MB/s", 0.5, size / r_null / 1e6, size / r_cloud / 1e6)
+        d_null, d_cloud = both(f"read-fuse{rnd}", lambda s: read_file(paths[s.name], size, sizes.phase_timeout,
+                                                                       drop_page_cache=True), cloud_first=first)
+        record("sequential read, page cache dropped (every byte through FUSE)", "MB/s", None,
+               size / d_null / 1e6, size / d_cloud / 1e6)
 
-    made: dict[str, list[str]] = {}
+        spent, made = paired(f"create{rnd}", lambda: create_files_paired(
+            (str(null.root / f"many{rnd}"), str(cloud.root / f"many{rnd}")), sizes.files, sizes.phase_timeout))
+        record(f"creates, {sizes.files} empty files in a new directory", "files/s", 0.3,
+               sizes.files / spent[0], sizes.files / spent[1])
+        push_s = sync()
+        report.note(f"pushing the {sizes.files} new files to the server (cloudfs sync, untimed): {push_s:.1f} s")
 
-    def creates(s: Side) -> float:
-        seconds, made[s.name] = create_files(str(s.root / "many"), sizes.files, sizes.phase_timeout)
-        return seconds
+        a, b = paired(f"stat{rnd}", lambda: stat_files_paired(made, sizes))
+        report.note(f"stat passes over the {sizes.files} files: {a.done // sizes.files}")
+        record(f"stats, os.stat over the {sizes.files} files, all passes", "stats/s", 0.5,
+               a.done / a.seconds, b.done / b.seconds)
+        record("stats, first pass only (each one a FUSE getattr)", "stats/s", 0.5,
+               sizes.files / a.first_s, sizes.files / b.first_s)
+        record("stats, later passes only (kernel attribute cache)", "stats/s", None,
+               (a.done - sizes.files) / (a.seconds - a.first_s), (b.done - sizes.files) / (b.seconds - b.first_s))
 
-    c_null, c_cloud = both("create", creates)
-    report.add(Row(f"creates, {sizes.files} empty files in a new directory", sizes.files / c_null,
-                   sizes.files / c_cloud, "files/s", 0.3))
-    push_s = sync()
-    report.note(f"pushing the {sizes.files} new files to the server (cloudfs sync, untimed): {push_s:.1f} s")
-
-    stats: dict[str, StatRun] = {}
-
-    def stat_pass(s: Side) -> float:
-        stats[s.name] = stat_files(made[s.name], sizes)
-        return stats[s.name].seconds
-
-    both("stat", stat_pass)
-    a, b = stats[null.name], stats[cloud.name]
-    report.add(Row(f"stats, os.stat over the {sizes.files} files, {a.done // sizes.files} / {b.done // sizes.files} "
-                   "passes", a.done / a.seconds, b.done / b.seconds, "stats/s", 0.5))
-    report.add(Row("stats, first pass only (each one a FUSE getattr)", sizes.files / a.first_s,
-                   sizes.files / b.first_s, "stats/s", 0.5))
-    report.add(Row("stats, later passes only (kernel attribute cache)", (a.done - sizes.files) / (a.seconds - a.first_s),
-                   (b.done - sizes.files) / (b.seconds - b.first_s), "stats/s"))
+    for (name, unit, target), values in samples.items():
+        ratios = [c / n for n, c in values]
+        mid = lower_median(ratios)
+        suffix = f" (median of {len(values)} rounds)" if len(values) > 1 else ""
+        report.add(Row(name + suffix, values[mid][0], values[mid][1], unit, target))
+        if len(values) > 1:
+            report.note(f"{name}: ratio per round {', '.join(f'{r:.2f}' for r in ratios)}")
 
     report.add(Row("peak RSS of the mount process (VmHWM)", vm_kib(null.pid, "VmHWM") / 1024,
                    vm_kib(cloud.pid, "VmHWM") / 1024, "MiB"))
@@ -420,9 +519,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-format", choices=("flamegraph", "raw", "speedscope"), default="flamegraph")
     parser.add_argument("--profile-native", action="store_true",
                         help="py-spy --native: C frames too (LMDB, pyfuse3); pauses the process per sample")
+    parser.add_argument("--cold", action="store_true",
+                        help="skip the page allocator warm-up (see the module docstring)")
+    parser.add_argument("--rounds", type=int, default=None, metavar="N",
+                        help="repeat every phase N times (default 5); each row is the median ratio")
     parser.add_argument("--tmp", type=Path, default=None, help="where the temp dir goes (default: the system's)")
     args = parser.parse_args(argv)
     sizes = Sizes.quick() if args.quick else Sizes()
+    if args.rounds is not None:
+        sizes = replace(sizes, rounds=max(1, args.rounds))
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _sigterm)
@@ -440,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
                 null = Side("nullfs", tmp / "mnt-null", null_proc.pid)
                 cloud = Side("cloudfs", mount.path, mount.proc.pid)
                 try:
-                    run_all(null, cloud, mount, sizes, report, args.profile, args.profile_format, args.profile_native)
+                    run_all(null, cloud, mount, sizes, report, args.profile, args.profile_format, args.profile_native,
+                            scratch=tmp, warm=not args.cold)
                     status = 0 if report.passed else 1
                 except (BenchError, AssertionError, OSError) as exc:
                     print(f"benchmark failed: {exc!r}", file=sys.stderr)
@@ -462,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
     print()
-    print(f"{'--quick; ' if args.quick else ''}{sizes.file_mib} MiB file, {sizes.files} files; "
+    print(f"{'--quick; ' if args.quick else ''}{'--cold; ' if args.cold else ''}{sizes.file_mib} MiB file, {sizes.files} files; "
           f"{machine()}; load at the end {loadavg()}; code {code_state()}")
     if args.profile:
         print(f"profiled with py-spy into {args.profile}: figures are slower than unprofiled ones")
