@@ -27,7 +27,7 @@ from .uploader import Uploader
 
 
 HEARTBEAT_S = 2.0
-QUOTA_EVERY = 5  # heartbeats between refreshes of the quota and the bytes used
+QUOTA_EVERY = 2  # heartbeats between refreshes of the quota and the bytes used
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 
 import pytest
 
@@ -45,3 +46,34 @@ def test_full_cache_gives_enospc_and_recovers(tmp_path):
             stored = (m.path / "big.bin").read_bytes()
             assert stored[:len(first)] == first and len(first) <= len(stored) < 14 * MiB
             assert (m.path / "more.bin").read_bytes() == more
+
+
+def test_quota_gives_edquot_and_recovers(tmp_path):
+    import subprocess
+
+    from cloudfs.backend.session import HEARTBEAT_S, QUOTA_EVERY
+    from tests.harness import CLOUDFS
+
+    QUOTA_REFRESH_S = HEARTBEAT_S * QUOTA_EVERY + 2  # the mount asks for quota and use this often
+
+    with cloudfs_server(tmp_path / "srv") as srv:
+        added = subprocess.run([*CLOUDFS, "user", "add", "small", "--data", str(srv.data_dir), "--quota", str(6 * MiB)],
+                               capture_output=True, text=True, timeout=60, check=True)
+        token = added.stdout.strip().splitlines()[-1]
+        first = os.urandom(4 * MiB)
+        with cloudfs_mount(srv, token, tmp_path / "mnt", tmp_path / "cache") as m:
+            (m.path / "first.bin").write_bytes(first)
+            m.sync()
+            time.sleep(QUOTA_REFRESH_S)
+            with pytest.raises(OSError) as caught:
+                (m.path / "second.bin").write_bytes(os.urandom(4 * MiB))
+            assert caught.value.errno == errno.EDQUOT
+            m.sync()
+            (m.path / "first.bin").unlink()
+            m.sync()
+            time.sleep(QUOTA_REFRESH_S)
+            second = os.urandom(4 * MiB)
+            (m.path / "second.bin").write_bytes(second)
+            m.sync()
+        with cloudfs_mount(srv, token, tmp_path / "mnt", tmp_path / "cache-fresh") as m:
+            assert (m.path / "second.bin").read_bytes() == second
