@@ -16,16 +16,17 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection
 
 from cloudfs.backend import wire
 from cloudfs.backend.names import split_path
 from cloudfs.backend.store import NoSuchKeyError, ObjectStore, StoreError, TransientError, chunk_key
 
 from . import journal, tree
-from .db import Database, chunks, nodes, version_chunks, versions
+from .db import Database, chunks, versions
 from .errors import (Invalid, IsADirectory, MissingChunks, NameExists, NotADirectory, NotFound, StaleRevision,
                      StoreUnavailable)
+from .sql import Row, Stmt, Tx, as_tx, expand, values_params
 
 URL_TTL = 3600
 IN_BATCH = 500
@@ -53,19 +54,25 @@ def _batched(items: list[str]) -> Iterable[list[str]]:
         yield items[i:i + IN_BATCH]
 
 
-_CHUNKS = sa.select(chunks).where(chunks.c.owner_id == sa.bindparam("owner_id"),
-                                 chunks.c.fingerprint.in_(sa.bindparam("fps", expanding=True)))
-_VERSION = versions.insert()
-_VCHUNKS = version_chunks.insert()
-_NODE_UPDATE = nodes.update().where(nodes.c.id == sa.bindparam("b_id")).values(
-    size=sa.bindparam("b_size"), mtime_ns=sa.bindparam("b_mtime"), rev=sa.bindparam("b_rev"), deleted=False)
-_NODE_UPDATE_MODE = _NODE_UPDATE.values(mode=sa.bindparam("b_mode"))
+_CHUNKS = "SELECT * FROM chunks WHERE owner_id = :owner_id AND fingerprint IN ({values})"
+_MARK_VERIFIED = "UPDATE chunks SET state = 'verified' WHERE owner_id = :owner_id AND fingerprint IN ({values})"
+_VERSION = Stmt("SELECT * FROM versions WHERE node_id = :node_id AND rev = :rev")
+_VERSION_CHUNKS = Stmt("SELECT fingerprint, length FROM version_chunks WHERE version_id = :version_id ORDER BY idx")
+_NEW_VERSION = Stmt("""INSERT INTO versions (node_id, rev, size, mtime_ns, device, created_at)
+                       VALUES (:node_id, :rev, :size, :mtime_ns, :device, :created_at) RETURNING id""")
+_VERSION_CHUNK = Stmt("""INSERT INTO version_chunks (version_id, idx, fingerprint, length)
+                         VALUES (:version_id, :idx, :fingerprint, :length)""")
+_NODE_UPDATE = Stmt("""UPDATE nodes SET size = :size, mtime_ns = :mtime_ns, rev = :rev, deleted = {false}
+                       WHERE id = :id RETURNING *""")
+_NODE_UPDATE_MODE = Stmt("""UPDATE nodes SET size = :size, mtime_ns = :mtime_ns, rev = :rev, deleted = {false},
+                            mode = :mode WHERE id = :id RETURNING *""")
 
 
-def _chunk_rows(conn: Connection, owner_id: int, fingerprints: list[str]) -> dict[str, RowMapping]:
-    found: dict[str, RowMapping] = {}
+def chunk_rows(conn: Connection | Tx, owner_id: int, fingerprints: list[str]) -> dict[str, Row]:
+    tx = as_tx(conn)
+    found: dict[str, Row] = {}
     for batch in _batched(fingerprints):
-        for row in conn.execute(_CHUNKS, {"owner_id": owner_id, "fps": batch}).mappings():
+        for row in tx.all(expand(_CHUNKS, len(batch)), values_params(batch, owner_id=owner_id)):
             found[row["fingerprint"]] = row
     return found
 
@@ -92,7 +99,7 @@ def prepare_upload(db: Database, signer: Signer, owner_id: int, req: wire.Prepar
     missing: list[wire.ChunkUpload] = []
     present: list[str] = []
     with db.write(owner_id) as conn:
-        rows = _chunk_rows(conn, owner_id, list(wanted))
+        rows = chunk_rows(conn, owner_id, list(wanted))
         for fp, c in wanted.items():
             row = rows.get(fp)
             if row is not None and row["state"] == "verified":
@@ -122,14 +129,14 @@ def mark_uploaded(db: Database, owner_id: int, fingerprint: str, stored_sha256: 
         )
 
 
-def chunk_plan(db: Database, owner_id: int, refs: list[wire.ChunkRef]) -> tuple[dict[str, str], list[RowMapping]]:
+def chunk_plan(db: Database, owner_id: int, refs: list[wire.ChunkRef]) -> tuple[dict[str, str], list[Row]]:
     """Trust but verify, step 1: which chunks of a commit are already known good,
     which are unknown (problems) and which need a look in the store (pending)."""
     distinct = {r.fingerprint: r.length for r in refs}
     with db.read() as conn:
-        rows = _chunk_rows(conn, owner_id, list(distinct))
+        rows = chunk_rows(conn, owner_id, list(distinct))
     problems: dict[str, str] = {}
-    pending: list[RowMapping] = []
+    pending: list[Row] = []
     for fp, length in distinct.items():
         row = rows.get(fp)
         if row is None or row["state"] == "bad":
@@ -141,7 +148,7 @@ def chunk_plan(db: Database, owner_id: int, refs: list[wire.ChunkRef]) -> tuple[
     return problems, pending
 
 
-def check_stored(store: ObjectStore, owner_id: int, row: RowMapping) -> str | None:
+def check_stored(store: ObjectStore, owner_id: int, row: Row) -> str | None:
     """Step 2, one pending chunk: None if the store holds exactly its bytes, else why not.
     Blocking (a HEAD, or a streamed hash on stores that keep no checksum)."""
     try:
@@ -163,16 +170,16 @@ def finish_verification(db: Database, owner_id: int, verified: list[str], proble
     """Step 3: remember what was verified; refuse the commit if anything is missing."""
     if verified:
         with db.write(owner_id) as conn:
+            tx = Tx.of(conn)
             for batch in _batched(verified):
-                conn.execute(chunks.update().where(chunks.c.owner_id == owner_id, chunks.c.fingerprint.in_(batch))
-                             .values(state="verified"))
+                tx.run(expand(_MARK_VERIFIED, len(batch)), values_params(batch, owner_id=owner_id))
     if problems:
         listed = [{"fingerprint": fp, "problem": p} for fp, p in sorted(problems.items())]
         raise MissingChunks(f"{len(problems)} chunk(s) are not in the store: upload them, then commit again",
                             field="chunks", chunks=listed)
 
 
-def _target_for_commit(conn: Connection, owner_id: int, root_id: int, req: wire.CommitRequest) -> tuple[RowMapping | None, int, str]:
+def _target_for_commit(conn: Tx, owner_id: int, root_id: int, req: wire.CommitRequest) -> tuple[Row | None, int, str]:
     """The existing file the commit updates (or None) and the parent + name it lives at."""
     ways = sum(x is not None for x in (req.node_id, req.path, req.parent_id))
     if ways != 1 or (req.parent_id is None) != (req.name is None):
@@ -209,41 +216,39 @@ def _target_for_commit(conn: Connection, owner_id: int, root_id: int, req: wire.
     return existing, parent_id, name
 
 
-def _version_row(row: RowMapping) -> wire.Version:
+def _version_row(row: Row) -> wire.Version:
     return wire.Version(rev=row["rev"], size=row["size"], mtime_ns=row["mtime_ns"], device=row["device"],
                         created_at=row["created_at"])
 
 
-def _write_version(conn: Connection, owner_id: int, node: RowMapping | None, parent_id: int, name: str,
+def _write_version(tx: Tx, owner_id: int, node: Row | None, parent_id: int, name: str,
                    *, size: int, mtime_ns: int, mode: int | None, refs: list[tuple[str, int]],
-                   base_rev: int, device: str) -> tuple[RowMapping, wire.Version, int]:
+                   base_rev: int, device: str) -> tuple[Row, wire.Version, int]:
     if node is None:
         if base_rev != 0:
             raise NotFound(f"{name!r} does not exist in directory {parent_id} (base_rev {base_rev})", field="base_rev")
-        node, _ = tree.insert(conn, owner_id, parent_id=parent_id, name=name, kind="file",
+        # A new file is born at revision 1 with this version's size: one statement.
+        node, _ = tree.insert(tx, owner_id, parent_id=parent_id, name=name, kind="file",
                               mode=mode if mode is not None else 0o644, mtime_ns=mtime_ns, device=device,
-                              rev=0, record=False)
-        op = "create"
+                              size=size, rev=1, record=False, name_free=True)
+        op, rev = "create", 1
     elif node["rev"] != base_rev:
         raise StaleRevision(f"node {node['id']} is at revision {node['rev']}, not {base_rev}", field="base_rev",
                             current_rev=node["rev"], node=tree.to_wire(node).model_dump())
     else:
-        op = "create" if node["deleted"] else "modify"
-    rev = node["rev"] + 1
+        op, rev = ("create" if node["deleted"] else "modify"), node["rev"] + 1
+        update = {"id": node["id"], "size": size, "mtime_ns": mtime_ns, "rev": rev}
+        if mode is not None:
+            update["mode"] = mode
+        node = tx.one(_NODE_UPDATE_MODE if mode is not None else _NODE_UPDATE, update)
+        assert node is not None
     created = time.time()
-    version_id = conn.execute(
-        _VERSION, dict(node_id=node["id"], rev=rev, size=size, mtime_ns=mtime_ns, device=device, created_at=created)
-    ).inserted_primary_key[0]
+    version_id = tx.scalar(_NEW_VERSION, dict(node_id=node["id"], rev=rev, size=size, mtime_ns=mtime_ns,
+                                              device=device, created_at=created))
     if refs:
-        conn.execute(_VCHUNKS, [
-            {"version_id": version_id, "idx": i, "fingerprint": fp, "length": length} for i, (fp, length) in enumerate(refs)
-        ])
-    update = {"b_id": node["id"], "b_size": size, "b_mtime": mtime_ns, "b_rev": rev}
-    if mode is not None:
-        update["b_mode"] = mode
-    conn.execute(_NODE_UPDATE_MODE if mode is not None else _NODE_UPDATE, update)
-    node = tree.get(conn, owner_id, node["id"])
-    seq = journal.append(conn, owner_id, op, node, device=device)
+        tx.many(_VERSION_CHUNK, [{"version_id": version_id, "idx": i, "fingerprint": fp, "length": length}
+                                 for i, (fp, length) in enumerate(refs)])
+    seq = journal.append(tx, owner_id, op, node, device=device)
     return node, wire.Version(rev=rev, size=size, mtime_ns=mtime_ns, device=device, created_at=created), seq
 
 
@@ -256,26 +261,21 @@ def check_commit(req: wire.CommitRequest) -> None:
 def write_commit(db: Database, owner_id: int, root_id: int, req: wire.CommitRequest, device: str) -> wire.CommitResponse:
     """Step 4, after verification: version + node + journal entry in one transaction."""
     with db.write(owner_id) as conn:
-        node, parent_id, name = _target_for_commit(conn, owner_id, root_id, req)
+        tx = Tx.of(conn)
+        node, parent_id, name = _target_for_commit(tx, owner_id, root_id, req)
         node, version, seq = _write_version(
-            conn, owner_id, node, parent_id, name, size=req.size, mtime_ns=req.mtime_ns, mode=req.mode,
+            tx, owner_id, node, parent_id, name, size=req.size, mtime_ns=req.mtime_ns, mode=req.mode,
             refs=[(c.fingerprint, c.length) for c in req.chunks], base_rev=req.base_rev, device=device,
         )
     return wire.CommitResponse(node=tree.to_wire(node), version=version, cursor=seq)
 
 
-def _load_version(conn: Connection, node_id: int, rev: int | None, node_rev: int) -> RowMapping | None:
-    wanted = rev if rev is not None else node_rev
-    return conn.execute(
-        sa.select(versions).where(versions.c.node_id == node_id, versions.c.rev == wanted)
-    ).mappings().first()
+def _load_version(conn: Connection | Tx, node_id: int, rev: int | None, node_rev: int) -> Row | None:
+    return as_tx(conn).one(_VERSION, {"node_id": node_id, "rev": rev if rev is not None else node_rev})
 
 
-def _version_chunks(conn: Connection, version_id: int) -> list[tuple[str, int]]:
-    return [(r.fingerprint, r.length) for r in conn.execute(
-        sa.select(version_chunks.c.fingerprint, version_chunks.c.length)
-        .where(version_chunks.c.version_id == version_id).order_by(version_chunks.c.idx)
-    )]
+def _version_chunks(conn: Connection | Tx, version_id: int) -> list[tuple[str, int]]:
+    return [(r["fingerprint"], r["length"]) for r in as_tx(conn).all(_VERSION_CHUNKS, {"version_id": version_id})]
 
 
 def file_info(db: Database, signer: Signer, owner_id: int, node_id: int, *, rev: int | None, urls: bool) -> wire.FileInfo:
@@ -288,7 +288,7 @@ def file_info(db: Database, signer: Signer, owner_id: int, node_id: int, *, rev:
         if vrow is None:
             raise NotFound(f"node {node_id} has no revision {rev}", field="rev")
         refs = _version_chunks(conn, vrow["id"])
-        compression = {fp: row["compression"] for fp, row in _chunk_rows(conn, owner_id, list({fp for fp, _ in refs})).items()}
+        compression = {fp: row["compression"] for fp, row in chunk_rows(conn, owner_id, list({fp for fp, _ in refs})).items()}
     out, offset = [], 0
     for fp, length in refs:
         out.append(wire.VersionChunk(fingerprint=fp, length=length, offset=offset, compression=compression.get(fp, "none"),
@@ -300,7 +300,7 @@ def file_info(db: Database, signer: Signer, owner_id: int, node_id: int, *, rev:
 def prepare_download(db: Database, signer: Signer, owner_id: int, req: wire.PrepareDownloadRequest) -> wire.PrepareDownloadResponse:
     """Fresh signed GET URLs for chunks this user owns (others are simply unknown)."""
     with db.read() as conn:
-        rows = _chunk_rows(conn, owner_id, list(dict.fromkeys(req.fingerprints)))
+        rows = chunk_rows(conn, owner_id, list(dict.fromkeys(req.fingerprints)))
     unknown = [fp for fp in req.fingerprints if fp not in rows or rows[fp]["state"] != "verified"]
     if unknown:
         raise NotFound(f"{len(unknown)} chunk(s) unknown to this account", field="fingerprints", chunks=unknown[:100])
@@ -326,6 +326,7 @@ def restore(db: Database, owner_id: int, node_id: int, req: wire.RestoreRequest,
     """Make an old revision current again, as a new commit (history only grows).
     A deleted file comes back at its old place if that name is still free."""
     with db.write(owner_id) as conn:
+        conn = Tx.of(conn)
         node = tree.get(conn, owner_id, node_id, allow_deleted=True)
         if node["kind"] != "file":
             raise IsADirectory(f"node {node_id} is a {node['kind']}; only files have versions", field="id")
