@@ -28,6 +28,7 @@ from . import users
 from .db import Database
 from .errors import ApiError, Invalid, Unauthorized
 from .notifier import ChangeNotifier
+from .writer import Writer
 
 log = logging.getLogger("cloudfs.server")
 T = TypeVar("T")
@@ -56,6 +57,11 @@ class ServerContext:
     _token_cache: dict[str, tuple[float, User]] = field(default_factory=dict)
     shared_pages: dict[tuple[int, int, int, int], Any] = field(default_factory=dict)
     """In-flight /changes reads shared by long-polls (see api._changes_page)."""
+    writer: Writer = field(init=False)
+    """Every version commit goes through it, grouped into batch transactions."""
+
+    def __post_init__(self) -> None:
+        self.writer = Writer(self.db, self.notifier, self.db_limiter)
 
     async def run_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking metadata function in a worker thread."""

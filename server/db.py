@@ -121,6 +121,9 @@ settings = sa.Table(
 )
 
 
+_LOCK_OWNER = sa.select(users.c.id).where(users.c.id == sa.bindparam("owner_id")).with_for_update()
+
+
 def normalise_url(url: str) -> str:
     """Accept the URLs people type (postgresql://, a bare path) for the drivers we ship."""
     if url.startswith(("postgresql://", "postgres://")):
@@ -162,17 +165,20 @@ class Database:
                 yield conn
 
     @contextlib.contextmanager
-    def write(self, owner_id: int | None = None) -> Iterator[Connection]:
+    def write(self, *owner_ids: int) -> Iterator[Connection]:
         """A write transaction, serialised per owner (all writers on SQLite).
 
         On SQLite the writers of this process also queue on a lock: SQLite's own busy
         handler waits by sleeping (1, 2, 5 ... 100 ms), which turns contention between
-        worker threads into tens of milliseconds of latency."""
+        worker threads into tens of milliseconds of latency. On PostgreSQL a batch of
+        commits (writer.py) locks all its owners, always in ascending order, so two
+        batches on two replicas cannot deadlock."""
         with self._sqlite_writer, self.engine.connect() as conn:
             conn.info["write"] = True
             with conn.begin():
-                if owner_id is not None and not self.is_sqlite:
-                    conn.execute(sa.select(users.c.id).where(users.c.id == owner_id).with_for_update())
+                if not self.is_sqlite:
+                    for owner_id in sorted(set(owner_ids)):
+                        conn.execute(_LOCK_OWNER, {"owner_id": owner_id})
                 yield conn
 
     def setting(self, key: str, make: Callable[[], str]) -> str:

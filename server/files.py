@@ -1,4 +1,5 @@
-"""File versions: upload preparation, verified commits, reads, history and restore.
+"""Chunks and file versions: upload preparation, chunk verification, reads and history.
+Writing a version (commit, restore) lives in `commits.py`.
 
 Order of events, as in JuiceFS: bytes first, metadata second. A device uploads the
 chunks the server says it lacks, then commits; the commit is accepted only when every
@@ -19,13 +20,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cloudfs.backend import wire
-from cloudfs.backend.names import split_path
 from cloudfs.backend.store import NoSuchKeyError, ObjectStore, StoreError, TransientError, chunk_key
 
 from . import journal, tree
 from .db import Database, chunks, versions
-from .errors import (Invalid, IsADirectory, MissingChunks, NameExists, NotADirectory, NotFound, StaleRevision,
-                     StoreUnavailable)
+from .errors import Invalid, IsADirectory, MissingChunks, NotFound, StoreUnavailable
 from .sql import Row, Stmt, Tx, as_tx, expand, values_params
 
 URL_TTL = 3600
@@ -58,14 +57,6 @@ _CHUNKS = "SELECT * FROM chunks WHERE owner_id = :owner_id AND fingerprint IN ({
 _MARK_VERIFIED = "UPDATE chunks SET state = 'verified' WHERE owner_id = :owner_id AND fingerprint IN ({values})"
 _VERSION = Stmt("SELECT * FROM versions WHERE node_id = :node_id AND rev = :rev")
 _VERSION_CHUNKS = Stmt("SELECT fingerprint, length FROM version_chunks WHERE version_id = :version_id ORDER BY idx")
-_NEW_VERSION = Stmt("""INSERT INTO versions (node_id, rev, size, mtime_ns, device, created_at)
-                       VALUES (:node_id, :rev, :size, :mtime_ns, :device, :created_at) RETURNING id""")
-_VERSION_CHUNK = Stmt("""INSERT INTO version_chunks (version_id, idx, fingerprint, length)
-                         VALUES (:version_id, :idx, :fingerprint, :length)""")
-_NODE_UPDATE = Stmt("""UPDATE nodes SET size = :size, mtime_ns = :mtime_ns, rev = :rev, deleted = {false}
-                       WHERE id = :id RETURNING *""")
-_NODE_UPDATE_MODE = Stmt("""UPDATE nodes SET size = :size, mtime_ns = :mtime_ns, rev = :rev, deleted = {false},
-                            mode = :mode WHERE id = :id RETURNING *""")
 
 
 def chunk_rows(conn: Connection | Tx, owner_id: int, fingerprints: list[str]) -> dict[str, Row]:
@@ -129,25 +120,6 @@ def mark_uploaded(db: Database, owner_id: int, fingerprint: str, stored_sha256: 
         )
 
 
-def chunk_plan(db: Database, owner_id: int, refs: list[wire.ChunkRef]) -> tuple[dict[str, str], list[Row]]:
-    """Trust but verify, step 1: which chunks of a commit are already known good,
-    which are unknown (problems) and which need a look in the store (pending)."""
-    distinct = {r.fingerprint: r.length for r in refs}
-    with db.read() as conn:
-        rows = chunk_rows(conn, owner_id, list(distinct))
-    problems: dict[str, str] = {}
-    pending: list[Row] = []
-    for fp, length in distinct.items():
-        row = rows.get(fp)
-        if row is None or row["state"] == "bad":
-            problems[fp] = "not uploaded"
-        elif row["length"] != length:
-            problems[fp] = f"length {length} given, {row['length']} uploaded"
-        elif row["state"] == "pending":
-            pending.append(row)
-    return problems, pending
-
-
 def check_stored(store: ObjectStore, owner_id: int, row: Row) -> str | None:
     """Step 2, one pending chunk: None if the store holds exactly its bytes, else why not.
     Blocking (a HEAD, or a streamed hash on stores that keep no checksum)."""
@@ -166,115 +138,28 @@ def check_stored(store: ObjectStore, owner_id: int, row: Row) -> str | None:
     return None
 
 
-def finish_verification(db: Database, owner_id: int, verified: list[str], problems: dict[str, str]) -> None:
-    """Step 3: remember what was verified; refuse the commit if anything is missing."""
-    if verified:
-        with db.write(owner_id) as conn:
-            tx = Tx.of(conn)
-            for batch in _batched(verified):
-                tx.run(expand(_MARK_VERIFIED, len(batch)), values_params(batch, owner_id=owner_id))
-    if problems:
-        listed = [{"fingerprint": fp, "problem": p} for fp, p in sorted(problems.items())]
-        raise MissingChunks(f"{len(problems)} chunk(s) are not in the store: upload them, then commit again",
-                            field="chunks", chunks=listed)
+def mark_verified(tx: Tx, owner_id: int, fingerprints: list[str]) -> None:
+    """Step 3: remember what the store confirmed, so no later commit looks again."""
+    for batch in _batched(fingerprints):
+        tx.run(expand(_MARK_VERIFIED, len(batch)), values_params(batch, owner_id=owner_id))
 
 
-def _target_for_commit(conn: Tx, owner_id: int, root_id: int, req: wire.CommitRequest) -> tuple[Row | None, int, str]:
-    """The existing file the commit updates (or None) and the parent + name it lives at."""
-    ways = sum(x is not None for x in (req.node_id, req.path, req.parent_id))
-    if ways != 1 or (req.parent_id is None) != (req.name is None):
-        raise Invalid("name the file by exactly one of: node_id, path, or parent_id + name", field="node_id")
-    if req.node_id is not None:
-        try:
-            row = tree.get(conn, owner_id, req.node_id)
-        except NotFound:
-            raise NotFound(f"no file with id {req.node_id}", field="node_id") from None
-        if row["kind"] != "file":
-            raise IsADirectory(f"node {req.node_id} is a {row['kind']}, not a file", field="node_id")
-        return row, row["parent_id"], row["name"]
-    if req.path is not None:
-        try:
-            names = split_path(req.path)
-        except ValueError as exc:
-            raise Invalid(f"path {req.path!r}: {exc}", field="path") from None
-        if not names:
-            raise IsADirectory("the root is a directory, not a file", field="path")
-        parent = tree.resolve(conn, owner_id, root_id, names[:-1])
-        if parent["kind"] != "dir":
-            raise NotADirectory(f"/{'/'.join(names[:-1])} is not a directory", field="path")
-        parent_id, name = parent["id"], names[-1]
-    else:
-        parent_id, name = tree.get_dir(conn, owner_id, req.parent_id)["id"], req.name
-    existing = tree.child(conn, owner_id, parent_id, name)
-    if existing is not None and existing["kind"] == "file" and req.base_rev == 0:
-        # A create onto a taken name is a name conflict, not an edit of that file.
-        raise NameExists(f"{name!r} already exists in directory {parent_id}", field="path" if req.path else "name",
-                         node=tree.to_wire(existing).model_dump())
-    if existing is not None and existing["kind"] != "file":
-        raise IsADirectory(f"{name!r} is a {existing['kind']}", field="path" if req.path is not None else "name",
-                           node=tree.to_wire(existing).model_dump())
-    return existing, parent_id, name
+def missing_chunks(problems: dict[str, str]) -> MissingChunks:
+    listed = [{"fingerprint": fp, "problem": p} for fp, p in sorted(problems.items())]
+    return MissingChunks(f"{len(problems)} chunk(s) are not in the store: upload them, then commit again",
+                         field="chunks", chunks=listed)
 
 
-def _version_row(row: Row) -> wire.Version:
+def version_row(row: Row) -> wire.Version:
     return wire.Version(rev=row["rev"], size=row["size"], mtime_ns=row["mtime_ns"], device=row["device"],
                         created_at=row["created_at"])
 
 
-def _write_version(tx: Tx, owner_id: int, node: Row | None, parent_id: int, name: str,
-                   *, size: int, mtime_ns: int, mode: int | None, refs: list[tuple[str, int]],
-                   base_rev: int, device: str) -> tuple[Row, wire.Version, int]:
-    if node is None:
-        if base_rev != 0:
-            raise NotFound(f"{name!r} does not exist in directory {parent_id} (base_rev {base_rev})", field="base_rev")
-        # A new file is born at revision 1 with this version's size: one statement.
-        node, _ = tree.insert(tx, owner_id, parent_id=parent_id, name=name, kind="file",
-                              mode=mode if mode is not None else 0o644, mtime_ns=mtime_ns, device=device,
-                              size=size, rev=1, record=False, name_free=True)
-        op, rev = "create", 1
-    elif node["rev"] != base_rev:
-        raise StaleRevision(f"node {node['id']} is at revision {node['rev']}, not {base_rev}", field="base_rev",
-                            current_rev=node["rev"], node=tree.to_wire(node).model_dump())
-    else:
-        op, rev = ("create" if node["deleted"] else "modify"), node["rev"] + 1
-        update = {"id": node["id"], "size": size, "mtime_ns": mtime_ns, "rev": rev}
-        if mode is not None:
-            update["mode"] = mode
-        node = tx.one(_NODE_UPDATE_MODE if mode is not None else _NODE_UPDATE, update)
-        assert node is not None
-    created = time.time()
-    version_id = tx.scalar(_NEW_VERSION, dict(node_id=node["id"], rev=rev, size=size, mtime_ns=mtime_ns,
-                                              device=device, created_at=created))
-    if refs:
-        tx.many(_VERSION_CHUNK, [{"version_id": version_id, "idx": i, "fingerprint": fp, "length": length}
-                                 for i, (fp, length) in enumerate(refs)])
-    seq = journal.append(tx, owner_id, op, node, device=device)
-    return node, wire.Version(rev=rev, size=size, mtime_ns=mtime_ns, device=device, created_at=created), seq
-
-
-def check_commit(req: wire.CommitRequest) -> None:
-    total = sum(c.length for c in req.chunks)
-    if total != req.size:
-        raise Invalid(f"size is {req.size} but the chunks add up to {total}", field="size")
-
-
-def write_commit(db: Database, owner_id: int, root_id: int, req: wire.CommitRequest, device: str) -> wire.CommitResponse:
-    """Step 4, after verification: version + node + journal entry in one transaction."""
-    with db.write(owner_id) as conn:
-        tx = Tx.of(conn)
-        node, parent_id, name = _target_for_commit(tx, owner_id, root_id, req)
-        node, version, seq = _write_version(
-            tx, owner_id, node, parent_id, name, size=req.size, mtime_ns=req.mtime_ns, mode=req.mode,
-            refs=[(c.fingerprint, c.length) for c in req.chunks], base_rev=req.base_rev, device=device,
-        )
-    return wire.CommitResponse(node=tree.to_wire(node), version=version, cursor=seq)
-
-
-def _load_version(conn: Connection | Tx, node_id: int, rev: int | None, node_rev: int) -> Row | None:
+def load_version(conn: Connection | Tx, node_id: int, rev: int | None, node_rev: int) -> Row | None:
     return as_tx(conn).one(_VERSION, {"node_id": node_id, "rev": rev if rev is not None else node_rev})
 
 
-def _version_chunks(conn: Connection | Tx, version_id: int) -> list[tuple[str, int]]:
+def version_chunks(conn: Connection | Tx, version_id: int) -> list[tuple[str, int]]:
     return [(r["fingerprint"], r["length"]) for r in as_tx(conn).all(_VERSION_CHUNKS, {"version_id": version_id})]
 
 
@@ -284,17 +169,17 @@ def file_info(db: Database, signer: Signer, owner_id: int, node_id: int, *, rev:
         cursor = journal.cursor(conn, owner_id)
         if node["kind"] != "file":
             return wire.FileInfo(node=tree.to_wire(node), version=None, chunks=[], cursor=cursor)
-        vrow = _load_version(conn, node_id, rev, node["rev"])
+        vrow = load_version(conn, node_id, rev, node["rev"])
         if vrow is None:
             raise NotFound(f"node {node_id} has no revision {rev}", field="rev")
-        refs = _version_chunks(conn, vrow["id"])
+        refs = version_chunks(conn, vrow["id"])
         compression = {fp: row["compression"] for fp, row in chunk_rows(conn, owner_id, list({fp for fp, _ in refs})).items()}
     out, offset = [], 0
     for fp, length in refs:
         out.append(wire.VersionChunk(fingerprint=fp, length=length, offset=offset, compression=compression.get(fp, "none"),
                                      download=signer.get(owner_id, fp) if urls else None))
         offset += length
-    return wire.FileInfo(node=tree.to_wire(node), version=_version_row(vrow), chunks=out, cursor=cursor)
+    return wire.FileInfo(node=tree.to_wire(node), version=version_row(vrow), chunks=out, cursor=cursor)
 
 
 def prepare_download(db: Database, signer: Signer, owner_id: int, req: wire.PrepareDownloadRequest) -> wire.PrepareDownloadResponse:
@@ -319,29 +204,4 @@ def list_versions(db: Database, owner_id: int, node_id: int, *, limit: int) -> w
         rows = conn.execute(
             sa.select(versions).where(versions.c.node_id == node_id).order_by(versions.c.rev.desc()).limit(limit)
         ).mappings().all()
-    return wire.VersionList(node_id=node_id, versions=[_version_row(r) for r in rows])
-
-
-def restore(db: Database, owner_id: int, node_id: int, req: wire.RestoreRequest, device: str) -> wire.CommitResponse:
-    """Make an old revision current again, as a new commit (history only grows).
-    A deleted file comes back at its old place if that name is still free."""
-    with db.write(owner_id) as conn:
-        conn = Tx.of(conn)
-        node = tree.get(conn, owner_id, node_id, allow_deleted=True)
-        if node["kind"] != "file":
-            raise IsADirectory(f"node {node_id} is a {node['kind']}; only files have versions", field="id")
-        vrow = _load_version(conn, node_id, req.rev, node["rev"])
-        if vrow is None:
-            raise NotFound(f"node {node_id} has no revision {req.rev}", field="rev")
-        if node["deleted"]:
-            tree.get_dir(conn, owner_id, node["parent_id"])
-            taken = tree.child(conn, owner_id, node["parent_id"], node["name"])
-            if taken is not None:
-                raise NameExists(f"{node['name']!r} is taken again in directory {node['parent_id']}",
-                                 field="id", node=tree.to_wire(taken).model_dump())
-        base = req.base_rev if req.base_rev is not None else node["rev"]
-        node, version, seq = _write_version(
-            conn, owner_id, node, node["parent_id"], node["name"], size=vrow["size"], mtime_ns=time.time_ns(),
-            mode=None, refs=_version_chunks(conn, vrow["id"]), base_rev=base, device=device,
-        )
-    return wire.CommitResponse(node=tree.to_wire(node), version=version, cursor=seq)
+    return wire.VersionList(node_id=node_id, versions=[version_row(r) for r in rows])

@@ -32,14 +32,15 @@ _NAMED = re.compile(r"(?<![:\w]):(\w+)")
 
 
 class Stmt:
-    """One SQL statement with `:name` parameters; `%` never appears in our SQL."""
+    """One SQL statement with `:name` parameters (a literal `%` is fine: psycopg gets `%%`)."""
 
     __slots__ = ("sqlite", "postgresql")
 
     def __init__(self, sql: str) -> None:
         sql = " ".join(sql.split())
         self.sqlite = sql.replace("{false}", "0").replace("{true}", "1")
-        self.postgresql = _NAMED.sub(r"%(\1)s", sql.replace("{false}", "false").replace("{true}", "true"))
+        pg = sql.replace("%", "%%").replace("{false}", "false").replace("{true}", "true")
+        self.postgresql = _NAMED.sub(r"%(\1)s", pg)
 
 
 class Tx:
