@@ -167,6 +167,12 @@ async def prepare_download(ctx: Ctx, user: Auth, request: Request, req: wire.Pre
 async def commit(ctx: Ctx, user: Auth, device: Device, req: wire.CommitRequest) -> Response:
     """Commit a version. Every chunk must be uploaded first (422 names the missing ones);
     a stale `base_rev` is 409 with the current revision."""
+    return await commit_version(ctx, user, device, req)
+
+
+async def commit_version(ctx: ServerContext, user: User, device: str, req: wire.CommitRequest) -> Response:
+    """The commit route's work; `commit_route.py` calls it too, for well-formed requests
+    that it serves without FastAPI's per-request machinery."""
     commits.check_size(req)
     try:
         response = await ctx.writer.submit(user.id, commits.commit, user.id, user.root_id, req, device)

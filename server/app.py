@@ -258,8 +258,15 @@ def _field_of(loc: tuple) -> str:
     return out or (str(loc[0]) if loc else "body")
 
 
-def create_app(ctx: ServerContext) -> FastAPI:
+def error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+def create_app(ctx: ServerContext, *, fast_commits: bool = True) -> FastAPI:
+    """The app; `fast_commits=False` leaves out `commit_route.CommitRoute`, so that a
+    test can hold its answers against the FastAPI route's."""
     from . import api, blobs
+    from .commit_route import CommitRoute
 
     app = FastAPI(
         title="cloudfs",
@@ -270,7 +277,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -310,6 +317,8 @@ def create_app(ctx: ServerContext) -> FastAPI:
 
     app.include_router(api.router)
     app.include_router(blobs.router)
+    if fast_commits:
+        app.add_middleware(CommitRoute, ctx=ctx)  # innermost: the limits and the access log apply to it
     app.add_middleware(BodyLimit)
     app.add_middleware(AccessLog)
     return app

@@ -16,18 +16,15 @@ import hashlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Iterator
 
 import anyio
-import pytest
 
-from cloudfs.server.db import Database, open_database
+from cloudfs.server.db import Database
 from cloudfs.server.errors import Conflict
 from cloudfs.server.sql import Stmt, Tx
 from cloudfs.server.writer import Refused, Writer
 from tests.conftest import Api
-from tests.harness import postgres_database
 from tests.server.helpers import cursor, mkdir, put_file
 
 
@@ -134,17 +131,6 @@ class Recorder:
 
     def notify(self, owner_id: int) -> None:
         self.woken.append(owner_id)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    with contextlib.ExitStack() as stack:
-        url = None
-        if request.param == "postgres":
-            url = stack.enter_context(postgres_database(request.getfixturevalue("pg_admin_url")))
-        db = open_database(tmp_path, url)
-        stack.callback(db.dispose)
-        yield db
 
 
 def keys(db: Database) -> list[str]:
