@@ -1,9 +1,10 @@
 """The metadata schema and the one way to open a transaction on SQLite or PostgreSQL.
 
-Both engines run the same SQLAlchemy Core statements. The engine-specific part is
+Both engines run the same statements: SQLAlchemy Core, and for the few that every
+commit runs, plain SQL on the driver's connection (sql.py). The engine-specific part is
 only how a *write* transaction serialises: SQLite takes the database write lock up
 front (BEGIN IMMEDIATE, so a read-then-write transaction can never fail half way with
-SQLITE_BUSY), PostgreSQL locks the owner's row (SELECT ... FOR UPDATE). Either way one
+SQLITE_BUSY), PostgreSQL locks the owners' rows (SELECT ... FOR UPDATE). Either way one
 user's writes commit in journal order, which is what makes a cursor safe to resume from.
 """
 

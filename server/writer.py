@@ -101,6 +101,12 @@ class Writer:
         try:
             changed = await anyio.to_thread.run_sync(self._write, batch, limiter=self.limiter)
         finally:
+            # Hand the lead on first: the next batch is then on its way to the database
+            # while this batch's answers are rendered and sent (wakers run in order).
+            if self._queue:
+                self._queue[0].turn.set()
+            else:
+                self._leading = False
             for job in batch:
                 if not job.finished:  # the thread itself failed: nothing was committed
                     job.finished, job.value = True, None
@@ -108,10 +114,6 @@ class Writer:
                 job.turn.set()
             for owner_id in changed:
                 self.notifier.notify(owner_id)
-            if self._queue:
-                self._queue[0].turn.set()
-            else:
-                self._leading = False
 
     def _write(self, batch: list[_Job]) -> set[int]:
         """In a worker thread: the whole batch in one transaction. Returns the owners
