@@ -2,8 +2,8 @@
 
 Why not SQLAlchemy Core here: even prebuilt with `bindparam`, one Core statement costs
 ~50-100 µs of CPU (cache key, parameter processing, result wrapping) against ~10 µs for
-the same statement through sqlite3, and a commit runs about eight of them. Schema,
-migrations and the colder queries stay in Core (`db.py`, `tree.py`, `files.py`).
+the same statement through sqlite3, and a commit runs about eight of them. The schema
+and the colder queries stay in Core (`db.py`, `tree.py`, `files.py`).
 
 Every statement is written once in the SQL that SQLite (3.35+, for RETURNING) and
 PostgreSQL share, with `:name` parameters, and rendered once per driver paramstyle

@@ -109,8 +109,7 @@ class Writer:
                 self._leading = False
             for job in batch:
                 if not job.finished:  # the thread itself failed: nothing was committed
-                    job.finished, job.value = True, None
-                    job.error = job.error or RuntimeError("the commit batch was interrupted")
+                    job.finished, job.value, job.error = True, None, RuntimeError("the commit batch was interrupted")
                 job.turn.set()
             for owner_id in changed:
                 self.notifier.notify(owner_id)
