@@ -235,6 +235,8 @@ class CommitRun:
     seconds: float
     latencies: list[float]
     server_cpu: float  # seconds of server CPU (all threads) spent meanwhile
+    client_cpu: float  # seconds of this process's CPU (the httpx clients) spent meanwhile
+    other_cores: float  # cores used by every other process meanwhile (a shared machine)
 
     @property
     def rate(self) -> float:
@@ -263,14 +265,15 @@ async def run_commits(client: httpx.AsyncClient, pid: int, bodies_per_worker: li
             latencies.append(time.perf_counter() - t0)
             done += 1
 
-    ticks = cpu_ticks(pid)
+    ticks, own, meter = cpu_ticks(pid), sum(os.times()[:2]), LoadMeter(pid)
     start = time.perf_counter()
     deadline = start + timeout
     with trio.fail_after(timeout + 60):
         async with trio.open_nursery() as nursery:
             for next_body in bodies_per_worker:
                 nursery.start_soon(worker, next_body)
-    return CommitRun(done, time.perf_counter() - start, latencies, (cpu_ticks(pid) - ticks) / CLK_TCK)
+    return CommitRun(done, time.perf_counter() - start, latencies, (cpu_ticks(pid) - ticks) / CLK_TCK,
+                     sum(os.times()[:2]) - own, meter.other_cores())
 
 
 async def bench_commits(client: httpx.AsyncClient, pid: int, root_id: int, pool: list[Chunk], k: int, *,
@@ -304,7 +307,9 @@ async def bench_commits(client: httpx.AsyncClient, pid: int, root_id: int, pool:
                "-" if target is None else f">= {target:.0f}", ok)
     report.add(f"commit latency, {label}, new files: p50 / p99",
                f"{percentile(run.latencies, 50) * 1000:.1f} / {percentile(run.latencies, 99) * 1000:.1f} ms")
-    report.add(f"server CPU per commit, {label}, new files", f"{run.server_cpu * 1000 / run.done:.1f} ms")
+    report.add(f"server CPU per commit, {label}, new files", f"{run.server_cpu * 1000 / run.done:.2f} ms")
+    report.add(f"  (benchmark client's own CPU per commit, {label}, new files)", f"{run.client_cpu * 1000 / run.done:.2f} ms")
+    report.add(f"  (other processes meanwhile, {label}, new files)", f"{run.other_cores:.2f} cores of {os.cpu_count()}")
 
     # Successive revisions: each worker owns one file and moves it forward by base_rev.
     for w in range(workers):
@@ -328,7 +333,9 @@ async def bench_commits(client: httpx.AsyncClient, pid: int, root_id: int, pool:
                "-" if target is None else f">= {target:.0f}", ok)
     report.add(f"commit latency, {label}, revisions: p50 / p99",
                f"{percentile(run.latencies, 50) * 1000:.1f} / {percentile(run.latencies, 99) * 1000:.1f} ms")
-    report.add(f"server CPU per commit, {label}, revisions", f"{run.server_cpu * 1000 / run.done:.1f} ms")
+    report.add(f"server CPU per commit, {label}, revisions", f"{run.server_cpu * 1000 / run.done:.2f} ms")
+    report.add(f"  (benchmark client's own CPU per commit, {label}, revisions)", f"{run.client_cpu * 1000 / run.done:.2f} ms")
+    report.add(f"  (other processes meanwhile, {label}, revisions)", f"{run.other_cores:.2f} cores of {os.cpu_count()}")
 
 
 # --- 2. /changes fan-out ----------------------------------------------------------------

@@ -1,8 +1,10 @@
 """HTTP routes for devices: tree, files, versions and the change feed.
 
 Each handler validates, runs one metadata function in a worker thread, and wakes
-long-polls when it wrote to the journal. The logic lives in `tree.py`, `files.py`
-and `journal.py`.
+long-polls when it wrote to the journal. Version commits and restores instead go to
+the writer (`writer.py`), which groups them into batch transactions and wakes
+long-polls itself. The logic lives in `tree.py`, `files.py`, `commits.py` and
+`journal.py`.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import BaseModel
 
 from cloudfs.backend import wire
 from cloudfs.backend.names import split_path
 
-from . import files, journal, tree
+from . import commits, files, journal, tree
 from .app import ServerContext, User, context_dependency, current_user, device_name
 from .errors import Invalid, StoreUnavailable
 
@@ -164,30 +167,37 @@ async def prepare_download(ctx: Ctx, user: Auth, request: Request, req: wire.Pre
     return await ctx.run_db(files.prepare_download, ctx.db, _signer(ctx, request), user.id, req)
 
 
-@router.post("/files", tags=["files"])
-async def commit(ctx: Ctx, user: Auth, device: Device, req: wire.CommitRequest) -> wire.CommitResponse:
+@router.post("/files", tags=["files"], response_model=wire.CommitResponse)
+async def commit(ctx: Ctx, user: Auth, device: Device, req: wire.CommitRequest) -> Response:
     """Commit a version. Every chunk must be uploaded first (422 names the missing ones);
     a stale `base_rev` is 409 with the current revision."""
-    files.check_commit(req)
+    return await commit_version(ctx, user, device, req)
 
-    def fast() -> wire.CommitResponse | tuple[dict, list]:
-        problems, pending = files.chunk_plan(ctx.db, user.id, req.chunks)
-        if problems or pending:
-            return problems, pending
-        return files.write_commit(ctx.db, user.id, user.root_id, req, device)
 
-    done = await ctx.run_db(fast)
-    if isinstance(done, wire.CommitResponse):
-        ctx.notifier.notify(user.id)
-        return done
-    problems, pending = done
+async def commit_version(ctx: ServerContext, user: User, device: str, req: wire.CommitRequest) -> Response:
+    """The commit route's work; `commit_route.py` calls it too, for well-formed requests
+    that it serves without FastAPI's per-request machinery."""
+    commits.check_size(req)
+    try:
+        response = await ctx.writer.submit(user.id, commits.commit, user.id, user.root_id, req, device)
+    except commits.Unverified as unverified:
+        # Chunks uploaded straight to the store (S3) have not been looked at yet: look
+        # now, outside any transaction, then write what was found and the commit together.
+        verified, problems = await _check_in_store(ctx, user.id, unverified)
+        response = await ctx.writer.submit(user.id, commits.verify_then_commit, user.id, user.root_id, req, device,
+                                           verified, problems)
+    return _json(response)
+
+
+async def _check_in_store(ctx: ServerContext, owner_id: int, unverified: commits.Unverified) -> tuple[list[str], dict[str, str]]:
+    pending = unverified.pending
     verdicts: list[str | None] = [None] * len(pending)
 
     unavailable: list[StoreUnavailable] = []
 
     async def check(i: int) -> None:
         try:
-            verdicts[i] = await ctx.run_store(files.check_stored, ctx.store, user.id, pending[i])
+            verdicts[i] = await ctx.run_store(files.check_stored, ctx.store, owner_id, pending[i])
         except StoreUnavailable as exc:  # raised below as itself, not inside an ExceptionGroup
             unavailable.append(exc)
 
@@ -196,16 +206,20 @@ async def commit(ctx: Ctx, user: Auth, device: Device, req: wire.CommitRequest) 
             nursery.start_soon(check, i)
     if unavailable:
         raise unavailable[0]
+    problems = dict(unverified.problems)
     verified = []
     for row, verdict in zip(pending, verdicts):
         if verdict is None:
             verified.append(row["fingerprint"])
         else:
             problems[row["fingerprint"]] = verdict
-    await ctx.run_db(files.finish_verification, ctx.db, user.id, verified, problems)
-    response = await ctx.run_db(files.write_commit, ctx.db, user.id, user.root_id, req, device)
-    ctx.notifier.notify(user.id)
-    return response
+    return verified, problems
+
+
+def _json(model: BaseModel) -> Response:
+    """Rendered once by pydantic, skipping FastAPI's validation of the response model
+    (the route's `response_model` still documents it)."""
+    return Response(content=model.model_dump_json(), media_type="application/json")
 
 
 @router.get("/files/{node_id}", tags=["files"])
@@ -220,12 +234,10 @@ async def versions(ctx: Ctx, user: Auth, node_id: NodeIdPath, limit: Annotated[i
     return await ctx.run_db(files.list_versions, ctx.db, user.id, node_id, limit=limit)
 
 
-@router.post("/files/{node_id}/restore", tags=["files"])
-async def restore(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath, req: wire.RestoreRequest) -> wire.CommitResponse:
+@router.post("/files/{node_id}/restore", tags=["files"], response_model=wire.CommitResponse)
+async def restore(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath, req: wire.RestoreRequest) -> Response:
     """Make an old revision current again, as a new commit."""
-    response = await ctx.run_db(files.restore, ctx.db, user.id, node_id, req, device)
-    ctx.notifier.notify(user.id)
-    return response
+    return _json(await ctx.writer.submit(user.id, commits.restore, user.id, node_id, req, device))
 
 
 # --- change feed -----------------------------------------------------------------------

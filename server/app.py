@@ -28,6 +28,7 @@ from . import users
 from .db import Database
 from .errors import ApiError, Invalid, Unauthorized
 from .notifier import ChangeNotifier
+from .writer import Writer
 
 log = logging.getLogger("cloudfs.server")
 T = TypeVar("T")
@@ -56,6 +57,11 @@ class ServerContext:
     _token_cache: dict[str, tuple[float, User]] = field(default_factory=dict)
     shared_pages: dict[tuple[int, int, int, int], Any] = field(default_factory=dict)
     """In-flight /changes reads shared by long-polls (see api._changes_page)."""
+    writer: Writer = field(init=False)
+    """Every version commit goes through it, grouped into batch transactions."""
+
+    def __post_init__(self) -> None:
+        self.writer = Writer(self.db, self.notifier, self.db_limiter)
 
     async def run_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking metadata function in a worker thread."""
@@ -252,8 +258,15 @@ def _field_of(loc: tuple) -> str:
     return out or (str(loc[0]) if loc else "body")
 
 
-def create_app(ctx: ServerContext) -> FastAPI:
+def error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+def create_app(ctx: ServerContext, *, fast_commits: bool = True) -> FastAPI:
+    """The app; `fast_commits=False` leaves out `commit_route.CommitRoute`, so that a
+    test can hold its answers against the FastAPI route's."""
     from . import api, blobs, integrity
+    from .commit_route import CommitRoute
 
     app = FastAPI(
         title="cloudfs",
@@ -264,7 +277,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -305,6 +318,8 @@ def create_app(ctx: ServerContext) -> FastAPI:
     app.include_router(api.router)
     app.include_router(blobs.router)
     app.include_router(integrity.router)
+    if fast_commits:
+        app.add_middleware(CommitRoute, ctx=ctx)  # innermost: the limits and the access log apply to it
     app.add_middleware(BodyLimit)
     app.add_middleware(AccessLog)
     return app

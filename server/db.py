@@ -1,9 +1,10 @@
 """The metadata schema and the one way to open a transaction on SQLite or PostgreSQL.
 
-Both engines run the same SQLAlchemy Core statements. The engine-specific part is
+Both engines run the same statements: SQLAlchemy Core, and for the few that every
+commit runs, plain SQL on the driver's connection (sql.py). The engine-specific part is
 only how a *write* transaction serialises: SQLite takes the database write lock up
 front (BEGIN IMMEDIATE, so a read-then-write transaction can never fail half way with
-SQLITE_BUSY), PostgreSQL locks the owner's row (SELECT ... FOR UPDATE). Either way one
+SQLITE_BUSY), PostgreSQL locks the owners' rows (SELECT ... FOR UPDATE). Either way one
 user's writes commit in journal order, which is what makes a cursor safe to resume from.
 """
 
@@ -121,6 +122,9 @@ settings = sa.Table(
 )
 
 
+_LOCK_OWNER = sa.select(users.c.id).where(users.c.id == sa.bindparam("owner_id")).with_for_update()
+
+
 def normalise_url(url: str) -> str:
     """Accept the URLs people type (postgresql://, a bare path) for the drivers we ship."""
     if url.startswith(("postgresql://", "postgres://")):
@@ -162,17 +166,20 @@ class Database:
                 yield conn
 
     @contextlib.contextmanager
-    def write(self, owner_id: int | None = None) -> Iterator[Connection]:
+    def write(self, *owner_ids: int) -> Iterator[Connection]:
         """A write transaction, serialised per owner (all writers on SQLite).
 
         On SQLite the writers of this process also queue on a lock: SQLite's own busy
         handler waits by sleeping (1, 2, 5 ... 100 ms), which turns contention between
-        worker threads into tens of milliseconds of latency."""
+        worker threads into tens of milliseconds of latency. On PostgreSQL a batch of
+        commits (writer.py) locks all its owners, always in ascending order, so two
+        batches on two replicas cannot deadlock."""
         with self._sqlite_writer, self.engine.connect() as conn:
             conn.info["write"] = True
             with conn.begin():
-                if owner_id is not None and not self.is_sqlite:
-                    conn.execute(sa.select(users.c.id).where(users.c.id == owner_id).with_for_update())
+                if not self.is_sqlite:
+                    for owner_id in sorted(set(owner_ids)):
+                        conn.execute(_LOCK_OWNER, {"owner_id": owner_id})
                 yield conn
 
     def setting(self, key: str, make: Callable[[], str]) -> str:

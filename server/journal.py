@@ -11,65 +11,79 @@ from __future__ import annotations
 import time
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection
 
 from cloudfs.backend import wire
 
 from .db import journal, users
 from .errors import Gone
+from .notifier import CHANNEL
+from .sql import Row, Stmt, Tx, as_tx
+
+_INSERT = Stmt("""INSERT INTO journal (owner_id, node_id, op, rev, kind, parent_id, name, old_parent_id, old_name,
+                                       mode, mtime_ns, size, target, device, created_at)
+                  VALUES (:owner_id, :node_id, :op, :rev, :kind, :parent_id, :name, :old_parent_id, :old_name,
+                          :mode, :mtime_ns, :size, :target, :device, :created_at)
+                  RETURNING seq""")
+_NOTIFY = Stmt(f"SELECT pg_notify('{CHANNEL}', :owner)")
+_FLOOR = Stmt("SELECT journal_floor FROM users WHERE id = :owner_id")
+_AFTER = Stmt("SELECT * FROM journal WHERE owner_id = :owner_id AND seq > :after ORDER BY seq LIMIT :lim")
+_LAST = Stmt("SELECT max(seq) FROM journal WHERE owner_id = :owner_id")
 
 
-_INSERT = journal.insert()
-_FLOOR = sa.select(users.c.journal_floor).where(users.c.id == sa.bindparam("owner_id"))
-_AFTER = (sa.select(journal).where(journal.c.owner_id == sa.bindparam("owner_id"), journal.c.seq > sa.bindparam("after"))
-          .order_by(journal.c.seq).limit(sa.bindparam("lim")))
-_LAST = sa.select(sa.func.max(journal.c.seq)).where(journal.c.owner_id == sa.bindparam("owner_id"))
-
-
-def append(conn: Connection, owner_id: int, op: str, row: RowMapping, *, device: str,
-           old_parent_id: int | None = None, old_name: str | None = None) -> int:
+def append(conn: Connection | Tx, owner_id: int, op: str, row: Row, *, device: str,
+           old_parent_id: int | None = None, old_name: str | None = None, wake_replicas: bool = True) -> int:
     """Record `op` on the node in `row` (its state after the change); returns the seq.
-    On PostgreSQL also queues a notification, sent when the transaction commits."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("SELECT pg_notify('cloudfs_journal', :owner)"), {"owner": str(owner_id)})
-    return conn.execute(
-        _INSERT, dict(
-            owner_id=owner_id, node_id=row["id"], op=op, rev=row["rev"], kind=row["kind"],
-            parent_id=row["parent_id"], name=row["name"], old_parent_id=old_parent_id, old_name=old_name,
-            mode=row["mode"], mtime_ns=row["mtime_ns"], size=row["size"], target=row["target"],
-            device=device, created_at=time.time(),
-        )
-    ).inserted_primary_key[0]
+    On PostgreSQL also queues a notification, sent when the transaction commits,
+    unless the caller sends one for many appends itself (`wake_replicas`)."""
+    tx = as_tx(conn)
+    if wake_replicas:
+        wake_other_replicas(tx, owner_id)
+    return tx.scalar(_INSERT, dict(
+        owner_id=owner_id, node_id=row["id"], op=op, rev=row["rev"], kind=row["kind"],
+        parent_id=row["parent_id"], name=row["name"], old_parent_id=old_parent_id, old_name=old_name,
+        mode=row["mode"], mtime_ns=row["mtime_ns"], size=row["size"], target=row["target"],
+        device=device, created_at=time.time(),
+    ))
 
 
-def cursor(conn: Connection, owner_id: int) -> int:
+def wake_other_replicas(tx: Tx, owner_id: int) -> None:
+    """PostgreSQL: `pg_notify` for this owner, delivered when (and only if) the
+    transaction commits, to the long-polls held by every replica (notifier.py)."""
+    if tx.is_postgresql:
+        tx.scalar(_NOTIFY, {"owner": str(owner_id)})
+
+
+def cursor(conn: Connection | Tx, owner_id: int) -> int:
     """The newest position for this owner: the seq of its last entry."""
-    last = conn.execute(_LAST, {"owner_id": owner_id}).scalar()
+    tx = as_tx(conn)
+    last = tx.scalar(_LAST, {"owner_id": owner_id})
     if last is not None:
         return last
-    return conn.execute(_FLOOR, {"owner_id": owner_id}).scalar() or 0
+    return tx.scalar(_FLOOR, {"owner_id": owner_id}) or 0
 
 
-def read(conn: Connection, owner_id: int, after: int, limit: int) -> tuple[list[wire.Change], int, bool]:
+def read(conn: Connection | Tx, owner_id: int, after: int, limit: int) -> tuple[list[wire.Change], int, bool]:
     """Entries after `after`, oldest first, at most `limit`; plus the new cursor and
     whether more are waiting. Raises Gone when `after` predates retained history."""
-    floor = conn.execute(_FLOOR, {"owner_id": owner_id}).scalar() or 0
+    tx = as_tx(conn)
+    floor = tx.scalar(_FLOOR, {"owner_id": owner_id}) or 0
     if after < floor:
         raise Gone(f"cursor {after} is older than the retained journal (which starts after {floor}); resync",
                    field="cursor", floor=floor)
-    rows = conn.execute(_AFTER, {"owner_id": owner_id, "after": after, "lim": limit + 1}).mappings().all()
+    rows = tx.all(_AFTER, {"owner_id": owner_id, "after": after, "lim": limit + 1})
     if not rows:
         # Every cursor we hand out is one of this owner's seqs (or its floor); anything
         # beyond means the server's database was replaced. Compare with this owner's
         # own entries only, so nobody learns how busy the others are.
-        newest = conn.execute(_LAST, {"owner_id": owner_id}).scalar() or 0
+        newest = tx.scalar(_LAST, {"owner_id": owner_id}) or 0
         if after > max(newest, floor):
             raise Gone(f"cursor {after} is ahead of this account's journal; resync", field="cursor", floor=floor)
     changes = [_to_change(r) for r in rows[:limit]]
     return changes, (changes[-1].seq if changes else after), len(rows) > limit
 
 
-def _to_change(row: RowMapping) -> wire.Change:
+def _to_change(row: Row) -> wire.Change:
     node = wire.Node(
         id=row["node_id"], parent_id=row["parent_id"], name=row["name"], kind=row["kind"], mode=row["mode"],
         mtime_ns=row["mtime_ns"], size=row["size"], rev=row["rev"], target=row["target"],

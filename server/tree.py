@@ -10,38 +10,42 @@ from __future__ import annotations
 import time
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection
 
 from cloudfs.backend import wire
 
 from . import journal
 from .db import nodes
 from .errors import InvalidMove, IsADirectory, NameExists, NotADirectory, NotEmpty, NotFound, StaleRevision
+from .sql import Row, Stmt, Tx, as_tx
 
 MAX_DEPTH = 4096
 
 
-def to_wire(row: RowMapping) -> wire.Node:
+def to_wire(row: Row) -> wire.Node:
     return wire.Node(
         id=row["id"], parent_id=row["parent_id"], name=row["name"], kind=row["kind"], mode=row["mode"],
-        mtime_ns=row["mtime_ns"], size=row["size"], rev=row["rev"], target=row["target"], deleted=row["deleted"],
+        mtime_ns=row["mtime_ns"], size=row["size"], rev=row["rev"], target=row["target"], deleted=bool(row["deleted"]),
     )
 
 
-_GET = sa.select(nodes).where(nodes.c.id == sa.bindparam("node_id"), nodes.c.owner_id == sa.bindparam("owner_id"))
-_CHILD = sa.select(nodes).where(nodes.c.owner_id == sa.bindparam("owner_id"), nodes.c.parent_id == sa.bindparam("parent_id"),
-                                nodes.c.name == sa.bindparam("name"), nodes.c.deleted == sa.false())
-_INSERT = nodes.insert()
+# The lookups every commit makes, in plain SQL (see sql.py).
+_GET = Stmt("SELECT * FROM nodes WHERE id = :node_id AND owner_id = :owner_id")
+_CHILD = Stmt("SELECT * FROM nodes WHERE owner_id = :owner_id AND parent_id = :parent_id AND name = :name"
+              " AND deleted = {false}")
+_INSERT = Stmt("""INSERT INTO nodes (owner_id, parent_id, name, kind, mode, mtime_ns, size, rev, target, deleted)
+                  VALUES (:owner_id, :parent_id, :name, :kind, :mode, :mtime_ns, :size, :rev, :target, {false})
+                  RETURNING *""")
 
 
-def get(conn: Connection, owner_id: int, node_id: int, *, allow_deleted: bool = False) -> RowMapping:
-    row = conn.execute(_GET, {"node_id": node_id, "owner_id": owner_id}).mappings().first()
+def get(conn: Connection | Tx, owner_id: int, node_id: int, *, allow_deleted: bool = False) -> Row:
+    row = as_tx(conn).one(_GET, {"node_id": node_id, "owner_id": owner_id})
     if row is None or (row["deleted"] and not allow_deleted):
         raise NotFound(f"no node with id {node_id}", field="id")
     return row
 
 
-def get_dir(conn: Connection, owner_id: int, node_id: int, *, field: str = "parent_id") -> RowMapping:
+def get_dir(conn: Connection | Tx, owner_id: int, node_id: int, *, field: str = "parent_id") -> Row:
     try:
         row = get(conn, owner_id, node_id)
     except NotFound:
@@ -51,8 +55,8 @@ def get_dir(conn: Connection, owner_id: int, node_id: int, *, field: str = "pare
     return row
 
 
-def child(conn: Connection, owner_id: int, parent_id: int, name: str) -> RowMapping | None:
-    return conn.execute(_CHILD, {"owner_id": owner_id, "parent_id": parent_id, "name": name}).mappings().first()
+def child(conn: Connection | Tx, owner_id: int, parent_id: int, name: str) -> Row | None:
+    return as_tx(conn).one(_CHILD, {"owner_id": owner_id, "parent_id": parent_id, "name": name})
 
 
 def has_children(conn: Connection, owner_id: int, node_id: int) -> bool:
@@ -63,8 +67,9 @@ def has_children(conn: Connection, owner_id: int, node_id: int) -> bool:
     ).first() is not None
 
 
-def resolve(conn: Connection, owner_id: int, root_id: int, names: list[str]) -> RowMapping:
+def resolve(conn: Connection | Tx, owner_id: int, root_id: int, names: list[str]) -> Row:
     """Walk `names` from the root; NotFound names the first component that is missing."""
+    conn = as_tx(conn)
     row = get(conn, owner_id, root_id)
     walked = ""
     for name in names:
@@ -106,30 +111,30 @@ def create_root(conn: Connection, owner_id: int) -> int:
     ).inserted_primary_key[0]
 
 
-def insert(conn: Connection, owner_id: int, *, parent_id: int, name: str, kind: str, mode: int,
+def insert(conn: Connection | Tx, owner_id: int, *, parent_id: int, name: str, kind: str, mode: int,
            mtime_ns: int | None, device: str, target: str | None = None, size: int = 0, rev: int = 1,
-           record: bool = True) -> tuple[RowMapping, int | None]:
-    """Create a node under a checked directory; the name must be free. With `record`
-    False the caller appends the journal entry itself (a file's first commit)."""
-    existing = child(conn, owner_id, parent_id, name)
+           record: bool = True, name_free: bool = False) -> tuple[Row, int | None]:
+    """Create a node under a checked directory; the name must be free (`name_free`:
+    the caller has just looked). With `record` False the caller appends the journal
+    entry itself (a file's first commit)."""
+    tx = as_tx(conn)
+    existing = None if name_free else child(tx, owner_id, parent_id, name)
     if existing is not None:
         raise NameExists(f"{name!r} already exists in directory {parent_id}", field="name", node=to_wire(existing).model_dump())
-    node_id = conn.execute(
-        _INSERT, dict(owner_id=owner_id, parent_id=parent_id, name=name, kind=kind, mode=mode,
-                      mtime_ns=mtime_ns if mtime_ns is not None else time.time_ns(), size=size,
-                      rev=rev, target=target, deleted=False)
-    ).inserted_primary_key[0]
-    row = get(conn, owner_id, node_id)
-    return row, (journal.append(conn, owner_id, "create", row, device=device) if record else None)
+    row = tx.one(_INSERT, dict(owner_id=owner_id, parent_id=parent_id, name=name, kind=kind, mode=mode,
+                               mtime_ns=mtime_ns if mtime_ns is not None else time.time_ns(), size=size,
+                               rev=rev, target=target))
+    assert row is not None
+    return row, (journal.append(tx, owner_id, "create", row, device=device) if record else None)
 
 
-def mkdir(conn: Connection, owner_id: int, req: wire.MkdirRequest, device: str) -> tuple[RowMapping, int]:
+def mkdir(conn: Connection, owner_id: int, req: wire.MkdirRequest, device: str) -> tuple[Row, int]:
     get_dir(conn, owner_id, req.parent_id)
     return insert(conn, owner_id, parent_id=req.parent_id, name=req.name, kind="dir", mode=req.mode,
                   mtime_ns=req.mtime_ns, device=device)
 
 
-def symlink(conn: Connection, owner_id: int, req: wire.SymlinkRequest, device: str) -> tuple[RowMapping, int]:
+def symlink(conn: Connection, owner_id: int, req: wire.SymlinkRequest, device: str) -> tuple[Row, int]:
     get_dir(conn, owner_id, req.parent_id)
     return insert(conn, owner_id, parent_id=req.parent_id, name=req.name, kind="symlink", mode=0o777,
                   mtime_ns=req.mtime_ns, device=device, target=req.target, size=len(req.target.encode()))
@@ -148,7 +153,7 @@ def _is_ancestor(conn: Connection, owner_id: int, ancestor_id: int, node_id: int
     raise InvalidMove("directory tree deeper than the server allows", field="parent_id")
 
 
-def move(conn: Connection, owner_id: int, node_id: int, req: wire.MoveRequest, device: str) -> tuple[RowMapping, int | None]:
+def move(conn: Connection, owner_id: int, node_id: int, req: wire.MoveRequest, device: str) -> tuple[Row, int | None]:
     """Rename and/or reparent one node: one journal entry however big the subtree.
 
     With `replace`, an existing destination is tombstoned in the same transaction
@@ -182,7 +187,7 @@ def move(conn: Connection, owner_id: int, node_id: int, req: wire.MoveRequest, d
     return moved, seq
 
 
-def set_attr(conn: Connection, owner_id: int, node_id: int, req: wire.AttrRequest, device: str) -> tuple[RowMapping, int | None]:
+def set_attr(conn: Connection, owner_id: int, node_id: int, req: wire.AttrRequest, device: str) -> tuple[Row, int | None]:
     row = get(conn, owner_id, node_id)
     values = {k: v for k, v in (("mode", req.mode), ("mtime_ns", req.mtime_ns)) if v is not None}
     if not values or all(row[k] == v for k, v in values.items()):
@@ -193,7 +198,7 @@ def set_attr(conn: Connection, owner_id: int, node_id: int, req: wire.AttrReques
 
 
 def delete(conn: Connection, owner_id: int, node_id: int, *, recursive: bool, device: str,
-           rev: int | None = None) -> tuple[RowMapping, int]:
+           rev: int | None = None) -> tuple[Row, int]:
     """Tombstone a node (and, with `recursive`, its whole subtree) as one journal entry.
     Versions stay, so a deleted file can be restored. With `rev`, a file is deleted only
     if nobody committed to it since: a delete never silently discards a newer edit."""
@@ -209,7 +214,7 @@ def delete(conn: Connection, owner_id: int, node_id: int, *, recursive: bool, de
     return get(conn, owner_id, node_id, allow_deleted=True), seq
 
 
-def _tombstone(conn: Connection, owner_id: int, row: RowMapping, device: str) -> int:
+def _tombstone(conn: Connection, owner_id: int, row: Row, device: str) -> int:
     if row["kind"] == "dir":
         subtree = sa.select(nodes.c.id).where(
             nodes.c.owner_id == owner_id, nodes.c.parent_id == row["id"], nodes.c.deleted == sa.false()

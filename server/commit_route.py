@@ -1,0 +1,121 @@
+"""`POST /files` served straight from ASGI: the one route hot enough to skip FastAPI.
+
+Why: with group commit a 1-chunk commit costs about 0.1 ms of CPU in the database,
+and about 0.6 ms in FastAPI's per-request machinery around it (solving the
+dependencies, matching the path against every route, the exception and telemetry
+layers). Commits are most of what a busy server does.
+
+What it does: when a commit is well formed (a known bearer token, a valid or absent
+device name, a JSON body that validates as `CommitRequest`), it runs the same
+`api.commit_version` as the FastAPI route and answers the same way. Anything else
+(no or unknown token, a bad device name, another content type, bad JSON, invalid
+fields) is replayed, body and all, to the FastAPI route, which answers exactly as it
+always has. So the route in api.py stays the one that /openapi.json documents and the
+one that words every refusal of bad input; this module only takes the common case
+past the machinery. It sits inside BodyLimit and AccessLog (app.py): body limits
+and the access log apply to it as to every route.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from typing import Any, Callable
+
+from cloudfs.backend import wire
+
+from .api import commit_version
+from .app import DEVICE_RE, ServerContext, User, error_response
+from .errors import ApiError
+
+PATH = "/files"
+_JSON_TYPE = re.compile(r"^application/([a-z0-9.!#$&^_-]+\+)?json$")
+
+
+class CommitRoute:
+    """ASGI middleware: serves well-formed `POST /files` itself, passes the rest on."""
+
+    def __init__(self, app: Any, ctx: ServerContext) -> None:
+        self.app = app
+        self.ctx = ctx
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        auth = device = content_type = None
+        for name, value in scope["headers"]:  # ASGI header names are lower case
+            if name == b"authorization" and auth is None:
+                auth = value
+            elif name == b"x-cloudfs-device" and device is None:
+                device = value
+            elif name == b"content-type" and content_type is None:
+                content_type = value
+        device_name = _device(device)
+        user = await self._user(auth) if device_name is not None and _is_json(content_type) else None
+        if user is None:
+            return await self.app(scope, receive, send)
+
+        messages: list[dict] = []
+        body = b""
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay(messages, receive), send)  # the client went away
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        req = _parse(body)
+        if req is None:
+            return await self.app(scope, _replay(messages, receive), send)
+
+        try:
+            response = await commit_version(self.ctx, user, device_name, req)
+        except ApiError as exc:
+            response = error_response(exc)
+        await response(scope, receive, send)
+
+    async def _user(self, auth: bytes | None) -> User | None:
+        """The same checks as `app.current_user` (through FastAPI's HTTPBearer); None
+        whenever they would refuse, so that the route words the refusal."""
+        if not auth:
+            return None
+        scheme, _, token = auth.decode("latin-1").partition(" ")
+        token = token.strip()
+        if not token or scheme.lower() != "bearer" or len(token) > 200 or not token.isascii():
+            return None
+        return await self.ctx.authenticate(token)
+
+
+def _device(value: bytes | None) -> str | None:
+    if value is None:
+        return "unknown"
+    name = value.decode("latin-1")
+    return name if DEVICE_RE.match(name) else None
+
+
+def _is_json(content_type: bytes | None) -> bool:
+    """What FastAPI reads as a JSON body; anything unusual goes to FastAPI itself."""
+    if content_type is None:
+        return False
+    return _JSON_TYPE.match(content_type.decode("latin-1").split(";", 1)[0].strip().lower()) is not None
+
+
+def _parse(body: bytes) -> wire.CommitRequest | None:
+    """As FastAPI does it (json.loads, then the model), or None to let FastAPI say why not."""
+    try:
+        return wire.CommitRequest.model_validate(json.loads(body))
+    except Exception:  # noqa: BLE001 - any refusal is worded by the FastAPI route
+        return None
+
+
+def _replay(messages: list[dict], receive: Callable) -> Callable:
+    """A `receive` that hands out what was already read, then reads on."""
+    pending = deque(messages)
+
+    async def replay() -> dict:
+        if pending:
+            return pending.popleft()
+        return await receive()
+    return replay
