@@ -71,6 +71,11 @@ class Drive:
         inode removed from the tree lives on, as an orphan, until both this and
         open_count reach zero, so an open() racing a rename never sees ENOENT."""
         self.on_outbox = lambda: None  # the syncer's wake-up, set when it starts
+        self.over_quota: set[int] = set()
+        self._grown: set[int] = set()  # inodes written under a quota, for _growth
+        """Files written past the quota since their last close or fsync. The write itself
+        cannot carry EDQUOT (the kernel's write-back turns any error but ENOSPC into EIO),
+        so the bytes are kept and the error comes with the close or fsync (`check_quota`)."""
         self.quota: tuple[int, int] | None = None
         """(quota, bytes used on the server) when the account has a quota, refreshed by
         the session: a write that would go over it gets EDQUOT here and now, not an
@@ -269,7 +274,7 @@ class Drive:
 
     async def write(self, ino: int, off: int, data: bytes) -> int:
         node = self.get(ino)
-        await self._make_room(node, len(data))
+        await self._make_room(node, len(data), off + len(data))
 
         def in_txn(txn: lmdb.Transaction) -> None:
             node.mtime_ns = time.time_ns()
@@ -279,19 +284,30 @@ class Drive:
         await self.content.write(node, off, data, in_txn)
         return len(data)
 
-    async def _make_room(self, node: Inode, incoming: int) -> None:
+    def _growth(self, writing: Inode, end: int) -> int:
+        """How much the files with local changes grow the account beyond what the server
+        counts (`used`), with `writing` extended to `end`. Only computed under a quota."""
+        grown = 0
+        for node in [self.cache.get(ino) for ino in self._grown if ino != writing.ino] + [writing]:
+            if node is None or not node.dirty and node is not writing:
+                continue
+            size = max(node.size, end) if node is writing else node.size
+            grown += max(0, size - node.extra.get("srv_size", node.base_len))
+        self._grown.add(writing.ino)
+        return grown
+
+    async def _make_room(self, node: Inode, incoming: int, end: int = 0) -> None:
         """Dirty data is never evicted: when it would outgrow the cache, clean chunks go
         first; then the writer waits a little for uploads of closed files to free room,
         and gets ENOSPC if none comes (its file, open, cannot be uploaded yet)."""
         chunks = self.chunks
-        if self.quota is not None:
+        if self.quota is not None and node.ino not in self.over_quota:
             quota, used = self.quota
-            # Changes not uploaded yet count in full: an over-estimate only near the quota.
-            if used + chunks.dirty_bytes + incoming > quota:
-                error = QuotaExceededError(f"writing {incoming} bytes to {node.name!r} would exceed the quota "
-                                           f"({used} of {quota} bytes used, {chunks.dirty_bytes} not uploaded yet)")
-                log.warning("EDQUOT: %s", error)
-                raise error
+            grown = self._growth(node, end)
+            if used + grown > quota:
+                log.warning("EDQUOT: %r would take the account to %d bytes, over its quota of %d; kept here, "
+                            "uploaded once room is made", node.name, used + grown, quota)
+                self.over_quota.add(node.ino)
         if chunks.dirty_bytes + incoming <= chunks.limit:
             if chunks.used_bytes + incoming > chunks.limit:
                 chunks.evict(incoming)
@@ -306,6 +322,13 @@ class Drive:
                 raise error
             self.on_outbox()
             await trio.sleep(0.1)
+
+    def check_quota(self, ino: int) -> None:
+        if ino in self.over_quota:
+            self.over_quota.discard(ino)
+            node = self.cache.get(ino)
+            raise QuotaExceededError(f"{node.name if node else ino!r} goes over the account's quota; its bytes are "
+                                     f"kept on this device and uploaded once room is made")
 
     def referenced(self, ino: int) -> None:
         self.lookups[ino] = self.lookups.get(ino, 0) + 1

@@ -120,7 +120,8 @@ class Follower:
         return Inode(ino=ino, parent=parent, name=node.name, kind=node.kind, mode=node.mode, size=node.size,
                      mtime_ns=node.mtime_ns, ctime_ns=node.mtime_ns, target=node.target or "", node_id=node.id,
                      rev=node.rev, base_len=node.size if node.kind == "file" else 0,
-                     srv_parent=parent, srv_name=node.name, srv_mode=node.mode, srv_mtime_ns=node.mtime_ns)
+                     srv_parent=parent, srv_name=node.name, srv_mode=node.mode, srv_mtime_ns=node.mtime_ns,
+                     extra={"srv_size": node.size} if node.kind == "file" else {})
 
     # --- the loops ---
 

@@ -90,6 +90,7 @@ class Session:
             "cache_bytes": self.chunks.used_bytes,
             "cache_limit": self.chunks.limit,
             "conflicts": self.syncer.conflicts,
+            "over_quota_files": len(self.syncer.quota_blocked),
             "uploaded_chunks": self.uploader.sent_chunks,
             "uploaded_bytes": self.uploader.sent_bytes,
             "downloaded_bytes": self.fetcher.downloaded_bytes,

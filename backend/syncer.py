@@ -43,6 +43,7 @@ QUIET_S = 0.2
 MAX_DELAY_S = 2.0
 PARALLEL_UPLOADS = 16
 MAX_BACKOFF_S = 10.0
+QUOTA_RETRY_S = 5.0
 
 
 class Syncer:
@@ -56,6 +57,8 @@ class Syncer:
         self.open_count = open_count
         self.online = True
         self.on_stale: Callable[[int], None] = lambda node_id: None  # the follower's refresh
+        self.quota_blocked: set[int] = set()
+        """Files whose upload the server refused for the quota; retried every QUOTA_RETRY_S."""
         self.last_error = ""
         self._wake = trio.Event()
         self._locks: dict[int, trio.Lock] = {}
@@ -85,14 +88,14 @@ class Syncer:
         task_status.started()
         backoff = 0.2
         while True:
-            items = self.cache.outbox_items(limit=200)
+            items = _due(self.cache.outbox_items(limit=200))
             if not items:
                 self._wake = trio.Event()
                 with trio.move_on_after(1.0):
                     await self._wake.wait()
                 continue
             await self._quiet_period(items[0][1])
-            items = self.cache.outbox_items(limit=500)
+            items = _due(self.cache.outbox_items(limit=500))
             failed: BaseException | None = None
             for group in _groups(items):
                 failed = await self._apply_group(group)
@@ -110,17 +113,23 @@ class Syncer:
         """Apply entries concurrently; return the first transient failure (the whole
         group is retried later, which is safe because every entry is idempotent)."""
         failures: list[BaseException] = []
+        over_quota: list[dict] = []
 
         async def one(op: dict) -> None:
             try:
                 await self._apply(op)
+                if op["op"] == "upload":
+                    self.quota_blocked.discard(op["ino"])
             except GoneError:
                 pass  # removed locally while we worked on it; its delete entry follows
             except (OfflineError, MissingChunksError, _Retry) as exc:
                 failures.append(exc)  # missing chunks: a PUT was lost; the retry sends it again
             except ServerError as exc:
-                if exc.status >= 500 or exc.status in (401, 408, 429):
-                    failures.append(exc)  # 507: over quota; kept until room is made
+                if exc.status == 507:
+                    over_quota.append(op)
+                    self._went_offline(exc)
+                elif exc.status >= 500 or exc.status in (401, 408, 429):
+                    failures.append(exc)
                 else:
                     log.error("dropping outbox entry %s: the server refused it: %s", op, exc)
 
@@ -131,6 +140,13 @@ class Syncer:
         async with trio.open_nursery() as nursery:
             for op in distinct.values():
                 nursery.start_soon(one, op)
+        if over_quota:
+            # To the back of the queue, tried again later: the deletes behind it may be
+            # what makes room, so it must not hold them up.
+            with self.cache.write() as txn:
+                for op in over_quota:
+                    self.quota_blocked.add(op["ino"])
+                    self.cache.enqueue(txn, {**op, "retry_at": time.time() + QUOTA_RETRY_S})
         return failures[0] if failures else None
 
     def _went_offline(self, exc: BaseException) -> None:
@@ -423,6 +439,12 @@ def _groups(items: list[tuple[int, dict]]) -> list[list[tuple[int, dict]]]:
     if current:
         groups.append(current)
     return groups
+
+
+def _due(items: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+    """Entries that are not waiting for a later retry (an upload over quota)."""
+    now = time.time()
+    return [item for item in items if item[1].get("retry_at", 0) <= now]
 
 
 def _deletes_dir(op: dict) -> bool:

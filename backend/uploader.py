@@ -162,6 +162,7 @@ def finish_upload(cache: Cache, chunks: ChunkCache, node: Inode, result: UploadR
         current.srv_mode = result.response.node.mode
         current.srv_mtime_ns = result.response.node.mtime_ns
         cache.set_chunklist(txn, current.ino, current.rev, result.refs)
+        current.extra["srv_size"] = result.size  # what the server counts against a quota
         clean = current.gen == result.gen
         if clean:
             chunks.dirty_bytes -= cache.drop_blocks(txn, current.ino, from_block=0)

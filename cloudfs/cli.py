@@ -145,6 +145,10 @@ def _sync(args: argparse.Namespace) -> int:
                      args.timeout + 10)
     if reply is None:
         return 1
+    if reply.get("over_quota_files"):
+        print(f"cloudfs sync: {reply['over_quota_files']} file(s) go over the account's quota; they are kept "
+              f"here and uploaded once room is made", file=sys.stderr)
+        return 1
     if not reply.get("ok"):
         print(f"cloudfs sync: not done after {args.timeout}s ({reply.get('pending_files')} files pending)",
               file=sys.stderr)

@@ -65,7 +65,9 @@ async def _control_handler(session: Session, mountpoint: Path):  # noqa: ANN202
         if command in ("sync", "flush"):
             with trio.move_on_after(timeout) as scope:
                 await (session.sync(full=bool(req.get("full"))) if command == "sync" else session.flush())
-            return {"ok": not scope.cancelled_caught, "timed_out": scope.cancelled_caught, **session.status()}
+            status = session.status()
+            ok = not scope.cancelled_caught and not status["over_quota_files"]
+            return {**status, "ok": ok, "timed_out": scope.cancelled_caught}
         if command == "fsck":
             with trio.move_on_after(timeout) as scope:
                 report = await run_fsck(session)

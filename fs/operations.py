@@ -221,11 +221,12 @@ class Operations(pyfuse3.Operations):
 
     @errno_of
     async def flush(self, fh: int) -> None:
-        return None
+        self.drive.check_quota(self.handles[fh].ino)
 
     @errno_of
     async def fsync(self, fh: int, datasync: bool) -> None:
         self.drive.fsync(self.handles[fh].ino)
+        self.drive.check_quota(self.handles[fh].ino)
 
     @errno_of
     async def fsyncdir(self, fh: int, datasync: bool) -> None:

@@ -50,11 +50,13 @@ async def health() -> dict[str, str]:
 
 @router.get("/me", tags=["server"])
 async def me(ctx: Ctx, user: Auth) -> wire.Me:
-    def run() -> int:
+    def run() -> tuple[int, int]:
         with ctx.db.read() as conn:
-            return journal.cursor(conn, user.id)
-    return wire.Me(user_id=user.id, name=user.name, root_id=user.root_id, cursor=await ctx.run_db(run),
-                   quota_bytes=user.quota_bytes)
+            used = tree.used_bytes(conn, user.id) if user.quota_bytes is not None else 0
+            return journal.cursor(conn, user.id), used
+    cursor, used = await ctx.run_db(run)
+    return wire.Me(user_id=user.id, name=user.name, root_id=user.root_id, cursor=cursor,
+                   quota_bytes=user.quota_bytes, used_bytes=used)
 
 
 # --- tree ------------------------------------------------------------------------------

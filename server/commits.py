@@ -22,7 +22,7 @@ from cloudfs.backend import wire
 from cloudfs.backend.names import split_path
 
 from . import files, journal, tree
-from .errors import Invalid, IsADirectory, NameExists, NotADirectory, NotFound, StaleRevision
+from .errors import Invalid, IsADirectory, NameExists, NotADirectory, NotFound, QuotaExceeded, StaleRevision
 from .sql import Row, Stmt, Tx
 from .writer import Refused
 
@@ -30,6 +30,9 @@ _VERSION = Stmt("""INSERT INTO versions (node_id, rev, size, mtime_ns, device, c
                    VALUES (:node_id, :rev, :size, :mtime_ns, :device, :created_at) RETURNING id""")
 _VERSION_CHUNK = Stmt("""INSERT INTO version_chunks (version_id, idx, fingerprint, length)
                          VALUES (:version_id, :idx, :fingerprint, :length)""")
+_QUOTA = Stmt("SELECT quota_bytes FROM users WHERE id = :owner_id")
+_USED = Stmt("""SELECT COALESCE(SUM(size), 0) FROM nodes
+                WHERE owner_id = :owner_id AND kind = 'file' AND deleted = {false}""")
 _NODE_UPDATE = Stmt("""UPDATE nodes SET size = :size, mtime_ns = :mtime_ns, rev = :rev, deleted = {false}
                        WHERE id = :id RETURNING *""")
 _NODE_UPDATE_MODE = Stmt("""UPDATE nodes SET size = :size, mtime_ns = :mtime_ns, rev = :rev, deleted = {false},
@@ -155,6 +158,7 @@ def _target(tx: Tx, owner_id: int, root_id: int, req: wire.CommitRequest) -> tup
 def _write_version(tx: Tx, owner_id: int, node: Row | None, parent_id: int, name: str,
                    *, size: int, mtime_ns: int, mode: int | None, refs: list[tuple[str, int]],
                    base_rev: int, device: str) -> wire.CommitResponse:
+    _check_quota(tx, owner_id, size - (node["size"] if node is not None and not node["deleted"] else 0))
     if node is None:
         if base_rev != 0:
             raise NotFound(f"{name!r} does not exist in directory {parent_id} (base_rev {base_rev})", field="base_rev")
@@ -184,3 +188,18 @@ def _write_version(tx: Tx, owner_id: int, node: Row | None, parent_id: int, name
     return wire.CommitResponse(node=tree.to_wire(node), version=wire.Version(rev=rev, size=size, mtime_ns=mtime_ns,
                                                                             device=device, created_at=created),
                                cursor=seq)
+
+
+def _check_quota(tx: Tx, owner_id: int, growth: int) -> None:
+    """The quota counts the sizes of live files. Only an account with a quota pays for
+    the sum, and only a commit that grows the account is refused (507, EDQUOT on the
+    device): shrinking or replacing a file always works, so room can be made."""
+    if growth <= 0:
+        return
+    quota = tx.scalar(_QUOTA, {"owner_id": owner_id})
+    if quota is None:
+        return
+    used = int(tx.scalar(_USED, {"owner_id": owner_id}) or 0)
+    if used + growth > quota:
+        raise QuotaExceeded(f"this commit needs {growth} more bytes; {used} of the quota's {quota} are used",
+                            field="size", quota_bytes=quota, used_bytes=used)

@@ -197,6 +197,12 @@ def set_attr(conn: Connection, owner_id: int, node_id: int, req: wire.AttrReques
     return row, journal.append(conn, owner_id, "attr", row, device=device)
 
 
+def used_bytes(conn: Connection, owner_id: int) -> int:
+    """What a quota counts: the sizes of the owner's live files."""
+    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(nodes.c.size), 0)).where(
+        nodes.c.owner_id == owner_id, nodes.c.kind == "file", nodes.c.deleted == sa.false())).scalar() or 0)
+
+
 def delete(conn: Connection, owner_id: int, node_id: int, *, recursive: bool, device: str,
            rev: int | None = None) -> tuple[Row, int]:
     """Tombstone a node (and, with `recursive`, its whole subtree) as one journal entry.
