@@ -74,11 +74,15 @@ def run_bounded(fn, timeout: float, dl: Deadline) -> None:  # noqa: ANN001
     worker = threading.Thread(target=target, daemon=True)
     worker.start()
     end = time.monotonic() + timeout
-    while worker.is_alive():
-        worker.join(0.5)
-        if time.monotonic() > end and worker.is_alive():
-            dl.cancelled = True
-            raise Overrun(f"not done after {timeout:.0f} s")
+    try:
+        while worker.is_alive():
+            worker.join(0.5)
+            if time.monotonic() > end and worker.is_alive():
+                raise Overrun(f"not done after {timeout:.0f} s")
+    except BaseException:  # Overrun, Ctrl-C, SIGTERM: let the worker stop at its next check
+        dl.cancelled = True
+        worker.join(10)
+        raise
     if failure:
         raise failure[0]
 
@@ -233,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored (`cmd &`)
     ensure_tools()
 
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -262,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
                 failures.setdefault(name, []).append(f"start/stop: {exc!r}")
                 print(f"  {name}: {exc!r}", file=sys.stderr, flush=True)
             loads[name] = (before, loadavg()[0])
+            if args.profile:  # the logs go with the flame graphs (commit times, request lines)
+                for log in (tmp / name).rglob("*.log"):
+                    keep = args.profile / f"{name}-logs" / log.relative_to(tmp / name)
+                    keep.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(log, keep)
             shutil.rmtree(tmp / name, ignore_errors=True)
     except KeyboardInterrupt:
         print("interrupted; everything is unmounted and stopped", file=sys.stderr)

@@ -47,8 +47,8 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> "Sizes":
-        return cls(file_mib=128, fio_s=5, small_files=500, tree=(5, 5, 39), tar_files=400, prop_files=10,
-                   workload_timeout=240.0, settle_timeout=180.0)
+        return cls(file_mib=64, fio_s=3, small_files=200, tree=(3, 3, 30), tar_files=150, prop_files=10,
+                   workload_timeout=180.0, settle_timeout=150.0)
 
     @property
     def tree_entries(self) -> int:
