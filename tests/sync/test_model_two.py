@@ -49,6 +49,7 @@ import contextlib
 import ctypes
 import datetime
 import errno
+import itertools
 import os
 import random
 import re
@@ -156,18 +157,24 @@ def label(content: bytes | None) -> str:
     return f"<{tags}:{len(content)}B>"
 
 
-def base_name(name: str) -> str:
-    """The pool name a (possibly conflicted-copy) name derives from."""
+def name_origins(name: str) -> list[str]:
+    """`name`, then each name it is a conflicted copy of, down to the pool name."""
+    out = [name]
     for _ in range(20):
-        m = COPY.match(name)
+        m = COPY.match(out[-1])
         if not m:
-            return name
-        name = m.group(1) + (m.group(2) or "")
-    return name
+            break
+        out.append(m.group(1) + (m.group(2) or ""))
+    return out
 
 
 def base_path(path: str) -> str:
-    return "/".join(base_name(part) for part in path.split("/"))
+    return "/".join(name_origins(part)[-1] for part in path.split("/"))
+
+
+def path_origins(path: str) -> list[str]:
+    """Every path `path` may be a conflicted copy of (itself included)."""
+    return ["/".join(parts) for parts in itertools.product(*(name_origins(p) for p in path.split("/")))]
 
 
 def related(p: str, q: str) -> bool:
@@ -512,7 +519,7 @@ class TwoDevices(RuleBasedStateMachine):
         self.stats["rounds where the devices met"] += bool(contested)
         wrong = []
         for p in sorted(set(final) | set(self.settled) | set(before["a"]) | set(before["b"])):
-            if under_any(base_path(p), contested) or under_any(p, contested):
+            if any(under_any(origin, contested) for origin in path_origins(p)):
                 continue
             owner = next((dev for dev in "ab" if under_any(p, owned[dev])), None)
             want = before[owner].get(p, "absent") if owner else self.settled.get(p, "absent")
