@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import zstandard
 
 from . import wire
-from .chunker import fingerprint as sha256_fingerprint
+from .compress import decode
 from .errors import CorruptChunkError, OfflineError, from_response
 
 
@@ -143,19 +142,18 @@ class ApiClient:
         return wire.CommitResponse.model_validate(await self._call("POST", f"/files/{node_id}/restore", json={"rev": rev}))
 
     async def fetch_chunk(self, fingerprint: str, download: wire.SignedRequest, compression: str = "none") -> bytes:
-        """Download one chunk and return its plain bytes, verified against `fingerprint`."""
+        """Download one chunk and return its plain bytes, verified against `fingerprint`
+        (in either encoding, and never inflated past the largest chunk: see compress.py)."""
         try:
             response = await self.blobs.request(download.method, download.url, headers=download.headers)
         except httpx.TransportError as exc:
             raise OfflineError(f"download of chunk {fingerprint}: {exc!r}") from exc
         if response.status_code >= 300:
             raise from_response(response.status_code, _error_body(response))
-        data = response.content
-        if compression == "zstd":
-            data = zstandard.ZstdDecompressor().decompress(data)
-        actual = sha256_fingerprint(data)
-        if actual != fingerprint:
-            raise CorruptChunkError(f"chunk {fingerprint}: downloaded bytes hash to {actual}")
+        data = decode(response.content, compression, fingerprint)
+        if data is None:
+            raise CorruptChunkError(f"chunk {fingerprint}: the downloaded bytes ({len(response.content)}, "
+                                    f"stored as {compression}) do not hash to it")
         return data
 
 
