@@ -1,11 +1,25 @@
-"""Uploading one file's content: chunk, ask what is missing, PUT it, commit.
+"""Uploading one file's content: chunk, ask what is missing, compress, PUT it, commit.
 
 The file is streamed through the chunker in a worker thread (`ContentReader`), so
-memory holds only the chunks in flight, whatever the file size. Pieces flow through a
-bounded channel to upload tasks; the server is asked in batches which chunks it
+memory holds only the chunks in flight, whatever the file size: a byte budget
+(BUDGET_BYTES) bounds the pieces between the chunker and the end of their batch, so
+the bound holds for 64 MiB chunks as well as for 1 MiB ones. Pieces flow through an
+unbuffered channel to the batch loop; the server is asked in batches which chunks it
 lacks, and only those are sent. The commit names the base revision the device
 started from; the dirty blocks are dropped only after the commit succeeded, and only
 if the file did not change meanwhile (its `gen` is unchanged).
+
+Compression (compress.py) is decided once per file from its name and first bytes,
+then per chunk by a probe. Only chunks the server lacks are compressed: a batch is
+prepared as plain chunks first, the missing ones that compress are prepared again
+with their zstd length and hash (the server then signs URLs for the compressed
+bodies), so re-uploading a large edited text file compresses only what changed.
+Chunks of at most EAGER_BYTES are compressed before the first prepare instead (the
+CPU is negligible and a small file then costs one prepare, not two).
+
+Concurrency: the producer thread only reads (LMDB read transactions, and fetches of
+base chunks through `trio.from_thread`); everything else runs on the trio thread. The
+budget's waiters are the producer alone.
 """
 
 from __future__ import annotations
@@ -20,14 +34,20 @@ from .api_client import ApiClient
 from .cache import Cache, Inode
 from .chunker import Piece, iter_pieces
 from .chunkcache import ChunkCache
+from .compress import Packed, compress, skip_reason
 from .content import Content, ContentReader
 
 log = logging.getLogger("cloudfs.uploader")
 
+MiB = 1024 * 1024
 BATCH = 16
-BATCH_BYTES = 32 * 1024 * 1024
-QUEUED_PIECES = 2
+BATCH_BYTES = 32 * MiB
+BUDGET_BYTES = 64 * MiB
+"""Plain bytes of pieces held between the chunker and the end of their batch. Each piece
+counts at most BUDGET_BYTES - BATCH_BYTES, so an unfinished batch (< BATCH_BYTES)
+always leaves room for the next piece: the loop cannot deadlock."""
 PARALLEL_PUTS = 8
+EAGER_BYTES = 256 * 1024
 
 
 @dataclass
@@ -40,6 +60,57 @@ class UploadResult:
     sent_bytes: int
 
 
+@dataclass
+class _Outgoing:
+    """A piece on its way: may it be compressed, and its compressed body once made."""
+
+    piece: Piece
+    compressible: bool
+    held: int
+    """Bytes of the budget it holds."""
+    packed: Packed | None = None
+    tried: bool = False
+    """Compression was tried (`packed` None then means: it did not pay)."""
+
+    def pack(self) -> None:
+        self.packed, self.tried = compress(self.piece.data), True
+
+    def describe(self) -> wire.ChunkUpload:
+        p = self.piece
+        if self.packed is None:
+            return wire.ChunkUpload(fingerprint=p.fingerprint, length=p.length)
+        return wire.ChunkUpload(fingerprint=p.fingerprint, length=p.length, compression=self.packed.compression,
+                                stored_length=len(self.packed.body), stored_sha256=self.packed.sha256)
+
+    @property
+    def body(self) -> bytes:
+        return self.packed.body if self.packed is not None else self.piece.data
+
+
+class ByteBudget:
+    """A counting semaphore over bytes (trio's count units, and one unit per byte
+    would mean one acquire per byte)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._freed = trio.Event()
+
+    async def acquire(self, n: int) -> int:
+        """Take `n` bytes (at most the whole limit); returns what was taken."""
+        n = min(n, self.limit)
+        while self.used + n > self.limit:
+            if self._freed.is_set():
+                self._freed = trio.Event()
+            await self._freed.wait()
+        self.used += n
+        return n
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._freed.set()
+
+
 class Uploader:
     def __init__(self, client: ApiClient, cache: Cache, chunks: ChunkCache, content: Content) -> None:
         self.client = client
@@ -48,6 +119,9 @@ class Uploader:
         self.content = content
         self.sent_chunks = 0
         self.sent_bytes = 0
+        """Bytes PUT to the store (compressed bodies count as stored)."""
+        self.sent_plain_bytes = 0
+        self.compressed_chunks = 0
 
     async def upload(self, node: Inode, *, parent_node_id: int) -> UploadResult:
         """Commit `node`'s current content as a new version; raises the server's error
@@ -56,27 +130,39 @@ class Uploader:
         base = await self.content.base_chunks(node)
         refs: list[tuple[str, int]] = []
         sent_chunks = sent_bytes = 0
-        # Memory bound: QUEUED_PIECES in the channel + one batch (<= BATCH_BYTES + a chunk).
-        send, receive = trio.open_memory_channel[Piece | None](QUEUED_PIECES)
+        budget = ByteBudget(BUDGET_BYTES)
+        send, receive = trio.open_memory_channel[_Outgoing](0)
 
         def produce() -> None:
             reader = ContentReader(self.content, node, base, size)
+            compressible = None
             for piece in iter_pieces(reader, size):
-                trio.from_thread.run(send.send, piece)
+                if compressible is None:
+                    reason = skip_reason(node.name, piece.data[:16])
+                    if reason:
+                        log.debug("inode %d (%s): not compressed, %s", node.ino, node.name, reason)
+                    compressible = reason is None
+                held = trio.from_thread.run(budget.acquire, min(piece.length, BUDGET_BYTES - BATCH_BYTES))
+                out = _Outgoing(piece, compressible, held)
+                if compressible and piece.length <= EAGER_BYTES:
+                    out.pack()
+                trio.from_thread.run(send.send, out)
             trio.from_thread.run(send.aclose)
 
         async def consume() -> None:
             nonlocal sent_chunks, sent_bytes
-            batch: list[Piece] = []
+            batch: list[_Outgoing] = []
+            batch_bytes = 0
             async with receive:
-                async for piece in receive:
-                    refs.append((piece.fingerprint, piece.length))
-                    batch.append(piece)
-                    if len(batch) >= BATCH or sum(p.length for p in batch) >= BATCH_BYTES:
-                        c, b = await self._send_batch(batch)
-                        sent_chunks, sent_bytes, batch = sent_chunks + c, sent_bytes + b, []
+                async for out in receive:
+                    refs.append((out.piece.fingerprint, out.piece.length))
+                    batch.append(out)
+                    batch_bytes += out.piece.length
+                    if len(batch) >= BATCH or batch_bytes >= BATCH_BYTES:
+                        c, b = await self._send_batch(batch, budget)
+                        sent_chunks, sent_bytes, batch, batch_bytes = sent_chunks + c, sent_bytes + b, [], 0
                 if batch:
-                    c, b = await self._send_batch(batch)
+                    c, b = await self._send_batch(batch, budget)
                     sent_chunks, sent_bytes = sent_chunks + c, sent_bytes + b
 
         async with trio.open_nursery() as nursery:
@@ -96,28 +182,47 @@ class Uploader:
         self.sent_bytes += sent_bytes
         return UploadResult(response, refs, gen, size, sent_chunks, sent_bytes)
 
-    async def _send_batch(self, batch: list[Piece]) -> tuple[int, int]:
-        by_fp = {p.fingerprint: p for p in batch}
-        prepared = await self.client.prepare_upload(
-            [wire.ChunkUpload(fingerprint=p.fingerprint, length=p.length) for p in by_fp.values()])
+    async def _send_batch(self, batch: list[_Outgoing], budget: ByteBudget) -> tuple[int, int]:
+        """Prepare, compress what is missing, PUT; then release the batch's budget.
+        Returns (chunks sent, bytes sent)."""
+        try:
+            return await self._prepare_and_put({o.piece.fingerprint: o for o in batch})
+        finally:
+            budget.release(sum(o.held for o in batch))
+
+    async def _prepare_and_put(self, by_fp: dict[str, _Outgoing]) -> tuple[int, int]:
+        prepared = await self.client.prepare_upload([o.describe() for o in by_fp.values()])
+        tickets = {t.fingerprint: t for t in prepared.missing}
+        late = [by_fp[fp] for fp in tickets if by_fp[fp].compressible and not by_fp[fp].tried]
+        if late:
+            await trio.to_thread.run_sync(lambda: [o.pack() for o in late])
+            packed = [o for o in late if o.packed is not None]
+            if packed:  # sign again, for the compressed bodies
+                again = await self.client.prepare_upload([o.describe() for o in packed])
+                tickets.update((t.fingerprint, t) for t in again.missing)
+                for fp in again.present:  # another upload finished it meanwhile
+                    tickets.pop(fp, None)
         limiter = trio.CapacityLimiter(PARALLEL_PUTS)
         sent = 0
 
         async def put(ticket: wire.ChunkTicket) -> None:
             nonlocal sent
             async with limiter:
-                data = by_fp[ticket.fingerprint].data
-                await self.client.put_chunk(ticket, data)
-                sent += len(data)
+                out = by_fp[ticket.fingerprint]
+                await self.client.put_chunk(ticket, out.body)
+                sent += len(out.body)
+                self.sent_plain_bytes += out.piece.length
+                self.compressed_chunks += out.packed is not None
 
         async with trio.open_nursery() as nursery:
-            for ticket in prepared.missing:
+            for ticket in tickets.values():
                 nursery.start_soon(put, ticket)
         # Keep what we just uploaded: the next read of this file is then local.
-        for p in by_fp.values():
+        for o in by_fp.values():
+            p = o.piece
             if p.fingerprint not in self.chunks and self.chunks.used_bytes + p.length < self.chunks.limit:
                 self.chunks.put(p.fingerprint, p.data)
-        return len(prepared.missing), sent
+        return len(tickets), sent
 
 
 def finish_upload(cache: Cache, chunks: ChunkCache, node: Inode, result: UploadResult) -> bool:

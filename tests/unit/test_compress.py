@@ -12,11 +12,13 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+import trio
 import zstandard
 
 from cloudfs.backend import compress as cz
 from cloudfs.backend.compress import (CompressionError, compress, decode, inflate, plain_digest, skip_reason,
                                       worth_compressing)
+from cloudfs.backend.uploader import ByteBudget
 
 MiB = 1024 * 1024
 
@@ -190,3 +192,29 @@ def test_plain_digest_streams_and_caps() -> None:
         plain_digest(pieces, "zstd", max_length=len(PLAIN) - 1)
     with pytest.raises(CompressionError, match="unknown"):
         plain_digest(pieces, "gzip")
+
+
+# --- the uploader's byte budget ---------------------------------------------------------------
+
+
+def test_byte_budget_waits_for_release() -> None:
+    async def main() -> None:
+        budget = ByteBudget(100)
+        assert await budget.acquire(80) == 80
+        got: list[int] = []
+
+        async def taker() -> None:
+            got.append(await budget.acquire(30))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(taker)
+            await trio.sleep(0.05)
+            assert got == [] and budget.used == 80  # 80 + 30 > 100: waits
+            budget.release(20)
+            await trio.sleep(0.05)
+            assert got == [30] and budget.used == 90
+        budget.release(90)
+        assert await budget.acquire(10**9) == 100  # clamped to the whole budget, never stuck
+        assert budget.used == 100
+
+    trio.run(main)
