@@ -23,6 +23,7 @@ Known cost of size-dependent averages: when a file grows past a threshold (4, 8,
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
@@ -47,7 +48,8 @@ assert 4 * MAX_AVG <= MAX_CHUNK_BYTES
 @dataclass(frozen=True)
 class Piece:
     offset: int
-    data: bytes
+    data: bytes | bytearray
+    """A bytearray for grouped chunks (built in place, never copied; nobody mutates it)."""
     fingerprint: str
 
     @property
@@ -60,6 +62,18 @@ def average_size(file_size: int) -> int:
     avg = MIN_AVG
     while avg < MAX_AVG and file_size // avg > TARGET_CHUNKS:
         avg *= 2
+    return avg
+
+
+def forced_average() -> int | None:
+    """CLOUDFS_CHUNK_AVG_MIB=N (a power of two, 1..16) forces the average for every
+    file: benchmarks use it to see 16 MiB chunks without writing 32 GiB files."""
+    raw = os.environ.get("CLOUDFS_CHUNK_AVG_MIB")
+    if not raw:
+        return None
+    avg = int(raw) * MiB
+    if not MIN_AVG <= avg <= MAX_AVG or avg & (avg - 1):
+        raise ValueError(f"CLOUDFS_CHUNK_AVG_MIB={raw}: a power of two from 1 to {MAX_AVG // MiB}")
     return avg
 
 
@@ -89,8 +103,8 @@ class _SmallReads:
 def iter_pieces(stream: BinaryIO, file_size: int, *, avg: int | None = None) -> Iterator[Piece]:
     """Cut `stream` into pieces; holds at most one chunk plus FastCDC's buffer (2 * the
     largest base piece: 8 MiB at 1 MiB average, 32 MiB from 4 MiB on) at a time.
-    `avg` overrides `average_size(file_size)` (tests and benchmarks)."""
-    avg = avg or average_size(file_size)
+    `avg` (tests) or CLOUDFS_CHUNK_AVG_MIB (benchmarks) overrides `average_size(file_size)`."""
+    avg = avg or forced_average() or average_size(file_size)
     if not hasattr(stream, "readinto"):
         stream = _SmallReads(stream)
     if avg <= CDC_MAX_AVG:
@@ -107,27 +121,27 @@ def _is_group_end(gear_hash: int, fanout: int) -> bool:
 
 def _grouped(stream: BinaryIO, avg: int) -> Iterator[Piece]:
     """Averages above CDC_MAX_AVG: group CDC_MAX_AVG pieces, `avg // CDC_MAX_AVG` of them
-    on average, into chunks of avg / 4 ... 4 * avg."""
+    on average, into chunks of avg / 4 ... 4 * avg. A group grows in one bytearray
+    (realloc, which moves large blocks with mremap) and is handed out as is: joining
+    copies would hold a 64 MiB group twice."""
     fanout = avg // CDC_MAX_AVG
     min_len, max_len = avg // 4, max_size(avg)
-    parts: list[bytes] = []
-    offset = length = 0
+    buf = bytearray()
+    offset = 0
     digest = hashlib.sha256()
 
     def emit() -> Piece:
-        nonlocal parts, offset, length, digest
-        data = b"".join(parts)
-        piece = Piece(offset=offset, data=data, fingerprint=digest.hexdigest())
-        offset, length, parts, digest = offset + length, 0, [], hashlib.sha256()
+        nonlocal buf, offset, digest
+        piece = Piece(offset=offset, data=buf, fingerprint=digest.hexdigest())
+        offset, buf, digest = offset + len(buf), bytearray(), hashlib.sha256()
         return piece
 
     for chunk in FastCDC(CDC_MAX_AVG).cut_stream(stream):
-        if length and length + chunk.length > max_len:
+        if buf and len(buf) + chunk.length > max_len:
             yield emit()
-        parts.append(bytes(chunk.data))
+        buf += chunk.data
         digest.update(chunk.data)
-        length += chunk.length
-        if length >= min_len and _is_group_end(chunk.gear_hash, fanout):
+        if len(buf) >= min_len and _is_group_end(chunk.gear_hash, fanout):
             yield emit()
-    if length:
+    if buf:
         yield emit()

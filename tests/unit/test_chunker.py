@@ -8,6 +8,7 @@ import hashlib
 import io
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -173,3 +174,13 @@ def test_insert_near_start_changes_few_groups(seed: int, position: int, inserted
     assert len(changed) <= 2, f"{len(changed)} of {len(after)} chunks changed"
     assert sum(p.length for p in changed) <= 2 * max_size(avg)
     assert pieces[-1].fingerprint == after[-1].fingerprint
+
+
+def test_forced_average(monkeypatch) -> None:  # noqa: ANN001
+    data = random.Random(3).randbytes(40 * MiB)
+    monkeypatch.setenv("CLOUDFS_CHUNK_AVG_MIB", "8")
+    pieces = list(iter_pieces(io.BytesIO(data), len(data)))
+    assert len(pieces) <= 6 and b"".join(p.data for p in pieces) == data
+    monkeypatch.setenv("CLOUDFS_CHUNK_AVG_MIB", "3")
+    with pytest.raises(ValueError):
+        list(iter_pieces(io.BytesIO(data), len(data)))
