@@ -14,10 +14,12 @@ on a fresh embedded server (SQLite, local chunk store; tests.harness) and a fres
      reports, per process, the peak RSS (VmHWM, which counts the LMDB map's file pages
      too) and the peak of the anonymous part (RssAnon: heap, Python objects, buffers).
 
-Then, on another fresh server and mount (`--insert-mib`, default 256), the edit test:
+First, on another fresh server and mount (`--insert-mib`, default 256), the edit test:
 write a file, sync, insert 16 bytes at offset 4096 by rewriting the file in place,
 sync again, and report the bytes the second sync uploaded (`cloudfs status`'s
-uploaded_bytes) against the file size.
+uploaded_bytes) against the file size. The same insert is then put through the
+chunker alone (`--chunker-mib`, default 1024) at 1, 4 and 16 MiB averages, the last
+being what a 50 GB file gets.
 
 Disk: a size runs only if the temp dir's filesystem has room for the dirty blocks, the
 server's store and the clean copies the uploader keeps in the cache (up to the cache
@@ -347,6 +349,46 @@ def run_insert(tmp: Path, size: int, timeout: float) -> InsertResult:
     return InsertResult(size, first, second, before, after, resync)
 
 
+class _StreamReader:
+    """The stream (with an optional insert) as a file-like object for the chunker."""
+
+    def __init__(self, data: UniqueBytes, size: int, insert: tuple[int, bytes] | None) -> None:
+        self.data, self.size, self.insert, self.pos = data, size, insert, 0
+
+    def read(self, n: int) -> bytes:
+        at, extra = self.insert if self.insert else (self.size, b"")
+        total = self.size + len(extra)
+        n = min(n, total - self.pos)
+        out = bytearray()
+        while n > 0:
+            if self.pos < at:
+                piece = self.data.read(self.pos, min(n, at - self.pos))
+            elif self.pos < at + len(extra):
+                piece = extra[self.pos - at:self.pos - at + n]
+            else:
+                piece = self.data.read(self.pos - len(extra), n)
+            out += piece
+            self.pos += len(piece)
+            n -= len(piece)
+        return bytes(out)
+
+
+def chunker_edit(size: int, averages: list[int]) -> list[tuple[int, int, int, int]]:
+    """In process, no mount: the same insert at each chunk average (the mount picks the
+    average from the file size, so 8 and 16 MiB are only reached past 16 and 32 GiB).
+    Returns (avg, chunks before, chunks not seen before, bytes in them) per average."""
+    from cloudfs.backend.chunker import iter_pieces
+
+    data = UniqueBytes(seed=9)
+    out = []
+    for avg in averages:
+        before = {p.fingerprint for p in iter_pieces(_StreamReader(data, size, None), size, avg=avg)}
+        new = [p.length for p in iter_pieces(_StreamReader(data, size, (4096, b"sixteen bytes!!\n")), size + 16, avg=avg)
+               if p.fingerprint not in before]
+        out.append((avg, len(before), len(new), sum(new)))
+    return out
+
+
 # --- the run -----------------------------------------------------------------------------------
 
 
@@ -416,18 +458,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=lambda s: [parse_size(x) for x in s.split(",") if x], default=None,
                         help="comma-separated sizes, e.g. 1G,4G,8G (the default)")
     parser.add_argument("--insert-mib", type=int, default=256, help="file size for the edit test; 0 skips it")
+    parser.add_argument("--chunker-mib", type=int, default=1024,
+                        help="the same edit through the chunker alone at 1, 4 and 16 MiB averages; 0 skips it")
+    parser.add_argument("--chunk-avg-mib", type=int, default=None,
+                        help="force the mount's chunk average (CLOUDFS_CHUNK_AVG_MIB), e.g. 16 as for a 50 GB file")
     parser.add_argument("--cache-size", default="10G", help="the mounts' --cache-size (default 10G, as cloudfs mount)")
     parser.add_argument("--rss-target", type=float, default=300.0, help="MiB; exit 1 if a peak RSS passes it")
     parser.add_argument("--tmp", type=Path, default=None, help="where the temp dirs go (default: the system's)")
     args = parser.parse_args(argv)
     sizes = args.sizes or ([256 * MiB, 1 * GiB] if args.quick else [1 * GiB, 4 * GiB, 8 * GiB])
     signal.signal(signal.SIGTERM, _sigterm)
-    print(f"cloudfs large-file benchmark; {machine()}; code {code_state()}", flush=True)
+    if args.chunk_avg_mib:
+        os.environ["CLOUDFS_CHUNK_AVG_MIB"] = str(args.chunk_avg_mib)  # the mounts inherit it
+    forced = os.environ.get("CLOUDFS_CHUNK_AVG_MIB")
+    print(f"cloudfs large-file benchmark; {machine()}; code {code_state()}"
+          + (f"; chunk average forced to {forced} MiB" if forced else ""), flush=True)
     print(f"{time.strftime('%a %b %d %Y %H:%M UTC', time.gmtime())}; load {loadavg()}", flush=True)
 
     results: list[SizeResult] = []
     skipped: list[str] = []
     insert: InsertResult | None = None
+    edits: list[tuple[int, int, int, int]] = []
     status = 2
     base = Path(tempfile.mkdtemp(prefix="cloudfs-bench-large-", dir=args.tmp))
     try:
@@ -437,6 +488,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  re-uploaded {insert.after_insert / MiB:.2f} MiB of {insert.size / MiB:.0f} MiB "
                   f"({100 * insert.after_insert / insert.size:.2f}%), chunks {insert.chunks_before} -> "
                   f"{insert.chunks_after}, sync {insert.resync_s:.1f} s", flush=True)
+            edits = chunker_edit(args.chunker_mib * MiB, [1 * MiB, 4 * MiB, 16 * MiB]) if args.chunker_mib else []
+            for avg, count, changed, changed_bytes in edits:
+                print(f"  chunker alone, {args.chunker_mib} MiB at {avg // MiB} MiB average: {changed} of {count} "
+                      f"chunks new after the insert, {changed_bytes / MiB:.1f} MiB", flush=True)
         for size in sizes:
             free = shutil.disk_usage(base).free
             # dirty blocks + the uploader's clean copies (up to the cache limit) + the
@@ -473,11 +528,14 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"{machine()}; code {code_state()}; {time.strftime('%a %b %d %Y %H:%M UTC', time.gmtime())}; "
-          f"load at the end {loadavg()}")
+          f"load at the end {loadavg()}" + (f"; chunk average forced to {forced} MiB" if forced else ""))
     if results:
         print(table(results))
     for line in skipped:
         print(line)
+    for avg, count, changed, changed_bytes in edits:
+        print(f"chunker alone, {args.chunker_mib} MiB, {avg // MiB} MiB average: {changed} of {count} chunks new "
+              f"after the insert ({changed_bytes / MiB:.1f} MiB, {100 * changed_bytes / (args.chunker_mib * MiB):.2f}%)")
     if insert:
         print(f"\nedit: {human(insert.size)} file, 16 bytes inserted at offset 4096: the second sync uploaded "
               f"{insert.after_insert:,} bytes ({insert.after_insert / MiB:.2f} MiB, "
