@@ -112,7 +112,7 @@ class ApiClient:
         body = {"chunks": [c.model_dump(exclude_none=True) for c in chunks]}
         return wire.PrepareUploadResponse.model_validate(await self._call("POST", "/uploads/prepare", json=body))
 
-    async def put_chunk(self, ticket: wire.ChunkTicket, data: bytes | bytearray) -> None:
+    async def put_chunk(self, ticket: wire.ChunkTicket, data: bytes | memoryview) -> None:
         upload = ticket.upload
         headers = {**upload.headers, "Content-Length": str(len(data))}
         try:
@@ -170,7 +170,7 @@ class _SentOnce:
     transfer. At 16 MiB chunks that was ~120 MiB of finished uploads and ~300 MiB of
     finished downloads in the mount (gc.collect() freed them). Sent as 1 MiB views."""
 
-    def __init__(self, data: bytes | bytearray) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         self._data = data
 
     async def __aiter__(self) -> AsyncIterator[bytes]:

@@ -125,7 +125,7 @@ class Packed:
     """SHA-256 of `body`: what the signed URL and S3's checksum check."""
 
 
-def compress(data: bytes, *, probe: bool = True) -> Packed | None:
+def compress(data: bytes | memoryview, *, probe: bool = True) -> Packed | None:
     """`data` as a zstd frame (with its content size, which readers rely on), or None
     when compressing does not pay: the probe says no, or the frame is not at least
     MIN_SAVING smaller than the plain bytes."""

@@ -74,7 +74,7 @@ class _Outgoing:
 
     fingerprint: str
     length: int
-    data: bytes | bytearray
+    data: bytes | memoryview
     """The plain bytes; b"" once its batch is done (`drop`)."""
     compressible: bool
     held: int
@@ -100,7 +100,7 @@ class _Outgoing:
                                 stored_length=len(self.packed.body), stored_sha256=self.packed.sha256)
 
     @property
-    def body(self) -> bytes | bytearray:
+    def body(self) -> bytes | memoryview:
         return self.packed.body if self.packed is not None else self.data
 
 
