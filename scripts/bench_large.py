@@ -121,7 +121,7 @@ def status_kib(pid: int) -> dict[str, int]:
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
             out[key] = int(rest.split()[0])
     return out
 
@@ -260,7 +260,7 @@ class SizeResult:
 
 
 def peaks(sampler: Sampler, name: str) -> dict[str, float]:
-    return {key: sampler.mib(name, key) for key in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
+    return {key: sampler.mib(name, key) for key in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem")}
 
 
 def run_size(tmp: Path, size: int, cache_size: str, timeout: float) -> SizeResult:
