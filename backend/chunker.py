@@ -5,14 +5,14 @@ start of a file changes one or two chunks instead of all of them.
 
 The average chunk grows with the file (`average_size`: 1 MiB up to 4 GiB, doubling
 until a file has at most about TARGET_CHUNKS chunks, at most 16 MiB), so a 50 GB file
-has ~2,400 chunks rather than ~50,000: fewer prepare/commit rows, smaller chunk lists,
-and fewer requests per byte. pyfastcdc refuses averages above 4 MiB, so larger
-averages are made of 4 MiB-average pieces grouped by a second content-defined rule: a
-group ends after a piece whose cut point's gear hash has FANOUT_BITS more zero bits
-(`_is_group_end`). That hash depends only on the 64 bytes before the cut, so group
-boundaries survive edits exactly as piece boundaries do. As in FastCDC, a group is at
-least avg / 4 and at most 4 * avg long (64 MiB at most, the server's MAX_CHUNK_BYTES);
-the real mean is about 1.25 * avg.
+has about 2,300 chunks rather than ~10,000 at pyfastcdc's 4 MiB ceiling: fewer
+prepare/commit rows, smaller chunk lists, fewer requests per byte. pyfastcdc refuses
+averages above 4 MiB, so larger averages are made of 4 MiB-average pieces grouped by a
+second content-defined rule: a group ends after a piece whose cut point's gear hash
+has a top byte divisible by the fan-out, avg / 4 MiB (`_is_group_end`). That hash
+depends only on the 64 bytes before the cut, so group boundaries survive edits as
+piece boundaries do. As in FastCDC, a group is at least avg / 4 and at most 4 * avg
+long (64 MiB at most, the server's MAX_CHUNK_BYTES); the real mean is 1.2-1.5 * avg.
 
 Fingerprints are SHA-256 of the plain bytes (what S3 can verify on upload).
 

@@ -18,8 +18,9 @@ Chunks of at most EAGER_BYTES are compressed before the first prepare instead (t
 CPU is negligible and a small file then costs one prepare, not two).
 
 Concurrency: the producer thread only reads (LMDB read transactions, and fetches of
-base chunks through `trio.from_thread`); everything else runs on the trio thread. The
-budget's waiters are the producer alone.
+base chunks through `trio.from_thread`) and gives the LMDB map's pages back every
+UNMAP_BYTES (lmdbmap.py: harmless to readers in other threads); everything else runs
+on the trio thread. The budget's waiters are the producer alone.
 """
 
 from __future__ import annotations
