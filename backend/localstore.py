@@ -63,6 +63,15 @@ class LocalStore:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NoSuchKeyError(key) from None
 
+    def stream(self, key: str) -> Iterator[bytes]:
+        try:
+            f = open(self._path(key), "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NoSuchKeyError(key) from None
+        with f:
+            while piece := f.read(1 << 20):
+                yield piece
+
     def open_path(self, key: str) -> Path:
         path = self._path(key)
         if not path.is_file():

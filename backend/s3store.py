@@ -93,14 +93,17 @@ class S3Store:
             return ObjectInfo(size=meta["ContentLength"], sha256_hex=base64.b64decode(checksum).hex())
         return ObjectInfo(size=meta["ContentLength"], sha256_hex=self._stream_sha256(key))
 
-    def _stream_sha256(self, key: str) -> str:
-        digest = hashlib.sha256()
+    def stream(self, key: str) -> Iterator[bytes]:
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-            for piece in body.iter_chunks(1 << 20):
-                digest.update(piece)
+            yield from body.iter_chunks(1 << 20)
         except Exception as exc:
             raise _translate(exc, key) from exc
+
+    def _stream_sha256(self, key: str) -> str:
+        digest = hashlib.sha256()
+        for piece in self.stream(key):
+            digest.update(piece)
         return digest.hexdigest()
 
     def delete(self, key: str) -> None:

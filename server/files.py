@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cloudfs.backend import wire
+from cloudfs.backend.compress import CompressionError, plain_digest
 from cloudfs.backend.store import NoSuchKeyError, ObjectStore, StoreError, TransientError, chunk_key
 
 from . import journal, tree
@@ -135,6 +136,28 @@ def check_stored(store: ObjectStore, owner_id: int, row: Row) -> str | None:
         return f"stored size {info.size}, expected {row['stored_length']}"
     if not info.verified_on_write and info.sha256_hex != row["stored_sha256"]:
         return "stored bytes do not match their checksum"
+    if row["compression"] != "none" and not info.verified_on_write:
+        return _check_plain(store, owner_id, row)
+    return None
+
+
+def _check_plain(store: ObjectStore, owner_id: int, row: Row) -> str | None:
+    """A compressed object must inflate to exactly its chunk: the store (S3) checked
+    only the compressed bytes, against the hash the device claimed for them. Streams
+    the object once, capped at the chunk's length (compress.plain_digest)."""
+    try:
+        digest, length = plain_digest(store.stream(chunk_key(owner_id, row["fingerprint"])), row["compression"],
+                                      max_length=row["length"])
+    except CompressionError as exc:
+        return f"stored bytes are not a valid {row['compression']} body: {exc}"
+    except NoSuchKeyError:
+        return "not in the store"
+    except TransientError as exc:
+        raise StoreUnavailable(f"object store unavailable while verifying chunk {row['fingerprint']}: {exc}") from exc
+    except StoreError as exc:
+        return f"store error: {exc}"
+    if length != row["length"] or digest != row["fingerprint"]:
+        return "stored bytes do not decompress to the chunk"
     return None
 
 

@@ -1,5 +1,6 @@
 """The chunker: pieces cover the file exactly, fingerprints are SHA-256 of the plain bytes,
-chunk size grows with the file, and cut points follow content, not offsets."""
+chunk size grows with the file (past pyfastcdc's 4 MiB ceiling by grouping pieces), and
+cut points follow content, not offsets."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import hashlib
 import io
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloudfs.backend.chunker import MAX_AVG, MIN_AVG, MiB, average_size, fingerprint, iter_pieces
+from cloudfs.backend.chunker import (CDC_MAX_AVG, MAX_AVG, MIN_AVG, MiB, average_size, fingerprint, iter_pieces,
+                                     max_size)
 from cloudfs.backend.wire import MAX_CHUNK_BYTES, MAX_CHUNKS_PER_VERSION
 
 GB = 10**9
@@ -82,25 +85,24 @@ def test_average_size_grows_with_file_size(a: int, b: int) -> None:
 def test_average_size_steps() -> None:
     assert average_size(0) == MIN_AVG == 1 * MiB
     assert average_size(1 * GB) == 1 * MiB
+    assert average_size(4 * 2**30) == 1 * MiB
     assert average_size(8 * GB) == 2 * MiB
     assert average_size(16 * GB) == 4 * MiB
-    assert average_size(50 * GB) == MAX_AVG == 4 * MiB
+    assert average_size(32 * 2**30) == 8 * MiB
+    assert average_size(50 * GB) == MAX_AVG == 16 * MiB
     assert average_size(10**15) == MAX_AVG
-    sizes = [0, 4 * GB, 8 * GB, 16 * GB, 50 * GB]
-    assert sorted({average_size(s) for s in sizes}) == [1 * MiB, 2 * MiB, 4 * MiB]
+    assert max_size(MAX_AVG) == MAX_CHUNK_BYTES  # the largest chunk the server takes
 
 
-def test_a_50_gb_file_has_at_most_about_10000_chunks() -> None:
-    """FastCDC's mean chunk is avg_size + min_size (pyfastcdc: min_size = avg_size // 4, see
-    the paper's cut-point skipping), and pyfastcdc caps avg_size at 4 MiB."""
+def test_a_50_gb_file_has_a_few_thousand_chunks() -> None:
+    """FastCDC's mean chunk is avg_size + min_size (min_size = avg_size // 4, see the
+    paper's cut-point skipping); grouped averages keep that (measured below)."""
     size = 50 * GB
     avg = average_size(size)
-    expected_chunks = size / (avg + avg // 4)
-    assert expected_chunks <= 10_000
-    assert size / avg <= 12_000  # even counting every chunk at the nominal average
+    assert size / (avg + avg // 4) <= 2_500
+    assert size / avg <= 3_000  # even counting every chunk at the nominal average
     assert size / (avg // 4) <= MAX_CHUNKS_PER_VERSION  # even if every chunk were minimum-size
-    # 50 GiB too, within a few percent of 10,000
-    assert 50 * 2**30 / (avg + avg // 4) <= 10_500
+    assert 50 * 2**30 / (avg + avg // 4) <= 2_600
 
 
 def test_real_mean_chunk_is_at_least_the_average() -> None:
@@ -124,3 +126,61 @@ def test_insert_near_start_changes_few_chunks(seed: int, position: int, inserted
     assert len(changed) <= 2, f"{len(changed)} of {len(after)} chunks changed"
     assert len(shared) >= len(before) - 2
     assert before[-1] == after[-1]  # the tail is untouched
+
+
+# Averages above pyfastcdc's 4 MiB: pieces grouped at content-defined group ends.
+
+def test_grouped_chunks_cover_the_input_within_bounds() -> None:
+    for avg in (8 * MiB, 16 * MiB):
+        data = random.Random(avg).randbytes(160 * MiB)
+        pieces = list(iter_pieces(io.BytesIO(data), len(data), avg=avg))
+        assert b"".join(p.data for p in pieces) == data
+        offset = 0
+        for i, piece in enumerate(pieces):
+            assert piece.offset == offset
+            assert piece.length <= max_size(avg) <= MAX_CHUNK_BYTES
+            if i < len(pieces) - 1:
+                assert piece.length >= avg // 4
+            assert piece.fingerprint == hashlib.sha256(piece.data).hexdigest()
+            offset += piece.length
+        mean = len(data) / len(pieces)
+        assert avg <= mean <= 2 * avg, (avg, mean, len(pieces))
+
+
+def test_grouping_never_passes_the_largest_chunk() -> None:
+    """A run of one byte value never cuts on content: every base piece is FastCDC's max
+    (16 MiB) with the same gear hash. For b"\\x01" that hash is no group end, so groups
+    close only because the next piece would pass 4 * avg."""
+    data = b"\x01" * (200 * MiB)
+    pieces = list(iter_pieces(io.BytesIO(data), len(data), avg=16 * MiB))
+    assert b"".join(p.data for p in pieces) == data
+    assert [p.length for p in pieces] == [64 * MiB] * 3 + [8 * MiB]
+
+
+def test_file_size_picks_grouping() -> None:
+    assert average_size(50 * GB) > CDC_MAX_AVG  # so a 50 GB file takes the grouped path
+
+
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 2**32), position=st.integers(0, 4 * MiB), inserted=st.binary(min_size=1, max_size=16))
+def test_insert_near_start_changes_few_groups(seed: int, position: int, inserted: bytes) -> None:
+    avg = 8 * MiB
+    data = random.Random(seed).randbytes(128 * MiB)
+    pieces = list(iter_pieces(io.BytesIO(data), len(data), avg=avg))
+    edited = data[:position] + inserted + data[position:]
+    after = list(iter_pieces(io.BytesIO(edited), len(edited), avg=avg))
+    known = {p.fingerprint for p in pieces}
+    changed = [p for p in after if p.fingerprint not in known]
+    assert len(changed) <= 2, f"{len(changed)} of {len(after)} chunks changed"
+    assert sum(p.length for p in changed) <= 2 * max_size(avg)
+    assert pieces[-1].fingerprint == after[-1].fingerprint
+
+
+def test_forced_average(monkeypatch) -> None:  # noqa: ANN001
+    data = random.Random(3).randbytes(40 * MiB)
+    monkeypatch.setenv("CLOUDFS_CHUNK_AVG_MIB", "8")
+    pieces = list(iter_pieces(io.BytesIO(data), len(data)))
+    assert len(pieces) <= 6 and b"".join(p.data for p in pieces) == data
+    monkeypatch.setenv("CLOUDFS_CHUNK_AVG_MIB", "3")
+    with pytest.raises(ValueError):
+        list(iter_pieces(io.BytesIO(data), len(data)))
