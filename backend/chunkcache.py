@@ -23,11 +23,15 @@ from collections import OrderedDict
 import xxhash
 
 from .cache import Cache
+from .lmdbmap import release_map_pages
 
 log = logging.getLogger("cloudfs.cache")
 
 FORMAT = "xxh3-prefix-1"
 SUM = 8  # bytes of xxh3-64 in front of each entry
+RELEASE_EVERY = 32 << 20
+"""Bytes read through the LMDB map between releases of its pages (lmdbmap.py): without
+them a cold read of a large file leaves the whole file mapped, and counted in RSS."""
 
 
 def _seal(data: bytes) -> bytes:
@@ -42,6 +46,7 @@ class ChunkCache:
         self._checked: set[bytes] = set()
         self.clean_bytes = 0
         self.corrupt_dropped = 0
+        self._touched = 0
         if cache.get_meta("chunk_format") != FORMAT:
             with cache.write() as txn:  # a cache from before checksums: clean chunks are only a cache
                 txn.drop(cache.chunks, delete=False)
@@ -52,10 +57,17 @@ class ChunkCache:
                 self.clean_bytes += len(value) - SUM
         self.dirty_bytes = cache.dirty_bytes()
 
+    def _touch(self, nbytes: int) -> None:
+        self._touched += nbytes
+        if self._touched >= RELEASE_EVERY:
+            self._touched = 0
+            release_map_pages(self.cache.env)
+
     def _intact(self, key: bytes, view: memoryview | bytes) -> bool:
         """First read of `key` in this process: do the bytes still match their sum?"""
         if key in self._checked:
             return True
+        self._touch(len(view))
         if len(view) >= SUM and xxhash.xxh3_64_digest(view[SUM:]) == bytes(view[:SUM]):
             self._checked.add(key)
             return True
@@ -97,6 +109,7 @@ class ChunkCache:
             if view is not None and not self._intact(key, view):
                 corrupt, view = True, None
             data = bytes(view[SUM + start:SUM + end]) if view is not None else None
+        self._touch(end - start)
         if corrupt:
             self._drop_corrupt(key)
             return None
