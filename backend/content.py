@@ -32,7 +32,9 @@ class Content:
         self.cache = cache
         self.chunks = chunks
         self.fetcher = fetcher
-        self._lists: dict[int, tuple[int, list[ChunkEntry]]] = {}
+        self._lists: dict[int, tuple[tuple[int, int], list[ChunkEntry]]] = {}
+        """Unpacked chunk lists by inode, tagged with the (node id, rev) they belong to: a
+        conflicted copy committed as a new node starts at rev 1 again, like many others."""
         """Unpacked chunk lists by inode, tagged with their rev: a read must not unpack a
         whole list from LMDB for every 128 KiB request."""
 
@@ -43,7 +45,7 @@ class Content:
         if node.base_len == 0 or node.rev == 0:
             return []
         memo = self._lists.get(node.ino)
-        if memo is not None and memo[0] == node.rev:
+        if memo is not None and memo[0] == (node.node_id, node.rev):
             return memo[1]
         held = self.cache.chunklist(node.ino)
         if held is None or held[0] != node.rev:
@@ -54,7 +56,7 @@ class Content:
             held = self.cache.chunklist(node.ino)
         if len(self._lists) > 1024:
             self._lists.clear()
-        self._lists[node.ino] = held
+        self._lists[node.ino] = ((node.node_id, held[0]), held[1])
         return held[1]
 
     @staticmethod

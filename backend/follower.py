@@ -246,6 +246,11 @@ class Follower:
             return True
         return local.kind != "dir" and (local.dirty or local.mtime_ns != local.srv_mtime_ns)
 
+    def _deleting(self, node_id: int) -> bool:
+        """A delete of `node_id` is queued in the outbox (usually empty, so cheap)."""
+        return any(op.get("op") == "delete" and op.get("node_id") == node_id
+                   for _, op in self.cache.outbox_items(limit=100_000))
+
     def _in_use(self, ino: int) -> bool:
         return bool(self.open_count.get(ino) or self.lookups.get(ino))
 
@@ -287,6 +292,8 @@ class Follower:
         if room == "merged":
             return
         if local is None:
+            if self._deleting(remote.id):
+                return  # deleted here, the delete is on its way: it must not come back
             self._create(remote, parent.ino)
         elif local.kind == "file" and (remote.rev, remote.size, remote.mtime_ns) != (local.rev, local.size, local.mtime_ns):
             self._replace(local, remote, parent.ino)

@@ -68,7 +68,7 @@ from tests.harness import ServerProcess
 from tests.sync.conftest import two_devices
 
 EXPLORE = int(os.environ.get("CLOUDFS_HYPOTHESIS_EXAMPLES", "0"))
-EXAMPLES = EXPLORE or 8
+EXAMPLES = EXPLORE or 6
 ROUNDS = 7  # settled rounds per example, after the start
 pytestmark = pytest.mark.timeout(300 if not EXPLORE else 120 + 90 * EXPLORE)
 
