@@ -282,9 +282,11 @@ class Syncer:
         except ConflictError as exc:
             if exc.code not in ("name_exists", "is_a_directory"):
                 raise
+            occupant = wire.Node.model_validate(exc.body["node"])
+            if self.cache.ino_for_node(occupant.id) == node.ino:
+                return  # the follower merged ours into theirs while our request was in flight
             if await self._clear_the_way(exc, node):
                 return await self._create(node, parent_id)
-            occupant = wire.Node.model_validate(exc.body["node"])
             if node.kind == "dir" and occupant.kind == "dir" and self.cache.ino_for_node(occupant.id) is None:
                 self._record(node, occupant)  # two new directories of one name: one directory
                 self.on_stale(occupant.id)  # and pull in what the other device put there
