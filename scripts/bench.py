@@ -320,6 +320,8 @@ def _json_row(r: Row, table: dict[str, Metric]) -> dict:
         row["note"] = r.note
     if r.cpu:
         row["cpu_s"] = {k: round(v, 2) for k, v in r.cpu.items()}
+    if r.io_mb:  # MB through read(2)/write(2) per process (wchar of a FUSE daemon: its replies)
+        row["io_mb"] = {k: {"read": round(a, 1), "written": round(b, 1)} for k, (a, b) in r.io_mb.items()}
     return row
 
 

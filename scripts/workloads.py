@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from peers import System, cpu_seconds, drop_caches, profiled
+from peers import System, cpu_seconds, drop_caches, io_bytes, profiled
 
 MIB = 1 << 20
 
@@ -118,6 +118,7 @@ class Row:
     note: str = ""
     load: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
+    io_mb: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def loadavg() -> tuple[float, float, float]:
@@ -137,23 +138,27 @@ class Bench:
     _phase: dict = field(default_factory=dict)
 
     def record(self, key: str, fs: System, value: float | None, note: str = "") -> None:
-        row = Row(key, fs.name, value, note, self._phase.get("load", loadavg()[0]), self._phase.get("cpu", {}))
+        row = Row(key, fs.name, value, note, self._phase.get("load", loadavg()[0]), self._phase.get("cpu", {}),
+                  self._phase.get("io", {}))
         self.rows.append(row)
         shown = note if value is None else f"{value:,.2f}" + (f" ({note})" if note else "")
         cpu = ", ".join(f"{k} {v:.1f} s" for k, v in row.cpu.items())
-        print(f"  {fs.name:8} {key:14} {shown}" + (f"   [CPU {cpu}; load {row.load:.1f}]" if cpu else
-                                                   f"   [load {row.load:.1f}]"), flush=True)
+        io = ", ".join(f"{k} {r:,.0f}/{w:,.0f}" for k, (r, w) in row.io_mb.items())
+        print(f"  {fs.name:8} {key:14} {shown}" + (f"   [CPU {cpu}; MB read/written {io}; load {row.load:.1f}]"
+                                                   if cpu else f"   [load {row.load:.1f}]"), flush=True)
 
     @contextlib.contextmanager
     def phase(self, fs: System, name: str) -> Iterator[None]:
         """A timed part: note the load, the serving processes' CPU, and py-spy them if asked."""
         pids = fs.pids()
         before = {k: cpu_seconds(p) for k, p in pids.items()}
+        io_before = {k: io_bytes(p) for k, p in pids.items()}
         prefix = self.profile_dir / f"{fs.name}-{name}" if self.profile_dir and fs.role == "cloudfs" else None
         self._phase = {"load": loadavg()[0]}
         with profiled(pids, prefix):
             yield
         self._phase["cpu"] = {k: cpu_seconds(p) - before[k] for k, p in pids.items()}
+        self._phase["io"] = {k: tuple((b - a) / 1e6 for a, b in zip(io_before[k], io_bytes(p))) for k, p in pids.items()}
 
 
 # --- inputs, made once per run ------------------------------------------------------------------

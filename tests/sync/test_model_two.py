@@ -217,7 +217,9 @@ class TwoDevices(RuleBasedStateMachine):
     # --- bookkeeping ---
 
     def note(self, dev: str, text: str) -> None:
-        self.history.append(f"{dev}: {text}")
+        """One line of the story, stamped like the mount logs (local time, ms)."""
+        now = datetime.datetime.now()
+        self.history.append(f"{now:%H:%M:%S},{now.microsecond // 1000:03d} {dev}: {text}")
 
     def new_content(self, dev: str, size: int, seed: int) -> bytes:
         self.counter += 1
@@ -445,7 +447,7 @@ class TwoDevices(RuleBasedStateMachine):
 
     def check_round(self) -> None:
         self.rounds += 1
-        self.history.append(f"--- settle {self.rounds}")
+        self.note("--", f"settle {self.rounds}")
         before = {dev: snapshot(m.path) for dev, m in self.mounts.items()}
         a, b = self.mounts["a"], self.mounts["b"]
         for m in (a, b, a, b):
