@@ -301,7 +301,8 @@ def finish_upload(cache: Cache, chunks: ChunkCache, node: Inode, result: UploadR
         current = cache.get(node.ino)
         if current is None:
             return True
-        if not current.node_id or current.extra.pop("detached", False):
+        detached = current.extra.pop("detached", False)  # popped always: a stuck flag keeps the file "pending"
+        if not current.node_id or detached:
             cache.bind_node_id(txn, current, result.response.node.id)
         remote = result.response.node
         current.srv_parent = (cache.ino_for_node(remote.parent_id) or 0) if remote.parent_id else 0

@@ -13,7 +13,8 @@ then runs rounds: one to eight operations, each on a device chosen at random, on
 from a small pool (or on whatever exists, conflicted copies included) so they collide;
 then a settle, `a.sync(); b.sync(); a.sync(); b.sync()`. After it:
 
-1. Convergence: both mounts show the same tree with the same bytes.
+1. Convergence: both mounts show the same tree with the same bytes, read through the
+   kernel's page cache and again straight from the mount process (page cache dropped).
 2. Nothing invented: every file holds bytes that some operation produced; every name is
    from the pool or a conflicted copy of one (`NAME (conflicted copy, dev-X, DAY[ N]).EXT`).
 3. Nothing lost: `live` is the multiset of contents that must exist: the files of the
