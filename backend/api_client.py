@@ -206,7 +206,7 @@ class ApiClient:
 
     async def commit(self, req: wire.CommitRequest) -> wire.CommitResponse:
         return wire.CommitResponse.model_validate(
-            await self._call("POST", "/files", json=req.model_dump(exclude_none=True)))
+            await self._call("POST", "/files", json=req.model_dump(mode="json", exclude_none=True)))
 
     async def file_info(self, node_id: int, *, rev: int | None = None, urls: bool = True) -> wire.FileInfo:
         params: dict[str, Any] = {"urls": str(urls).lower()}

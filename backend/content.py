@@ -26,6 +26,9 @@ from .fetcher import Fetcher
 if TYPE_CHECKING:
     import lmdb
 
+URLS_WITH_LIST_BYTES = 16 << 20
+"""Files up to this size get their chunks' signed URLs with the chunk list."""
+
 
 class Content:
     def __init__(self, cache: Cache, chunks: ChunkCache, fetcher: Fetcher) -> None:
@@ -33,10 +36,9 @@ class Content:
         self.chunks = chunks
         self.fetcher = fetcher
         self._lists: dict[int, tuple[tuple[int, int], list[ChunkEntry]]] = {}
-        """Unpacked chunk lists by inode, tagged with the (node id, rev) they belong to: a
-        conflicted copy committed as a new node starts at rev 1 again, like many others."""
-        """Unpacked chunk lists by inode, tagged with their rev: a read must not unpack a
-        whole list from LMDB for every 128 KiB request."""
+        """Unpacked chunk lists by inode, tagged with the (node id, rev) they belong to (a
+        conflicted copy committed as a new node starts at rev 1 again, like many others):
+        a read must not unpack a whole list from LMDB for every 128 KiB request."""
 
     # --- the base version ---
 
@@ -49,7 +51,13 @@ class Content:
             return memo[1]
         held = self.cache.chunklist(node.ino)
         if held is None or held[0] != node.rev:
-            info = await self.fetcher.client.file_info(node.node_id, rev=node.rev, urls=False)
+            # A small file's chunks are about to be read: their signed URLs come along,
+            # which saves a round trip before the first byte (a big file's are asked
+            # for in batches as it is read).
+            urls = node.base_len <= URLS_WITH_LIST_BYTES
+            info = await self.fetcher.client.file_info(node.node_id, rev=node.rev, urls=urls)
+            if urls:
+                self.fetcher.remember_urls(info.chunks)
             pairs = [(c.fingerprint, c.length) for c in info.chunks]
             with self.cache.write() as txn:
                 self.cache.set_chunklist(txn, node.ino, node.rev, pairs)

@@ -375,7 +375,7 @@ class Drive:
             self._drop_if_orphan(ino)
         elif schedule_upload and node.dirty:
             with self.transaction() as txn:
-                self.cache.enqueue(txn, {"op": "upload", "ino": ino, "t": time.time()})
+                self.cache.enqueue(txn, {"op": "upload", "ino": ino})
 
     def fsync(self, ino: int | None = None) -> None:
         """Make every acknowledged change durable on this device, and upload `ino` soon

@@ -34,6 +34,14 @@ class Fetcher:
         self.corrupt_downloads = 0
         self.nursery: trio.Nursery | None = None  # set by the session; hosts read-ahead
 
+    def remember_urls(self, chunks: list[wire.VersionChunk]) -> None:
+        """Signed URLs that came with a chunk list (GET /files/{id}?urls=true)."""
+        expires = time.monotonic() + URL_REUSE_S
+        for c in chunks:
+            if c.download is not None:
+                self._urls[c.fingerprint] = (expires, wire.ChunkDownload(
+                    fingerprint=c.fingerprint, length=c.length, compression=c.compression, download=c.download))
+
     async def _urls_for(self, fingerprints: list[str]) -> dict[str, wire.ChunkDownload]:
         now = time.monotonic()
         out, wanted = {}, []

@@ -38,8 +38,8 @@ from .uploader import Uploader, finish_upload
 
 log = logging.getLogger("cloudfs.syncer")
 
-DEBOUNCE_S = 0.3
-QUIET_S = 0.2
+QUIET_S = 0.03
+"""Silence that ends a burst of local changes (tar x, cp -r: well under 1 ms between files)."""
 MAX_DELAY_S = 2.0
 PARALLEL_UPLOADS = 16
 MAX_BACKOFF_S = 10.0
@@ -63,20 +63,27 @@ class Syncer:
         self._wake = trio.Event()
         self._locks: dict[int, trio.Lock] = {}
         self._last_activity = 0.0
+        self._burst_start = 0.0
 
     @property
     def conflicts(self) -> int:
         return conflicts_seen(self.cache)
 
     def wake(self) -> None:
-        self._last_activity = time.monotonic()
+        now = time.monotonic()
+        if now - self._last_activity >= QUIET_S:
+            self._burst_start = now
+        self._last_activity = now
         self._wake.set()
 
-    async def _quiet_period(self, head: dict) -> None:
+    async def _quiet_period(self, head: dict, due: int) -> None:
         """Debounce: let a burst of local changes (cp -r, tar x) finish before pushing,
         so the burst is not slowed by uploads competing for the CPU. Bounded by
-        MAX_DELAY_S; an fsync'ed file (`force`) goes at once."""
+        MAX_DELAY_S. Goes at once for an fsync'ed file (`force`) and for a lone change
+        that came after a silence (a saved document: what other devices wait for)."""
         if head.get("force"):
+            return
+        if due == 1 and self._last_activity - self._burst_start < QUIET_S:
             return
         deadline = time.monotonic() + MAX_DELAY_S
         while time.monotonic() < deadline and time.monotonic() - self._last_activity < QUIET_S:
@@ -94,7 +101,7 @@ class Syncer:
                 with trio.move_on_after(1.0):
                     await self._wake.wait()
                 continue
-            await self._quiet_period(items[0][1])
+            await self._quiet_period(items[0][1], len(items))
             items = _due(self.cache.outbox_items(limit=500))
             failed: BaseException | None = None
             for group in _groups(items):
@@ -182,11 +189,6 @@ class Syncer:
         if kind == "upload":
             if not node.dirty or (self.open_count.get(node.ino) and not op.get("force")):
                 return  # clean already, or still open: release() queues another upload
-            delay = op.get("t", 0) + DEBOUNCE_S - time.time()
-            if delay > 0:
-                await trio.sleep(delay)
-                if not self._still_here(node):
-                    return
         async with self._lock(node.ino):
             await self._push(node, depth=0)
 
@@ -285,6 +287,8 @@ class Syncer:
             occupant = wire.Node.model_validate(exc.body["node"])
             if self.cache.ino_for_node(occupant.id) == node.ino:
                 return  # the follower merged ours into theirs while our request was in flight
+            if _renamed_meanwhile(exc, node):
+                return await self._create(node, parent_id)
             if await self._clear_the_way(exc, node):
                 return await self._create(node, parent_id)
             if node.kind == "dir" and occupant.kind == "dir" and self.cache.ino_for_node(occupant.id) is None:
@@ -352,6 +356,8 @@ class Syncer:
             await self._conflicted_copy(node, exc)
             return
         except ConflictError as exc:
+            if _renamed_meanwhile(exc, node):
+                return await self._upload(node, parent_id)
             if exc.code in ("name_exists", "is_a_directory") and await self._clear_the_way(exc, node):
                 return await self._upload(node, parent_id)
             # Never drop content the server refused: keep it under a conflicted name.
@@ -456,3 +462,11 @@ def _deletes_dir(op: dict) -> bool:
 
 class _Retry(Exception):
     """Transient: leave the entry at the head of the queue and try again later."""
+
+
+def _renamed_meanwhile(exc: ConflictError, node: Inode) -> bool:
+    """The name the server refused is no longer `node`'s: it was renamed here (by the
+    user, or by the follower making room for another device's file) while the request
+    was being retried. Not a conflict: the request goes again under the new name."""
+    occupant = exc.body.get("node") or {}
+    return exc.code == "name_exists" and occupant.get("name") not in (None, node.name)

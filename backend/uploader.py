@@ -25,6 +25,7 @@ on the trio thread. The budget's waiters are the producer alone.
 
 from __future__ import annotations
 
+import base64
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -190,6 +191,9 @@ class Uploader:
             reader.release()
             trio.from_thread.run(send.aclose)
 
+        inline: dict[str, _Outgoing] | None = {} if size <= wire.INLINE_MAX_BYTES else None
+        """A small file's chunks go inside the commit: one round trip instead of three."""
+
         async def consume() -> None:
             nonlocal sent_chunks, sent_bytes
             batch: list[_Outgoing] = []
@@ -197,6 +201,9 @@ class Uploader:
             async with receive:
                 async for out in receive:
                     refs.append((out.fingerprint, out.length))
+                    if inline is not None:
+                        inline.setdefault(out.fingerprint, out)
+                        continue
                     batch.append(out)
                     batch_bytes += out.length
                     if len(batch) >= BATCH or batch_bytes >= BATCH_BYTES:
@@ -218,7 +225,15 @@ class Uploader:
             base_rev=node.rev if existing else 0,
             size=size, mtime_ns=mtime_ns, mode=node.mode,
             chunks=[wire.ChunkRef(fingerprint=fp, length=length) for fp, length in refs],
+            inline=[wire.InlineChunk(fingerprint=o.fingerprint, compression=o.packed.compression if o.packed else "none",
+                                     data=base64.b64encode(o.body)) for o in inline.values()] if inline else None,
         )
+        if inline:
+            budget.release(sum(o.held for o in inline.values()))
+            self._keep(list(inline.values()))
+            sent_chunks, sent_bytes = len(inline), sum(len(o.body) for o in inline.values())
+            self.sent_plain_bytes += sum(o.length for o in inline.values())
+            self.compressed_chunks += sum(o.packed is not None for o in inline.values())
         try:
             response = await self.client.commit(request)
         except ConflictError as exc:
@@ -285,11 +300,14 @@ class Uploader:
         async with one_error(), trio.open_nursery() as nursery:
             for ticket in tickets.values():
                 nursery.start_soon(put, ticket)
-        # Keep what we just uploaded: the next read of this file is then local.
-        for o in by_fp.values():
+        self._keep(list(by_fp.values()))
+        return len(tickets), sent
+
+    def _keep(self, sent: list[_Outgoing]) -> None:
+        """Keep what we just uploaded: the next read of this file is then local."""
+        for o in sent:
             if o.fingerprint not in self.chunks and self.chunks.used_bytes + o.length < self.chunks.limit:
                 self.chunks.put(o.fingerprint, o.data)
-        return len(tickets), sent
 
 
 def finish_upload(cache: Cache, chunks: ChunkCache, node: Inode, result: UploadResult) -> bool:

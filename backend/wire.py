@@ -10,13 +10,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, Base64Bytes, BaseModel, ConfigDict, Field, model_validator
 
 from .names import PATH_MAX_BYTES, check_name, check_text
 
 INT64_MAX = 2**63 - 1
 MAX_CHUNK_BYTES = 64 * 1024 * 1024
 MAX_CHUNKS_PER_VERSION = 100_000
+INLINE_MAX_BYTES = 64 * 1024
+"""A file up to this size travels inside its commit (CommitRequest.inline)."""
 
 Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(check_name)]
 Target = Annotated[
@@ -105,6 +107,15 @@ class PrepareDownloadResponse(BaseModel):
     chunks: list[ChunkDownload]
 
 
+class InlineChunk(Strict):
+    """A small chunk's bytes, sent with its commit instead of PUT to a signed URL: the
+    server hashes and stores them itself, so a small file costs one round trip."""
+
+    fingerprint: Fingerprint
+    compression: Compression = "none"
+    data: Annotated[Base64Bytes, Field(strict=False, description="the bytes to store (zstd body if compressed), base64")]
+
+
 class CommitRequest(Strict):
     """Commit a new version of a file.
 
@@ -122,6 +133,14 @@ class CommitRequest(Strict):
     mtime_ns: MtimeNs
     mode: Mode | None = Field(default=None, description="permission bits; default 0o644 for a new file, unchanged otherwise")
     chunks: Annotated[list[ChunkRef], Field(max_length=MAX_CHUNKS_PER_VERSION)]
+    inline: list[InlineChunk] | None = Field(
+        default=None, description=f"bytes of some of `chunks`, at most {INLINE_MAX_BYTES} in all; stored by the server")
+
+    @model_validator(mode="after")
+    def _inline_fits(self) -> "CommitRequest":
+        if self.inline and sum(len(c.data) for c in self.inline) > INLINE_MAX_BYTES:
+            raise ValueError(f"inline: at most {INLINE_MAX_BYTES} bytes in all; PUT bigger files' chunks to signed URLs")
+        return self
 
 
 class VersionChunk(BaseModel):

@@ -128,9 +128,11 @@ def _tune_malloc() -> None:
 
 def run_foreground(options: MountOptions) -> int:
     _tune_malloc()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request, signed URLs included
+    level = os.environ.get("CLOUDFS_LOG_LEVEL", "INFO").upper()  # DEBUG: every request, timed to the ms
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    if level != "DEBUG":
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request, signed URLs included
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     try:
         trio.run(serve, options)
     except Exception as exc:  # noqa: BLE001 - one clear line for the user

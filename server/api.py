@@ -9,6 +9,7 @@ long-polls itself. The logic lives in `tree.py`, `files.py`, `commits.py` and
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated
 
 import anyio
@@ -17,6 +18,8 @@ from pydantic import BaseModel
 
 from cloudfs.backend import wire
 from cloudfs.backend.names import split_path
+from cloudfs.backend.compress import CompressionError, plain_digest
+from cloudfs.backend.store import StoreError, chunk_key
 
 from . import commits, files, journal, tree
 from .app import ServerContext, User, context_dependency, current_user, device_name
@@ -180,6 +183,10 @@ async def commit_version(ctx: ServerContext, user: User, device: str, req: wire.
     """The commit route's work; `commit_route.py` calls it too, for well-formed requests
     that it serves without FastAPI's per-request machinery."""
     commits.check_size(req)
+    if req.inline:
+        stored = await _store_inline(ctx, user.id, req)
+        return _json(await ctx.writer.submit(user.id, commits.stored_then_commit, user.id, user.root_id, req, device,
+                                             stored))
     try:
         response = await ctx.writer.submit(user.id, commits.commit, user.id, user.root_id, req, device)
     except commits.Unverified as unverified:
@@ -189,6 +196,47 @@ async def commit_version(ctx: ServerContext, user: User, device: str, req: wire.
         response = await ctx.writer.submit(user.id, commits.verify_then_commit, user.id, user.root_id, req, device,
                                            verified, problems)
     return _json(response)
+
+
+async def _store_inline(ctx: ServerContext, owner_id: int, req: wire.CommitRequest) -> list[files.Stored]:
+    """Hash each inline chunk and put it into the store: verified by construction, so a
+    small file needs no prepare, no PUT and no look into the store at commit."""
+    lengths = {c.fingerprint: c.length for c in req.chunks}
+    stored: dict[str, wire.InlineChunk] = {}
+    for i, chunk in enumerate(req.inline or []):
+        fp, length = chunk.fingerprint, lengths.get(chunk.fingerprint)
+        if length is None:
+            raise Invalid(f"inline chunk {fp} is not one of the commit's chunks", field=f"inline[{i}]")
+        try:
+            digest, plain_length = plain_digest((chunk.data,), chunk.compression, max_length=length)
+        except CompressionError as exc:
+            raise Invalid(f"inline chunk {fp} is not a valid {chunk.compression} body: {exc}",
+                          field=f"inline[{i}].data") from None
+        if plain_length != length:
+            raise Invalid(f"inline chunk {fp} holds {plain_length} bytes, the commit says {length}",
+                          field=f"inline[{i}].data")
+        if digest != fp:
+            raise Invalid(f"inline chunk {fp}: its bytes hash to something else", field=f"inline[{i}].data")
+        stored[fp] = chunk
+    if sum(lengths[fp] for fp in stored) > wire.INLINE_MAX_BYTES:
+        raise Invalid(f"inline chunks hold more than {wire.INLINE_MAX_BYTES} plain bytes; PUT them to signed URLs",
+                      field="inline")
+
+    failed: list[StoreUnavailable] = []
+
+    async def put(chunk: wire.InlineChunk) -> None:
+        try:
+            await ctx.run_store(ctx.store.put, chunk_key(owner_id, chunk.fingerprint), chunk.data)
+        except StoreError as exc:  # raised below as itself, not inside an ExceptionGroup
+            failed.append(StoreUnavailable(f"object store unavailable while storing chunk {chunk.fingerprint}: {exc}"))
+
+    async with anyio.create_task_group() as nursery:
+        for chunk in stored.values():
+            nursery.start_soon(put, chunk)
+    if failed:
+        raise failed[0]
+    return [files.Stored(fp, lengths[fp], len(c.data), hashlib.sha256(c.data).hexdigest(), c.compression)
+            for fp, c in stored.items()]
 
 
 async def _check_in_store(ctx: ServerContext, owner_id: int, unverified: commits.Unverified) -> tuple[list[str], dict[str, str]]:

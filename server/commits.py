@@ -75,6 +75,13 @@ def verify_then_commit(tx: Tx, owner_id: int, root_id: int, req: wire.CommitRequ
     return commit(tx, owner_id, root_id, req, device)
 
 
+def stored_then_commit(tx: Tx, owner_id: int, root_id: int, req: wire.CommitRequest, device: str,
+                       stored: list[files.Stored]) -> wire.CommitResponse:
+    """After the route stored the commit's inline chunks: record them verified, commit."""
+    files.record_stored(tx, owner_id, stored)
+    return commit(tx, owner_id, root_id, req, device)
+
+
 def restore(tx: Tx, owner_id: int, node_id: int, req: wire.RestoreRequest, device: str) -> wire.CommitResponse:
     """Make an old revision current again, as a new commit (history only grows).
     A deleted file comes back at its old place if that name is still free."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -165,6 +165,32 @@ def mark_verified(tx: Tx, owner_id: int, fingerprints: list[str]) -> None:
     """Step 3: remember what the store confirmed, so no later commit looks again."""
     for batch in _batched(fingerprints):
         tx.run(expand(_MARK_VERIFIED, len(batch)), values_params(batch, owner_id=owner_id))
+
+
+_STORED = Stmt("""INSERT INTO chunks (owner_id, fingerprint, length, stored_length, stored_sha256, compression,
+                                      state, created_at)
+                   VALUES (:owner_id, :fingerprint, :length, :stored_length, :stored_sha256, :compression,
+                           'verified', :created_at)
+                   ON CONFLICT (owner_id, fingerprint) DO UPDATE SET
+                     length = excluded.length, stored_length = excluded.stored_length,
+                     stored_sha256 = excluded.stored_sha256, compression = excluded.compression,
+                     state = 'verified'""")
+
+
+class Stored(NamedTuple):
+    """A chunk the server checked and put into the store itself (a commit's inline chunk)."""
+
+    fingerprint: str
+    length: int
+    stored_length: int
+    stored_sha256: str
+    compression: str
+
+
+def record_stored(tx: Tx, owner_id: int, stored: list[Stored]) -> None:
+    """Verified, whatever state an earlier upload left these chunks in."""
+    now = time.time()
+    tx.many(_STORED, [{"owner_id": owner_id, "created_at": now, **s._asdict()} for s in stored])
 
 
 def missing_chunks(problems: dict[str, str]) -> MissingChunks:
