@@ -383,8 +383,9 @@ class Follower:
     def _apply_delete(self, local: Inode) -> None:
         """Drop a node and its subtree (the server tombstoned them as one entry), except
         what still has local work: that, and the directories leading to it, stay and are
-        created on the server again."""
-        keep = self._with_local_work(local)
+        created on the server again. Nodes moved in here whose move has not reached the
+        server yet were not part of what the server deleted: they stay as they are."""
+        keep, alive = self._with_local_work(local)
         parent, name = local.parent, local.name
         with self.cache.write() as txn:
             stack = [local]
@@ -392,6 +393,8 @@ class Follower:
                 if not stack:
                     break
                 node = stack.pop()
+                if node.ino in alive:
+                    continue  # its queued move brings it (and all below it) here again
                 if node.ino in keep:
                     self._detach(txn, node)
                     if node.kind == "dir":
@@ -416,27 +419,51 @@ class Follower:
         else:
             self._inval.append(("entry", parent, name))
 
-    def _with_local_work(self, top: Inode) -> set[int]:
-        """Inodes of `top`'s subtree that must survive its remote deletion."""
-        keep: set[int] = set()
+    def _with_local_work(self, top: Inode) -> tuple[set[int], set[int]]:
+        """What of `top`'s subtree must survive its remote deletion: `keep`, inodes with
+        local work and the directories leading to them, and `alive`, nodes moved into
+        the subtree here from outside it (the server still has them where they were)."""
+        below: dict[int, Inode] = {}
         path: dict[int, int] = {top.ino: 0}
         stack = [top]
         for _ in range(10_000_000):
             if not stack:
                 break
             node = stack.pop()
+            below[node.ino] = node
             if node.kind == "dir":
                 for _, child_ino in self.cache.children(node.ino):
                     child = self.cache.get(child_ino)
                     if child is not None:
                         path[child.ino] = node.ino
                         stack.append(child)
-            if not node.node_id or (node.kind != "dir" and self._pending(node)):
-                ino = node.ino
-                while ino and ino not in keep:
-                    keep.add(ino)
-                    ino = path.get(ino, 0)
-        return keep
+        keep: set[int] = set()
+        alive: set[int] = set()
+
+        def moved_in(node: Inode) -> bool:
+            return (node.ino != top.ino and bool(node.node_id) and not node.extra.get("detached")
+                    and node.srv_parent != node.parent and node.srv_parent not in below)
+
+        def under_alive(ino: int) -> bool:
+            while ino:
+                if ino in alive:
+                    return True
+                ino = path.get(ino, 0)
+            return False
+
+        def keep_up_from(ino: int) -> None:
+            while ino and ino not in keep:
+                keep.add(ino)
+                ino = path.get(ino, 0)
+
+        alive.update(node.ino for node in below.values() if moved_in(node))
+        for node in below.values():
+            if under_alive(node.ino):
+                if node.ino in alive:
+                    keep_up_from(path.get(node.ino, 0))  # the directories it was moved into
+            elif not node.node_id or (node.kind != "dir" and self._pending(node)):
+                keep_up_from(node.ino)
+        return keep, alive
 
     def _detach(self, txn: Any, node: Inode) -> None:
         """The server no longer has `node`: forget its id so the syncer creates it anew.

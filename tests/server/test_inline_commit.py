@@ -22,14 +22,15 @@ def _commit(path: str, data: bytes, *, inline: bytes | None = None, fingerprint:
 
 
 def _read(api, node_id: int) -> bytes:  # noqa: ANN001 - the fixtures' Api
+    """The file's bytes as another device gets them: signed URLs, then inflate."""
     info = api.get(f"/files/{node_id}").json()
-    parts = []
+    out = b""
     for chunk in info["chunks"]:
         d = chunk["download"]
         body = api.request(d["method"], d["url"], headers={**d["headers"], "Authorization": ""})
         assert body.status_code == 200, body.text
-        parts.append(body.content)
-    return b"".join(parts)
+        out += zstandard.ZstdDecompressor().decompress(body.content) if chunk["compression"] == "zstd" else body.content
+    return out
 
 
 def test_a_small_file_commits_in_one_request_and_reads_back(server, alice):
@@ -87,7 +88,7 @@ def test_inline_chunks_may_come_compressed_and_must_inflate_to_their_fingerprint
     body["inline"][0]["compression"] = "zstd"
     r = alice.post("/files", json=body)
     assert r.status_code == 200, r.text
-    assert _read_plain(alice, r.json()["node"]["id"]) == plain
+    assert _read(alice, r.json()["node"]["id"]) == plain
 
     other = b"something else entirely " * 100
     lie = _commit("/lie.txt", plain, inline=zstandard.ZstdCompressor().compress(other))
@@ -98,13 +99,3 @@ def test_inline_chunks_may_come_compressed_and_must_inflate_to_their_fingerprint
     junk["inline"][0]["compression"] = "zstd"
     r = alice.post("/files", json=junk)
     assert r.status_code == 422 and "zstd" in r.json()["detail"], r.text
-
-
-def _read_plain(api, node_id: int) -> bytes:  # noqa: ANN001 - the fixtures' Api
-    info = api.get(f"/files/{node_id}").json()
-    out = b""
-    for chunk in info["chunks"]:
-        d = chunk["download"]
-        body = api.request(d["method"], d["url"], headers={**d["headers"], "Authorization": ""}).content
-        out += zstandard.ZstdDecompressor().decompress(body) if chunk["compression"] == "zstd" else body
-    return out

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.harness import cloudfs_mount
+from tests.proxy import Proxy
 from tests.sync.conftest import Devices, RestartableServer
 
 
@@ -116,8 +120,40 @@ def test_directory_deleted_while_written_elsewhere(restartable, offline_devices,
         (root / "proj" / "src" / "main.c").write_text("int main(void) { return 0; }\n")
         (root / "proj" / "NEW").write_text("new on b\n")
 
-    offline_edit(restartable, d, lambda root: __import__("shutil").rmtree(root / "proj"), on_b, first=first)
+    offline_edit(restartable, d, lambda root: shutil.rmtree(root / "proj"), on_b, first=first)
     expected = {"proj": None, "proj/src": None, "proj/src/main.c": b"int main(void) { return 0; }\n",
                 "proj/NEW": b"new on b\n"}
     assert snapshot(d.b.path) == expected
     assert snapshot(d.a.path) == expected
+
+
+
+def test_directory_moved_into_a_directory_deleted_elsewhere(sync_server, tmp_path):
+    """a moves photos/ into old/ while b deletes old/, and b's delete lands first: a's
+    follower sees the delete with the move still queued. Where photos/ lives is a's
+    edit, so photos/ and everything in it survive, in old/ again; old/'s own files go."""
+    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
+    proxied = type(sync_server)(**{**sync_server.__dict__, "url": proxy.url})
+    try:
+        with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
+                cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+            d = Devices(a, b)
+            (a.path / "old").mkdir()
+            (a.path / "old" / "junk.txt").write_text("junk\n")
+            (a.path / "photos" / "2026").mkdir(parents=True)
+            (a.path / "photos" / "2026" / "cat.jpg").write_bytes(b"cat\n")
+            (a.path / "photos" / "dog.jpg").write_bytes(b"dog\n")
+            settle(d)
+            proxy.hang()
+            (a.path / "photos").rename(a.path / "old" / "photos")
+            shutil.rmtree(b.path / "old")
+            b.sync(timeout=60)
+            proxy.resume()
+            settle(d)
+            expected = {"old": None, "old/photos": None, "old/photos/2026": None,
+                        "old/photos/2026/cat.jpg": b"cat\n", "old/photos/dog.jpg": b"dog\n"}
+            assert snapshot(a.path) == expected
+            assert snapshot(b.path) == expected
+    finally:
+        proxy.close()
