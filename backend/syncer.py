@@ -111,6 +111,8 @@ class Syncer:
                 for seq, _ in group:
                     self.cache.dequeue(seq)
                 self.online, backoff = True, 0.2
+                if time.monotonic() - self._last_activity < QUIET_S:
+                    break  # a burst is on again: one group per quiet period, so it keeps the CPU
             if failed is not None:
                 self._went_offline(failed)
                 await trio.sleep(backoff)

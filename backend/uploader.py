@@ -26,6 +26,7 @@ on the trio thread. The budget's waiters are the producer alone.
 from __future__ import annotations
 
 import base64
+import io
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -34,7 +35,7 @@ import trio
 
 from . import wire
 from .api_client import ApiClient
-from .cache import BLOCK_SIZE, Cache, Inode
+from .cache import BLOCK_SIZE, Cache, ChunkEntry, Inode
 from .chunker import Piece, iter_pieces
 from .chunkcache import ChunkCache
 from .compress import Packed, compress, skip_reason
@@ -113,19 +114,19 @@ class _Unmapping:
     def __init__(self, reader: ContentReader, cache: Cache) -> None:
         self.reader = reader
         self.cache = cache
-        self.unreleased = 0
 
     def read(self, n: int = -1) -> bytes:
         data = self.reader.read(n)
-        self.unreleased += len(data)
-        if self.unreleased >= UNMAP_BYTES:
+        self.cache.unreleased_bytes += len(data)
+        if self.cache.unreleased_bytes >= UNMAP_BYTES:
             self.release()
         return data
 
     def release(self) -> None:
-        if self.unreleased:
+        """Counted across uploads: a release reads /proc/self/maps, too dear per small file."""
+        if self.cache.unreleased_bytes >= UNMAP_BYTES:
             release_map_pages(self.cache.env)
-            self.unreleased = 0
+            self.cache.unreleased_bytes = 0
 
 
 class ByteBudget:
@@ -169,6 +170,58 @@ class Uploader:
         (StaleRevisionError, MissingChunksError ...) untouched for the caller to handle."""
         gen, size, mtime_ns = node.gen, node.size, node.mtime_ns
         base = await self.content.base_chunks(node)
+        inline: list[wire.InlineChunk] | None = None
+        if size <= wire.INLINE_MAX_BYTES:
+            refs, inline = await self._inline(node, size)
+            sent_chunks, sent_bytes = len(inline), sum(len(c.data) for c in inline)
+        else:
+            refs, sent_chunks, sent_bytes = await self._stream(node, base, size)
+        existing = node.node_id if not node.extra.get("detached") else 0  # detached: its node is gone
+        request = wire.CommitRequest(
+            node_id=existing or None,
+            parent_id=None if existing else parent_node_id,
+            name=None if existing else node.name,
+            base_rev=node.rev if existing else 0,
+            size=size, mtime_ns=mtime_ns, mode=node.mode,
+            chunks=[wire.ChunkRef(fingerprint=fp, length=length) for fp, length in refs],
+            inline=inline or None,
+        )
+        try:
+            response = await self.client.commit(request)
+        except ConflictError as exc:
+            response = await self._landed_already(exc, refs, size, mtime_ns)
+            if response is None:
+                raise
+        self.sent_chunks += sent_chunks
+        self.sent_bytes += sent_bytes
+        return UploadResult(response, refs, gen, size, sent_chunks, sent_bytes)
+
+    async def _inline(self, node: Inode, size: int) -> tuple[list[tuple[str, int]], list[wire.InlineChunk]]:
+        """A small file travels inside its commit: one round trip instead of prepare, PUT
+        and commit, and no worker thread (what a saved document waits for elsewhere)."""
+        data = await self.content.read(node, 0, size)
+        refs, inline, kept = [], {}, []
+        compressible = skip_reason(node.name, data[:16]) is None
+        for piece in iter_pieces(io.BytesIO(data), size):
+            refs.append((piece.fingerprint, piece.length))
+            if piece.fingerprint in inline:
+                continue
+            out = _Outgoing(piece.fingerprint, piece.length, piece.data, compressible, 0)
+            if compressible:
+                out.pack()
+            inline[piece.fingerprint] = wire.InlineChunk(
+                fingerprint=out.fingerprint, compression=out.packed.compression if out.packed else "none",
+                data=base64.b64encode(out.body))
+            kept.append(out)
+            self.sent_plain_bytes += out.length
+            self.compressed_chunks += out.packed is not None
+        self._keep(kept)
+        return refs, list(inline.values())
+
+    async def _stream(self, node: Inode, base: list[ChunkEntry], size: int) -> tuple[list[tuple[str, int]], int, int]:
+        """Chunk the file in a worker thread and PUT what the server lacks, batch by
+        batch, holding at most BUDGET_BYTES of it in memory. Returns (chunk refs,
+        chunks sent, bytes sent)."""
         refs: list[tuple[str, int]] = []
         sent_chunks = sent_bytes = 0
         budget = ByteBudget(BUDGET_BYTES)
@@ -191,9 +244,6 @@ class Uploader:
             reader.release()
             trio.from_thread.run(send.aclose)
 
-        inline: dict[str, _Outgoing] | None = {} if size <= wire.INLINE_MAX_BYTES else None
-        """A small file's chunks go inside the commit: one round trip instead of three."""
-
         async def consume() -> None:
             nonlocal sent_chunks, sent_bytes
             batch: list[_Outgoing] = []
@@ -201,9 +251,6 @@ class Uploader:
             async with receive:
                 async for out in receive:
                     refs.append((out.fingerprint, out.length))
-                    if inline is not None:
-                        inline.setdefault(out.fingerprint, out)
-                        continue
                     batch.append(out)
                     batch_bytes += out.length
                     if len(batch) >= BATCH or batch_bytes >= BATCH_BYTES:
@@ -216,33 +263,7 @@ class Uploader:
         async with one_error(), trio.open_nursery() as nursery:
             nursery.start_soon(consume)
             await trio.to_thread.run_sync(produce)
-
-        existing = node.node_id if not node.extra.get("detached") else 0  # detached: its node is gone
-        request = wire.CommitRequest(
-            node_id=existing or None,
-            parent_id=None if existing else parent_node_id,
-            name=None if existing else node.name,
-            base_rev=node.rev if existing else 0,
-            size=size, mtime_ns=mtime_ns, mode=node.mode,
-            chunks=[wire.ChunkRef(fingerprint=fp, length=length) for fp, length in refs],
-            inline=[wire.InlineChunk(fingerprint=o.fingerprint, compression=o.packed.compression if o.packed else "none",
-                                     data=base64.b64encode(o.body)) for o in inline.values()] if inline else None,
-        )
-        if inline:
-            budget.release(sum(o.held for o in inline.values()))
-            self._keep(list(inline.values()))
-            sent_chunks, sent_bytes = len(inline), sum(len(o.body) for o in inline.values())
-            self.sent_plain_bytes += sum(o.length for o in inline.values())
-            self.compressed_chunks += sum(o.packed is not None for o in inline.values())
-        try:
-            response = await self.client.commit(request)
-        except ConflictError as exc:
-            response = await self._landed_already(exc, refs, size, mtime_ns)
-            if response is None:
-                raise
-        self.sent_chunks += sent_chunks
-        self.sent_bytes += sent_bytes
-        return UploadResult(response, refs, gen, size, sent_chunks, sent_bytes)
+        return refs, sent_chunks, sent_bytes
 
     async def _landed_already(self, exc: ConflictError, refs: list[tuple[str, int]], size: int,
                               mtime_ns: int) -> wire.CommitResponse | None:

@@ -53,7 +53,7 @@ POLL_S = 0.010
 TIMEOUT_S = 30.0
 TARGET_MEDIAN_S = 1.0
 TARGET_P99_S = 3.0
-PREPARE_LINE = re.compile(r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) cloudfs\.access INFO \S+ "POST /uploads/prepare" '
+PREPARE_LINE = re.compile(r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) cloudfs\.access INFO \S+ "POST /(?:uploads/prepare|files)" '
                           r'\d+ \d+ ([\d.]+)s')
 COMMIT_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) cloudfs\.uploader INFO committed inode (\d+) "
                          r"as node (\d+) rev (\d+)")
@@ -141,8 +141,9 @@ def _stamp(text: str) -> float:
 
 
 def upload_starts(server_log: str) -> list[float]:
-    """When the server received each `POST /uploads/prepare` (the first request of an
-    upload): the access line is written at the answer and gives the duration."""
+    """When the server received the first request of each upload (`POST /uploads/prepare`,
+    or `POST /files` for a small file, whose bytes travel inside its commit): the
+    access line is written at the answer and gives the duration."""
     return [_stamp(m.group(1)) - float(m.group(2)) for m in map(PREPARE_LINE.match, server_log.splitlines()) if m]
 
 
