@@ -114,7 +114,10 @@ class Syncer:
                 if time.monotonic() - self._last_activity < QUIET_S:
                     break  # a burst is on again: one group per quiet period, so it keeps the CPU
             if failed is not None:
-                self._went_offline(failed)
+                if isinstance(failed, _Retry):
+                    log.info("retrying shortly: %s", failed)  # the server answered: not offline
+                else:
+                    self._went_offline(failed)
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
 

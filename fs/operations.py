@@ -253,7 +253,10 @@ class Operations(pyfuse3.Operations):
         return data
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        raise pyfuse3.FUSEError(errno.ENODATA)
+        # Extended attributes are not kept. ENOSYS tells the kernel once for all, and it
+        # answers EOPNOTSUPP itself from then on, as filesystems without xattrs do: `ls -l`
+        # asks twice per entry (SELinux label, ACL), two round trips per file otherwise.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         return []
@@ -262,7 +265,7 @@ class Operations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
-        raise pyfuse3.FUSEError(errno.ENODATA)
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @errno_of
     async def forget(self, inode_list: Any) -> None:

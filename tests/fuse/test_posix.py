@@ -549,5 +549,5 @@ def test_xattrs_are_not_stored(d: Path) -> None:
     assert fails(os.setxattr, f, "user.comment", b"hello") in ("ENOTSUP", "EOPNOTSUPP")
     assert os.listxattr(f) == []
     assert os.listxattr(d) == []
-    assert fails(os.getxattr, f, "user.comment") == "ENODATA"
-    assert fails(os.removexattr, f, "user.comment") == "ENODATA"
+    assert fails(os.getxattr, f, "user.comment") in ("ENOTSUP", "EOPNOTSUPP")  # as on a filesystem without xattrs
+    assert fails(os.removexattr, f, "user.comment") in ("ENOTSUP", "EOPNOTSUPP")
