@@ -224,6 +224,22 @@ class Cache:
     def unbind_node_id(self, txn: lmdb.Transaction, node_id: int) -> None:
         txn.delete(u64(node_id), db=self.node_ids)
 
+    def detach(self, txn: lmdb.Transaction, node: Inode, *, queue: bool) -> None:
+        """The server no longer has `node`: forget its id so it is created anew (queued
+        for the syncer when `queue`). A file keeps its node id and rev, which its
+        unchanged bytes are read from until then."""
+        if node.node_id:
+            self.unbind_node_id(txn, node.node_id)
+        node.srv_parent, node.srv_name = 0, ""
+        if node.kind == "file":
+            node.extra["detached"] = True
+            node.dirty = True
+        else:
+            node.node_id = 0
+        if queue:
+            self.enqueue(txn, {"op": "upload" if node.kind == "file" else "push", "ino": node.ino})
+        self.put(txn, node)
+
     # --- directory entries ---
 
     @staticmethod

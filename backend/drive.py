@@ -22,6 +22,7 @@ import trio
 
 from .cache import ROOT_INO, Cache, Inode
 from .chunkcache import ChunkCache
+from .conflicts import conflicted_name
 from .content import Content
 from .errors import (CloudFsError, CorruptChunkError, ExistsError, InvalidError, IsADirectoryError_, NotADirectoryError_,
                      NotEmptyError, NotFoundError)
@@ -58,8 +59,9 @@ def check_local_name(name: str) -> None:
 
 
 class Drive:
-    def __init__(self, cache: Cache, chunks: ChunkCache, content: Content) -> None:
+    def __init__(self, cache: Cache, chunks: ChunkCache, content: Content, *, device: str = "") -> None:
         self.cache = cache
+        self.device = device
         self.chunks = chunks
         self.content = content
         self.open_count: dict[int, int] = {}
@@ -349,6 +351,23 @@ class Drive:
             self.chunks.dirty_bytes -= self._dirty_size(txn, node)
             self.cache.drop(txn, node)
 
+    def _revive(self, node: Inode) -> None:
+        """Another device deleted this file while it was open here, and it was written
+        through that handle (or through a name the kernel still had): edits survive
+        deletes, so it goes back where it was (beside, under a conflicted name, if that
+        name is taken now; at the top if its directory went too) and is created anew."""
+        parent, name = node.extra.pop("deleted_remotely")
+        folder = self.cache.get(parent)
+        if folder is None or folder.kind != "dir" or (folder.parent == 0 and parent != ROOT_INO):
+            parent = ROOT_INO
+        if self.cache.lookup(parent, name) is not None:
+            name = conflicted_name(name, self.device or "this device", self.cache, parent)
+        log.warning("%r was deleted on another device while written here: keeping the edit as %r", node.name, name)
+        with self.transaction() as txn:
+            self.cache.link(txn, parent, name, node.ino)
+            node.parent, node.name = parent, name
+            self.cache.detach(txn, node, queue=True)
+
     def purge_orphans(self) -> int:
         """At mount time nothing references anything: drop orphans a crash left behind."""
         orphans = [n.ino for n in self.cache.iter_inodes() if n.parent == 0 and n.ino != ROOT_INO]
@@ -372,7 +391,10 @@ class Drive:
         if node is None:
             return
         if node.parent == 0 and node.ino != ROOT_INO:
-            self._drop_if_orphan(ino)
+            if schedule_upload and node.extra.get("deleted_remotely"):
+                self._revive(node)
+            else:
+                self._drop_if_orphan(ino)
         elif schedule_upload and node.dirty:
             with self.transaction() as txn:
                 self.cache.enqueue(txn, {"op": "upload", "ino": ino})

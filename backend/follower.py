@@ -396,7 +396,7 @@ class Follower:
                 if node.ino in alive:
                     continue  # its queued move brings it (and all below it) here again
                 if node.ino in keep:
-                    self._detach(txn, node)
+                    self.cache.detach(txn, node, queue=True)
                     if node.kind == "dir":
                         stack.extend(c for c in map(self.cache.get, (i for _, i in self.cache.children(node.ino)))
                                      if c is not None)
@@ -409,6 +409,8 @@ class Follower:
                         if child is not None:
                             stack.append(child)
                 if self._in_use(node.ino):
+                    if node.kind == "file":  # a write through a handle still open revives it (Drive._revive)
+                        node.extra["deleted_remotely"] = [node.parent, node.name]
                     node.parent = 0
                     self.cache.put(txn, node)
                 else:
@@ -465,22 +467,14 @@ class Follower:
                 keep_up_from(node.ino)
         return keep, alive
 
-    def _detach(self, txn: Any, node: Inode) -> None:
-        """The server no longer has `node`: forget its id so the syncer creates it anew.
-        A file keeps reading its old content (node id + rev stay for that) until then."""
-        if node.node_id:
-            self.cache.unbind_node_id(txn, node.node_id)
-        node.srv_parent, node.srv_name = 0, ""
-        if node.kind == "file":
-            node.extra["detached"] = True
-            node.dirty = True
-            self.cache.enqueue(txn, {"op": "upload", "ino": node.ino})
-        else:
-            node.node_id = 0
-            self.cache.enqueue(txn, {"op": "push", "ino": node.ino})
-        self.cache.put(txn, node)
 
     # --- the kernel ---
+
+    async def invalidate_entry(self, parent: int, name: str) -> None:
+        """Make the kernel forget a name this mount changed on its own (the syncer's
+        conflicted copies), now rather than with the next batch of changes."""
+        self._inval.append(("entry", parent, name))
+        await self._flush_invalidations()
 
     async def _flush_invalidations(self) -> None:
         if not self._inval:

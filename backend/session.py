@@ -133,13 +133,14 @@ async def open_session(options: SessionOptions, invalidate: Invalidator | None =
         chunks = ChunkCache(cache, options.cache_size)
         fetcher = Fetcher(client, chunks)
         content = Content(cache, chunks, fetcher)
-        drive = Drive(cache, chunks, content)
+        drive = Drive(cache, chunks, content, device=options.device)
         uploader = Uploader(client, cache, chunks, content)
         syncer = Syncer(client, cache, chunks, uploader, device=options.device, open_count=drive.open_count)
         follower = Follower(client, cache, chunks, device=options.device, open_count=drive.open_count,
                             lookups=drive.lookups, writers=drive.writers, invalidate=invalidate)
         drive.on_outbox = syncer.wake
         syncer.on_stale = follower.refresh
+        syncer.forget_name = follower.invalidate_entry
         await follower.bootstrap()
         drive.purge_orphans()
         yield Session(options, client, cache, chunks, drive, syncer, follower, fetcher, uploader)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import trio
 
@@ -57,6 +57,8 @@ class Syncer:
         self.open_count = open_count
         self.online = True
         self.on_stale: Callable[[int], None] = lambda node_id: None  # the follower's refresh
+        self.forget_name: Callable[[int, str], Awaitable[None]] = _nothing_to_forget
+        """Make the kernel drop a name (the follower's invalidate_entry)."""
         self.quota_blocked: set[int] = set()
         """Files whose upload the server refused for the quota; retried every QUOTA_RETRY_S."""
         self.last_error = ""
@@ -300,7 +302,7 @@ class Syncer:
                 self._record(node, occupant)  # two new directories of one name: one directory
                 self.on_stale(occupant.id)  # and pull in what the other device put there
                 return
-            self._rename_conflicted(node, exc)
+            await self._rename_conflicted(node, exc)
             return await self._create(node, parent_id)
         except ServerError as exc:
             if exc.status == 404 and exc.body.get("field") == "parent_id":
@@ -319,7 +321,7 @@ class Syncer:
             if exc.code not in ("name_exists", "is_a_directory", "not_a_directory"):
                 raise
             if not await self._clear_the_way(exc, node):
-                self._rename_conflicted(node, exc)
+                await self._rename_conflicted(node, exc)
             return await self._move(node, parent_id)
         except ServerError as exc:
             if exc.status != 404:
@@ -328,6 +330,8 @@ class Syncer:
                 self._detach_parent(node)
                 raise _Retry(f"the directory of {node.name!r} was deleted on the server: creating it again") from None
             self._detach(node)  # deleted on the server while moved here: create it again
+            if node.kind == "dir":
+                await self._detach_gone_below(node)
             return await self._push(node, 0)
         self._record(node, answer.node)
 
@@ -388,38 +392,55 @@ class Syncer:
     async def _conflicted_copy(self, node: Inode, exc: ServerError) -> None:
         """Someone else committed first: keep their version under the name, ours beside it."""
         node_id = node.node_id if not node.extra.get("detached") else 0
-        self._rename_conflicted(node, exc)
+        await self._rename_conflicted(node, exc)
         if node_id:
             self._detach(node)
             self.on_stale(node_id)  # bring the winner in under the name
         await self._push(node, 0)
 
-    def _rename_conflicted(self, node: Inode, exc: ServerError) -> None:
+    async def _rename_conflicted(self, node: Inode, exc: ServerError) -> None:
         name = conflicted_name(node.name, self.device, self.cache, node.parent)
         log.warning("conflict on %r (%s): keeping this device's version as %r", node.name, exc.code, name)
         occupant = (exc.body.get("node") or {}).get("id")
+        old_name = node.name
         with self.cache.write() as txn:
             self.cache.unlink(txn, node.parent, node.name)
             self.cache.link(txn, node.parent, name, node.ino)
             node.name = name
             self.cache.put(txn, node)
             count_conflict(self.cache, txn)
+        # The kernel still maps the old name to this inode (entries live 300 s): a program
+        # writing to that name next would write into our conflicted copy.
+        await self.forget_name(node.parent, old_name)
         if occupant and self.cache.ino_for_node(int(occupant)) is None:
             self.on_stale(int(occupant))
 
     def _detach(self, node: Inode) -> None:
-        """The server's node is gone (or someone else's now): create ours anew. A file
-        keeps its node id and rev, which its unchanged bytes are read from."""
+        """The server's node is gone (or someone else's now): create ours anew."""
         with self.cache.write() as txn:
-            if node.node_id:
-                self.cache.unbind_node_id(txn, node.node_id)
-            node.srv_parent, node.srv_name = 0, ""
-            if node.kind == "file":
-                node.extra["detached"] = True
-                node.dirty = True
-            else:
-                node.node_id = 0
-            self.cache.put(txn, node)
+            self.cache.detach(txn, node, queue=False)
+
+    async def _detach_gone_below(self, top: Inode) -> None:
+        """`top`, a directory moved here, was deleted on the server, most likely with
+        everything below it: what below it the server no longer has is created again
+        (queued, node by node). Each node is asked about, because one that another
+        device moved elsewhere first is alive, and the follower brings its move."""
+        inside = {top.ino}
+        stack = [top]
+        for _ in range(10_000_000):
+            if not stack:
+                break
+            for _, ino in self.cache.children(stack.pop().ino):
+                child = self.cache.get(ino)
+                if child is None or (child.node_id and child.srv_parent not in inside):
+                    continue  # moved in from elsewhere: its own queued move brings it
+                if child.node_id and not child.extra.get("detached") and await self.client.node(child.node_id):
+                    continue  # alive elsewhere on the server
+                inside.add(child.ino)
+                with self.cache.write() as txn:
+                    self.cache.detach(txn, child, queue=True)
+                if child.kind == "dir":
+                    stack.append(child)
 
     def _detach_parent(self, node: Inode) -> None:
         """The server deleted `node`'s directory: the follower applies that delete, which
@@ -475,3 +496,7 @@ def _renamed_meanwhile(exc: ConflictError, node: Inode) -> bool:
     was being retried. Not a conflict: the request goes again under the new name."""
     occupant = exc.body.get("node") or {}
     return exc.code == "name_exists" and occupant.get("name") not in (None, node.name)
+
+
+async def _nothing_to_forget(parent: int, name: str) -> None:
+    """Without a kernel (tests of the syncer alone) there is nothing to invalidate."""

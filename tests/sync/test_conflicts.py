@@ -3,15 +3,17 @@ device's bytes survive beside it, and both devices end up with both."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-from tests.harness import cloudfs_mount
+from tests.harness import ServerProcess, cloudfs_mount
 from tests.proxy import Proxy
 from tests.sync.conftest import Devices, RestartableServer
 
@@ -127,33 +129,83 @@ def test_directory_deleted_while_written_elsewhere(restartable, offline_devices,
     assert snapshot(d.a.path) == expected
 
 
+@contextlib.contextmanager
+def a_behind_a_proxy(server: ServerProcess, tmp_path: Path) -> Iterator[tuple[Devices, Proxy]]:
+    """Two devices of a fresh user; a talks to the server through a proxy the test can
+    hang, so that b's changes land first while a's wait."""
+    token = server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    proxy = Proxy(int(server.url.rsplit(":", 1)[1]))
+    proxied = type(server)(**{**server.__dict__, "url": proxy.url})
+    try:
+        with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
+                cloudfs_mount(server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+            yield Devices(a, b), proxy
+    finally:
+        proxy.close()
+
 
 def test_directory_moved_into_a_directory_deleted_elsewhere(sync_server, tmp_path):
     """a moves photos/ into old/ while b deletes old/, and b's delete lands first: a's
     follower sees the delete with the move still queued. Where photos/ lives is a's
     edit, so photos/ and everything in it survive, in old/ again; old/'s own files go."""
-    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
-    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
-    proxied = type(sync_server)(**{**sync_server.__dict__, "url": proxy.url})
-    try:
-        with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
-                cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
-            d = Devices(a, b)
-            (a.path / "old").mkdir()
-            (a.path / "old" / "junk.txt").write_text("junk\n")
-            (a.path / "photos" / "2026").mkdir(parents=True)
-            (a.path / "photos" / "2026" / "cat.jpg").write_bytes(b"cat\n")
-            (a.path / "photos" / "dog.jpg").write_bytes(b"dog\n")
-            settle(d)
-            proxy.hang()
-            (a.path / "photos").rename(a.path / "old" / "photos")
-            shutil.rmtree(b.path / "old")
-            b.sync(timeout=60)
-            proxy.resume()
-            settle(d)
-            expected = {"old": None, "old/photos": None, "old/photos/2026": None,
-                        "old/photos/2026/cat.jpg": b"cat\n", "old/photos/dog.jpg": b"dog\n"}
-            assert snapshot(a.path) == expected
-            assert snapshot(b.path) == expected
-    finally:
-        proxy.close()
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "old").mkdir()
+        (a.path / "old" / "junk.txt").write_text("junk\n")
+        (a.path / "photos" / "2026").mkdir(parents=True)
+        (a.path / "photos" / "2026" / "cat.jpg").write_bytes(b"cat\n")
+        (a.path / "photos" / "dog.jpg").write_bytes(b"dog\n")
+        settle(d)
+        proxy.hang()
+        (a.path / "photos").rename(a.path / "old" / "photos")
+        shutil.rmtree(b.path / "old")
+        b.sync(timeout=60)
+        proxy.resume()
+        settle(d)
+        expected = {"old": None, "old/photos": None, "old/photos/2026": None,
+                    "old/photos/2026/cat.jpg": b"cat\n", "old/photos/dog.jpg": b"dog\n"}
+        assert snapshot(a.path) == expected
+        assert snapshot(b.path) == expected
+
+
+def test_directory_moved_out_of_a_directory_deleted_elsewhere(sync_server, tmp_path):
+    """The other way round: a moves old/photos/ out to photos/ while b deletes old/, and
+    b's delete lands first. The server deleted photos/ and its files with old/; a's
+    move finds them gone and must create all of them again, not just the directory."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "old" / "photos" / "2026").mkdir(parents=True)
+        (a.path / "old" / "junk.txt").write_text("junk\n")
+        (a.path / "old" / "photos" / "2026" / "cat.jpg").write_bytes(b"cat\n")
+        (a.path / "old" / "photos" / "dog.jpg").write_bytes(b"dog\n")
+        settle(d)
+        proxy.hang()
+        (a.path / "old" / "photos").rename(a.path / "photos")
+        shutil.rmtree(b.path / "old")
+        b.sync(timeout=60)
+        proxy.resume()
+        settle(d)
+        expected = {"photos": None, "photos/2026": None, "photos/2026/cat.jpg": b"cat\n",
+                    "photos/dog.jpg": b"dog\n"}
+        assert snapshot(b.path) == expected
+        assert snapshot(a.path) == expected
+
+
+def test_a_file_written_while_deleted_elsewhere_comes_back(devices):
+    """b has x.txt open (read only: the delete is not held back for it) when a's delete
+    arrives; then b opens the same file again for writing, through the handle it holds
+    (as a program does through a name the kernel still remembers), writes and closes.
+    Edits survive deletes: x.txt is back on both with b's bytes."""
+    d = devices
+    (d.a.path / "x.txt").write_text("v1\n")
+    settle(d)
+    with open(d.b.path / "x.txt", "rb") as held:
+        (d.a.path / "x.txt").unlink()
+        d.a.sync(timeout=60)
+        d.b.sync(timeout=60)
+        assert "x.txt" not in os.listdir(d.b.path)  # the delete arrived while the file was open
+        with open(f"/proc/self/fd/{held.fileno()}", "a") as again:
+            again.write("b's addition\n")
+    settle(d)
+    assert snapshot(d.b.path) == {"x.txt": b"v1\nb's addition\n"}
+    assert snapshot(d.a.path) == {"x.txt": b"v1\nb's addition\n"}
