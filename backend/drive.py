@@ -250,6 +250,8 @@ class Drive:
         node = self.get(ino)
         if size is not None and node.kind == "dir":
             raise IsADirectoryError_(f"inode {ino} is a directory")
+        if size is not None and size != node.size:
+            self._revive_if_deleted(node)
         with self.transaction() as txn:
             if size is not None and size != node.size:
                 self.content.truncate(txn, node, size)
@@ -276,6 +278,7 @@ class Drive:
 
     async def write(self, ino: int, off: int, data: bytes) -> int:
         node = self.get(ino)
+        self._revive_if_deleted(node)
         await self._make_room(node, len(data), off + len(data))
 
         def in_txn(txn: lmdb.Transaction) -> None:
@@ -351,11 +354,14 @@ class Drive:
             self.chunks.dirty_bytes -= self._dirty_size(txn, node)
             self.cache.drop(txn, node)
 
-    def _revive(self, node: Inode) -> None:
-        """Another device deleted this file while it was open here, and it was written
-        through that handle (or through a name the kernel still had): edits survive
-        deletes, so it goes back where it was (beside, under a conflicted name, if that
-        name is taken now; at the top if its directory went too) and is created anew."""
+    def _revive_if_deleted(self, node: Inode) -> None:
+        """Another device deleted this file while the kernel still had it here (an open
+        handle, or a name it remembers), and now it is written or truncated through
+        that: edits survive deletes, so it goes back where it was (beside, under a
+        conflicted name, if that name is taken now; at the top if its directory went
+        too) and is created anew."""
+        if node.parent != 0 or not node.extra.get("deleted_remotely"):
+            return
         parent, name = node.extra.pop("deleted_remotely")
         folder = self.cache.get(parent)
         if folder is None or folder.kind != "dir" or (folder.parent == 0 and parent != ROOT_INO):
@@ -391,10 +397,7 @@ class Drive:
         if node is None:
             return
         if node.parent == 0 and node.ino != ROOT_INO:
-            if schedule_upload and node.extra.get("deleted_remotely"):
-                self._revive(node)
-            else:
-                self._drop_if_orphan(ino)
+            self._drop_if_orphan(ino)
         elif schedule_upload and node.dirty:
             with self.transaction() as txn:
                 self.cache.enqueue(txn, {"op": "upload", "ino": ino})

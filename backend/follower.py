@@ -409,7 +409,7 @@ class Follower:
                         if child is not None:
                             stack.append(child)
                 if self._in_use(node.ino):
-                    if node.kind == "file":  # a write through a handle still open revives it (Drive._revive)
+                    if node.kind == "file":  # a write or truncate through the kernel revives it (Drive._revive_if_deleted)
                         node.extra["deleted_remotely"] = [node.parent, node.name]
                     node.parent = 0
                     self.cache.put(txn, node)

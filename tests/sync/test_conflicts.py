@@ -191,11 +191,12 @@ def test_directory_moved_out_of_a_directory_deleted_elsewhere(sync_server, tmp_p
         assert snapshot(a.path) == expected
 
 
-def test_a_file_written_while_deleted_elsewhere_comes_back(devices):
+@pytest.mark.parametrize("how", ["append", "truncate"])
+def test_a_file_written_while_deleted_elsewhere_comes_back(devices, how):
     """b has x.txt open (read only: the delete is not held back for it) when a's delete
-    arrives; then b opens the same file again for writing, through the handle it holds
-    (as a program does through a name the kernel still remembers), writes and closes.
-    Edits survive deletes: x.txt is back on both with b's bytes."""
+    arrives; then b writes to or truncates the same file through the handle it holds
+    (as a program does through a name the kernel still remembers). Edits survive
+    deletes: x.txt is back on both with b's bytes."""
     d = devices
     (d.a.path / "x.txt").write_text("v1\n")
     settle(d)
@@ -204,8 +205,12 @@ def test_a_file_written_while_deleted_elsewhere_comes_back(devices):
         d.a.sync(timeout=60)
         d.b.sync(timeout=60)
         assert "x.txt" not in os.listdir(d.b.path)  # the delete arrived while the file was open
-        with open(f"/proc/self/fd/{held.fileno()}", "a") as again:
-            again.write("b's addition\n")
+        if how == "append":
+            with open(f"/proc/self/fd/{held.fileno()}", "a") as again:
+                again.write("b's addition\n")
+        else:
+            os.truncate(f"/proc/self/fd/{held.fileno()}", 6)
     settle(d)
-    assert snapshot(d.b.path) == {"x.txt": b"v1\nb's addition\n"}
-    assert snapshot(d.a.path) == {"x.txt": b"v1\nb's addition\n"}
+    expected = b"v1\nb's addition\n" if how == "append" else b"v1\n\0\0\0"
+    assert snapshot(d.b.path) == {"x.txt": expected}
+    assert snapshot(d.a.path) == {"x.txt": expected}
