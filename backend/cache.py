@@ -190,6 +190,17 @@ class Cache:
         self._memo[ino] = node
         return node
 
+    def names_to(self, ino: int) -> list[str]:
+        """The names leading from the root to `ino` (as far as its ancestors are linked)."""
+        names: list[str] = []
+        for _ in range(4096):
+            node = self.get(ino)
+            if node is None or node.ino == ROOT_INO or not node.parent:
+                break
+            names.append(node.name)
+            ino = node.parent
+        return names[::-1]
+
     def put(self, txn: lmdb.Transaction, node: Inode, *, create: bool = False) -> None:
         """Store `node`. Unless `create`, the inode must still exist: a task holding an
         Inode across an await must never bring back one that was deleted meanwhile."""

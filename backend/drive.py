@@ -278,10 +278,10 @@ class Drive:
 
     async def write(self, ino: int, off: int, data: bytes) -> int:
         node = self.get(ino)
-        self._revive_if_deleted(node)
         await self._make_room(node, len(data), off + len(data))
 
         def in_txn(txn: lmdb.Transaction) -> None:
+            self._revive_if_deleted(node, txn)  # here, after the awaits: a delete may arrive during them
             node.mtime_ns = time.time_ns()
             if not node.dirty:  # clean -> dirty: queue an upload now, so it survives a crash
                 self.cache.enqueue(txn, {"op": "upload", "ino": node.ino})
@@ -354,25 +354,42 @@ class Drive:
             self.chunks.dirty_bytes -= self._dirty_size(txn, node)
             self.cache.drop(txn, node)
 
-    def _revive_if_deleted(self, node: Inode) -> None:
+    def _revive_if_deleted(self, node: Inode, txn: lmdb.Transaction | None = None) -> None:
         """Another device deleted this file while the kernel still had it here (an open
         handle, or a name it remembers), and now it is written or truncated through
-        that: edits survive deletes, so it goes back where it was (beside, under a
-        conflicted name, if that name is taken now; at the top if its directory went
-        too) and is created anew."""
+        that: edits survive deletes, so it goes back where it was, with the directories
+        that went with it (beside, under a conflicted name, if that name is taken now),
+        and is created anew. Inside `txn` when given (the write's own)."""
         if node.parent != 0 or not node.extra.get("deleted_remotely"):
             return
-        parent, name = node.extra.pop("deleted_remotely")
-        folder = self.cache.get(parent)
-        if folder is None or folder.kind != "dir" or (folder.parent == 0 and parent != ROOT_INO):
-            parent = ROOT_INO
+        if txn is None:
+            with self.transaction() as own:
+                self._revive(own, node)
+        else:
+            self._revive(txn, node)
+
+    def _revive(self, txn: lmdb.Transaction, node: Inode) -> None:
+        *folders, name = node.extra.pop("deleted_remotely")
+        parent, now = ROOT_INO, time.time_ns()
+        for folder in folders:  # the directories that went with it come back too
+            ino = self.cache.lookup(parent, folder)
+            existing = self.cache.get(ino) if ino is not None else None
+            if existing is not None and existing.kind != "dir":
+                break  # a file has the name now: the edit goes beside it
+            if existing is None:
+                existing = Inode(ino=self.cache.new_ino(txn), parent=parent, name=folder, kind="dir", mode=0o755,
+                                 mtime_ns=now, ctime_ns=now)
+                self.cache.put(txn, existing, create=True)
+                self.cache.link(txn, parent, folder, existing.ino)
+                self.cache.enqueue(txn, {"op": "push", "ino": existing.ino})
+            parent = existing.ino
         if self.cache.lookup(parent, name) is not None:
             name = conflicted_name(name, self.device or "this device", self.cache, parent)
-        log.warning("%r was deleted on another device while written here: keeping the edit as %r", node.name, name)
-        with self.transaction() as txn:
-            self.cache.link(txn, parent, name, node.ino)
-            node.parent, node.name = parent, name
-            self.cache.detach(txn, node, queue=True)
+        log.warning("%r was deleted on another device while written here: keeping the edit as %r",
+                    node.name, "/".join(self.cache.names_to(parent) + [name]))
+        self.cache.link(txn, parent, name, node.ino)
+        node.parent, node.name = parent, name
+        self.cache.detach(txn, node, queue=True)
 
     def purge_orphans(self) -> int:
         """At mount time nothing references anything: drop orphans a crash left behind."""

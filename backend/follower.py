@@ -237,10 +237,15 @@ class Follower:
     # --- what counts as local work ---
 
     def _pending(self, local: Inode) -> bool:
+        """True while `local` has changes the server has not acknowledged, or is open for
+        writing (replacing it would pull the bytes from under a writer)."""
+        return bool(self.writers.get(local.ino)) or self._changed(local)
+
+    def _changed(self, local: Inode) -> bool:
         """True while `local` has changes the server has not acknowledged."""
         if local.ino == ROOT_INO:
             return False
-        if not local.node_id or local.extra.get("detached") or self.writers.get(local.ino):
+        if not local.node_id or local.extra.get("detached"):
             return True
         if (local.parent, local.name) != (local.srv_parent, local.srv_name) or local.mode != local.srv_mode:
             return True
@@ -388,18 +393,18 @@ class Follower:
         keep, alive = self._with_local_work(local)
         parent, name = local.parent, local.name
         with self.cache.write() as txn:
-            stack = [local]
+            stack = [(local, self.cache.names_to(local.ino))]
             for _ in range(10_000_000):
                 if not stack:
                     break
-                node = stack.pop()
+                node, path = stack.pop()
                 if node.ino in alive:
                     continue  # its queued move brings it (and all below it) here again
                 if node.ino in keep:
                     self.cache.detach(txn, node, queue=True)
                     if node.kind == "dir":
-                        stack.extend(c for c in map(self.cache.get, (i for _, i in self.cache.children(node.ino)))
-                                     if c is not None)
+                        stack.extend((c, path + [c.name]) for c in map(
+                            self.cache.get, (i for _, i in self.cache.children(node.ino))) if c is not None)
                     continue
                 self.cache.unlink(txn, node.parent, node.name)
                 if node.kind == "dir":
@@ -407,10 +412,10 @@ class Follower:
                         child = self.cache.get(child_ino)
                         self.cache.unlink(txn, node.ino, child_name)
                         if child is not None:
-                            stack.append(child)
+                            stack.append((child, path + [child_name]))
                 if self._in_use(node.ino):
                     if node.kind == "file":  # a write or truncate through the kernel revives it (Drive._revive_if_deleted)
-                        node.extra["deleted_remotely"] = [node.parent, node.name]
+                        node.extra["deleted_remotely"] = path
                     node.parent = 0
                     self.cache.put(txn, node)
                 else:
@@ -463,8 +468,8 @@ class Follower:
             if under_alive(node.ino):
                 if node.ino in alive:
                     keep_up_from(path.get(node.ino, 0))  # the directories it was moved into
-            elif not node.node_id or (node.kind != "dir" and self._pending(node)):
-                keep_up_from(node.ino)
+            elif not node.node_id or (node.kind != "dir" and self._changed(node)):
+                keep_up_from(node.ino)  # merely open for writing is not work: a write revives it
         return keep, alive
 
 

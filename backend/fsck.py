@@ -97,14 +97,7 @@ async def _check_server(session: Session, problems: list[str], repaired: list[st
 
 
 def _path(cache: Cache, ino: int) -> str:
-    names: list[str] = []
-    for _ in range(4096):
-        node = cache.get(ino)
-        if node is None or node.ino == ROOT_INO or not node.parent:
-            break
-        names.append(node.name)
-        ino = node.parent
-    return "/" + "/".join(reversed(names))
+    return "/" + "/".join(cache.names_to(ino))
 
 
 def _path_of_node(cache: Cache, node_id: int) -> str:

@@ -214,3 +214,29 @@ def test_a_file_written_while_deleted_elsewhere_comes_back(devices, how):
     expected = b"v1\nb's addition\n" if how == "append" else b"v1\n\0\0\0"
     assert snapshot(d.b.path) == {"x.txt": expected}
     assert snapshot(d.a.path) == {"x.txt": expected}
+
+
+@pytest.mark.parametrize("write", [False, True])
+def test_a_file_open_for_writing_follows_a_delete_unless_written(devices, write):
+    """b holds d/e/x.txt open for writing when a removes d: unwritten, it is gone on
+    both once b closes it (an open handle is not an edit); written through the handle
+    after the delete arrived, it comes back with b's bytes (in d/e again)."""
+    d = devices
+    (d.a.path / "d" / "e").mkdir(parents=True)
+    (d.a.path / "d" / "e" / "x.txt").write_text("v1\n")
+    settle(d)
+    fd = os.open(d.b.path / "d" / "e" / "x.txt", os.O_RDWR)
+    try:
+        assert os.pread(fd, 100, 0) == b"v1\n"
+        shutil.rmtree(d.a.path / "d")
+        d.a.sync(timeout=60)
+        d.b.sync(timeout=60)
+        assert not (d.b.path / "d").exists()  # the delete arrived while the file was open
+        if write:
+            os.pwrite(fd, b"b's\n", 3)
+    finally:
+        os.close(fd)
+    settle(d)
+    expected = {"d": None, "d/e": None, "d/e/x.txt": b"v1\nb's\n"} if write else {}
+    assert snapshot(d.b.path) == expected
+    assert snapshot(d.a.path) == expected
