@@ -239,8 +239,8 @@ class Cache:
         """The server no longer has `node`: forget its id so it is created anew (queued
         for the syncer when `queue`). A file keeps its node id and rev, which its
         unchanged bytes are read from until then."""
-        if node.node_id:
-            self.unbind_node_id(txn, node.node_id)
+        if node.node_id and txn.get(u64(node.node_id), db=self.node_ids) == u64(node.ino):
+            self.unbind_node_id(txn, node.node_id)  # unless the id moved on to a newer inode
         node.srv_parent, node.srv_name = 0, ""
         if node.kind == "file":
             node.extra["detached"] = True

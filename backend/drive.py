@@ -251,7 +251,7 @@ class Drive:
         if size is not None and node.kind == "dir":
             raise IsADirectoryError_(f"inode {ino} is a directory")
         if size is not None and size != node.size:
-            self._revive_if_deleted(node)
+            self._revive_if_orphaned(node)
         with self.transaction() as txn:
             if size is not None and size != node.size:
                 self.content.truncate(txn, node, size)
@@ -281,7 +281,7 @@ class Drive:
         await self._make_room(node, len(data), off + len(data))
 
         def in_txn(txn: lmdb.Transaction) -> None:
-            self._revive_if_deleted(node, txn)  # here, after the awaits: a delete may arrive during them
+            self._revive_if_orphaned(node, txn)  # here, after the awaits: a delete may arrive during them
             node.mtime_ns = time.time_ns()
             if not node.dirty:  # clean -> dirty: queue an upload now, so it survives a crash
                 self.cache.enqueue(txn, {"op": "upload", "ino": node.ino})
@@ -354,13 +354,14 @@ class Drive:
             self.chunks.dirty_bytes -= self._dirty_size(txn, node)
             self.cache.drop(txn, node)
 
-    def _revive_if_deleted(self, node: Inode, txn: lmdb.Transaction | None = None) -> None:
-        """Another device deleted this file while the kernel still had it here (an open
-        handle, or a name it remembers), and now it is written or truncated through
-        that: edits survive deletes, so it goes back where it was, with the directories
-        that went with it (beside, under a conflicted name, if that name is taken now),
-        and is created anew. Inside `txn` when given (the write's own)."""
-        if node.parent != 0 or not node.extra.get("deleted_remotely"):
+    def _revive_if_orphaned(self, node: Inode, txn: lmdb.Transaction | None = None) -> None:
+        """Another device deleted or replaced this file while the kernel still had it
+        here (an open handle, or a name it remembers), and now it is written or
+        truncated through that: edits survive, so it goes back where it was, with the
+        directories that went with it (beside, under a conflicted name, if that name is
+        taken now, as it is after a replace), and is created anew. Inside `txn` when
+        given (the write's own)."""
+        if node.parent != 0 or not node.extra.get("orphaned_from"):
             return
         if txn is None:
             with self.transaction() as own:
@@ -369,7 +370,7 @@ class Drive:
             self._revive(txn, node)
 
     def _revive(self, txn: lmdb.Transaction, node: Inode) -> None:
-        *folders, name = node.extra.pop("deleted_remotely")
+        *folders, name = node.extra.pop("orphaned_from")
         parent, now = ROOT_INO, time.time_ns()
         for folder in folders:  # the directories that went with it come back too
             ino = self.cache.lookup(parent, folder)
@@ -385,7 +386,7 @@ class Drive:
             parent = existing.ino
         if self.cache.lookup(parent, name) is not None:
             name = conflicted_name(name, self.device or "this device", self.cache, parent)
-        log.warning("%r was deleted on another device while written here: keeping the edit as %r",
+        log.warning("%r was deleted or replaced on another device while written here: keeping the edit as %r",
                     node.name, "/".join(self.cache.names_to(parent) + [name]))
         self.cache.link(txn, parent, name, node.ino)
         node.parent, node.name = parent, name

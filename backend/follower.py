@@ -348,10 +348,13 @@ class Follower:
 
     def _replace(self, local: Inode, remote: wire.Node, parent: int) -> None:
         """New content: a new inode under the name, so the kernel forgets the old size."""
+        path = self.cache.names_to(local.ino)
         with self.cache.write() as txn:
             self.cache.unlink(txn, local.parent, local.name)
             if self._in_use(local.ino):
                 local.parent = 0  # an orphan, readable through open handles until released
+                if local.kind == "file":  # written through one, it becomes a conflicted copy
+                    local.extra["orphaned_from"] = path
                 self.cache.put(txn, local)
             else:
                 self.cache.drop(txn, local)
@@ -414,8 +417,8 @@ class Follower:
                         if child is not None:
                             stack.append((child, path + [child_name]))
                 if self._in_use(node.ino):
-                    if node.kind == "file":  # a write or truncate through the kernel revives it (Drive._revive_if_deleted)
-                        node.extra["deleted_remotely"] = path
+                    if node.kind == "file":  # a write or truncate through the kernel revives it (Drive._revive_if_orphaned)
+                        node.extra["orphaned_from"] = path
                     node.parent = 0
                     self.cache.put(txn, node)
                 else:

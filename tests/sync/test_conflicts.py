@@ -240,3 +240,23 @@ def test_a_file_open_for_writing_follows_a_delete_unless_written(devices, write)
     expected = {"d": None, "d/e": None, "d/e/x.txt": b"v1\nb's\n"} if write else {}
     assert snapshot(d.b.path) == expected
     assert snapshot(d.a.path) == expected
+
+
+def test_a_file_written_through_a_handle_to_a_version_replaced_elsewhere(devices):
+    """b has x.txt open (read only: a new version is not held back for it) when a's new
+    version arrives; then b appends through the handle it holds, to the version it
+    read. Both edits survive: a's under the name, b's as a conflicted copy."""
+    d = devices
+    (d.a.path / "x.txt").write_text("v1\n")
+    settle(d)
+    with open(d.b.path / "x.txt", "rb") as held:
+        (d.a.path / "x.txt").write_text("a's v2\n")
+        d.a.sync(timeout=60)
+        d.b.sync(timeout=60)
+        assert (d.b.path / "x.txt").read_text() == "a's v2\n"  # the new version arrived while the old was open
+        with open(f"/proc/self/fd/{held.fileno()}", "a") as again:
+            again.write("b's addition\n")
+    settle(d)
+    expected = {"x.txt": b"a's v2\n", copy_name("x.txt", "dev-b"): b"v1\nb's addition\n"}
+    assert snapshot(d.b.path) == expected
+    assert snapshot(d.a.path) == expected
