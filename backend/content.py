@@ -78,6 +78,17 @@ class Content:
             i += 1
         return out
 
+    def _ahead(self, chunks: list[ChunkEntry], start: int, end: int) -> list[str]:
+        """The chunks to read ahead over [start, end), as many as fill a quarter of the
+        cache at most: read-ahead into a small cache would evict what is being read."""
+        room, out = self.chunks.limit // 4, []
+        for c in self._covering(chunks, start, end):
+            room -= c.length
+            if room < 0:
+                break
+            out.append(c.fingerprint)
+        return out
+
     def _base_bytes(self, chunks: list[ChunkEntry], start: int, end: int) -> bytes | None:
         """Base bytes [start, end) from cached chunks only; None if one is missing."""
         parts = []
@@ -90,12 +101,24 @@ class Content:
         return b"".join(parts)
 
     async def _base_bytes_fetching(self, chunks: list[ChunkEntry], start: int, end: int) -> bytes:
-        for _ in range(3):
-            data = self._base_bytes(chunks, start, end)
-            if data is not None:
-                return data
-            await self.fetcher.ensure([c.fingerprint for c in self._covering(chunks, start, end)])
-        raise OSError(f"chunks for bytes {start}-{end} keep getting evicted: cache too small")
+        """Base bytes [start, end), fetched as needed one chunk at a time: a range across
+        a chunk boundary must not need both chunks in a cache that holds one."""
+        data = self._base_bytes(chunks, start, end)
+        if data is not None:
+            return data
+        parts = []
+        for c in self._covering(chunks, start, end):
+            lo, hi = max(start, c.offset), min(end, c.offset + c.length)
+            part = self.chunks.read_range(c.fingerprint, lo - c.offset, hi - c.offset)
+            for _ in range(3):
+                if part is not None:
+                    break
+                await self.fetcher.ensure([c.fingerprint])
+                part = self.chunks.read_range(c.fingerprint, lo - c.offset, hi - c.offset)
+            if part is None:
+                raise OSError(f"the chunk for bytes {lo}-{hi} keeps getting evicted: cache too small")
+            parts.append(part)
+        return b"".join(parts)
 
     # --- reads ---
 
@@ -106,7 +129,7 @@ class Content:
         chunks = await self.base_chunks(node)
         needed = self._covering(chunks, off, min(end, node.base_len))
         if readahead:
-            self.fetcher.prefetch([c.fingerprint for c in self._covering(chunks, end, min(end + readahead, node.base_len))])
+            self.fetcher.prefetch(self._ahead(chunks, end, min(end + readahead, node.base_len)))
         if needed:
             await self.fetcher.ensure([c.fingerprint for c in needed])
         parts = []

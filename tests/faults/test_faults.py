@@ -56,7 +56,8 @@ def via(server, url: str):  # noqa: ANN001, ANN201
 FAULTS = Faults(error=0.15, reset=0.15, slow=0.1, slow_s=0.3, seed=11)
 
 
-def test_faulty_network_between_device_and_server(tmp_path):
+def test_faulty_network_between_device_and_server(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLOUDFS_CHUNK_AVG_MIB", "1")  # the big file as a dozen chunks: more transfers to fault
     with cloudfs_server(tmp_path / "srv") as srv:
         token = srv.add_user("owner")
         proxy = Proxy(int(srv.url.rsplit(":", 1)[1]), FAULTS)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import signal
 from pathlib import Path
 
@@ -22,12 +23,13 @@ def blob_puts(log: str) -> int:
 
 
 def write_random(path: Path, size: int, seed: int) -> str:
-    """Unique bytes, written in 1 MiB pieces; returns their SHA-256."""
+    """Random bytes (so content-defined chunking cuts ~4 MiB chunks and nothing
+    compresses), written in 1 MiB pieces; returns their SHA-256."""
     digest = hashlib.sha256()
-    block = hashlib.sha256(str(seed).encode()).digest() * (1 << 15)
+    rnd = random.Random(seed)
     with open(path, "wb") as f:
-        for i in range(size >> 20):
-            piece = hashlib.sha256(block[:64] + i.to_bytes(8, "big")).digest() * (1 << 15)
+        for _ in range(size >> 20):
+            piece = rnd.randbytes(1 << 20)
             f.write(piece)
             digest.update(piece)
     return digest.hexdigest()

@@ -46,7 +46,7 @@ def stored_chunks(server: ServerProcess, token: str, path: str) -> list[tuple[in
 
 
 def test_compressible_files_are_stored_compressed(fuse_server: ServerProcess, account: str, tmp_path: Path) -> None:
-    source = python_source(6 * MiB)
+    source = python_source(20 * MiB)  # several chunks at the 4 MiB average
     photo = JPEG_HEAD + os.urandom(3 * MiB)
     noise = os.urandom(2 * MiB)  # no extension, no magic: the probe says no
     small = b"hello world, " * 400  # one small chunk, compressed before the first prepare

@@ -55,7 +55,7 @@ def test_device_upload_path(server, alice):
             start_cursor = (await client.me()).cursor
             commit, sent = await upload_file(client, "/big.bin", data)
             assert commit.node.size == SIZE and commit.version.rev == 1
-            assert sent >= 5, "a 20 MiB file is several chunks"
+            assert sent >= 2, "a 20 MiB file is several chunks (at most 16 MiB each)"
 
             back = await download_file(client, commit.node.id)
             assert hashlib.sha256(back).hexdigest() == hashlib.sha256(data).hexdigest()

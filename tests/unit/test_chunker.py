@@ -83,12 +83,12 @@ def test_average_size_grows_with_file_size(a: int, b: int) -> None:
 
 
 def test_average_size_steps() -> None:
-    assert average_size(0) == MIN_AVG == 1 * MiB
-    assert average_size(1 * GB) == 1 * MiB
-    assert average_size(4 * 2**30) == 1 * MiB
-    assert average_size(8 * GB) == 2 * MiB
-    assert average_size(16 * GB) == 4 * MiB
+    assert average_size(0) == MIN_AVG == 4 * MiB
+    assert average_size(1 * GB) == 4 * MiB
+    assert average_size(16 * 2**30) == 4 * MiB
+    assert average_size(17 * 2**30) == 8 * MiB
     assert average_size(32 * 2**30) == 8 * MiB
+    assert average_size(33 * 2**30) == 16 * MiB
     assert average_size(50 * GB) == MAX_AVG == 16 * MiB
     assert average_size(10**15) == MAX_AVG
     assert max_size(MAX_AVG) == MAX_CHUNK_BYTES  # the largest chunk the server takes
@@ -117,10 +117,10 @@ def test_real_mean_chunk_is_at_least_the_average() -> None:
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 2**32), position=st.integers(0, 64 * 1024), inserted=st.binary(min_size=10, max_size=10))
 def test_insert_near_start_changes_few_chunks(seed: int, position: int, inserted: bytes) -> None:
-    data = random.Random(seed).randbytes(8 * MiB)
+    data = random.Random(seed).randbytes(32 * MiB)
     before = fingerprints(data)
     after = fingerprints(data[:position] + inserted + data[position:])
-    assert len(before) >= 3  # 8 MiB at ~1.25 MiB average: usually 5-7 chunks, never fewer than 3
+    assert len(before) >= 3  # 32 MiB at ~5 MiB average: usually 5-7 chunks, never fewer than 3
     shared = set(before) & set(after)
     changed = [fp for fp in after if fp not in shared]
     assert len(changed) <= 2, f"{len(changed)} of {len(after)} chunks changed"
