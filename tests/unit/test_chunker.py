@@ -11,6 +11,7 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyfastcdc import FastCDC
 
 from cloudfs.backend.chunker import (CDC_MAX_AVG, MAX_AVG, MIN_AVG, MiB, average_size, fingerprint, iter_pieces,
                                      max_size)
@@ -184,3 +185,18 @@ def test_forced_average(monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.setenv("CLOUDFS_CHUNK_AVG_MIB", "3")
     with pytest.raises(ValueError):
         list(iter_pieces(io.BytesIO(data), len(data)))
+
+
+@settings(max_examples=12, deadline=None)
+@given(size=st.one_of(st.integers(0, 64 * 1024), st.integers(0, 17 * MiB)), seed=st.integers(0, 2**32),
+       said=st.sampled_from(["exact", "less"]))
+def test_small_files_cut_in_memory_as_the_stream_would(size: int, seed: int, said: str) -> None:
+    """Files of at most one largest chunk are cut in memory (cut_buf): the cuts must be
+    the stream's, or one file would dedup differently depending on its size; a stream
+    longer than its stated size is still cut whole."""
+    data = random.Random(seed).randbytes(size)
+    stated = size if said == "exact" else size // 2
+    pieces = list(iter_pieces(io.BytesIO(data), stated))
+    streamed = [bytes(c.data) for c in FastCDC(average_size(stated)).cut_stream(io.BytesIO(data))]
+    assert [bytes(p.data) for p in pieces] == streamed
+    assert [p.offset for p in pieces] == [sum(map(len, streamed[:i])) for i in range(len(streamed))]
