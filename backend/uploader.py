@@ -40,7 +40,7 @@ from .chunker import Piece, iter_pieces
 from .chunkcache import ChunkCache
 from .compress import Packed, compress, skip_reason
 from .content import Content, ContentReader
-from .errors import ConflictError, one_error
+from .errors import ConflictError, ServerError, one_error
 from .lmdbmap import release_map_pages
 
 if TYPE_CHECKING:
@@ -275,7 +275,12 @@ class Uploader:
         node_id = int((exc.body.get("node") or {}).get("id", 0))
         if not node_id:
             return None
-        info = await self.client.file_info(node_id, urls=False)
+        try:
+            info = await self.client.file_info(node_id, urls=False)
+        except ServerError as missing:
+            if missing.status == 404:
+                return None  # deleted since by another device: not ours, the conflict stands
+            raise
         version = info.version
         if version is None or (version.device, version.size, version.mtime_ns) != (self.client.device, size, mtime_ns):
             return None

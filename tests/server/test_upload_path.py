@@ -14,6 +14,7 @@ from cloudfs.backend import wire
 from cloudfs.backend.api_client import ApiClient
 from cloudfs.backend.chunker import iter_pieces
 from cloudfs.backend.errors import MissingChunksError, StaleRevisionError
+from cloudfs.backend.uploader import Uploader
 
 SIZE = 20 * 1024 * 1024
 
@@ -138,3 +139,23 @@ def test_tampered_or_unsigned_blob_urls_are_refused(server, alice):
     other_key = url.replace(fp, hashlib.sha256(b"other").hexdigest())
     assert alice.put(other_key, content=data).status_code == 403
     assert alice.put(url, content=data).status_code == 201
+
+
+def test_a_retried_commit_that_meets_a_deleted_file_keeps_its_conflict(server, alice):
+    """The uploader asks whether a refused commit had landed before its answer was lost;
+    if another device deleted the file meanwhile, the answer is "not ours" (the stale
+    revision stands and the syncer keeps the edit), not a 404 that drops the upload."""
+    data = b"first version\n"
+
+    async def main() -> None:
+        async with ApiClient(server.url, alice.token, device="dev-a") as client:
+            commit, _ = await upload_file(client, "/doc.txt", data)
+            uploader = Uploader(client, cache=None, chunks=None, content=None)  # type: ignore[arg-type]
+            stale = StaleRevisionError(409, {"error": "stale_revision", "current_rev": 2,
+                                             "node": commit.node.model_dump()})
+            refs = [(hashlib.sha256(data).hexdigest(), len(data))]
+            assert await uploader._landed_already(stale, refs, len(data), 1) is None  # not from this mtime
+            await client.delete(commit.node.id)
+            assert await uploader._landed_already(stale, refs, len(data), 1) is None
+
+    trio.run(main)
