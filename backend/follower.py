@@ -353,7 +353,7 @@ class Follower:
             self.cache.unlink(txn, local.parent, local.name)
             if self._in_use(local.ino):
                 local.parent = 0  # an orphan, readable through open handles until released
-                if local.kind == "file":  # written through one, it becomes a conflicted copy
+                if local.kind == "file" and path:  # written through one, it becomes a conflicted copy
                     local.extra["orphaned_from"] = path
                 self.cache.put(txn, local)
             else:
@@ -417,8 +417,8 @@ class Follower:
                         if child is not None:
                             stack.append((child, path + [child_name]))
                 if self._in_use(node.ino):
-                    if node.kind == "file":  # a write or truncate through the kernel revives it (Drive._revive_if_orphaned)
-                        node.extra["orphaned_from"] = path
+                    if node.kind == "file" and path:  # a write or truncate through it revives it
+                        node.extra["orphaned_from"] = path  # (Drive._revive_if_orphaned)
                     node.parent = 0
                     self.cache.put(txn, node)
                 else:
