@@ -9,12 +9,13 @@ chunks, at most 16 MiB), so a 50 GB file has about 2,300 chunks rather than ~10,
 at pyfastcdc's 4 MiB ceiling: fewer prepare/commit rows, smaller chunk lists, fewer
 requests per byte. Why not 1 MiB: against S3 every chunk is a request each way, and
 per-request cost bounded throughput (64 MiB through moto: cold read 108 -> 140 MB/s,
-until durable 44 -> 70 MB/s at 4 MiB); a small edit re-sends about 4 MiB instead. pyfastcdc refuses
-averages above 4 MiB, so larger averages are made of 4 MiB-average pieces grouped by a
-second content-defined rule: a group ends after a piece whose cut point's gear hash
-has a top byte divisible by the fan-out, avg / 4 MiB (`_is_group_end`). That hash
-depends only on the 64 bytes before the cut, so group boundaries survive edits as
-piece boundaries do. As in FastCDC, a group is at least avg / 4 and at most 4 * avg
+until durable 44 -> 70 MB/s at 4 MiB); a small edit re-sends about 4 MiB instead.
+
+pyfastcdc refuses averages above 4 MiB, so larger averages are made of 4 MiB-average
+pieces grouped by a second content-defined rule: a group ends after a piece whose cut
+point's gear hash has a top byte divisible by the fan-out, avg / 4 MiB
+(`_is_group_end`). That hash depends only on the 64 bytes before the cut, so group
+boundaries survive edits as piece boundaries do. As in FastCDC, a group is at least avg / 4 and at most 4 * avg
 long (64 MiB at most, the server's MAX_CHUNK_BYTES); the real mean is 1.2-1.5 * avg.
 
 Fingerprints are SHA-256 of the plain bytes (what S3 can verify on upload).

@@ -103,9 +103,6 @@ class Content:
     async def _base_bytes_fetching(self, chunks: list[ChunkEntry], start: int, end: int) -> bytes:
         """Base bytes [start, end), fetched as needed one chunk at a time: a range across
         a chunk boundary must not need both chunks in a cache that holds one."""
-        data = self._base_bytes(chunks, start, end)
-        if data is not None:
-            return data
         parts = []
         for c in self._covering(chunks, start, end):
             lo, hi = max(start, c.offset), min(end, c.offset + c.length)

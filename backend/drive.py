@@ -129,15 +129,19 @@ class Drive:
         self._dir(parent)
         if self.cache.lookup(parent, name) is not None:
             raise ExistsError(f"{name!r} exists in directory inode {parent}")
-        now = time.time_ns()
         with self.transaction() as txn:
-            node = Inode(ino=self.cache.new_ino(txn), parent=parent, name=name, kind=kind, mode=mode & 0o7777,
-                         size=len(target.encode("utf-8", "surrogateescape")) if kind == "symlink" else 0,
-                         mtime_ns=now, ctime_ns=now, target=target, dirty=kind == "file")
-            self.cache.put(txn, node, create=True)
-            self.cache.link(txn, parent, name, node.ino)
-            self.cache.enqueue(txn, {"op": "upload" if kind == "file" else "push", "ino": node.ino})
-            self._touch_dir(txn, parent, now)
+            return self._insert(txn, parent, name, kind, mode, target)
+
+    def _insert(self, txn: lmdb.Transaction, parent: int, name: str, kind: str, mode: int, target: str = "") -> Inode:
+        """A new local node, queued for the syncer."""
+        now = time.time_ns()
+        node = Inode(ino=self.cache.new_ino(txn), parent=parent, name=name, kind=kind, mode=mode & 0o7777,
+                     size=len(target.encode("utf-8", "surrogateescape")) if kind == "symlink" else 0,
+                     mtime_ns=now, ctime_ns=now, target=target, dirty=kind == "file")
+        self.cache.put(txn, node, create=True)
+        self.cache.link(txn, parent, name, node.ino)
+        self.cache.enqueue(txn, {"op": "upload" if kind == "file" else "push", "ino": node.ino})
+        self._touch_dir(txn, parent, now)
         return node
 
     def mkdir(self, parent: int, name: str, mode: int) -> Inode:
@@ -371,18 +375,14 @@ class Drive:
 
     def _revive(self, txn: lmdb.Transaction, node: Inode) -> None:
         *folders, name = node.extra.pop("orphaned_from")
-        parent, now = ROOT_INO, time.time_ns()
+        parent = ROOT_INO
         for folder in folders:  # the directories that went with it come back too
             ino = self.cache.lookup(parent, folder)
             existing = self.cache.get(ino) if ino is not None else None
             if existing is not None and existing.kind != "dir":
                 break  # a file has the name now: the edit goes beside it
             if existing is None:
-                existing = Inode(ino=self.cache.new_ino(txn), parent=parent, name=folder, kind="dir", mode=0o755,
-                                 mtime_ns=now, ctime_ns=now)
-                self.cache.put(txn, existing, create=True)
-                self.cache.link(txn, parent, folder, existing.ino)
-                self.cache.enqueue(txn, {"op": "push", "ino": existing.ino})
+                existing = self._insert(txn, parent, folder, "dir", 0o755)
             parent = existing.ino
         if self.cache.lookup(parent, name) is not None:
             name = conflicted_name(name, self.device or "this device", self.cache, parent)

@@ -348,10 +348,10 @@ class Follower:
 
     def _replace(self, local: Inode, remote: wire.Node, parent: int) -> None:
         """New content: a new inode under the name, so the kernel forgets the old size."""
-        path = self.cache.names_to(local.ino)
         with self.cache.write() as txn:
             self.cache.unlink(txn, local.parent, local.name)
             if self._in_use(local.ino):
+                path = self.cache.names_to(local.ino)  # the entry is gone, the parent chain is not
                 local.parent = 0  # an orphan, readable through open handles until released
                 if local.kind == "file" and path:  # written through one, it becomes a conflicted copy
                     local.extra["orphaned_from"] = path
