@@ -162,8 +162,16 @@ class ApiClient:
         return wire.NodeResponse.model_validate(await self._call(
             "POST", f"/nodes/{node_id}/move", json={"parent_id": parent_id, "name": name, "replace": replace}))
 
-    async def set_attr(self, node_id: int, *, mode: int | None = None, mtime_ns: int | None = None) -> wire.NodeResponse:
-        body = {k: v for k, v in (("mode", mode), ("mtime_ns", mtime_ns)) if v is not None}
+    async def mknod(self, parent_id: int, name: str, kind: str, *, mode: int, rdev: int = 0,
+                    mtime_ns: int | None = None) -> wire.NodeResponse:
+        body = {"parent_id": parent_id, "name": name, "kind": kind, "mode": mode, "rdev": rdev}
+        if mtime_ns is not None:
+            body["mtime_ns"] = mtime_ns
+        return wire.NodeResponse.model_validate(await self._call("POST", "/special", json=body))
+
+    async def set_attr(self, node_id: int, **attrs: Any) -> wire.NodeResponse:
+        """PATCH the given wire.AttrRequest fields; the others stay as they are."""
+        body = {k: v for k, v in attrs.items() if v is not None}
         return wire.NodeResponse.model_validate(await self._call("PATCH", f"/nodes/{node_id}", json=body))
 
     async def delete(self, node_id: int, *, recursive: bool = False, rev: int | None = None) -> wire.NodeResponse:

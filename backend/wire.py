@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Base64Bytes, BaseModel, ConfigDict, Field, model_validator
 
+from . import xattrs as xattr_rules
 from .names import PATH_MAX_BYTES, check_name, check_text
 
 INT64_MAX = 2**63 - 1
@@ -34,8 +35,15 @@ Mode = Annotated[int, Field(ge=0, le=0o7777)]
 FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
 Fingerprint = Annotated[str, Field(pattern=FINGERPRINT_RE.pattern, description="SHA-256 of the plain bytes, lowercase hex")]
 Compression = Literal["none", "zstd"]
-Kind = Literal["file", "dir", "symlink"]
+Kind = Literal["file", "dir", "symlink", "fifo", "chr", "blk", "sock"]
+SpecialKind = Literal["fifo", "chr", "blk", "sock"]
+"""Special files: synced as metadata (kind, mode, owner, rdev), no content."""
 Op = Literal["create", "modify", "move", "delete", "attr"]
+Owner = Annotated[int, Field(ge=-1, le=2**32 - 2, description="a uid or gid; -1 is the drive's owner, shown as "
+                                                              "whoever mounts the drive on each device")]
+Rdev = Annotated[int, Field(ge=0, le=INT64_MAX)]
+Xattrs = Annotated[dict[str, str], Field(max_length=10_000, description="extended attributes: name -> base64 value"),
+                   AfterValidator(xattr_rules.check_all)]
 
 
 class Strict(BaseModel):
@@ -68,6 +76,12 @@ class Node(BaseModel):
     rev: int
     target: str | None = None
     deleted: bool = False
+    uid: int = -1
+    gid: int = -1
+    rdev: int = 0
+    atime_ns: int = 0
+    """0: never set apart from mtime."""
+    xattrs: dict[str, str] = {}
 
 
 class SignedRequest(BaseModel):
@@ -186,6 +200,17 @@ class SymlinkRequest(Strict):
     mtime_ns: MtimeNs | None = None
 
 
+class MknodRequest(Strict):
+    """A FIFO, socket or device node: a name with attributes and no content."""
+
+    parent_id: NodeId
+    name: Name
+    kind: SpecialKind
+    mode: Mode = 0o644
+    rdev: Rdev = 0
+    mtime_ns: MtimeNs | None = None
+
+
 class MoveRequest(Strict):
     parent_id: NodeId
     name: Name
@@ -193,8 +218,14 @@ class MoveRequest(Strict):
 
 
 class AttrRequest(Strict):
+    """Change attributes; a field left out stays as it is. `xattrs` replaces the whole set."""
+
     mode: Mode | None = None
     mtime_ns: MtimeNs | None = None
+    atime_ns: MtimeNs | None = None
+    uid: Owner | None = None
+    gid: Owner | None = None
+    xattrs: Xattrs | None = None
 
 
 class RestoreRequest(Strict):

@@ -21,6 +21,18 @@ def default_data_dir() -> Path:
 def _server(args: argparse.Namespace) -> int:
     from cloudfs.server.main import ServerOptions, run
 
+    if args.upgrade:
+        from cloudfs.server.db import Database, default_db_url
+
+        db = Database(args.db or default_db_url(args.data))
+        try:
+            before, after = db.upgrade_schema()
+        finally:
+            db.dispose()
+        print(f"cloudfs server: database schema at revision {after}"
+              + (f" (was {before})" if before != after else " (already the newest)"))
+        return 0
+
     return run(ServerOptions(
         data_dir=args.data, host=args.host, port=args.port, db_url=args.db, store_url=args.store,
         journal_retain=args.journal_retain, prune_interval=args.prune_interval,
@@ -182,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--journal-retain", type=int, default=1_000_000, metavar="N",
                         help="journal entries kept per user; older cursors get 410 and resync")
     server.add_argument("--prune-interval", type=float, default=300.0, metavar="S", help=argparse.SUPPRESS)
+    server.add_argument("--upgrade", action="store_true",
+                        help="migrate the database to this release's schema and exit (the server also does it on start)")
     server.set_defaults(func=_server)
 
     user = verbs.add_parser("user", help="manage accounts").add_subparsers(dest="user_verb", required=True, metavar="ACTION")

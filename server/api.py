@@ -136,6 +136,12 @@ async def symlink(ctx: Ctx, user: Auth, device: Device, req: wire.SymlinkRequest
     return await _mutate(ctx, user, tree.symlink, req, device)
 
 
+@router.post("/special", status_code=201, tags=["tree"])
+async def mknod(ctx: Ctx, user: Auth, device: Device, req: wire.MknodRequest) -> wire.NodeResponse:
+    """A FIFO, unix socket, or character or block device node: metadata only."""
+    return await _mutate(ctx, user, tree.mknod, req, device)
+
+
 @router.post("/nodes/{node_id}/move", tags=["tree"])
 async def move(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath, req: wire.MoveRequest) -> wire.NodeResponse:
     """Rename or move a node; a directory moves with its whole subtree in one step."""

@@ -24,6 +24,20 @@ from sqlalchemy.engine import Connection, Engine
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 metadata = sa.MetaData()
+"""The schema at the newest migration (migrations/versions): what the code reads and writes."""
+
+
+def posix_columns() -> list[sa.Column]:
+    """Owner, device number, access time and xattrs: on nodes, and on the journal, whose
+    entries carry a node's whole state (migration 0002). uid/gid -1: the drive's owner."""
+    return [
+        sa.Column("uid", sa.Integer, nullable=False, server_default="-1"),
+        sa.Column("gid", sa.Integer, nullable=False, server_default="-1"),
+        sa.Column("rdev", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("atime_ns", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("xattrs", sa.Text, nullable=True),
+    ]
+
 
 users = sa.Table(
     "users", metadata,
@@ -55,6 +69,7 @@ nodes = sa.Table(
     sa.Column("rev", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("target", sa.Text, nullable=True),
     sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+    *posix_columns(),
 )
 sa.Index(
     "nodes_live_name", nodes.c.owner_id, nodes.c.parent_id, nodes.c.name, unique=True,
@@ -112,6 +127,7 @@ journal = sa.Table(
     sa.Column("target", sa.Text, nullable=True),
     sa.Column("device", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    *posix_columns(),
 )
 sa.Index("journal_owner_seq", journal.c.owner_id, journal.c.seq)
 
@@ -151,12 +167,11 @@ class Database:
             self.engine = sa.create_engine(self.url, pool_size=10, max_overflow=10, pool_pre_ping=True)
             self._sqlite_writer = contextlib.nullcontext()
 
-    def create_schema(self) -> None:
-        with self.engine.begin() as conn:
-            if not self.is_sqlite:
-                # Two servers starting at once must not race on CREATE TABLE.
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(84700001)"))
-            metadata.create_all(conn)
+    def upgrade_schema(self) -> tuple[str | None, str]:
+        """Create or migrate the schema to the newest revision (migrations/)."""
+        from .migrations import upgrade
+
+        return upgrade(self.engine)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -198,12 +213,17 @@ class Database:
         self.engine.dispose()
 
 
+def default_db_url(data_dir: Path) -> str:
+    """The embedded database: a SQLite file in the data directory (created if need be)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return str(data_dir / "cloudfs.sqlite3")
+
+
 def open_database(data_dir: Path, db_url: str | None) -> Database:
-    """The server's database: `db_url`, or the embedded SQLite file in `data_dir`."""
-    if db_url is None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(db_url or str(data_dir / "cloudfs.sqlite3"))
-    db.create_schema()
+    """The server's database, migrated to the newest schema: `db_url`, or the embedded
+    SQLite file in `data_dir`."""
+    db = Database(db_url or default_db_url(data_dir))
+    db.upgrade_schema()
     return db
 
 

@@ -17,6 +17,7 @@ from cloudfs.backend import wire
 from . import journal
 from .db import nodes
 from .errors import InvalidMove, IsADirectory, NameExists, NotADirectory, NotEmpty, NotFound, StaleRevision
+from .attrs import posix_attrs, xattrs_column
 from .sql import Row, Stmt, Tx, as_tx
 
 MAX_DEPTH = 4096
@@ -26,6 +27,7 @@ def to_wire(row: Row) -> wire.Node:
     return wire.Node(
         id=row["id"], parent_id=row["parent_id"], name=row["name"], kind=row["kind"], mode=row["mode"],
         mtime_ns=row["mtime_ns"], size=row["size"], rev=row["rev"], target=row["target"], deleted=bool(row["deleted"]),
+        **posix_attrs(row),
     )
 
 
@@ -33,8 +35,8 @@ def to_wire(row: Row) -> wire.Node:
 _GET = Stmt("SELECT * FROM nodes WHERE id = :node_id AND owner_id = :owner_id")
 _CHILD = Stmt("SELECT * FROM nodes WHERE owner_id = :owner_id AND parent_id = :parent_id AND name = :name"
               " AND deleted = {false}")
-_INSERT = Stmt("""INSERT INTO nodes (owner_id, parent_id, name, kind, mode, mtime_ns, size, rev, target, deleted)
-                  VALUES (:owner_id, :parent_id, :name, :kind, :mode, :mtime_ns, :size, :rev, :target, {false})
+_INSERT = Stmt("""INSERT INTO nodes (owner_id, parent_id, name, kind, mode, mtime_ns, size, rev, target, deleted, rdev)
+                  VALUES (:owner_id, :parent_id, :name, :kind, :mode, :mtime_ns, :size, :rev, :target, {false}, :rdev)
                   RETURNING *""")
 
 
@@ -113,7 +115,7 @@ def create_root(conn: Connection, owner_id: int) -> int:
 
 def insert(conn: Connection | Tx, owner_id: int, *, parent_id: int, name: str, kind: str, mode: int,
            mtime_ns: int | None, device: str, target: str | None = None, size: int = 0, rev: int = 1,
-           record: bool = True, name_free: bool = False) -> tuple[Row, int | None]:
+           rdev: int = 0, record: bool = True, name_free: bool = False) -> tuple[Row, int | None]:
     """Create a node under a checked directory; the name must be free (`name_free`:
     the caller has just looked). With `record` False the caller appends the journal
     entry itself (a file's first commit)."""
@@ -123,7 +125,7 @@ def insert(conn: Connection | Tx, owner_id: int, *, parent_id: int, name: str, k
         raise NameExists(f"{name!r} already exists in directory {parent_id}", field="name", node=to_wire(existing).model_dump())
     row = tx.one(_INSERT, dict(owner_id=owner_id, parent_id=parent_id, name=name, kind=kind, mode=mode,
                                mtime_ns=mtime_ns if mtime_ns is not None else time.time_ns(), size=size,
-                               rev=rev, target=target))
+                               rev=rev, target=target, rdev=rdev))
     assert row is not None
     return row, (journal.append(tx, owner_id, "create", row, device=device) if record else None)
 
@@ -138,6 +140,12 @@ def symlink(conn: Connection, owner_id: int, req: wire.SymlinkRequest, device: s
     get_dir(conn, owner_id, req.parent_id)
     return insert(conn, owner_id, parent_id=req.parent_id, name=req.name, kind="symlink", mode=0o777,
                   mtime_ns=req.mtime_ns, device=device, target=req.target, size=len(req.target.encode()))
+
+
+def mknod(conn: Connection, owner_id: int, req: wire.MknodRequest, device: str) -> tuple[Row, int]:
+    get_dir(conn, owner_id, req.parent_id)
+    return insert(conn, owner_id, parent_id=req.parent_id, name=req.name, kind=req.kind, mode=req.mode,
+                  mtime_ns=req.mtime_ns, device=device, rdev=req.rdev if req.kind in ("chr", "blk") else 0)
 
 
 def _is_ancestor(conn: Connection, owner_id: int, ancestor_id: int, node_id: int) -> bool:
@@ -188,8 +196,12 @@ def move(conn: Connection, owner_id: int, node_id: int, req: wire.MoveRequest, d
 
 
 def set_attr(conn: Connection, owner_id: int, node_id: int, req: wire.AttrRequest, device: str) -> tuple[Row, int | None]:
+    """Mode, owner, times and extended attributes: one journal entry, no new version."""
     row = get(conn, owner_id, node_id)
-    values = {k: v for k, v in (("mode", req.mode), ("mtime_ns", req.mtime_ns)) if v is not None}
+    values = {k: v for k, v in (("mode", req.mode), ("mtime_ns", req.mtime_ns), ("atime_ns", req.atime_ns),
+                                ("uid", req.uid), ("gid", req.gid)) if v is not None}
+    if req.xattrs is not None:
+        values["xattrs"] = xattrs_column(req.xattrs)
     if not values or all(row[k] == v for k, v in values.items()):
         return row, None
     conn.execute(nodes.update().where(nodes.c.id == node_id).values(**values))
