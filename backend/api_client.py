@@ -158,9 +158,10 @@ class ApiClient:
             body["mtime_ns"] = mtime_ns
         return wire.NodeResponse.model_validate(await self._call("POST", "/symlinks", json=body))
 
-    async def move(self, node_id: int, parent_id: int, name: str, *, replace: bool = False) -> wire.NodeResponse:
-        return wire.NodeResponse.model_validate(await self._call(
-            "POST", f"/nodes/{node_id}/move", json={"parent_id": parent_id, "name": name, "replace": replace}))
+    async def move(self, node_id: int, parent_id: int, name: str, *, replace: bool = False,
+                   exchange: bool = False) -> wire.NodeResponse:
+        body = {"parent_id": parent_id, "name": name, "replace": replace, "exchange": exchange}
+        return wire.NodeResponse.model_validate(await self._call("POST", f"/nodes/{node_id}/move", json=body))
 
     async def mknod(self, parent_id: int, name: str, kind: str, *, mode: int, rdev: int = 0,
                     mtime_ns: int | None = None) -> wire.NodeResponse:

@@ -25,7 +25,7 @@ import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import lmdb
 
@@ -63,7 +63,7 @@ class Inode:
     ino: int
     parent: int
     name: str
-    kind: str  # file | dir | symlink
+    kind: str  # file | dir | symlink | fifo | chr | blk | sock
     mode: int
     size: int = 0
     mtime_ns: int = 0
@@ -80,6 +80,18 @@ class Inode:
     srv_mode: int = 0
     srv_mtime_ns: int = 0
     extra: dict = field(default_factory=dict)
+    uid: int = -1
+    """-1 is the drive's owner: shown as the mounting user (the wire's convention)."""
+    gid: int = -1
+    rdev: int = 0
+    atime_ns: int = 0
+    """Moved by reads here (relatime), sent to the server only when set explicitly
+    (`extra["atime_set"]`): reading on one device is not a change for all the others."""
+    xattrs: dict = field(default_factory=dict)
+    """name -> base64 value, as on the wire."""
+    srv_uid: int = -1
+    srv_gid: int = -1
+    srv_xattrs: dict = field(default_factory=dict)
 
     def encode(self) -> bytes:
         return json.dumps(self.__dict__, separators=(",", ":")).encode()  # asdict() deep-copies
@@ -87,6 +99,34 @@ class Inode:
     @classmethod
     def decode(cls, raw: bytes) -> "Inode":
         return cls(**json.loads(raw))
+
+    # The attributes a PATCH carries (wire.AttrRequest), local and as the server has them.
+    _ATTRS = ("mode", "mtime_ns", "uid", "gid", "xattrs")
+
+    def attrs_pending(self) -> dict:
+        """Attributes changed here that the server has not acknowledged: the PATCH to send."""
+        pending = {name: getattr(self, name) for name in self._ATTRS
+                   if getattr(self, name) != getattr(self, "srv_" + name)}
+        if self.extra.get("atime_set"):
+            pending["atime_ns"] = self.atime_ns
+        return pending
+
+    def record_attrs(self, remote: Any) -> None:
+        """The server acknowledged `remote` (a wire.Node): remember its attributes."""
+        for name in self._ATTRS:
+            setattr(self, "srv_" + name, getattr(remote, name))
+        if remote.atime_ns == self.atime_ns:
+            self.extra.pop("atime_set", None)
+
+    def adopt_attrs(self, remote: Any) -> None:
+        """Take another device's attributes (a wire.Node) as ours and the server's."""
+        for name in self._ATTRS:
+            value = getattr(remote, name)
+            setattr(self, name, dict(value) if name == "xattrs" else value)
+            setattr(self, "srv_" + name, value)
+        self.rdev = remote.rdev
+        self.atime_ns = remote.atime_ns or remote.mtime_ns
+        self.extra.pop("atime_set", None)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import stat
 import time
+from dataclasses import dataclass
 from typing import Iterator
 
 import lmdb
@@ -26,6 +28,7 @@ from .conflicts import conflicted_name
 from .content import Content
 from .errors import (CloudFsError, CorruptChunkError, ExistsError, InvalidError, IsADirectoryError_, NotADirectoryError_,
                      NotEmptyError, NotFoundError)
+from . import xattrs as xattr_rules
 from .names import NAME_MAX_BYTES, name_problem
 
 log = logging.getLogger("cloudfs.drive")
@@ -44,6 +47,28 @@ class NoSpaceError(CloudFsError):
 
 class QuotaExceededError(CloudFsError):
     errno = errno.EDQUOT
+
+
+class NoAttributeError(CloudFsError):
+    errno = errno.ENODATA
+
+
+class XattrTooBigError(CloudFsError):
+    errno = errno.E2BIG
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who a new node belongs to, in the wire's convention: -1 is the drive's owner
+    (the mounting user on every device); any other number is kept as it is, as tar does."""
+
+    uid: int = -1
+    gid: int = -1
+
+
+DRIVE_OWNER = Owner()
+SPECIAL_KINDS = ("fifo", "chr", "blk", "sock")
+RELATIME_NS = 24 * 3600 * 10**9
 
 
 FULL_WAIT_S = 10.0
@@ -124,34 +149,51 @@ class Drive:
 
     # --- creating ---
 
-    def _new(self, parent: int, name: str, kind: str, mode: int, target: str = "") -> Inode:
+    def _new(self, parent: int, name: str, kind: str, mode: int, target: str = "", *, owner: Owner = DRIVE_OWNER,
+             rdev: int = 0) -> Inode:
         check_local_name(name)
         self._dir(parent)
         if self.cache.lookup(parent, name) is not None:
             raise ExistsError(f"{name!r} exists in directory inode {parent}")
         with self.transaction() as txn:
-            return self._insert(txn, parent, name, kind, mode, target)
+            return self._insert(txn, parent, name, kind, mode, target, owner=owner, rdev=rdev)
 
-    def _insert(self, txn: lmdb.Transaction, parent: int, name: str, kind: str, mode: int, target: str = "") -> Inode:
-        """A new local node, queued for the syncer."""
+    def _insert(self, txn: lmdb.Transaction, parent: int, name: str, kind: str, mode: int, target: str = "", *,
+                owner: Owner = DRIVE_OWNER, rdev: int = 0) -> Inode:
+        """A new local node, queued for the syncer. In a setgid directory it takes the
+        directory's group, and a new directory stays setgid, as on a local disk."""
         now = time.time_ns()
-        node = Inode(ino=self.cache.new_ino(txn), parent=parent, name=name, kind=kind, mode=mode & 0o7777,
+        gid, mode = owner.gid, mode & 0o7777
+        directory = self.cache.get(parent)
+        if directory is not None and directory.mode & stat.S_ISGID:
+            gid = directory.gid
+            if kind == "dir":
+                mode |= stat.S_ISGID
+        node = Inode(ino=self.cache.new_ino(txn), parent=parent, name=name, kind=kind, mode=mode,
                      size=len(target.encode("utf-8", "surrogateescape")) if kind == "symlink" else 0,
-                     mtime_ns=now, ctime_ns=now, target=target, dirty=kind == "file")
+                     mtime_ns=now, ctime_ns=now, target=target, dirty=kind == "file", uid=owner.uid, gid=gid,
+                     rdev=rdev, atime_ns=now)
         self.cache.put(txn, node, create=True)
         self.cache.link(txn, parent, name, node.ino)
         self.cache.enqueue(txn, {"op": "upload" if kind == "file" else "push", "ino": node.ino})
         self._touch_dir(txn, parent, now)
         return node
 
-    def mkdir(self, parent: int, name: str, mode: int) -> Inode:
-        return self._new(parent, name, "dir", mode)
+    def mkdir(self, parent: int, name: str, mode: int, owner: Owner = DRIVE_OWNER) -> Inode:
+        return self._new(parent, name, "dir", mode, owner=owner)
 
-    def create(self, parent: int, name: str, mode: int) -> Inode:
-        return self._new(parent, name, "file", mode)
+    def create(self, parent: int, name: str, mode: int, owner: Owner = DRIVE_OWNER) -> Inode:
+        return self._new(parent, name, "file", mode, owner=owner)
 
-    def symlink(self, parent: int, name: str, target: str) -> Inode:
-        return self._new(parent, name, "symlink", 0o777, target)
+    def symlink(self, parent: int, name: str, target: str, owner: Owner = DRIVE_OWNER) -> Inode:
+        return self._new(parent, name, "symlink", 0o777, target, owner=owner)
+
+    def mknod(self, parent: int, name: str, kind: str, mode: int, rdev: int, owner: Owner = DRIVE_OWNER) -> Inode:
+        """A FIFO, socket or device node: synced as metadata, never opened through us
+        (the kernel serves a special file's I/O itself)."""
+        if kind not in SPECIAL_KINDS:
+            raise InvalidError(f"{kind!r} is not a special file kind")
+        return self._new(parent, name, kind, mode, owner=owner, rdev=rdev if kind in ("chr", "blk") else 0)
 
     def _touch_dir(self, txn: lmdb.Transaction, ino: int, now: int) -> None:
         """Directory mtimes are local only: the server derives them from its own changes."""
@@ -203,7 +245,8 @@ class Drive:
 
     def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str, flags: int) -> None:
         if flags & RENAME_EXCHANGE:
-            raise InvalidError("RENAME_EXCHANGE is not supported")
+            self._exchange(old_parent, old_name, new_parent, new_name)
+            return
         check_local_name(new_name)
         node = self.lookup(old_parent, old_name)
         self._dir(new_parent)
@@ -235,6 +278,27 @@ class Drive:
             self._touch_dir(txn, old_parent, now)
             self._touch_dir(txn, new_parent, now)
 
+    def _exchange(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
+        """RENAME_EXCHANGE: both names stay, their nodes swap places (the syncer sends it
+        to the server as one exchange, syncer._move)."""
+        a, b = self.lookup(old_parent, old_name), self.lookup(new_parent, new_name)
+        if a.ino == b.ino:
+            return
+        if a.kind == "dir" and self._is_ancestor(a.ino, new_parent) or \
+                b.kind == "dir" and self._is_ancestor(b.ino, old_parent):
+            raise InvalidError(f"cannot exchange {old_name!r} and {new_name!r}: one contains the other")
+        now = time.time_ns()
+        with self.transaction() as txn:
+            self.cache.link(txn, new_parent, new_name, a.ino)
+            self.cache.link(txn, old_parent, old_name, b.ino)
+            a.parent, a.name, b.parent, b.name = new_parent, new_name, old_parent, old_name
+            for node in (a, b):
+                node.ctime_ns = now
+                self.cache.put(txn, node)
+                self.cache.enqueue(txn, {"op": "push", "ino": node.ino})
+            self._touch_dir(txn, old_parent, now)
+            self._touch_dir(txn, new_parent, now)
+
     def _is_ancestor(self, ancestor: int, ino: int) -> bool:
         for _ in range(4096):
             if ino == ancestor:
@@ -249,8 +313,11 @@ class Drive:
 
     # --- attributes and content ---
 
-    def setattr(self, ino: int, *, size: int | None = None, mode: int | None = None,
-                mtime_ns: int | None = None) -> Inode:
+    def setattr(self, ino: int, *, size: int | None = None, mode: int | None = None, mtime_ns: int | None = None,
+                atime_ns: int | None = None, uid: int | None = None, gid: int | None = None) -> Inode:
+        """chmod, chown, utimensat and truncate. Who may do which was checked by the
+        kernel (the mount runs with default_permissions), as was clearing setuid/setgid
+        on a chown or a write by someone else: it sends the new mode with the change."""
         node = self.get(ino)
         if size is not None and node.kind == "dir":
             raise IsADirectoryError_(f"inode {ino} is a directory")
@@ -265,14 +332,23 @@ class Drive:
                 node.mode = mode & 0o7777
             if mtime_ns is not None:
                 node.mtime_ns = mtime_ns
+            if atime_ns is not None:
+                node.atime_ns = atime_ns
+                node.extra["atime_set"] = True
+            if uid is not None:
+                node.uid = uid
+            if gid is not None:
+                node.gid = gid
             node.ctime_ns = time.time_ns()
             self.cache.put(txn, node)
-            if (mode is not None or mtime_ns is not None) and not node.dirty:
+            if node.attrs_pending() and not node.dirty:
                 self.cache.enqueue(txn, {"op": "push", "ino": ino})
         return node
 
     async def read(self, ino: int, off: int, size: int, *, readahead: int = 0) -> bytes:
         node = self.get(ino)
+        if node.atime_ns <= max(node.mtime_ns, node.ctime_ns) or time.time_ns() - node.atime_ns > RELATIME_NS:
+            self._accessed(node)
         try:
             return await self.content.read(node, off, size, readahead=readahead)
         except CorruptChunkError:
@@ -286,12 +362,55 @@ class Drive:
 
         def in_txn(txn: lmdb.Transaction) -> None:
             self._revive_if_orphaned(node, txn)  # here, after the awaits: a delete may arrive during them
-            node.mtime_ns = time.time_ns()
+            node.mtime_ns = node.ctime_ns = time.time_ns()
             if not node.dirty:  # clean -> dirty: queue an upload now, so it survives a crash
                 self.cache.enqueue(txn, {"op": "upload", "ino": node.ino})
 
         await self.content.write(node, off, data, in_txn)
         return len(data)
+
+    def _accessed(self, node: Inode) -> None:
+        """relatime, as Linux mounts by default: a read moves atime when it is older than
+        the last change or a day old. Local only (Inode.atime_ns)."""
+        with self.cache.write() as txn:
+            if self.cache.get(node.ino) is not None:
+                node.atime_ns = time.time_ns()
+                self.cache.put(txn, node)
+
+    # --- extended attributes ---
+
+    def getxattr(self, ino: int, name: str) -> bytes:
+        value = self.get(ino).xattrs.get(name)
+        if value is None:
+            raise NoAttributeError(f"inode {ino} has no extended attribute {name!r}")
+        return xattr_rules.decode(value)
+
+    def listxattr(self, ino: int) -> list[str]:
+        return list(self.get(ino).xattrs)
+
+    def setxattr(self, ino: int, name: str, value: bytes) -> None:
+        """XATTR_CREATE/XATTR_REPLACE were checked by pyfuse3 (through getxattr)."""
+        node = self.get(ino)
+        xattrs = {**node.xattrs, xattr_rules.check_name(name): xattr_rules.encode(value)}
+        if len(value) > xattr_rules.VALUE_MAX:
+            raise XattrTooBigError(f"a value of {len(value)} bytes for {name!r}; at most {xattr_rules.VALUE_MAX}")
+        if xattr_rules.total_size(xattrs) > xattr_rules.TOTAL_MAX:
+            raise NoSpaceError(f"extended attributes of inode {ino} would take more than {xattr_rules.TOTAL_MAX} bytes")
+        self._set_xattrs(node, xattrs)
+
+    def removexattr(self, ino: int, name: str) -> None:
+        node = self.get(ino)
+        if name not in node.xattrs and xattr_rules.check_name(name):
+            raise NoAttributeError(f"inode {ino} has no extended attribute {name!r}")
+        self._set_xattrs(node, {k: v for k, v in node.xattrs.items() if k != name})
+
+    def _set_xattrs(self, node: Inode, xattrs: dict[str, str]) -> None:
+        with self.transaction() as txn:
+            node.xattrs = xattrs
+            node.ctime_ns = time.time_ns()
+            self.cache.put(txn, node)
+            if not node.dirty:
+                self.cache.enqueue(txn, {"op": "push", "ino": node.ino})
 
     def _growth(self, writing: Inode, end: int) -> int:
         """How much the files with local changes grow the account beyond what the server

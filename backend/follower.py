@@ -117,11 +117,12 @@ class Follower:
         return nodes, cursor or 0
 
     def _inode_from(self, node: wire.Node, ino: int, parent: int) -> Inode:
-        return Inode(ino=ino, parent=parent, name=node.name, kind=node.kind, mode=node.mode, size=node.size,
-                     mtime_ns=node.mtime_ns, ctime_ns=node.mtime_ns, target=node.target or "", node_id=node.id,
-                     rev=node.rev, base_len=node.size if node.kind == "file" else 0,
-                     srv_parent=parent, srv_name=node.name, srv_mode=node.mode, srv_mtime_ns=node.mtime_ns,
-                     extra={"srv_size": node.size} if node.kind == "file" else {})
+        local = Inode(ino=ino, parent=parent, name=node.name, kind=node.kind, mode=node.mode, size=node.size,
+                      mtime_ns=node.mtime_ns, ctime_ns=node.mtime_ns, target=node.target or "", node_id=node.id,
+                      rev=node.rev, base_len=node.size if node.kind == "file" else 0,
+                      srv_parent=parent, srv_name=node.name, extra={"srv_size": node.size} if node.kind == "file" else {})
+        local.adopt_attrs(node)
+        return local
 
     # --- the loops ---
 
@@ -247,9 +248,12 @@ class Follower:
             return False
         if not local.node_id or local.extra.get("detached"):
             return True
-        if (local.parent, local.name) != (local.srv_parent, local.srv_name) or local.mode != local.srv_mode:
+        if (local.parent, local.name) != (local.srv_parent, local.srv_name):
             return True
-        return local.kind != "dir" and (local.dirty or local.mtime_ns != local.srv_mtime_ns)
+        pending = local.attrs_pending()
+        if pending.keys() - {"mtime_ns"}:
+            return True
+        return local.kind != "dir" and (local.dirty or "mtime_ns" in pending)  # a directory's mtime is local
 
     def _deleting(self, node_id: int) -> bool:
         """A delete of `node_id` is queued in the outbox (usually empty, so cheap)."""
@@ -285,6 +289,8 @@ class Follower:
         if local is not None and self._pending(local):
             self._defer(remote.id)
             return
+        if change.op == "exchange" and local is not None and self._exchange(local, remote):
+            return
         parent_ino = self.cache.ino_for_node(remote.parent_id)
         parent = self.cache.get(parent_ino) if parent_ino else None
         if parent is None or parent.parent == 0 and parent.ino != ROOT_INO:
@@ -305,6 +311,28 @@ class Follower:
         else:
             self._update(local, remote, parent.ino)
 
+    def _exchange(self, local: Inode, remote: wire.Node) -> bool:
+        """RENAME_EXCHANGE elsewhere: `local` takes the place of the node there, which takes
+        `local`'s (its own `move` entry follows and finds it done). False when the node
+        there has local work, or is not where the server had it: the usual way then."""
+        parent = self.cache.ino_for_node(remote.parent_id or 0)
+        other_ino = self.cache.lookup(parent, remote.name) if parent else None
+        other = self.cache.get(other_ino) if other_ino else None
+        if other is None or other.ino == local.ino or self._pending(other) or self._changed(local):
+            return False
+        with self.cache.write() as txn:
+            self.cache.link(txn, other.parent, other.name, local.ino)
+            self.cache.link(txn, local.parent, local.name, other.ino)
+            (local.parent, local.name), (other.parent, other.name) = (other.parent, other.name), (local.parent, local.name)
+            for node in (local, other):
+                node.srv_parent, node.srv_name = node.parent, node.name
+                node.ctime_ns = time.time_ns()
+                self.cache.put(txn, node)
+        for node in (local, other):
+            self._inval.append(("entry", node.parent, node.name))
+            self._inval.append(("inode", node.ino))
+        return True
+
     def _make_room(self, parent: int, remote: wire.Node, local: Inode | None) -> str:
         """Free the name `remote` takes in `parent` ("free"), or say why not ("wait":
         a clean node is there, which a later change moves away; "merged": a new local
@@ -322,7 +350,7 @@ class Follower:
             with self.cache.write() as txn:  # two new directories of one name: merge them
                 self.cache.bind_node_id(txn, occupant, remote.id)
                 occupant.rev, occupant.srv_parent, occupant.srv_name = remote.rev, parent, remote.name
-                occupant.srv_mode, occupant.srv_mtime_ns = remote.mode, remote.mtime_ns
+                occupant.record_attrs(remote)
                 self.cache.put(txn, occupant)
             return "merged"
         name = conflicted_name(occupant.name, self.device, self.cache, parent)
@@ -376,8 +404,7 @@ class Follower:
                 self.cache.link(txn, parent, remote.name, local.ino)
                 local.parent, local.name = parent, remote.name
             local.srv_parent, local.srv_name = parent, remote.name
-            local.mode = local.srv_mode = remote.mode
-            local.mtime_ns = local.srv_mtime_ns = remote.mtime_ns
+            local.adopt_attrs(remote)
             local.ctime_ns = time.time_ns()
             local.rev = remote.rev
             if local.kind == "symlink":
@@ -546,6 +573,7 @@ class Follower:
 
     def _differs(self, local: Inode, remote: wire.Node) -> bool:
         parent = self.cache.ino_for_node(remote.parent_id) if remote.parent_id else 0
-        if (local.parent, local.name, local.mode) != (parent, remote.name, remote.mode):
+        if (local.parent, local.name, local.mode, local.uid, local.gid, local.xattrs) != \
+                (parent, remote.name, remote.mode, remote.uid, remote.gid, remote.xattrs):
             return True
         return local.kind == "file" and (local.rev, local.size) != (remote.rev, remote.size)

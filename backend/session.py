@@ -14,6 +14,7 @@ from typing import AsyncIterator
 
 import trio
 
+from . import cache_format
 from .api_client import ApiClient
 from .cache import Cache
 from .chunkcache import ChunkCache
@@ -128,6 +129,11 @@ class Session:
 @contextlib.asynccontextmanager
 async def open_session(options: SessionOptions, invalidate: Invalidator | None = None) -> AsyncIterator[Session]:
     cache = Cache(options.cache_dir)
+    try:
+        cache_format.upgrade(cache)
+    except BaseException:
+        cache.close()
+        raise
     client = ApiClient(options.server_url, options.token, device=options.device)
     try:
         chunks = ChunkCache(cache, options.cache_size)

@@ -259,9 +259,11 @@ class Syncer:
             await self._create(node, parent_id)
         if node.node_id and (node.srv_parent != node.parent or node.srv_name != node.name):
             await self._move(node, parent_id)
-        if node.node_id and (node.srv_mode != node.mode or node.srv_mtime_ns != node.mtime_ns) and not node.dirty:
-            answer = await self.client.set_attr(node.node_id, mode=node.mode, mtime_ns=node.mtime_ns)
-            self._record(node, answer.node)
+        if node.node_id and not node.dirty:
+            changes = node.attrs_pending()
+            if changes:
+                answer = await self.client.set_attr(node.node_id, **changes)
+                self._record(node, answer.node)
 
     def _record(self, node: Inode, remote: wire.Node) -> None:
         if self.cache.get(node.ino) is None:
@@ -271,8 +273,7 @@ class Syncer:
                 self.cache.bind_node_id(txn, node, remote.id)
             node.srv_parent = self.cache.ino_for_node(remote.parent_id) or 0 if remote.parent_id else 0
             node.srv_name = remote.name
-            node.srv_mode = remote.mode
-            node.srv_mtime_ns = remote.mtime_ns
+            node.record_attrs(remote)
             if remote.kind != "file":
                 node.rev = remote.rev
             self.cache.put(txn, node)
@@ -286,8 +287,11 @@ class Syncer:
         try:
             if node.kind == "dir":
                 answer = await self.client.mkdir(parent_id, node.name, mode=node.mode, mtime_ns=node.mtime_ns)
-            else:
+            elif node.kind == "symlink":
                 answer = await self.client.symlink(parent_id, node.name, node.target, mtime_ns=node.mtime_ns)
+            else:
+                answer = await self.client.mknod(parent_id, node.name, node.kind, mode=node.mode, rdev=node.rdev,
+                                                 mtime_ns=node.mtime_ns)
         except ConflictError as exc:
             if exc.code not in ("name_exists", "is_a_directory"):
                 raise
@@ -320,6 +324,8 @@ class Syncer:
         except ConflictError as exc:
             if exc.code not in ("name_exists", "is_a_directory", "not_a_directory"):
                 raise
+            if await self._exchange(exc, node, parent_id):
+                return
             if not await self._clear_the_way(exc, node):
                 await self._rename_conflicted(node, exc)
             return await self._move(node, parent_id)
@@ -334,6 +340,23 @@ class Syncer:
                 await self._detach_gone_below(node)
             return await self._push(node, 0)
         self._record(node, answer.node)
+
+    async def _exchange(self, exc: ConflictError, node: Inode, parent_id: int) -> bool:
+        """The node in our way went to our old place here: the two were exchanged
+        (RENAME_EXCHANGE), which the server does in one step. True when done."""
+        occupant_ino = self.cache.ino_for_node(int((exc.body.get("node") or {}).get("id", 0)))
+        other = self.cache.get(occupant_ino) if occupant_ino else None
+        if other is None or other.ino == node.ino or \
+                (other.parent, other.name, node.parent, node.name) != (node.srv_parent, node.srv_name,
+                                                                      other.srv_parent, other.srv_name):
+            return False
+        answer = await self.client.move(node.node_id, parent_id, node.name, exchange=True)
+        self._record(node, answer.node)
+        with self.cache.write() as txn:
+            if self.cache.get(other.ino) is not None:
+                other.srv_parent, other.srv_name = other.parent, other.name
+                self.cache.put(txn, other)
+        return True
 
     async def _clear_the_way(self, exc: ConflictError, node: Inode) -> bool:
         """The server has another node where `node` belongs. If the mirror moved or

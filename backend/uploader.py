@@ -352,8 +352,7 @@ def finish_upload(cache: Cache, chunks: ChunkCache, node: Inode, result: UploadR
         current.srv_parent = (cache.ino_for_node(remote.parent_id) or 0) if remote.parent_id else 0
         current.srv_name = remote.name
         current.rev = result.response.version.rev
-        current.srv_mode = result.response.node.mode
-        current.srv_mtime_ns = result.response.node.mtime_ns
+        current.record_attrs(remote)
         cache.set_chunklist(txn, current.ino, current.rev, result.refs)
         current.extra["srv_size"] = result.size  # what the server counts against a quota
         clean = current.gen == result.gen

@@ -38,7 +38,9 @@ Compression = Literal["none", "zstd"]
 Kind = Literal["file", "dir", "symlink", "fifo", "chr", "blk", "sock"]
 SpecialKind = Literal["fifo", "chr", "blk", "sock"]
 """Special files: synced as metadata (kind, mode, owner, rdev), no content."""
-Op = Literal["create", "modify", "move", "delete", "attr"]
+Op = Literal["create", "modify", "move", "delete", "attr", "exchange"]
+"""`exchange`: the node took the place of the one at its new name, which moved to the node's
+old place (RENAME_EXCHANGE); that other node's own `move` entry follows."""
 Owner = Annotated[int, Field(ge=-1, le=2**32 - 2, description="a uid or gid; -1 is the drive's owner, shown as "
                                                               "whoever mounts the drive on each device")]
 Rdev = Annotated[int, Field(ge=0, le=INT64_MAX)]
@@ -212,9 +214,13 @@ class MknodRequest(Strict):
 
 
 class MoveRequest(Strict):
+    """Rename or move. With `replace`, rename(2) over an existing node; with `exchange`,
+    RENAME_EXCHANGE: the node at the destination takes this node's place."""
+
     parent_id: NodeId
     name: Name
     replace: bool = False
+    exchange: bool = False
 
 
 class AttrRequest(Strict):

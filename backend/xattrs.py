@@ -15,14 +15,17 @@ import base64
 import binascii
 import errno
 
+from .errors import CloudFsError
+
 NAME_MAX = 255
 VALUE_MAX = 64 * 1024
 TOTAL_MAX = 256 * 1024
 NAMESPACES = ("user.", "trusted.", "security.")
 
 
-class XattrError(ValueError):
-    """A name or value a local disk would refuse too; `errno` is what it would answer."""
+class XattrError(CloudFsError, ValueError):
+    """A name or value a local disk would refuse too; `errno` is what it would answer.
+    A ValueError too, so the wire models' validators report it as bad input."""
 
     def __init__(self, message: str, errno_: int) -> None:
         super().__init__(message)

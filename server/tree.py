@@ -176,6 +176,8 @@ def move(conn: Connection, owner_id: int, node_id: int, req: wire.MoveRequest, d
         raise InvalidMove(f"cannot move directory {node_id} into itself or its own subtree", field="parent_id")
     if row["parent_id"] == req.parent_id and row["name"] == req.name:
         return row, None
+    if req.exchange:
+        return _exchange(conn, owner_id, row, req, device)
     existing = child(conn, owner_id, req.parent_id, req.name)
     if existing is not None:
         if not req.replace:
@@ -192,6 +194,26 @@ def move(conn: Connection, owner_id: int, node_id: int, req: wire.MoveRequest, d
     moved = get(conn, owner_id, node_id)
     seq = journal.append(conn, owner_id, "move", moved, device=device,
                          old_parent_id=row["parent_id"], old_name=row["name"])
+    return moved, seq
+
+
+def _exchange(conn: Connection, owner_id: int, row: Row, req: wire.MoveRequest, device: str) -> tuple[Row, int]:
+    """RENAME_EXCHANGE: swap two nodes' places in one transaction. The unique live name
+    is freed on the way through a name no real entry can have (it holds a NUL)."""
+    other = child(conn, owner_id, req.parent_id, req.name)
+    if other is None:
+        raise NotFound(f"{req.name!r} does not exist in directory {req.parent_id}: nothing to exchange with",
+                       field="name")
+    if other["kind"] == "dir" and _is_ancestor(conn, owner_id, other["id"], row["parent_id"]):
+        raise InvalidMove(f"cannot move directory {other['id']} into itself or its own subtree", field="name")
+    conn.execute(nodes.update().where(nodes.c.id == other["id"]).values(name="\0exchange"))
+    conn.execute(nodes.update().where(nodes.c.id == row["id"]).values(parent_id=req.parent_id, name=req.name))
+    conn.execute(nodes.update().where(nodes.c.id == other["id"]).values(parent_id=row["parent_id"], name=row["name"]))
+    moved = get(conn, owner_id, row["id"])
+    journal.append(conn, owner_id, "exchange", moved, device=device,
+                   old_parent_id=row["parent_id"], old_name=row["name"])
+    seq = journal.append(conn, owner_id, "move", get(conn, owner_id, other["id"]), device=device,
+                         old_parent_id=other["parent_id"], old_name=other["name"])
     return moved, seq
 
 
