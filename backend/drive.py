@@ -382,6 +382,8 @@ class Drive:
     def getxattr(self, ino: int, name: str) -> bytes:
         value = self.get(ino).xattrs.get(name)
         if value is None:
+            if name.startswith(xattr_rules.NOT_KEPT):
+                raise xattr_rules.XattrError(f"{name!r} is not kept on this drive", errno.EOPNOTSUPP)
             raise NoAttributeError(f"inode {ino} has no extended attribute {name!r}")
         return xattr_rules.decode(value)
 

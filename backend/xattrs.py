@@ -4,9 +4,13 @@ the wire and the server.
 Limits are ext4's as the kernel enforces them (a name up to 255 bytes, a value up to
 64 KiB), plus a bound on all of a node's attributes together, so a journal entry, which
 carries them, stays small. Namespaces: `user.`, `trusted.` and `security.` are stored
-(the kernel already checked who may write each); `system.` names are POSIX ACLs, which
-the kernel would not enforce for us, so they are refused as a filesystem without ACLs
-refuses them. Values travel and are kept as base64 text.
+(the kernel already checked who may write each). Two kinds of name are answered
+EOPNOTSUPP, as a filesystem without them answers: `system.` names (POSIX ACLs, which the
+kernel would not enforce for us) and `security.selinux` (a label the local policy gives,
+meaningless on another device). That answer is also what keeps `ls -l` fast: ls asks
+for both on every entry, and stops asking for the rest of the listing once a device says
+it does not support them (coreutils' getfilecon_cache and file_has_acl_cache).
+Values travel and are kept as base64 text.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ NAME_MAX = 255
 VALUE_MAX = 64 * 1024
 TOTAL_MAX = 256 * 1024
 NAMESPACES = ("user.", "trusted.", "security.")
+NOT_KEPT = ("system.", "security.selinux")
 
 
 class XattrError(CloudFsError, ValueError):
@@ -43,9 +48,9 @@ def check_name(name: str) -> str:
         raise XattrError(f"extended attribute name is {len(raw)} bytes, at most {NAME_MAX}", errno.ERANGE)
     if "\0" in name:
         raise XattrError("an extended attribute name may not contain NUL", errno.EINVAL)
-    if not name.startswith(NAMESPACES):
-        raise XattrError(f"extended attribute {name!r}: only user., trusted. and security. names are kept",
-                         errno.EOPNOTSUPP)
+    if not name.startswith(NAMESPACES) or name.startswith(NOT_KEPT):
+        raise XattrError(f"extended attribute {name!r}: only user., trusted. and security. names are kept "
+                         "(no ACLs, no SELinux labels)", errno.EOPNOTSUPP)
     return name
 
 

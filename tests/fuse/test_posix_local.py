@@ -305,7 +305,8 @@ def test_extended_attributes(trees) -> None:  # noqa: ANN001
 
 def test_what_a_local_ext4_cannot_hold(trees) -> None:  # noqa: ANN001
     """Values up to 64 KiB (ext4 with ea_inode; this machine's ext4 stops at a block),
-    E2BIG past that, and POSIX ACLs refused as on a filesystem without them."""
+    E2BIG past that; POSIX ACLs and SELinux labels answered as on a filesystem without
+    them."""
     f = trees[0] / "big-xattrs"
     f.write_bytes(b"x")
     value = os.urandom(64 * 1024)
@@ -321,9 +322,13 @@ def test_what_a_local_ext4_cannot_hold(trees) -> None:  # noqa: ANN001
     with pytest.raises(OSError) as refused:
         os.setxattr(f, "system.posix_acl_access", acl)
     assert refused.value.errno == errno.EOPNOTSUPP
-    with pytest.raises(OSError) as no_acl:
-        os.getxattr(f, "system.posix_acl_access")
-    assert no_acl.value.errno == errno.ENODATA
+    for name in ("system.posix_acl_access", "system.posix_acl_default", "security.selinux"):
+        with pytest.raises(OSError) as not_kept:
+            os.getxattr(f, name)
+        assert not_kept.value.errno == errno.EOPNOTSUPP, name  # ls -l stops asking after the first entry
+    with pytest.raises(OSError) as no_label:
+        os.setxattr(f, "security.selinux", b"system_u:object_r:user_home_t:s0")
+    assert no_label.value.errno == errno.EOPNOTSUPP
 
 
 # --- timestamps ---
