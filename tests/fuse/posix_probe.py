@@ -146,3 +146,31 @@ def run_side_by_side(scenario: Callable[[Path, Probe], None], mount_dir: Path, l
 
 ALICE_ID = (ALICE, ALICE, [ALICE, STAFF])
 BOB_ID = (BOB, BOB, [BOB])
+
+
+def tree_listing(top: Path) -> dict[str, tuple]:
+    """Everything two copies of a tree must agree on, per path: kind and mode, owner,
+    rdev, size and mtime to the nanosecond (not of directories: those are the local
+    disk's), xattrs, symlink target, content, and which other names share its inode."""
+    out: dict[str, tuple] = {}
+    by_inode: dict[int, list[str]] = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            rel = str(path.relative_to(top))
+            st = os.lstat(path)
+            kind = stat.S_IFMT(st.st_mode)
+            if kind != stat.S_IFDIR and st.st_nlink > 1:
+                by_inode.setdefault(st.st_ino, []).append(rel)
+            readable = kind in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK)
+            xattrs = {k: os.getxattr(path, k, follow_symlinks=False)
+                      for k in sorted(os.listxattr(path, follow_symlinks=False))} if readable else {}
+            out[rel] = (stat.filemode(st.st_mode), st.st_uid, st.st_gid, st.st_rdev,
+                        st.st_size if kind != stat.S_IFDIR else None,
+                        st.st_mtime_ns if kind != stat.S_IFDIR else None, xattrs,
+                        os.readlink(path) if kind == stat.S_IFLNK else None,
+                        path.read_bytes() if kind == stat.S_IFREG else None)
+    for names in by_inode.values():
+        for rel in names:
+            out[rel] += (tuple(sorted(names)),)
+    return out

@@ -9,33 +9,12 @@ import stat
 import uuid
 from pathlib import Path
 
-from tests.fuse.posix_probe import ALICE, BOB, STAFF, utimensat
+from tests.fuse.posix_probe import ALICE, BOB, STAFF, tree_listing as listing, utimensat
 from tests.harness import ServerProcess, cloudfs_mount
 from tests.sync.conftest import Devices
 
 RENAME_EXCHANGE = 2
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def listing(top: Path) -> dict[str, tuple]:
-    """Everything a device must agree on, per path: kind, mode, owner, rdev, size,
-    mtime to the nanosecond, xattrs, symlink target, content."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in sorted(dirnames + filenames):
-            path = Path(dirpath) / name
-            st = os.lstat(path)
-            kind = stat.S_IFMT(st.st_mode)
-            xattrs = {} if kind not in (stat.S_IFREG, stat.S_IFDIR) else \
-                {k: os.getxattr(path, k) for k in sorted(os.listxattr(path))}
-            out[str(path.relative_to(top))] = (
-                stat.filemode(st.st_mode), st.st_uid, st.st_gid, st.st_rdev,
-                st.st_size if kind != stat.S_IFDIR else None,
-                st.st_mtime_ns if kind != stat.S_IFDIR else None, xattrs,
-                os.readlink(path) if kind == stat.S_IFLNK else None,
-                path.read_bytes() if kind == stat.S_IFREG else None,
-            )
-    return out
 
 
 def build(top: Path) -> None:
