@@ -311,3 +311,40 @@ class BadChunk(BaseModel):
 class FsckReport(BaseModel):
     checked: int
     bad: list[BadChunk]
+
+
+class TrashEntry(BaseModel):
+    """One delete: the node it took (a directory stands for everything in it)."""
+
+    node: Node
+    path: str
+    deleted_at: float | None
+    device: str | None
+    inside: int = Field(0, description="nodes that went with it (a directory's contents)")
+
+
+class TrashList(BaseModel):
+    entries: list[TrashEntry]
+
+
+class PathRequest(Strict):
+    """A node named by its path in the drive (`/` is the root)."""
+
+    path: Annotated[str, Field(min_length=1, max_length=PATH_MAX_BYTES)]
+
+
+class RestoreAtRequest(PathRequest):
+    at: Annotated[float, Field(ge=0, le=1e11, description="unix time (seconds) to put the path back to")]
+
+
+class RestoreReport(BaseModel):
+    at: float
+    reverted: int = Field(0, description="files whose content went back to the version of then")
+    undeleted: int = 0
+    moved: int = 0
+    trashed: int = Field(0, description="nodes made since, moved to the trash")
+    cursor: int = 0
+
+
+class PurgeReport(BaseModel):
+    purged: int

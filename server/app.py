@@ -265,7 +265,7 @@ def error_response(exc: ApiError) -> JSONResponse:
 def create_app(ctx: ServerContext, *, fast_commits: bool = True) -> FastAPI:
     """The app; `fast_commits=False` leaves out `commit_route.CommitRoute`, so that a
     test can hold its answers against the FastAPI route's."""
-    from . import api, blobs, integrity
+    from . import api, blobs, history_api, integrity
     from .commit_route import CommitRoute
 
     app = FastAPI(
@@ -318,6 +318,7 @@ def create_app(ctx: ServerContext, *, fast_commits: bool = True) -> FastAPI:
     app.include_router(api.router)
     app.include_router(blobs.router)
     app.include_router(integrity.router)
+    app.include_router(history_api.router)
     if fast_commits:
         app.add_middleware(CommitRoute, ctx=ctx)  # innermost: the limits and the access log apply to it
     app.add_middleware(BodyLimit)

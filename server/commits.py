@@ -33,9 +33,11 @@ _VERSION_CHUNK = Stmt("""INSERT INTO version_chunks (version_id, idx, fingerprin
 _QUOTA = Stmt("SELECT quota_bytes FROM users WHERE id = :owner_id")
 _USED = Stmt("""SELECT COALESCE(SUM(size), 0) FROM nodes
                 WHERE owner_id = :owner_id AND kind = 'file' AND deleted = {false}""")
-_NODE_UPDATE = Stmt("""UPDATE nodes SET size = :size, mtime_ns = :mtime_ns, rev = :rev, deleted = {false}
+_NODE_UPDATE = Stmt("""UPDATE nodes SET size = :size, mtime_ns = :mtime_ns, rev = :rev, deleted = {false},
+                         deleted_at = NULL, deleted_by = NULL, delete_seq = NULL
                        WHERE id = :id RETURNING *""")
 _NODE_UPDATE_MODE = Stmt("""UPDATE nodes SET size = :size, mtime_ns = :mtime_ns, rev = :rev, deleted = {false},
+                              deleted_at = NULL, deleted_by = NULL, delete_seq = NULL,
                             mode = :mode WHERE id = :id RETURNING *""")
 
 
@@ -61,7 +63,7 @@ def commit(tx: Tx, owner_id: int, root_id: int, req: wire.CommitRequest, device:
     verified, then refused (404/409) unless the target and base revision still hold."""
     _check_chunks(tx, owner_id, req.chunks)
     node, parent_id, name = _target(tx, owner_id, root_id, req)
-    return _write_version(tx, owner_id, node, parent_id, name, size=req.size, mtime_ns=req.mtime_ns, mode=req.mode,
+    return write_version(tx, owner_id, node, parent_id, name, size=req.size, mtime_ns=req.mtime_ns, mode=req.mode,
                           refs=[(c.fingerprint, c.length) for c in req.chunks], base_rev=req.base_rev, device=device)
 
 
@@ -98,7 +100,7 @@ def restore(tx: Tx, owner_id: int, node_id: int, req: wire.RestoreRequest, devic
             raise NameExists(f"{node['name']!r} is taken again in directory {node['parent_id']}",
                              field="id", node=tree.to_wire(taken).model_dump())
     base = req.base_rev if req.base_rev is not None else node["rev"]
-    return _write_version(tx, owner_id, node, node["parent_id"], node["name"], size=vrow["size"],
+    return write_version(tx, owner_id, node, node["parent_id"], node["name"], size=vrow["size"],
                           mtime_ns=time.time_ns(), mode=None, refs=files.version_chunks(tx, vrow["id"]),
                           base_rev=base, device=device)
 
@@ -162,7 +164,7 @@ def _target(tx: Tx, owner_id: int, root_id: int, req: wire.CommitRequest) -> tup
     return existing, parent_id, name
 
 
-def _write_version(tx: Tx, owner_id: int, node: Row | None, parent_id: int, name: str,
+def write_version(tx: Tx, owner_id: int, node: Row | None, parent_id: int, name: str,
                    *, size: int, mtime_ns: int, mode: int | None, refs: list[tuple[str, int]],
                    base_rev: int, device: str) -> wire.CommitResponse:
     _check_quota(tx, owner_id, size - (node["size"] if node is not None and not node["deleted"] else 0))

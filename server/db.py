@@ -47,6 +47,7 @@ users = sa.Table(
     sa.Column("quota_bytes", sa.BigInteger, nullable=True),
     sa.Column("journal_floor", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("retain_days", sa.Float, nullable=True),
 )
 
 tokens = sa.Table(
@@ -70,12 +71,18 @@ nodes = sa.Table(
     sa.Column("target", sa.Text, nullable=True),
     sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
     *posix_columns(),
+    sa.Column("deleted_at", sa.Float, nullable=True),
+    sa.Column("deleted_by", sa.String(64), nullable=True),
+    # The journal entry of the delete that took this node: a directory's own, for
+    # everything that went with it (migration 0003).
+    sa.Column("delete_seq", sa.BigInteger, nullable=True),
 )
 sa.Index(
     "nodes_live_name", nodes.c.owner_id, nodes.c.parent_id, nodes.c.name, unique=True,
     sqlite_where=nodes.c.deleted == sa.false(), postgresql_where=nodes.c.deleted == sa.false(),
 )
 sa.Index("nodes_owner_id", nodes.c.owner_id, nodes.c.id)
+sa.Index("nodes_delete_seq", nodes.c.owner_id, nodes.c.delete_seq)
 
 versions = sa.Table(
     "versions", metadata,

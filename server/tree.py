@@ -189,7 +189,7 @@ def move(conn: Connection, owner_id: int, node_id: int, req: wire.MoveRequest, d
             raise NotADirectory(f"{req.name!r} is not a directory; a directory cannot replace it", field="name")
         if existing["kind"] == "dir" and has_children(conn, owner_id, existing["id"]):
             raise NotEmpty(f"{req.name!r} is a non-empty directory", field="name")
-        _tombstone(conn, owner_id, existing, device)
+        tombstone(conn, owner_id, existing, device)
     conn.execute(nodes.update().where(nodes.c.id == node_id).values(parent_id=req.parent_id, name=req.name))
     moved = get(conn, owner_id, node_id)
     seq = journal.append(conn, owner_id, "move", moved, device=device,
@@ -250,19 +250,27 @@ def delete(conn: Connection, owner_id: int, node_id: int, *, recursive: bool, de
                             current_rev=row["rev"], node=to_wire(row).model_dump())
     if row["kind"] == "dir" and has_children(conn, owner_id, node_id) and not recursive:
         raise NotEmpty(f"directory {node_id} ({row['name']!r}) is not empty", field="id")
-    seq = _tombstone(conn, owner_id, row, device)
+    seq = tombstone(conn, owner_id, row, device)
     return get(conn, owner_id, node_id, allow_deleted=True), seq
 
 
-def _tombstone(conn: Connection, owner_id: int, row: Row, device: str) -> int:
+def tombstone(conn: Connection, owner_id: int, row: Row, device: str) -> int:
+    """Mark a node (and its live subtree) deleted, all stamped with the one journal entry
+    that says so, so an undelete brings back exactly what went with it."""
+    seq = journal.append(conn, owner_id, "delete", row, device=device)
+    gone = dict(deleted=True, deleted_at=time.time(), deleted_by=device, delete_seq=seq)
     if row["kind"] == "dir":
-        subtree = sa.select(nodes.c.id).where(
-            nodes.c.owner_id == owner_id, nodes.c.parent_id == row["id"], nodes.c.deleted == sa.false()
-        ).cte("subtree", recursive=True)
-        subtree = subtree.union_all(
-            sa.select(nodes.c.id).where(nodes.c.parent_id == subtree.c.id, nodes.c.deleted == sa.false())
-        )
-        conn.execute(nodes.update().where(nodes.c.id.in_(sa.select(subtree.c.id))).values(deleted=True))
-    conn.execute(nodes.update().where(nodes.c.id == row["id"]).values(deleted=True))
-    gone = get(conn, owner_id, row["id"], allow_deleted=True)
-    return journal.append(conn, owner_id, "delete", gone, device=device)
+        conn.execute(nodes.update().where(nodes.c.id.in_(sa.select(live_subtree(owner_id, row["id"]).c.id)))
+                     .values(**gone))
+    conn.execute(nodes.update().where(nodes.c.id == row["id"]).values(**gone))
+    return seq
+
+
+def live_subtree(owner_id: int, dir_id: int) -> sa.CTE:
+    """The ids of every live node below a directory (not the directory itself)."""
+    subtree = sa.select(nodes.c.id).where(
+        nodes.c.owner_id == owner_id, nodes.c.parent_id == dir_id, nodes.c.deleted == sa.false()
+    ).cte("subtree", recursive=True)
+    return subtree.union_all(
+        sa.select(nodes.c.id).where(nodes.c.parent_id == subtree.c.id, nodes.c.deleted == sa.false())
+    )
