@@ -112,6 +112,12 @@ class ApiClient:
             raise from_response(response.status_code, body)
         return response.json()
 
+    async def request_json(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+                           json: Any = None) -> dict[str, Any]:
+        """One call on behalf of the command line (history, trash, restore): retried
+        quickly once, errors raised as ServerError/OfflineError for the caller to word."""
+        return await self._call(method, path, params=params, json=json, timeout=self.INTERACTIVE)
+
     # --- metadata ---
 
     async def health(self, timeout: float) -> None:

@@ -35,7 +35,8 @@ def _server(args: argparse.Namespace) -> int:
 
     return run(ServerOptions(
         data_dir=args.data, host=args.host, port=args.port, db_url=args.db, store_url=args.store,
-        journal_retain=args.journal_retain, prune_interval=args.prune_interval,
+        journal_retain=args.journal_retain, prune_interval=args.prune_interval, retain_days=args.retain_days,
+        collect_interval=args.collect_interval, clock_offset=args.clock_offset,
     ))
 
 
@@ -45,7 +46,7 @@ def _user_add(args: argparse.Namespace) -> int:
 
     db = open_database(args.data, args.db)
     try:
-        token = add_user(db, args.name, quota_bytes=args.quota)
+        token = add_user(db, args.name, quota_bytes=args.quota, retain_days=args.retain_days)
     except (UserExistsError, ValueError) as exc:
         print(f"cloudfs user add: {exc}", file=sys.stderr)
         return 1
@@ -194,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--journal-retain", type=int, default=1_000_000, metavar="N",
                         help="journal entries kept per user; older cursors get 410 and resync")
     server.add_argument("--prune-interval", type=float, default=300.0, metavar="S", help=argparse.SUPPRESS)
+    server.add_argument("--retain-days", type=float, default=30.0, metavar="N",
+                        help="keep old versions and deleted files this long (default 30; `user add --retain-days` "
+                             "sets an account's own), then collect them and their unused chunks")
+    server.add_argument("--collect-interval", type=float, default=3600.0, metavar="S",
+                        help="seconds between two runs of the collector (default 3600)")
+    server.add_argument("--clock-offset", type=float, default=0.0, help=argparse.SUPPRESS)
     server.add_argument("--upgrade", action="store_true",
                         help="migrate the database to this release's schema and exit (the server also does it on start)")
     server.set_defaults(func=_server)
@@ -205,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--data", type=Path, default=default_data_dir(), help="the server's data directory")
     where.add_argument("--db", help="database URL, as for `cloudfs server --db`")
     add.add_argument("--quota", type=int, default=None, metavar="BYTES", help="storage quota (default: none)")
+    add.add_argument("--retain-days", type=float, default=None, metavar="N",
+                     help="keep this account's history N days (default: the server's --retain-days)")
     add.set_defaults(func=_user_add)
 
     mount = verbs.add_parser("mount", help="mount the drive (returns once it answers, unless --foreground)")
@@ -240,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--full", action="store_true",
                       help="also compare the whole local tree with the server's and repair any drift")
     sync.set_defaults(func=_sync)
+
+    from cloudfs import history_cli
+
+    history_cli.add_parsers(verbs)
     return parser
 
 

@@ -74,6 +74,9 @@ async def _control_handler(session: Session, mountpoint: Path):  # noqa: ANN202
             if scope.cancelled_caught:
                 return {"ok": False, "timed_out": True, "problems": [f"fsck did not finish in {timeout:.0f}s"]}
             return report
+        if command == "api":
+            return await session.call_api(str(req.get("method")), str(req.get("path")), params=req.get("params"),
+                                          json=req.get("json"))
         return {"ok": False, "error": f"unknown command {command!r}"}
     return handle
 

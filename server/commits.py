@@ -116,6 +116,8 @@ def _check_chunks(tx: Tx, owner_id: int, refs: list[wire.ChunkRef]) -> None:
         row = rows.get(fp)
         if row is None or row["state"] == "bad":
             problems[fp] = "not uploaded"
+        elif row["state"] == "purging":
+            problems[fp] = "collected as unused meanwhile; upload it again"
         elif row["length"] != length:
             problems[fp] = f"length {length} given, {row['length']} uploaded"
         elif row["state"] == "pending":

@@ -103,6 +103,7 @@ version_chunks = sa.Table(
     sa.Column("fingerprint", sa.String(64), nullable=False),
     sa.Column("length", sa.Integer, nullable=False),
 )
+sa.Index("version_chunks_fingerprint", version_chunks.c.fingerprint)
 
 chunks = sa.Table(
     "chunks", metadata,
@@ -112,7 +113,7 @@ chunks = sa.Table(
     sa.Column("stored_length", sa.Integer, nullable=False),
     sa.Column("stored_sha256", sa.String(64), nullable=False),
     sa.Column("compression", sa.String(8), nullable=False),
-    sa.Column("state", sa.String(8), nullable=False),  # pending | verified | bad
+    sa.Column("state", sa.String(8), nullable=False),  # pending | verified | bad | purging (retention.py)
     sa.Column("created_at", sa.Float, nullable=False),
 )
 

@@ -25,7 +25,7 @@ from cloudfs.backend.store import NoSuchKeyError, ObjectStore, StoreError, Trans
 
 from . import journal, tree
 from .db import Database, chunks, versions
-from .errors import Invalid, IsADirectory, MissingChunks, NotFound, StoreUnavailable
+from .errors import Collecting, Invalid, IsADirectory, MissingChunks, NotFound, StoreUnavailable
 from .sql import Row, Stmt, Tx, as_tx, expand, values_params
 
 URL_TTL = 3600
@@ -55,7 +55,8 @@ def _batched(items: list[str]) -> Iterable[list[str]]:
 
 
 _CHUNKS = "SELECT * FROM chunks WHERE owner_id = :owner_id AND fingerprint IN ({values})"
-_MARK_VERIFIED = "UPDATE chunks SET state = 'verified' WHERE owner_id = :owner_id AND fingerprint IN ({values})"
+_MARK_VERIFIED = ("UPDATE chunks SET state = 'verified' WHERE owner_id = :owner_id AND state = 'pending'"
+                  " AND fingerprint IN ({values})")
 _VERSION = Stmt("SELECT * FROM versions WHERE node_id = :node_id AND rev = :rev")
 _VERSION_CHUNKS = Stmt("SELECT fingerprint, length FROM version_chunks WHERE version_id = :version_id ORDER BY idx")
 
@@ -94,6 +95,8 @@ def prepare_upload(db: Database, signer: Signer, owner_id: int, req: wire.Prepar
         rows = chunk_rows(conn, owner_id, list(wanted))
         for fp, c in wanted.items():
             row = rows.get(fp)
+            if row is not None and row["state"] == "purging":
+                raise Collecting(f"chunk {fp} is being collected as unused; ask again in a moment", field="chunks")
             if row is not None and row["state"] == "verified":
                 if row["length"] != c.length:
                     raise Invalid(f"chunk {fp} is stored with length {row['length']}, not {c.length}", field="chunks")
@@ -117,6 +120,7 @@ def mark_uploaded(db: Database, owner_id: int, fingerprint: str, stored_sha256: 
             chunks.update().where(
                 chunks.c.owner_id == owner_id, chunks.c.fingerprint == fingerprint,
                 chunks.c.stored_sha256 == stored_sha256, chunks.c.stored_length == stored_length,
+                chunks.c.state != "purging",
             ).values(state="verified")
         )
 
@@ -188,7 +192,13 @@ class Stored(NamedTuple):
 
 
 def record_stored(tx: Tx, owner_id: int, stored: list[Stored]) -> None:
-    """Verified, whatever state an earlier upload left these chunks in."""
+    """Verified, whatever state an earlier upload left these chunks in, unless the
+    collector is deleting one of them (retention.py): then the commit comes back later."""
+    rows = chunk_rows(tx, owner_id, [s.fingerprint for s in stored])
+    for s in stored:
+        if rows.get(s.fingerprint, {}).get("state") == "purging":
+            raise Collecting(f"chunk {s.fingerprint} is being collected as unused; commit again in a moment",
+                             field="inline")
     now = time.time()
     tx.many(_STORED, [{"owner_id": owner_id, "created_at": now, **s._asdict()} for s in stored])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from functools import partial
 import signal
 import socket
 import sys
@@ -29,6 +30,7 @@ from . import journal
 from .app import ServerContext, create_app
 from .db import Database, open_database, users
 from .notifier import listen_postgres
+from .retention import collect_forever
 
 log = logging.getLogger("cloudfs.server")
 GRACEFUL_S = 10
@@ -43,6 +45,10 @@ class ServerOptions:
     store_url: str | None = None
     journal_retain: int = 1_000_000
     prune_interval: float = 300.0
+    retain_days: float = 30.0
+    collect_interval: float = 3600.0
+    clock_offset: float = 0.0
+    """Seconds added to the collector's clock: lets a test see a month pass."""
 
 
 async def prune_journal(db: Database, retain: int, interval: float) -> None:
@@ -108,6 +114,8 @@ async def serve_forever(options: ServerOptions) -> None:
                 dsn = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
                 await tg.start(listen_postgres, dsn, ctx.notifier)
             tg.start_soon(prune_journal, db, options.journal_retain, options.prune_interval)
+            tg.start_soon(partial(collect_forever, db, store, retain_days=options.retain_days,
+                                  interval=options.collect_interval, clock_offset=options.clock_offset))
             tg.start_soon(until_signal)
 
             async def run_http() -> None:
