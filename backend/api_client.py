@@ -86,19 +86,20 @@ class ApiClient:
         return await retrying(attempt, *args)
 
     async def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-                    timeout: float | httpx.Timeout | None = None, retry: bool = True) -> dict[str, Any]:
+                    timeout: float | httpx.Timeout | None = None, retry: bool = True,
+                    headers: dict[str, str] | None = None) -> dict[str, Any]:
         async def attempt() -> dict[str, Any]:
-            return await self._call_once(method, path, json=json, params=params, timeout=timeout)
+            return await self._call_once(method, path, json=json, params=params, timeout=timeout, headers=headers)
         if not retry:
             return await attempt()
         return await self._retried(attempt, interactive=timeout is self.INTERACTIVE)
 
     async def _call_once(self, method: str, path: str, *, json: Any, params: dict[str, Any] | None,
-                         timeout: float | httpx.Timeout | None) -> dict[str, Any]:
+                         timeout: float | httpx.Timeout | None, headers: dict[str, str] | None = None) -> dict[str, Any]:
         if timeout is self.INTERACTIVE and not self.reachable:
             timeout = self.UNREACHABLE
         try:
-            response = await self.http.request(method, path, json=json, params=params,
+            response = await self.http.request(method, path, json=json, params=params, headers=headers,
                                                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
         except httpx.TransportError as exc:
             self.reachable = False
@@ -113,10 +114,13 @@ class ApiClient:
         return response.json()
 
     async def request_json(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-                           json: Any = None) -> dict[str, Any]:
+                           json: Any = None, device: str | None = None) -> dict[str, Any]:
         """One call on behalf of the command line (history, trash, restore): retried
-        quickly once, errors raised as ServerError/OfflineError for the caller to word."""
-        return await self._call(method, path, params=params, json=json, timeout=self.INTERACTIVE)
+        quickly once, errors raised as ServerError/OfflineError for the caller to word.
+        `device` names the change in the journal; a mount skips entries of its own
+        device, so what the command line changes must carry another name to reach it."""
+        headers = {"X-Cloudfs-Device": device[:64]} if device else None
+        return await self._call(method, path, params=params, json=json, timeout=self.INTERACTIVE, headers=headers)
 
     # --- metadata ---
 

@@ -67,7 +67,8 @@ class Session:
         if method not in ("GET", "POST", "DELETE") or not path.startswith(HISTORY_ROUTES):
             return {"ok": False, "status": 0, "body": {"detail": f"{method} {path} is not a history route"}}
         try:
-            body = await self.client.request_json(method, path, params=params, json=json)
+            body = await self.client.request_json(method, path, params=params, json=json,
+                                                  device=f"{self.options.device[:48]} (command line)")
         except ServerError as exc:
             return {"ok": False, "status": exc.status, "body": exc.body}
         except OfflineError as exc:

@@ -251,7 +251,7 @@ def restore_at(conn: Connection, owner_id: int, top: Row, at: float, device: str
         row = past[node_id].row
         if not row["deleted"]:
             conn.execute(nodes.update().where(nodes.c.id == node_id).values(
-                parent_id=top["id"], name=f".cloudfs-restoring-{node_id}"))
+                parent_id=top["id"], name=free_name(conn, owner_id, top["id"], f".cloudfs-restoring-{node_id}")))
             journal.append(conn, owner_id, "move", tree.get(conn, owner_id, node_id), device=device,
                            old_parent_id=row["parent_id"], old_name=row["name"])
     # 2. What did not exist then goes to the trash, deepest first (each keeps its place).

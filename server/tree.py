@@ -21,6 +21,9 @@ from .attrs import posix_attrs, xattrs_column
 from .sql import Row, Stmt, Tx, as_tx
 
 MAX_DEPTH = 4096
+EMPTIED_WITHIN_S = 600.0
+"""What the same device deleted inside a directory this long before deleting the
+directory counts as part of the directory's delete (rm -r, one file at a time)."""
 
 
 def to_wire(row: Row) -> wire.Node:
@@ -197,16 +200,22 @@ def move(conn: Connection, owner_id: int, node_id: int, req: wire.MoveRequest, d
     return moved, seq
 
 
+def unreal_name(node_id: int) -> str:
+    """A name no entry can have (longer than NAME_MAX, and PostgreSQL text holds no
+    NUL): where a node waits while another takes its name in the same transaction."""
+    return f"{node_id}:" + "~" * 300
+
+
 def _exchange(conn: Connection, owner_id: int, row: Row, req: wire.MoveRequest, device: str) -> tuple[Row, int]:
     """RENAME_EXCHANGE: swap two nodes' places in one transaction. The unique live name
-    is freed on the way through a name no real entry can have (it holds a NUL)."""
+    is freed on the way through a name no real entry can have (`unreal_name`)."""
     other = child(conn, owner_id, req.parent_id, req.name)
     if other is None:
         raise NotFound(f"{req.name!r} does not exist in directory {req.parent_id}: nothing to exchange with",
                        field="name")
     if other["kind"] == "dir" and _is_ancestor(conn, owner_id, other["id"], row["parent_id"]):
         raise InvalidMove(f"cannot move directory {other['id']} into itself or its own subtree", field="name")
-    conn.execute(nodes.update().where(nodes.c.id == other["id"]).values(name="\0exchange"))
+    conn.execute(nodes.update().where(nodes.c.id == other["id"]).values(name=unreal_name(other["id"])))
     conn.execute(nodes.update().where(nodes.c.id == row["id"]).values(parent_id=req.parent_id, name=req.name))
     conn.execute(nodes.update().where(nodes.c.id == other["id"]).values(parent_id=row["parent_id"], name=row["name"]))
     moved = get(conn, owner_id, row["id"])
@@ -258,10 +267,19 @@ def tombstone(conn: Connection, owner_id: int, row: Row, device: str) -> int:
     """Mark a node (and its live subtree) deleted, all stamped with the one journal entry
     that says so, so an undelete brings back exactly what went with it."""
     seq = journal.append(conn, owner_id, "delete", row, device=device)
-    gone = dict(deleted=True, deleted_at=time.time(), deleted_by=device, delete_seq=seq)
+    now = time.time()
+    gone = dict(deleted=True, deleted_at=now, deleted_by=device, delete_seq=seq)
     if row["kind"] == "dir":
         conn.execute(nodes.update().where(nodes.c.id.in_(sa.select(live_subtree(owner_id, row["id"]).c.id)))
                      .values(**gone))
+        # `rm -r` on a device deletes what is inside one by one, then the directory:
+        # one gesture, so one entry in the trash, and an undelete brings it all back.
+        recent = sa.and_(nodes.c.deleted == sa.true(), nodes.c.deleted_by == device,
+                         nodes.c.deleted_at > now - EMPTIED_WITHIN_S)
+        emptied = sa.select(nodes.c.id).where(nodes.c.owner_id == owner_id, nodes.c.parent_id == row["id"],
+                                              recent).cte("emptied", recursive=True)
+        emptied = emptied.union_all(sa.select(nodes.c.id).where(nodes.c.parent_id == emptied.c.id, recent))
+        conn.execute(nodes.update().where(nodes.c.id.in_(sa.select(emptied.c.id))).values(delete_seq=seq))
     conn.execute(nodes.update().where(nodes.c.id == row["id"]).values(**gone))
     return seq
 
