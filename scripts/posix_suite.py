@@ -58,6 +58,7 @@ from tests.harness import cloudfs_mount, cloudfs_server  # noqa: E402
 
 TAP_RESULT = re.compile(r"^(not )?ok (\d+)\b(.*)$")
 TAP_PLAN = re.compile(r"^1\.\.(\d+)")
+LONG_WORD = re.compile(r"\S{80,}")     # the NAME_MAX/PATH_MAX tests' names: shortened in the JSON
 MAX_FAILURE_LINES = 400     # per file in the JSON: enough to read every mount-only failure of all but the largest files
 
 
@@ -107,11 +108,17 @@ def parse_tap(result: FileResult, output: str) -> None:
         good = match.group(1) is None
         seen[number] = good
         if not good and len(result.failure_lines) < MAX_FAILURE_LINES:
-            result.failure_lines.append(line[:300])
+            result.failure_lines.append(_shorten(line))
     result.passed = sum(1 for good in seen.values() if good) - result.todo
     result.failed = sorted(n for n, good in seen.items() if not good)
     result.failed += [n for n in range(1, result.planned + 1) if n not in seen]
     result.failed.sort()
+
+
+def _shorten(line: str) -> str:
+    """A failure line with its 255-byte names cut in the middle, so the "expected X, got Y"
+    at its end survives the length cap."""
+    return LONG_WORD.sub(lambda m: f"{m.group(0)[:24]}...{m.group(0)[-8:]}", line)[:500]
 
 
 def run_file(prove: str, test: Path, category: str, workdir: Path, timeout: float) -> FileResult:

@@ -73,3 +73,10 @@ def test_a_hung_file_is_killed_with_its_children_after_the_timeout(tmp_path: Pat
     while time.monotonic() < deadline and os.path.exists(f"/proc/{child}"):
         time.sleep(0.05)
     assert not os.path.exists(f"/proc/{child}"), "the grandchild survived the timeout"
+
+
+def test_a_failure_on_a_name_max_path_keeps_its_expected_and_got():
+    name = "a" * 255
+    result = parsed(f"1..1\nnot ok 1 - tried 'mkfifo {name} 0644', expected 0, got EPERM\n")
+    assert result.failure_lines[0].endswith("expected 0, got EPERM")
+    assert len(result.failure_lines[0]) < 120
