@@ -386,6 +386,10 @@ class Cache:
         with self.write() as txn:
             txn.delete(u64(seq), db=self.outbox)
 
+    def inode_count(self) -> int:
+        with self.read() as txn:
+            return txn.stat(self.inodes)["entries"]
+
     def iter_inodes(self) -> Iterator[Inode]:
         with self.read() as txn:
             for _, raw in txn.cursor(db=self.inodes):

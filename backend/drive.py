@@ -230,7 +230,7 @@ class Drive:
             # `rev`: the server refuses the delete if another device committed since,
             # so an edit made elsewhere survives this delete.
             self.cache.enqueue(txn, {"op": "delete", "ino": node.ino, "node_id": node.node_id,
-                                     "rev": node.rev if node.kind == "file" else None})
+                                     "rev": node.rev if node.kind == "file" else None, "t": time.time()})
         if self.open_count.get(node.ino) or self.lookups.get(node.ino):
             node.parent = 0
             self.cache.put(txn, node)

@@ -38,6 +38,9 @@ class SessionOptions:
     cache_dir: Path
     cache_size: int
     device: str
+    delete_guard: int = 1000
+    """Hold a burst of more deletes than this (0: never hold); see delete_guard.py."""
+    delete_guard_fraction: float = 0.25
 
 
 def default_cache_dir(base: Path, server_url: str, mountpoint: Path) -> Path:
@@ -113,7 +116,22 @@ class Session:
             "uploaded_bytes": self.uploader.sent_bytes,
             "downloaded_bytes": self.fetcher.downloaded_bytes,
             "last_error": self.syncer.last_error,
+            "held_deletes": self.syncer.guard.held,
         }
+
+    def confirm_deletes(self) -> int:
+        held = self.syncer.guard.held
+        self.syncer.guard.confirm()
+        self.syncer.wake()
+        return held
+
+    async def undo_deletes(self) -> int:
+        """Drop the held deletes and bring those nodes back from the server."""
+        node_ids = self.syncer.take_held_deletes()
+        for node_id in node_ids:
+            await self.follower.pull(node_id)
+        await self.follower.settled()
+        return len(node_ids)
 
     async def flush(self) -> None:
         """Upload every local change made so far, open files included."""
@@ -159,6 +177,7 @@ async def open_session(options: SessionOptions, invalidate: Invalidator | None =
         drive = Drive(cache, chunks, content, device=options.device)
         uploader = Uploader(client, cache, chunks, content)
         syncer = Syncer(client, cache, chunks, uploader, device=options.device, open_count=drive.open_count)
+        syncer.guard.max_files, syncer.guard.fraction = options.delete_guard, options.delete_guard_fraction
         follower = Follower(client, cache, chunks, device=options.device, open_count=drive.open_count,
                             lookups=drive.lookups, writers=drive.writers, invalidate=invalidate)
         drive.on_outbox = syncer.wake

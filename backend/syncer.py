@@ -30,9 +30,10 @@ import trio
 
 from . import wire
 from .api_client import ApiClient
-from .cache import ROOT_INO, Cache, GoneError, Inode
+from .cache import ROOT_INO, Cache, GoneError, Inode, u64
 from .chunkcache import ChunkCache
 from .conflicts import conflicted_name, conflicts_seen, count_conflict
+from .delete_guard import WINDOW_S, DeleteGuard
 from .errors import ConflictError, MissingChunksError, OfflineError, ServerError, StaleRevisionError
 from .uploader import Uploader, finish_upload
 
@@ -66,6 +67,10 @@ class Syncer:
         self._locks: dict[int, trio.Lock] = {}
         self._last_activity = 0.0
         self._burst_start = 0.0
+        self.guard = DeleteGuard()
+        self._cleared_upto = 0
+        """Deletes up to this outbox seq were judged by the guard and may go."""
+        self._held_len = 0
 
     @property
     def conflicts(self) -> int:
@@ -104,7 +109,12 @@ class Syncer:
                     await self._wake.wait()
                 continue
             await self._quiet_period(items[0][1], len(items))
-            items = _due(self.cache.outbox_items(limit=500))
+            items = self._unguarded(_due(self.cache.outbox_items(limit=500)))
+            if not items:
+                self._wake = trio.Event()
+                with trio.move_on_after(0.1):  # deletes settling or held (delete_guard.py)
+                    await self._wake.wait()
+                continue
             failed: BaseException | None = None
             for group in _groups(items):
                 failed = await self._apply_group(group)
@@ -112,6 +122,7 @@ class Syncer:
                     break
                 for seq, _ in group:
                     self.cache.dequeue(seq)
+                self.guard.record_sent(sum(op["op"] == "delete" for _, op in group))
                 self.online, backoff = True, 0.2
                 if time.monotonic() - self._last_activity < QUIET_S:
                     break  # a burst is on again: one group per quiet period, so it keeps the CPU
@@ -174,11 +185,51 @@ class Syncer:
         self.online = False
         self.last_error = str(exc)
 
+    def _unguarded(self, items: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+        """The entries that may go now: up to the first delete that is still settling or
+        that the mass-delete guard holds (everything behind it waits, in order)."""
+        first = next((i for i, (_, op) in enumerate(items) if op["op"] == "delete"), None)
+        if first is None:
+            self.guard.drained()
+            return items
+        if items[first][0] <= self._cleared_upto:
+            return items  # judged with its burst already
+        if not self.guard.due(items[first][1]):
+            return items[:first]
+        if self.guard.held and self.cache.outbox_len() == self._held_len:
+            return items[:first]  # still held, nothing new: no need to count again
+        queued = [(seq, op.get("t", 0.0)) for seq, op in self.cache.outbox_items(limit=10_000_000)
+                  if op["op"] == "delete"]
+        newest = max(t for _, t in queued)
+        burst = sum(1 for _, t in queued if t >= newest - WINDOW_S)
+        was_held = self.guard.held
+        if self.guard.check(burst, self.cache.inode_count()):
+            self._cleared_upto = queued[-1][0]
+            return items
+        if not was_held:
+            log.warning("holding %d deletes made here within a minute (a mass delete?): other devices keep the files "
+                        "until `cloudfs deletes confirm` (or `cloudfs deletes undo` brings them back here)", len(queued))
+        self.guard.held = len(queued)
+        self._held_len = self.cache.outbox_len()
+        return items[:first]
+
+    def take_held_deletes(self) -> list[int]:
+        """`cloudfs deletes undo`: drop every queued delete; the node ids the server still has."""
+        node_ids = []
+        with self.cache.write() as txn:
+            for seq, op in self.cache.outbox_items(limit=10_000_000):
+                if op["op"] == "delete":
+                    txn.delete(u64(seq), db=self.cache.outbox)
+                    node_ids.append(op["node_id"])
+        self.guard.drained()
+        return node_ids
+
     async def wait_idle(self, upto_seq: int) -> None:
-        """Return once every outbox entry up to `upto_seq` has been applied."""
+        """Return once every outbox entry up to `upto_seq` has been applied (or is held
+        by the mass-delete guard: nothing else can happen until the user says)."""
         while True:
             items = self.cache.outbox_items(limit=1)
-            if not items or items[0][0] > upto_seq:
+            if not items or items[0][0] > upto_seq or (self.guard.held and items[0][1]["op"] == "delete"):
                 return
             self._wake.set()  # not wake(): waiting is not local activity, no debounce
             await trio.sleep(0.05)

@@ -98,13 +98,15 @@ def _mount(args: argparse.Namespace) -> int:
         from cloudfs.fs.mount import spawn
 
         argv = ["mount", args.server_url, str(mountpoint), "--cache", str(cache_dir), "--cache-size",
-                str(args.cache_size), "--device", args.device]
+                str(args.cache_size), "--device", args.device, "--delete-guard", str(args.delete_guard),
+                "--delete-guard-fraction", str(args.delete_guard_fraction)]
         os.environ["CLOUDFS_TOKEN"] = token
         return spawn(argv, mountpoint, cache_dir / "mount.log")
     from cloudfs.fs.mount import MountOptions, run_foreground
 
     session = SessionOptions(server_url=args.server_url, token=token, cache_dir=cache_dir,
-                             cache_size=args.cache_size, device=args.device)
+                             cache_size=args.cache_size, device=args.device, delete_guard=args.delete_guard,
+                             delete_guard_fraction=args.delete_guard_fraction)
     return run_foreground(MountOptions(session=session, mountpoint=mountpoint))
 
 
@@ -130,6 +132,9 @@ def _status(args: argparse.Namespace) -> int:
     print(f"  pending uploads: {reply['pending_files']} files, {reply['pending_bytes']} bytes")
     print(f"  cursor: {reply['cursor']}   conflicts: {reply['conflicts']}")
     print(f"  cache: {reply['cache_bytes']} of {reply['cache_limit']} bytes")
+    if reply.get("held_deletes"):
+        print(f"  HELD: {reply['held_deletes']} deletes made here at once are not sent to other devices: "
+              f"`cloudfs deletes confirm` sends them, `cloudfs deletes undo` brings the files back")
     if reply.get("last_error") and not reply["online"]:
         print(f"  last error: {reply['last_error']}")
     return 0
@@ -224,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--cache-size", type=parse_size, default=10 << 30, metavar="SIZE", help="default 10G")
     mount.add_argument("--device", default=socket.gethostname() or "device", help="this device's name")
     mount.add_argument("--foreground", action="store_true", help="serve until unmounted or SIGINT/SIGTERM")
+    mount.add_argument("--delete-guard", type=int, default=1000, metavar="N",
+                       help="hold a burst of more than N deletes (or of more than --delete-guard-fraction of the "
+                            "drive's files) until `cloudfs deletes confirm`; 0 never holds (default 1000)")
+    mount.add_argument("--delete-guard-fraction", type=float, default=0.25, metavar="F", help="default 0.25")
     mount.set_defaults(func=_mount)
 
     umount = verbs.add_parser("umount", help="upload everything pending, then unmount")

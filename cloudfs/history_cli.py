@@ -157,6 +157,18 @@ def undelete(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def deletes(args: argparse.Namespace) -> int:
+    mountpoint, _ = find_mount(args.path)
+    reply = control.request(mountpoint, {"command": "deletes", "action": args.action, "timeout": 600}, timeout=610)
+    if not reply.get("ok"):
+        raise HistoryError(reply.get("error") or "did not finish")
+    if args.action == "confirm":
+        print(f"{reply['released']} held delete(s) go to the other devices now")
+    else:
+        print(f"{reply['restored']} deleted node(s) brought back from the server; the deletes will not be sent")
+    return 0
+
+
 def _now() -> float:
     import time
 
@@ -204,6 +216,12 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     u = verbs.add_parser("undelete", help="bring deleted files or directories back where they were")
     u.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     u.set_defaults(func=_guarded(undelete))
+
+    d = verbs.add_parser("deletes", help="a mass delete held back by the guard: send it (confirm) or bring the "
+                                         "files back here (undo)")
+    d.add_argument("action", choices=["confirm", "undo"])
+    d.add_argument("path", nargs="?", type=Path, default=Path.cwd(), metavar="PATH", help="the drive (default: .)")
+    d.set_defaults(func=_guarded(deletes))
 
 
 def _guarded(command):  # noqa: ANN001, ANN202

@@ -74,6 +74,14 @@ async def _control_handler(session: Session, mountpoint: Path):  # noqa: ANN202
             if scope.cancelled_caught:
                 return {"ok": False, "timed_out": True, "problems": [f"fsck did not finish in {timeout:.0f}s"]}
             return report
+        if command == "deletes":
+            if req.get("action") == "confirm":
+                return {"ok": True, "released": session.confirm_deletes()}
+            if req.get("action") == "undo":
+                with trio.move_on_after(timeout) as scope:
+                    restored = await session.undo_deletes()
+                return {"ok": not scope.cancelled_caught, "restored": 0 if scope.cancelled_caught else restored}
+            return {"ok": False, "error": f"unknown action {req.get('action')!r}"}
         if command == "api":
             return await session.call_api(str(req.get("method")), str(req.get("path")), params=req.get("params"),
                                           json=req.get("json"))

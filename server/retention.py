@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import anyio
 import sqlalchemy as sa
 
-from cloudfs.backend.store import NoSuchKeyError, ObjectStore, chunk_key
+from cloudfs.backend.store import DELETE_BATCH, ObjectStore, chunk_key
 
 from . import history
 from .db import Database, chunks, nodes, users, version_chunks, versions
@@ -107,15 +107,11 @@ def delete_purging(db: Database, store: ObjectStore, owner_id: int) -> tuple[int
     while True:
         with db.read() as conn:
             rows = conn.execute(sa.select(chunks.c.fingerprint, chunks.c.stored_length).where(
-                chunks.c.owner_id == owner_id, chunks.c.state == "purging").limit(BATCH)).all()
+                chunks.c.owner_id == owner_id, chunks.c.state == "purging").limit(DELETE_BATCH)).all()
         if not rows:
             return deleted, freed
-        for fingerprint, stored_length in rows:
-            try:
-                store.delete(chunk_key(owner_id, fingerprint))
-            except NoSuchKeyError:
-                pass  # deleted by a run that crashed before removing the row
-            freed += stored_length
+        store.delete_many([chunk_key(owner_id, fingerprint) for fingerprint, _ in rows])  # idempotent: a
+        freed += sum(stored_length for _, stored_length in rows)                          # crashed run's too
         with db.write(owner_id) as conn:
             conn.execute(chunks.delete().where(chunks.c.owner_id == owner_id, chunks.c.state == "purging",
                                                chunks.c.fingerprint.in_([r[0] for r in rows])))

@@ -125,3 +125,46 @@ def test_bad_input_gets_one_line_and_changes_nothing(devices: Devices) -> None:
     outside = cli("trash", "/tmp", ok=False)
     assert outside.returncode == 1 and "not on a mounted cloudfs drive" in outside.stderr
     assert (a / "f").read_bytes() == b"x"
+
+
+def test_a_mass_delete_is_held_until_confirmed_or_undone(sync_server, tmp_path: Path) -> None:  # noqa: ANN001
+    import uuid
+
+    from tests.harness import cloudfs_mount
+
+    token = sync_server.add_user(f"guard-{uuid.uuid4().hex[:8]}")
+    guard = ["--delete-guard", "20"]
+    with cloudfs_mount(sync_server, token, tmp_path / "a", tmp_path / "ca", device="dev-a", extra_args=guard) as a, \
+            cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cb", device="dev-b") as b:
+        (a.path / "keep").mkdir()
+        for i in range(30):
+            (a.path / "keep" / f"{i}.txt").write_bytes(b"precious %d" % i)
+        (a.path / "one.txt").write_bytes(b"one")
+        a.sync()
+        b.sync()
+        (a.path / "one.txt").unlink()  # an ordinary delete goes through
+        a.sync()
+        b.sync()
+        assert not (b.path / "one.txt").exists()
+
+        shutil.rmtree(a.path / "keep")
+        time.sleep(2)
+        status = a.status()
+        assert status["held_deletes"] == 31
+        assert "deletes confirm" in cli("status", a.path).stdout
+        b.sync()
+        assert len(os.listdir(b.path / "keep")) == 30  # the other device keeps them
+
+        cli("deletes", "undo", a.path)
+        assert sorted(os.listdir(a.path / "keep")) == sorted(f"{i}.txt" for i in range(30))
+        assert (a.path / "keep" / "7.txt").read_bytes() == b"precious 7"
+        assert a.status()["held_deletes"] == 0
+
+        shutil.rmtree(a.path / "keep")
+        time.sleep(2)
+        assert a.status()["held_deletes"] == 31
+        cli("deletes", "confirm", a.path)
+        a.sync()
+        b.sync()
+        assert not (b.path / "keep").exists()
+        assert a.status()["held_deletes"] == 0
