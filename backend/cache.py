@@ -170,6 +170,9 @@ class Cache:
         self.outbox = self.env.open_db(b"outbox")
         self.meta = self.env.open_db(b"meta")
         self._memo: dict[int, Inode] = {}
+        self._subdirs: dict[int, int] = {}
+        """Directories in each directory, counted on demand and forgotten when an entry of
+        that directory changes (link/unlink): a directory's st_nlink is 2 + this."""
         self.unreleased_bytes = 0
         """Bytes read through the map by uploads since its pages were last given back (lmdbmap.py)."""
 
@@ -192,6 +195,7 @@ class Cache:
         except BaseException:
             txn.abort()
             self._memo.clear()
+            self._subdirs.clear()
             raise
         txn.commit()
 
@@ -304,9 +308,21 @@ class Cache:
 
     def link(self, txn: lmdb.Transaction, parent: int, name: str, ino: int) -> None:
         txn.put(self._dirent_key(parent, name), u64(ino), db=self.dirents)
+        self._subdirs.pop(parent, None)
 
     def unlink(self, txn: lmdb.Transaction, parent: int, name: str) -> None:
         txn.delete(self._dirent_key(parent, name), db=self.dirents)
+        self._subdirs.pop(parent, None)
+
+    def subdir_count(self, ino: int) -> int:
+        count = self._subdirs.get(ino)
+        if count is None:
+            count = 0
+            for _, child_ino in self.children(ino):
+                child = self.get(child_ino)
+                count += child is not None and child.kind == "dir"
+            self._subdirs[ino] = count
+        return count
 
     def children(self, parent: int) -> list[tuple[str, int]]:
         prefix = u64(parent)

@@ -94,7 +94,12 @@ class Operations(pyfuse3.Operations):
         entry.generation = 0
         entry.entry_timeout = entry.attr_timeout = TIMEOUT_S
         entry.st_mode = KIND_BITS[node.kind] | (node.mode & 0o7777)
-        entry.st_nlink = 0 if node.parent == 0 and node.ino != ROOT_INO else 1
+        if node.parent == 0 and node.ino != ROOT_INO:
+            entry.st_nlink = 0  # unlinked, still open
+        elif node.kind == "dir":
+            entry.st_nlink = 2 + self.drive.cache.subdir_count(node.ino)
+        else:
+            entry.st_nlink = 1
         entry.st_uid = self.uid if node.uid == -1 else node.uid
         entry.st_gid = self.gid if node.gid == -1 else node.gid
         entry.st_rdev = node.rdev

@@ -100,8 +100,7 @@ def call(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:
 def brief(st: os.stat_result) -> tuple:
     """What the mount must report exactly as a local disk does."""
     kind = stat.S_IFMT(st.st_mode)
-    return (stat.filemode(st.st_mode), st.st_uid, st.st_gid,
-            None if kind == stat.S_IFDIR else st.st_nlink,  # directories: 1 here, 2+subdirs on ext4
+    return (stat.filemode(st.st_mode), st.st_uid, st.st_gid, st.st_nlink,
             st.st_size if kind == stat.S_IFREG else None,
             (os.major(st.st_rdev), os.minor(st.st_rdev)) if kind in (stat.S_IFCHR, stat.S_IFBLK) else None)
 

@@ -409,6 +409,15 @@ def renames(base: Path, p: Probe) -> None:
     p("rename a directory over a file", os.rename, base / "e", base / "b")
     p("rmdir a file", os.rmdir, base / "b")
     p("unlink a directory", os.unlink, base / "e")
+    for sub in ("x", "y", "z"):
+        os.makedirs(base / "counted" / sub)
+    p.stat("a directory with three subdirectories", base / "counted")
+    p("move one out", os.rename, base / "counted" / "x", base / "e" / "x")
+    p("rmdir one", os.rmdir, base / "counted" / "y")
+    p.stat("one left", base / "counted")
+    p.stat("the one it went to", base / "e")
+    p("a file does not count", create, base / "counted" / "file")
+    p.stat("still one", base / "counted")
 
 
 def test_renames_and_errno(trees) -> None:  # noqa: ANN001
