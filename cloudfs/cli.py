@@ -36,7 +36,8 @@ def _server(args: argparse.Namespace) -> int:
     return run(ServerOptions(
         data_dir=args.data, host=args.host, port=args.port, db_url=args.db, store_url=args.store,
         journal_retain=args.journal_retain, prune_interval=args.prune_interval, retain_days=args.retain_days,
-        collect_interval=args.collect_interval, clock_offset=args.clock_offset,
+        collect_interval=args.collect_interval, clock_offset=args.clock_offset, log_level=args.log_level,
+        quiet_summary_s=args.quiet_summary,
     ))
 
 
@@ -206,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--collect-interval", type=float, default=3600.0, metavar="S",
                         help="seconds between two runs of the collector (default 3600)")
     server.add_argument("--clock-offset", type=float, default=0.0, help=argparse.SUPPRESS)
+    server.add_argument("--quiet-summary", type=float, default=600.0, help=argparse.SUPPRESS)
+    server.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
+                        help="debug also logs each heartbeat and idle long-poll (default info counts them)")
     server.add_argument("--upgrade", action="store_true",
                         help="migrate the database to this release's schema and exit (the server also does it on start)")
     server.set_defaults(func=_server)

@@ -47,6 +47,8 @@ class ServerOptions:
     prune_interval: float = 300.0
     retain_days: float = 30.0
     collect_interval: float = 3600.0
+    log_level: str = "info"
+    quiet_summary_s: float = 600.0
     clock_offset: float = 0.0
     """Seconds added to the collector's clock: lets a test see a month pass."""
 
@@ -93,7 +95,7 @@ async def serve_forever(options: ServerOptions) -> None:
     store = open_store(options.store_url or str(options.data_dir / "chunks"), data_dir=options.data_dir, secret=secret)
     if isinstance(getattr(store, "inner", store), S3Store):  # also under a fault-injecting wrapper
         await anyio.to_thread.run_sync(getattr(store, "inner", store).ensure_bucket)
-    ctx = ServerContext(db=db, store=store)
+    ctx = ServerContext(db=db, store=store, quiet_summary_s=options.quiet_summary_s)
     config = uvicorn.Config(create_app(ctx), log_config=None, access_log=False, lifespan="off", http="httptools",
                             loop="none", timeout_graceful_shutdown=GRACEFUL_S, timeout_keep_alive=75,
                             limit_concurrency=None, backlog=2048)
@@ -133,6 +135,7 @@ async def serve_forever(options: ServerOptions) -> None:
 
 
 def run(options: ServerOptions) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=getattr(logging, options.log_level.upper()),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     anyio.run(serve_forever, options, backend="asyncio", backend_options={"use_uvloop": True})
     return 0
