@@ -116,6 +116,7 @@ chunks = sa.Table(
     sa.Column("state", sa.String(8), nullable=False),  # pending | verified | bad | purging (retention.py)
     sa.Column("created_at", sa.Float, nullable=False),
 )
+sa.Index("chunks_state", chunks.c.owner_id, chunks.c.state)
 
 journal = sa.Table(
     "journal", metadata,

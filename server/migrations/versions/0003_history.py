@@ -25,6 +25,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("delete_seq", sa.BigInteger, nullable=True))
     op.create_index("nodes_delete_seq", "nodes", ["owner_id", "delete_seq"])
     op.create_index("version_chunks_fingerprint", "version_chunks", ["fingerprint"])  # the collector asks by chunk
+    op.create_index("chunks_state", "chunks", ["owner_id", "state"])  # ... and by state
     with op.batch_alter_table("users") as batch:
         batch.add_column(sa.Column("retain_days", sa.Float, nullable=True))
     op.execute(sa.text("UPDATE nodes SET deleted_at = :now WHERE deleted = :yes").bindparams(now=time.time(), yes=True))
