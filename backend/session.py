@@ -185,7 +185,10 @@ async def open_session(options: SessionOptions, invalidate: Invalidator | None =
         syncer.forget_name = follower.invalidate_entry
         await follower.bootstrap()
         drive.purge_orphans()
-        yield Session(options, client, cache, chunks, drive, syncer, follower, fetcher, uploader, notes)
+        session = Session(options, client, cache, chunks, drive, syncer, follower, fetcher, uploader, notes)
+        if not client.reachable:
+            session.offline_since = trio.current_time()
+        yield session
     finally:
         with trio.CancelScope(shield=True):
             with trio.move_on_after(5):
