@@ -1,4 +1,4 @@
-"""The `cloudfs` command: argument parsing only; each verb hands off to its module.
+"""The `cloudfs` command: parses the arguments and hands each verb to its module.
 
 Option values are checked by the parser (validate.py); whatever a verb cannot do is
 raised as a UserError and printed as one line by errors.run (see errors.py for the

@@ -222,15 +222,24 @@ def spawn(argv: list[str], mountpoint: Path, log_path: Path, *, timeout: float =
         proc.terminate()
         raise UserError(f"the mount process did not come up within {timeout:.0f}s; stopped it (details in {log_path})")
     if report is None:
-        code = proc.wait(10)
+        code = _wait(proc)
         raise UserError(f"the mount process ended (exit {code}) before it was ready: {_last_line(log_path)} "
                         f"(details in {log_path})")
     if not report.get("ok"):
-        proc.wait(10)
+        _wait(proc)
         failed = UserError(str(report.get("error") or "the mount process could not start"))
         failed.exit_code = int(report.get("exit", 1))
         raise failed
     return Started(online=bool(report.get("online")), notes=list(report.get("notes", [])), pid=proc.pid)
+
+
+def _wait(proc: subprocess.Popen) -> int | None:
+    """The exit code of a mount process that is ending; it gets 10 s, then a SIGKILL."""
+    try:
+        return proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(10)
 
 
 def _read_report(fd: int, timeout: float) -> dict[str, Any] | None:
