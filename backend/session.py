@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator
 
+import lmdb
 import trio
 
 from .api_client import ApiClient
@@ -166,6 +167,10 @@ async def open_session(options: SessionOptions, invalidate: Invalidator | None =
     lock_fd = claim_cache(options.cache_dir, options.mountpoint)
     try:
         cache = Cache(options.cache_dir)
+    except lmdb.Error as exc:
+        os.close(lock_fd)
+        raise UserError(f"the cache {options.cache_dir} is damaged or not a cloudfs cache ({exc}): mount with "
+                        f"another --cache DIR (keep this one aside if it may hold changes not yet uploaded)") from None
     except BaseException:
         os.close(lock_fd)
         raise

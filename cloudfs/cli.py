@@ -109,7 +109,7 @@ def _control(mountpoint: Path, payload: dict, timeout: float) -> dict:
 
     reply = control.request(mountpoint, payload, timeout=timeout)
     if reply.get("error"):
-        raise UserError(f"the mount on {mountpoint} could not do it: {reply['error']}")
+        raise UserError(f"{mountpoint}: {reply['error']}")
     return reply
 
 

@@ -28,7 +28,7 @@ import pyfuse3
 import trio
 
 from cloudfs.backend import control
-from cloudfs.backend.errors import UserError, one_error
+from cloudfs.backend.errors import OfflineError, UserError, one_error
 from cloudfs.backend.follower import Invalidator
 from cloudfs.backend.fsck import run_fsck
 from cloudfs.backend.session import Session, SessionOptions, open_session
@@ -82,8 +82,13 @@ async def _control_handler(session: Session, mountpoint: Path):  # noqa: ANN202
                 reply["offline_reason"] = await _why_offline(session)
             return reply
         if command == "fsck":
-            with trio.move_on_after(timeout) as scope:
-                report = await run_fsck(session)
+            try:
+                if session.offline:
+                    raise OfflineError("offline")
+                with trio.move_on_after(timeout) as scope:
+                    report = await run_fsck(session)
+            except OfflineError:
+                return {"ok": False, "error": f"fsck needs the server, and {await _why_offline(session)}"}
             if scope.cancelled_caught:
                 return {"ok": False, "timed_out": True, "problems": [f"fsck did not finish in {timeout:.0f}s"]}
             return report

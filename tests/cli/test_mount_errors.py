@@ -38,6 +38,12 @@ def test_mount_refusals_found_by_the_mount_process_are_printed_by_mount(cli, ser
                   cause=[str(cache), "belongs to account", "alice-", "bob-", "--cache"], code=FAILED)
         assert not is_mounted(b)
         assert "belongs to account" in (cache / "mount.log").read_text()
+        damaged = tmp_path / "damaged"
+        (damaged / "cache.lmdb").mkdir(parents=True)
+        (damaged / "cache.lmdb" / "data.mdb").write_bytes(os.urandom(64 << 10))
+        cli.fails("mount", server.url, b, "--cache", damaged, "--token", bob,
+                  cause=[str(damaged), "damaged or not a cloudfs cache", "another --cache"], code=FAILED)
+        assert not is_mounted(b)
 
 
 def test_a_full_quota_is_said_by_mount_umount_and_sync(cli, server, tmp_path):
@@ -89,6 +95,7 @@ def test_without_its_server_a_warm_mount_comes_up_offline_and_umount_says_what_w
                                         f"cloudfs umount --force {mnt}"], code=FAILED)
         assert is_mounted(mnt) and (mnt / "later.txt").read_text() == "written offline\n"
         cli.fails("sync", mnt, "--timeout", "60", cause=["1 file waits for upload", url], code=FAILED)
+        cli.fails("fsck", mnt, cause=[str(mnt), "fsck needs the server", f"nothing answers at {url}"], code=FAILED)
         cli.ok("umount", "--force", mnt)
         assert not is_mounted(mnt)
 
