@@ -137,6 +137,7 @@ async def _get(client: ApiClient, path: str, timeout: httpx.Timeout) -> httpx.Re
         client.reachable = False
         raise ServerUnreachableError(f"the server at {url} is not serving (GET {path}: {response.status_code} "
                                      f"{_detail(response)})", "see the server's log")
+    client.reachable = True
     return response
 
 

@@ -71,7 +71,7 @@ async def _control_handler(session: Session, mountpoint: Path):  # noqa: ANN202
             return {"ok": True, "mountpoint": str(mountpoint), "server_url": session.options.server_url,
                     **session.status()}
         if command in ("sync", "flush"):
-            outcome = await _until_done_or_offline(
+            outcome, reason = await _until_done_or_offline(
                 session, (lambda: session.sync(full=bool(req.get("full")))) if command == "sync" else session.flush,
                 timeout)
             status = session.status()
@@ -79,28 +79,38 @@ async def _control_handler(session: Session, mountpoint: Path):  # noqa: ANN202
                      "timed_out": outcome == "timeout", "offline": outcome == "offline",
                      "server_url": session.options.server_url}
             if outcome == "offline":
-                reply["offline_reason"] = await _why_offline(session)
+                reply["offline_reason"] = reason
             return reply
         if command == "fsck":
-            try:
-                if session.offline:
-                    raise OfflineError("offline")
-                with trio.move_on_after(timeout) as scope:
-                    report = await run_fsck(session)
-            except OfflineError:
-                return {"ok": False, "error": f"fsck needs the server, and {await _why_offline(session)}"}
-            if scope.cancelled_caught:
-                return {"ok": False, "timed_out": True, "problems": [f"fsck did not finish in {timeout:.0f}s"]}
-            return report
+            return await _fsck(session, timeout)
         return {"ok": False, "error": f"unknown command {command!r}"}
     return handle
 
 
-async def _until_done_or_offline(session: Session, work: Callable[[], Awaitable[None]], timeout: float) -> str:
+async def _fsck(session: Session, timeout: float) -> dict[str, Any]:
+    """run_fsck within `timeout`; a server that does not answer is said at once, not
+    after the client's retries."""
+    reason = await _why_offline(session) if session.offline else None
+    if reason is None:
+        try:
+            with trio.move_on_after(timeout) as scope:
+                report = await run_fsck(session)
+        except OfflineError as exc:
+            reason = await _why_offline(session) or f"the server did not answer in time ({exc})"
+        else:
+            if scope.cancelled_caught:
+                return {"ok": False, "timed_out": True, "problems": [f"fsck did not finish in {timeout:.0f}s"]}
+            return report
+    return {"ok": False, "error": f"fsck needs the server, and {reason}"}
+
+
+async def _until_done_or_offline(session: Session, work: Callable[[], Awaitable[None]],
+                                 timeout: float) -> tuple[str, str]:
     """Run `work` (a flush or a sync) for up to `timeout`; 'done', 'timeout', or
-    'offline' once the server has not answered for OFFLINE_GIVE_UP_S in a row (then
-    waiting longer only makes `umount` or `sync` hang on what the user must be told)."""
-    outcome = "timeout"
+    'offline' (with the reason) once the server has not answered for OFFLINE_GIVE_UP_S
+    in a row and still does not when asked (waiting longer only makes `umount` or
+    `sync` hang on what the user must be told)."""
+    outcome, reason = "timeout", ""
     with trio.move_on_after(timeout):
         async with one_error(), trio.open_nursery() as nursery:
             async def run() -> None:
@@ -110,28 +120,36 @@ async def _until_done_or_offline(session: Session, work: Callable[[], Awaitable[
                 nursery.cancel_scope.cancel()
 
             async def watch() -> None:
-                nonlocal outcome
+                nonlocal outcome, reason
                 since = session.offline_since if session.offline else None
-                while since is None or trio.current_time() - since < OFFLINE_GIVE_UP_S:
+                while True:
                     await trio.sleep(0.25)
                     since = (since or session.offline_since or trio.current_time()) if session.offline else None
+                    if since is None or trio.current_time() - since < OFFLINE_GIVE_UP_S:
+                        continue
+                    reason = await _why_offline(session)  # asks the server: the flag may be stale
+                    if reason is not None:
+                        break
+                    since = None
                 outcome = "offline"
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(run)
             nursery.start_soon(watch)
-    return outcome
+    return outcome, reason
 
 
-async def _why_offline(session: Session) -> str:
-    """What happened, in a few words ('nothing answers at URL (connection refused)')."""
+async def _why_offline(session: Session) -> str | None:
+    """Why the server does not serve us, in a few words ('nothing answers at URL
+    (connection refused)'); None when it answers after all."""
     try:
         await probe_server(session.client, timeout=3)
     except ServerUnreachableError as exc:
         return exc.cause
     except UserError as exc:
         return str(exc)
-    return f"the server at {session.options.server_url} stopped answering"
+    session.offline_since = None
+    return None
 
 
 async def serve(options: MountOptions) -> None:
