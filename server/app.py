@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
@@ -22,6 +21,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cloudfs.backend.names import DEVICE_RE, DEVICE_RULE
 from cloudfs.backend.store import ObjectStore
 
 from . import users
@@ -35,7 +35,6 @@ T = TypeVar("T")
 
 JSON_BODY_LIMIT = 16 * 1024 * 1024
 BLOB_BODY_LIMIT = 80 * 1024 * 1024
-DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.@()+-]{0,63}$")
 TOKEN_CACHE_TTL = 30.0
 
 
@@ -121,7 +120,7 @@ async def device_name(x_cloudfs_device: str | None = Header(default=None, descri
     if x_cloudfs_device is None:
         return "unknown"
     if not DEVICE_RE.match(x_cloudfs_device):
-        raise Invalid("device name: 1-64 letters, digits, spaces or _.@()+-", field="X-Cloudfs-Device")
+        raise Invalid(f"device name: {DEVICE_RULE}", field="X-Cloudfs-Device")
     return x_cloudfs_device
 
 

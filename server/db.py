@@ -176,6 +176,9 @@ class Database:
             self.engine = sa.create_engine(self.url, pool_size=10, max_overflow=10, pool_pre_ping=True)
             self._sqlite_writer = contextlib.nullcontext()
 
+    schema_upgraded: tuple[str | None, str] | None = None
+    """(revision before, after) when `open_database` migrated the schema."""
+
     def upgrade_schema(self) -> tuple[str | None, str]:
         """Create or migrate the schema to the newest revision (migrations/)."""
         from .migrations import upgrade
@@ -232,7 +235,7 @@ def open_database(data_dir: Path, db_url: str | None) -> Database:
     """The server's database, migrated to the newest schema: `db_url`, or the embedded
     SQLite file in `data_dir`."""
     db = Database(db_url or default_db_url(data_dir))
-    db.upgrade_schema()
+    db.schema_upgraded = db.upgrade_schema()
     return db
 
 

@@ -25,13 +25,21 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a user name, or None (also checked by the CLI's parser)."""
+    if USER_NAME_RE.match(name):
+        return None
+    return f"user name {name!r}: use 1-64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit"
+
+
 def add_user(db: Database, name: str, *, quota_bytes: int | None = None, retain_days: float | None = None) -> str:
     """Create `name` with its root directory and first token; returns the token.
     `retain_days` overrides the server's retention period for this account."""
     if retain_days is not None and not 0 <= retain_days <= 36_500:
         raise ValueError(f"--retain-days {retain_days}: give a number of days between 0 and 36500")
-    if not USER_NAME_RE.match(name):
-        raise ValueError(f"user name {name!r}: use 1-64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit")
+    problem = name_problem(name)
+    if problem:
+        raise ValueError(problem)
     token = "cfs_" + secrets.token_urlsafe(32)
     with db.write() as conn:
         if conn.execute(sa.select(users.c.id).where(users.c.name == name)).first() is not None:

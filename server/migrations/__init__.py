@@ -8,16 +8,20 @@ an advisory lock, so one of them upgrades and the others find it done.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Connection, Engine
+logging.getLogger("alembic").setLevel(logging.WARNING)  # before it loads its plugins; ours says what happened
+
+import sqlalchemy as sa  # noqa: E402
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from alembic.migration import MigrationContext  # noqa: E402
+from alembic.script import ScriptDirectory  # noqa: E402
+from sqlalchemy.engine import Connection, Engine  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+log = logging.getLogger("cloudfs.migrations")
 FIRST = "0001"
 _UPGRADE_LOCK = 84700001
 
@@ -47,4 +51,9 @@ def upgrade(engine: Engine, to: str = "head") -> tuple[str | None, str]:
             command.stamp(_config(conn), FIRST)  # made by the release before migrations
             before = FIRST
         command.upgrade(_config(conn), to)
-        return before, current(conn) or ""
+        after = current(conn) or ""
+    if before is None:
+        log.debug("database schema created at revision %s", after)
+    elif before != after:
+        log.info("database schema migrated from revision %s to %s", before, after)
+    return before, after

@@ -59,4 +59,5 @@ def test_quiet_requests_are_counted_and_shown_at_debug(tmp_path):
         httpx.get(srv.url + "/health")
         wait_until(lambda: "heartbeats" in srv.log(), timeout=5, what="the summary line")
         assert srv.log().count('"GET /health" 200') >= 4  # debug: each one too
-        assert re.search(r"in the last 0 s: [45] heartbeats, 0 idle long-polls", srv.log())
+        counted = [int(n) for n in re.findall(r"in the last 0 s: (\d+) heartbeats, 0 idle long-polls", srv.log())]
+        assert sum(counted) >= 3 and counted[-1] >= 1
