@@ -22,6 +22,7 @@ from .drive import Drive
 from .errors import OfflineError, ServerError
 from .fetcher import Fetcher
 from .follower import Follower, Invalidator
+from .streamer import Streamer
 from .syncer import Syncer
 from .uploader import Uploader
 
@@ -56,11 +57,14 @@ class Session:
     follower: Follower
     fetcher: Fetcher
     uploader: Uploader
+    streamer: Streamer
 
     async def start(self, nursery: trio.Nursery) -> None:
         self.fetcher.nursery = nursery
         await nursery.start(self.syncer.run)
         await nursery.start(self.follower.run)
+        await nursery.start(self.streamer.run)
+        self.drive.forget_size = lambda parent, name: nursery.start_soon(self.follower.invalidate_entry, parent, name)
         nursery.start_soon(self._heartbeat)
 
     async def _heartbeat(self) -> None:
@@ -94,7 +98,9 @@ class Session:
             "uploaded_chunks": self.uploader.sent_chunks,
             "uploaded_bytes": self.uploader.sent_bytes,
             "downloaded_bytes": self.fetcher.downloaded_bytes,
-            "last_error": self.syncer.last_error,
+            "last_error": self.syncer.last_error or self.streamer.last_error,
+            "streamed_bytes": self.streamer.streamed_bytes,
+            "write_blocked": self.drive.room.stopped(),
         }
 
     async def flush(self) -> None:
@@ -125,6 +131,16 @@ class Session:
                 return
 
 
+def _why_stuck(client: ApiClient, syncer: Syncer, streamer: Streamer) -> str:
+    """What keeps uploads from making room, in a few words for `cloudfs status`."""
+    error = streamer.last_error or syncer.last_error
+    if not (client.reachable and syncer.online):
+        return f"server unreachable: {error}" if error else "server unreachable"
+    if error:
+        return f"uploads failing: {error}"
+    return "uploads cannot keep up, or what is written cannot be uploaded yet (a file written out of order)"
+
+
 @contextlib.asynccontextmanager
 async def open_session(options: SessionOptions, invalidate: Invalidator | None = None) -> AsyncIterator[Session]:
     cache = Cache(options.cache_dir)
@@ -139,11 +155,15 @@ async def open_session(options: SessionOptions, invalidate: Invalidator | None =
         follower = Follower(client, cache, chunks, device=options.device, open_count=drive.open_count,
                             lookups=drive.lookups, writers=drive.writers, invalidate=invalidate)
         drive.on_outbox = syncer.wake
+        streamer = Streamer(cache, content, uploader, writers=drive.writers, lock=syncer.lock)
+        drive.on_written = streamer.written
+        drive.room.on_pressure = lambda: (syncer.wake(), streamer.press())
+        drive.room.why = lambda: _why_stuck(client, syncer, streamer)
         syncer.on_stale = follower.refresh
         syncer.forget_name = follower.invalidate_entry
         await follower.bootstrap()
         drive.purge_orphans()
-        yield Session(options, client, cache, chunks, drive, syncer, follower, fetcher, uploader)
+        yield Session(options, client, cache, chunks, drive, syncer, follower, fetcher, uploader, streamer)
     finally:
         with trio.CancelScope(shield=True):
             with trio.move_on_after(5):

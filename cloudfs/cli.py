@@ -119,6 +119,8 @@ def _status(args: argparse.Namespace) -> int:
     print(f"  cache: {reply['cache_bytes']} of {reply['cache_limit']} bytes")
     if reply.get("last_error") and not reply["online"]:
         print(f"  last error: {reply['last_error']}")
+    if reply.get("write_blocked"):
+        print(f"  writing stopped: {reply['write_blocked']}")
     return 0
 
 
