@@ -37,6 +37,10 @@ URLS_WITH_LIST_BYTES = 16 << 20
 """Files up to this size get their chunks' signed URLs with the chunk list."""
 
 
+class StaleListError(OSError):
+    """A chunk list held across an await is not the file's any more (a commit landed)."""
+
+
 Segment = tuple[ChunkEntry | None, int, int]
 """(chunk, start, end) in file offsets: bytes [start, end) of the file come from that
 chunk (None: zeros)."""
@@ -57,6 +61,8 @@ class Content:
         self.fetcher = fetcher
         self.prefixes = Prefixes(cache)
         self.watches: dict[int, Watch] = {}
+        self._truncations: dict[int, int] = {}
+        """Truncations per inode, so a write knows whether bytes it fetched still hold."""
         self._lists: dict[int, tuple[tuple[int, int], list[ChunkEntry]]] = {}
         """Unpacked chunk lists by inode, tagged with the (node id, rev) they belong to (a
         conflicted copy committed as a new node starts at rev 1 again, like many others):
@@ -122,7 +128,11 @@ class Content:
             start = stop
         stop = min(end, node.base_len)
         if start < stop:
-            for c in self._covering(base, start, stop):
+            covering = self._covering(base, start, stop)
+            if not covering or covering[0].offset > start or covering[-1].offset + covering[-1].length < stop:
+                raise StaleListError(f"the chunk list of inode {node.ino} does not cover bytes {start}-{stop} "
+                                     f"(rev {node.rev}): it changed meanwhile")
+            for c in covering:
                 out.append((c, max(start, c.offset), min(stop, c.offset + c.length)))
             start = stop
         if start < end:
@@ -130,9 +140,14 @@ class Content:
         return out
 
     def _under_bytes(self, node: Inode, base: list[ChunkEntry], start: int, end: int) -> bytes | None:
-        """Bytes [start, end) under the blocks, from cached chunks only; None if one is missing."""
+        """Bytes [start, end) under the blocks, from cached chunks only; None if one is
+        missing (or `base` is not the node's chunk list any more)."""
         parts = []
-        for c, lo, hi in self._segments(node, base, start, end):
+        try:
+            segments = self._segments(node, base, start, end)
+        except StaleListError:
+            return None
+        for c, lo, hi in segments:
             if c is None:
                 parts.append(bytes(hi - lo))
                 continue
@@ -144,20 +159,20 @@ class Content:
 
     async def _under_bytes_fetching(self, node: Inode, base: list[ChunkEntry], start: int, end: int) -> bytes:
         """Bytes [start, end) under the blocks, fetched as needed one chunk at a time: a
-        range across a chunk boundary must not need both chunks in a cache that holds one."""
+        range across a chunk boundary must not need both chunks in a cache that holds one.
+        The base list is asked for again: a commit during the caller's awaits moves it."""
+        base = await self.base_chunks(node)
         parts = []
         for c, lo, hi in self._segments(node, base, start, end):
             if c is None:
                 parts.append(bytes(hi - lo))
                 continue
             part = self.chunks.read_range(c.fingerprint, lo - c.offset, hi - c.offset)
-            for _ in range(3):
-                if part is not None:
-                    break
+            if part is None:
                 await self.fetcher.ensure([c.fingerprint])
                 part = self.chunks.read_range(c.fingerprint, lo - c.offset, hi - c.offset)
-            if part is None:
-                raise OSError(f"the chunk for bytes {lo}-{hi} keeps getting evicted: cache too small")
+            if part is None:  # evicted at once: the cache is full of changes
+                part = (await self.fetcher.fetch(c.fingerprint))[lo - c.offset:hi - c.offset]
             parts.append(part)
         return b"".join(parts)
 
@@ -241,10 +256,20 @@ class Content:
         end = off + len(data)
         first, last = off // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
         chunks = await self.base_chunks(node)
-        for block_no in (first, last):
+        under: dict[int, bytes] = {}  # what lies under partly written blocks, fetched before the transaction
+        truncations = self._truncations.get(node.ino, 0)
+        for block_no in {first, last}:
             start = block_no * BLOCK_SIZE
             if start < self.under_len(node) and not self._has_block(node.ino, block_no):
-                await self._under_bytes_fetching(node, chunks, start, min(start + BLOCK_SIZE, node.size))
+                under[block_no] = await self._under_bytes_fetching(node, chunks, start,
+                                                                   min(start + BLOCK_SIZE, node.size))
+        for _ in range(3):  # a commit during the awaits above moved the base: the new list
+            rev = (node.node_id, node.rev)
+            chunks = await self.base_chunks(node)
+            if (node.node_id, node.rev) == rev:
+                break
+        if self._truncations.get(node.ino, 0) != truncations:
+            under.clear()  # truncated meanwhile: read again below (from the cache)
         view = memoryview(data)
         with self.cache.write(buffers=True) as txn:  # no copies of blocks we only measure
             in_txn(txn)
@@ -255,7 +280,7 @@ class Content:
                 if lo == start and hi - start == BLOCK_SIZE:
                     block = view[lo - off:hi - off]
                 else:
-                    old = self._old_block(txn, node, chunks, block_no)
+                    old = self._old_block(txn, node, chunks, block_no, under.get(block_no))
                     length = max(len(old), hi - start)
                     buf = bytearray(old) + bytearray(length - len(old))
                     buf[lo - start:hi - start] = view[lo - off:hi - off]
@@ -273,7 +298,8 @@ class Content:
         with self.cache.read(buffers=True) as txn:
             return self.cache.get_block(txn, ino, block_no) is not None
 
-    def _old_block(self, txn: "lmdb.Transaction", node: Inode, chunks: list[ChunkEntry], block_no: int) -> bytes:
+    def _old_block(self, txn: "lmdb.Transaction", node: Inode, chunks: list[ChunkEntry], block_no: int,
+                   fetched: bytes | None) -> bytes:
         existing = self.cache.get_block(txn, node.ino, block_no)
         if existing is not None:
             return bytes(existing)
@@ -281,6 +307,8 @@ class Content:
         valid_end = min(start + BLOCK_SIZE, node.size)
         if start >= valid_end:
             return b""
+        if fetched is not None:  # nothing but a truncation changes the bytes under a block it has not got
+            return fetched[:valid_end - start] + bytes(max(0, valid_end - start - len(fetched)))
         under = self._under_bytes(node, chunks, start, valid_end)
         if under is None:
             raise OSError(f"a chunk under block {block_no} of inode {node.ino} was evicted mid-write")
@@ -298,6 +326,7 @@ class Content:
             self.prefixes.put(txn, ino, prefix)
 
     def truncate(self, txn: "lmdb.Transaction", node: Inode, length: int) -> None:
+        self._truncations[node.ino] = self._truncations.get(node.ino, 0) + 1
         if length < node.size:
             self.chunks.dirty_bytes -= self.cache.drop_blocks(txn, node.ino, from_block=-(-length // BLOCK_SIZE))
             block_no = length // BLOCK_SIZE

@@ -101,8 +101,24 @@ class Fetcher:
             event = self._inflight.get(fp)
             if event is not None:
                 await event.wait()
-            if fp not in self.chunks:
-                raise self._errors.pop(fp, None) or RuntimeError(f"chunk {fp} vanished from the cache")
+            if fp not in self.chunks and fp in self._errors:
+                raise self._errors.pop(fp)
+            # Not there without an error: evicted again at once, by a cache full of
+            # changes. The caller reads what it can and uses `fetch` for the rest.
+
+    async def fetch(self, fingerprint: str) -> bytes:
+        """One chunk's bytes, downloaded and verified even if the cache cannot keep them
+        (full of changes not uploaded yet: a write behind a streaming window)."""
+        data = self.chunks.get(fingerprint)
+        if data is not None:
+            return data
+        urls = await self._urls_for([fingerprint])
+        chunk = urls[fingerprint]
+        async with self._limiter:
+            data = await self.client.fetch_chunk(fingerprint, chunk.download, chunk.compression)
+        self.downloaded_bytes += len(data)
+        self.chunks.put(fingerprint, data)
+        return data
 
     async def _report(self, fingerprint: str) -> None:
         """Tell the server, which checks the stored object itself and marks it bad so
