@@ -133,7 +133,4 @@ class Room:
 
     def closed(self, ino: int) -> bool:
         """The last writer closed the file: forget its refusal. True if there was one."""
-        had = self.refused.pop(ino, None) is not None
-        if not self.refused and self.blocked and self.chunks.dirty_bytes < self.chunks.limit:
-            self.blocked = ""
-        return had
+        return self.refused.pop(ino, None) is not None
