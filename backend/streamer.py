@@ -144,7 +144,8 @@ class _Recorder:
         self.old = old
         self.watch = watch
         self.entries: list[ChunkEntry] = []
-        self.recorded = 0
+        self.recorded = first
+        """The end of what is recorded (before it: the prefix the round reuses)."""
         self.freed_from = max(0, (first // BLOCK_SIZE - 1) * BLOCK_SIZE)
         """Blocks from here on may hold bytes the round streamed (one block back: the
         block across the last recorded cut)."""
