@@ -66,8 +66,9 @@ class Streamer:
             return
         prefix = self.content.prefixes.get(node.ino)
         done = prefix.limit if prefix is not None else 0
-        if node.size - done >= self.round_bytes or (prefix is not None and prefix.stale):
-            self.want(node.ino)
+        if node.size - done >= self.round_bytes:
+            self.want(node.ino)  # not for writes behind the window alone: a random writer would
+            # have a chunk read back and sent again per write; they wait for pressure or the commit
 
     def press(self) -> None:
         """A writer waits for room: every file open for writing gets a round."""
@@ -118,10 +119,10 @@ class Streamer:
         base = await self.content.base_chunks(node)
         prefix = self.content.walk_prefix(node, base)
         end = self.content.frontier(node)
-        first = prefix.limit if prefix is not None else 0
+        first = done = prefix.limit if prefix is not None else 0
         if prefix is not None and prefix.stale:
             first = min(first, prefix.stale.starts[0])
-        if end - first < (ROUND_MIN_BYTES if pressure else self.round_bytes):
+        if end - (first if pressure else done) < (ROUND_MIN_BYTES if pressure else self.round_bytes):
             return
         watch = self.content.watches[ino] = Watch()
         recorder = _Recorder(self, node, prefix, watch, first)
