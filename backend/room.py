@@ -13,7 +13,8 @@ reaches the program only at fsync or close (as ENOSPC; any other errno as EIO). 
 every WRITE waited the full FULL_WAIT_S before its ENOSPC, a writer of 768 MiB into a
 full 256 MiB cache advanced about 1.3 MB/s and stayed in D state for many minutes
 (issue 20). So a refusal sticks: once a file was refused at offset `o`, every later
-write to it at or past `o` is refused at once until its last writer closes it; and
+write to it past `o` is refused at once until its last writer closes it (or writes at
+`o` again, and it fits: a program retrying after its fsync failed); and
 while the cache stays stuck (no progress since the last refusal) other writes are
 refused without waiting too. The writer then finishes in seconds and its close or
 fsync reports ENOSPC (`check`); the file keeps exactly the bytes that were accepted.
@@ -70,7 +71,7 @@ class Room:
         `frontier()` is that file's frontier (asked only when the cache is nearly full)."""
         chunks = self.chunks
         refused = self.refused.get(ino)
-        if refused is not None and off + incoming > refused:
+        if refused is not None and off > refused:
             raise self._refuse(ino, name, off, incoming, waited=False)
 
         def fits() -> bool:
@@ -88,6 +89,8 @@ class Room:
         if fits():
             if chunks.used_bytes + incoming > chunks.limit:
                 chunks.evict(incoming)
+            if refused is not None and off <= refused < off + incoming:
+                del self.refused[ino]  # the writer came back to where it was refused, and it fits now
             return
         chunks.evict(incoming)
         self.on_pressure()

@@ -266,3 +266,45 @@ def test_write_error_reaches_the_writer_at_close_not_later(tmp_path: Path) -> No
             assert time.monotonic() - started < 30
     finally:
         box.close()
+
+
+def test_a_writer_retrying_where_it_was_refused_goes_on_once_there_is_room(tmp_path: Path) -> None:
+    """After ENOSPC at fsync a program may write again from where it was refused: once
+    the server is back that is accepted, and the file holds what it wrote, no hole."""
+    box = RestartableServer(tmp_path / "srv")
+    try:
+        token = box.server.add_user("owner")
+        with cloudfs_mount(box.server, token, tmp_path / "mnt", tmp_path / "cache", extra_args=CACHE) as m:
+            box.stop()
+            fd = os.open(m.path / "f.bin", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                for i in range(64):
+                    os.pwrite(fd, mib(7, i), i * MiB)
+                try:
+                    os.fsync(fd)
+                    raise AssertionError("fsync succeeded with the cache full and the server stopped")
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+                kept = _accepted(m)
+                box.start()
+                for i in range(kept // MiB, 64):  # again from the first MiB not kept
+                    os.pwrite(fd, mib(7, i), i * MiB)
+                os.fsync(fd)
+                assert m.status()["write_blocked"] == ""
+            finally:
+                try:
+                    os.close(fd)
+                except OSError as exc:  # the kernel reports its write-back error at close once more
+                    assert exc.errno == errno.ENOSPC
+            m.sync(timeout=120)
+            expected = hashlib.sha256(b"".join(mib(7, i) for i in range(64))).hexdigest()
+            assert sha256_of(m.path / "f.bin") == expected
+    finally:
+        box.close()
+
+
+def _accepted(m: MountProcess) -> int:
+    """Bytes the mount kept of f.bin, asked without the kernel's cached size."""
+    reply = control.request(m.path.resolve(), {"command": "status"}, timeout=10)
+    refused = int(reply["write_blocked"].rsplit("offset ", 1)[1])
+    return refused - refused % MiB
