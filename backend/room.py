@@ -13,8 +13,8 @@ reaches the program only at fsync or close (as ENOSPC; any other errno as EIO). 
 every WRITE waited the full FULL_WAIT_S before its ENOSPC, a writer of 768 MiB into a
 full 256 MiB cache advanced about 1.3 MB/s and stayed in D state for many minutes
 (issue 20). So a refusal sticks: once a file was refused at offset `o`, every later
-write to it past `o` is refused at once until its last writer closes it (or writes at
-`o` again, and it fits: a program retrying after its fsync failed); and
+write to it past `o` is refused at once until an fsync or close has told the writer
+(a program may then write again, from `o`, once there is room); and
 while the cache stays stuck (no progress since the last refusal) other writes are
 refused without waiting too. The writer then finishes in seconds and its close or
 fsync reports ENOSPC (`check`); the file keeps exactly the bytes that were accepted.
@@ -59,6 +59,8 @@ class Room:
         """Why uploads do not move, if known (the last upload error)."""
         self.refused: dict[int, int] = {}
         """The lowest offset refused per file, until its last writer closes it."""
+        self.reported: set[int] = set()
+        """Files whose refusal an fsync or close has reported: writes that fit go through again."""
         self.blocked = ""
         """Why writing stopped ("" while writes go through); see `stopped`."""
         self._blocked_at = -FULL_WAIT_S
@@ -71,7 +73,7 @@ class Room:
         `frontier()` is that file's frontier (asked only when the cache is nearly full)."""
         chunks = self.chunks
         refused = self.refused.get(ino)
-        if refused is not None and off > refused:
+        if refused is not None and off > refused and ino not in self.reported:
             raise self._refuse(ino, name, off, incoming, waited=False)
 
         def fits() -> bool:
@@ -89,8 +91,9 @@ class Room:
         if fits():
             if chunks.used_bytes + incoming > chunks.limit:
                 chunks.evict(incoming)
-            if refused is not None and off <= refused < off + incoming:
-                del self.refused[ino]  # the writer came back to where it was refused, and it fits now
+            if refused is not None and ino in self.reported:
+                del self.refused[ino]  # the writer knows, and writes again: it fits now
+                self.reported.discard(ino)
             return
         chunks.evict(incoming)
         self.on_pressure()
@@ -111,6 +114,7 @@ class Room:
 
     def _refuse(self, ino: int, name: str, off: int, incoming: int, *, waited: bool) -> NoSpaceError:
         self.refused[ino] = min(self.refused.get(ino, off), off)
+        self.reported.discard(ino)
         why = self.why()
         reason = (f"the cache ({self.chunks.limit} bytes) is full of changes not uploaded yet"
                   + (f" ({why})" if why else ""))
@@ -131,9 +135,11 @@ class Room:
         write-back cache could not tell it at write(2))."""
         refused = self.refused.get(ino)
         if refused is not None:
+            self.reported.add(ino)
             raise NoSpaceError(f"{name!r}: writes from offset {refused} on were refused, the cache being full "
                                f"of changes not uploaded yet; the file keeps what came before")
 
     def closed(self, ino: int) -> bool:
         """The last writer closed the file: forget its refusal. True if there was one."""
+        self.reported.discard(ino)
         return self.refused.pop(ino, None) is not None

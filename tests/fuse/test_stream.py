@@ -287,6 +287,9 @@ def test_a_writer_retrying_where_it_was_refused_goes_on_once_there_is_room(tmp_p
                     assert exc.errno == errno.ENOSPC
                 kept = _accepted(m)
                 box.start()
+                # Refusals stay fast until uploads make progress again: retry after that.
+                wait_until(lambda: m.status()["online"] and m.status()["pending_bytes"] < LIMIT // 2, timeout=60,
+                           what="the mount uploading again")
                 for i in range(kept // MiB, 64):  # again from the first MiB not kept
                     os.pwrite(fd, mib(7, i), i * MiB)
                 os.fsync(fd)
