@@ -63,6 +63,8 @@ class Content:
         self.fetcher = fetcher
         self.prefixes = Prefixes(cache)
         self.watches: dict[int, Watch] = {}
+        self._frontiers: dict[int, tuple[int, int]] = {}
+        """(frontier not clipped by the size, truncations then) per inode, for `frontier`."""
         self._truncations: dict[int, int] = {}
         """Truncations per inode, so a write knows whether bytes it fetched still hold."""
         self._lists: dict[int, tuple[tuple[int, int], list[ChunkEntry]]] = {}
@@ -205,10 +207,17 @@ class Content:
 
     def frontier(self, node: Inode) -> int:
         """The end of the bytes known from 0 on: the streamed prefix and the base, then
-        the run of dirty blocks after them (a hole nobody wrote yet ends it). Costs a
-        walk over the keys of the dirty blocks past them."""
+        the run of dirty blocks after them (a hole nobody wrote yet ends it). It only
+        grows (but for a truncation), so the walk over block keys starts where the last
+        one ended: a writer waiting for room asks every 0.2 s, and a walk over a full
+        1 GiB cache's keys cost the 8 GiB run a third of the mount's CPU."""
         known = self.under_len(node)
-        first = expected = known // BLOCK_SIZE
+        truncations = self._truncations.get(node.ino, 0)
+        start = known
+        held = self._frontiers.get(node.ino)
+        if held is not None and held[1] == truncations and held[0] > known:
+            start = held[0]  # only a truncation moves it back: blocks below it leave only into the prefix
+        first = expected = start // BLOCK_SIZE
         with self.cache.read() as txn:
             cursor = txn.cursor(db=self.cache.blocks)
             if cursor.set_range(_QQ.pack(node.ino, expected)):
@@ -218,7 +227,9 @@ class Content:
                         break
                     expected += 1
                     self._scanned(expected - first)
-        return min(node.size, max(known, expected * BLOCK_SIZE))
+        reach = max(known, expected * BLOCK_SIZE)
+        self._frontiers[node.ino] = (reach, truncations)
+        return min(node.size, reach)
 
     def _scanned(self, blocks: int) -> None:
         """py-lmdb faults in every page of each value a cursor steps on, keys-only

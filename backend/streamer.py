@@ -36,7 +36,9 @@ log = logging.getLogger("cloudfs.streamer")
 
 MiB = 1 << 20
 ROUND_MAX_BYTES = 256 * MiB
-ROUND_MIN_BYTES = 4 * MiB
+ROUND_MIN_BYTES = 16 * MiB
+"""Under pressure a round needs this much (or a quarter of the cache) past the prefix:
+every round cuts its last chunk again, and reads 32 MiB ahead to find the first."""
 RETRY_S = 2.0
 
 
@@ -49,7 +51,7 @@ class Streamer:
         self.uploader = uploader
         self.writers = writers
         self.lock = lock
-        self.round_bytes = max(ROUND_MIN_BYTES, min(self.chunks.limit // 4, ROUND_MAX_BYTES))
+        self.round_bytes = max(4 * MiB, min(self.chunks.limit // 4, ROUND_MAX_BYTES))
         """New bytes in a file open for writing that start a round without pressure."""
         self.last_error = ""
         self.streamed_bytes = 0
@@ -122,7 +124,8 @@ class Streamer:
         first = done = prefix.limit if prefix is not None else 0
         if prefix is not None and prefix.stale:
             first = min(first, prefix.stale.starts[0])
-        if end - (first if pressure else done) < (ROUND_MIN_BYTES if pressure else self.round_bytes):
+        least = min(ROUND_MIN_BYTES, self.round_bytes) if pressure else self.round_bytes
+        if end - (first if pressure else done) < least:
             return
         watch = self.content.watches[ino] = Watch()
         recorder = _Recorder(self, node, prefix, watch, first)
