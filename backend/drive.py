@@ -18,7 +18,6 @@ import time
 from typing import Callable, Iterator
 
 import lmdb
-import trio
 
 from .cache import BLOCK_SIZE, ROOT_INO, Cache, Inode
 from .chunkcache import ChunkCache

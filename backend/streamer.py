@@ -26,7 +26,7 @@ from typing import AsyncContextManager, Callable
 
 import trio
 
-from .cache import _QQ, BLOCK_SIZE, ROOT_INO, Cache, ChunkEntry, GoneError, Inode
+from .cache import BLOCK_SIZE, ROOT_INO, Cache, ChunkEntry, GoneError, Inode
 from .content import Content, Watch
 from .errors import CloudFsError, OfflineError, ServerError
 from .prefix import NO_CLIP, Prefix, Ranges
