@@ -192,7 +192,6 @@ class Content:
         if not chunks:
             return None
         stale = Ranges()
-        scanned = 0
         with self.cache.read() as txn:
             cursor = txn.cursor(db=self.cache.blocks)
             if cursor.set_range(_QQ.pack(node.ino, 0)):
@@ -201,8 +200,7 @@ class Content:
                     if ino != node.ino:
                         break
                     stale.add(block_no * BLOCK_SIZE, (block_no + 1) * BLOCK_SIZE)
-                    scanned += 1
-                    self._scanned(scanned)
+                    self.scanned(BLOCK_SIZE)
         return Prefix(chunks, node.base_len, stale)
 
     def frontier(self, node: Inode) -> int:
@@ -217,7 +215,7 @@ class Content:
         held = self._frontiers.get(node.ino)
         if held is not None and held[1] == truncations and held[0] > known:
             start = held[0]  # only a truncation moves it back: blocks below it leave only into the prefix
-        first = expected = start // BLOCK_SIZE
+        expected = start // BLOCK_SIZE
         with self.cache.read() as txn:
             cursor = txn.cursor(db=self.cache.blocks)
             if cursor.set_range(_QQ.pack(node.ino, expected)):
@@ -226,17 +224,20 @@ class Content:
                     if ino != node.ino or block_no != expected:
                         break
                     expected += 1
-                    self._scanned(expected - first)
+                    self.scanned(BLOCK_SIZE)
         reach = max(known, expected * BLOCK_SIZE)
         self._frontiers[node.ino] = (reach, truncations)
         return min(node.size, reach)
 
-    def _scanned(self, blocks: int) -> None:
+    def scanned(self, nbytes: int) -> None:
         """py-lmdb faults in every page of each value a cursor steps on, keys-only
         included: a walk over a file's dirty blocks maps them all (a 256 MiB file: 256 MiB
-        of RssFile at its close). Give the pages back every SCAN_RELEASE_BYTES (lmdbmap.py)."""
-        if blocks % (SCAN_RELEASE_BYTES // BLOCK_SIZE) == 0:
+        of RssFile at its close). Counted across walks, many short ones included (the
+        frontier's), the pages go back every SCAN_RELEASE_BYTES (lmdbmap.py)."""
+        self.cache.unreleased_bytes += nbytes
+        if self.cache.unreleased_bytes >= SCAN_RELEASE_BYTES:
             release_map_pages(self.cache.env)
+            self.cache.unreleased_bytes = 0
 
     def under_len(self, node: Inode) -> int:
         """Where the bytes under the blocks turn to zeros."""

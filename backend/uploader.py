@@ -418,7 +418,7 @@ def drop_settled_blocks(cache: Cache, txn: "lmdb.Transaction", ino: int, start: 
     first, stop = -(-start // BLOCK_SIZE), end // BLOCK_SIZE
     if first >= stop:
         return 0
-    freed = unreleased = 0
+    freed = 0
     cursor = txn.cursor(db=cache.blocks)
     key = _block_key(ino, first)
     if not cursor.set_range(key):
@@ -437,12 +437,12 @@ def drop_settled_blocks(cache: Cache, txn: "lmdb.Transaction", ino: int, start: 
             continue
         size = len(cursor.value())
         freed += size
-        unreleased += size
+        cache.unreleased_bytes += size  # counted across calls: a streaming round drops a batch at a time
         if not cursor.delete():
             break
-        if unreleased >= UNMAP_BYTES:
+        if cache.unreleased_bytes >= UNMAP_BYTES:
             release_map_pages(cache.env)
-            unreleased = 0
+            cache.unreleased_bytes = 0
     return freed
 
 
