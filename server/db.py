@@ -70,12 +70,15 @@ nodes = sa.Table(
     sa.Column("target", sa.Text, nullable=True),
     sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
     *posix_columns(),
+    sa.Column("link_to", sa.BigInteger, nullable=True),  # an alias row: the node this name stands for (0003)
 )
 sa.Index(
     "nodes_live_name", nodes.c.owner_id, nodes.c.parent_id, nodes.c.name, unique=True,
     sqlite_where=nodes.c.deleted == sa.false(), postgresql_where=nodes.c.deleted == sa.false(),
 )
 sa.Index("nodes_owner_id", nodes.c.owner_id, nodes.c.id)
+sa.Index("nodes_link_to", nodes.c.link_to, sqlite_where=nodes.c.link_to.isnot(None),
+         postgresql_where=nodes.c.link_to.isnot(None))
 
 versions = sa.Table(
     "versions", metadata,
@@ -128,6 +131,7 @@ journal = sa.Table(
     sa.Column("device", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     *posix_columns(),
+    sa.Column("link_to", sa.BigInteger, nullable=True),
 )
 sa.Index("journal_owner_seq", journal.c.owner_id, journal.c.seq)
 
