@@ -213,6 +213,7 @@ class Follower:
         while True:
             with trio.move_on_after(RECONCILE_EVERY_S):
                 await self._reconcile_now.wait()
+            self._reconcile_now = trio.Event()  # here, not after each run: this loop waits on it
             try:
                 await self._run_reconcile()
             except (OfflineError, ServerError) as exc:
@@ -648,7 +649,6 @@ class Follower:
         self._save_cursor(cursor)
         self.reconciles += 1
         log.info("reconciled the mirror with the server at cursor %d: %d node(s) repaired", cursor, changed)
-        self._reconcile_now = trio.Event()
         done, self._reconciled = self._reconciled, trio.Event()
         done.set()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import ServerProcess, cloudfs_mount
+from tests.harness import ServerProcess, cloudfs_mount, cloudfs_server, wait_until
 from tests.sync.test_conflicts import a_behind_a_proxy
 from tests.sync.conftest import Devices, RestartableServer
 
@@ -209,3 +209,41 @@ def test_a_device_that_did_not_know_of_a_link_keeps_the_file_under_it(sync_serve
             want["f.txt"] = ("-rw-r--r--", ["f.txt"], 1, b"other")
         assert shape(d.a.path) == want
         assert shape(d.b.path) == want
+
+
+def test_a_device_away_past_the_journal_finds_the_links_by_comparing(tmp_path: Path) -> None:
+    """b's cursor falls out of the retained journal while a changes the links: b compares
+    its whole mirror with the server's, and a second comparison finds nothing to repair."""
+    with cloudfs_server(tmp_path / "srv", extra_args=["--journal-retain", "3", "--prune-interval", "0.2"]) as srv:
+        token = srv.add_user("owner")
+        with cloudfs_mount(srv, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a:
+            (a.path / "d").mkdir()
+            (a.path / "f").write_bytes(b"f")
+            (a.path / "g").write_bytes(b"g")
+            os.link(a.path / "f", a.path / "f2")
+            os.link(a.path / "f", a.path / "d" / "f3")
+            os.link(a.path / "g", a.path / "g2")
+            a.sync()
+            with cloudfs_mount(srv, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+                b.sync()
+                assert shape(b.path) == shape(a.path)
+            os.unlink(a.path / "f")
+            os.unlink(a.path / "g2")
+            os.link(a.path / "g", a.path / "g3")
+            shutil.rmtree(a.path / "d")
+            (a.path / "h").write_bytes(b"h")
+            os.link(a.path / "h", a.path / "h2")
+            for i in range(6):
+                (a.path / f"pad{i}").write_bytes(b"")
+            a.sync()
+            wait_until(lambda: "pruned" in srv.log(), timeout=10, what="journal pruned")
+            with cloudfs_mount(srv, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+                b.sync()
+                assert "comparing the whole tree" in b.log()
+                assert shape(b.path) == shape(a.path)
+                assert shape(b.path)["g3"][1:3] == (["g", "g3"], 2)
+                done = b.cli("sync", str(b.path), "--full", "--timeout", "60")
+                assert done.returncode == 0, done.stderr
+                compared = [ln for ln in b.log().splitlines() if "reconciled the mirror" in ln]
+                assert len(compared) >= 2 and compared[-1].endswith(": 0 node(s) repaired"), compared
+                assert shape(b.path) == shape(a.path)
