@@ -248,9 +248,9 @@ class Drive:
         while it has others: the file moves to the oldest of them, as the server would do
         (links.promote), told to the server as that alias's delete and the file's move."""
         record = self.cache.get(self.cache.record_at(parent, name, txn) or 0, txn)
+        self.cache.unlink(txn, parent, name)
         if record is None:
             return
-        self.cache.unlink(txn, parent, name)
         if record.kind == "link":
             target = links.drop_alias(self.cache, txn, record)
             self._forget_alias(txn, record)

@@ -443,8 +443,9 @@ class Follower:
             links.repoint(self.cache, txn, local, target)
             self.cache.place(txn, local)
             self.cache.put(txn, local)
-        self._inval += [("entry", old_parent, old_name), ("entry", parent, remote.name), ("inode", target.ino),
-                        ("inode", old_target)]
+        self._inval += [("entry", old_parent, old_name), ("entry", parent, remote.name), ("inode", target.ino)]
+        if old_target and old_target != target.ino:
+            self._inval.append(("inode", old_target))
 
     def _update(self, local: Inode, remote: wire.Node, parent: int) -> None:
         """A move or an attribute change: the same inode, so open handles follow it."""
