@@ -29,8 +29,9 @@ Hard links (links.py): an alias row becomes an alias record whose entry names th
 inode of the node it links to (deferred while that node is not here). A file that gets
 a new inode for new content takes its aliases along. A deleted directory never takes
 a file with names outside it: the server moved such a file out first (its promotion
-entries come before the delete), and a file with names here that the server has not
-seen is kept like any local work.
+entries come before the delete). A deleted file (or one in a deleted directory) that
+was given a name here which the server has not seen yet moves to that name, as the
+server would have done had the name arrived first, and is created there again.
 """
 
 from __future__ import annotations
@@ -476,7 +477,7 @@ class Follower:
         if local.kind == "link":
             self._apply_alias_delete(local)
             return
-        keep, alive = self._with_local_work(local)
+        keep, alive, promote = self._with_local_work(local)
         parent, name = local.parent, local.name
         with self.cache.write() as txn:
             stack = [(local, self.cache.names_to(local.ino))]
@@ -496,6 +497,14 @@ class Follower:
                     target = links.drop_alias(self.cache, txn, node)
                     if target is not None:
                         self._inval.append(("inode", target.ino))
+                    continue
+                if node.ino in promote:  # it has a name outside, made here: it lives on there
+                    self.cache.unlink(txn, node.parent, node.name)
+                    links.promote(self.cache, txn, node, promote[node.ino])
+                    self.cache.detach(txn, node, queue=True)
+                    log.warning("%r was deleted on another device: it lives on as %r, a name it was given here",
+                                path[-1] if path else node.name, "/".join(self.cache.names_to(node.ino)))
+                    self._inval += [("entry", node.parent, node.name), ("inode", node.ino)]
                     continue
                 self.cache.unlink(txn, node.parent, node.name)
                 if node.kind == "dir":
@@ -529,10 +538,13 @@ class Follower:
         if target is not None:
             self._inval.append(("inode", target.ino))
 
-    def _with_local_work(self, top: Inode) -> tuple[set[int], set[int]]:
+    def _with_local_work(self, top: Inode) -> tuple[set[int], set[int], dict[int, int]]:
         """What of `top`'s subtree must survive its remote deletion: `keep`, inodes with
-        local work and the directories leading to them, and `alive`, nodes moved into
-        the subtree here from outside it (the server still has them where they were)."""
+        local work and the directories leading to them; `alive`, nodes moved into the
+        subtree here from outside it (the server still has them where they were); and
+        `promote`, files that have a name outside it made here, which the server has not
+        seen (those it has, it moved the file to before this delete): each moves to its
+        oldest such name (alias record), as the server does, instead of coming back."""
         below: dict[int, Inode] = {}
         path: dict[int, int] = {top.ino: 0}
         stack = [top]
@@ -573,16 +585,16 @@ class Follower:
                     keep_up_from(path.get(node.ino, 0))  # the directories it was moved into
             elif not node.node_id or (node.kind != "dir" and self._changed(node)):
                 keep_up_from(node.ino)  # merely open for writing is not work: a write revives it
-        # Hard links: a kept name keeps the file it names, and a file keeps its place
-        # while it has a name outside (one the server has not seen; those it has, it
-        # moved the file to before this delete).
+        # Hard links: a kept name keeps the file it names where it is.
         for node in below.values():
             if node.kind == "link" and node.ino in keep and node.extra.get("target") in below:
                 keep_up_from(node.extra["target"])
+        promote = {}
         for node in below.values():
-            if node.ino not in keep and any(a not in below or a in keep for a in links.aliases(node)):
-                keep_up_from(node.ino)
-        return keep, alive
+            outside = [a for a in links.aliases(node) if a not in below]
+            if outside and node.ino not in keep:
+                promote[node.ino] = outside[0]
+        return keep, alive, promote
 
 
     # --- the kernel ---

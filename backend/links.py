@@ -81,12 +81,13 @@ def _detach_from_target(cache: Cache, txn: lmdb.Transaction, alias: Inode) -> In
     return target
 
 
-def promote(cache: Cache, txn: lmdb.Transaction, node: Inode) -> Inode | None:
+def promote(cache: Cache, txn: lmdb.Transaction, node: Inode, to: int = 0) -> Inode | None:
     """`node`'s own entry is gone (the caller removed it) and it has aliases: it takes the
-    place of the oldest, whose record goes. Returns that record (the caller tells the
-    server if it had a node id), or None if no alias record was left after all."""
+    place of the oldest (or of alias record `to`), whose record goes. Returns that record
+    (the caller tells the server if it had a node id), or None if none was left after all."""
     while aliases(node):
-        first_ino, rest = aliases(node)[0], aliases(node)[1:]
+        first_ino = to if to in aliases(node) else aliases(node)[0]
+        rest = [a for a in aliases(node) if a != first_ino]
         node.extra["aliases"] = rest
         first = cache.get(first_ino, txn)
         if first is None:

@@ -328,7 +328,7 @@ class Syncer:
                 raise _Retry(f"the directory of {node.name!r} was deleted on the server: creating it again")
             if exc.status == 404 and exc.body.get("field") == "node_id" and node.kind == "link":
                 self._link_target_gone(node)
-                return await self._create(node, parent_id, depth + 1)
+                return await self._create(node, parent_id, depth + 1)  # the winner went: to the file here
             raise
         if not self._still_here(node):
             await self._delete(answer.node.id)  # removed locally meanwhile
@@ -356,15 +356,18 @@ class Syncer:
         return target.node_id
 
     def _link_target_gone(self, alias: Inode) -> None:
-        """The node an alias was to name is gone from the server (deleted on another device
-        while linked here): the link is local work, so its inode is created again."""
-        target = self.cache.get(alias.extra["target"])
-        with self.cache.write() as txn:
-            if alias.extra.pop("winner", None) is not None:
+        """The node an alias was to name is gone from the server. The winner of a conflict:
+        the alias names the file here instead (returns). Its own file, deleted on another
+        device while linked here: the follower applies that delete, which keeps the file
+        under the name made here (follower._apply_delete); this entry waits for it."""
+        if alias.extra.pop("winner", None) is not None:
+            with self.cache.write() as txn:
                 self.cache.put(txn, alias)
-            elif target is not None and target.node_id and not target.extra.get("detached"):
-                log.warning("%r was deleted on another device while linked here: keeping it", target.name)
-                self.cache.detach(txn, target, queue=False)
+            return
+        target = self.cache.get(alias.extra["target"])
+        if target is not None and target.node_id and not target.extra.get("detached"):
+            self.on_stale(target.node_id)
+        raise _Retry(f"the file {alias.name!r} names was deleted on the server: waiting for the follower")
 
     async def _move(self, node: Inode, parent_id: int) -> None:
         try:

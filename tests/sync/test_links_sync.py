@@ -211,6 +211,32 @@ def test_a_device_that_did_not_know_of_a_link_keeps_the_file_under_it(sync_serve
         assert shape(d.b.path) == want
 
 
+@pytest.mark.parametrize("how", ["unlink", "rm -r"])
+def test_a_name_made_while_the_file_was_deleted_elsewhere_keeps_it(sync_server: ServerProcess, tmp_path: Path,
+                                                                   how: str) -> None:
+    """a, cut off, gives a file another name while b deletes the file (or its directory).
+    The name is a's work: the file lives on under it (and only there), as if the name had
+    reached the server first and the server had moved the file to it."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        (d.a.path / "dir").mkdir()
+        (d.a.path / "dir" / "x.txt").write_bytes(b"content")
+        settle(d)
+        proxy.hang()
+        os.link(d.a.path / "dir" / "x.txt", d.a.path / "kept.txt")
+        if how == "unlink":
+            os.unlink(d.b.path / "dir" / "x.txt")
+        else:
+            shutil.rmtree(d.b.path / "dir")
+        d.b.sync(timeout=60)
+        proxy.resume()
+        settle(d)
+        want = {"kept.txt": ("-rw-r--r--", ["kept.txt"], 1, b"content")}
+        if how == "unlink":
+            want["dir"] = ("dir",)
+        assert shape(d.a.path) == want
+        assert shape(d.b.path) == want
+
+
 def test_a_device_away_past_the_journal_finds_the_links_by_comparing(tmp_path: Path) -> None:
     """b's cursor falls out of the retained journal while a changes the links: b compares
     its whole mirror with the server's, and a second comparison finds nothing to repair."""

@@ -28,7 +28,8 @@ then a settle, `a.sync(); b.sync(); a.sync(); b.sync()`. After it:
 4. Nothing resurrected: content destroyed in the round that is not live is in no file,
    unless the other device renamed that file in the round (a move is local work that the
    product keeps: a moved file whose delete reached the server first is created again)
-   or gave it another name (a hard link keeps the file when its first name goes).
+   or gave it another name (a hard link keeps the file, with whatever is written into it
+   meanwhile, when its first name goes).
 5. Exact where the devices did not meet: the paths of each successful operation form a
    group (a rename's two paths are one group); groups are linked when a path of one
    equals or lies under a path of the other. Under the paths of a linked set whose groups
@@ -114,7 +115,7 @@ OPS = st.one_of(
     st.tuples(st.just("mkdir"), DEVICES, DIRS),
     st.tuples(st.just("rm_r"), DEVICES, st.one_of(DIRS, FILES)),
     *[st.tuples(st.just("rename"), DEVICES, ANY, ANY)] * 2,
-    *[st.tuples(st.just("link"), DEVICES, FILES, st.sampled_from(FILE_POOL))] * 2,
+    *[st.tuples(st.just("link"), DEVICES, FILES, st.sampled_from(FILE_POOL))] * 4,
 )
 ALLOWED_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY, errno.EINVAL}
 TAG = re.compile(rb"<([ab])#(\d+)>")
@@ -242,6 +243,8 @@ class TwoDevices(RuleBasedStateMachine):
         self.destroyed: dict[bytes, set[str]] = {}  # content -> devices that destroyed it
         self.moved: dict[bytes, set[str]] = {}  # content -> devices that renamed or linked its file
         self.spared: set[bytes] = set()  # contents that lost one name of several: may live on
+        self.destroyed_at: dict[bytes, set[str]] = {}  # content -> the paths where it was destroyed
+        self.linked_from: dict[str, set[str]] = {}  # path -> devices that gave its file another name
         self.groups: list[tuple[str, tuple[str, ...]]] = []
         self.counter = 0
         self.ops = 0
@@ -260,18 +263,20 @@ class TwoDevices(RuleBasedStateMachine):
         self.counter += 1
         return f"<{dev}#{self.counter}>".encode() + random.Random(seed).randbytes(size)
 
-    def produce(self, dev: str, old: bytes, new: bytes) -> None:
+    def produce(self, dev: str, old: bytes, new: bytes, path: str = "") -> None:
         """A file's bytes went from `old` (observed) to `new` on `dev`."""
-        self.destroy(dev, old)
+        self.destroy(dev, old, path=path)
         if new:
             self.live[new] += 1
         self.produced.add(new)
 
-    def destroy(self, dev: str, old: bytes, nlink: int = 1) -> None:
-        """`old` lost a name on `dev`; with other names left (`nlink` > 1 as `dev` saw it)
-        it may live on, depending on what the other device did with those."""
+    def destroy(self, dev: str, old: bytes, nlink: int = 1, path: str = "") -> None:
+        """`old` lost a name (`path`) on `dev`; with other names left (`nlink` > 1 as `dev`
+        saw it) it may live on, depending on what the other device did with those."""
         if old and nlink > 1:
             self.spared.add(old)
+        if old and path:
+            self.destroyed_at.setdefault(old, set()).add(path)
         if old:
             self.destroyed.setdefault(old, set()).add(dev)
             if self.live[old] > 0:
@@ -365,7 +370,7 @@ class TwoDevices(RuleBasedStateMachine):
                 os.pwrite(fd, new, 0)
             finally:
                 os.close(fd)
-            self.produce(dev, old, new)
+            self.produce(dev, old, new, path)
             self.touched(dev, *self.names(dev, path))
             outcome[0] = f"ok, was {label(old)}"
 
@@ -378,7 +383,7 @@ class TwoDevices(RuleBasedStateMachine):
                 os.pwrite(fd, extra, len(old))
             finally:
                 os.close(fd)
-            self.produce(dev, old, old + extra)
+            self.produce(dev, old, old + extra, path)
             self.touched(dev, *self.names(dev, path))
             outcome[0] = f"ok, now {label(old + extra)}"
 
@@ -392,7 +397,7 @@ class TwoDevices(RuleBasedStateMachine):
                 os.close(fd)
             new = old[:size] + b"\0" * max(0, size - len(old))
             if new != old:
-                self.produce(dev, old, new)
+                self.produce(dev, old, new, path)
                 self.touched(dev, *self.names(dev, path))
             outcome[0] = f"ok, {label(old)} -> {label(new)}"
 
@@ -412,7 +417,7 @@ class TwoDevices(RuleBasedStateMachine):
                 os.unlink(root / path)
             finally:
                 os.close(fd)
-            self.destroy(dev, old, nlink)
+            self.destroy(dev, old, nlink, path)
             self.touched(dev, *names)
             outcome[0] = f"ok, was {label(old)}"
 
@@ -444,7 +449,7 @@ class TwoDevices(RuleBasedStateMachine):
                     if same_file:
                         outcome[0] = "ok, two names of one file: nothing happens"
                     else:
-                        self.destroy(dev, old, nlink)
+                        self.destroy(dev, old, nlink, dst)
                         outcome[0] = f"ok, over {label(old)}"
             finally:
                 if src_fd is not None:
@@ -461,11 +466,14 @@ class TwoDevices(RuleBasedStateMachine):
                 outcome[0] = "same path, skipped"
                 return
             fd, content = self.observe_open(root, src)  # EISDIR for a directory
+            names = self.names(dev, src)
             try:
                 os.link(root / src, root / dst)
             finally:
                 os.close(fd)
-            self.moved.setdefault(content, set()).add(dev)  # another name keeps it where one goes
+            self.moved.setdefault(content, set()).add(dev)  # another name keeps it where one goes,
+            for name in names:  # with whatever the other device writes into it meanwhile
+                self.linked_from.setdefault(name, set()).add(dev)
             self.touched(dev, *self.names(dev, dst))
             outcome[0] = f"ok, {label(content)}"
 
@@ -485,7 +493,7 @@ class TwoDevices(RuleBasedStateMachine):
                         os.unlink(root / path)
                     finally:
                         os.close(fd)
-                    self.destroy(dev, old, nlink)
+                    self.destroy(dev, old, nlink, path)
                     gone.append(label(old))
                 elif exc.errno != errno.ENOTEMPTY:
                     raise
@@ -508,7 +516,7 @@ class TwoDevices(RuleBasedStateMachine):
                 try:
                     nlink = os.fstat(fd).st_nlink
                     os.unlink(root / rel)
-                    self.destroy(dev, old, nlink)
+                    self.destroy(dev, old, nlink, rel)
                     gone.append(f"{rel}={label(old)}")
                 except FileNotFoundError:
                     pass
@@ -561,7 +569,8 @@ class TwoDevices(RuleBasedStateMachine):
         # A file moved on one device while the other deleted it may come back: a move is
         # local work, and the syncer creates a moved file again if its delete came first.
         back = [c for c, by in self.destroyed.items()
-                if self.live[c] == 0 and contents[c] and not self.moved.get(c, set()) - by and c not in self.spared]
+                if self.live[c] == 0 and contents[c] and not self.moved.get(c, set()) - by and c not in self.spared
+                and not any(self.linked_from.get(p, set()) - by for p in self.destroyed_at.get(c, ()))]
         if back:
             self._fail("destroyed content came back", "\n".join(
                 f"  {label(c)} at {[p for p, v in final.items() if v == c]}" for c in back))
@@ -575,7 +584,7 @@ class TwoDevices(RuleBasedStateMachine):
         self.stats["conflicted copies"] += sum(1 for p in final if base_path(p) != p and p not in self.settled)
         self.settled = final
         self.live = contents
-        self.destroyed, self.moved, self.spared = {}, {}, set()
+        self.destroyed, self.moved, self.spared, self.destroyed_at, self.linked_from = {}, {}, set(), {}, {}
         self.groups = []
         self.ops = 0
 
