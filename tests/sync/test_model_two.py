@@ -45,6 +45,7 @@ on as the device sees them then (rule 5: a write through one name changes them a
 and removing one name of several destroys nothing for sure: whether the file lives on
 depends on what the other device did with its other names (rules 3 and 4 leave it to
 rule 5).
+
 Deterministic in CI: the same few programs every run (`derandomize`), no shrinking
 (every example mounts twice). CLOUDFS_HYPOTHESIS_EXAMPLES=N explores N random programs;
 CLOUDFS_MODEL_TRACE=1 prints every example's operations; `pytest -s` prints counts
