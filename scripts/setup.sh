@@ -9,7 +9,8 @@ want_test=0
 [[ "${1:-}" == "--test" ]] && want_test=1
 
 apt_packages=(fuse3 libfuse3-dev pkg-config python3-venv curl)
-(( want_test )) && apt_packages+=(postgresql sqlite3 git rsync)
+# chromium: the browser tests drive it headless (tests/web), never a downloaded browser build
+(( want_test )) && apt_packages+=(postgresql sqlite3 git rsync chromium)
 
 missing=()
 for pkg in "${apt_packages[@]}"; do
