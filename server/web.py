@@ -32,7 +32,7 @@ from .db import nodes
 from .errors import Invalid, NotFound
 
 WEB = Path(__file__).resolve().parent / "web"
-ASSETS = {"app.js": "text/javascript", "app.css": "text/css", "share.js": "text/javascript",
+ASSETS = {"app.js": "text/javascript", "upload.js": "text/javascript", "app.css": "text/css", "share.js": "text/javascript",
           "common.js": "text/javascript", "icon.svg": "image/svg+xml"}
 PAGES = {"index": "index.html", "share": "share.html"}
 SEARCH_MAX = 500
