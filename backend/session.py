@@ -139,6 +139,7 @@ class Session:
             "downloaded_bytes": self.fetcher.downloaded_bytes,
             "last_error": self.syncer.last_error,
             "held_deletes": self.syncer.guard.held,
+            "token_refused": self.client.refused,
         }
 
     def confirm_deletes(self) -> int:

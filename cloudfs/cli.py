@@ -184,6 +184,8 @@ def _status(args: argparse.Namespace) -> int:
     if reply.get("held_deletes"):
         print(f"  HELD: {reply['held_deletes']} deletes made here at once are not sent to other devices: "
               f"`cloudfs deletes confirm` sends them, `cloudfs deletes undo` brings the files back")
+    if reply.get("token_refused"):
+        print(f"  TOKEN REFUSED: {reply['token_refused']} (the server answers 401; nothing syncs until then)")
     if reply.get("last_error") and not reply["online"]:
         print(f"  last error: {reply['last_error']}")
     return 0

@@ -75,6 +75,16 @@ class PasswordChange(BaseModel):
     new: Annotated[str, Field(min_length=1, max_length=auth.PASSWORD_MAX)]
 
 
+def browser_label(agent: str) -> str:
+    """'Firefox on Linux': how the devices page names a browser's session."""
+    browser = next((name for mark, name in (("Firefox/", "Firefox"), ("Edg/", "Edge"), ("Chrome/", "Chromium"),
+                                            ("Safari/", "Safari")) if mark in agent), "a browser")
+    system = next((name for mark, name in (("Android", "Android"), ("iPhone", "iOS"), ("iPad", "iOS"),
+                                           ("Windows", "Windows"), ("Mac OS", "macOS"), ("Linux", "Linux"))
+                   if mark in agent), None)
+    return f"{browser} on {system}" if system else browser
+
+
 async def _check_credentials(ctx: ServerContext, request: Request, name: str, password: str) -> dict:
     """The account, if the password is right; slowed per account and address (auth.py)."""
     address = request.client.host if request.client else "-"
@@ -99,8 +109,8 @@ async def _check_credentials(ctx: ServerContext, request: Request, name: str, pa
 @router.post("/auth/login")
 async def login(ctx: Ctx, request: Request, response: Response, req: Credentials) -> Session:
     row = await _check_credentials(ctx, request, req.name, req.password)
-    agent = request.headers.get("user-agent", "")[:64] or None
-    token = await ctx.run_db(auth.new_token, ctx.db, row["id"], kind="session", label=agent, days=auth.SESSION_DAYS)
+    label = browser_label(request.headers.get("user-agent", ""))
+    token = await ctx.run_db(auth.new_token, ctx.db, row["id"], kind="session", label=label, days=auth.SESSION_DAYS)
     response.set_cookie(auth.SESSION_COOKIE, token, max_age=auth.SESSION_DAYS * 86400, path="/", httponly=True,
                         samesite="lax", secure=request.url.scheme == "https")
     return Session(name=row["name"], user_id=row["id"], root_id=row["root_id"], csrf=auth.csrf_for(token))

@@ -191,7 +191,7 @@
       node.kind === "file" ? h("a", { href: `/files/${node.id}/content`, class: "action", title: "Download", download: "" }, "Download") : null,
       menuButton(node));
     return h("tr", { dataset: { id: node.id, name: node.name, kind: node.kind } },
-      h("td", { class: "col-name" }, icon(node), open),
+      h("td", { class: "col-name" }, h("div", { class: "namecell" }, icon(node), open)),
       h("td", { class: "col-size" }, node.kind === "file" ? size(node.size) : ""),
       h("td", { class: "col-mtime_ns" }, date(node.mtime_ns / 1e9)),
       h("td", { class: "col-actions" }, actions));
