@@ -17,6 +17,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
+from cloudfs.backend import wire
 from cloudfs.backend.names import DEVICE_RE, DEVICE_RULE
 
 from . import auth
@@ -25,7 +26,9 @@ from .app import ServerContext, User, context_dependency, current_user
 from .errors import Invalid, Unauthorized
 from .users import hash_token
 
-router = APIRouter(responses=ERRORS, tags=["auth"])
+router = APIRouter(responses={**ERRORS, 429: {"model": wire.ErrorBody, "description": "too many failed attempts: "
+                                                                                     "wait Retry-After seconds"}},
+                   tags=["auth"])
 Ctx = Annotated[ServerContext, Depends(context_dependency)]
 Auth = Annotated[User, Depends(current_user)]
 

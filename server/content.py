@@ -47,6 +47,13 @@ INLINE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/avi
 INLINE_PREFIXES = ("audio/", "video/")
 CONTENT_CSP = "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; sandbox"
 PDF_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; frame-ancestors 'self'"
+FILE_RESPONSES = {
+    200: {"description": "the file's bytes", "content": {"*/*": {}}},
+    206: {"description": "the range asked for", "content": {"*/*": {}}},
+    416: {"description": "the range starts past the end", "content": {"application/json": {}}},
+}
+ZIP_RESPONSES = {200: {"description": "a zip, streamed", "content": {"application/zip": {}}}}
+"""What these routes answer, for /openapi.json (and the schema checks of the tests)."""
 ZIP_MAX_ENTRIES = 1_000_000
 """A bound on what one zip may hold (the listing of a folder is kept while zipping)."""
 

@@ -17,7 +17,8 @@ from .api import ERRORS, NodeIdPath
 from .app import ServerContext, User, context_dependency, current_user
 from .errors import Invalid, IsADirectory, NotADirectory
 
-router = APIRouter(responses=ERRORS, tags=["shares"])
+router = APIRouter(responses={**ERRORS, 429: {"model": wire.ErrorBody, "description": "too many wrong passwords"}},
+                   tags=["shares"])
 Ctx = Annotated[ServerContext, Depends(context_dependency)]
 Auth = Annotated[User, Depends(current_user)]
 LinkId = Annotated[str, Field(min_length=16, max_length=64)]
@@ -159,7 +160,7 @@ async def public_list(ctx: Ctx, request: Request, link_id: str,
                          entries=await ctx.run_db(run))
 
 
-@router.api_route("/s/{link_id}/file/{node_id}", methods=["GET", "HEAD"])
+@router.api_route("/s/{link_id}/file/{node_id}", methods=["GET", "HEAD"], responses=content.FILE_RESPONSES)
 async def public_file(ctx: Ctx, request: Request, link_id: str, node_id: NodeIdPath,
                       inline: bool = False) -> Response:
     row = await _open(ctx, request, link_id)
@@ -178,7 +179,7 @@ async def public_file(ctx: Ctx, request: Request, link_id: str, node_id: NodeIdP
     return content.file_response(ctx.store, row["owner_id"], version, request, name=node["name"], inline=inline)
 
 
-@router.get("/s/{link_id}/zip")
+@router.get("/s/{link_id}/zip", responses=content.ZIP_RESPONSES)
 async def public_zip(ctx: Ctx, request: Request, link_id: str,
                      dir: Annotated[int | None, Query(ge=1, le=wire.INT64_MAX)] = None) -> Response:
     row = await _open(ctx, request, link_id)

@@ -116,7 +116,7 @@ async def share_page(ctx: Ctx, link_id: str) -> Response:
 # --- bytes of files and folders ---
 
 
-@router.api_route("/files/{node_id}/content", methods=["GET", "HEAD"], tags=["web"])
+@router.api_route("/files/{node_id}/content", methods=["GET", "HEAD"], tags=["web"], responses=content.FILE_RESPONSES)
 async def file_content(ctx: Ctx, user: Auth, request: Request, node_id: NodeIdPath,
                        rev: Annotated[int | None, Query(ge=1, le=wire.INT64_MAX)] = None,
                        inline: bool = False) -> Response:
@@ -130,7 +130,7 @@ async def file_content(ctx: Ctx, user: Auth, request: Request, node_id: NodeIdPa
     return content.file_response(ctx.store, user.id, version, request, name=name, inline=inline)
 
 
-@router.get("/dirs/{node_id}/zip", tags=["web"])
+@router.get("/dirs/{node_id}/zip", tags=["web"], responses=content.ZIP_RESPONSES)
 async def dir_zip(ctx: Ctx, user: Auth, node_id: NodeIdPath) -> Response:
     """The folder and everything in it as one zip, streamed as it is read."""
     plan = await ctx.run_db(content.zip_plan, ctx.db, user.id, node_id)
