@@ -188,6 +188,8 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  TOKEN REFUSED: {reply['token_refused']} (the server answers 401; nothing syncs until then)")
     if reply.get("last_error") and not reply["online"]:
         print(f"  last error: {reply['last_error']}")
+    if reply.get("write_blocked"):
+        print(f"  writing stopped: {reply['write_blocked']}")
     return 0
 
 
