@@ -48,8 +48,9 @@ const uploads = (() => {
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
   function isNetworkError(err) {
-    return err instanceof TypeError || err.name === "NetworkError" || (err instanceof ApiError && err.status >= 500)
-      || (err instanceof ApiError && err.status === 0);
+    // 5xx but 507: the server or the store is away for a moment. 507 (over quota) is final.
+    return err instanceof TypeError || err.name === "NetworkError"
+      || (err instanceof ApiError && (err.status === 0 || (err.status >= 500 && err.status !== 507)));
   }
 
   // Retry `fn` while the network (or the server) is away; anything else is final.
