@@ -81,7 +81,7 @@ def run(mib: int, runs: int) -> dict:
                     page.wait_for_selector("#listing")
                     for i in range(runs):
                         source = make_file(tmp / f"page-{i}.bin", mib)
-                        page.goto(server.url + "/#/")  # a fresh page: a batch of its own
+                        page.reload()  # a fresh page: a batch of its own
                         page.wait_for_selector("#listing")
                         started = time.perf_counter()
                         page.set_input_files("#pick-files", str(source))
