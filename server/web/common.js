@@ -2,7 +2,7 @@
 //
 // The one rule that keeps hostile names harmless: nothing from the server is ever
 // parsed as markup. Every element is built with h(), which sets strings as text nodes
-// and refuses event-handler attributes; no code here touches innerHTML.
+// and refuses event-handler attributes; no code here parses HTML (tests/web/test_page_source.py).
 "use strict";
 
 const cfs = (() => {

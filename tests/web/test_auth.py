@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.harness import CLOUDFS, ServerProcess
-from tests.web.conftest import PASSWORD, Account, set_password
+from tests.web.conftest import PASSWORD, Account, make_account, set_password
 
 
 def login(server: ServerProcess, name: str, password: str) -> tuple[httpx.Client, httpx.Response]:
@@ -111,14 +111,17 @@ def test_device_tokens_listed_and_revoked(web_server: ServerProcess, account: Ac
     assert mine["label"] == "laptop" and mine["kind"] == "device" and mine["last_seen_at"] is not None
     assert mine["last_device"] == "laptop"
     assert laptop["token"] not in str(listed)
+    stranger = make_account(web_server, "stranger")  # another account neither sees nor revokes it
+    assert laptop["id"] not in str(stranger.api.get("/devices").json())
+    assert stranger.api.delete(f"/devices/{laptop['id']}").status_code == 404
+    assert httpx.get(f"{web_server.url}/me", headers=bearer).status_code == 200
     assert account.api.delete(f"/devices/{laptop['id']}").status_code == 200
     refused = httpx.get(f"{web_server.url}/me", headers=bearer)
     assert refused.status_code == 401
     assert refused.json()["error"] == "token_revoked" and "revoked on" in refused.json()["detail"]
     assert laptop["id"] not in str(account.api.get("/devices").json())
     assert account.api.delete(f"/devices/{laptop['id']}").status_code == 404
-    # Another account cannot revoke (or see) this one's tokens.
-    assert account.api.get("/me").status_code == 200
+    assert account.api.get("/me").status_code == 200  # the account's other token is untouched
 
 
 def test_new_password_signs_browsers_out(web_server: ServerProcess, account: Account) -> None:
