@@ -122,3 +122,39 @@ def test_rows_written_at_revision_0002_survive_the_links_migration(engine: str, 
             assert {"nodes_link_to", "nodes_live_name"} <= indexes
         finally:
             db.dispose()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_accounts_and_tokens_of_revision_0004_survive_the_web_migration(engine: str, tmp_path: Path,
+                                                                        request: pytest.FixtureRequest) -> None:
+    """0005 (issue 17) gives accounts an optional password and tokens a kind, label, last-seen and
+    revocation stamps: a device token of 0004 stays a working, unrevoked device token without a label,
+    an account keeps having no password until one is set, and the sign-in brake and share-link tables
+    exist empty."""
+    url = str(tmp_path / "db.sqlite3")
+    with postgres_database(request.getfixturevalue("pg_admin_url")) if engine == "postgres" \
+            else contextlib.nullcontext() as pg:
+        db = Database(pg or url)
+        try:
+            assert upgrade(db.engine, to="0004") == (None, "0004")
+            with db.engine.begin() as conn:
+                conn.execute(sa.text("INSERT INTO users (name, root_id, journal_floor, created_at) "
+                                     "VALUES ('dave', 1, 0, 0)"))
+                conn.execute(sa.text("INSERT INTO tokens (token_hash, user_id, created_at) VALUES ('ab12', 1, 7)"))
+            assert head() == "0005"
+            assert upgrade(db.engine) == ("0004", "0005")
+            with db.engine.connect() as conn:
+                user = conn.execute(sa.text("SELECT name, password_hash FROM users")).one()
+                token = conn.execute(sa.text("SELECT token_hash, user_id, created_at, kind, label, last_seen_at, "
+                                             "revoked_at, expires_at FROM tokens")).one()
+                inspector = sa.inspect(conn)
+                tables = set(inspector.get_table_names())
+                indexes = {ix["name"] for ix in inspector.get_indexes("tokens")}
+                empty = [conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar()
+                         for t in ("auth_failures", "share_links")]
+            assert tuple(user) == ("dave", None)
+            assert tuple(token) == ("ab12", 1, 7, "device", None, None, None, None)
+            assert {"auth_failures", "share_links"} <= tables and "tokens_user" in indexes
+            assert empty == [0, 0]
+        finally:
+            db.dispose()

@@ -7,14 +7,14 @@ Tokens made before this revision are device tokens without a label; nothing is
 rewritten.
 
 Revision ID: 0005
-Revises: 0003 (the lead renumbers at merge: revise the newest revision then)
+Revises: 0004
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 
 
 def upgrade() -> None:
