@@ -72,6 +72,8 @@ class Version:
     mtime_ns: int
     chunks: list[tuple[str, int, str]]
     """(fingerprint, plain length, compression), in file order."""
+    name: str
+    """The name it was asked for by: a hard link's own, not its file's first name."""
 
 
 def load_version(conn: Connection, owner_id: int, node: dict, rev: int | None) -> Version:
@@ -83,13 +85,16 @@ def load_version(conn: Connection, owner_id: int, node: dict, rev: int | None) -
     refs = files.version_chunks(conn, vrow["id"])
     kinds = {fp: row["compression"] for fp, row in files.chunk_rows(conn, owner_id, list({fp for fp, _ in refs})).items()}
     return Version(dict(node), vrow["rev"], vrow["size"], vrow["mtime_ns"],
-                   [(fp, length, kinds.get(fp, "none")) for fp, length in refs])
+                   [(fp, length, kinds.get(fp, "none")) for fp, length in refs], node["name"])
 
 
 def file_version(db: Database, owner_id: int, node_id: int, rev: int | None) -> Version:
+    """A version of the file `node_id` names (through a hard link too: the alias's name)."""
     with db.read() as conn:
-        node = tree.get(conn, owner_id, node_id, allow_deleted=rev is not None)
-        return load_version(conn, owner_id, node, rev)
+        row = tree.get(conn, owner_id, node_id, allow_deleted=rev is not None)
+        version = load_version(conn, owner_id, tree.inode(conn, owner_id, row, allow_deleted=rev is not None), rev)
+    version.name = row["name"]
+    return version
 
 
 class ChunkReader:
@@ -213,7 +218,8 @@ def file_response(store: ObjectStore, owner_id: int, version: Version, request: 
 
 def walk(conn: Connection, owner_id: int, top_id: int) -> list[tuple[str, dict]]:
     """(path inside the zip, node row) of every live file and directory below `top_id`,
-    parents before children. Symlinks and special files have no bytes to give."""
+    parents before children; a hard link is its file under the link's name (as tar or
+    cp would copy it). Symlinks and special files have no bytes to give."""
     out: list[tuple[str, dict]] = []
     queue: list[tuple[int, str]] = [(top_id, "")]
     while queue:
@@ -222,6 +228,8 @@ def walk(conn: Connection, owner_id: int, top_id: int) -> list[tuple[str, dict]]
                                                    nodes.c.deleted == sa.false()).order_by(nodes.c.name)).mappings()
         for row in rows:
             path = prefix + row["name"]
+            if row["kind"] == "link":
+                row = tree.inode(conn, owner_id, row)
             if row["kind"] == "dir":
                 out.append((path + "/", dict(row)))
                 queue.append((row["id"], path + "/"))

@@ -22,6 +22,8 @@ import time
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from cloudfs.backend import wire
+
 from . import history, tree
 from .db import Database, share_links
 from .errors import ApiError, NotFound
@@ -29,6 +31,8 @@ from .errors import ApiError, NotFound
 MAX_LINKS = 10_000
 """Per account: a bound on what one account can make."""
 LINK_ID_BYTES = 24
+PUBLIC_LIST_MAX = 10_000
+"""Entries a shared folder's page lists (a zip has them all)."""
 
 
 class LinkGone(ApiError):
@@ -50,7 +54,10 @@ def new_id() -> str:
 def create(db: Database, owner_id: int, node_id: int, *, expires_at: float | None, password_hash: str | None,
            max_downloads: int | None) -> dict:
     with db.write(owner_id) as conn:
-        node = tree.get(conn, owner_id, node_id)
+        # A hard link's name shares its file: the link follows the file wherever its
+        # names go (the file keeps its id when the name it was shared by is deleted).
+        node = tree.inode(conn, owner_id, tree.get(conn, owner_id, node_id))
+        node_id = node["id"]
         if node["parent_id"] is None:
             raise ApiError("the whole drive cannot be shared: share a folder in it", field="node_id")
         count = conn.execute(sa.select(sa.func.count()).select_from(share_links)
@@ -147,6 +154,35 @@ def node_below(db: Database, row: dict, node_id: int | None) -> dict:
         except NotFound:
             pass
     raise NotFound("no such file in this link", field="node")
+
+
+def public_entries(db: Database, row: dict, dir_id: int) -> list[wire.Node]:
+    """A shared folder's files and folders as an anonymous viewer sees them: no owner,
+    no attributes, and a hard link shown as a file of its own (its name, its file's
+    bytes; the file itself may live outside what the link covers: its id stays hidden)."""
+    owner_id = row["owner_id"]
+    out = []
+    with db.read() as conn:
+        entries, _ = tree.list_children(conn, owner_id, dir_id, after=None, limit=PUBLIC_LIST_MAX)
+        for e in entries:
+            if e.kind == "link" and e.link_to is not None:
+                try:
+                    file = tree.to_wire(tree.get(conn, owner_id, e.link_to))
+                except NotFound:
+                    continue
+                e = file.model_copy(update={"id": e.id, "parent_id": e.parent_id, "name": e.name, "link_to": None})
+            if e.kind in ("file", "dir"):
+                out.append(e.model_copy(update={"xattrs": {}, "uid": -1, "gid": -1}))
+    return out
+
+
+def file_below(db: Database, row: dict, node_id: int) -> tuple[str, dict]:
+    """A file the link reaches, by the name it was asked for (a hard link's own name)."""
+    node = node_below(db, row, node_id)
+    if node["kind"] != "link":
+        return node["name"], node
+    with db.read() as conn:
+        return node["name"], dict(tree.inode(conn, row["owner_id"], node))
 
 
 def count_download(db: Database, link_id: str) -> None:

@@ -149,22 +149,16 @@ async def public_list(ctx: Ctx, request: Request, link_id: str,
     if node["kind"] != "dir":
         raise NotADirectory(f"{node['name']!r} is not a folder", field="dir")
 
-    def run() -> list[wire.Node]:
-        with ctx.db.read() as conn:
-            entries, _ = tree.list_children(conn, row["owner_id"], node["id"], after=None, limit=10_000)
-        return [e.model_copy(update={"xattrs": {}, "uid": -1, "gid": -1}) for e in entries
-                if e.kind in ("file", "dir")]
-
     crumbs = await ctx.run_db(shares.path_in_link, ctx.db, row, node)
     return PublicListing(dir=tree.to_wire(node).model_copy(update={"xattrs": {}}), crumbs=crumbs,
-                         entries=await ctx.run_db(run))
+                         entries=await ctx.run_db(shares.public_entries, ctx.db, row, node["id"]))
 
 
 @router.api_route("/s/{link_id}/file/{node_id}", methods=["GET", "HEAD"], responses=content.FILE_RESPONSES)
 async def public_file(ctx: Ctx, request: Request, link_id: str, node_id: NodeIdPath,
                       inline: bool = False) -> Response:
     row = await _open(ctx, request, link_id)
-    node = await ctx.run_db(shares.node_below, ctx.db, row, node_id)
+    name, node = await ctx.run_db(shares.file_below, ctx.db, row, node_id)
     if node["kind"] != "file":
         raise IsADirectory(f"{node['name']!r} is a folder: download it as a zip", field="node")
     starts_at_zero = request.headers.get("range", "bytes=0-").replace(" ", "").startswith("bytes=0-")
@@ -176,7 +170,7 @@ async def public_file(ctx: Ctx, request: Request, link_id: str, node_id: NodeIdP
             return content.load_version(conn, row["owner_id"], node, None)
 
     version = await ctx.run_db(load)
-    return content.file_response(ctx.store, row["owner_id"], version, request, name=node["name"], inline=inline)
+    return content.file_response(ctx.store, row["owner_id"], version, request, name=name, inline=inline)
 
 
 @router.get("/s/{link_id}/zip", responses=content.ZIP_RESPONSES)

@@ -123,7 +123,7 @@ async def file_content(ctx: Ctx, user: Auth, request: Request, node_id: NodeIdPa
     """The file's bytes (or an old revision's), named, with Range support. `inline`
     shows images, audio, video and PDF in the page; anything else is an attachment."""
     version = await ctx.run_db(content.file_version, ctx.db, user.id, node_id, rev)
-    name = version.node["name"]
+    name = version.name
     if rev is not None and rev != version.node["rev"]:
         stem, dot, ext = name.rpartition(".")
         name = f"{stem} (rev {rev}).{ext}" if dot and stem else f"{name} (rev {rev})"
@@ -155,6 +155,8 @@ class SearchHit(BaseModel):
 class SearchResult(BaseModel):
     hits: list[SearchHit]
     more: bool
+    linked: list[wire.Linked] = []
+    """As in a listing: the nodes with more than one name among the hits (a hard link's file)."""
 
 
 @router.get("/search", tags=["web"])
@@ -172,5 +174,6 @@ async def search(ctx: Ctx, user: Auth, q: Annotated[str, Query(min_length=1, max
                                        sa.func.lower(nodes.c.name).contains(q.lower(), autoescape=True))
                 .order_by(nodes.c.name, nodes.c.id).limit(limit + 1)).mappings().all()
             hits = [SearchHit(node=tree.to_wire(r), path=history.path_of(conn, user.id, dict(r))) for r in rows[:limit]]
-        return SearchResult(hits=hits, more=len(rows) > limit)
+            linked = tree.linked(conn, user.id, [hit.node for hit in hits])
+        return SearchResult(hits=hits, more=len(rows) > limit, linked=linked)
     return await ctx.run_db(run)

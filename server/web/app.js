@@ -9,7 +9,7 @@
   const main = document.getElementById("main");
   const nav = document.getElementById("nav");
   const state = { me: null, dirId: null, dir: null, entries: [], sort: { key: "name", dir: 1 }, cursor: 0,
-                  crumbs: [], batch: null, feed: null, lastListing: 0 };
+                  crumbs: [], batch: null, feed: null, lastListing: 0, linkedIds: new Set() };
 
   function show(...nodes) { cfs.append(clear(main), nodes); }
 
@@ -95,16 +95,36 @@
     return crumbs;
   }
 
+  // A hard link is a name of its own (kind "link") that stands for a file: it is shown
+  // as that file under its own name (size, dates, preview, versions are the file's) and
+  // every name of a file with several says how many it has. Names act on themselves
+  // (rename, move, delete); content acts on the file (download, versions, restore, share).
+  function asShown(entries, linked) {
+    const files = new Map(linked.map((l) => [l.node.id, l]));
+    return entries.map((e) => {
+      if (e.kind === "link") {
+        const l = files.get(e.link_to);
+        if (!l) return { ...e, broken: true };
+        return { ...l.node, id: e.id, parent_id: e.parent_id, name: e.name, link_to: e.link_to, fileId: l.node.id, names: l.names };
+      }
+      const l = files.get(e.id);
+      return l ? { ...e, fileId: e.id, names: l.names } : e;
+    });
+  }
+
   async function loadEntries(dirId) {
     const entries = [];
+    const linked = [];
     let after = null;
     for (let page = 0; page < 100; page++) {
-      const listing = await api("GET", `/nodes/${dirId}/children` + query({ after, limit: 1000 }));
+      const listing = await api("GET", `/nodes/${dirId}/children` + query({ after, limit: 1000, linked: true }));
       entries.push(...listing.entries);
+      linked.push(...listing.linked);
       if (!listing.next_after) break;
       after = listing.next_after;
     }
-    return entries;
+    state.linkedIds = new Set(linked.map((l) => l.node.id));  // their edits elsewhere show here too
+    return asShown(entries, linked);
   }
 
   async function showFolder(dirId) {
@@ -184,14 +204,22 @@
     return h("span", { class: "icon " + node.kind, "aria-hidden": "true" });
   }
 
+  function namesBadge(node) {
+    if (node.broken) return h("span", { class: "badge warn", title: "the file this name stood for is gone" }, "broken link");
+    if (!node.names || node.names < 2) return null;
+    return h("span", { class: "badge names", title: `Hard link: one file under ${node.names} names; a change through any of them is a change of all` },
+      `${node.names} names`);
+  }
+
   function row(node) {
     const open = node.kind === "dir" ? h("a", { href: "#/f/" + node.id, class: "name" }, node.name)
+      : node.broken ? h("span", { class: "name" }, node.name)
       : h("button", { type: "button", class: "link name", on: { click: () => preview(node) } }, node.name);
     const actions = h("div", { class: "actions" },
       node.kind === "file" ? h("a", { href: `/files/${node.id}/content`, class: "action", title: "Download", download: "" }, "Download") : null,
       menuButton(node));
     return h("tr", { dataset: { id: node.id, name: node.name, kind: node.kind } },
-      h("td", { class: "col-name" }, h("div", { class: "namecell" }, icon(node), open)),
+      h("td", { class: "col-name" }, h("div", { class: "namecell" }, icon(node), open, namesBadge(node))),
       h("td", { class: "col-size" }, node.kind === "file" ? size(node.size) : ""),
       h("td", { class: "col-mtime_ns" }, date(node.mtime_ns / 1e9)),
       h("td", { class: "col-actions" }, actions));
@@ -203,7 +231,7 @@
       h("option", { value: "rename" }, "Rename"),
       h("option", { value: "move" }, "Move"),
       node.kind === "file" ? h("option", { value: "versions" }, "Versions") : null,
-      h("option", { value: "share" }, "Share link"),
+      node.broken ? null : h("option", { value: "share" }, "Share link"),
       h("option", { value: "delete" }, "Delete"));
     select.addEventListener("change", () => {
       const what = select.value;
@@ -244,12 +272,15 @@
   }
 
   async function remove(node) {
-    const values = await dialog(`Delete ${node.name}?`, [], "Move to trash",
-      h("p", {}, "It goes to the trash, where it can be restored until it is emptied."));
+    const others = (node.names || 1) - 1;
+    const values = await dialog(`Delete ${node.name}?`, [], others ? "Remove this name" : "Move to trash",
+      h("p", {}, others ? `Only this name goes: the file keeps its ${others === 1 ? "other name" : others + " other names"}, with its content and versions. Nothing goes to the trash.`
+                        : "It goes to the trash, where it can be restored until it is emptied."));
     if (!values) return;
     try {
-      await api("DELETE", `/nodes/${node.id}` + query({ recursive: true }));
-      toast(`${node.name} moved to the trash`);
+      const gone = await api("DELETE", `/nodes/${node.id}` + query({ recursive: true }));
+      const onlyName = gone.node.kind === "link" || !gone.node.deleted;  // an alias, or a file moved to its other name
+      toast(onlyName ? `${node.name} removed; the file keeps its other names` : `${node.name} moved to the trash`);
       await showFolder(state.dirId);
     } catch (err) { failed(err); }
   }
@@ -436,10 +467,12 @@
     if (!q) return;
     try {
       const result = await api("GET", "/search" + query({ q, limit: 200 }));
-      const rows = result.hits.map((hit) => h("tr", { dataset: { id: hit.node.id, name: hit.node.name } },
+      const shown = asShown(result.hits.map((hit) => hit.node), result.linked);
+      const rows = result.hits.map((hit, i) => ({ ...hit, node: shown[i] })).map((hit) => h("tr", { dataset: { id: hit.node.id, name: hit.node.name } },
         h("td", { class: "col-name" }, icon(hit.node),
           hit.node.kind === "dir" ? h("a", { href: "#/f/" + hit.node.id, class: "name" }, hit.path)
-            : h("button", { type: "button", class: "link name", on: { click: () => preview(hit.node) } }, hit.path)),
+            : hit.node.broken ? h("span", { class: "name" }, hit.path)
+            : h("button", { type: "button", class: "link name", on: { click: () => preview(hit.node) } }, hit.path), namesBadge(hit.node)),
         h("td", { class: "col-size" }, hit.node.kind === "file" ? size(hit.node.size) : ""),
         h("td", { class: "col-mtime_ns" }, date(hit.node.mtime_ns / 1e9)),
         h("td", {}, h("a", { href: "#/f/" + hit.node.parent_id, class: "action" }, "Open folder"))));
@@ -533,7 +566,8 @@
         state.cursor = page.cursor;
         wait = 500;
         const watched = state.dirId;
-        if (page.changes.some((c) => c.node.parent_id === watched || c.old_parent_id === watched || c.node.id === watched)) refreshSoon();
+        if (page.changes.some((c) => c.node.parent_id === watched || c.old_parent_id === watched || c.node.id === watched ||
+                                     state.linkedIds.has(c.node.id) || state.linkedIds.has(c.node.link_to))) refreshSoon();
         else if (page.changes.length && location.hash.startsWith("#/trash")) refreshSoon();
       } catch (err) {
         if (controller.signal.aborted) return;
