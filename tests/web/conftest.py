@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 
 from tests.conftest import Api
-from tests.harness import CLOUDFS, ServerProcess, cloudfs_server
+from tests.harness import CLOUDFS, MountProcess, ServerProcess, cloudfs_mount, cloudfs_server
 
 CHROMIUM = os.environ.get("CLOUDFS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -79,6 +79,39 @@ def browser() -> Iterator[object]:
             yield browser
         finally:
             browser.close()
+
+
+# One account, one mounted device and one page per browser test module: the tests of a
+# module run in order, as a person would use the drive one step after the other.
+
+
+@pytest.fixture(scope="module")
+def acct(web_server: ServerProcess) -> Iterator[Account]:
+    account = make_account(web_server, "browser")
+    yield account
+    account.api.close()
+
+
+@pytest.fixture(scope="module")
+def device(web_server: ServerProcess, acct: Account, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MountProcess]:
+    tmp = tmp_path_factory.mktemp("device")
+    with cloudfs_mount(web_server, acct.api.token, tmp / "mnt", tmp / "cache", device="laptop") as mount:
+        yield mount
+
+
+@pytest.fixture(scope="module")
+def page(browser, web_server: ServerProcess) -> Iterator[object]:  # noqa: ANN001
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    page = context.new_page()
+    page.errors = []
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    # alert() from a hostile name would land here; the page's own "leave while uploading?" is expected.
+    page.on("dialog", lambda d: (d.type != "beforeunload" and page.errors.append(f"{d.type}: {d.message}"), d.accept()))
+    page.set_default_timeout(20_000)
+    page.goto(web_server.url + "/")
+    yield page
+    context.close()
+
 
 
 def screenshot(page, name: str) -> None:  # noqa: ANN001 - a Playwright page
