@@ -352,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cloudfs import history_cli
 
     history_cli.add_parsers(verbs)
+    from cloudfs import devices_cli
+
+    devices_cli.add_parsers(verbs, _default_device())
     return parser
 
 

@@ -2,12 +2,12 @@
 
 - `POST /auth/login` signs a browser in (a session cookie); `POST /auth/logout` ends it;
   `GET /auth/session` tells the page who it is and the CSRF header value to send.
-- `POST /auth/token` trades a user name and password for a new device token: what
-  `cloudfs login` uses on a machine that has no token yet.
+- `POST /auth/token` trades a user name and password for a new device token (a script on
+  a machine that has no token yet).
 - `GET /devices` lists the account's device tokens and browser sessions, with when each
   was last seen; `POST /devices` makes a token for a new device (shown once);
   `DELETE /devices/{id}` revokes one, and that device is refused (401 token_revoked)
-  from then on.
+  from then on. The page's Devices view and `cloudfs devices` (devices_cli.py) use them.
 """
 
 from __future__ import annotations
@@ -164,9 +164,12 @@ async def change_password(ctx: Ctx, request: Request, user: Auth, req: PasswordC
 
 @router.get("/devices")
 async def devices(ctx: Ctx, request: Request, user: Auth) -> DeviceList:
+    """The account's device tokens and browser sessions; `current` is the one asking
+    (a browser's session, or the bearer token of a device's `cloudfs devices`)."""
     rows = await ctx.run_db(auth.list_tokens, ctx.db, user.id)
-    cookie = request.cookies.get(auth.SESSION_COOKIE)
-    mine = hash_token(cookie) if cookie else None
+    scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+    asking = bearer.strip() if scheme.lower() == "bearer" else request.cookies.get(auth.SESSION_COOKIE)
+    mine = hash_token(asking) if asking else None
     return DeviceList(devices=[Device(**{k: v for k, v in r.items() if k != "_hash"}, current=r["_hash"] == mine)
                                for r in rows])
 
