@@ -180,6 +180,7 @@
       h("button", { type: "button", class: "secondary", id: "upload-folder", on: { click: () => folderPicker.click() } }, "Upload folder"),
       h("button", { type: "button", class: "secondary", id: "new-folder", on: { click: newFolder } }, "New folder"),
       state.dir.parent_id ? h("a", { class: "button secondary", href: `/dirs/${state.dirId}/zip`, id: "download-zip" }, "Download as zip") : null,
+      h("button", { type: "button", class: "secondary", id: "restore-folder", on: { click: restoreFolder } }, "Restore to a moment…"),
       picker, folderPicker);
     const rows = sorted(state.entries).map(row);
     const table = h("table", { class: "listing", id: "listing" },
@@ -281,6 +282,33 @@
       const gone = await api("DELETE", `/nodes/${node.id}` + query({ recursive: true }));
       const onlyName = gone.node.kind === "link" || !gone.node.deleted;  // an alias, or a file moved to its other name
       toast(onlyName ? `${node.name} removed; the file keeps its other names` : `${node.name} moved to the trash`);
+      await showFolder(state.dirId);
+    } catch (err) { failed(err); }
+  }
+
+  // The folder as it was at a moment: the server's point-in-time restore (POST /restore,
+  // as `cloudfs restore DIR --at`): old content back, deleted files back, moves undone,
+  // what was made since into the trash. Undone by another restore to just before it.
+  function localInput(seconds) {
+    const d = new Date(seconds * 1000);
+    const pad = (n) => String(n).padStart(2, "0");
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  }
+
+  async function restoreFolder() {
+    const path = pathOf(state.crumbs);
+    const name = state.dir.parent_id ? state.dir.name : "My drive";
+    const values = await dialog(`Restore ${name} to a moment`, [
+      { name: "at", label: "As it was at", type: "datetime-local", step: 1, value: localInput(Date.now() / 1000 - 3600), required: true },
+    ], "Restore", h("p", {}, "Files go back to their content of then, deleted ones come back, moves are undone; what was made since goes to the trash."));
+    if (!values) return;
+    const at = new Date(values.at).getTime() / 1000;
+    if (!Number.isFinite(at)) return toast("Not a date and time: " + values.at, "error");
+    const before = Date.now() / 1000;
+    try {
+      const r = await api("POST", "/restore", { path, at });
+      toast(`${name} is as it was at ${date(at)}: ${r.reverted} reverted, ${r.undeleted} brought back, ${r.moved} moved back, ` +
+            `${r.trashed} made since moved to the trash. (Undo: restore to ${localInput(before).replace("T", " ")}.)`);
       await showFolder(state.dirId);
     } catch (err) { failed(err); }
   }

@@ -129,7 +129,7 @@ const cfs = (() => {
             if (f.value !== undefined) input.value = f.value;
           } else {
             input = h("input", { name: f.name, type: f.type || "text", value: f.value || "", placeholder: f.placeholder,
-                                 required: f.required, autocomplete: f.autocomplete || "off", min: f.min,
+                                 required: f.required, autocomplete: f.autocomplete || "off", min: f.min, step: f.step,
                                  spellcheck: "false" });
           }
           inputs[f.name] = input;

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 import wave
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from tests.web.pages import pump_until, row, sign_in, upload_finished
 
 VIDEO_SECONDS = 8
 VIDEO_FPS = 10
+MOMENTS: dict[str, float] = {}
+"""Times between tests, for the point-in-time restore at the end."""
 
 
 def webm(seconds: int = VIDEO_SECONDS) -> bytes:
@@ -119,6 +122,8 @@ def test_drop_files_onto_the_page(page, device: MountProcess, work: Path) -> Non
     """Files dropped anywhere on the open folder are uploaded into it (a drop the page
     makes itself: a test cannot drag from the desktop; folders come through the same
     walk in upload.js, tested with the folder picker in test_browser.py)."""
+    time.sleep(1.1)  # the restore's moment (whole seconds in the page) is after the moves above
+    MOMENTS["before the drop"] = time.time()
     dropped = page.evaluate_handle("""() => {
         const dt = new DataTransfer();
         dt.items.add(new File(["dropped on the page\\n"], "dropped.txt", { type: "text/plain" }));
@@ -217,4 +222,25 @@ def test_hard_links_made_on_the_device(page, device: MountProcess, web_server: S
     open_folder(page, web_server, "Work")
     row(page, "small.txt").locator("td.col-size:text-is('2.5 KB')").wait_for()
     assert not row(page, "small.txt").locator(".badge").count()
+    assert not page.errors, page.errors
+
+
+def test_restore_a_folder_to_a_moment(page, device: MountProcess, web_server: ServerProcess,  # noqa: ANN001
+                                      work: Path) -> None:
+    """Work as it was before the drop: the dropped files go to the trash, small.txt has its
+    first content again (the server's point-in-time restore, as `cloudfs restore --at`)."""
+    open_folder(page, web_server, "Work")
+    page.click("#restore-folder")
+    page.fill("dialog.modal input[name=at]",
+              time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(MOMENTS["before the drop"])))
+    page.click("dialog.modal button[type=submit]")
+    row(page, "dropped.txt").wait_for(state="detached")
+    assert "1 reverted" in page.inner_text("#toasts") and "2 made since moved to the trash" in page.inner_text("#toasts")
+    row(page, "small.txt").locator("td.col-size:text-is('10 B')").wait_for()
+    device.sync()
+    assert sorted(p.name for p in work.iterdir()) == ["Archive", "médium & <co>.txt", "small.txt"]
+    assert (work / "small.txt").read_bytes() == b"ten bytes!"
+    page.click("nav#nav a[data-view='trash']")
+    page.wait_for_selector("#trash tbody tr[data-name='dropped.txt']")
+    page.wait_for_selector("#trash tbody tr[data-name='sevens.bin']")
     assert not page.errors, page.errors
