@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import MountProcess, ServerProcess
-from tests.web.conftest import Account
+from tests.web.conftest import Account, screenshot
 from tests.web.pages import pump_until, row, sign_in, upload_finished
 
 VIDEO_SECONDS = 8
@@ -195,6 +195,7 @@ def test_hard_links_made_on_the_device(page, device: MountProcess, web_server: S
     link.locator(".badge.names:text-is('2 names')").wait_for()
     assert link.locator("td.col-size").inner_text() == "10 B"
     assert not row(page, "large.txt").locator(".badge").count()
+    screenshot(page, "hard-links")
     link.locator("button.name").click()
     assert page.inner_text("#preview-text") == "ten bytes!"
     page.click("#close-overlay")
