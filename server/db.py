@@ -48,7 +48,7 @@ users = sa.Table(
     sa.Column("journal_floor", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("retain_days", sa.Float, nullable=True),
-    sa.Column("password_hash", sa.Text, nullable=True),  # argon2id (auth.py), migration 0005
+    sa.Column("password_hash", sa.Text, nullable=True),  # argon2id (auth.py), migration 0006
 )
 
 tokens = sa.Table(
@@ -56,7 +56,7 @@ tokens = sa.Table(
     sa.Column("token_hash", sa.String(64), primary_key=True),
     sa.Column("user_id", sa.BigInteger, sa.ForeignKey("users.id"), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
-    # Migration 0005: a device's token or a browser's session (auth.py).
+    # Migration 0006: a device's token or a browser's session (auth.py).
     sa.Column("kind", sa.String(8), nullable=False, server_default="device"),
     sa.Column("label", sa.String(64), nullable=True),
     sa.Column("last_seen_at", sa.Float, nullable=True),
@@ -173,6 +173,16 @@ journal = sa.Table(
     sa.Column("link_to", sa.BigInteger, nullable=True),
 )
 sa.Index("journal_owner_seq", journal.c.owner_id, journal.c.seq)
+
+# Every node each delete took (its journal entry's seq), kept for as long as the node:
+# `nodes.delete_seq` names only the latest, and a node deleted, brought back and deleted
+# again must still be found by a restore that walks back past the first delete (0005).
+deleted_with = sa.Table(
+    "deleted_with", metadata,
+    sa.Column("delete_seq", sa.BigInteger, primary_key=True),
+    sa.Column("node_id", sa.BigInteger, primary_key=True),
+)
+sa.Index("deleted_with_node", deleted_with.c.node_id)
 
 settings = sa.Table(
     "settings", metadata,

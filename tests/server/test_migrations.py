@@ -125,12 +125,10 @@ def test_rows_written_at_revision_0002_survive_the_links_migration(engine: str, 
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgres"])
-def test_accounts_and_tokens_of_revision_0004_survive_the_web_migration(engine: str, tmp_path: Path,
-                                                                        request: pytest.FixtureRequest) -> None:
-    """0005 (issue 17) gives accounts an optional password and tokens a kind, label, last-seen and
-    revocation stamps: a device token of 0004 stays a working, unrevoked device token without a label,
-    an account keeps having no password until one is set, and the sign-in brake and share-link tables
-    exist empty."""
+def test_deletes_of_revision_0004_are_found_by_a_restore_after_0005(engine: str, tmp_path: Path,
+                                                                     request: pytest.FixtureRequest) -> None:
+    """0005 fills `deleted_with` from the one stamp each tombstone had: what a directory's
+    delete took before the upgrade is still what a restore past it brings back."""
     url = str(tmp_path / "db.sqlite3")
     with postgres_database(request.getfixturevalue("pg_admin_url")) if engine == "postgres" \
             else contextlib.nullcontext() as pg:
@@ -140,9 +138,38 @@ def test_accounts_and_tokens_of_revision_0004_survive_the_web_migration(engine: 
             with db.engine.begin() as conn:
                 conn.execute(sa.text("INSERT INTO users (name, root_id, journal_floor, created_at) "
                                      "VALUES ('dave', 1, 0, 0)"))
+                for node_id, parent, name, seq in ((1, None, "", None), (2, 1, "d", 7), (3, 2, "f", 7)):
+                    conn.execute(sa.text(
+                        "INSERT INTO nodes (id, owner_id, parent_id, name, kind, mode, mtime_ns, size, rev, deleted, "
+                        "delete_seq) VALUES (:id, 1, :parent, :name, 'dir', 493, 5, 0, 1, :deleted, :seq)"),
+                        dict(id=node_id, parent=parent, name=name, deleted=seq is not None, seq=seq))
+            assert upgrade(db.engine) == ("0004", head())
+            with db.engine.connect() as conn:
+                rows = conn.execute(sa.text("SELECT delete_seq, node_id FROM deleted_with ORDER BY node_id")).all()
+            assert [tuple(r) for r in rows] == [(7, 2), (7, 3)]
+        finally:
+            db.dispose()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_accounts_and_tokens_of_revision_0005_survive_the_web_migration(engine: str, tmp_path: Path,
+                                                                        request: pytest.FixtureRequest) -> None:
+    """0006 (issue 17) gives accounts an optional password and tokens a kind, label, last-seen and
+    revocation stamps: a device token of 0005 stays a working, unrevoked device token without a label,
+    an account keeps having no password until one is set, and the sign-in brake and share-link tables
+    exist empty."""
+    url = str(tmp_path / "db.sqlite3")
+    with postgres_database(request.getfixturevalue("pg_admin_url")) if engine == "postgres" \
+            else contextlib.nullcontext() as pg:
+        db = Database(pg or url)
+        try:
+            assert upgrade(db.engine, to="0005") == (None, "0005")
+            with db.engine.begin() as conn:
+                conn.execute(sa.text("INSERT INTO users (name, root_id, journal_floor, created_at) "
+                                     "VALUES ('dave', 1, 0, 0)"))
                 conn.execute(sa.text("INSERT INTO tokens (token_hash, user_id, created_at) VALUES ('ab12', 1, 7)"))
-            assert head() == "0005"
-            assert upgrade(db.engine) == ("0004", "0005")
+            assert head() == "0006"
+            assert upgrade(db.engine) == ("0005", "0006")
             with db.engine.connect() as conn:
                 user = conn.execute(sa.text("SELECT name, password_hash FROM users")).one()
                 token = conn.execute(sa.text("SELECT token_hash, user_id, created_at, kind, label, last_seen_at, "
