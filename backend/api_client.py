@@ -61,6 +61,9 @@ class ApiClient:
 
     reachable = True
     """How the last request to the server went (a transport error or a 5xx: False)."""
+    refused: str | None = None
+    """Why the server refused the token (401), until a request is accepted again: a
+    revoked device says so in `cloudfs status` instead of looking merely offline."""
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -110,7 +113,11 @@ class ApiClient:
                 body = response.json()
             except ValueError:
                 body = {"error": "http_error", "detail": response.text[:200]}
+            if response.status_code == 401:
+                self.refused = str(body.get("detail") or "the server refused this device's token")
             raise from_response(response.status_code, body)
+        if path != "/health":  # the one route that does not look at the token
+            self.refused = None
         return response.json()
 
     async def request_json(self, method: str, path: str, *, params: dict[str, Any] | None = None,

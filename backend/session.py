@@ -60,7 +60,8 @@ def default_cache_dir(base: Path, server_url: str, mountpoint: Path) -> Path:
     return base / digest
 
 
-HISTORY_ROUTES = ("/history/", "/trash", "/restore", "/files/")
+CLI_ROUTES = ("/history/", "/trash", "/restore", "/files/", "/devices")
+"""What `cloudfs versions|restore|trash|undelete|devices` may ask through a mount."""
 
 
 @dataclass
@@ -86,9 +87,9 @@ class Session:
 
     async def call_api(self, method: str, path: str, *, params: dict | None = None, json: object = None) -> dict:
         """The command line's way to the server through this mount's token, for the
-        history routes only (HISTORY_ROUTES); answers {"ok", "status", "body"}."""
-        if method not in ("GET", "POST", "DELETE") or not path.startswith(HISTORY_ROUTES):
-            return {"ok": False, "status": 0, "body": {"detail": f"{method} {path} is not a history route"}}
+        routes of the history and devices commands only (CLI_ROUTES); answers {"ok", "status", "body"}."""
+        if method not in ("GET", "POST", "DELETE") or not path.startswith(CLI_ROUTES):
+            return {"ok": False, "status": 0, "body": {"detail": f"{method} {path} is not a route for the command line"}}
         try:
             body = await self.client.request_json(method, path, params=params, json=json,
                                                   device=f"{self.options.device[:48]} (command line)")
@@ -145,6 +146,7 @@ class Session:
             "held_deletes": self.syncer.guard.held,
             "streamed_bytes": self.streamer.streamed_bytes,
             "write_blocked": self.drive.room.stopped(),
+            "token_refused": self.client.refused,
         }
 
     def confirm_deletes(self) -> int:

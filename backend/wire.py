@@ -263,9 +263,19 @@ class NodeResponse(BaseModel):
     cursor: int
 
 
+class Linked(BaseModel):
+    """A node with more than one name (hard links), as a listing of names shows it."""
+
+    node: Node
+    names: int = Field(description="how many live names the node has (st_nlink)")
+
+
 class Listing(BaseModel):
     entries: list[Node]
     next_after: str | None = Field(description="pass as `after` for the next page; null on the last page")
+    linked: list[Linked] = Field([], description="only when asked for (`linked=true`): each node an entry of this "
+                                                 "page stands for that has more than one name; an alias entry "
+                                                 "(kind `link`) has no size or dates of its own, its node does")
 
 
 class Snapshot(BaseModel):

@@ -53,15 +53,54 @@ def _user_add(args: argparse.Namespace) -> int:
     from cloudfs.server.startup import open_db
     from cloudfs.server.users import UserExistsError, add_user
 
+    password = _read_password(args.name) if args.password else None
     db = open_db(args.data, args.db)
     try:
         token = add_user(db, args.name, quota_bytes=args.quota, retain_days=args.retain_days)
+        if password is not None:
+            from cloudfs.server.auth import set_password
+
+            set_password(db, args.name, password)
     except UserExistsError as exc:
         raise UserError(f"{exc}: pick another name") from None
     finally:
         db.dispose()
     print(f"created user {args.name!r}; its token (shown once, keep it safe):")
     print(token)
+    return 0
+
+
+def _read_password(name: str) -> str:
+    """From the terminal (asked twice), or the first line of stdin when it is not one."""
+    from cloudfs.server.auth import password_problem
+
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != password:
+            raise UserError("the two passwords differ: nothing was changed")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    problem = password_problem(password)
+    if problem:
+        raise UserError(f"{problem}: nothing was changed")
+    return password
+
+
+def _user_passwd(args: argparse.Namespace) -> int:
+    from cloudfs.server.auth import set_password
+    from cloudfs.server.startup import open_db
+
+    password = _read_password(args.name)
+    db = open_db(args.data, args.db)
+    try:
+        set_password(db, args.name, password)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        db.dispose()
+    print(f"password of {args.name!r} set; its browser sessions were signed out")
     return 0
 
 
@@ -145,6 +184,8 @@ def _status(args: argparse.Namespace) -> int:
     if reply.get("held_deletes"):
         print(f"  HELD: {reply['held_deletes']} deletes made here at once are not sent to other devices: "
               f"`cloudfs deletes confirm` sends them, `cloudfs deletes undo` brings the files back")
+    if reply.get("token_refused"):
+        print(f"  TOKEN REFUSED: {reply['token_refused']} (the server answers 401; nothing syncs until then)")
     if reply.get("last_error") and not reply["online"]:
         print(f"  last error: {reply['last_error']}")
     if reply.get("write_blocked"):
@@ -253,7 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="storage quota, in bytes or with a unit (10G; default: none)")
     add.add_argument("--retain-days", type=validate.days, default=None, metavar="N",
                      help="keep this account's history N days (default: the server's --retain-days)")
+    add.add_argument("--password", action="store_true",
+                     help="also set a password for the web page (read from the terminal, or from stdin)")
     add.set_defaults(func=_user_add)
+
+    passwd = user.add_parser("passwd", help="set the password a user signs in to the web page with")
+    passwd.add_argument("name", type=validate.user_name)
+    where = passwd.add_mutually_exclusive_group()
+    where.add_argument("--data", type=Path, default=default_data_dir(), help="the server's data directory")
+    where.add_argument("--db", help="database URL, as for `cloudfs server --db`")
+    passwd.set_defaults(func=_user_passwd)
 
     mount = verbs.add_parser("mount", help="mount the drive (returns once it answers, unless --foreground)")
     mount.add_argument("server_url", metavar="SERVER_URL", type=validate.server_url)
@@ -302,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cloudfs import history_cli
 
     history_cli.add_parsers(verbs)
+    from cloudfs import devices_cli
+
+    devices_cli.add_parsers(verbs, _default_device())
     return parser
 
 

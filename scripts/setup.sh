@@ -9,7 +9,9 @@ want_test=0
 [[ "${1:-}" == "--test" ]] && want_test=1
 
 apt_packages=(fuse3 libfuse3-dev pkg-config python3-venv curl)
-(( want_test )) && apt_packages+=(postgresql sqlite3 git rsync)
+# chromium and firefox-esr: the browser tests drive them headless (tests/web; Chromium through
+# Playwright, Firefox over its own WebDriver BiDi), never a downloaded browser build
+(( want_test )) && apt_packages+=(postgresql sqlite3 git rsync chromium firefox-esr)
 
 missing=()
 for pkg in "${apt_packages[@]}"; do

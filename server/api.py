@@ -115,14 +115,19 @@ async def get_node(ctx: Ctx, user: Auth, node_id: NodeIdPath) -> wire.NodeRespon
 @router.get("/nodes/{node_id}/children", tags=["tree"])
 async def list_dir(ctx: Ctx, user: Auth, node_id: NodeIdPath,
                    after: Annotated[str | None, Query(max_length=255, description="last name of the previous page")] = None,
-                   limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> wire.Listing:
+                   limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+                   linked: Annotated[bool, Query(description="also the nodes behind hard links (`linked`)")] = False,
+                   ) -> wire.Listing:
+    """A directory's entries by name. A device wants the names only; the web page asks
+    for `linked` too, to show a hard link with its file's size and dates."""
     if after is not None and "\0" in after:
         raise Invalid("a name never contains NUL", field="after")
 
     def run() -> wire.Listing:
         with ctx.db.read() as conn:
             entries, next_after = tree.list_children(conn, user.id, node_id, after=after, limit=limit)
-        return wire.Listing(entries=entries, next_after=next_after)
+            more = tree.linked(conn, user.id, entries) if linked else []
+        return wire.Listing(entries=entries, next_after=next_after, linked=more)
     return await ctx.run_db(run)
 
 

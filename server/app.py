@@ -24,9 +24,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cloudfs.backend.names import DEVICE_RE, DEVICE_RULE
 from cloudfs.backend.store import ObjectStore
 
-from . import users
+from . import auth
 from .db import Database
-from .errors import ApiError, Invalid, Unauthorized
+from .errors import ApiError, Forbidden, Invalid, Unauthorized
 from .notifier import ChangeNotifier
 from .writer import Writer
 
@@ -53,7 +53,7 @@ class ServerContext:
     notifier: ChangeNotifier = field(default_factory=ChangeNotifier)
     db_limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(16))
     store_limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(16))
-    _token_cache: dict[str, tuple[float, User]] = field(default_factory=dict)
+    _token_cache: dict[str, tuple[float, User, str]] = field(default_factory=dict)
     shared_pages: dict[tuple[int, int, int, int], Any] = field(default_factory=dict)
     """In-flight /changes reads shared by long-polls (see api._changes_page)."""
     writer: Writer = field(init=False)
@@ -71,22 +71,25 @@ class ServerContext:
     async def run_store(self, fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self.store_limiter)
 
-    async def authenticate(self, token: str) -> User | None:
+    async def authenticate(self, token: str, *, kind: str = "device", device: str | None = None) -> User | None:
+        """The account of a device token (or, with kind 'session', a browser's cookie);
+        None when unknown. A revoked token raises auth.TokenRevoked (401)."""
         hit = self._token_cache.get(token)
-        if hit is not None and hit[0] > time.monotonic():
+        if hit is not None and hit[0] > time.monotonic() and hit[2] == kind:
             return hit[1]
-
-        def lookup() -> User | None:
-            with self.db.read() as conn:
-                row = users.user_for_token(conn, token)
-            return None if row is None else User(row["id"], row["name"], row["root_id"], row["quota_bytes"])
-
-        user = await self.run_db(lookup)
-        if user is not None:
-            if len(self._token_cache) > 10_000:
-                self._token_cache.clear()
-            self._token_cache[token] = (time.monotonic() + TOKEN_CACHE_TTL, user)
+        row = await self.run_db(auth.lookup_token, self.db, token, kind, device)
+        if row is None:
+            return None
+        user = User(row.user_id, row.name, row.root_id, row.quota_bytes)
+        if len(self._token_cache) > 10_000:
+            self._token_cache.clear()
+        self._token_cache[token] = (time.monotonic() + TOKEN_CACHE_TTL, user, kind)
         return user
+
+    def forget_tokens(self) -> None:
+        """After a revocation: this process asks the database again (other replicas'
+        caches expire within TOKEN_CACHE_TTL)."""
+        self._token_cache.clear()
 
 
 bearer = HTTPBearer(auto_error=False, description="the token printed by `cloudfs user add`")
@@ -105,14 +108,34 @@ async def context_dependency(request: Request) -> ServerContext:
 async def current_user(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
 ) -> User:
+    """A device's bearer token, or a browser's session cookie (auth.py), which must come
+    with the CSRF header on anything but a read."""
+    if credentials is None:
+        session = request.cookies.get(auth.SESSION_COOKIE)
+        if session is not None:
+            return await _session_user(request, session)
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("send 'Authorization: Bearer <token>'", field="Authorization")
     token = credentials.credentials
     if len(token) > 200 or not token.isascii():
         raise Unauthorized("malformed token", field="Authorization")
-    user = await context(request).authenticate(token)
+    user = await context(request).authenticate(token, device=request.headers.get("x-cloudfs-device"))
     if user is None:
         raise Unauthorized("unknown token", field="Authorization")
+    return user
+
+
+async def _session_user(request: Request, session: str) -> User:
+    if len(session) > 200 or not session.isascii():
+        raise Unauthorized("malformed session cookie: sign in again", field="cookie")
+    if request.method not in ("GET", "HEAD") and not auth.csrf_ok(session, request.headers.get(auth.CSRF_HEADER)):
+        raise Forbidden(f"a change made with the session cookie needs the {auth.CSRF_HEADER} header "
+                        f"(from GET /auth/session)", field=auth.CSRF_HEADER)
+    agent = request.headers.get("user-agent", "")
+    device = "web" + (" (Firefox)" if "Firefox/" in agent else " (Chromium)" if "Chrome/" in agent else "")
+    user = await context(request).authenticate(session, kind="session", device=device)
+    if user is None:
+        raise Unauthorized("signed out: sign in again", field="cookie")
     return user
 
 
@@ -296,13 +319,15 @@ def _field_of(loc: tuple) -> str:
 
 
 def error_response(exc: ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+    retry_after = exc.extra.get("retry_after")
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
 def create_app(ctx: ServerContext, *, fast_commits: bool = True) -> FastAPI:
     """The app; `fast_commits=False` leaves out `commit_route.CommitRoute`, so that a
     test can hold its answers against the FastAPI route's."""
-    from . import api, blobs, history_api, integrity
+    from . import api, auth_api, blobs, history_api, integrity, shares_api, web
     from .commit_route import CommitRoute
 
     app = FastAPI(
@@ -356,8 +381,13 @@ def create_app(ctx: ServerContext, *, fast_commits: bool = True) -> FastAPI:
     app.include_router(blobs.router)
     app.include_router(integrity.router)
     app.include_router(history_api.router)
+    app.include_router(auth_api.router)
+    app.include_router(web.router)
+    app.include_router(shares_api.router)
+    app.include_router(web.pages)
     if fast_commits:
         app.add_middleware(CommitRoute, ctx=ctx)  # innermost: the limits and the access log apply to it
     app.add_middleware(BodyLimit)
+    app.add_middleware(web.SecurityHeaders)
     app.add_middleware(AccessLog, summary_s=ctx.quiet_summary_s)
     return app

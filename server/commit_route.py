@@ -85,7 +85,10 @@ class CommitRoute:
         token = token.strip()
         if not token or scheme.lower() != "bearer" or len(token) > 200 or not token.isascii():
             return None
-        return await self.ctx.authenticate(token)
+        try:
+            return await self.ctx.authenticate(token)
+        except ApiError:  # a revoked token: the route says so
+            return None
 
 
 def _device(value: bytes | None) -> str | None:

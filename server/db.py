@@ -48,6 +48,7 @@ users = sa.Table(
     sa.Column("journal_floor", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("retain_days", sa.Float, nullable=True),
+    sa.Column("password_hash", sa.Text, nullable=True),  # argon2id (auth.py), migration 0006
 )
 
 tokens = sa.Table(
@@ -55,7 +56,36 @@ tokens = sa.Table(
     sa.Column("token_hash", sa.String(64), primary_key=True),
     sa.Column("user_id", sa.BigInteger, sa.ForeignKey("users.id"), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    # Migration 0006: a device's token or a browser's session (auth.py).
+    sa.Column("kind", sa.String(8), nullable=False, server_default="device"),
+    sa.Column("label", sa.String(64), nullable=True),
+    sa.Column("last_seen_at", sa.Float, nullable=True),
+    sa.Column("last_device", sa.String(64), nullable=True),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.Column("expires_at", sa.Float, nullable=True),
 )
+sa.Index("tokens_user", tokens.c.user_id)
+
+auth_failures = sa.Table(
+    "auth_failures", metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("last_at", sa.Float, nullable=False),
+)
+
+share_links = sa.Table(
+    "share_links", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("owner_id", sa.BigInteger, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("node_id", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=True),
+    sa.Column("password_hash", sa.Text, nullable=True),
+    sa.Column("max_downloads", sa.Integer, nullable=True),
+    sa.Column("downloads", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+sa.Index("share_links_owner", share_links.c.owner_id, share_links.c.created_at)
 
 nodes = sa.Table(
     "nodes", metadata,

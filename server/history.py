@@ -135,19 +135,37 @@ def undelete(conn: Connection, owner_id: int, node_id: int, device: str) -> tupl
         _, seq = _bring_back(conn, owner_id, ancestor, device)
     group = [] if row["delete_seq"] is None else conn.execute(
         sa.select(nodes).where(nodes.c.owner_id == owner_id, nodes.c.delete_seq == row["delete_seq"],
-                               nodes.c.deleted == sa.true(), nodes.c.id != row["id"])).mappings().all()
+                               nodes.c.deleted == sa.true(), nodes.c.id != row["id"])
+        .order_by(nodes.c.id)).mappings().all()
     group = [dict(r) for r in group if _is_below(conn, owner_id, dict(r), row["id"])]  # what was in it, only
-    top, seq = _bring_back(conn, owner_id, row, device)
+    coming = {r["id"] for r in group} | {row["id"]}
+    top, seq = _bring_back(conn, owner_id, row, device, instead=_gone_file(conn, owner_id, row, coming))
     for member in _parents_first(group):
-        _, seq = _bring_back(conn, owner_id, member, device, keep_name=True)
+        _, seq = _bring_back(conn, owner_id, member, device, keep_name=True,
+                             instead=_gone_file(conn, owner_id, member, coming))
     return top, seq
 
 
-def _bring_back(conn: Connection, owner_id: int, row: Row, device: str, *, keep_name: bool = False) -> tuple[Row, int]:
+def _gone_file(conn: Connection, owner_id: int, row: Row, coming: set[int]) -> Row | None:
+    """For a hard link coming back whose file was deleted since (its last name went
+    later) and does not come back with it: that file, to come back in the link's place.
+    A live link never names a deleted file (tree.py)."""
+    if row["kind"] != "link" or row["link_to"] in coming:
+        return None
+    file = tree.get(conn, owner_id, row["link_to"], allow_deleted=True)
+    return file if file["deleted"] else None
+
+
+def _bring_back(conn: Connection, owner_id: int, row: Row, device: str, *, keep_name: bool = False,
+                instead: Row | None = None) -> tuple[Row, int]:
+    """`row` back at its place; with `instead` (a deleted file `row` was a link to), that
+    file comes back at the place and `row` stays in the trash."""
     name = row["name"] if keep_name else free_name(conn, owner_id, row["parent_id"], row["name"])
-    conn.execute(nodes.update().where(nodes.c.id == row["id"]).values(
-        deleted=False, deleted_at=None, deleted_by=None, name=name))  # delete_seq stays: see _walk_back
-    back = tree.get(conn, owner_id, row["id"])
+    target = row if instead is None else instead
+    conn.execute(nodes.update().where(nodes.c.id == target["id"]).values(
+        deleted=False, deleted_at=None, deleted_by=None, name=name, parent_id=row["parent_id"]))
+    # delete_seq stays: see _walk_back
+    back = tree.get(conn, owner_id, target["id"])
     return back, journal.append(conn, owner_id, "create", back, device=device)
 
 

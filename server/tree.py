@@ -124,6 +124,29 @@ def list_children(conn: Connection, owner_id: int, dir_id: int, *, after: str | 
     return page, (page[-1].name if len(rows) > limit else None)
 
 
+def linked(conn: Connection, owner_id: int, rows: list[wire.Node]) -> list[wire.Linked]:
+    """The nodes among `rows` (or named by the aliases among them) that have more than
+    one live name, with how many: what a listing needs to show a hard link as its file."""
+    ids = {r.id for r in rows if r.kind not in ("dir", "link")} | {r.link_to for r in rows if r.link_to is not None}
+    if not ids:
+        return []
+    counts: dict[int, int] = {}
+    for start in range(0, len(ids), 500):
+        batch = sorted(ids)[start:start + 500]
+        counts.update(conn.execute(
+            sa.select(nodes.c.link_to, sa.func.count()).where(
+                nodes.c.owner_id == owner_id, nodes.c.link_to.in_(batch), nodes.c.deleted == sa.false())
+            .group_by(nodes.c.link_to)).tuples().all())
+    out = []
+    for node_id in sorted(counts):
+        try:
+            row = get(conn, owner_id, node_id)
+        except NotFound:
+            continue  # an alias of a deleted node (should not be): shown as it is
+        out.append(wire.Linked(node=to_wire(row), names=counts[node_id] + 1))
+    return out
+
+
 def snapshot(conn: Connection, owner_id: int, *, after_id: int, limit: int) -> tuple[list[wire.Node], int | None]:
     rows = conn.execute(
         sa.select(nodes).where(nodes.c.owner_id == owner_id, nodes.c.deleted == sa.false(), nodes.c.id > after_id)

@@ -184,3 +184,28 @@ def test_bad_links_are_refused(alice, bob):
         r = post(body)
         assert r.status_code == 422 and r.json()["field"] == field, (body, r.text)
     assert names(alice, d["id"]) == ["f"]
+
+
+def test_an_undeleted_directory_brings_a_link_s_file_back_in_the_link_s_place(alice):
+    """A directory with a link to a file outside it is deleted, then the file's last name
+    too; bringing the directory back brings the file back under the link's name (the
+    file, not the link: a live link never names a deleted file), its old place stays
+    deleted. Two links to it: the second comes back as a link to the file."""
+    f = put_file(alice, "/lonely.txt", b"lives on in the folder")
+    d = mkdir(alice, alice.root_id, "keeper")
+    first = link(alice, d["id"], "a.txt", f["id"])
+    link(alice, d["id"], "b.txt", f["id"])
+    assert alice.delete(f"/nodes/{d['id']}", params={"recursive": True}).status_code == 200
+    assert alice.delete(f"/nodes/{f['id']}").json()["node"]["deleted"]
+    before = cursor(alice)
+    assert alice.post(f"/trash/{d['id']}/undelete").status_code == 200
+    entries = {e["name"]: e for e in alice.get(f"/nodes/{d['id']}/children").json()["entries"]}
+    assert (entries["a.txt"]["id"], entries["a.txt"]["kind"]) == (f["id"], "file")
+    assert (entries["b.txt"]["kind"], entries["b.txt"]["link_to"]) == ("link", f["id"])
+    assert node(alice, first["id"]) is None and alice.get("/resolve", params={"path": "/lonely.txt"}).status_code == 404
+    for e in entries.values():
+        assert alice.get(f"/files/{e['id']}").json()["version"]["size"] == len(b"lives on in the folder")
+    assert [(op, n) for op, n, _ in ops(alice, before)] == [("create", d["id"]), ("create", f["id"]),
+                                                            ("create", entries["b.txt"]["id"])]
+    live = {n["id"]: n for n in alice.get("/nodes").json()["nodes"]}
+    assert all(n["link_to"] in live for n in live.values() if n["kind"] == "link")

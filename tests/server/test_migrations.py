@@ -149,3 +149,39 @@ def test_deletes_of_revision_0004_are_found_by_a_restore_after_0005(engine: str,
             assert [tuple(r) for r in rows] == [(7, 2), (7, 3)]
         finally:
             db.dispose()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_accounts_and_tokens_of_revision_0005_survive_the_web_migration(engine: str, tmp_path: Path,
+                                                                        request: pytest.FixtureRequest) -> None:
+    """0006 (issue 17) gives accounts an optional password and tokens a kind, label, last-seen and
+    revocation stamps: a device token of 0005 stays a working, unrevoked device token without a label,
+    an account keeps having no password until one is set, and the sign-in brake and share-link tables
+    exist empty."""
+    url = str(tmp_path / "db.sqlite3")
+    with postgres_database(request.getfixturevalue("pg_admin_url")) if engine == "postgres" \
+            else contextlib.nullcontext() as pg:
+        db = Database(pg or url)
+        try:
+            assert upgrade(db.engine, to="0005") == (None, "0005")
+            with db.engine.begin() as conn:
+                conn.execute(sa.text("INSERT INTO users (name, root_id, journal_floor, created_at) "
+                                     "VALUES ('dave', 1, 0, 0)"))
+                conn.execute(sa.text("INSERT INTO tokens (token_hash, user_id, created_at) VALUES ('ab12', 1, 7)"))
+            assert head() == "0006"
+            assert upgrade(db.engine) == ("0005", "0006")
+            with db.engine.connect() as conn:
+                user = conn.execute(sa.text("SELECT name, password_hash FROM users")).one()
+                token = conn.execute(sa.text("SELECT token_hash, user_id, created_at, kind, label, last_seen_at, "
+                                             "revoked_at, expires_at FROM tokens")).one()
+                inspector = sa.inspect(conn)
+                tables = set(inspector.get_table_names())
+                indexes = {ix["name"] for ix in inspector.get_indexes("tokens")}
+                empty = [conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar()
+                         for t in ("auth_failures", "share_links")]
+            assert tuple(user) == ("dave", None)
+            assert tuple(token) == ("ab12", 1, 7, "device", None, None, None, None)
+            assert {"auth_failures", "share_links"} <= tables and "tokens_user" in indexes
+            assert empty == [0, 0]
+        finally:
+            db.dispose()
