@@ -150,11 +150,29 @@ def _status(args: argparse.Namespace) -> int:
               f"`cloudfs deletes confirm` sends them, `cloudfs deletes undo` brings the files back")
     if reply.get("last_error") and not reply["online"]:
         print(f"  last error: {reply['last_error']}")
+    if reply.get("pins"):
+        missing = reply.get("pinned_missing_bytes", 0)
+        print(f"  pinned (kept offline): {', '.join(reply['pins'])}: {reply['pinned_bytes']} bytes"
+              + (f", {missing} bytes still to fetch" if missing else ", all here"))
+    if reply.get("ignored_files"):
+        print(f"  ignored (kept on this device only): {reply['ignored_files']} files")
+    for problem in reply.get("ignore_problems", []):
+        print(f"  ignore rule skipped: {problem}")
+    for t in reply.get("transfers", []):
+        eta = f", {t['eta_s']:.0f}s left" if t.get("eta_s") is not None else ""
+        print(f"  {'uploading' if t['direction'] == 'up' else 'downloading'} {t['path']}: {t['done_bytes']} of "
+              f"{t['total_bytes']} bytes at {t['speed_bps']} bytes/s{eta}")
     return 0
 
 
 def _fsck(args: argparse.Namespace) -> int:
-    reply = _control(_target(args.mountpoint), {"command": "fsck", "timeout": args.timeout}, args.timeout + 10)
+    from . import progress
+
+    mountpoint = _target(args.mountpoint)
+    def check() -> dict:
+        return _control(mountpoint, {"command": "fsck", "timeout": args.timeout}, args.timeout + 10)
+
+    reply = check() if args.json else progress.run(mountpoint, "fsck", check, "fsck")
     if args.json:
         print(json.dumps(reply))
     else:
@@ -185,8 +203,11 @@ def _unfinished(reply: dict, timeout: float) -> str:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    reply = _control(_target(args.mountpoint), {"command": "sync", "timeout": args.timeout, "full": args.full},
-                     args.timeout + 10)
+    from . import progress
+
+    mountpoint = _target(args.mountpoint)
+    reply = progress.run(mountpoint, "sync", lambda: _control(
+        mountpoint, {"command": "sync", "timeout": args.timeout, "full": args.full}, args.timeout + 10), "sync")
     if not reply.get("ok"):
         raise UserError(f"{_unfinished(reply, args.timeout)}; a later `cloudfs sync` or the mount itself retries")
     return 0
@@ -302,9 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also compare the whole local tree with the server's and repair any drift")
     sync.set_defaults(func=_sync)
 
-    from cloudfs import account_cli, history_cli
+    from cloudfs import account_cli, daily_cli, history_cli
 
     history_cli.add_parsers(verbs)
+    daily_cli.add_parsers(verbs)
     account_cli.add_parsers(verbs)
     return parser
 

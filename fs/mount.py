@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable
 import pyfuse3
 import trio
 
-from cloudfs.backend import control
+from cloudfs.backend import control, filestate
 from cloudfs.backend.errors import OfflineError, UserError, one_error
 from cloudfs.backend.follower import Invalidator
 from cloudfs.backend.fsck import run_fsck
@@ -70,7 +70,9 @@ async def _control_handler(session: Session, mountpoint: Path):  # noqa: ANN202
         timeout = float(req.get("timeout", 60))
         if command == "status":
             return {"ok": True, "mountpoint": str(mountpoint), "server_url": session.options.server_url,
-                    **session.status()}
+                    **await session.report()}
+        if command in filestate.COMMANDS:
+            return await filestate.handle(session, req)
         if command in ("sync", "flush"):
             outcome, reason = await _until_done_or_offline(
                 session, (lambda: session.sync(full=bool(req.get("full")))) if command == "sync" else session.flush,
