@@ -1,0 +1,176 @@
+"""A drive people keep mounted every day (issue 14), on real mounts: files kept offline
+(`cloudfs pin`), what each file is doing (`cloudfs ls`), and ignore rules."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+import httpx
+
+from tests.harness import ServerProcess, cloudfs_mount, wait_until
+from tests.sync.conftest import two_devices
+
+
+def eventually(check, what: str, timeout: float = 30):  # noqa: ANN001
+    return wait_until(check, timeout=timeout, what=what, interval=0.1)
+
+
+def ls(m, path: Path) -> dict[str, dict]:  # noqa: ANN001
+    done = m.cli("ls", str(path), "--json", timeout=30)
+    assert done.returncode == 0, done.stderr
+    return {e["name"]: e for e in json.loads(done.stdout)}
+
+
+def state(m, path: Path) -> str:  # noqa: ANN001
+    return ls(m, path)[path.name]["state"] if path != m.path else "synced"
+
+
+def pin(m, *paths: Path, wait: bool = True) -> None:  # noqa: ANN001
+    done = m.cli("pin", *map(str, paths), *(["--wait"] if wait else []), timeout=120)
+    assert done.returncode == 0, done.stderr + m.log()[-3000:]
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file below `root`, read in full."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def test_a_pinned_tree_is_read_whole_with_the_server_stopped_and_survives_a_remount(restartable, tmp_path):
+    token = restartable.server.add_user("owner")
+    with cloudfs_mount(restartable.server, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a:
+        for d in ("docs", "docs/deep", "docs/deep/er"):
+            (a.path / d).mkdir()
+        for i, d in enumerate(("docs", "docs/deep", "docs/deep/er", "docs", "docs/deep")):
+            (a.path / d / f"f{i}.bin").write_bytes(os.urandom(300_000 * (i + 1)))
+        (a.path / "docs" / "small.txt").write_text("small\n")
+        (a.path / "elsewhere.bin").write_bytes(os.urandom(500_000))
+        a.sync()
+        written = tree(a.path / "docs")
+    with cloudfs_mount(restartable.server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+        assert state(b, b.path / "docs" / "f0.bin") == "online-only"
+        pin(b, b.path / "docs")
+        entries = ls(b, b.path / "docs")
+        assert {e["state"] for e in entries.values()} == {"pinned"}, entries
+        assert state(b, b.path / "elsewhere.bin") == "online-only"
+        status = b.status()
+        assert status["pins"] == ["/docs"] and status["pinned_missing_bytes"] == 0
+        assert status["pinned_bytes"] == sum(300_000 * (i + 1) for i in range(5)) + len("small\n")
+        restartable.stop()
+        assert tree(b.path / "docs") == written  # every pinned byte, the server stopped
+    with cloudfs_mount(restartable.server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+        assert b.status()["pins"] == ["/docs"]  # kept in the cache, the server still stopped
+        assert tree(b.path / "docs") == written
+        assert state(b, b.path / "docs" / "deep" / "f1.bin") == "pinned"
+    assert "Traceback" not in b.log()
+
+
+def test_a_file_added_to_a_pinned_directory_elsewhere_is_fetched_without_being_opened(devices):
+    a, b = devices.a, devices.b
+    (a.path / "shared").mkdir()
+    (a.path / "shared" / "old.bin").write_bytes(os.urandom(200_000))
+    a.sync()
+    b.sync()
+    pin(b, b.path / "shared")
+    downloaded = b.status()["downloaded_bytes"]
+    new = os.urandom(1_500_000)
+    (a.path / "shared" / "new.bin").write_bytes(new)
+    (a.path / "shared" / "old.bin").write_bytes(b"changed elsewhere " * 1000)
+    a.sync()
+    eventually(lambda: (b.path / "shared" / "new.bin").exists(), "new.bin on b")
+    eventually(lambda: state(b, b.path / "shared" / "new.bin") == "pinned", "new.bin fetched on b")
+    eventually(lambda: state(b, b.path / "shared" / "old.bin") == "pinned"
+               and ls(b, b.path / "shared")["old.bin"]["size"] == 18_000, "the new old.bin fetched on b")
+    assert b.status()["downloaded_bytes"] >= downloaded + len(new)  # fetched, not opened
+    assert (b.path / "shared" / "new.bin").read_bytes() == new
+
+
+def test_unpinned_files_can_be_evicted_again_pinned_ones_never(sync_server: ServerProcess, tmp_path):
+    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    with cloudfs_mount(sync_server, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a:
+        for name in ("kept", "o1", "o2", "o3", "o4", "o5", "o6"):
+            (a.path / f"{name}.bin").write_bytes(os.urandom(2_000_000))
+        a.sync()
+    with cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b",
+                       extra_args=["--cache-size", "5M"]) as b:
+        pin(b, b.path / "kept.bin")
+        for name in ("o1", "o2", "o3"):  # each read once: the kernel's page cache answers a second read
+            (b.path / f"{name}.bin").read_bytes()
+        assert state(b, b.path / "kept.bin") == "pinned"
+        assert b.status()["cache_bytes"] <= 5 << 20
+        done = b.cli("unpin", str(b.path / "kept.bin"))
+        assert done.returncode == 0, done.stderr
+        assert state(b, b.path / "kept.bin") == "cached"
+        for name in ("o4", "o5", "o6"):
+            (b.path / f"{name}.bin").read_bytes()
+        assert state(b, b.path / "kept.bin") in ("online-only", "partly-cached")
+        assert b.status()["pins"] == []
+
+
+def test_pinning_more_than_the_cache_holds_pins_nothing(sync_server: ServerProcess, tmp_path):
+    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    with cloudfs_mount(sync_server, token, tmp_path / "a", tmp_path / "cache-a",
+                       extra_args=["--cache-size", "3M"]) as a:
+        (a.path / "small.bin").write_bytes(os.urandom(100_000))
+        (a.path / "big").mkdir()
+        for i in range(2):
+            (a.path / "big" / f"{i}.bin").write_bytes(os.urandom(2_000_000))
+        a.sync()
+        done = a.cli("pin", str(a.path / "small.bin"), str(a.path / "big"))
+        assert done.returncode == 1 and done.stdout == ""
+        assert "the pinned files would take 4100000 bytes" in done.stderr and "--cache-size" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+        assert a.status()["pins"] == []  # not even small.bin
+        assert state(a, a.path / "small.bin") != "pinned"
+
+
+def resolves(server: ServerProcess, token: str, path: str) -> bool:
+    answer = httpx.get(server.url + "/resolve", params={"path": path}, headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code in (200, 404), answer.text
+    return answer.status_code == 200
+
+
+def test_ignore_rules_keep_matching_files_on_this_device(sync_server: ServerProcess, tmp_path):
+    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    with two_devices(sync_server, token, tmp_path) as d:
+        a, b = d.a, d.b
+        (a.path / "sub" / "secret").mkdir(parents=True)
+        (a.path / ".cloudfsignore").write_text("# build output\n*.log\n[z-a]\nbuild/\n")
+        (a.path / "sub" / ".cloudfsignore").write_text("!keep.log\nsecret/\n")
+        kept_here = ["a.log", "build/out.o", "sub/x.log", "sub/secret/y.txt", ".DS_Store", "notes.txt.swp"]
+        synced = ["normal.txt", "sub/keep.log", "sub/n.txt", ".cloudfsignore", "sub/.cloudfsignore"]
+        (a.path / "build").mkdir()
+        for rel in kept_here + synced[:3]:
+            (a.path / rel).write_text(f"{rel}\n")
+        a.sync()
+        b.sync()
+        for rel in synced:
+            eventually(lambda: (b.path / rel).exists(), f"{rel} on b")
+            assert resolves(sync_server, token, "/" + rel)
+        assert (b.path / "sub" / "keep.log").read_text() == "sub/keep.log\n"
+        for rel in kept_here + ["build", "sub/secret"]:
+            assert not (b.path / rel).exists(), rel
+            assert not resolves(sync_server, token, "/" + rel), rel
+            assert (a.path / rel).exists()
+        assert (a.path / "sub" / "secret" / "y.txt").read_text() == "sub/secret/y.txt\n"  # normal here
+        status = a.status()
+        assert status["ignored_files"] == len(kept_here) and status["pending_files"] == 0, status
+        assert status["pending_bytes"] == 0
+        assert any("line 3" in p and "[z-a]" in p for p in status["ignore_problems"]), status
+        assert any("[z-a]" in p for p in b.status()["ignore_problems"])  # read from the synced file
+        assert ls(a, a.path)["a.log"]["state"] == "ignored"
+        assert ls(a, a.path / "sub")["keep.log"]["state"] == "cached"
+        # The defaults can be overridden: a negation lets swap files through.
+        (a.path / ".cloudfsignore").write_text("*.log\nbuild/\n!*.swp\n")
+        (a.path / "again.swp").write_text("now synced\n")
+        a.sync()
+        eventually(lambda: (b.path / "again.swp").exists(), "again.swp on b")
+        assert b.status()["ignore_problems"] == []
