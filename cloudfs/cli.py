@@ -323,11 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also compare the whole local tree with the server's and repair any drift")
     sync.set_defaults(func=_sync)
 
-    from cloudfs import account_cli, daily_cli, history_cli
+    from cloudfs import account_cli, daily_cli, history_cli, service
 
     history_cli.add_parsers(verbs)
     daily_cli.add_parsers(verbs)
     account_cli.add_parsers(verbs)
+    service.add_parsers(verbs)
     return parser
 
 
@@ -339,5 +340,6 @@ def _default_device() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    verb = args.verb + (f" {args.user_verb}" if getattr(args, "user_verb", None) else "")
+    sub = getattr(args, "user_verb", None) or getattr(args, "service_verb", None)
+    verb = args.verb + (f" {sub}" if sub else "")
     return errors.run(verb, args.func, args)

@@ -18,6 +18,7 @@ import logging.handlers
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -180,23 +181,41 @@ async def serve(options: MountOptions) -> None:
                 await session.start(nursery)
                 await nursery.start(control.serve, control.socket_path(mountpoint),
                                     await _control_handler(session, mountpoint))
-                nursery.start_soon(_on_signal, session)
+                signalled: list[int] = []
+                nursery.start_soon(_on_signal, session, signalled)
                 log.info("mounted %s on %s (cache %s)", options.session.server_url, mountpoint,
                          options.session.cache_dir)
                 for note in session.notes:
                     log.warning("%s", note)
                 print(f"cloudfs mounted on {mountpoint}", flush=True)
                 control.tell_parent({"ok": True, "online": not session.offline, "notes": session.notes})
+                _notify_systemd(b"READY=1")
                 await pyfuse3.main()
-                unmounted = True
+                unmounted = not signalled  # main() also returns after terminate(): the mount is still there
                 nursery.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=not unmounted)
 
 
-async def _on_signal(session: Session) -> None:
+def _notify_systemd(message: bytes) -> None:
+    """sd_notify(3) for a `Type=notify` unit (cloudfs/service.py): one datagram on the
+    socket systemd names in NOTIFY_SOCKET ('@' is the abstract namespace)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(message, address)
+    except OSError as exc:
+        log.warning("could not tell systemd we are ready on %s: %s", address, exc)
+
+
+async def _on_signal(session: Session, signalled: list[int]) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
+            signalled.append(signum)
             log.info("%s: uploading what is pending (up to %ds), then unmounting",
                      signal.Signals(signum).name, FLUSH_ON_SIGNAL_S)
             with trio.move_on_after(FLUSH_ON_SIGNAL_S):
