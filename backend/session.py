@@ -152,7 +152,7 @@ class Session:
 
     def pending_bytes(self) -> int:
         """Bytes waiting for upload: dirty bytes, less what uploads under way already sent."""
-        return max(0, self.chunks.dirty_bytes - self.transfers.done_bytes("up"))
+        return max(0, self.chunks.dirty_bytes - self.transfers.sent_bytes("up"))
 
     def progress(self) -> dict:
         """What the progress bars follow (cheap: no walk over the tree)."""
@@ -161,7 +161,7 @@ class Session:
 
     def uploading(self, ino: int) -> int:
         """Bytes of `ino` uploaded so far by an upload under way (0 when none is)."""
-        return 0
+        return self.transfers.sent_for(ino)
 
     async def report(self) -> dict:
         """`cloudfs status`: `status()`, with what takes a walk or may read an ignore
@@ -281,7 +281,7 @@ async def open_session(options: SessionOptions, invalidate: Invalidator | None =
         follower = Follower(client, cache, chunks, device=options.device, open_count=drive.open_count,
                             lookups=drive.lookups, writers=drive.writers, invalidate=invalidate)
         drive.on_outbox = syncer.wake
-        transfers = Transfers()
+        transfers = uploader.transfers
         pins = Pins(cache, chunks, content, fetcher, transfers)
         ignore = IgnoreRules(cache, content)
         follower.on_replaced = pins.replaced

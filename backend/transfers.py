@@ -25,11 +25,15 @@ class Transfer:
     total: int
     done: int = 0
     started: float = field(default_factory=time.monotonic)
+    sent: int = 0
+    """Bytes that went over the wire (for an upload: chunks PUT, not those the store had)."""
+    key: int = 0
     _samples: deque = field(default_factory=deque)
     id: int = 0
 
-    def advance(self, nbytes: int) -> None:
+    def advance(self, nbytes: int, *, sent: bool = True) -> None:
         self.done += nbytes
+        self.sent += nbytes if sent else 0
         now = time.monotonic()
         self._samples.append((now, self.done))
         while self._samples and self._samples[0][0] < now - WINDOW_S:
@@ -57,8 +61,8 @@ class Transfers:
         self._live: dict[int, Transfer] = {}
         self._ids = itertools.count(1)
 
-    def start(self, direction: str, path: str, total: int) -> Transfer:
-        transfer = Transfer(direction, path, total, id=next(self._ids))
+    def start(self, direction: str, path: str, total: int, *, key: int = 0) -> Transfer:
+        transfer = Transfer(direction, path, total, key=key, id=next(self._ids))
         self._live[transfer.id] = transfer
         return transfer
 
@@ -68,5 +72,8 @@ class Transfers:
     def current(self) -> list[dict]:
         return [t.as_dict() for t in self._live.values()]
 
-    def done_bytes(self, direction: str) -> int:
-        return sum(t.done for t in self._live.values() if t.direction == direction)
+    def sent_bytes(self, direction: str) -> int:
+        return sum(t.sent for t in self._live.values() if t.direction == direction)
+
+    def sent_for(self, key: int) -> int:
+        return sum(t.sent for t in self._live.values() if t.key == key)

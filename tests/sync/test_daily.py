@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -174,3 +175,43 @@ def test_ignore_rules_keep_matching_files_on_this_device(sync_server: ServerProc
         a.sync()
         eventually(lambda: (b.path / "again.swp").exists(), "again.swp on b")
         assert b.status()["ignore_problems"] == []
+
+
+def test_pending_bytes_fall_chunk_by_chunk_while_a_file_uploads(sync_server: ServerProcess, tmp_path, monkeypatch):
+    """Behind a slow link (4 MB/s through the proxy), a 16 MiB file of 1 MiB chunks
+    takes seconds to upload: the mount must report its pending bytes falling on the
+    way (before, they dropped only at the commit), the transfer with a speed and time
+    left, and `ls` the bytes sent so far. Asked over the control socket, as the CLI
+    does, to poll often."""
+    from cloudfs.backend import control
+    from tests.proxy import Faults, Proxy
+
+    monkeypatch.setenv("CLOUDFS_CHUNK_AVG_MIB", "1")
+    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]), Faults(rate=4e6))
+    proxied = type(sync_server)(**{**sync_server.__dict__, "url": proxy.url})
+    size = 16 << 20
+    try:
+        with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a") as a:
+            (a.path / "big.bin").write_bytes(os.urandom(size))
+            seen, transfers, sent = [], [], []
+            for _ in range(3000):
+                progress = control.request(a.path, {"command": "progress"}, timeout=10)
+                seen.append(progress["pending_bytes"])
+                transfers += progress["transfers"]
+                entries = control.request(a.path, {"command": "ls", "path": "/"}, timeout=10)["entries"]
+                sent.append(next(e for e in entries if e["name"] == "big.bin").get("uploaded_bytes", 0))
+                if progress["pending_bytes"] == 0:
+                    break
+                time.sleep(0.05)
+            assert seen[-1] == 0
+            between = sorted({p for p in seen if 0 < p < size * 0.9}, reverse=True)
+            assert len(between) >= 3, f"pending bytes did not fall chunk by chunk: {seen}"
+            assert seen == sorted(seen, reverse=True), seen  # only ever falling
+            up = [t for t in transfers if t["direction"] == "up" and t["path"] == "/big.bin"]
+            assert up and up[0]["total_bytes"] == size
+            assert any(t["speed_bps"] > 0 and t["eta_s"] is not None and 0 < t["done_bytes"] < size for t in up), up
+            assert any(0 < s < size for s in sent), sent
+            assert a.status()["pending_files"] == 0 and ls(a, a.path)["big.bin"]["state"] == "cached"
+    finally:
+        proxy.close()
