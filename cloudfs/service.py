@@ -35,7 +35,9 @@ def unit_dir() -> Path:
 
 def escape_path(path: Path) -> str:
     """`systemd-escape --path`: /home/alice/my drive -> home-alice-my\\x20drive."""
-    text = str(path).strip("/") or "-"
+    text = str(path).strip("/")
+    if not text:
+        return "-"  # the root
     out = []
     for i, byte in enumerate(text.encode()):
         char = chr(byte)
