@@ -62,15 +62,20 @@ def _cached_bytes(session: "Session", node: Inode) -> int:
                if c.offset < node.base_len and c.fingerprint in session.chunks)
 
 
-async def describe(session: "Session", node: Inode, memo: dict[int, bool] | None = None) -> dict[str, Any]:
+async def describe(session: "Session", node: Inode, memo: dict[int, bool] | None = None, *,
+                   record: Inode | None = None) -> dict[str, Any]:
+    """One entry. `record` is the name's own record when it is a hard link's extra name
+    (an alias record, links.py): the entry takes its name, and that name's own sync
+    (created on the server or not, ignored or not) beside the file's content."""
+    record = record or node
     pinned = session.pins.is_pinned(node.ino)
-    entry: dict[str, Any] = {"name": node.name if node.ino != ROOT_INO else "/", "kind": node.kind,
+    entry: dict[str, Any] = {"name": record.name if record.ino != ROOT_INO else "/", "kind": node.kind,
                              "size": node.size, "pinned": pinned}
     try:
-        ignored = not node.node_id and await session.ignore.ignored(node, memo)
+        ignored = not record.node_id and await session.ignore.ignored(record, memo)
     except (OfflineError, ServerError):
         ignored = False  # its rules cannot be read now: it waits like any other change
-    changed = session.follower._changed(node)
+    changed = session.follower._changed(node) or (record is not node and session.follower._changed(record))
     if node.kind == "file":
         dirty = session.cache.file_dirty_bytes(node.ino) if node.dirty else 0
         cached = _cached_bytes(session, node)
@@ -103,13 +108,27 @@ async def listing(session: "Session", inside: str, shown: str | None = None) -> 
     node = resolve(session, inside, shown)
     memo: dict[int, bool] = {}
     if node.kind != "dir":
-        return [await describe(session, node, memo)]
+        parts = [part for part in inside.split("/") if part]
+        return [await describe(session, node, memo, record=_record(session, node, parts))]
     out = []
-    for _, ino in session.cache.children(node.ino):
+    for name, ino in session.cache.children(node.ino):
         child = session.cache.get(ino)
         if child is not None:
-            out.append(await describe(session, child, memo))
+            out.append(await describe(session, child, memo, record=_record(session, child, [name], node.ino)))
     return out
+
+
+def _record(session: "Session", node: Inode, parts: list[str], parent: int = 0) -> Inode | None:
+    """The record of the name `parts` ends with: an alias record when that name is one
+    of a hard-linked file's extra names, else None (the node itself)."""
+    if not parts or node.kind == "dir":
+        return None
+    if not parent:
+        parent_node = resolve(session, "/".join(parts[:-1]))
+        parent = parent_node.ino
+    ino = session.cache.record_at(parent, parts[-1])
+    record = session.cache.get(ino) if ino is not None and ino != node.ino else None
+    return record if record is not None and record.kind == "link" else None
 
 
 

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import lmdb
 import trio
 
+from . import links
 from .cache import ROOT_INO, Cache, Inode, from_u64, u64
 from .chunkcache import ChunkCache
 from .content import Content
@@ -37,7 +38,8 @@ log = logging.getLogger("cloudfs.pins")
 KEEP_EVERY_S = 30.0
 SETTLE_S = 0.2
 """A burst of remote changes is walked once, not once per batch."""
-FETCH_BATCH = 8
+FETCH_BATCH = 64
+"""Chunks asked for (signed URLs) at once; the fetcher downloads 8 at a time."""
 
 
 class Pins:
@@ -61,8 +63,17 @@ class Pins:
     # --- which nodes ---
 
     def is_pinned(self, ino: int) -> bool:
-        if not self.inos:
+        """Pinned itself, or below a pinned directory through any of its names (a hard
+        link into a pinned directory pins the file: `files` walks it there too)."""
+        node = self.cache.get(ino) if self.inos else None
+        if node is None:
             return False
+        if ino in self.inos:
+            return True
+        names = [node] + [record for i in links.aliases(node) if (record := self.cache.get(i)) is not None]
+        return any(self._below_pin(record.parent) for record in names)
+
+    def _below_pin(self, ino: int) -> bool:
         for _ in range(4096):
             if ino in self.inos:
                 return True
@@ -206,13 +217,20 @@ class Pins:
 
     async def _fetch(self, missing: list[str], lengths: dict[str, int]) -> None:
         transfer = self.transfers.start("down", "pinned files", self.missing_bytes)
+        counted: set[str] = set()
+
+        def landed(fp: str) -> None:  # chunk by chunk, so `status` and the bar move as bytes arrive
+            if fp not in counted:
+                counted.add(fp)
+                transfer.advance(lengths[fp])
+                self.missing_bytes = max(0, self.missing_bytes - lengths[fp])
+
         try:
             for i in range(0, len(missing), FETCH_BATCH):
                 batch = missing[i:i + FETCH_BATCH]
-                await self.fetcher.ensure(batch)
-                got = sum(lengths[fp] for fp in batch)
-                transfer.advance(got)
-                self.missing_bytes = max(0, self.missing_bytes - got)
+                await self.fetcher.ensure(batch, on_fetched=landed)
+                for fp in batch:
+                    landed(fp)  # fetched meanwhile by a reader of the same chunk
         finally:
             self.transfers.finish(transfer)
         log.info("pinned files: fetched %d chunks (%d bytes)", len(missing), transfer.done)

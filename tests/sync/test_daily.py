@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -215,3 +217,96 @@ def test_pending_bytes_fall_chunk_by_chunk_while_a_file_uploads(sync_server: Ser
             assert a.status()["pending_files"] == 0 and ls(a, a.path)["big.bin"]["state"] == "cached"
     finally:
         proxy.close()
+
+
+def test_pinned_files_download_chunk_by_chunk_as_a_transfer(sync_server: ServerProcess, tmp_path, monkeypatch):
+    """Downloads of pinned files count as progress too: behind a 4 MB/s link, the bytes
+    still to fetch fall chunk by chunk (not per batch of chunks) and `status` shows the
+    download with a speed and the time left."""
+    from cloudfs.backend import control
+    from tests.proxy import Faults, Proxy
+
+    monkeypatch.setenv("CLOUDFS_CHUNK_AVG_MIB", "1")
+    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    size = 12 << 20
+    with cloudfs_mount(sync_server, token, tmp_path / "a", tmp_path / "cache-a") as a:
+        (a.path / "big.bin").write_bytes(os.urandom(size))
+        a.sync()
+    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]), Faults(rate=4e6))
+    proxied = type(sync_server)(**{**sync_server.__dict__, "url": proxy.url})
+    try:
+        with cloudfs_mount(proxied, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+            pin(b, b.path / "big.bin", wait=False)
+            seen, downs = [], []
+            for _ in range(3000):
+                progress = control.request(b.path, {"command": "progress"}, timeout=10)
+                seen.append(progress["pinned_missing_bytes"])
+                downs += [t for t in progress["transfers"] if t["direction"] == "down"]
+                if downs and progress["pinned_missing_bytes"] == 0:
+                    break
+                time.sleep(0.05)
+            assert seen[-1] == 0
+            between = sorted({p for p in seen if 0 < p < size * 0.9}, reverse=True)
+            assert len(between) >= 3, f"the bytes still to fetch did not fall chunk by chunk: {seen}"
+            assert seen[seen.index(max(seen)):] == sorted(seen[seen.index(max(seen)):], reverse=True), seen
+            assert any(t["speed_bps"] > 0 and t["eta_s"] is not None and 0 < t["done_bytes"] < size
+                       for t in downs), downs
+            assert downs[0]["total_bytes"] == size and downs[0]["path"] == "pinned files"
+            assert state(b, b.path / "big.bin") == "pinned"
+    finally:
+        proxy.close()
+
+
+def test_ls_names_conflicts_and_what_the_quota_holds_back(restartable, offline_devices, tmp_path):
+    from tests.harness import CLOUDFS
+    from tests.sync.test_conflicts import copy_name, offline_edit, settle
+
+    d = offline_devices
+    (d.a.path / "notes.txt").write_text("base\n")
+    settle(d)
+    offline_edit(restartable, d, lambda root: (root / "notes.txt").write_text("edited on a\n"),
+                 lambda root: (root / "notes.txt").write_text("edited on b, which came second\n"))
+    copy = next(name for name in os.listdir(d.a.path) if name.startswith("notes (conflicted copy"))
+    assert copy in (copy_name("notes.txt", "dev-a"), copy_name("notes.txt", "dev-b"))
+    for m in (d.a, d.b):
+        entries = ls(m, m.path)
+        assert entries[copy]["state"] == "conflict", entries
+        assert entries["notes.txt"]["state"] in ("cached", "online-only"), entries
+    # A quota of 1 MiB: a 2 MiB file is refused by the server and held back here.
+    added = subprocess.run([*CLOUDFS, "user", "add", "small", "--data", str(restartable.server.data_dir),
+                            "--quota", str(1 << 20)], capture_output=True, text=True, timeout=60, check=True)
+    with cloudfs_mount(restartable.server, added.stdout.strip().splitlines()[-1], tmp_path / "q",
+                       tmp_path / "cache-q", device="dev-q") as q:
+        (q.path / "small.txt").write_text("fits\n")
+        try:
+            (q.path / "big.bin").write_bytes(os.urandom(2 << 20))
+        except OSError as exc:  # the mount knows the quota already: EDQUOT at close, the bytes kept
+            assert exc.errno == errno.EDQUOT, exc
+        assert q.cli("sync", str(q.path), "--timeout", "20", timeout=60).returncode == 1
+        entries = ls(q, q.path)
+        assert entries["big.bin"]["state"] == "over-quota" and entries["small.txt"]["state"] == "cached", entries
+        assert entries["big.bin"]["pending_bytes"] == 2 << 20
+
+
+def test_hard_links_in_a_pinned_directory_are_pinned_under_their_own_names(devices):
+    """A hard link into a pinned directory pins its file: fetched without being opened,
+    and `ls` lists the link under its own name (it used to show the file's first name),
+    pinned (it used to say cached: only the first name's directories were asked)."""
+    a, b = devices.a, devices.b
+    (a.path / "pinned").mkdir()
+    (a.path / "other").mkdir()
+    content = os.urandom(700_000)
+    (a.path / "other" / "x.bin").write_bytes(content)
+    a.sync()
+    b.sync()
+    pin(b, b.path / "pinned")
+    assert state(b, b.path / "other" / "x.bin") == "online-only"
+    os.link(a.path / "other" / "x.bin", a.path / "pinned" / "y.bin")
+    entries = ls(a, a.path / "pinned")
+    assert set(entries) == {"y.bin"} and entries["y.bin"]["size"] == len(content), entries
+    a.sync()
+    eventually(lambda: (b.path / "pinned" / "y.bin").exists(), "the link on b")
+    eventually(lambda: ls(b, b.path / "pinned").get("y.bin", {}).get("state") == "pinned", "the link's file fetched")
+    assert state(b, b.path / "other" / "x.bin") == "pinned"  # the same file, under its first name
+    assert ls(b, b.path / "pinned" / "y.bin")["y.bin"]["state"] == "pinned"
+    assert (b.path / "pinned" / "y.bin").read_bytes() == content
