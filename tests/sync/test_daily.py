@@ -145,9 +145,12 @@ def test_ignore_rules_keep_matching_files_on_this_device(sync_server: ServerProc
     token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
     with two_devices(sync_server, token, tmp_path) as d:
         a, b = d.a, d.b
-        (a.path / "sub" / "secret").mkdir(parents=True)
+        # The rules first: they decide for what the server has not seen yet, so a directory
+        # made before them may be sent before they exist (as with git, once sent it syncs).
+        (a.path / "sub").mkdir()
         (a.path / ".cloudfsignore").write_text("# build output\n*.log\n[z-a]\nbuild/\n")
         (a.path / "sub" / ".cloudfsignore").write_text("!keep.log\nsecret/\n")
+        (a.path / "sub" / "secret").mkdir()
         kept_here = ["a.log", "build/out.o", "sub/x.log", "sub/secret/y.txt", ".DS_Store", "notes.txt.swp"]
         synced = ["normal.txt", "sub/keep.log", "sub/n.txt", ".cloudfsignore", "sub/.cloudfsignore"]
         (a.path / "build").mkdir()
@@ -174,9 +177,15 @@ def test_ignore_rules_keep_matching_files_on_this_device(sync_server: ServerProc
         # The defaults can be overridden: a negation lets swap files through.
         (a.path / ".cloudfsignore").write_text("*.log\nbuild/\n!*.swp\n")
         (a.path / "again.swp").write_text("now synced\n")
+        # A file renamed out of a rule's reach is sent; one a rule stops matching, at the next sync.
+        (a.path / "a.log").rename(a.path / "a-renamed.txt")
         a.sync()
         eventually(lambda: (b.path / "again.swp").exists(), "again.swp on b")
         assert b.status()["ignore_problems"] == []
+        eventually(lambda: (b.path / "notes.txt.swp").exists(), "notes.txt.swp, no longer ignored, on b")
+        eventually(lambda: (b.path / "a-renamed.txt").exists(), "a.log renamed to a-renamed.txt on b")
+        assert (b.path / "a-renamed.txt").read_text() == "a.log\n"
+        assert a.status()["ignored_files"] == len(kept_here) - 2  # a.log renamed, notes.txt.swp sent
 
 
 def test_pending_bytes_fall_chunk_by_chunk_while_a_file_uploads(sync_server: ServerProcess, tmp_path, monkeypatch):
