@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness import ServerProcess, cloudfs_mount, wait_until
+from tests.harness import ServerProcess, cloudfs_mount, cloudfs_server, wait_until
 from tests.sync.conftest import two_devices
 
 
@@ -186,6 +187,41 @@ def test_ignore_rules_keep_matching_files_on_this_device(sync_server: ServerProc
         eventually(lambda: (b.path / "a-renamed.txt").exists(), "a.log renamed to a-renamed.txt on b")
         assert (b.path / "a-renamed.txt").read_text() == "a.log\n"
         assert a.status()["ignored_files"] == len(kept_here) - 2  # a.log renamed, notes.txt.swp sent
+
+
+def test_pending_bytes_fall_part_way_through_a_1_gib_upload(tmp_path):
+    """The issue's own check: a 1 GiB file, written and closed on a real mount against a
+    server of its own (the 2 GiB of store and cache go with the test), reports its pending
+    bytes falling on the way to zero, never rising, with the upload as a transfer."""
+    from cloudfs.backend import control
+
+    size = 1 << 30
+    try:
+        with cloudfs_server(tmp_path / "srv") as srv, \
+                cloudfs_mount(srv, srv.add_user("big"), tmp_path / "a", tmp_path / "cache-a",
+                              extra_args=["--cache-size", "1400M"]) as a:
+            with open(a.path / "big.bin", "wb") as f:
+                for _ in range(size >> 20):
+                    f.write(os.urandom(1 << 20))
+            seen, ups = [], []
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                progress = control.request(a.path, {"command": "progress"}, timeout=30)
+                seen.append(progress["pending_bytes"])
+                up = [t for t in progress["transfers"] if t["direction"] == "up"]
+                ups += up
+                if progress["pending_bytes"] == 0 and not up:
+                    break
+                time.sleep(0.2)
+            assert seen[-1] == 0, seen
+            between = sorted({p for p in seen if 0 < p < size * 0.9}, reverse=True)
+            assert len(between) >= 3, f"pending bytes did not fall part way through: {seen}"
+            assert seen == sorted(seen, reverse=True), seen
+            assert ups and all(t["path"] == "/big.bin" and t["total_bytes"] == size for t in ups), ups[:3]
+            assert a.status()["pending_files"] == 0
+    finally:
+        for scratch in ("srv", "cache-a"):
+            shutil.rmtree(tmp_path / scratch, ignore_errors=True)
 
 
 def test_pending_bytes_fall_chunk_by_chunk_while_a_file_uploads(sync_server: ServerProcess, tmp_path, monkeypatch):
