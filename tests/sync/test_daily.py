@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -282,11 +283,14 @@ def test_pinned_files_download_chunk_by_chunk_as_a_transfer(sync_server: ServerP
     try:
         with cloudfs_mount(proxied, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
             pin(b, b.path / "big.bin", wait=False)
-            seen, downs = [], []
+            seen, downs, said = [], [], []
             for _ in range(3000):
                 progress = control.request(b.path, {"command": "progress"}, timeout=10)
                 seen.append(progress["pinned_missing_bytes"])
                 downs += [t for t in progress["transfers"] if t["direction"] == "down"]
+                if len(seen) % 5 == 1:  # now and then, what a person reads: `cloudfs status`
+                    said += [line for line in b.cli("status", str(b.path), timeout=30).stdout.splitlines()
+                             if "downloading pinned files" in line]
                 if downs and progress["pinned_missing_bytes"] == 0:
                     break
                 time.sleep(0.05)
@@ -297,6 +301,7 @@ def test_pinned_files_download_chunk_by_chunk_as_a_transfer(sync_server: ServerP
             assert any(t["speed_bps"] > 0 and t["eta_s"] is not None and 0 < t["done_bytes"] < size
                        for t in downs), downs
             assert downs[0]["total_bytes"] == size and downs[0]["path"] == "pinned files"
+            assert any(re.search(rf"of {size} bytes at [1-9]\d* bytes/s, \d+s left", line) for line in said), said
             assert state(b, b.path / "big.bin") == "pinned"
     finally:
         proxy.close()
