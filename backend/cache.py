@@ -12,6 +12,7 @@ One LMDB environment, several named databases, each owned by one concern:
     chunks     fingerprint → plain bytes     clean chunk cache (LRU, see chunkcache.py)
     outbox     seq → JSON op                 local changes the server has not seen, in order
     meta       key → value                   cursor, counters, identity
+    pins       ino → b""                     files kept offline (opened and owned by pins.py)
 
 Concurrency rules: every write transaction runs on the trio thread and never spans an
 `await`, so each one is atomic with respect to every FUSE request and background task.
@@ -417,6 +418,18 @@ class Cache:
                 if not cursor.delete():
                     break
         return freed
+
+    def file_dirty_bytes(self, ino: int) -> int:
+        """Bytes in one file's dirty blocks (measured, not copied)."""
+        total = 0
+        with self.read(buffers=True) as txn:
+            cursor = txn.cursor(db=self.blocks)
+            if cursor.set_range(_QQ.pack(ino, 0)):
+                for key, value in cursor:
+                    if len(key) != 16 or _QQ.unpack(key)[0] != ino:
+                        break
+                    total += len(value)
+        return total
 
     def dirty_bytes(self) -> int:
         with self.read(buffers=True) as txn:

@@ -1,8 +1,9 @@
 """The clean chunk cache: verified plain bytes by fingerprint, bounded, LRU.
 
 Chunks are immutable and content-addressed, so a cached chunk never goes stale; a
-file changed elsewhere simply stops referencing it. Only clean chunks are evicted;
-dirty blocks (write-back data) count towards the limit but are never dropped here.
+file changed elsewhere simply stops referencing it. Only clean chunks are evicted, and
+never those of pinned files (`pinned`, kept by pins.py); dirty blocks (write-back
+data) count towards the limit but are never dropped here.
 
 The LRU order lives in memory (rebuilt from LMDB at start, oldest first by key order,
 which is good enough after a restart); it is touched on every hit without a write
@@ -47,6 +48,8 @@ class ChunkCache:
         self.clean_bytes = 0
         self.corrupt_dropped = 0
         self._touched = 0
+        self.pinned: set[bytes] = set()
+        """Chunks of pinned files (pins.py): never evicted."""
         if cache.get_meta("chunk_format") != FORMAT:
             with cache.write() as txn:  # a cache from before checksums: clean chunks are only a cache
                 txn.drop(cache.chunks, delete=False)
@@ -137,19 +140,29 @@ class ChunkCache:
         return True
 
     def evict(self, incoming: int = 0) -> None:
-        """Drop least recently used clean chunks until `incoming` more bytes fit."""
+        """Drop least recently used clean chunks until `incoming` more bytes fit. Chunks
+        of pinned files are passed over (and moved to the recent end, so the next
+        eviction does not walk them again)."""
         excess = self.clean_bytes + self.dirty_bytes + incoming - self.limit
         if excess <= 0 or not self._lru:
             return
-        victims = []
-        while excess > 0 and self._lru:
+        victims, passed = [], []
+        for _ in range(len(self._lru)):
+            if excess <= 0:
+                break
             key, size = self._lru.popitem(last=False)
+            if key in self.pinned:
+                passed.append((key, size))
+                continue
             victims.append(key)
             excess -= size
             self.clean_bytes -= size
-        with self.cache.write() as txn:
-            for key in victims:
-                txn.delete(key, db=self.cache.chunks)
+        for key, size in passed:
+            self._lru[key] = size
+        if victims:
+            with self.cache.write() as txn:
+                for key in victims:
+                    txn.delete(key, db=self.cache.chunks)
         log.debug("evicted %d clean chunks", len(victims))
 
     def keys(self) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from typing import Callable
 
 import trio
 
@@ -63,8 +64,10 @@ class Fetcher:
                 out[chunk.fingerprint] = chunk
         return out
 
-    async def ensure(self, fingerprints: list[str]) -> None:
-        """Make sure every chunk is in the cache, downloading the missing ones in parallel."""
+    async def ensure(self, fingerprints: list[str], *, on_fetched: Callable[[str], None] | None = None) -> None:
+        """Make sure every chunk is in the cache, downloading the missing ones in parallel.
+        `on_fetched` is told of each chunk this call downloaded, as it lands (the
+        progress of pinned files: pins.py)."""
         missing = [fp for fp in dict.fromkeys(fingerprints) if fp not in self.chunks and fp not in self._spare]
         if not missing:
             return
@@ -87,6 +90,8 @@ class Fetcher:
                 self._keep(fp, data)
                 self.downloaded_bytes += len(data)
                 self._errors.pop(fp, None)
+                if on_fetched is not None:
+                    on_fetched(fp)
             except CorruptChunkError as exc:
                 log.error("chunk %s from the store does not match its fingerprint: %s", fp, exc)
                 self._errors[fp] = exc

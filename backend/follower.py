@@ -85,6 +85,8 @@ class Follower:
         self._reconciled = trio.Event()
         self._reconciling = trio.Lock()
         self.reconciles = 0
+        self.on_replaced: Callable[[int, int], None] = lambda old_ino, new_ino: None
+        """Told when a file gets a new inode for new content (pins.py moves its pin)."""
 
     # --- the first mount ---
 
@@ -412,6 +414,7 @@ class Follower:
                 self.cache.drop(txn, local)
             self.cache.bind_node_id(txn, node, remote.id)
             self.cache.link(txn, parent, remote.name, node.ino)
+        self.on_replaced(local.ino, node.ino)
         self._inval.append(("entry", local.parent or parent, local.name))
         if (local.parent, local.name) != (parent, remote.name):
             self._inval.append(("entry", parent, remote.name))

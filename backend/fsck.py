@@ -26,8 +26,12 @@ log = logging.getLogger("cloudfs.fsck")
 async def run_fsck(session: Session) -> dict[str, Any]:
     problems: list[str] = []
     repaired: list[str] = []
-    device = await _check_device(session, problems, repaired)
-    server = await _check_server(session, problems, repaired)
+    try:
+        device = await _check_device(session, problems, repaired)
+        session.fsck_progress = {"phase": "the server reads back every chunk", "done": 0, "total": None}
+        server = await _check_server(session, problems, repaired)
+    finally:
+        session.fsck_progress = None
     for line in repaired:
         log.warning("fsck repaired: %s", line)
     for line in problems:
@@ -38,8 +42,11 @@ async def run_fsck(session: Session) -> dict[str, Any]:
 async def _check_device(session: Session, problems: list[str], repaired: list[str]) -> dict[str, int]:
     cache, chunks = session.cache, session.chunks
     checked = dropped = 0
-    for i, fp in enumerate(chunks.keys()):
+    keys = chunks.keys()
+    session.fsck_progress = {"phase": "cached chunks", "done": 0, "total": len(keys)}
+    for i, fp in enumerate(keys):
         checked += 1
+        session.fsck_progress["done"] = checked
         if not chunks.verify_entry(fp):
             dropped += 1
             repaired.append(f"cached chunk {fp} was damaged: dropped (fetched again when read)")
@@ -48,8 +55,11 @@ async def _check_device(session: Session, problems: list[str], repaired: list[st
     queued = {op.get("ino") for _, op in cache.outbox_items(limit=10_000_000) if op.get("op") == "upload"}
     inodes = {n.ino: n for n in cache.iter_inodes()}
     requeued = 0
+    memo: dict[int, bool] = {}
     for node in inodes.values():
         if node.kind == "file" and node.dirty and node.ino not in queued and (node.parent or node.ino == ROOT_INO):
+            if not node.node_id and await _kept_here(session, node, memo):
+                continue  # an ignore rule keeps it here: no upload is due
             with cache.write() as txn:
                 cache.enqueue(txn, {"op": "upload", "ino": node.ino, "force": True})
             requeued += 1
@@ -64,6 +74,13 @@ async def _check_device(session: Session, problems: list[str], repaired: list[st
         session.syncer.wake()
     return {"cached_chunks": checked, "damaged_chunks": dropped, "uploads_requeued": requeued,
             "stray_block_inodes": len(stray)}
+
+
+async def _kept_here(session: Session, node: Any, memo: dict[int, bool]) -> bool:
+    try:
+        return await session.ignore.ignored(node, memo)
+    except Exception:  # noqa: BLE001 - rules that cannot be read now: treat it as a change to send
+        return False
 
 
 def _stray_blocks(cache: Cache, inos: set[int]) -> set[int]:

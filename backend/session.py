@@ -30,9 +30,12 @@ from .drive import Drive
 from .errors import OfflineError, ServerError, UserError
 from .fetcher import Fetcher
 from .follower import Follower, Invalidator
+from .ignore import IGNORE_FILE, IgnoreRules
+from .pins import Pins
 from .startup import ServerUnreachableError, check_account, claim_cache, over_quota, probe_server
 from .streamer import Streamer
 from .syncer import Syncer
+from .transfers import Transfers
 from .uploader import Uploader
 
 log = logging.getLogger("cloudfs.session")
@@ -76,10 +79,15 @@ class Session:
     fetcher: Fetcher
     uploader: Uploader
     streamer: Streamer
+    pins: Pins
+    ignore: IgnoreRules
+    transfers: Transfers
     notes: list[str] = field(default_factory=list)
     """What the user should hear about the start: offline (and why), over quota."""
     offline_since: float | None = None
     """trio time since when the server has not answered (kept by the heartbeat)."""
+    fsck_progress: dict | None = None
+    """What a running fsck has checked so far (fsck.py), for its progress bar."""
 
     @property
     def offline(self) -> bool:
@@ -104,6 +112,7 @@ class Session:
         await nursery.start(self.syncer.run)
         await nursery.start(self.follower.run)
         await nursery.start(self.streamer.run)
+        await nursery.start(self.pins.run, self.follower)
         self.drive.forget_size = lambda parent, name: nursery.start_soon(self.follower.invalidate_entry, parent, name)
         nursery.start_soon(self._heartbeat)
 
@@ -133,7 +142,7 @@ class Session:
             "online": self.client.reachable and self.syncer.online and self.follower.online,
             "pending_files": len(pending | dirty),
             "pending_ops": len(items),
-            "pending_bytes": self.chunks.dirty_bytes,
+            "pending_bytes": self.pending_bytes(),
             "cursor": self.follower.cursor,
             "cache_bytes": self.chunks.used_bytes,
             "cache_limit": self.chunks.limit,
@@ -148,6 +157,45 @@ class Session:
             "write_blocked": self.drive.room.stopped(),
             "token_refused": self.client.refused,
         }
+
+    def pending_bytes(self) -> int:
+        """Bytes waiting for upload: dirty bytes, less what uploads under way already sent."""
+        return max(0, self.chunks.dirty_bytes - self.transfers.sent_bytes("up"))
+
+    def progress(self) -> dict:
+        """What the progress bars follow (cheap: no walk over the tree)."""
+        return {"pending_bytes": self.pending_bytes(), "pinned_missing_bytes": self.pins.missing_bytes,
+                "transfers": self.transfers.current(), "fsck": self.fsck_progress}
+
+    def uploading(self, ino: int) -> int:
+        """Bytes of `ino` uploaded so far by an upload under way (0 when none is)."""
+        return self.transfers.sent_for(ino)
+
+    async def report(self) -> dict:
+        """`cloudfs status`: `status()`, with what takes a walk or may read an ignore
+        file: the files ignore rules keep here (not counted as pending), the pins and the
+        transfers under way."""
+        status = self.status()
+        memo: dict[int, bool] = {}
+        ignored, ignored_bytes = 0, 0
+        for node in list(self.cache.iter_inodes()):
+            if node.name == IGNORE_FILE and node.parent:
+                with contextlib.suppress(OfflineError, ServerError):
+                    await self.ignore.rules_of(node.parent)  # so a bad line is reported even if nothing is new
+            if node.node_id or not node.parent or node.kind == "dir":
+                continue
+            try:
+                if await self.ignore.ignored(node, memo):
+                    ignored += 1
+                    ignored_bytes += node.size if node.dirty else 0
+            except (OfflineError, ServerError):
+                continue  # its rules cannot be read now: it counts as pending
+        status["ignored_files"] = ignored
+        status["pending_files"] = max(0, status["pending_files"] - ignored)
+        status["pending_bytes"] = max(0, status["pending_bytes"] - ignored_bytes)
+        status["ignore_problems"] = self.ignore.problems
+        status["transfers"] = self.transfers.current()
+        return {**status, **self.pins.status()}
 
     def confirm_deletes(self) -> int:
         held = self.syncer.guard.held
@@ -255,11 +303,17 @@ async def open_session(options: SessionOptions, invalidate: Invalidator | None =
         drive.on_written = streamer.written
         drive.room.on_pressure = lambda: (syncer.wake(), streamer.press())
         drive.room.why = lambda: _why_stuck(client, syncer, streamer)
+        transfers = uploader.transfers
+        pins = Pins(cache, chunks, content, fetcher, transfers)
+        ignore = IgnoreRules(cache, content)
+        follower.on_replaced = pins.replaced
+        syncer.keep_local = ignore.ignored
         syncer.on_stale = follower.refresh
         syncer.forget_name = follower.invalidate_entry
         await follower.bootstrap()
         drive.purge_orphans()
-        session = Session(options, client, cache, chunks, drive, syncer, follower, fetcher, uploader, streamer, notes)
+        session = Session(options, client, cache, chunks, drive, syncer, follower, fetcher, uploader, streamer, pins,
+                          ignore, transfers, notes)
         if not client.reachable:
             session.offline_since = trio.current_time()
         yield session

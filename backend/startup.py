@@ -112,8 +112,8 @@ async def probe_server(client: ApiClient, *, timeout: float = PROBE_TIMEOUT_S) -
                         f"check the URL")
     me = await _get(client, "/me", limit)
     if me.status_code == 401:
-        raise UserError(f"the server at {url} refused the token (401 unauthorized): check --token or "
-                        f"CLOUDFS_TOKEN (`cloudfs user add NAME` prints a new one)")
+        raise UserError(f"the server at {url} refused the token (401 unauthorized): check --token, "
+                        f"CLOUDFS_TOKEN or the one `cloudfs login` saved (`cloudfs user add NAME` prints a new one)")
     if me.status_code != 200:
         raise UserError(f"the server at {url} answered GET /me with {me.status_code}: {_detail(me)}")
     try:

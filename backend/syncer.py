@@ -66,6 +66,8 @@ class Syncer:
         self.on_stale: Callable[[int], None] = lambda node_id: None  # the follower's refresh
         self.forget_name: Callable[[int, str], Awaitable[None]] = _nothing_to_forget
         """Make the kernel drop a name (the follower's invalidate_entry)."""
+        self.keep_local: Callable[[Inode], Awaitable[bool]] = _send_everything
+        """Whether a node the server has not seen stays on this device (ignore.py)."""
         self.quota_blocked: set[int] = set()
         """Files whose upload the server refused for the quota; retried every QUOTA_RETRY_S."""
         self.last_error = ""
@@ -301,6 +303,8 @@ class Syncer:
         if kind == "upload":
             if not node.dirty or (self.open_count.get(node.ino) and not op.get("force")):
                 return  # clean already, or still open: release() queues another upload
+        if not node.node_id and await self.keep_local(node):
+            return  # an ignore rule keeps it here; what the server has already keeps syncing
         async with self._lock(node.ino):
             await self._push(node, depth=0)
 
@@ -694,6 +698,11 @@ def _renamed_meanwhile(exc: ConflictError, node: Inode) -> bool:
     was being retried. Not a conflict: the request goes again under the new name."""
     occupant = exc.body.get("node") or {}
     return exc.code == "name_exists" and occupant.get("name") not in (None, node.name)
+
+
+async def _send_everything(node: Inode) -> bool:
+    """Without ignore rules (tests of the syncer alone) every node is sent."""
+    return False
 
 
 async def _nothing_to_forget(parent: int, name: str) -> None:

@@ -32,6 +32,7 @@ on the trio thread. The budget's waiters are the producer alone.
 from __future__ import annotations
 
 import base64
+import contextvars
 import io
 import logging
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from .content import Content, ContentReader, Watch
 from .errors import ConflictError, ServerError, one_error
 from .lmdbmap import release_map_pages
 from .prefix import Prefix, Ranges, Reused, walk
+from .transfers import Transfer, Transfers
 
 if TYPE_CHECKING:
     import lmdb
@@ -67,6 +69,9 @@ EAGER_BYTES = 256 * 1024
 UNMAP_BYTES = 32 * MiB
 """The producer gives back the LMDB map's pages after reading this much (lmdbmap.py):
 otherwise streaming a file's dirty blocks maps all of them into the mount's RSS."""
+_TRANSFER: contextvars.ContextVar[Transfer | None] = contextvars.ContextVar("cloudfs_upload", default=None)
+"""The upload a task works for: trio's child tasks and worker threads inherit it, so a
+PUT deep in a batch counts towards its file's progress without being told which."""
 
 
 @dataclass
@@ -172,11 +177,23 @@ class Uploader:
         """Bytes PUT to the store (compressed bodies count as stored)."""
         self.sent_plain_bytes = 0
         self.compressed_chunks = 0
+        self.transfers = Transfers()
+        """Uploads under way, chunk by chunk (`cloudfs status`; the session shares it)."""
 
     async def upload(self, node: Inode, *, parent_node_id: int) -> UploadResult:
         """Commit `node`'s current content as a new version; raises the server's error
         (StaleRevisionError, MissingChunksError ...) untouched for the caller to handle.
-        The caller holds the file's upload lock and passes the result to `finish_upload`."""
+        The caller holds the file's upload lock and passes the result to `finish_upload`.
+        Its progress is a transfer ("up") from the first PUT to the commit's answer."""
+        transfer = self.transfers.start("up", "/" + "/".join(self.cache.names_to(node.ino)), node.size, key=node.ino)
+        reset = _TRANSFER.set(transfer)
+        try:
+            return await self._upload(node, parent_node_id=parent_node_id)
+        finally:
+            _TRANSFER.reset(reset)
+            self.transfers.finish(transfer)
+
+    async def _upload(self, node: Inode, *, parent_node_id: int) -> UploadResult:
         gen, size, mtime_ns = node.gen, node.size, node.mtime_ns
         base = await self.content.base_chunks(node)
         watch = self.content.watches[node.ino] = Watch()
@@ -356,11 +373,13 @@ class Uploader:
                 await self.client.put_chunk(ticket, out.body)
                 sent += len(out.body)
                 self.sent_plain_bytes += out.length
+                _progress(out.length, sent=True)
                 self.compressed_chunks += out.packed is not None
 
         async with one_error(), trio.open_nursery() as nursery:
             for ticket in tickets.values():
                 nursery.start_soon(put, ticket)
+        _progress(sum(o.length for fp, o in by_fp.items() if fp not in tickets), sent=False)  # the store had them
         self._keep(list(by_fp.values()))
         return len(tickets), sent
 
@@ -369,6 +388,12 @@ class Uploader:
         for o in sent:
             if o.fingerprint not in self.chunks and self.chunks.used_bytes + o.length < self.chunks.limit:
                 self.chunks.put(o.fingerprint, o.data)
+
+
+def _progress(nbytes: int, *, sent: bool) -> None:
+    transfer = _TRANSFER.get()
+    if transfer is not None and nbytes:
+        transfer.advance(nbytes, sent=sent)
 
 
 def finish_upload(cache: Cache, content: Content, node: Inode, result: UploadResult) -> bool:

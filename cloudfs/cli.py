@@ -107,7 +107,10 @@ def _user_passwd(args: argparse.Namespace) -> int:
 def _mount(args: argparse.Namespace) -> int:
     from cloudfs.backend.session import SessionOptions, default_cache_dir
 
-    token = validate.token(args.token)
+    from .account_cli import resolve_mount
+
+    resolve_mount(args, _default_device)  # SERVER_URL, token and defaults from config.toml and `cloudfs login`
+    token = args.token
     mountpoint = validate.mountpoint(args.mountpoint, allow_non_empty=args.allow_non_empty)
     cache_dir = args.cache or default_cache_dir(Path(platformdirs.user_cache_dir("cloudfs")), args.server_url, mountpoint)
     cache_dir = Path(os.path.abspath(cache_dir))
@@ -118,7 +121,7 @@ def _mount(args: argparse.Namespace) -> int:
     session = SessionOptions(server_url=args.server_url, token=token, cache_dir=cache_dir,
                              cache_size=args.cache_size, device=args.device, mountpoint=mountpoint,
                              delete_guard=args.delete_guard, delete_guard_fraction=args.delete_guard_fraction)
-    return run_foreground(MountOptions(session=session, mountpoint=mountpoint))
+    return run_foreground(MountOptions(session=session, mountpoint=mountpoint), log_file=args.log_file)
 
 
 def _mount_in_background(args: argparse.Namespace, token: str, mountpoint: Path, cache_dir: Path) -> int:
@@ -190,11 +193,29 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  last error: {reply['last_error']}")
     if reply.get("write_blocked"):
         print(f"  writing stopped: {reply['write_blocked']}")
+    if reply.get("pins"):
+        missing = reply.get("pinned_missing_bytes", 0)
+        print(f"  pinned (kept offline): {', '.join(reply['pins'])}: {reply['pinned_bytes']} bytes"
+              + (f", {missing} bytes still to fetch" if missing else ", all here"))
+    if reply.get("ignored_files"):
+        print(f"  ignored (kept on this device only): {reply['ignored_files']} files")
+    for problem in reply.get("ignore_problems", []):
+        print(f"  ignore rule skipped: {problem}")
+    for t in reply.get("transfers", []):
+        eta = f", {t['eta_s']:.0f}s left" if t.get("eta_s") is not None else ""
+        print(f"  {'uploading' if t['direction'] == 'up' else 'downloading'} {t['path']}: {t['done_bytes']} of "
+              f"{t['total_bytes']} bytes at {t['speed_bps']} bytes/s{eta}")
     return 0
 
 
 def _fsck(args: argparse.Namespace) -> int:
-    reply = _control(_target(args.mountpoint), {"command": "fsck", "timeout": args.timeout}, args.timeout + 10)
+    from . import progress
+
+    mountpoint = _target(args.mountpoint)
+    def check() -> dict:
+        return _control(mountpoint, {"command": "fsck", "timeout": args.timeout}, args.timeout + 10)
+
+    reply = check() if args.json else progress.run(mountpoint, "fsck", check, "fsck")
     if args.json:
         print(json.dumps(reply))
     else:
@@ -225,8 +246,11 @@ def _unfinished(reply: dict, timeout: float) -> str:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    reply = _control(_target(args.mountpoint), {"command": "sync", "timeout": args.timeout, "full": args.full},
-                     args.timeout + 10)
+    from . import progress
+
+    mountpoint = _target(args.mountpoint)
+    reply = progress.run(mountpoint, "sync", lambda: _control(
+        mountpoint, {"command": "sync", "timeout": args.timeout, "full": args.full}, args.timeout + 10), "sync")
     if not reply.get("ok"):
         raise UserError(f"{_unfinished(reply, args.timeout)}; a later `cloudfs sync` or the mount itself retries")
     return 0
@@ -306,16 +330,18 @@ def build_parser() -> argparse.ArgumentParser:
     passwd.set_defaults(func=_user_passwd)
 
     mount = verbs.add_parser("mount", help="mount the drive (returns once it answers, unless --foreground)")
-    mount.add_argument("server_url", metavar="SERVER_URL", type=validate.server_url)
-    mount.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
-    mount.add_argument("--token", help="bearer token (default: $CLOUDFS_TOKEN)")
+    mount.add_argument("where", nargs="+", metavar="[SERVER_URL] MOUNTPOINT",
+                       help="SERVER_URL defaults to config.toml's, else to the server of `cloudfs login`")
+    mount.add_argument("--token", help="bearer token (default: $CLOUDFS_TOKEN, else the one `cloudfs login` saved)")
     mount.add_argument("--cache", type=Path, help="cache directory (default: one per server + mountpoint)")
-    mount.add_argument("--cache-size", type=validate.size, default=10 << 30, metavar="SIZE", help="default 10G")
-    mount.add_argument("--device", type=validate.device, default=_default_device(), help="this device's name")
+    mount.add_argument("--cache-size", type=validate.size, default=None, metavar="SIZE", help="default 10G")
+    mount.add_argument("--device", type=validate.device, default=None,
+                       help="this device's name (default: the host name)")
+    mount.add_argument("--log-file", type=Path, default=None, help=argparse.SUPPRESS)
     mount.add_argument("--allow-non-empty", action="store_true",
                        help="mount on a directory that has files in it (they are hidden while mounted)")
     mount.add_argument("--foreground", action="store_true", help="serve until unmounted or SIGINT/SIGTERM")
-    mount.add_argument("--delete-guard", type=validate.count, default=1000, metavar="N",
+    mount.add_argument("--delete-guard", type=validate.count, default=None, metavar="N",
                        help="hold a burst of more than N deletes (or of more than --delete-guard-fraction of the "
                             "drive's files) until `cloudfs deletes confirm`; 0 never holds (default 1000)")
     mount.add_argument("--delete-guard-fraction", type=validate.fraction, default=0.25, metavar="F",
@@ -349,12 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also compare the whole local tree with the server's and repair any drift")
     sync.set_defaults(func=_sync)
 
-    from cloudfs import history_cli
+    from cloudfs import account_cli, daily_cli, devices_cli, history_cli, service
 
     history_cli.add_parsers(verbs)
-    from cloudfs import devices_cli
-
-    devices_cli.add_parsers(verbs, _default_device())
+    devices_cli.add_parsers(verbs)
+    daily_cli.add_parsers(verbs)
+    account_cli.add_parsers(verbs)
+    service.add_parsers(verbs)
     return parser
 
 
@@ -366,5 +393,6 @@ def _default_device() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    verb = args.verb + (f" {args.user_verb}" if getattr(args, "user_verb", None) else "")
+    sub = getattr(args, "user_verb", None) or getattr(args, "service_verb", None)
+    verb = args.verb + (f" {sub}" if sub else "")
     return errors.run(verb, args.func, args)

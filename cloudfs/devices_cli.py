@@ -1,4 +1,4 @@
-"""`cloudfs devices` and `cloudfs login`: the account's devices from a terminal, through
+"""`cloudfs devices`: the account's devices from a terminal, through
 the same server routes as the web page's Devices view (server/auth_api.py).
 
 - `cloudfs devices [list] [PATH]` lists every device token and browser session of the
@@ -7,9 +7,8 @@ the same server routes as the web page's Devices view (server/auth_api.py).
   `cloudfs devices revoke ID` revokes one (that device gets 401 from then on and says
   so in `cloudfs status`). They ask through the mount, with its token, as
   history_cli.py does; the mount's own token is marked and is revoked only with --force.
-- `cloudfs login SERVER_URL NAME` trades the account's password (from the terminal, or
-  stdin when it is not one) for a new device token, printed on the last line: a machine
-  with no token gets one without the server's administrator.
+(`cloudfs login SERVER_URL NAME`, in account_cli.py, makes a device token from the
+account's password.)
 """
 
 from __future__ import annotations
@@ -17,10 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 from pathlib import Path
-
-import httpx
 
 from cloudfs import validate
 from cloudfs.history_cli import HistoryError, _guarded, api, find_mount
@@ -79,41 +75,9 @@ def _list(path: Path, *, as_json: bool) -> int:
     return 0
 
 
-def login(args: argparse.Namespace) -> int:
-    if sys.stdin.isatty():
-        import getpass
-
-        password = getpass.getpass(f"password of {args.name} on {args.server_url}: ")
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
-    if not password:
-        raise HistoryError("no password given (type it, or send it on stdin)")
-    try:
-        r = httpx.post(f"{args.server_url.rstrip('/')}/auth/token", timeout=60,
-                       json={"name": args.name, "password": password, "device": args.device})
-    except httpx.HTTPError as exc:
-        raise HistoryError(f"{args.server_url} does not answer ({exc})") from None
-    if r.status_code != 201:
-        try:
-            detail = r.json().get("detail") or r.text
-        except ValueError:
-            detail = r.text
-        raise HistoryError(f"{detail} (HTTP {r.status_code})")
-    print(f"a device token for {args.device!r}; mount with: cloudfs mount {args.server_url} MOUNTPOINT "
-          f"--device {args.device} --token TOKEN", file=sys.stderr)
-    print(r.json()["token"])
-    return 0
-
-
-def add_parsers(verbs: argparse._SubParsersAction, default_device: str) -> None:
+def add_parsers(verbs: argparse._SubParsersAction) -> None:
     d = verbs.add_parser("devices", help="the account's devices and browser sessions: list, add LABEL, revoke ID")
     d.add_argument("words", nargs="*", metavar="[list|add LABEL|revoke ID] [PATH]")
     d.add_argument("--json", action="store_true")
     d.add_argument("--force", action="store_true", help="revoke even the token this mount uses")
     d.set_defaults(func=_guarded(devices))
-
-    li = verbs.add_parser("login", help="a new device token for a user name and password (printed on the last line)")
-    li.add_argument("server_url", metavar="SERVER_URL", type=validate.server_url)
-    li.add_argument("name", type=validate.user_name)
-    li.add_argument("--device", type=validate.device, default=default_device, help="the new device's name")
-    li.set_defaults(func=_guarded(login))

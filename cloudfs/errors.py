@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import logging
 import os
 import stat
 import sys
@@ -78,6 +79,8 @@ def run(verb: str, func: Callable[[argparse.Namespace], int], args: argparse.Nam
 
 def fail(verb: str, line: str, code: int) -> int:
     print(f"cloudfs {verb}: {line}", file=sys.stderr, flush=True)
+    if logging.getLogger().handlers:  # a mount process logging to its own file: the log keeps the reason too
+        logging.getLogger("cloudfs").error("cloudfs %s: %s", verb, line)
     control.tell_parent({"ok": False, "error": line, "exit": code})
     return code
 

@@ -31,7 +31,7 @@ def find_mount(path: Path) -> tuple[Path, str]:
         if not os.path.ismount(candidate):
             continue
         try:
-            control.request(candidate, {"command": "status"}, timeout=10)
+            control.request(candidate, {"command": "progress"}, timeout=10)  # cheap: no walk over the tree
         except OSError:
             continue
         inside = absolute.relative_to(candidate)

@@ -116,15 +116,15 @@ def user_name(text: str) -> str:
     return text
 
 
-def token(given: str | None) -> str:
+def token(given: str | None, *, hint: str = "`cloudfs user add NAME` prints one", where: str | None = None) -> str:
     """The bearer token from --token or CLOUDFS_TOKEN; surrounding whitespace (a pasted
     newline) is dropped, anything else that cannot go in a header is refused here."""
     value = (given if given is not None else os.environ.get("CLOUDFS_TOKEN", "")).strip()
     if not value:
-        raise UsageError("no token: pass --token TOKEN or set CLOUDFS_TOKEN (`cloudfs user add NAME` prints one)")
+        raise UsageError(f"no token: pass --token TOKEN or set CLOUDFS_TOKEN ({hint})")
     if not value.isascii() or not value.isprintable() or " " in value:
-        where = "--token" if given is not None else "CLOUDFS_TOKEN"
-        raise UsageError(f"the token in {where} has spaces or characters a token never has: paste it again")
+        where = where or f"the token in {'--token' if given is not None else 'CLOUDFS_TOKEN'}"
+        raise UsageError(f"{where} has spaces or characters a token never has: paste it again")
     return value
 
 

@@ -1,7 +1,7 @@
 """Running a mount: pyfuse3 + the drive's background tasks in one trio nursery.
 
 `serve` is the foreground process. `spawn` starts it in the background (a new
-session, output to a log file in the cache dir) and waits for the one line it sends
+session, its log in the cache dir, rotated, and its stderr beside it) and waits for the one line it sends
 back on a pipe (control.tell_parent): ready (online or offline, with any warning), or
 the reason it could not start, which `cloudfs mount` then prints itself.
 SIGINT/SIGTERM: upload what can be uploaded within a deadline, then unmount. A plain
@@ -14,9 +14,11 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import logging.handlers
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,7 +29,7 @@ from typing import Any, Awaitable, Callable
 import pyfuse3
 import trio
 
-from cloudfs.backend import control
+from cloudfs.backend import control, filestate
 from cloudfs.backend.errors import OfflineError, UserError, one_error
 from cloudfs.backend.follower import Invalidator
 from cloudfs.backend.fsck import run_fsck
@@ -69,7 +71,9 @@ async def _control_handler(session: Session, mountpoint: Path):  # noqa: ANN202
         timeout = float(req.get("timeout", 60))
         if command == "status":
             return {"ok": True, "mountpoint": str(mountpoint), "server_url": session.options.server_url,
-                    **session.status()}
+                    **await session.report()}
+        if command in filestate.COMMANDS:
+            return await filestate.handle(session, req)
         if command in ("sync", "flush"):
             outcome, reason = await _until_done_or_offline(
                 session, (lambda: session.sync(full=bool(req.get("full")))) if command == "sync" else session.flush,
@@ -177,23 +181,41 @@ async def serve(options: MountOptions) -> None:
                 await session.start(nursery)
                 await nursery.start(control.serve, control.socket_path(mountpoint),
                                     await _control_handler(session, mountpoint))
-                nursery.start_soon(_on_signal, session)
+                signalled: list[int] = []
+                nursery.start_soon(_on_signal, session, signalled)
                 log.info("mounted %s on %s (cache %s)", options.session.server_url, mountpoint,
                          options.session.cache_dir)
                 for note in session.notes:
                     log.warning("%s", note)
                 print(f"cloudfs mounted on {mountpoint}", flush=True)
                 control.tell_parent({"ok": True, "online": not session.offline, "notes": session.notes})
+                _notify_systemd(b"READY=1")
                 await pyfuse3.main()
-                unmounted = True
+                unmounted = not signalled  # main() also returns after terminate(): the mount is still there
                 nursery.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=not unmounted)
 
 
-async def _on_signal(session: Session) -> None:
+def _notify_systemd(message: bytes) -> None:
+    """sd_notify(3) for a `Type=notify` unit (cloudfs/service.py): one datagram on the
+    socket systemd names in NOTIFY_SOCKET ('@' is the abstract namespace)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(message, address)
+    except OSError as exc:
+        log.warning("could not tell systemd we are ready on %s: %s", address, exc)
+
+
+async def _on_signal(session: Session, signalled: list[int]) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
+            signalled.append(signum)
             log.info("%s: uploading what is pending (up to %ds), then unmounting",
                      signal.Signals(signum).name, FLUSH_ON_SIGNAL_S)
             with trio.move_on_after(FLUSH_ON_SIGNAL_S):
@@ -214,10 +236,24 @@ def _tune_malloc() -> None:
         pass
 
 
-def run_foreground(options: MountOptions) -> int:
+LOG_MAX_BYTES = 10 << 20
+LOG_BACKUPS = 3
+
+
+def run_foreground(options: MountOptions, *, log_file: Path | None = None) -> int:
+    """Serve until unmounted. The log goes to stderr, or, for a mount started in the
+    background, to `log_file`, rotated at LOG_MAX_BYTES (CLOUDFS_LOG_MAX_BYTES) with
+    LOG_BACKUPS old files kept: a drive mounted for months must not fill the disk."""
     _tune_malloc()
     level = os.environ.get("CLOUDFS_LOG_LEVEL", "INFO").upper()  # DEBUG: every request, timed to the ms
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    handler: logging.Handler
+    if log_file is not None:
+        max_bytes = int(os.environ.get("CLOUDFS_LOG_MAX_BYTES", LOG_MAX_BYTES))
+        handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=max_bytes, backupCount=LOG_BACKUPS,
+                                                       encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=[handler])
     if level != "DEBUG":
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request, signed URLs included
     logging.getLogger("httpcore").setLevel(logging.WARNING)
@@ -234,15 +270,33 @@ class Started:
     pid: int
 
 
+STDERR_MAX_BYTES = 1 << 20
+
+
+def stderr_path(log_path: Path) -> Path:
+    """Where a background mount's own stderr goes (a crash's traceback, anything a library
+    prints), beside its rotating log."""
+    return log_path.with_name(log_path.stem + "-stderr" + log_path.suffix)
+
+
 def spawn(argv: list[str], mountpoint: Path, log_path: Path, *, timeout: float = 60.0) -> Started:
     """Start `cloudfs mount ... --foreground` detached and wait for its report. Raises
-    UserError with the mount process's own reason when it could not start."""
+    UserError with the mount process's own reason when it could not start. Its log goes
+    to `log_path` (rotated by the process itself), its stderr beside it (stderr_path;
+    the previous one is kept as .1 once it passed STDERR_MAX_BYTES)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    err_path = stderr_path(log_path)
+    try:
+        if err_path.stat().st_size > STDERR_MAX_BYTES:
+            os.replace(err_path, err_path.with_name(err_path.name + ".1"))
+    except FileNotFoundError:
+        pass
     read_fd, write_fd = os.pipe()
     try:
-        with open(log_path, "ab") as log_file:
-            proc = subprocess.Popen([sys.executable, "-m", "cloudfs", *argv, "--foreground"],
-                                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+        with open(err_path, "ab") as err_file:
+            err_start = err_file.tell()
+            proc = subprocess.Popen([sys.executable, "-m", "cloudfs", *argv, "--foreground", "--log-file", str(log_path)],
+                                    stdin=subprocess.DEVNULL, stdout=err_file, stderr=err_file,
                                     start_new_session=True, pass_fds=(write_fd,),
                                     env={**os.environ, control.STATUS_FD_ENV: str(write_fd)})
         os.close(write_fd)
@@ -257,8 +311,10 @@ def spawn(argv: list[str], mountpoint: Path, log_path: Path, *, timeout: float =
         raise UserError(f"the mount process did not come up within {timeout:.0f}s; stopped it (details in {log_path})")
     if report is None:
         code = _wait(proc)
-        raise UserError(f"the mount process ended (exit {code}) before it was ready: {_last_line(log_path)} "
-                        f"(details in {log_path})")
+        said = _last_line(err_path, since=err_start)
+        where = err_path if said != "(nothing in the log)" else log_path
+        raise UserError(f"the mount process ended (exit {code}) before it was ready: "
+                        f"{said if where == err_path else _last_line(log_path)} (details in {where})")
     if not report.get("ok"):
         _wait(proc)
         failed = UserError(str(report.get("error") or "the mount process could not start"))
@@ -297,10 +353,10 @@ def _read_report(fd: int, timeout: float) -> dict[str, Any] | None:
         return {"ok": False, "error": f"the mount process sent a garbled report: {buf[:200]!r}"}
 
 
-def _last_line(log_path: Path) -> str:
+def _last_line(log_path: Path, *, since: int = 0) -> str:
     try:
         with open(log_path, "rb") as log_file:
-            log_file.seek(max(0, os.path.getsize(log_path) - 4096))
+            log_file.seek(max(since, os.path.getsize(log_path) - 4096))
             lines = [line.strip() for line in log_file.read().decode(errors="replace").splitlines() if line.strip()]
     except OSError:
         return "(no log)"

@@ -23,6 +23,9 @@ class Faults:
     slow: float = 0.0
     slow_s: float = 0.5
     seed: int = 1
+    rate: float = 0.0
+    """Bytes per second through the proxy, all connections and both directions together
+    (0: unlimited): a slow link, so an upload's progress can be watched."""
 
 
 BODY_503 = b'{"error":"unavailable","detail":"fault injected by the test proxy"}'
@@ -44,6 +47,7 @@ class Proxy:
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
+        self._link_free_at = 0.0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def hang(self) -> None:
@@ -130,12 +134,24 @@ class Proxy:
                     _reset(dst)
                     return
                 limit[0] -= len(data)
+            self._pace(len(data))
             try:
                 dst.sendall(data)
             except OSError:
                 break
         _close(src)
         _close(dst)
+
+    def _pace(self, nbytes: int) -> None:
+        """Under `rate`, each piece waits for its slot on the one shared link."""
+        if self.faults.rate <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(self._link_free_at, now)
+            self._link_free_at = start + nbytes / self.faults.rate
+            wait = self._link_free_at - now
+        time.sleep(wait)
 
 
 def _reset(s: socket.socket) -> None:

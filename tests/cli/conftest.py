@@ -1,6 +1,7 @@
 """The `cloudfs` command as a user runs it: the real executable as a subprocess, a
 real server, real background mounts. Each run gets its own cache, log and runtime
-directories (XDG_*), so nothing lands in the home directory."""
+directories (XDG_*, config included: no `cloudfs login` of the machine's user leaks
+in), so nothing lands in the home directory."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ class Cli:
 def cli(tmp_path_factory: pytest.TempPathFactory) -> Cli:
     home = tmp_path_factory.mktemp("cli-home")
     env = {**os.environ, "XDG_CACHE_HOME": str(home / "cache"), "XDG_STATE_HOME": str(home / "state"),
-           "XDG_DATA_HOME": str(home / "data"), "XDG_RUNTIME_DIR": str(home / "run")}
+           "XDG_DATA_HOME": str(home / "data"), "XDG_RUNTIME_DIR": str(home / "run"),
+           "XDG_CONFIG_HOME": str(home / "config")}
     (home / "run").mkdir(mode=0o700)
     for name in ("CLOUDFS_TOKEN", "CLOUDFS_LOG_LEVEL"):
         env.pop(name, None)

@@ -4,6 +4,7 @@ for the CLI too), against a real server and a real mount."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -13,8 +14,9 @@ from tests.harness import CLOUDFS, ServerProcess, cloudfs_mount, wait_until
 from tests.web.conftest import Account
 
 
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLOUDFS, *args], input=stdin, capture_output=True, text=True, timeout=120)
+def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLOUDFS, *args], input=stdin, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
 
 
 def me(server: ServerProcess, token: str) -> httpx.Response:
@@ -68,14 +70,21 @@ def test_list_add_and_revoke_devices_from_a_mount(web_server: ServerProcess, acc
     assert outside.returncode == 1 and "not on a mounted cloudfs drive" in outside.stderr
 
 
-def test_login_trades_a_password_for_a_device_token(web_server: ServerProcess, account: Account) -> None:
-    done = run("login", web_server.url, account.name, "--device", "tablet", stdin=account.password + "\n")
+def test_login_trades_a_password_for_a_device_token(web_server: ServerProcess, account: Account,
+                                                    tmp_path: Path) -> None:
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
+    credentials = tmp_path / "config" / "cloudfs" / "credentials.toml"
+    wrong = run("login", web_server.url, account.name, "--device", "tablet", stdin="not it\n", env=env)
+    assert wrong.returncode == 1 and "HTTP 401" in wrong.stderr and not wrong.stdout
+    nobody = run("login", "http://127.0.0.1:9", account.name, stdin="x\n", env=env)
+    assert nobody.returncode == 1 and "does not answer" in nobody.stderr
+    assert not credentials.exists()  # nothing saved by a refusal
+    done = run("login", web_server.url, account.name, "--device", "tablet", stdin=account.password + "\n", env=env)
     assert done.returncode == 0, done.stderr
     token = done.stdout.strip().splitlines()[-1]
     assert me(web_server, token).json()["name"] == account.name
     labels = [d["label"] for d in account.api.get("/devices").json()["devices"]]
     assert "tablet" in labels
-    wrong = run("login", web_server.url, account.name, "--device", "tablet", stdin="not it\n")
-    assert wrong.returncode == 1 and "HTTP 401" in wrong.stderr and not wrong.stdout
-    nobody = run("login", "http://127.0.0.1:9", account.name, stdin="x\n")
-    assert nobody.returncode == 1 and "does not answer" in nobody.stderr
+    assert token in credentials.read_text()  # signed in once: `cloudfs mount MOUNTPOINT` finds it
+    both = run("login", web_server.url, account.name, "--token", token, env=env)
+    assert both.returncode == 2 and "not both" in both.stderr
