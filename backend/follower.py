@@ -232,7 +232,7 @@ class Follower:
     def _blocked(self, node_id: int) -> bool:
         ino = self.cache.ino_for_node(node_id)
         local = self.cache.get(ino) if ino else None
-        return local is not None and self._pending(local)
+        return local is not None and (self._pending(local) or self._move_queued(local))
 
     # --- what counts as local work ---
 
@@ -250,6 +250,32 @@ class Follower:
         if (local.parent, local.name) != (local.srv_parent, local.srv_name) or local.mode != local.srv_mode:
             return True
         return local.kind != "dir" and (local.dirty or local.mtime_ns != local.srv_mtime_ns)
+
+    def _move_queued(self, local: Inode) -> bool:
+        """True while a directory at or above `local` has a move (or its creation) that
+        the server has not seen: where `local` lives on the server is then about to
+        change, and a remote delete of it waits for that (`_delete_unless_moving`)."""
+        node = local if local.kind == "dir" else self.cache.get(local.parent)
+        for _ in range(MAX_PULL_DEPTH):
+            if node is None or node.ino == ROOT_INO or node.parent == 0:
+                return False
+            if not node.node_id or (node.parent, node.name) != (node.srv_parent, node.srv_name):
+                return True
+            node = self.cache.get(node.parent)
+        return False
+
+    def _delete_unless_moving(self, local: Inode) -> None:
+        """Apply the server's delete of `local`, unless a queued move of a directory at or
+        above it is still on its way: that move decides. Applied now, the delete would
+        take files the move needs (another device's rm -r of the directory `local` was
+        moved out of here: its per-file deletes arrive before our move reaches the
+        server, which then finds the tree gone and creates it again, with whatever is
+        still in it here). Deferred, the node is pulled again once the move is pushed,
+        and goes only if the server still says it is gone."""
+        if self._move_queued(local):
+            self._defer(local.node_id)
+        else:
+            self._apply_delete(local)
 
     def _deleting(self, node_id: int) -> bool:
         """A delete of `node_id` is queued in the outbox (usually empty, so cheap)."""
@@ -278,7 +304,7 @@ class Follower:
         local = self.cache.get(ino) if ino else None
         if change.op == "delete" or remote.deleted:
             if local is not None:
-                self._apply_delete(local)
+                self._delete_unless_moving(local)
             return
         if remote.parent_id is None:
             return  # the root: nothing of it is mirrored but its children
@@ -534,7 +560,7 @@ class Follower:
                     and not local.extra.get("detached"):
                 current = self.cache.get(local.ino)
                 if current is not None and current.parent:
-                    self._apply_delete(current)
+                    self._delete_unless_moving(current)
                     changed += 1
         await self._flush_invalidations()
         self._save_cursor(cursor)

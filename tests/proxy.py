@@ -1,11 +1,14 @@
 """A TCP proxy on loopback that injects network faults between a device and the
 server or S3: it can stop answering (connections accepted, then silence: what a
 stopped server does not show), and it can answer 503, reset connections part-way
-through a transfer, or be slow, at random but from a seed."""
+through a transfer, or be slow, at random but from a seed. It can also hold back only
+the requests whose first line matches a pattern (`hold`), so a test decides which of a
+device's requests reach the server first (its change feed before its queued move)."""
 
 from __future__ import annotations
 
 import random
+import re
 import socket
 import struct
 import threading
@@ -44,6 +47,11 @@ class Proxy:
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
+        self._held: re.Pattern[bytes] | None = None
+        self._released = threading.Event()
+        self._released.set()
+        self.holding = 0
+        """Requests waiting at a `hold` right now."""
         threading.Thread(target=self._accept, daemon=True).start()
 
     def hang(self) -> None:
@@ -58,8 +66,29 @@ class Proxy:
             _close(s)
         self._flowing.set()
 
+    def hold(self, request_line: bytes) -> None:
+        """Hold back every request whose first line matches the regex `request_line`
+        (say rb"^POST /nodes/\\d+/move ") until `release`; the others pass."""
+        self._held = re.compile(request_line)
+        self._released.clear()
+
+    def release(self) -> None:
+        self._held = None
+        self._released.set()
+
+    def set_faults(self, faults: Faults) -> None:
+        """New fault rates, met by every request from now on: the connections open
+        now are dropped (their peers see a reset and connect again)."""
+        with self._lock:
+            self.faults = faults
+            self._random = random.Random(faults.seed)
+            open_now, self._sockets = self._sockets, []
+        for s in open_now:
+            _close(s)
+
     def close(self) -> None:
         self._closed.set()
+        self._released.set()
         self._flowing.set()
         _close(self.listener)
         with self._lock:
@@ -110,9 +139,9 @@ class Proxy:
             self._sockets.append(upstream)
         limit = [budget if fate == "reset" else -1]  # bytes both directions may pass, shared
         threading.Thread(target=self._pump, args=(upstream, client, limit), daemon=True).start()
-        self._pump(client, upstream, limit)
+        self._pump(client, upstream, limit, outbound=True)
 
-    def _pump(self, src: socket.socket, dst: socket.socket, limit: list[int]) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, limit: list[int], *, outbound: bool = False) -> None:
         while not self._closed.is_set():
             try:
                 data = src.recv(65536)
@@ -122,6 +151,8 @@ class Proxy:
                 break
             while not self._flowing.is_set() and not self._closed.is_set():
                 self._flowing.wait(0.1)  # hung: hold the bytes, answer nothing
+            if outbound:
+                self._wait_if_held(data)
             if self._closed.is_set():
                 break
             if limit[0] >= 0:
@@ -136,6 +167,21 @@ class Proxy:
                 break
         _close(src)
         _close(dst)
+
+
+    def _wait_if_held(self, data: bytes) -> None:
+        """A request head (httpx sends it in one piece) matching the held pattern waits."""
+        held = self._held
+        if held is None or not held.search(data.split(b"\r\n", 1)[0]):
+            return
+        with self._lock:
+            self.holding += 1
+        try:
+            while not self._released.wait(0.1) and not self._closed.is_set():
+                pass
+        finally:
+            with self._lock:
+                self.holding -= 1
 
 
 def _reset(s: socket.socket) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -260,3 +261,52 @@ def test_a_file_written_through_a_handle_to_a_version_replaced_elsewhere(devices
     expected = {"x.txt": b"a's v2\n", copy_name("x.txt", "dev-b"): b"v1\nb's addition\n"}
     assert snapshot(d.b.path) == expected
     assert snapshot(d.a.path) == expected
+
+
+def wait_for_cursor(mount, cursor: int, timeout: float = 30) -> None:  # noqa: ANN001
+    """Until `mount`'s follower has applied the journal up to `cursor`."""
+    deadline = time.monotonic() + timeout
+    while mount.status()["cursor"] < cursor:
+        assert time.monotonic() < deadline, f"{mount.device} did not reach cursor {cursor} in {timeout}s"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("what", ["tree", "files"])
+def test_a_delete_below_a_directory_whose_move_out_is_queued_waits_for_the_move(sync_server, tmp_path, what):
+    """a moves old/photos/ out to photos/; its move is held back (only the move: a's
+    change feed flows) while b removes old/ with everything in it ("tree", as rm -r
+    does: a delete per file, then the directories) or only the files in photos/
+    ("files"). b's deletes reach a's follower before a's move reaches the server; the
+    files are then below a directory whose move is queued, and their fate is the
+    move's: with the whole tree gone on the server, the move brings photos/ back with
+    everything in it; with only the files deleted, photos/ arrives where a put it,
+    without them (as when the move goes first)."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "old" / "photos" / "2026").mkdir(parents=True)
+        (a.path / "old" / "junk.txt").write_text("junk\n")
+        (a.path / "old" / "photos" / "2026" / "cat.jpg").write_bytes(b"cat\n")
+        (a.path / "old" / "photos" / "dog.jpg").write_bytes(b"dog\n")
+        settle(d)
+        proxy.hold(rb"^POST /nodes/\d+/move ")
+        (a.path / "old" / "photos").rename(a.path / "photos")
+        if what == "tree":
+            shutil.rmtree(b.path / "old")
+        else:
+            (b.path / "old" / "photos" / "2026" / "cat.jpg").unlink()
+            (b.path / "old" / "photos" / "dog.jpg").unlink()
+        b.sync(timeout=60)
+        wait_for_cursor(a, b.status()["cursor"])
+        assert proxy.holding, "a's move should still be held back"
+        if what == "tree":  # the deletes arrived first, and took nothing a's move needs
+            assert (a.path / "photos" / "dog.jpg").read_bytes() == b"dog\n"
+            assert (a.path / "photos" / "2026" / "cat.jpg").read_bytes() == b"cat\n"
+        proxy.release()
+        settle(d)
+        if what == "tree":
+            expected = {"photos": None, "photos/2026": None, "photos/2026/cat.jpg": b"cat\n",
+                        "photos/dog.jpg": b"dog\n"}
+        else:
+            expected = {"old": None, "old/junk.txt": b"junk\n", "photos": None, "photos/2026": None}
+        assert snapshot(b.path) == expected
+        assert snapshot(a.path) == expected
