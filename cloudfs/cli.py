@@ -67,7 +67,7 @@ def _mount(args: argparse.Namespace) -> int:
         return 2
     mountpoint = Path(os.path.abspath(args.mountpoint))
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)  # not stat(): the kernel answers that from its cache even for a dead mount
     except OSError as exc:
         if exc.errno != errno.ENOTCONN:
             raise
