@@ -302,6 +302,12 @@ class Syncer:
                 self._record(node, occupant)  # two new directories of one name: one directory
                 self.on_stale(occupant.id)  # and pull in what the other device put there
                 return
+            if node.kind == "symlink" and occupant.kind == "symlink" and occupant.target == node.target \
+                    and self.cache.ino_for_node(occupant.id) is None:
+                # Our own first attempt, whose answer was lost (or another device's
+                # identical link): one symlink, not a conflicted copy of itself.
+                self._record(node, occupant)
+                return
             await self._rename_conflicted(node, exc)
             return await self._create(node, parent_id)
         except ServerError as exc:

@@ -3,7 +3,9 @@ server or S3: it can stop answering (connections accepted, then silence: what a
 stopped server does not show), and it can answer 503, reset connections part-way
 through a transfer, or be slow, at random but from a seed. It can also hold back only
 the requests whose first line matches a pattern (`hold`), so a test decides which of a
-device's requests reach the server first (its change feed before its queued move)."""
+device's requests reach the server first (its change feed before its queued move)),
+and lose the answers of requests it did forward (`lose_answers`: the server acted, the
+device never hears so, as when a connection breaks at the worst moment)."""
 
 from __future__ import annotations
 
@@ -52,6 +54,10 @@ class Proxy:
         self._released.set()
         self.holding = 0
         """Requests waiting at a `hold` right now."""
+        self._lose: re.Pattern[bytes] | None = None
+        self._lose_left = 0
+        self.lost = 0
+        """Answers dropped by `lose_answers` so far."""
         threading.Thread(target=self._accept, daemon=True).start()
 
     def hang(self) -> None:
@@ -71,6 +77,13 @@ class Proxy:
         (say rb"^POST /nodes/\\d+/move ") until `release`; the others pass."""
         self._held = re.compile(request_line)
         self._released.clear()
+
+    def lose_answers(self, request_line: bytes, count: int = 1) -> None:
+        """The next `count` requests whose first line matches the regex `request_line`
+        reach the server, but their answers do not come back: the connection is reset
+        instead."""
+        with self._lock:
+            self._lose, self._lose_left = re.compile(request_line), count
 
     def release(self) -> None:
         self._held = None
@@ -137,11 +150,13 @@ class Proxy:
             return
         with self._lock:
             self._sockets.append(upstream)
-        limit = [budget if fate == "reset" else -1]  # bytes both directions may pass, shared
+        limit = [budget if fate == "reset" else -1, 0]  # bytes both directions may pass; answer to lose
         threading.Thread(target=self._pump, args=(upstream, client, limit), daemon=True).start()
         self._pump(client, upstream, limit, outbound=True)
 
     def _pump(self, src: socket.socket, dst: socket.socket, limit: list[int], *, outbound: bool = False) -> None:
+        """Copy src to dst; `limit` is shared by both directions of a connection: bytes
+        still allowed through (-1: no limit), and whether the answer coming is lost."""
         while not self._closed.is_set():
             try:
                 data = src.recv(65536)
@@ -153,6 +168,11 @@ class Proxy:
                 self._flowing.wait(0.1)  # hung: hold the bytes, answer nothing
             if outbound:
                 self._wait_if_held(data)
+                limit[1] = limit[1] or self._to_lose(data)
+            elif limit[1]:
+                _reset(src)  # the server answered; the device never hears it
+                _reset(dst)
+                return
             if self._closed.is_set():
                 break
             if limit[0] >= 0:
@@ -168,6 +188,13 @@ class Proxy:
         _close(src)
         _close(dst)
 
+    def _to_lose(self, data: bytes) -> int:
+        with self._lock:
+            if not self._lose_left or not self._lose.search(data.split(b"\r\n", 1)[0]):
+                return 0
+            self._lose_left -= 1
+            self.lost += 1
+            return 1
 
     def _wait_if_held(self, data: bytes) -> None:
         """A request head (httpx sends it in one piece) matching the held pattern waits."""

@@ -1,0 +1,88 @@
+"""A request the server carried out but whose answer never came back (the connection
+broke, or the mount was killed, at that moment) is sent again; the retry must see its
+own first attempt for what it is, not another device's work: no conflicted copy, no
+second node, and the other device sees exactly the change once."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from tests.harness import cloudfs_mount
+from tests.model import snapshot
+from tests.proxy import Proxy
+from tests.sync.conftest import Devices
+
+
+def make_symlink(root: Path) -> None:
+    os.symlink("../somewhere/else", root / "l")
+
+
+def make_dir(root: Path) -> None:
+    (root / "new").mkdir()
+
+
+def make_file(root: Path) -> None:
+    (root / "new.txt").write_text("new\n")
+
+
+def edit_file(root: Path) -> None:
+    (root / "base.txt").write_text("edited\n")
+
+
+def move_file(root: Path) -> None:
+    (root / "base.txt").rename(root / "d" / "moved.txt")
+
+
+def delete_file(root: Path) -> None:
+    (root / "base.txt").unlink()
+
+
+def chmod_file(root: Path) -> None:
+    (root / "base.txt").chmod(0o600)
+
+
+CASES: dict[str, tuple[bytes, Callable[[Path], None]]] = {
+    "symlink": (rb"^POST /symlinks ", make_symlink),
+    "mkdir": (rb"^POST /dirs ", make_dir),
+    "new file": (rb"^POST /files ", make_file),
+    "edit": (rb"^POST /files ", edit_file),
+    "move": (rb"^POST /nodes/\d+/move ", move_file),
+    "delete": (rb"^DELETE /nodes/", delete_file),
+    "chmod": (rb"^PATCH /nodes/", chmod_file),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_request_whose_answer_was_lost_is_retried_as_itself(sync_server, tmp_path, case):
+    request, change = CASES[case]
+    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
+    proxied = type(sync_server)(**{**sync_server.__dict__, "url": proxy.url})
+    try:
+        with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
+                cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+            d = Devices(a, b)
+            (a.path / "d").mkdir()
+            (a.path / "base.txt").write_text("base\n")
+            for m in (a, b):
+                m.sync(timeout=60)
+            proxy.lose_answers(request)
+            change(a.path)
+            expected = snapshot(a.path)
+            for m in (a, b, a, b):
+                m.sync(timeout=60)
+            assert proxy.lost == 1, "the answer should have been lost once"
+            assert snapshot(a.path) == expected
+            assert snapshot(b.path) == expected
+            assert a.status()["conflicts"] == 0
+            if case == "chmod":
+                assert os.stat(b.path / "base.txt").st_mode & 0o777 == 0o600
+            for m in (d.a, d.b):
+                assert "Traceback" not in m.log() and " ERROR " not in m.log(), m.log()[-3000:]
+    finally:
+        proxy.close()
