@@ -13,6 +13,7 @@ import ctypes
 import datetime
 import errno
 import os
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -156,6 +157,31 @@ def _truncate(a: Actor, dev: str, path: str | Pick, size: int) -> str:
             a.ledger.produce(dev, old, new, path)
             a.ledger.touched(dev, path)
         outcome[0] = f"ok, {label(old)} -> {label(new)}"
+    return outcome[0]
+
+
+def _burst(a: Actor, dev: str, path: str | Pick, n: int, seed: int) -> str:
+    """Many small new files in one directory at once (tar x, cp -r): for the other
+    devices a batch of changes to apply, which a kill can land in."""
+    path, root = a.resolve(dev, path), a.roots[dev]
+    r = random.Random(seed)
+    with a.op(dev, f"burst of {n} files in {path}") as outcome:
+        made = 0
+        for i in range(n):
+            rel = f"{path}/{BURST_NAME.format(i)}"
+            new = a.ledger.new_content(dev, r.randint(1, 3000), r.randrange(2**32))
+            try:
+                fd = os.open(root / rel, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            except FileExistsError:
+                continue
+            try:
+                os.pwrite(fd, new, 0)
+            finally:
+                os.close(fd)
+            a.ledger.produce(dev, b"", new, rel)
+            a.ledger.touched(dev, rel)
+            made += 1
+        outcome[0] = f"ok, {made} made"
     return outcome[0]
 
 
@@ -325,11 +351,13 @@ OPERATIONS: dict[str, Callable[..., str]] = {
     "unlink": _unlink,
     "rename": _rename,
     "rm_r": _rm_r,
+    "burst": _burst,
 }
 """Operation kinds by name: f(actor, device, *args) -> outcome. A new kind (hard links,
 xattrs) is a function here and a row in the generators' tables."""
 
-NAMES = {"x.txt", "y", "z.md", "d", "e", "f", "l"}
+BURST_NAME = "b{}.dat"
+NAMES = {"x.txt", "y", "z.md", "d", "e", "f", "l"} | {BURST_NAME.format(i) for i in range(64)}
 FILE_POOL = ("x.txt", "y", "d/x.txt", "d/y", "d/e/x.txt", "e/x.txt", "e/d/y")
 DIR_POOL = ("d", "e", "d/e", "e/d")
 LINK_POOL = ("l", "d/l", "e/l")

@@ -4,7 +4,9 @@ A program is a start (a few directories and files made on device a, then settled
 a list of steps. A step runs on one device's thread (an operation of
 tests/model_ops.OPERATIONS, or `kill`: kill -9 of that device's mount, mounted again on
 its cache) or on the chaos thread (a fault of the whole cluster: `restart`, `hang`,
-`errors`, `offline`, `lose`); each thread runs its steps in order, each after its `delay`, and
+`errors`, `offline`, `lose`, `kill-apply`). The chaos thread may act on a device too
+(`kill-apply`: a burst of files on one device, then the kill of another); it takes that
+device's turn, so a device's operations never overlap.; each thread runs its steps in order, each after its `delay`, and
 all threads run at once. The tables below say what is made how often: a new operation
 kind (hard links, xattrs) is a row in OPS (and a function in model_ops), a new fault a
 row in FAULTS (and a method of Cluster).
@@ -121,16 +123,27 @@ OPS: list[tuple[str, int, Callable[[random.Random], list[Any]]]] = [
     ("rm_r", 2, lambda r: [_dir(r) if r.random() < 0.7 else _file(r)]),
     ("rename", 5, lambda r: [_any(r), _any(r)]),
     ("symlink", 1, lambda r: [r.choice(LINK_POOL)]),
+    ("burst", 1, lambda r: [_dir(r), r.randint(5, 40), _seed(r)]),
 ]
 """(operation kind, weight, its arguments from a Random)."""
+
+def _kill_apply(r: random.Random, devs: list[str]) -> list[Step]:
+    """[victim, maker, directory, files, seed, seconds from the burst to the kill, pause]"""
+    victim = r.choice(devs)
+    maker = r.choice([d for d in devs if d != victim] or devs)
+    return [Step(CHAOS, "kill-apply", [victim, maker, _dir(r), r.randint(10, 60), _seed(r), r.uniform(0.05, 0.8),
+                                       r.uniform(0, 0.5)], r.uniform(0, 1.5))]
+
 
 FAULTS: list[tuple[str, int, Callable[[random.Random, list[str]], list[Step]]]] = [
     # kill -9 of a mount mid-upload: a file of several chunks, then the kill before it is up
     ("kill-upload", 3, lambda r, devs: (lambda d: [
         Step(d, "write", [_file(r), r.randint(1 << 20, 6 << 20), _seed(r)], r.uniform(0, 0.3)),
         Step(d, "kill", [r.uniform(0, 0.5)], r.uniform(0, 0.4))])(r.choice(devs))),
-    # kill -9 at a random moment (the others' changes are being applied there)
+    # kill -9 at a random moment
     ("kill", 2, lambda r, devs: [Step(r.choice(devs), "kill", [r.uniform(0, 0.5)], r.uniform(0, 1.5))]),
+    # kill -9 mid-apply: another device makes a burst of files, the kill comes as they arrive
+    ("kill-apply", 2, lambda r, devs: _kill_apply(r, devs)),
     ("restart", 2, lambda r, devs: [Step(CHAOS, "restart", [r.uniform(0, 2.0), r.random() < 0.7], r.uniform(0, 1.5))]),
     ("hang", 2, lambda r, devs: [Step(CHAOS, "hang", [r.uniform(0.5, 4.0)], r.uniform(0, 1.5))]),
     ("errors", 2, lambda r, devs: [Step(CHAOS, "errors", [r.uniform(0.5, 4.0), r.choice([0.3, 0.6, 1.0]), _seed(r)],

@@ -83,6 +83,9 @@ class _Run:
         self.out = Outcome(program, work=work)
         self.stop = threading.Event()
         self.current: dict[str, str] = {}
+        self.turns: dict[str, threading.Lock] = {}
+        """One per device: held while something runs on it (its thread, or the chaos
+        thread acting on it), so a device's operations never overlap a kill of it."""
 
     def note(self, at: str, text: str) -> None:
         with self.lock:
@@ -110,6 +113,7 @@ class _Run:
         try:
             with self.phase("mount"):
                 self.devices = self.cluster.open_account(self.program.devices, self.work)
+            self.turns = {n: threading.Lock() for n in self.devices}
             self.actor = Actor(self.ledger, {n: d.path for n, d in self.devices.items()}, self.note,
                                excused=self.cluster.excused)
             with self.phase("start"):
@@ -190,13 +194,9 @@ class _Run:
     def step(self, step: Step) -> None:
         a = step.args
         if step.kind in OPERATIONS:
-            assert self.actor is not None
-            self.out.ops += 1
-            self.actor.run(step.kind, step.at, *a)
+            self.operation(step.at, step.kind, a)
         elif step.kind == "kill":
-            self.note(step.at, "kill -9 of the mount")
-            self.cluster.kill_device(step.at, a[0])
-            self.note(step.at, "mounted again on its cache")
+            self.kill(step.at, a[0])
         elif step.at != CHAOS:
             raise ValueError(f"unknown step kind {step.kind!r} for a device")
         elif step.kind == "restart":
@@ -211,6 +211,11 @@ class _Run:
             self.note(CHAOS, f"server answers 503 / resets {a[1]:.0%} for {a[0]:.1f}s")
             self.cluster.errors(a[0], a[1], a[2])
             self.note(CHAOS, "server healthy again")
+        elif step.kind == "kill-apply":
+            victim, maker, where, n, seed, wait, pause = a
+            self.operation(maker, "burst", [where, n, seed])
+            time.sleep(wait)
+            self.kill(victim, pause)
         elif step.kind == "lose":
             self.note(CHAOS, f"the answers to dev-{a[0]}'s next {a[1]} changes will be lost")
             self.cluster.lose_answers(a[0], a[1])
@@ -220,6 +225,18 @@ class _Run:
             self.note(CHAOS, f"dev-{a[0]} online again")
         else:
             raise ValueError(f"unknown chaos step {step.kind!r}")
+
+    def operation(self, dev: str, kind: str, args: list) -> None:
+        assert self.actor is not None
+        with self.turns[dev]:
+            self.out.ops += 1
+            self.actor.run(kind, dev, *args)
+
+    def kill(self, dev: str, pause: float) -> None:
+        with self.turns[dev]:
+            self.note(dev, "kill -9 of the mount")
+            self.cluster.kill_device(dev, pause)
+            self.note(dev, "mounted again on its cache")
 
     # --- the settle and the checks ---
 

@@ -2,9 +2,9 @@
 three devices, faults included. The long runs are the script's (RELIABILITY.md).
 
 The seeds are chosen so the slice holds every fault kind of the table (kill -9 of a
-mount mid-upload and at random, server kill -9 and stop, hang, 503s, lost answers,
-a device offline) and a few hundred operations. A failure prints the program's story
-and the command that replays it; its logs and caches stay under pytest's tmp dir.
+mount mid-upload, mid-apply and at random, server kill -9 and stop, hang, 503s, lost
+answers, a device offline) and some eighty operations. A failure prints the program's
+story and the command that replays it; its logs and caches stay under pytest's tmp dir.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from tests.soak.cluster import Cluster
 from tests.soak.program import CHAOS, FAULTS, generate
 from tests.soak.run import run_program
 
-SLICE_SEED = int(os.environ.get("CLOUDFS_SOAK_SEED", "1000"))
+SLICE_SEED = int(os.environ.get("CLOUDFS_SOAK_SEED", "7200"))
 SLICE_PROGRAMS = int(os.environ.get("CLOUDFS_SOAK_PROGRAMS", "5"))
 pytestmark = pytest.mark.timeout(120 + 60 * SLICE_PROGRAMS)
 
@@ -29,7 +29,7 @@ def test_the_slice_covers_every_fault():
         for step in generate(SLICE_SEED + i, 3).steps:
             if step.at == CHAOS or step.kind == "kill":
                 kinds.add(step.kind)
-    wanted = {"kill", "restart", "hang", "errors", "lose", "offline"}
+    wanted = {"kill", "kill-apply", "restart", "hang", "errors", "lose", "offline"}
     assert wanted <= kinds, f"the slice lacks {wanted - kinds}: pick another CLOUDFS_SOAK_SEED"
     assert {k for k, _, _ in FAULTS} - {"kill-upload"} <= wanted
 
