@@ -1,7 +1,8 @@
 """Follows the server's change journal and applies other devices' changes locally.
 
 The cursor is persisted in LMDB with every applied batch, so a remount resumes where it
-stopped. Our own changes are skipped (the mirror made them first).
+stopped. Our own changes are skipped (the mirror made them first), unless another
+device's older change was applied over one of them since (`_own`).
 
 A remote change never overwrites local work that is not on the server yet. A change to
 a node with pending local changes (dirty content, a move or attribute change not pushed,
@@ -152,8 +153,24 @@ class Follower:
             for change in answer.changes:
                 if change.device != self.device:
                     self.apply(change)
+                else:
+                    self._own(change)
             await self._flush_invalidations()
             self._save_cursor(answer.cursor)
+
+    def _own(self, change: wire.Change) -> None:
+        """Our own change, back through the journal: the mirror made it first, so it is
+        skipped, unless an older change of another device was applied over it after it
+        reached the server (that entry came to us later than our answer did): then the
+        mirror no longer shows what the server has, and ours is applied again."""
+        ino = self.cache.ino_for_node(change.node.id)
+        local = self.cache.get(ino) if ino else None
+        if local is None or change.node.parent_id is None or self._pending(local):
+            return
+        remote = change.node
+        if change.op == "delete" or remote.deleted or self._differs(local, remote) \
+                or (local.kind != "dir" and local.mtime_ns != remote.mtime_ns):  # a directory's mtime is local
+            self.apply(change)
 
     async def _settle(self) -> None:
         """Pull deferred nodes again once their local work is done."""

@@ -52,7 +52,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--program", type=Path, help="run this program (JSON, as a failure writes it) and stop")
     p.add_argument("--max-ops", type=int, default=24, help="operations per program, at most")
     p.add_argument("--max-faults", type=int, default=3, help="faults per program, at most")
-    p.add_argument("--shrink-minutes", type=float, default=10.0, help="time to shrink each failure (0: none)")
+    p.add_argument("--shrink-minutes", type=float, default=5.0, help="time to shrink each failure (0: none)")
     p.add_argument("--tries", type=int, default=2, help="replays of a shrink candidate before it counts as passing")
     p.add_argument("--fsck-every", type=int, default=10, help="cloudfs fsck after every Nth program (0: never)")
     p.add_argument("--per-server", type=int, default=100, help="programs per server before a fresh one")

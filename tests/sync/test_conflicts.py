@@ -310,3 +310,46 @@ def test_a_delete_below_a_directory_whose_move_out_is_queued_waits_for_the_move(
             expected = {"old": None, "old/junk.txt": b"junk\n", "photos": None, "photos/2026": None}
         assert snapshot(b.path) == expected
         assert snapshot(a.path) == expected
+
+
+def wait_until_pushed(mount, timeout: float = 30) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while mount.status()["pending_ops"]:
+        assert time.monotonic() < deadline, f"{mount.device} still has changes queued after {timeout}s"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("change", ["move", "chmod"])
+def test_an_older_change_from_elsewhere_does_not_undo_ours(sync_server, tmp_path, change):
+    """b changes photos/ (moves it to pics/, or chmods it), then a changes it otherwise;
+    a's follower is held back until its own change is on the server, so it reads b's
+    change (older) and its own (newer) in one batch. b's must not undo a's on a: the
+    server has a's, and so must both devices (found by the soak, seed 10002: each
+    device ended with the other's move of one directory)."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "photos").mkdir()
+        (a.path / "photos" / "cat.jpg").write_bytes(b"cat\n")
+        settle(d)
+        proxy.hold(rb"^GET /changes")
+        proxy.set_faults(proxy.faults)  # the long-poll in flight goes; its successor is held
+        if change == "move":
+            (b.path / "photos").rename(b.path / "pics")
+        else:
+            (b.path / "photos").chmod(0o700)
+        b.sync(timeout=60)
+        if change == "move":
+            (a.path / "photos").rename(a.path / "album")
+        else:
+            (a.path / "photos").chmod(0o750)
+        wait_until_pushed(a)
+        assert proxy.holding, "a's change feed should still be held back"
+        proxy.release()
+        settle(d, first="b")
+        if change == "move":
+            expected = {"album": None, "album/cat.jpg": b"cat\n"}
+            assert snapshot(a.path) == expected
+            assert snapshot(b.path) == expected
+        else:
+            assert os.stat(a.path / "photos").st_mode & 0o777 == 0o750
+            assert os.stat(b.path / "photos").st_mode & 0o777 == 0o750
