@@ -162,10 +162,14 @@ class Follower:
         """Our own change, back through the journal: the mirror made it first, so it is
         skipped, unless an older change of another device was applied over it after it
         reached the server (that entry came to us later than our answer did): then the
-        mirror no longer shows what the server has, and ours is applied again."""
+        mirror no longer shows what the server has, and ours is applied again. An entry
+        older than our last acknowledged change of the node (`srv_seq`, recorded by the
+        syncer) is skipped always: applying it would only undo ours for a moment."""
         ino = self.cache.ino_for_node(change.node.id)
         local = self.cache.get(ino) if ino else None
         if local is None or change.node.parent_id is None or self._pending(local):
+            return
+        if change.seq < local.extra.get("srv_seq", 0):
             return
         remote = change.node
         if change.op == "delete" or remote.deleted or self._differs(local, remote) \

@@ -261,9 +261,11 @@ class Syncer:
             await self._move(node, parent_id)
         if node.node_id and (node.srv_mode != node.mode or node.srv_mtime_ns != node.mtime_ns) and not node.dirty:
             answer = await self.client.set_attr(node.node_id, mode=node.mode, mtime_ns=node.mtime_ns)
-            self._record(node, answer.node)
+            self._record(node, answer.node, answer.cursor)
 
-    def _record(self, node: Inode, remote: wire.Node) -> None:
+    def _record(self, node: Inode, remote: wire.Node, seq: int = 0) -> None:
+        """The server acknowledged `node` as `remote`, by the journal entry `seq` (0: none
+        of ours, as when two new directories merge)."""
         if self.cache.get(node.ino) is None:
             return  # dropped locally meanwhile; a delete entry follows if it had a node id
         with self.cache.write() as txn:
@@ -275,6 +277,8 @@ class Syncer:
             node.srv_mtime_ns = remote.mtime_ns
             if remote.kind != "file":
                 node.rev = remote.rev
+            if seq:
+                node.extra["srv_seq"] = seq  # follower.py: our own entries older than this are stale
             self.cache.put(txn, node)
 
     def _still_here(self, node: Inode) -> bool:
@@ -318,7 +322,7 @@ class Syncer:
         if not self._still_here(node):
             await self._delete(answer.node.id)  # removed locally meanwhile
             return
-        self._record(node, answer.node)
+        self._record(node, answer.node, answer.cursor)
 
     async def _move(self, node: Inode, parent_id: int) -> None:
         try:
@@ -339,7 +343,7 @@ class Syncer:
             if node.kind == "dir":
                 await self._detach_gone_below(node)
             return await self._push(node, 0)
-        self._record(node, answer.node)
+        self._record(node, answer.node, answer.cursor)
 
     async def _clear_the_way(self, exc: ConflictError, node: Inode) -> bool:
         """The server has another node where `node` belongs. If the mirror moved or

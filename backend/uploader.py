@@ -356,6 +356,7 @@ def finish_upload(cache: Cache, chunks: ChunkCache, node: Inode, result: UploadR
         current.srv_mtime_ns = result.response.node.mtime_ns
         cache.set_chunklist(txn, current.ino, current.rev, result.refs)
         current.extra["srv_size"] = result.size  # what the server counts against a quota
+        current.extra["srv_seq"] = result.response.cursor  # follower.py: our own older entries are stale
         clean = current.gen == result.gen
         if clean:
             chunks.dirty_bytes -= _drop_blocks_unmapping(cache, txn, current)

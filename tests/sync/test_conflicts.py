@@ -353,3 +353,28 @@ def test_an_older_change_from_elsewhere_does_not_undo_ours(sync_server, tmp_path
         else:
             assert os.stat(a.path / "photos").st_mode & 0o777 == 0o750
             assert os.stat(b.path / "photos").st_mode & 0o777 == 0o750
+
+
+def test_our_own_older_entries_do_not_undo_our_later_change(sync_server, tmp_path):
+    """a saves x.txt twice and renames it; all three are on the server before a's
+    follower reads them back (held by the proxy). None of them may be applied over the
+    later ones: x.txt keeps its inode (it is not replaced by its own first version for a
+    moment) and stays where it was moved."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "x.txt").write_text("v0\n")
+        settle(d)
+        proxy.hold(rb"^GET /changes")
+        proxy.set_faults(proxy.faults)  # the long-poll in flight goes; its successor is held
+        (a.path / "x.txt").write_text("v1\n")
+        wait_until_pushed(a)
+        (a.path / "x.txt").write_text("v2\n")
+        wait_until_pushed(a)
+        (a.path / "x.txt").rename(a.path / "y.txt")
+        wait_until_pushed(a)
+        ino = os.stat(a.path / "y.txt").st_ino
+        proxy.release()
+        settle(d)
+        assert snapshot(a.path) == {"y.txt": b"v2\n"}
+        assert snapshot(b.path) == {"y.txt": b"v2\n"}
+        assert os.stat(a.path / "y.txt").st_ino == ino
