@@ -48,6 +48,8 @@ from tests.harness import MountProcess, ServerProcess, spawn_mount, unmount
 
 KILL_AFTER = (0.05, 3.0)
 """Seconds the workload runs before the kill, drawn uniformly."""
+SYNC_AFTER_S = 600.0
+"""What the sync after a remount may take: it uploads whatever the workload left."""
 
 
 def sha(data: bytes) -> str:
@@ -406,26 +408,34 @@ class DeviceCrash:
     def ask(self, command: str, timeout: float) -> dict:
         return control.request(self.mnt, {"command": command, "timeout": timeout}, timeout=timeout + 10)
 
-    def sync(self) -> bool:
+    def sync(self, timeout: float = 60) -> bool:
         self.syncs += 1
         with contextlib.suppress(OSError):
-            return bool(self.ask("sync", 60).get("ok"))
+            return bool(self.ask("sync", timeout).get("ok"))
         return False
 
     def round(self, round_no: int, workload: str) -> list[str]:
         """One kill: returns the problems found."""
         w = WORKLOADS[workload](self.mnt, self.base / "src", self.rnd, round_no)
         w.start()
-        deadline = time.monotonic() + self.rnd.uniform(*KILL_AFTER)
-        for _ in range(self.rnd.choice([0, 1, 1, 2])):
-            time.sleep(max(0.0, self.rnd.uniform(0, deadline - time.monotonic())))
-            if time.monotonic() < deadline:
-                w.promise(self.sync)
+        t0 = time.monotonic()
+        deadline = t0 + self.rnd.uniform(*KILL_AFTER)
+        moments = sorted(self.rnd.uniform(t0, deadline) for _ in range(self.rnd.choice([0, 1, 1, 2])))
+
+        def promises() -> None:  # a sync may still run at the kill: it then promises nothing
+            for moment in moments:
+                time.sleep(max(0.0, moment - time.monotonic()))
+                with contextlib.suppress(OSError):  # the kill came first
+                    w.promise(self.sync)
+
+        promiser = threading.Thread(target=promises, daemon=True)
+        promiser.start()
         time.sleep(max(0.0, deadline - time.monotonic()))
         assert self.mount is not None
         self.mount.proc.send_signal(signal.SIGKILL)
         self.mount.proc.wait(10)
         self.kills += 1
+        promiser.join(60)
         w.stop()
         self.start_mount()
         problems = []
@@ -436,8 +446,8 @@ class DeviceCrash:
         verdict = w.verify()
         problems += verdict.problems
         self.promises += verdict.promises
-        if not self.sync():
-            problems.append("cloudfs sync did not finish after the crash")
+        if not self.sync(SYNC_AFTER_S):
+            problems.append(f"cloudfs sync did not finish within {SYNC_AFTER_S:.0f}s after the crash")
         log = self.mount.log_path.read_text(errors="replace") if self.mount else ""
         bad = [ln for ln in log[self.log_seen:].splitlines() if " ERROR " in ln or "Traceback" in ln]
         self.log_seen = len(log)
