@@ -258,7 +258,7 @@ class Syncer:
         elif not node.node_id:
             await self._create(node, parent_id)
         if node.node_id and (node.srv_parent != node.parent or node.srv_name != node.name):
-            await self._move(node, parent_id)
+            await self._move(node)
         if node.node_id and (node.srv_mode != node.mode or node.srv_mtime_ns != node.mtime_ns) and not node.dirty:
             answer = await self.client.set_attr(node.node_id, mode=node.mode, mtime_ns=node.mtime_ns)
             self._record(node, answer.node, answer.cursor)
@@ -298,8 +298,8 @@ class Syncer:
             occupant = wire.Node.model_validate(exc.body["node"])
             if self.cache.ino_for_node(occupant.id) == node.ino:
                 return  # the follower merged ours into theirs while our request was in flight
-            if _renamed_meanwhile(exc, node):
-                return await self._create(node, parent_id)
+            if _renamed_meanwhile(exc, node) or self._moved_meanwhile(node, parent_id):
+                return await self._create(node, await self._ensure_parent(node, 0))
             if await self._clear_the_way(exc, node):
                 return await self._create(node, parent_id)
             if node.kind == "dir" and occupant.kind == "dir" and self.cache.ino_for_node(occupant.id) is None:
@@ -324,7 +324,10 @@ class Syncer:
             return
         self._record(node, answer.node, answer.cursor)
 
-    async def _move(self, node: Inode, parent_id: int) -> None:
+    async def _move(self, node: Inode) -> None:
+        """Move the server's node to where `node` is now (asked here, not by the caller:
+        an upload before it may have taken long enough for another local move)."""
+        parent_id = await self._ensure_parent(node, 0)
         try:
             answer = await self.client.move(node.node_id, parent_id, node.name)
         except ConflictError as exc:
@@ -332,7 +335,7 @@ class Syncer:
                 raise
             if not await self._clear_the_way(exc, node):
                 await self._rename_conflicted(node, exc)
-            return await self._move(node, parent_id)
+            return await self._move(node)
         except ServerError as exc:
             if exc.status != 404:
                 raise
@@ -344,6 +347,12 @@ class Syncer:
                 await self._detach_gone_below(node)
             return await self._push(node, 0)
         self._record(node, answer.node, answer.cursor)
+
+    def _moved_meanwhile(self, node: Inode, parent_id: int) -> bool:
+        """`node` is no longer in the directory `parent_id` a request in flight named:
+        a conflict there is not about where it is now."""
+        parent = self.cache.get(node.parent)
+        return parent is None or parent.node_id != parent_id
 
     async def _clear_the_way(self, exc: ConflictError, node: Inode) -> bool:
         """The server has another node where `node` belongs. If the mirror moved or
@@ -375,8 +384,8 @@ class Syncer:
             await self._conflicted_copy(node, exc)
             return
         except ConflictError as exc:
-            if _renamed_meanwhile(exc, node):
-                return await self._upload(node, parent_id)
+            if _renamed_meanwhile(exc, node) or self._moved_meanwhile(node, parent_id):
+                return await self._upload(node, await self._ensure_parent(node, 0))
             if exc.code in ("name_exists", "is_a_directory") and await self._clear_the_way(exc, node):
                 return await self._upload(node, parent_id)
             # Never drop content the server refused: keep it under a conflicted name.

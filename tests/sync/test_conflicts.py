@@ -378,3 +378,34 @@ def test_our_own_older_entries_do_not_undo_our_later_change(sync_server, tmp_pat
         assert snapshot(a.path) == {"y.txt": b"v2\n"}
         assert snapshot(b.path) == {"y.txt": b"v2\n"}
         assert os.stat(a.path / "y.txt").st_ino == ino
+
+
+def wait_for_held(proxy: Proxy, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not proxy.holding:
+        assert time.monotonic() < deadline, f"no request held after {timeout}s"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("new", [False, True])
+def test_a_file_moved_to_another_directory_while_its_upload_is_under_way(sync_server, tmp_path, new):
+    """a saves y (an edit, or a new file) and moves it to e/x.txt while the commit is in
+    flight; root has an x.txt of its own. The move that follows the commit goes to e/,
+    where the file is now, not to root, whose x.txt would make it a conflicted copy
+    (found by the soak, seed 30018)."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "e").mkdir()
+        (a.path / "x.txt").write_text("root's x\n")
+        if not new:
+            (a.path / "y").write_text("v1\n")
+        settle(d)
+        proxy.hold(rb"^POST /files ")
+        (a.path / "y").write_text("v2\n")
+        wait_for_held(proxy)
+        (a.path / "y").rename(a.path / "e" / "x.txt")
+        proxy.release()
+        settle(d)
+        expected = {"e": None, "e/x.txt": b"v2\n", "x.txt": b"root's x\n"}
+        assert snapshot(a.path) == expected
+        assert snapshot(b.path) == expected
