@@ -44,7 +44,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=120.0, help="stop after M minutes at most")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="device mode: which, in turn")
-    p.add_argument("--db", help="server mode: a PostgreSQL URL instead of SQLite")
+    p.add_argument("--db", help="server mode: PostgreSQL (an admin URL; a fresh database is made on it) "
+                                "instead of SQLite")
     p.add_argument("--out", type=Path, help="logs (default: a new dir under /tmp, removed when all passed)")
     args = p.parse_args(argv)
     args.kills = args.kills or (100 if args.mode == "device" else 50)

@@ -232,15 +232,16 @@ class RestartableServer:
     """A cloudfs server that a test can stop and start again on the same port and
     data, to take the devices offline and bring them back."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, db_url: str | None = None) -> None:
         self.data_dir = data_dir
+        self.db_url = db_url
         self.port = free_port()
         self._stack = contextlib.ExitStack()
         self.server: ServerProcess = self._start()
         self.url = self.server.url
 
     def _start(self) -> ServerProcess:
-        return self._stack.enter_context(cloudfs_server(self.data_dir, port=self.port))
+        return self._stack.enter_context(cloudfs_server(self.data_dir, port=self.port, db_url=self.db_url))
 
     def stop(self) -> None:
         self._stack.close()

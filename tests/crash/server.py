@@ -4,8 +4,9 @@ two devices, started again at once on the same data, many times over; then:
 - every acknowledged commit (a 2xx answer) is there, exactly once (no other version of
   its node holds the same chunk list), with every byte readable and verified;
 - nothing half-written is visible: every version of every live file adds up (size =
-  its chunks), and the server's own read-back of every chunk (`POST /fsck`) finds
-  nothing bad;
+  its chunks), the bytes of SAMPLE acknowledged versions (old ones too) read back as
+  sent, and the server's own read-back of every chunk of every live file (`POST /fsck`)
+  finds nothing bad;
 - the journal has no gap a cursor could skip: a follower that long-polled /changes
   with its cursor through all the kills saw every entry the journal holds up to its
   cursor, and every entry it saw is still there (nothing it saw was rolled back);
@@ -21,6 +22,7 @@ landed, and is allowed either way, but never twice.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import random
 import threading
@@ -30,12 +32,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import httpx
+import zstandard
 
 from cloudfs.backend import control
-from tests.harness import RestartableServer, spawn_mount, unmount
+from tests.harness import RestartableServer, postgres_database, spawn_mount, unmount
 from tests.model import snapshot
 
 INLINE_MAX = 64 * 1024
+SAMPLE = 200
+"""Acknowledged versions whose bytes are downloaded and checked at the end."""
 
 
 def fp(data: bytes) -> str:
@@ -177,16 +182,17 @@ class ServerCrash:
     rnd: random.Random
     say: Callable[[str], None] = print
     db_url: str | None = None
+    """A PostgreSQL server's admin URL: the run gets a fresh database on it (else SQLite)."""
     kills: int = 0
     failures: list[str] = field(default_factory=list)
     figures: dict[str, int] = field(default_factory=dict)
 
     def run(self, kills: int, deadline: float) -> None:
-        box = RestartableServer(self.base / "server")
-        try:
+        with contextlib.ExitStack() as stack:
+            db = stack.enter_context(postgres_database(self.db_url)) if self.db_url else None
+            box = RestartableServer(self.base / "server", db_url=db)
+            stack.callback(box.close)
             self._run(box, kills, deadline)
-        finally:
-            box.close()
 
     def _run(self, box: RestartableServer, kills: int, deadline: float) -> None:
         token = box.server.add_user("crash")
@@ -279,7 +285,8 @@ class ServerCrash:
                 page = api.get("/nodes", params={"after_id": after}).json()
                 for node in page["nodes"]:
                     if node["kind"] == "file":
-                        versions[node["id"]] = api.get(f"/files/{node['id']}/versions").json()["versions"]
+                        versions[node["id"]] = api.get(f"/files/{node['id']}/versions",
+                                                        params={"limit": 10_000}).json()["versions"]
                 if page["next_after_id"] is None:
                     break
                 after = page["next_after_id"]
@@ -310,13 +317,26 @@ class ServerCrash:
                     same = [rev for (n, rev), ch in lists.items() if ch == c.chunks]
                     if len(same) > 1:
                         fail(f"unacknowledged commit {c.name} landed {len(same)} times (revs {same})")
+            acked = [c for d in devices for c in d.acked]
+            sample = self.rnd.sample(acked, min(SAMPLE, len(acked)))
+            for c in sample:  # the bytes themselves, of old versions too (fsck reads current ones)
+                info = api.get(f"/files/{c.node_id}", params={"rev": c.rev}).json()
+                for chunk in info["chunks"]:
+                    dl = chunk["download"]
+                    body = api.request(dl["method"], dl["url"], headers=dl.get("headers") or {}).content
+                    if chunk.get("compression") == "zstd":
+                        body = zstandard.ZstdDecompressor().decompress(body, max_output_size=chunk["length"])
+                    if fp(body) != chunk["fingerprint"]:
+                        fail(f"acknowledged commit {c.name} node {c.node_id} rev {c.rev}: chunk "
+                             f"{chunk['fingerprint'][:12]} reads back as other bytes")
             fsck = api.post("/fsck").json()
             if fsck["bad"]:
                 fail(f"the server's read-back found bad chunks: {fsck['bad'][:5]}")
             self.figures.update(acked=sum(len(d.acked) for d in devices),
                                 unknown=sum(len(d.unknown) for d in devices),
                                 refused=sum(d.refused for d in devices), journal=len(journal),
-                                versions=sum(len(vs) for vs in versions.values()), chunks_read_back=fsck["checked"])
+                                versions=sum(len(vs) for vs in versions.values()), chunks_read_back=fsck["checked"],
+                                versions_read_back=len(sample))
         log = box.server.log()
         if "Traceback" in log:
             at = log.index("Traceback")
