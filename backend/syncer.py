@@ -381,11 +381,15 @@ class Syncer:
         try:
             result = await self.uploader.upload(node, parent_node_id=parent_id)
         except StaleRevisionError as exc:
+            if await self._adopt_own_lost_commit(node, exc):
+                return await self._upload(node, parent_id)
             await self._conflicted_copy(node, exc)
             return
         except ConflictError as exc:
             if _renamed_meanwhile(exc, node) or self._moved_meanwhile(node, parent_id):
                 return await self._upload(node, await self._ensure_parent(node, 0))
+            if exc.code == "name_exists" and await self._adopt_own_lost_commit(node, exc):
+                return await self._upload(node, parent_id)
             if exc.code in ("name_exists", "is_a_directory") and await self._clear_the_way(exc, node):
                 return await self._upload(node, parent_id)
             # Never drop content the server refused: keep it under a conflicted name.
@@ -407,6 +411,46 @@ class Syncer:
             await self._delete(result.response.node.id)
             return
         finish_upload(self.cache, self.chunks, node, result)
+
+    async def _adopt_own_lost_commit(self, node: Inode, exc: ConflictError) -> bool:
+        """The newer revision the server has (stale_revision), or the new file under our
+        name (name_exists), is our own earlier commit of `node` whose answer was lost,
+        and the file changed here before that could be found out (the uploader's
+        `_landed_already` knows only the very same bytes). Build on it: it becomes the
+        base the next commit names, instead of our later bytes becoming a conflicted
+        copy of our earlier ones. The base chunk list moves to it too; that reads the
+        same bytes wherever no dirty block covers them, as both came from the old base
+        overlaid with blocks that are all still dirty. True when adopted."""
+        occupant = exc.body.get("node") or {}
+        node_id = int(occupant.get("id", 0))
+        detached = bool(node.extra.get("detached"))
+        if exc.code == "stale_revision":
+            expected = node.rev + 1
+            if detached or not node.node_id or node_id != node.node_id or exc.body.get("current_rev") != expected:
+                return False
+        else:
+            expected = 1
+            if (node.node_id and not detached) or occupant.get("kind") != "file" or occupant.get("rev") != 1 \
+                    or self.cache.ino_for_node(node_id) is not None:
+                return False
+        try:
+            info = await self.client.file_info(node_id, urls=False)
+        except ServerError as missing:
+            if missing.status == 404:
+                return False
+            raise
+        if info.version is None or info.version.rev != expected or info.version.device != self.client.device:
+            return False
+        log.info("the commit of node %d rev %d had landed before its answer was lost; %r changed since: "
+                 "building on it", node_id, expected, node.name)
+        with self.cache.write() as txn:
+            if exc.code != "stale_revision":
+                self.cache.bind_node_id(txn, node, node_id)
+                node.extra.pop("detached", None)
+            node.rev = expected
+            self.cache.set_chunklist(txn, node.ino, expected, [(c.fingerprint, c.length) for c in info.chunks])
+            self.cache.put(txn, node)
+        return True
 
     async def _conflicted_copy(self, node: Inode, exc: ServerError) -> None:
         """Someone else committed first: keep their version under the name, ours beside it."""

@@ -9,6 +9,7 @@ device never hears so, as when a connection breaks at the worst moment)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import socket
@@ -54,6 +55,9 @@ class Proxy:
         self._released.set()
         self.holding = 0
         """Requests waiting at a `hold` right now."""
+        self._failing: re.Pattern[bytes] | None = None
+        self.failed = 0
+        """Requests answered 503 by `fail` so far."""
         self._lose: re.Pattern[bytes] | None = None
         self._lose_left = 0
         self.lost = 0
@@ -85,8 +89,15 @@ class Proxy:
         with self._lock:
             self._lose, self._lose_left = re.compile(request_line), count
 
+    def fail(self, request_line: bytes) -> None:
+        """Answer 503 to every request whose first line matches the regex `request_line`,
+        without passing it on, until `release`."""
+        self._failing = re.compile(request_line)
+
     def release(self) -> None:
+        """End `hold` (the held requests go on) and `fail`."""
         self._held = None
+        self._failing = None
         self._released.set()
 
     def set_faults(self, faults: Faults) -> None:
@@ -168,6 +179,10 @@ class Proxy:
                 self._flowing.wait(0.1)  # hung: hold the bytes, answer nothing
             if outbound:
                 self._wait_if_held(data)
+                if self._fails(data):
+                    with contextlib.suppress(OSError):
+                        src.sendall(ANSWER_503)
+                    break
                 limit[1] = limit[1] or self._to_lose(data)
             elif limit[1]:
                 _reset(src)  # the server answered; the device never hears it
@@ -187,6 +202,14 @@ class Proxy:
                 break
         _close(src)
         _close(dst)
+
+    def _fails(self, data: bytes) -> bool:
+        failing = self._failing
+        if failing is None or not failing.search(data.split(b"\r\n", 1)[0]):
+            return False
+        with self._lock:
+            self.failed += 1
+        return True
 
     def _to_lose(self, data: bytes) -> int:
         with self._lock:

@@ -6,6 +6,7 @@ second node, and the other device sees exactly the change once."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -84,5 +85,41 @@ def test_a_request_whose_answer_was_lost_is_retried_as_itself(sync_server, tmp_p
                 assert os.stat(b.path / "base.txt").st_mode & 0o777 == 0o600
             for m in (d.a, d.b):
                 assert "Traceback" not in m.log() and " ERROR " not in m.log(), m.log()[-3000:]
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("new", [False, True])
+def test_a_commit_whose_answer_was_lost_is_built_on_by_the_next(sync_server, tmp_path, new):
+    """a's commit of x.txt lands but its answer is lost, and the check whether it landed
+    is refused (503) too; a then writes x.txt again. The next commit meets
+    a's own lost one on the server (a newer revision, or a file of that name): it is
+    built on, not turned into a conflicted copy of a's own older bytes (found by the
+    soak, seed 40044: a server that hung, then stopped)."""
+    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
+    proxied = type(sync_server)(**{**sync_server.__dict__, "url": proxy.url})
+    try:
+        with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
+                cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+            if not new:
+                (a.path / "x.txt").write_text("v1\n")
+                for m in (a, b):
+                    m.sync(timeout=60)
+            proxy.lose_answers(rb"^POST /files ")
+            proxy.fail(rb"^GET /files/")
+            (a.path / "x.txt").write_text("v2, whose answer is lost\n")
+            deadline = time.monotonic() + 30
+            while not (proxy.lost and proxy.failed):
+                assert time.monotonic() < deadline, "the commit's answer should be lost, the check refused"
+                time.sleep(0.02)
+            (a.path / "x.txt").write_text("v3\n")
+            time.sleep(0.5)  # the upload is tried again with v3 (and refused as stale) meanwhile
+            proxy.release()
+            for m in (a, b, a, b):
+                m.sync(timeout=60)
+            assert snapshot(a.path) == {"x.txt": b"v3\n"}
+            assert snapshot(b.path) == {"x.txt": b"v3\n"}
+            assert a.status()["conflicts"] == 0
     finally:
         proxy.close()
