@@ -276,6 +276,9 @@ def _rename(a: Actor, dev: str, src: str | Pick, dst: str | Pick) -> str:
 def _rm_r(a: Actor, dev: str, path: str | Pick) -> str:
     path, root = a.resolve(dev, path), a.roots[dev]
     with a.op(dev, f"rm -r {path}") as outcome:
+        # Touched before anything goes: an EIO on the way (bytes not fetched during an
+        # outage) ends the operation with what it removed so far removed.
+        a.ledger.touched(dev, path)
         gone: list[str] = []
         try:
             os.rmdir(root / path)  # empty, or not a directory: the walk below handles it
@@ -297,7 +300,6 @@ def _rm_r(a: Actor, dev: str, path: str | Pick) -> str:
                 raise
             else:
                 gone += _rm_tree(a, dev, path)
-        a.ledger.touched(dev, path)
         outcome[0] = f"ok, removed {' '.join(gone)}"
     return outcome[0]
 
