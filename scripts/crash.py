@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.crash.device import WORKLOADS, DeviceCrash  # noqa: E402
+from tests.crash.device import DeviceCrash  # noqa: E402
+from tests.crash.workloads import WORKLOADS  # noqa: E402
 from tests.crash.server import ServerCrash  # noqa: E402
 from tests.harness import cloudfs_server  # noqa: E402
 
