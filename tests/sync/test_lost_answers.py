@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+import httpx
 import pytest
 
 from tests.harness import cloudfs_mount
@@ -121,5 +122,45 @@ def test_a_commit_whose_answer_was_lost_is_built_on_by_the_next(sync_server, tmp
             assert snapshot(a.path) == {"x.txt": b"v3\n"}
             assert snapshot(b.path) == {"x.txt": b"v3\n"}
             assert a.status()["conflicts"] == 0
+    finally:
+        proxy.close()
+
+
+def test_a_commit_whose_answer_was_lost_and_that_another_device_overwrote_stays_overwritten(sync_server, tmp_path):
+    """a's commit of v2 lands but a never hears so (its answer lost, the check refused);
+    b sees v2 and overwrites it with v3. a's retry meets v3: its own v2 is in the
+    history, so it landed, and b's v3 stands; v2 must not come back as a conflicted
+    copy (found by the soak, seed 70117: a mount killed mid-upload)."""
+    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
+    proxied = type(sync_server)(**{**sync_server.__dict__, "url": proxy.url})
+    try:
+        with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
+                cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+            (a.path / "x.txt").write_text("v1\n")
+            for m in (a, b):
+                m.sync(timeout=60)
+            proxy.lose_answers(rb"^POST /files ")
+            proxy.fail(rb"^GET /files/")
+            (a.path / "x.txt").write_text("v2 from a\n")
+            deadline = time.monotonic() + 30
+            while not (proxy.lost and proxy.failed):
+                assert time.monotonic() < deadline, "the commit's answer should be lost, the check refused"
+                time.sleep(0.02)
+            b.sync(timeout=60)
+            assert (b.path / "x.txt").read_text() == "v2 from a\n"
+            (b.path / "x.txt").write_text("v3 from b\n")
+            b.sync(timeout=60)
+            proxy.release()
+            for m in (a, b, a, b):
+                m.sync(timeout=60)
+            assert snapshot(a.path) == {"x.txt": b"v3 from b\n"}
+            assert snapshot(b.path) == {"x.txt": b"v3 from b\n"}
+            assert a.status()["conflicts"] == 0
+            assert os.stat(a.path / "x.txt").st_mtime_ns == os.stat(b.path / "x.txt").st_mtime_ns  # b's, untouched
+            with httpx.Client(base_url=sync_server.url, headers={"Authorization": f"Bearer {token}"}) as api:
+                node = api.get("/resolve", params={"path": "/x.txt"}).json()["node"]
+                revs = [v["device"] for v in api.get(f"/files/{node['id']}/versions").json()["versions"]]
+                assert sorted(revs) == ["dev-a", "dev-a", "dev-b"]  # v1, v2 once, v3
     finally:
         proxy.close()
