@@ -86,19 +86,20 @@ class ApiClient:
         return await retrying(attempt, *args)
 
     async def _call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-                    timeout: float | httpx.Timeout | None = None, retry: bool = True) -> dict[str, Any]:
+                    timeout: float | httpx.Timeout | None = None, retry: bool = True,
+                    headers: dict[str, str] | None = None) -> dict[str, Any]:
         async def attempt() -> dict[str, Any]:
-            return await self._call_once(method, path, json=json, params=params, timeout=timeout)
+            return await self._call_once(method, path, json=json, params=params, timeout=timeout, headers=headers)
         if not retry:
             return await attempt()
         return await self._retried(attempt, interactive=timeout is self.INTERACTIVE)
 
     async def _call_once(self, method: str, path: str, *, json: Any, params: dict[str, Any] | None,
-                         timeout: float | httpx.Timeout | None) -> dict[str, Any]:
+                         timeout: float | httpx.Timeout | None, headers: dict[str, str] | None = None) -> dict[str, Any]:
         if timeout is self.INTERACTIVE and not self.reachable:
             timeout = self.UNREACHABLE
         try:
-            response = await self.http.request(method, path, json=json, params=params,
+            response = await self.http.request(method, path, json=json, params=params, headers=headers,
                                                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
         except httpx.TransportError as exc:
             self.reachable = False
@@ -111,6 +112,15 @@ class ApiClient:
                 body = {"error": "http_error", "detail": response.text[:200]}
             raise from_response(response.status_code, body)
         return response.json()
+
+    async def request_json(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+                           json: Any = None, device: str | None = None) -> dict[str, Any]:
+        """One call on behalf of the command line (history, trash, restore): retried
+        quickly once, errors raised as ServerError/OfflineError for the caller to word.
+        `device` names the change in the journal; a mount skips entries of its own
+        device, so what the command line changes must carry another name to reach it."""
+        headers = {"X-Cloudfs-Device": device[:64]} if device else None
+        return await self._call(method, path, params=params, json=json, timeout=self.INTERACTIVE, headers=headers)
 
     # --- metadata ---
 
@@ -158,12 +168,26 @@ class ApiClient:
             body["mtime_ns"] = mtime_ns
         return wire.NodeResponse.model_validate(await self._call("POST", "/symlinks", json=body))
 
-    async def move(self, node_id: int, parent_id: int, name: str, *, replace: bool = False) -> wire.NodeResponse:
-        return wire.NodeResponse.model_validate(await self._call(
-            "POST", f"/nodes/{node_id}/move", json={"parent_id": parent_id, "name": name, "replace": replace}))
+    async def link(self, parent_id: int, name: str, node_id: int) -> wire.NodeResponse:
+        """A hard link: one more name for `node_id` (an alias row)."""
+        body = {"parent_id": parent_id, "name": name, "node_id": node_id}
+        return wire.NodeResponse.model_validate(await self._call("POST", "/links", json=body))
 
-    async def set_attr(self, node_id: int, *, mode: int | None = None, mtime_ns: int | None = None) -> wire.NodeResponse:
-        body = {k: v for k, v in (("mode", mode), ("mtime_ns", mtime_ns)) if v is not None}
+    async def move(self, node_id: int, parent_id: int, name: str, *, replace: bool = False,
+                   exchange: bool = False) -> wire.NodeResponse:
+        body = {"parent_id": parent_id, "name": name, "replace": replace, "exchange": exchange}
+        return wire.NodeResponse.model_validate(await self._call("POST", f"/nodes/{node_id}/move", json=body))
+
+    async def mknod(self, parent_id: int, name: str, kind: str, *, mode: int, rdev: int = 0,
+                    mtime_ns: int | None = None) -> wire.NodeResponse:
+        body = {"parent_id": parent_id, "name": name, "kind": kind, "mode": mode, "rdev": rdev}
+        if mtime_ns is not None:
+            body["mtime_ns"] = mtime_ns
+        return wire.NodeResponse.model_validate(await self._call("POST", "/special", json=body))
+
+    async def set_attr(self, node_id: int, **attrs: Any) -> wire.NodeResponse:
+        """PATCH the given wire.AttrRequest fields; the others stay as they are."""
+        body = {k: v for k, v in attrs.items() if v is not None}
         return wire.NodeResponse.model_validate(await self._call("PATCH", f"/nodes/{node_id}", json=body))
 
     async def delete(self, node_id: int, *, recursive: bool = False, rev: int | None = None) -> wire.NodeResponse:

@@ -3,10 +3,12 @@
 One LMDB environment, several named databases, each owned by one concern:
 
     inodes     ino → Inode (JSON)            the local mirror of the tree
-    dirents    parent ino + name → ino       lookups and sorted readdir
+    dirents    parent ino + name → ino       lookups and sorted readdir; a hard link's
+                                             extra name adds its alias record's ino (links.py)
     node_ids   server node id → ino          applying server answers and changes
     chunklists ino → base chunk list         the committed version a file overlays
     blocks     ino + block_no → bytes        write-back data not yet committed
+    streams    ino → streamed prefix         chunks of a file being written, already in the store (prefix.py)
     chunks     fingerprint → plain bytes     clean chunk cache (LRU, see chunkcache.py)
     outbox     seq → JSON op                 local changes the server has not seen, in order
     meta       key → value                   cursor, counters, identity
@@ -25,7 +27,7 @@ import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import lmdb
 
@@ -63,7 +65,7 @@ class Inode:
     ino: int
     parent: int
     name: str
-    kind: str  # file | dir | symlink
+    kind: str  # file | dir | symlink | fifo | chr | blk | sock
     mode: int
     size: int = 0
     mtime_ns: int = 0
@@ -80,6 +82,18 @@ class Inode:
     srv_mode: int = 0
     srv_mtime_ns: int = 0
     extra: dict = field(default_factory=dict)
+    uid: int = -1
+    """-1 is the drive's owner: shown as the mounting user (the wire's convention)."""
+    gid: int = -1
+    rdev: int = 0
+    atime_ns: int = 0
+    """Moved by reads here (relatime), sent to the server only when set explicitly
+    (`extra["atime_set"]`): reading on one device is not a change for all the others."""
+    xattrs: dict = field(default_factory=dict)
+    """name -> base64 value, as on the wire."""
+    srv_uid: int = -1
+    srv_gid: int = -1
+    srv_xattrs: dict = field(default_factory=dict)
 
     def encode(self) -> bytes:
         return json.dumps(self.__dict__, separators=(",", ":")).encode()  # asdict() deep-copies
@@ -87,6 +101,37 @@ class Inode:
     @classmethod
     def decode(cls, raw: bytes) -> "Inode":
         return cls(**json.loads(raw))
+
+    # The attributes a PATCH carries (wire.AttrRequest), local and as the server has them.
+    _ATTRS = ("mode", "mtime_ns", "uid", "gid", "xattrs")
+
+    def attrs_pending(self) -> dict:
+        """Attributes changed here that the server has not acknowledged: the PATCH to send.
+        An alias record (a hard link's extra name) has none: they are its inode's."""
+        if self.kind == "link":
+            return {}
+        pending = {name: getattr(self, name) for name in self._ATTRS
+                   if getattr(self, name) != getattr(self, "srv_" + name)}
+        if self.extra.get("atime_set"):
+            pending["atime_ns"] = self.atime_ns
+        return pending
+
+    def record_attrs(self, remote: Any) -> None:
+        """The server acknowledged `remote` (a wire.Node): remember its attributes."""
+        for name in self._ATTRS:
+            setattr(self, "srv_" + name, getattr(remote, name))
+        if remote.atime_ns == self.atime_ns:
+            self.extra.pop("atime_set", None)
+
+    def adopt_attrs(self, remote: Any) -> None:
+        """Take another device's attributes (a wire.Node) as ours and the server's."""
+        for name in self._ATTRS:
+            value = getattr(remote, name)
+            setattr(self, name, dict(value) if name == "xattrs" else value)
+            setattr(self, "srv_" + name, value)
+        self.rdev = remote.rdev
+        self.atime_ns = remote.atime_ns or remote.mtime_ns
+        self.extra.pop("atime_set", None)
 
 
 @dataclass(frozen=True)
@@ -129,7 +174,13 @@ class Cache:
         self.chunks = self.env.open_db(b"chunks")
         self.outbox = self.env.open_db(b"outbox")
         self.meta = self.env.open_db(b"meta")
+        self.streams = self.env.open_db(b"streams")
         self._memo: dict[int, Inode] = {}
+        self._subdirs: dict[int, int] = {}
+        """Directories in each directory, counted on demand and forgotten when an entry of
+        that directory changes (link/unlink): a directory's st_nlink is 2 + this."""
+        self.on_abort: list = []
+        """Callables run when a write transaction fails: memos of other modules forget too."""
         self.unreleased_bytes = 0
         """Bytes read through the map by uploads since its pages were last given back (lmdbmap.py)."""
 
@@ -152,6 +203,9 @@ class Cache:
         except BaseException:
             txn.abort()
             self._memo.clear()
+            self._subdirs.clear()
+            for forget in self.on_abort:
+                forget()
             raise
         txn.commit()
 
@@ -176,12 +230,16 @@ class Cache:
 
     # --- inodes ---
 
-    def get(self, ino: int) -> Inode | None:
+    def get(self, ino: int, txn: lmdb.Transaction | None = None) -> Inode | None:
+        """The inode, as committed, or as `txn` (a write transaction) has it so far."""
         node = self._memo.get(ino)
         if node is not None:
             return node
-        with self.read() as txn:
+        if txn is not None:
             raw = txn.get(u64(ino), db=self.inodes)
+        else:
+            with self.read() as own:
+                raw = own.get(u64(ino), db=self.inodes)
         if raw is None:
             return None
         node = Inode.decode(raw)
@@ -217,6 +275,7 @@ class Cache:
         if node.node_id and txn.get(u64(node.node_id), db=self.node_ids) == u64(node.ino):
             txn.delete(u64(node.node_id), db=self.node_ids)  # unless the id moved on to a newer inode
         txn.delete(u64(node.ino), db=self.chunklists)
+        txn.delete(u64(node.ino), db=self.streams)
         self.drop_blocks(txn, node.ino, from_block=0)
         self._memo.pop(node.ino, None)
 
@@ -257,18 +316,59 @@ class Cache:
     def _dirent_key(parent: int, name: str) -> bytes:
         return u64(parent) + name.encode("utf-8", "surrogateescape")
 
-    def lookup(self, parent: int, name: str) -> int | None:
-        with self.read() as txn:
-            raw = txn.get(self._dirent_key(parent, name), db=self.dirents)
-        return from_u64(raw) if raw is not None else None
+    def _dirent(self, parent: int, name: str, txn: lmdb.Transaction | None) -> bytes | None:
+        if txn is not None:
+            return txn.get(self._dirent_key(parent, name), db=self.dirents)
+        with self.read() as own:
+            return own.get(self._dirent_key(parent, name), db=self.dirents)
 
-    def link(self, txn: lmdb.Transaction, parent: int, name: str, ino: int) -> None:
-        txn.put(self._dirent_key(parent, name), u64(ino), db=self.dirents)
+    def lookup(self, parent: int, name: str, txn: lmdb.Transaction | None = None) -> int | None:
+        """The inode a name stands for: what the kernel sees."""
+        raw = self._dirent(parent, name, txn)
+        return from_u64(raw[:8]) if raw is not None else None
+
+    def record_at(self, parent: int, name: str, txn: lmdb.Transaction | None = None) -> int | None:
+        """The record of a name: the inode itself, or the alias record of a hard link's
+        extra name (links.py). Name-level operations (rename, unlink, sync) act on it."""
+        raw = self._dirent(parent, name, txn)
+        return from_u64(raw[-8:]) if raw is not None else None
+
+    def link(self, txn: lmdb.Transaction, parent: int, name: str, ino: int, record: int = 0) -> None:
+        """Name `ino` in `parent`; `record` is the alias record when the name is an extra one."""
+        txn.put(self._dirent_key(parent, name), u64(ino) + (u64(record) if record else b""), db=self.dirents)
+        self._subdirs.pop(parent, None)
+
+    def place(self, txn: lmdb.Transaction, node: Inode) -> None:
+        """The directory entry of a record at its (parent, name): an alias record's entry
+        names its target inode and carries the record."""
+        if node.kind == "link":
+            self.link(txn, node.parent, node.name, node.extra["target"], node.ino)
+        else:
+            self.link(txn, node.parent, node.name, node.ino)
 
     def unlink(self, txn: lmdb.Transaction, parent: int, name: str) -> None:
         txn.delete(self._dirent_key(parent, name), db=self.dirents)
+        self._subdirs.pop(parent, None)
+
+    def subdir_count(self, ino: int) -> int:
+        count = self._subdirs.get(ino)
+        if count is None:
+            count = 0
+            for _, child_ino in self.children(ino):
+                child = self.get(child_ino)
+                count += child is not None and child.kind == "dir"
+            self._subdirs[ino] = count
+        return count
 
     def children(self, parent: int) -> list[tuple[str, int]]:
+        """(name, inode) of every entry: what readdir shows."""
+        return [(name, from_u64(value[:8])) for name, value in self._entries(parent)]
+
+    def entries(self, parent: int) -> list[tuple[str, int]]:
+        """(name, record) of every entry: what walks of the tree work on (`record_at`)."""
+        return [(name, from_u64(value[-8:])) for name, value in self._entries(parent)]
+
+    def _entries(self, parent: int) -> list[tuple[str, bytes]]:
         prefix = u64(parent)
         out = []
         with self.read() as txn:
@@ -277,7 +377,7 @@ class Cache:
                 for key, value in cursor:
                     if not key.startswith(prefix):
                         break
-                    out.append((key[8:].decode("utf-8", "surrogateescape"), from_u64(value)))
+                    out.append((key[8:].decode("utf-8", "surrogateescape"), value))
         return out
 
     def has_children(self, parent: int) -> bool:
@@ -345,6 +445,10 @@ class Cache:
     def dequeue(self, seq: int) -> None:
         with self.write() as txn:
             txn.delete(u64(seq), db=self.outbox)
+
+    def inode_count(self) -> int:
+        with self.read() as txn:
+            return txn.stat(self.inodes)["entries"]
 
     def iter_inodes(self) -> Iterator[Inode]:
         with self.read() as txn:

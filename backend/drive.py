@@ -7,6 +7,10 @@ server in order, in the background.
 
 Open files are counted here so an unlinked file stays readable until its last
 handle is released (it becomes an orphan: parent 0, no directory entry).
+
+Hard links (links.py): every name-level operation works on the *record* of a name
+(`Cache.record_at`): the inode for its own name, an alias record for an extra one.
+Content and attributes are always the inode's.
 """
 
 from __future__ import annotations
@@ -14,19 +18,23 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import stat
 import time
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import lmdb
-import trio
 
-from .cache import ROOT_INO, Cache, Inode
+from .cache import BLOCK_SIZE, ROOT_INO, Cache, Inode
 from .chunkcache import ChunkCache
 from .conflicts import conflicted_name
 from .content import Content
 from .errors import (CloudFsError, CorruptChunkError, ExistsError, InvalidError, IsADirectoryError_, NotADirectoryError_,
                      NotEmptyError, NotFoundError)
+from . import links
+from . import xattrs as xattr_rules
 from .names import NAME_MAX_BYTES, name_problem
+from .room import FULL_WAIT_S, NoSpaceError, Room  # noqa: F401 - FULL_WAIT_S, NoSpaceError: part of the drive's surface
 
 log = logging.getLogger("cloudfs.drive")
 
@@ -38,15 +46,34 @@ class NameTooLongError(CloudFsError):
     errno = errno.ENAMETOOLONG
 
 
-class NoSpaceError(CloudFsError):
-    errno = errno.ENOSPC
-
-
 class QuotaExceededError(CloudFsError):
     errno = errno.EDQUOT
 
 
-FULL_WAIT_S = 10.0
+class NoAttributeError(CloudFsError):
+    errno = errno.ENODATA
+
+
+class XattrTooBigError(CloudFsError):
+    errno = errno.E2BIG
+
+
+class NotPermittedError(CloudFsError):
+    errno = errno.EPERM
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who a new node belongs to, in the wire's convention: -1 is the drive's owner
+    (the mounting user on every device); any other number is kept as it is, as tar does."""
+
+    uid: int = -1
+    gid: int = -1
+
+
+DRIVE_OWNER = Owner()
+SPECIAL_KINDS = ("fifo", "chr", "blk", "sock")
+RELATIME_NS = 24 * 3600 * 10**9
 
 
 def check_local_name(name: str) -> None:
@@ -73,6 +100,14 @@ class Drive:
         inode removed from the tree lives on, as an orphan, until both this and
         open_count reach zero, so an open() racing a rename never sees ENOENT."""
         self.on_outbox = lambda: None  # the syncer's wake-up, set when it starts
+        self.room = Room(chunks)
+        self.room.on_pressure = lambda: self.on_outbox()
+        self.on_written: Callable[[Inode], None] = lambda node: None
+        """After each write (the streamer's `written`: a large file open for writing is
+        uploaded while it is written)."""
+        self.forget_size: Callable[[int, str], None] = lambda parent, name: None
+        """Make the kernel forget a file's inode (the follower's invalidate_entry): after a
+        refused write, its write-back cache still believes the refused bytes are there."""
         self.over_quota: set[int] = set()
         self._grown: set[int] = set()  # inodes written under a quota, for _growth
         """Files written past the quota since their last close or fsync. The write itself
@@ -124,34 +159,72 @@ class Drive:
 
     # --- creating ---
 
-    def _new(self, parent: int, name: str, kind: str, mode: int, target: str = "") -> Inode:
+    def _new(self, parent: int, name: str, kind: str, mode: int, target: str = "", *, owner: Owner = DRIVE_OWNER,
+             rdev: int = 0) -> Inode:
         check_local_name(name)
         self._dir(parent)
         if self.cache.lookup(parent, name) is not None:
             raise ExistsError(f"{name!r} exists in directory inode {parent}")
         with self.transaction() as txn:
-            return self._insert(txn, parent, name, kind, mode, target)
+            return self._insert(txn, parent, name, kind, mode, target, owner=owner, rdev=rdev)
 
-    def _insert(self, txn: lmdb.Transaction, parent: int, name: str, kind: str, mode: int, target: str = "") -> Inode:
-        """A new local node, queued for the syncer."""
+    def _insert(self, txn: lmdb.Transaction, parent: int, name: str, kind: str, mode: int, target: str = "", *,
+                owner: Owner = DRIVE_OWNER, rdev: int = 0) -> Inode:
+        """A new local node, queued for the syncer. In a setgid directory it takes the
+        directory's group, and a new directory stays setgid, as on a local disk."""
         now = time.time_ns()
-        node = Inode(ino=self.cache.new_ino(txn), parent=parent, name=name, kind=kind, mode=mode & 0o7777,
+        gid, mode = owner.gid, mode & 0o7777
+        directory = self.cache.get(parent)
+        if directory is not None and directory.mode & stat.S_ISGID:
+            gid = directory.gid
+            if kind == "dir":
+                mode |= stat.S_ISGID
+        node = Inode(ino=self.cache.new_ino(txn), parent=parent, name=name, kind=kind, mode=mode,
                      size=len(target.encode("utf-8", "surrogateescape")) if kind == "symlink" else 0,
-                     mtime_ns=now, ctime_ns=now, target=target, dirty=kind == "file")
+                     mtime_ns=now, ctime_ns=now, target=target, dirty=kind == "file", uid=owner.uid, gid=gid,
+                     rdev=rdev, atime_ns=now)
         self.cache.put(txn, node, create=True)
         self.cache.link(txn, parent, name, node.ino)
         self.cache.enqueue(txn, {"op": "upload" if kind == "file" else "push", "ino": node.ino})
         self._touch_dir(txn, parent, now)
         return node
 
-    def mkdir(self, parent: int, name: str, mode: int) -> Inode:
-        return self._new(parent, name, "dir", mode)
+    def mkdir(self, parent: int, name: str, mode: int, owner: Owner = DRIVE_OWNER) -> Inode:
+        return self._new(parent, name, "dir", mode, owner=owner)
 
-    def create(self, parent: int, name: str, mode: int) -> Inode:
-        return self._new(parent, name, "file", mode)
+    def create(self, parent: int, name: str, mode: int, owner: Owner = DRIVE_OWNER) -> Inode:
+        return self._new(parent, name, "file", mode, owner=owner)
 
-    def symlink(self, parent: int, name: str, target: str) -> Inode:
-        return self._new(parent, name, "symlink", 0o777, target)
+    def symlink(self, parent: int, name: str, target: str, owner: Owner = DRIVE_OWNER) -> Inode:
+        return self._new(parent, name, "symlink", 0o777, target, owner=owner)
+
+    def mknod(self, parent: int, name: str, kind: str, mode: int, rdev: int, owner: Owner = DRIVE_OWNER) -> Inode:
+        """A FIFO, socket or device node: synced as metadata, never opened through us
+        (the kernel serves a special file's I/O itself)."""
+        if kind not in SPECIAL_KINDS:
+            raise InvalidError(f"{kind!r} is not a special file kind")
+        return self._new(parent, name, kind, mode, owner=owner, rdev=rdev if kind in ("chr", "blk") else 0)
+
+    def link(self, ino: int, new_parent: int, new_name: str) -> Inode:
+        """link(2): one more name for `ino`, an alias record queued for the syncer (which
+        creates it on the server once the inode has a node id there)."""
+        check_local_name(new_name)
+        node = self.get(ino)
+        if node.kind == "dir":
+            raise NotPermittedError(f"inode {ino} ({node.name!r}) is a directory: no hard links to directories")
+        if node.parent == 0 and node.ino != ROOT_INO:
+            raise NotFoundError(f"inode {ino} ({node.name!r}) has no name left to link to")
+        self._dir(new_parent)
+        if self.cache.lookup(new_parent, new_name) is not None:
+            raise ExistsError(f"{new_name!r} exists in directory inode {new_parent}")
+        now = time.time_ns()
+        with self.transaction() as txn:
+            alias = links.add_alias(self.cache, txn, node, new_parent, new_name)
+            node.ctime_ns = now
+            self.cache.put(txn, node)
+            self.cache.enqueue(txn, {"op": "push", "ino": alias.ino})
+            self._touch_dir(txn, new_parent, now)
+        return node
 
     def _touch_dir(self, txn: lmdb.Transaction, ino: int, now: int) -> None:
         """Directory mtimes are local only: the server derives them from its own changes."""
@@ -166,10 +239,38 @@ class Drive:
         node = self.lookup(parent, name)
         if node.kind == "dir":
             raise IsADirectoryError_(f"{name!r} is a directory")
+        now = time.time_ns()
         with self.transaction() as txn:
-            self.cache.unlink(txn, parent, name)
-            self._forget(txn, node)
-            self._touch_dir(txn, parent, time.time_ns())
+            self._remove_name(txn, parent, name, now)
+            self._touch_dir(txn, parent, now)
+
+    def _remove_name(self, txn: lmdb.Transaction, parent: int, name: str, now: int) -> None:
+        """A name leaves the tree. An extra name of a file goes alone; a file's own name
+        while it has others: the file moves to the oldest of them, as the server would do
+        (links.promote), told to the server as that alias's delete and the file's move."""
+        record = self.cache.get(self.cache.record_at(parent, name, txn) or 0, txn)
+        self.cache.unlink(txn, parent, name)
+        if record is None:
+            return
+        if record.kind == "link":
+            target = links.drop_alias(self.cache, txn, record)
+            self._forget_alias(txn, record)
+            if target is not None:
+                target.ctime_ns = now
+                self.cache.put(txn, target)
+        elif links.aliases(record):
+            gone = links.promote(self.cache, txn, record)
+            if gone is not None:
+                self._forget_alias(txn, gone)
+            record.ctime_ns = now
+            self.cache.put(txn, record)
+            self.cache.enqueue(txn, {"op": "push", "ino": record.ino})
+        else:
+            self._forget(txn, record)
+
+    def _forget_alias(self, txn: lmdb.Transaction, alias: Inode) -> None:
+        if alias.node_id:
+            self.cache.enqueue(txn, {"op": "delete", "ino": alias.ino, "node_id": alias.node_id, "rev": None})
 
     def rmdir(self, parent: int, name: str) -> None:
         node = self.lookup(parent, name)
@@ -177,10 +278,10 @@ class Drive:
             raise NotADirectoryError_(f"{name!r} is not a directory")
         if self.cache.has_children(node.ino):
             raise NotEmptyError(f"{name!r} is not empty")
+        now = time.time_ns()
         with self.transaction() as txn:
-            self.cache.unlink(txn, parent, name)
-            self._forget(txn, node)
-            self._touch_dir(txn, parent, time.time_ns())
+            self._remove_name(txn, parent, name, now)
+            self._touch_dir(txn, parent, now)
 
     def _forget(self, txn: lmdb.Transaction, node: Inode) -> None:
         """The node left the tree: tell the server, and drop it unless still open."""
@@ -188,7 +289,7 @@ class Drive:
             # `rev`: the server refuses the delete if another device committed since,
             # so an edit made elsewhere survives this delete.
             self.cache.enqueue(txn, {"op": "delete", "ino": node.ino, "node_id": node.node_id,
-                                     "rev": node.rev if node.kind == "file" else None})
+                                     "rev": node.rev if node.kind == "file" else None, "t": time.time()})
         if self.open_count.get(node.ino) or self.lookups.get(node.ino):
             node.parent = 0
             self.cache.put(txn, node)
@@ -203,16 +304,18 @@ class Drive:
 
     def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str, flags: int) -> None:
         if flags & RENAME_EXCHANGE:
-            raise InvalidError("RENAME_EXCHANGE is not supported")
+            self._exchange(old_parent, old_name, new_parent, new_name)
+            return
         check_local_name(new_name)
         node = self.lookup(old_parent, old_name)
+        record = self.cache.get(self.cache.record_at(old_parent, old_name) or 0) or node
         self._dir(new_parent)
         if node.kind == "dir" and self._is_ancestor(node.ino, new_parent):
             raise InvalidError(f"cannot move {old_name!r} into its own subtree")
         victim_ino = self.cache.lookup(new_parent, new_name)
         victim = self.cache.get(victim_ino) if victim_ino is not None else None
         if victim is not None and victim.ino == node.ino:
-            return
+            return  # two names of one inode (or the same name): rename(2) does nothing
         if victim is not None:
             if flags & RENAME_NOREPLACE:
                 raise ExistsError(f"{new_name!r} exists")
@@ -225,13 +328,38 @@ class Drive:
         now = time.time_ns()
         with self.transaction() as txn:
             if victim is not None:
-                self.cache.unlink(txn, new_parent, new_name)
-                self._forget(txn, victim)
+                self._remove_name(txn, new_parent, new_name, now)
             self.cache.unlink(txn, old_parent, old_name)
-            self.cache.link(txn, new_parent, new_name, node.ino)
-            node.parent, node.name, node.ctime_ns = new_parent, new_name, now
+            record.parent, record.name = new_parent, new_name
+            self.cache.place(txn, record)
+            node.ctime_ns = now
             self.cache.put(txn, node)
-            self.cache.enqueue(txn, {"op": "push", "ino": node.ino})
+            self.cache.put(txn, record)
+            self.cache.enqueue(txn, {"op": "push", "ino": record.ino})
+            self._touch_dir(txn, old_parent, now)
+            self._touch_dir(txn, new_parent, now)
+
+    def _exchange(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
+        """RENAME_EXCHANGE: both names stay, their nodes swap places (the syncer sends it
+        to the server as one exchange, syncer._move)."""
+        a, b = self.lookup(old_parent, old_name), self.lookup(new_parent, new_name)
+        if a.ino == b.ino:
+            return
+        if a.kind == "dir" and self._is_ancestor(a.ino, new_parent) or \
+                b.kind == "dir" and self._is_ancestor(b.ino, old_parent):
+            raise InvalidError(f"cannot exchange {old_name!r} and {new_name!r}: one contains the other")
+        ra = self.cache.get(self.cache.record_at(old_parent, old_name) or 0) or a
+        rb = self.cache.get(self.cache.record_at(new_parent, new_name) or 0) or b
+        now = time.time_ns()
+        with self.transaction() as txn:
+            ra.parent, ra.name, rb.parent, rb.name = new_parent, new_name, old_parent, old_name
+            for node in (a, b):
+                node.ctime_ns = now
+                self.cache.put(txn, node)
+            for record in (ra, rb):
+                self.cache.place(txn, record)
+                self.cache.put(txn, record)
+                self.cache.enqueue(txn, {"op": "push", "ino": record.ino})
             self._touch_dir(txn, old_parent, now)
             self._touch_dir(txn, new_parent, now)
 
@@ -249,8 +377,11 @@ class Drive:
 
     # --- attributes and content ---
 
-    def setattr(self, ino: int, *, size: int | None = None, mode: int | None = None,
-                mtime_ns: int | None = None) -> Inode:
+    def setattr(self, ino: int, *, size: int | None = None, mode: int | None = None, mtime_ns: int | None = None,
+                atime_ns: int | None = None, uid: int | None = None, gid: int | None = None) -> Inode:
+        """chmod, chown, utimensat and truncate. Who may do which was checked by the
+        kernel (the mount runs with default_permissions), as was clearing setuid/setgid
+        on a chown or a write by someone else: it sends the new mode with the change."""
         node = self.get(ino)
         if size is not None and node.kind == "dir":
             raise IsADirectoryError_(f"inode {ino} is a directory")
@@ -265,14 +396,23 @@ class Drive:
                 node.mode = mode & 0o7777
             if mtime_ns is not None:
                 node.mtime_ns = mtime_ns
+            if atime_ns is not None:
+                node.atime_ns = atime_ns
+                node.extra["atime_set"] = True
+            if uid is not None:
+                node.uid = uid
+            if gid is not None:
+                node.gid = gid
             node.ctime_ns = time.time_ns()
             self.cache.put(txn, node)
-            if (mode is not None or mtime_ns is not None) and not node.dirty:
+            if node.attrs_pending() and not node.dirty:
                 self.cache.enqueue(txn, {"op": "push", "ino": ino})
         return node
 
     async def read(self, ino: int, off: int, size: int, *, readahead: int = 0) -> bytes:
         node = self.get(ino)
+        if node.atime_ns <= max(node.mtime_ns, node.ctime_ns) or time.time_ns() - node.atime_ns > RELATIME_NS:
+            self._accessed(node)
         try:
             return await self.content.read(node, off, size, readahead=readahead)
         except CorruptChunkError:
@@ -282,16 +422,65 @@ class Drive:
 
     async def write(self, ino: int, off: int, data: bytes) -> int:
         node = self.get(ino)
-        await self._make_room(node, len(data), off + len(data))
+        # A block first written in part is filled with the bytes under it: the cache grows
+        # by up to whole blocks, not by len(data).
+        span = ((off + len(data) - 1) // BLOCK_SIZE - off // BLOCK_SIZE + 1) * BLOCK_SIZE if data else 0
+        await self._make_room(node, off, span)
 
         def in_txn(txn: lmdb.Transaction) -> None:
             self._revive_if_orphaned(node, txn)  # here, after the awaits: a delete may arrive during them
-            node.mtime_ns = time.time_ns()
+            node.mtime_ns = node.ctime_ns = time.time_ns()
             if not node.dirty:  # clean -> dirty: queue an upload now, so it survives a crash
                 self.cache.enqueue(txn, {"op": "upload", "ino": node.ino})
 
         await self.content.write(node, off, data, in_txn)
+        self.on_written(node)
         return len(data)
+
+    def _accessed(self, node: Inode) -> None:
+        """relatime, as Linux mounts by default: a read moves atime when it is older than
+        the last change or a day old. Local only (Inode.atime_ns)."""
+        with self.cache.write() as txn:
+            if self.cache.get(node.ino) is not None:
+                node.atime_ns = time.time_ns()
+                self.cache.put(txn, node)
+
+    # --- extended attributes ---
+
+    def getxattr(self, ino: int, name: str) -> bytes:
+        value = self.get(ino).xattrs.get(name)
+        if value is None:
+            if name.startswith(xattr_rules.NOT_KEPT):
+                raise xattr_rules.XattrError(f"{name!r} is not kept on this drive", errno.EOPNOTSUPP)
+            raise NoAttributeError(f"inode {ino} has no extended attribute {name!r}")
+        return xattr_rules.decode(value)
+
+    def listxattr(self, ino: int) -> list[str]:
+        return list(self.get(ino).xattrs)
+
+    def setxattr(self, ino: int, name: str, value: bytes) -> None:
+        """XATTR_CREATE/XATTR_REPLACE were checked by pyfuse3 (through getxattr)."""
+        node = self.get(ino)
+        xattrs = {**node.xattrs, xattr_rules.check_name(name): xattr_rules.encode(value)}
+        if len(value) > xattr_rules.VALUE_MAX:
+            raise XattrTooBigError(f"a value of {len(value)} bytes for {name!r}; at most {xattr_rules.VALUE_MAX}")
+        if xattr_rules.total_size(xattrs) > xattr_rules.TOTAL_MAX:
+            raise NoSpaceError(f"extended attributes of inode {ino} would take more than {xattr_rules.TOTAL_MAX} bytes")
+        self._set_xattrs(node, xattrs)
+
+    def removexattr(self, ino: int, name: str) -> None:
+        node = self.get(ino)
+        if name not in node.xattrs and xattr_rules.check_name(name):
+            raise NoAttributeError(f"inode {ino} has no extended attribute {name!r}")
+        self._set_xattrs(node, {k: v for k, v in node.xattrs.items() if k != name})
+
+    def _set_xattrs(self, node: Inode, xattrs: dict[str, str]) -> None:
+        with self.transaction() as txn:
+            node.xattrs = xattrs
+            node.ctime_ns = time.time_ns()
+            self.cache.put(txn, node)
+            if not node.dirty:
+                self.cache.enqueue(txn, {"op": "push", "ino": node.ino})
 
     def _growth(self, writing: Inode, end: int) -> int:
         """How much the files with local changes grow the account beyond what the server
@@ -305,34 +494,23 @@ class Drive:
         self._grown.add(writing.ino)
         return grown
 
-    async def _make_room(self, node: Inode, incoming: int, end: int = 0) -> None:
+    async def _make_room(self, node: Inode, off: int, incoming: int) -> None:
         """Dirty data is never evicted: when it would outgrow the cache, clean chunks go
-        first; then the writer waits a little for uploads of closed files to free room,
-        and gets ENOSPC if none comes (its file, open, cannot be uploaded yet)."""
-        chunks = self.chunks
+        first; then the writer waits, a bounded time, for uploads and the streamer to
+        make room, and gets ENOSPC if none comes (room.py)."""
         if self.quota is not None and node.ino not in self.over_quota:
             quota, used = self.quota
-            grown = self._growth(node, end)
+            grown = self._growth(node, off + incoming)
             if used + grown > quota:
                 log.warning("EDQUOT: %r would take the account to %d bytes, over its quota of %d; kept here, "
                             "uploaded once room is made", node.name, used + grown, quota)
                 self.over_quota.add(node.ino)
-        if chunks.dirty_bytes + incoming <= chunks.limit:
-            if chunks.used_bytes + incoming > chunks.limit:
-                chunks.evict(incoming)
-            return
-        chunks.evict(incoming)
-        deadline = trio.current_time() + FULL_WAIT_S
-        while chunks.dirty_bytes + incoming > chunks.limit:
-            if trio.current_time() >= deadline:
-                error = NoSpaceError(f"the cache ({chunks.limit} bytes) is full of changes not uploaded yet; "
-                                     f"writing {incoming} more bytes to {node.name!r} would evict them")
-                log.warning("ENOSPC: %s", error)
-                raise error
-            self.on_outbox()
-            await trio.sleep(0.1)
+        await self.room.make_room(node.ino, node.name, off, incoming, lambda: self.content.frontier(node))
 
     def check_quota(self, ino: int) -> None:
+        """At close and fsync: the errors the kernel's write-back kept from write(2)."""
+        node = self.cache.get(ino)
+        self.room.check(ino, node.name if node else str(ino))
         if ino in self.over_quota:
             self.over_quota.discard(ino)
             node = self.cache.get(ino)
@@ -412,6 +590,8 @@ class Drive:
             else:
                 counts.pop(ino, None)
         node = self.cache.get(ino)
+        if not self.writers.get(ino) and self.room.closed(ino) and node is not None and node.parent:
+            self.forget_size(node.parent, node.name)  # the kernel's size counts the refused bytes
         if node is None:
             return
         if node.parent == 0 and node.ino != ROOT_INO:

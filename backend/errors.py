@@ -13,6 +13,15 @@ from typing import Any, AsyncIterator, Iterator
 import trio
 
 
+class UserError(Exception):
+    """Something the user can fix stopped a command: a path, a URL, a token, a cache
+    directory, a port. `str()` is one line that names the cause and the fix; the CLI
+    prints it as it is, after the command's name, and exits with `exit_code` (1: it
+    could not be done here and now; 2: the command line itself is wrong)."""
+
+    exit_code = 1
+
+
 class CloudFsError(Exception):
     errno = _errno.EIO
 

@@ -48,6 +48,9 @@ class FaultyStore:
     def delete(self, key: str) -> None:
         self.inner.delete(key)
 
+    def delete_many(self, keys: list[str]) -> None:
+        self.inner.delete_many(keys)
+
     def list(self, prefix: str = "") -> Iterator[str]:
         return self.inner.list(prefix)
 

@@ -93,6 +93,10 @@ class LocalStore:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             pass  # no object under this key
 
+    def delete_many(self, keys: list[str]) -> None:
+        for key in keys:
+            self.delete(key)
+
     def list(self, prefix: str = "") -> Iterator[str]:
         for dirpath, dirnames, filenames in os.walk(self.root):
             # only the top-level .tmp holds uploads in progress; "a/.tmp/x" is a valid key

@@ -7,8 +7,14 @@ refused later by the server, where the refusal would surface as a failed upload.
 
 from __future__ import annotations
 
+import re
+
 NAME_MAX_BYTES = 255
 PATH_MAX_BYTES = 4095
+DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.@()+-]{0,63}$")
+"""A device name (X-Cloudfs-Device, `cloudfs mount --device`): it appears in
+conflicted copies' names, so it is short and needs no quoting."""
+DEVICE_RULE = "1-64 letters, digits, spaces or _.@()+-, starting with a letter or digit"
 
 
 def name_problem(name: str) -> str | None:

@@ -112,6 +112,19 @@ class S3Store:
         except Exception as exc:
             raise _translate(exc, key) from exc
 
+    def delete_many(self, keys: list[str]) -> None:
+        if not keys:
+            return
+        try:
+            answer = self.client.delete_objects(Bucket=self.bucket, Delete={
+                "Objects": [{"Key": key} for key in keys], "Quiet": True})
+        except Exception as exc:
+            raise _translate(exc, keys[0]) from exc
+        errors = [e for e in answer.get("Errors", []) if e.get("Code") not in _NOT_FOUND]
+        if errors:
+            raise TransientError(f"{len(errors)} of {len(keys)} deletes failed, e.g. {errors[0].get('Key')}: "
+                                 f"{errors[0].get('Code')}")
+
     def list(self, prefix: str = "") -> Iterator[str]:
         paginator = self.client.get_paginator("list_objects_v2")
         try:

@@ -1,31 +1,41 @@
 """One device's drive, assembled: cache, client, fetcher, uploader, syncer, follower.
 
 `open_session` is the async context manager the mount uses; its background tasks live
-in the caller's nursery (`session.start(nursery)`), so they end with the mount.
+in the caller's nursery (`session.start(nursery)`), so they end with the mount. It
+first claims the cache directory and asks the server who we are (startup.py): a
+refusal ends the start with one line for the user; a server that does not answer is
+fatal only to a first mount (nothing cached to serve), otherwise the session starts
+offline and says so in `notes`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-from dataclasses import dataclass
+import logging
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator
 
+import lmdb
 import trio
 
+from . import cache_format
 from .api_client import ApiClient
-from .cache import Cache
+from .cache import ROOT_INO, Cache
 from .chunkcache import ChunkCache
 from .content import Content
 from .drive import Drive
-from .errors import OfflineError, ServerError
+from .errors import OfflineError, ServerError, UserError
 from .fetcher import Fetcher
 from .follower import Follower, Invalidator
+from .startup import ServerUnreachableError, check_account, claim_cache, over_quota, probe_server
+from .streamer import Streamer
 from .syncer import Syncer
 from .uploader import Uploader
 
-
+log = logging.getLogger("cloudfs.session")
 HEARTBEAT_S = 2.0
 QUOTA_EVERY = 2  # heartbeats between refreshes of the quota and the bytes used
 
@@ -37,12 +47,20 @@ class SessionOptions:
     cache_dir: Path
     cache_size: int
     device: str
+    mountpoint: Path | None = None
+    """Only to name this mount to another one that finds the cache taken."""
+    delete_guard: int = 1000
+    """Hold a burst of more deletes than this (0: never hold); see delete_guard.py."""
+    delete_guard_fraction: float = 0.25
 
 
 def default_cache_dir(base: Path, server_url: str, mountpoint: Path) -> Path:
     """One cache per server + mountpoint, so two mounts never share dirty data."""
     digest = hashlib.sha256(f"{server_url.rstrip('/')}\0{mountpoint.resolve()}".encode()).hexdigest()[:16]
     return base / digest
+
+
+HISTORY_ROUTES = ("/history/", "/trash", "/restore", "/files/")
 
 
 @dataclass
@@ -56,11 +74,36 @@ class Session:
     follower: Follower
     fetcher: Fetcher
     uploader: Uploader
+    streamer: Streamer
+    notes: list[str] = field(default_factory=list)
+    """What the user should hear about the start: offline (and why), over quota."""
+    offline_since: float | None = None
+    """trio time since when the server has not answered (kept by the heartbeat)."""
+
+    @property
+    def offline(self) -> bool:
+        return not self.client.reachable
+
+    async def call_api(self, method: str, path: str, *, params: dict | None = None, json: object = None) -> dict:
+        """The command line's way to the server through this mount's token, for the
+        history routes only (HISTORY_ROUTES); answers {"ok", "status", "body"}."""
+        if method not in ("GET", "POST", "DELETE") or not path.startswith(HISTORY_ROUTES):
+            return {"ok": False, "status": 0, "body": {"detail": f"{method} {path} is not a history route"}}
+        try:
+            body = await self.client.request_json(method, path, params=params, json=json,
+                                                  device=f"{self.options.device[:48]} (command line)")
+        except ServerError as exc:
+            return {"ok": False, "status": exc.status, "body": exc.body}
+        except OfflineError as exc:
+            return {"ok": False, "status": 0, "body": {"detail": f"the server is unreachable: {exc}"}}
+        return {"ok": True, "status": 200, "body": body}
 
     async def start(self, nursery: trio.Nursery) -> None:
         self.fetcher.nursery = nursery
         await nursery.start(self.syncer.run)
         await nursery.start(self.follower.run)
+        await nursery.start(self.streamer.run)
+        self.drive.forget_size = lambda parent, name: nursery.start_soon(self.follower.invalidate_entry, parent, name)
         nursery.start_soon(self._heartbeat)
 
     async def _heartbeat(self) -> None:
@@ -75,6 +118,10 @@ class Session:
                     await self.client.health(HEARTBEAT_S)
             except (OfflineError, ServerError):
                 pass
+            if self.client.reachable:
+                self.offline_since = None
+            elif self.offline_since is None:
+                self.offline_since = trio.current_time()
             await trio.sleep(HEARTBEAT_S)
 
     def status(self) -> dict:
@@ -94,8 +141,25 @@ class Session:
             "uploaded_chunks": self.uploader.sent_chunks,
             "uploaded_bytes": self.uploader.sent_bytes,
             "downloaded_bytes": self.fetcher.downloaded_bytes,
-            "last_error": self.syncer.last_error,
+            "last_error": self.syncer.last_error or self.streamer.last_error,
+            "held_deletes": self.syncer.guard.held,
+            "streamed_bytes": self.streamer.streamed_bytes,
+            "write_blocked": self.drive.room.stopped(),
         }
+
+    def confirm_deletes(self) -> int:
+        held = self.syncer.guard.held
+        self.syncer.guard.confirm()
+        self.syncer.wake()
+        return held
+
+    async def undo_deletes(self) -> int:
+        """Drop the held deletes and bring those nodes back from the server."""
+        node_ids = self.syncer.take_held_deletes()
+        for node_id in node_ids:
+            await self.follower.pull(node_id)
+        await self.follower.settled()
+        return len(node_ids)
 
     async def flush(self) -> None:
         """Upload every local change made so far, open files included."""
@@ -125,27 +189,81 @@ class Session:
                 return
 
 
+async def _who_are_we(client: ApiClient, cache: Cache) -> list[str]:
+    """Probe the server before serving: a refusal is fatal, silence only to a first mount."""
+    try:
+        me = await probe_server(client)
+    except ServerUnreachableError as exc:
+        if cache.get(ROOT_INO) is None:
+            raise UserError(f"{exc.cause}, and a first mount needs the server (nothing is cached in {cache.path} "
+                            f"yet): {exc.hint}") from None
+        log.warning("starting offline: %s", exc)
+        return [f"offline, {exc.cause}: what is cached is served and changes queue until the server answers"]
+    check_account(cache, me)
+    warning = over_quota(me)
+    return [warning] if warning else []
+
+
+def _why_stuck(client: ApiClient, syncer: Syncer, streamer: Streamer) -> str:
+    """What keeps uploads from making room, in a few words for `cloudfs status`."""
+    error = streamer.last_error or syncer.last_error
+    if not (client.reachable and syncer.online):
+        return f"server unreachable: {error}" if error else "server unreachable"
+    if error:
+        return f"uploads failing: {error}"
+    return "uploads cannot keep up, or what is written cannot be uploaded yet (a file written out of order)"
+
+
 @contextlib.asynccontextmanager
 async def open_session(options: SessionOptions, invalidate: Invalidator | None = None) -> AsyncIterator[Session]:
-    cache = Cache(options.cache_dir)
+    lock_fd = claim_cache(options.cache_dir, options.mountpoint)
+    try:
+        cache = Cache(options.cache_dir)
+    except lmdb.Error as exc:
+        os.close(lock_fd)
+        raise UserError(f"the cache {options.cache_dir} is damaged or not a cloudfs cache ({exc}): mount with "
+                        f"another --cache DIR (keep this one aside if it may hold changes not yet uploaded)") from None
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    try:
+        cache_format.upgrade(cache)
+    except cache_format.CacheFormatError as exc:
+        cache.close()
+        os.close(lock_fd)
+        raise UserError(str(exc)) from None
+    except BaseException:
+        cache.close()
+        os.close(lock_fd)
+        raise
     client = ApiClient(options.server_url, options.token, device=options.device)
     try:
+        notes = await _who_are_we(client, cache)
         chunks = ChunkCache(cache, options.cache_size)
         fetcher = Fetcher(client, chunks)
         content = Content(cache, chunks, fetcher)
         drive = Drive(cache, chunks, content, device=options.device)
         uploader = Uploader(client, cache, chunks, content)
         syncer = Syncer(client, cache, chunks, uploader, device=options.device, open_count=drive.open_count)
+        syncer.guard.max_files, syncer.guard.fraction = options.delete_guard, options.delete_guard_fraction
         follower = Follower(client, cache, chunks, device=options.device, open_count=drive.open_count,
                             lookups=drive.lookups, writers=drive.writers, invalidate=invalidate)
         drive.on_outbox = syncer.wake
+        streamer = Streamer(cache, content, uploader, writers=drive.writers, lock=syncer.lock)
+        drive.on_written = streamer.written
+        drive.room.on_pressure = lambda: (syncer.wake(), streamer.press())
+        drive.room.why = lambda: _why_stuck(client, syncer, streamer)
         syncer.on_stale = follower.refresh
         syncer.forget_name = follower.invalidate_entry
         await follower.bootstrap()
         drive.purge_orphans()
-        yield Session(options, client, cache, chunks, drive, syncer, follower, fetcher, uploader)
+        session = Session(options, client, cache, chunks, drive, syncer, follower, fetcher, uploader, streamer, notes)
+        if not client.reachable:
+            session.offline_since = trio.current_time()
+        yield session
     finally:
         with trio.CancelScope(shield=True):
             with trio.move_on_after(5):
                 await client.aclose()
         cache.close()
+        os.close(lock_fd)

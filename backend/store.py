@@ -41,6 +41,10 @@ class ObjectInfo:
     """True when the store itself refused any body that did not hash to its key."""
 
 
+DELETE_BATCH = 1000
+"""S3's DeleteObjects takes at most this many keys."""
+
+
 class ObjectStore(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
 
@@ -53,6 +57,11 @@ class ObjectStore(Protocol):
     def head(self, key: str) -> ObjectInfo: ...
 
     def delete(self, key: str) -> None: ...
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Delete up to DELETE_BATCH keys in one go (S3: one request); keys that are not
+        there are fine, as for `delete`."""
+        ...
 
     def list(self, prefix: str = "") -> Iterator[str]: ...
 

@@ -18,6 +18,11 @@ deleted there while something new was put in it here. A delete sent from here na
 the revision it saw, so it fails, and the node comes back, if someone committed since.
 Whenever the server's state of a node turns out to differ, `on_stale` asks the follower
 to pull that node.
+
+Hard links (links.py): an alias record is pushed like any node, created through POST
+/links once its inode has a node id (the inode is pushed first). When the inode loses
+an edit conflict, its aliases stay with the winner: the follower re-points them once
+the winner is here (`_aliases_follow_winner`).
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ import trio
 
 from . import wire
 from .api_client import ApiClient
-from .cache import ROOT_INO, Cache, GoneError, Inode
+from .cache import ROOT_INO, Cache, GoneError, Inode, u64
 from .chunkcache import ChunkCache
+from . import links
 from .conflicts import conflicted_name, conflicts_seen, count_conflict
+from .delete_guard import WINDOW_S, DeleteGuard
 from .errors import ConflictError, MissingChunksError, OfflineError, ServerError, StaleRevisionError
 from .uploader import Uploader, finish_upload
 
@@ -66,6 +73,10 @@ class Syncer:
         self._locks: dict[int, trio.Lock] = {}
         self._last_activity = 0.0
         self._burst_start = 0.0
+        self.guard = DeleteGuard()
+        self._cleared_upto = 0
+        """Deletes up to this outbox seq were judged by the guard and may go."""
+        self._held_len = 0
 
     @property
     def conflicts(self) -> int:
@@ -104,7 +115,12 @@ class Syncer:
                     await self._wake.wait()
                 continue
             await self._quiet_period(items[0][1], len(items))
-            items = _due(self.cache.outbox_items(limit=500))
+            items = self._unguarded(_due(self.cache.outbox_items(limit=500)))
+            if not items:
+                self._wake = trio.Event()
+                with trio.move_on_after(0.1):  # deletes settling or held (delete_guard.py)
+                    await self._wake.wait()
+                continue
             failed: BaseException | None = None
             for group in _groups(items):
                 failed = await self._apply_group(group)
@@ -112,6 +128,7 @@ class Syncer:
                     break
                 for seq, _ in group:
                     self.cache.dequeue(seq)
+                self.guard.record_sent(sum(op["op"] == "delete" for _, op in group))
                 self.online, backoff = True, 0.2
                 if time.monotonic() - self._last_activity < QUIET_S:
                     break  # a burst is on again: one group per quiet period, so it keeps the CPU
@@ -174,11 +191,51 @@ class Syncer:
         self.online = False
         self.last_error = str(exc)
 
+    def _unguarded(self, items: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+        """The entries that may go now: up to the first delete that is still settling or
+        that the mass-delete guard holds (everything behind it waits, in order)."""
+        first = next((i for i, (_, op) in enumerate(items) if op["op"] == "delete"), None)
+        if first is None:
+            self.guard.drained()
+            return items
+        if items[first][0] <= self._cleared_upto:
+            return items  # judged with its burst already
+        if not self.guard.due(items[first][1]):
+            return items[:first]
+        if self.guard.held and self.cache.outbox_len() == self._held_len:
+            return items[:first]  # still held, nothing new: no need to count again
+        queued = [(seq, op.get("t", 0.0)) for seq, op in self.cache.outbox_items(limit=10_000_000)
+                  if op["op"] == "delete"]
+        newest = max(t for _, t in queued)
+        burst = sum(1 for _, t in queued if t >= newest - WINDOW_S)
+        was_held = self.guard.held
+        if self.guard.check(burst, self.cache.inode_count()):
+            self._cleared_upto = queued[-1][0]
+            return items
+        if not was_held:
+            log.warning("holding %d deletes made here within a minute (a mass delete?): other devices keep the files "
+                        "until `cloudfs deletes confirm` (or `cloudfs deletes undo` brings them back here)", len(queued))
+        self.guard.held = len(queued)
+        self._held_len = self.cache.outbox_len()
+        return items[:first]
+
+    def take_held_deletes(self) -> list[int]:
+        """`cloudfs deletes undo`: drop every queued delete; the node ids the server still has."""
+        node_ids = []
+        with self.cache.write() as txn:
+            for seq, op in self.cache.outbox_items(limit=10_000_000):
+                if op["op"] == "delete":
+                    txn.delete(u64(seq), db=self.cache.outbox)
+                    node_ids.append(op["node_id"])
+        self.guard.drained()
+        return node_ids
+
     async def wait_idle(self, upto_seq: int) -> None:
-        """Return once every outbox entry up to `upto_seq` has been applied."""
+        """Return once every outbox entry up to `upto_seq` has been applied (or is held
+        by the mass-delete guard: nothing else can happen until the user says)."""
         while True:
             items = self.cache.outbox_items(limit=1)
-            if not items or items[0][0] > upto_seq:
+            if not items or items[0][0] > upto_seq or (self.guard.held and items[0][1]["op"] == "delete"):
                 return
             self._wake.set()  # not wake(): waiting is not local activity, no debounce
             await trio.sleep(0.05)
@@ -211,7 +268,7 @@ class Syncer:
         what another device put there meanwhile survives and is pulled back here.
         True when the node is gone from the server."""
         try:
-            await self.client.delete(op["node_id"], rev=op.get("rev"))
+            answer = await self.client.delete(op["node_id"], rev=op.get("rev"))
         except ConflictError as exc:
             log.warning("not deleting node %d: changed on another device meanwhile (%s); pulling it back",
                         op["node_id"], exc.code)
@@ -220,6 +277,9 @@ class Syncer:
         except ServerError as exc:
             if exc.status != 404:
                 raise
+            return True
+        if not answer.node.deleted:  # it has names we did not know of: it moved to one (a hard link)
+            self.on_stale(answer.node.id)
         return True
 
     def _queued_delete(self, node_id: int) -> dict | None:
@@ -227,6 +287,10 @@ class Syncer:
             if op.get("op") == "delete" and op.get("node_id") == node_id:
                 return op
         return None
+
+    def lock(self, ino: int) -> trio.Lock:
+        """The per-file lock: one upload (or streaming round, streamer.py) at a time."""
+        return self._lock(ino)
 
     def _lock(self, ino: int) -> trio.Lock:
         lock = self._locks.get(ino)
@@ -256,12 +320,14 @@ class Syncer:
         if node.kind == "file" and (node.dirty or not node.node_id or node.extra.get("detached")):
             await self._upload(node, parent_id)
         elif not node.node_id:
-            await self._create(node, parent_id)
+            await self._create(node, parent_id, depth)
         if node.node_id and (node.srv_parent != node.parent or node.srv_name != node.name):
             await self._move(node)
-        if node.node_id and (node.srv_mode != node.mode or node.srv_mtime_ns != node.mtime_ns) and not node.dirty:
-            answer = await self.client.set_attr(node.node_id, mode=node.mode, mtime_ns=node.mtime_ns)
-            self._record(node, answer.node, answer.cursor)
+        if node.node_id and not node.dirty:
+            changes = node.attrs_pending()
+            if changes:
+                answer = await self.client.set_attr(node.node_id, **changes)
+                self._record(node, answer.node, answer.cursor)
 
     def _record(self, node: Inode, remote: wire.Node, seq: int = 0) -> None:
         """The server acknowledged `node` as `remote`, by the journal entry `seq` (0: none
@@ -273,12 +339,12 @@ class Syncer:
                 self.cache.bind_node_id(txn, node, remote.id)
             node.srv_parent = self.cache.ino_for_node(remote.parent_id) or 0 if remote.parent_id else 0
             node.srv_name = remote.name
-            node.srv_mode = remote.mode
-            node.srv_mtime_ns = remote.mtime_ns
+            node.record_attrs(remote)
             if remote.kind != "file":
                 node.rev = remote.rev
             if seq:
                 node.extra["srv_seq"] = seq  # follower.py: our own entries older than this are stale
+            node.extra.pop("winner", None)
             self.cache.put(txn, node)
 
     def _still_here(self, node: Inode) -> bool:
@@ -286,12 +352,19 @@ class Syncer:
         current = self.cache.get(node.ino)
         return current is not None and (current.parent != 0 or current.ino == ROOT_INO)
 
-    async def _create(self, node: Inode, parent_id: int) -> None:
+    async def _create(self, node: Inode, parent_id: int, depth: int = 0) -> None:
+        if depth > 64:
+            raise _Retry(f"could not create {node.name!r} in one go")
         try:
             if node.kind == "dir":
                 answer = await self.client.mkdir(parent_id, node.name, mode=node.mode, mtime_ns=node.mtime_ns)
-            else:
+            elif node.kind == "symlink":
                 answer = await self.client.symlink(parent_id, node.name, node.target, mtime_ns=node.mtime_ns)
+            elif node.kind == "link":
+                answer = await self.client.link(parent_id, node.name, await self._link_target(node, depth))
+            else:
+                answer = await self.client.mknod(parent_id, node.name, node.kind, mode=node.mode, rdev=node.rdev,
+                                                 mtime_ns=node.mtime_ns)
         except ConflictError as exc:
             if exc.code not in ("name_exists", "is_a_directory"):
                 raise
@@ -299,9 +372,9 @@ class Syncer:
             if self.cache.ino_for_node(occupant.id) == node.ino:
                 return  # the follower merged ours into theirs while our request was in flight
             if _renamed_meanwhile(exc, node) or self._moved_meanwhile(node, parent_id):
-                return await self._create(node, await self._ensure_parent(node, 0))
+                return await self._create(node, await self._ensure_parent(node, depth), depth + 1)
             if await self._clear_the_way(exc, node):
-                return await self._create(node, parent_id)
+                return await self._create(node, parent_id, depth + 1)
             if node.kind == "dir" and occupant.kind == "dir" and self.cache.ino_for_node(occupant.id) is None:
                 self._record(node, occupant)  # two new directories of one name: one directory
                 self.on_stale(occupant.id)  # and pull in what the other device put there
@@ -313,16 +386,53 @@ class Syncer:
                 self._record(node, occupant)
                 return
             await self._rename_conflicted(node, exc)
-            return await self._create(node, parent_id)
+            return await self._create(node, parent_id, depth + 1)
         except ServerError as exc:
             if exc.status == 404 and exc.body.get("field") == "parent_id":
                 self._detach_parent(node)
                 raise _Retry(f"the directory of {node.name!r} was deleted on the server: creating it again")
+            if exc.status == 404 and exc.body.get("field") == "node_id" and node.kind == "link":
+                self._link_target_gone(node)
+                return await self._create(node, parent_id, depth + 1)  # the winner went: to the file here
             raise
         if not self._still_here(node):
             await self._delete(answer.node.id)  # removed locally meanwhile
             return
         self._record(node, answer.node, answer.cursor)
+        if node.kind == "link":
+            target = self.cache.get(node.extra["target"])
+            if target is None or target.node_id != answer.node.link_to or target.extra.get("detached"):
+                self.on_stale(answer.node.id)  # it names the winner of a conflict: re-pointed once it is here
+
+    async def _link_target(self, alias: Inode, depth: int) -> int:
+        """The node id an alias record names on the server: its inode's, pushed first if the
+        server has not seen it; the winner's if the inode lost a conflict meanwhile."""
+        if alias.extra.get("winner"):
+            return alias.extra["winner"]
+        target = self.cache.get(alias.extra["target"])
+        if target is None:
+            raise GoneError(f"the inode of {alias.name!r} was removed meanwhile")
+        if not target.node_id or target.extra.get("detached"):
+            async with self._lock(target.ino):
+                if not target.node_id or target.extra.get("detached"):
+                    await self._push(target, depth + 1)
+            if not target.node_id or target.extra.get("detached"):
+                raise _Retry(f"{target.name!r} is not on the server yet")
+        return target.node_id
+
+    def _link_target_gone(self, alias: Inode) -> None:
+        """The node an alias was to name is gone from the server. The winner of a conflict:
+        the alias names the file here instead (returns). Its own file, deleted on another
+        device while linked here: the follower applies that delete, which keeps the file
+        under the name made here (follower._apply_delete); this entry waits for it."""
+        if alias.extra.pop("winner", None) is not None:
+            with self.cache.write() as txn:
+                self.cache.put(txn, alias)
+            return
+        target = self.cache.get(alias.extra["target"])
+        if target is not None and target.node_id and not target.extra.get("detached"):
+            self.on_stale(target.node_id)
+        raise _Retry(f"the file {alias.name!r} names was deleted on the server: waiting for the follower")
 
     async def _move(self, node: Inode) -> None:
         """Move the server's node to where `node` is now (asked here, not by the caller:
@@ -333,6 +443,8 @@ class Syncer:
         except ConflictError as exc:
             if exc.code not in ("name_exists", "is_a_directory", "not_a_directory"):
                 raise
+            if await self._exchange(exc, node, parent_id):
+                return
             if not await self._clear_the_way(exc, node):
                 await self._rename_conflicted(node, exc)
             return await self._move(node)
@@ -353,6 +465,23 @@ class Syncer:
         a conflict there is not about where it is now."""
         parent = self.cache.get(node.parent)
         return parent is None or parent.node_id != parent_id
+
+    async def _exchange(self, exc: ConflictError, node: Inode, parent_id: int) -> bool:
+        """The node in our way went to our old place here: the two were exchanged
+        (RENAME_EXCHANGE), which the server does in one step. True when done."""
+        occupant_ino = self.cache.ino_for_node(int((exc.body.get("node") or {}).get("id", 0)))
+        other = self.cache.get(occupant_ino) if occupant_ino else None
+        if other is None or other.ino == node.ino or \
+                (other.parent, other.name, node.parent, node.name) != (node.srv_parent, node.srv_name,
+                                                                      other.srv_parent, other.srv_name):
+            return False
+        answer = await self.client.move(node.node_id, parent_id, node.name, exchange=True)
+        self._record(node, answer.node, answer.cursor)
+        with self.cache.write() as txn:
+            if self.cache.get(other.ino) is not None:
+                other.srv_parent, other.srv_name = other.parent, other.name
+                self.cache.put(txn, other)
+        return True
 
     async def _clear_the_way(self, exc: ConflictError, node: Inode) -> bool:
         """The server has another node where `node` belongs. If the mirror moved or
@@ -408,9 +537,10 @@ class Syncer:
             return await self._upload(node, parent_id)
         if not self._still_here(node):
             # Deleted locally while uploading: the server must not keep it.
+            self.uploader.content.watches.pop(node.ino, None)
             await self._delete(result.response.node.id)
             return
-        finish_upload(self.cache, self.chunks, node, result)
+        finish_upload(self.cache, self.uploader.content, node, result)
 
     async def _adopt_own_lost_commit(self, node: Inode, exc: ConflictError) -> bool:
         """The newer revision the server has (stale_revision), or the new file under our
@@ -459,7 +589,27 @@ class Syncer:
         if node_id:
             self._detach(node)
             self.on_stale(node_id)  # bring the winner in under the name
+            self._aliases_follow_winner(node, node_id)
         await self._push(node, 0)
+
+    def _aliases_follow_winner(self, loser: Inode, winner_id: int) -> None:
+        """The loser of a conflict is a single-name conflicted copy: its other names stay
+        with the winner. Those the server has are pulled again once the winner is here
+        (their ids are younger: `_pull_deferred` takes them after it) and re-pointed then;
+        those it has not seen yet are created as names of the winner."""
+        known = []
+        with self.cache.write() as txn:
+            for ino in links.aliases(loser):
+                alias = self.cache.get(ino)
+                if alias is None:
+                    continue
+                if alias.node_id:
+                    known.append(alias.node_id)
+                else:
+                    alias.extra["winner"] = winner_id
+                    self.cache.put(txn, alias)
+        for node_id in known:
+            self.on_stale(node_id)
 
     async def _rename_conflicted(self, node: Inode, exc: ServerError) -> None:
         name = conflicted_name(node.name, self.device, self.cache, node.parent)
@@ -468,8 +618,8 @@ class Syncer:
         old_name = node.name
         with self.cache.write() as txn:
             self.cache.unlink(txn, node.parent, node.name)
-            self.cache.link(txn, node.parent, name, node.ino)
             node.name = name
+            self.cache.place(txn, node)
             self.cache.put(txn, node)
             count_conflict(self.cache, txn)
         # The kernel still maps the old name to this inode (entries live 300 s): a program
@@ -493,7 +643,7 @@ class Syncer:
         for _ in range(10_000_000):
             if not stack:
                 break
-            for _, ino in self.cache.children(stack.pop().ino):
+            for _, ino in self.cache.entries(stack.pop().ino):
                 child = self.cache.get(ino)
                 if child is None or (child.node_id and child.srv_parent not in inside):
                     continue  # moved in from elsewhere: its own queued move brings it

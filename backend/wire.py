@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Base64Bytes, BaseModel, ConfigDict, Field, model_validator
 
+from . import xattrs as xattr_rules
 from .names import PATH_MAX_BYTES, check_name, check_text
 
 INT64_MAX = 2**63 - 1
@@ -34,8 +35,23 @@ Mode = Annotated[int, Field(ge=0, le=0o7777)]
 FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
 Fingerprint = Annotated[str, Field(pattern=FINGERPRINT_RE.pattern, description="SHA-256 of the plain bytes, lowercase hex")]
 Compression = Literal["none", "zstd"]
-Kind = Literal["file", "dir", "symlink"]
-Op = Literal["create", "modify", "move", "delete", "attr"]
+Kind = Literal["file", "dir", "symlink", "fifo", "chr", "blk", "sock", "link"]
+"""`link`: an extra name of another node (a hard link), see Node.link_to."""
+SpecialKind = Literal["fifo", "chr", "blk", "sock"]
+"""Special files: synced as metadata (kind, mode, owner, rdev), no content."""
+Op = Literal["create", "modify", "move", "delete", "attr", "exchange"]
+"""`exchange`: the node took the place of the one at its new name, which moved to the node's
+old place (RENAME_EXCHANGE); that other node's own `move` entry follows."""
+SERVER_DEVICE = "(server)"
+"""The device of journal entries the server made on its own: when a file's own name is
+deleted while it has other names, it takes the place of its oldest other name (a
+`delete` of that alias, then a `move` of the file). Every device applies them, the one
+whose request caused them too. No real device can have this name (app.DEVICE_RE)."""
+Owner = Annotated[int, Field(ge=-1, le=2**32 - 2, description="a uid or gid; -1 is the drive's owner, shown as "
+                                                              "whoever mounts the drive on each device")]
+Rdev = Annotated[int, Field(ge=0, le=INT64_MAX)]
+Xattrs = Annotated[dict[str, str], Field(max_length=10_000, description="extended attributes: name -> base64 value"),
+                   AfterValidator(xattr_rules.check_all)]
 
 
 class Strict(BaseModel):
@@ -68,6 +84,16 @@ class Node(BaseModel):
     rev: int
     target: str | None = None
     deleted: bool = False
+    uid: int = -1
+    gid: int = -1
+    rdev: int = 0
+    atime_ns: int = 0
+    """0: never set apart from mtime."""
+    xattrs: dict[str, str] = {}
+    link_to: int | None = None
+    """Kind `link` (an alias row): the id of the node this name stands for. An alias has
+    a name and a place of its own and nothing else: content, versions and attributes are
+    its node's, and every content or attribute call on an alias id acts on that node."""
 
 
 class SignedRequest(BaseModel):
@@ -186,15 +212,45 @@ class SymlinkRequest(Strict):
     mtime_ns: MtimeNs | None = None
 
 
+class MknodRequest(Strict):
+    """A FIFO, socket or device node: a name with attributes and no content."""
+
+    parent_id: NodeId
+    name: Name
+    kind: SpecialKind
+    mode: Mode = 0o644
+    rdev: Rdev = 0
+    mtime_ns: MtimeNs | None = None
+
+
+class LinkRequest(Strict):
+    """A hard link: one more name for `node_id` (a file, symlink or special file; a link to
+    an alias links to the node it names)."""
+
+    parent_id: NodeId
+    name: Name
+    node_id: NodeId
+
+
 class MoveRequest(Strict):
+    """Rename or move. With `replace`, rename(2) over an existing node; with `exchange`,
+    RENAME_EXCHANGE: the node at the destination takes this node's place."""
+
     parent_id: NodeId
     name: Name
     replace: bool = False
+    exchange: bool = False
 
 
 class AttrRequest(Strict):
+    """Change attributes; a field left out stays as it is. `xattrs` replaces the whole set."""
+
     mode: Mode | None = None
     mtime_ns: MtimeNs | None = None
+    atime_ns: MtimeNs | None = None
+    uid: Owner | None = None
+    gid: Owner | None = None
+    xattrs: Xattrs | None = None
 
 
 class RestoreRequest(Strict):
@@ -274,3 +330,40 @@ class BadChunk(BaseModel):
 class FsckReport(BaseModel):
     checked: int
     bad: list[BadChunk]
+
+
+class TrashEntry(BaseModel):
+    """One delete: the node it took (a directory stands for everything in it)."""
+
+    node: Node
+    path: str
+    deleted_at: float | None
+    device: str | None
+    inside: int = Field(0, description="nodes that went with it (a directory's contents)")
+
+
+class TrashList(BaseModel):
+    entries: list[TrashEntry]
+
+
+class PathRequest(Strict):
+    """A node named by its path in the drive (`/` is the root)."""
+
+    path: Annotated[str, Field(min_length=1, max_length=PATH_MAX_BYTES)]
+
+
+class RestoreAtRequest(PathRequest):
+    at: Annotated[float, Field(ge=0, le=1e11, description="unix time (seconds) to put the path back to")]
+
+
+class RestoreReport(BaseModel):
+    at: float
+    reverted: int = Field(0, description="files whose content went back to the version of then")
+    undeleted: int = 0
+    moved: int = 0
+    trashed: int = Field(0, description="nodes made since, moved to the trash")
+    cursor: int = 0
+
+
+class PurgeReport(BaseModel):
+    purged: int

@@ -1,9 +1,13 @@
-"""The `cloudfs` command: argument parsing only; each verb hands off to its module."""
+"""The `cloudfs` command: parses the arguments and hands each verb to its module.
+
+Option values are checked by the parser (validate.py); whatever a verb cannot do is
+raised as a UserError and printed as one line by errors.run (see errors.py for the
+exit codes).
+"""
 
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import socket
@@ -13,6 +17,10 @@ from pathlib import Path
 
 import platformdirs
 
+from cloudfs.backend.errors import UserError
+
+from . import errors, validate
+
 
 def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("cloudfs"))
@@ -21,22 +29,35 @@ def default_data_dir() -> Path:
 def _server(args: argparse.Namespace) -> int:
     from cloudfs.server.main import ServerOptions, run
 
+    if args.upgrade:
+        from cloudfs.server.startup import open_db
+
+        db = open_db(args.data, args.db)  # migrates, or says in one line why it cannot
+        try:
+            before, after = db.schema_upgraded
+        finally:
+            db.dispose()
+        print(f"cloudfs server: database schema at revision {after}"
+              + (f" (was {before})" if before != after else " (already the newest)"))
+        return 0
+
     return run(ServerOptions(
         data_dir=args.data, host=args.host, port=args.port, db_url=args.db, store_url=args.store,
-        journal_retain=args.journal_retain, prune_interval=args.prune_interval,
+        journal_retain=args.journal_retain, prune_interval=args.prune_interval, retain_days=args.retain_days,
+        collect_interval=args.collect_interval, clock_offset=args.clock_offset, log_level=args.log_level,
+        quiet_summary_s=args.quiet_summary,
     ))
 
 
 def _user_add(args: argparse.Namespace) -> int:
-    from cloudfs.server.db import open_database
+    from cloudfs.server.startup import open_db
     from cloudfs.server.users import UserExistsError, add_user
 
-    db = open_database(args.data, args.db)
+    db = open_db(args.data, args.db)
     try:
-        token = add_user(db, args.name, quota_bytes=args.quota)
-    except (UserExistsError, ValueError) as exc:
-        print(f"cloudfs user add: {exc}", file=sys.stderr)
-        return 1
+        token = add_user(db, args.name, quota_bytes=args.quota, retain_days=args.retain_days)
+    except UserExistsError as exc:
+        raise UserError(f"{exc}: pick another name") from None
     finally:
         db.dispose()
     print(f"created user {args.name!r}; its token (shown once, keep it safe):")
@@ -44,71 +65,73 @@ def _user_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_size(text: str) -> int:
-    """'10G', '512M', '1.5GiB', '4096' -> bytes."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    value = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = value[-1:] if value[-1:] in "KMGT" else ""
-    try:
-        number = float(value[: len(value) - len(unit)])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (try 10G or 512M)") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the size must be positive")
-    return int(number * units[unit])
-
-
 def _mount(args: argparse.Namespace) -> int:
     from cloudfs.backend.session import SessionOptions, default_cache_dir
 
-    token = args.token or os.environ.get("CLOUDFS_TOKEN")
-    if not token:
-        print("cloudfs mount: no token (use --token or set CLOUDFS_TOKEN)", file=sys.stderr)
-        return 2
-    mountpoint = Path(os.path.abspath(args.mountpoint))
-    try:
-        os.statvfs(mountpoint)  # not stat(): the kernel answers that from its cache even for a dead mount
-    except OSError as exc:
-        if exc.errno != errno.ENOTCONN:
-            raise
-        # A mount whose process died (kill -9, crash): clear it; its data is in the cache.
-        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
-    mountpoint = mountpoint.resolve()
-    if not mountpoint.is_dir():
-        print(f"cloudfs mount: {mountpoint} is not a directory", file=sys.stderr)
-        return 2
-    if os.path.ismount(mountpoint):
-        print(f"cloudfs mount: {mountpoint} is already a mount point", file=sys.stderr)
-        return 1
+    token = validate.token(args.token)
+    mountpoint = validate.mountpoint(args.mountpoint, allow_non_empty=args.allow_non_empty)
     cache_dir = args.cache or default_cache_dir(Path(platformdirs.user_cache_dir("cloudfs")), args.server_url, mountpoint)
+    cache_dir = Path(os.path.abspath(cache_dir))
     if not args.foreground:
-        from cloudfs.fs.mount import spawn
-
-        argv = ["mount", args.server_url, str(mountpoint), "--cache", str(cache_dir), "--cache-size",
-                str(args.cache_size), "--device", args.device]
-        os.environ["CLOUDFS_TOKEN"] = token
-        return spawn(argv, mountpoint, cache_dir / "mount.log")
+        return _mount_in_background(args, token, mountpoint, cache_dir)
     from cloudfs.fs.mount import MountOptions, run_foreground
 
     session = SessionOptions(server_url=args.server_url, token=token, cache_dir=cache_dir,
-                             cache_size=args.cache_size, device=args.device)
+                             cache_size=args.cache_size, device=args.device, mountpoint=mountpoint,
+                             delete_guard=args.delete_guard, delete_guard_fraction=args.delete_guard_fraction)
     return run_foreground(MountOptions(session=session, mountpoint=mountpoint))
 
 
-def _control(mountpoint: Path, payload: dict, timeout: float) -> dict | None:
-    from cloudfs.backend import control
+def _mount_in_background(args: argparse.Namespace, token: str, mountpoint: Path, cache_dir: Path) -> int:
+    """The common mistakes are answered here, before anything is started; whatever the
+    mount process finds besides is relayed by `spawn`."""
+    import trio
+
+    from cloudfs.backend.api_client import ApiClient
+    from cloudfs.backend.startup import ServerUnreachableError, claim_cache, probe_server
+    from cloudfs.fs.mount import spawn
+
+    os.close(claim_cache(cache_dir, mountpoint))  # can be created, and no other mount holds it
+    errors.send_details_to(cache_dir / "mount.log")
+
+    async def probe() -> None:
+        async with ApiClient(args.server_url, token, device=args.device) as client:
+            await probe_server(client)
 
     try:
-        return control.request(mountpoint.resolve(), payload, timeout=timeout)
-    except OSError as exc:
-        print(f"cloudfs: no cloudfs mount answers at {mountpoint} ({exc})", file=sys.stderr)
-        return None
+        trio.run(probe)
+    except ServerUnreachableError:
+        pass  # fatal to a first mount only: the mount process knows whether its cache is warm
+    argv = ["mount", args.server_url, str(mountpoint), "--cache", str(cache_dir), "--cache-size",
+            str(args.cache_size), "--device", args.device, "--delete-guard", str(args.delete_guard),
+            "--delete-guard-fraction", str(args.delete_guard_fraction)]
+    if args.allow_non_empty:
+        argv.append("--allow-non-empty")
+    os.environ["CLOUDFS_TOKEN"] = token
+    started = spawn(argv, mountpoint, cache_dir / "mount.log")
+    for note in started.notes:
+        print(f"cloudfs mount: {mountpoint}: {note}", file=sys.stderr)
+    return 0
+
+
+def _target(path: Path) -> Path:
+    """The mountpoint as the mount keyed its control socket: absolute, symlinks resolved
+    (without stat'ing a mount that may be dead)."""
+    return Path(os.path.realpath(os.path.abspath(path)))
+
+
+def _control(mountpoint: Path, payload: dict, timeout: float) -> dict:
+    from cloudfs.backend import control
+
+    reply = control.request(mountpoint, payload, timeout=timeout)
+    if reply.get("error"):
+        raise UserError(f"{mountpoint}: {reply['error']}")
+    return reply
 
 
 def _status(args: argparse.Namespace) -> int:
-    reply = _control(args.mountpoint, {"command": "status"}, 10)
-    if reply is None:
-        return 1
+    mountpoint = _target(args.mountpoint)
+    reply = _control(mountpoint, {"command": "status"}, 10)
     reply.pop("ok", None)
     if args.json:
         print(json.dumps(reply))
@@ -117,15 +140,20 @@ def _status(args: argparse.Namespace) -> int:
     print(f"  pending uploads: {reply['pending_files']} files, {reply['pending_bytes']} bytes")
     print(f"  cursor: {reply['cursor']}   conflicts: {reply['conflicts']}")
     print(f"  cache: {reply['cache_bytes']} of {reply['cache_limit']} bytes")
+    if reply.get("over_quota_files"):
+        print(f"  over the account's quota: {reply['over_quota_files']} files")
+    if reply.get("held_deletes"):
+        print(f"  HELD: {reply['held_deletes']} deletes made here at once are not sent to other devices: "
+              f"`cloudfs deletes confirm` sends them, `cloudfs deletes undo` brings the files back")
     if reply.get("last_error") and not reply["online"]:
         print(f"  last error: {reply['last_error']}")
+    if reply.get("write_blocked"):
+        print(f"  writing stopped: {reply['write_blocked']}")
     return 0
 
 
 def _fsck(args: argparse.Namespace) -> int:
-    reply = _control(args.mountpoint, {"command": "fsck", "timeout": args.timeout}, args.timeout + 10)
-    if reply is None:
-        return 1
+    reply = _control(_target(args.mountpoint), {"command": "fsck", "timeout": args.timeout}, args.timeout + 10)
     if args.json:
         print(json.dumps(reply))
     else:
@@ -140,72 +168,116 @@ def _fsck(args: argparse.Namespace) -> int:
     return 0 if reply.get("ok") else 1
 
 
-def _sync(args: argparse.Namespace) -> int:
-    reply = _control(args.mountpoint, {"command": "sync", "timeout": args.timeout, "full": args.full},
-                     args.timeout + 10)
-    if reply is None:
-        return 1
+def _files(n: int) -> str:
+    return f"{n} file{'' if n == 1 else 's'}"
+
+
+def _unfinished(reply: dict, timeout: float) -> str:
+    """Why a sync or flush did not finish: '3 files wait for upload and nothing answers at URL (...)'."""
+    waiting = f"{_files(reply.get('pending_files', 0))} wait{'s' if reply.get('pending_files') == 1 else ''} for upload"
+    if reply.get("offline"):
+        return f"{waiting} and {reply.get('offline_reason')}"
     if reply.get("over_quota_files"):
-        print(f"cloudfs sync: {reply['over_quota_files']} file(s) go over the account's quota; they are kept "
-              f"here and uploaded once room is made", file=sys.stderr)
-        return 1
+        return (f"{_files(reply['over_quota_files'])} would go over the account's quota (they are kept here and "
+                f"uploaded once room is made)")
+    return f"not done after {timeout:g}s: {waiting}"
+
+
+def _sync(args: argparse.Namespace) -> int:
+    reply = _control(_target(args.mountpoint), {"command": "sync", "timeout": args.timeout, "full": args.full},
+                     args.timeout + 10)
     if not reply.get("ok"):
-        print(f"cloudfs sync: not done after {args.timeout}s ({reply.get('pending_files')} files pending)",
-              file=sys.stderr)
-        return 1
+        raise UserError(f"{_unfinished(reply, args.timeout)}; a later `cloudfs sync` or the mount itself retries")
     return 0
 
 
 def _umount(args: argparse.Namespace) -> int:
-    mountpoint = args.mountpoint.resolve()
-    reply = _control(mountpoint, {"command": "flush", "timeout": args.timeout}, args.timeout + 10)
-    if reply is None or not reply.get("ok"):
-        print(f"cloudfs umount: pending changes could not be uploaded; {mountpoint} stays mounted", file=sys.stderr)
-        return 1
-    done = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
+    from cloudfs.backend import control
+
+    mountpoint = _target(args.mountpoint)
+    dead = control.is_dead_mount(mountpoint) and control.mount_type(mountpoint) == control.FS_TYPE
+    if not args.force:
+        if dead:
+            raise UserError(control.why_no_mount(mountpoint))
+        reply = _control(mountpoint, {"command": "flush", "timeout": args.timeout}, args.timeout + 10)
+        if not reply.get("ok"):
+            raise UserError(f"{_unfinished(reply, args.timeout)}; {mountpoint} stays mounted: retry later, or "
+                            f"`cloudfs umount --force {mountpoint}` unmounts now (the changes stay in the cache "
+                            f"and upload after the next mount)")
+    elif not dead and control.mount_type(mountpoint) != control.FS_TYPE:
+        raise UserError(control.why_no_mount(mountpoint))
+    done = subprocess.run(["fusermount3", "-u", *(["-z"] if dead else []), str(mountpoint)],
+                          capture_output=True, text=True)
     if done.returncode != 0:
-        print(f"cloudfs umount: {done.stderr.strip()}", file=sys.stderr)
-        return 1
+        reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+        if "busy" in reason.lower():
+            raise UserError(f"{mountpoint} is busy (a program has a file open there, or a shell is in it): "
+                            f"close it and retry (`fuser -vm {mountpoint}` lists them)")
+        raise UserError(f"fusermount3 could not unmount {mountpoint}: {reason}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cloudfs", description="A self-hosted cloud drive as a FUSE filesystem.")
+    parser = errors.Parser(prog="cloudfs", description="A self-hosted cloud drive as a FUSE filesystem.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
 
     server = verbs.add_parser("server", help="run the metadata server in the foreground")
     server.add_argument("--data", type=Path, default=default_data_dir(), help="data directory (default: %(default)s)")
     server.add_argument("--host", default="127.0.0.1")
-    server.add_argument("--port", type=int, default=8470, help="0 picks a free port (printed on start)")
+    server.add_argument("--port", type=validate.port, default=8470, help="0 picks a free port (printed on start)")
     server.add_argument("--db", help="database URL (default: SQLite in DATA); postgresql://user:pw@host/db for PostgreSQL")
     server.add_argument("--store", help="chunk store: a directory (default DATA/chunks) or s3://BUCKET?endpoint=URL&region=R")
-    server.add_argument("--journal-retain", type=int, default=1_000_000, metavar="N",
+    server.add_argument("--journal-retain", type=validate.positive_int, default=1_000_000, metavar="N",
                         help="journal entries kept per user; older cursors get 410 and resync")
-    server.add_argument("--prune-interval", type=float, default=300.0, metavar="S", help=argparse.SUPPRESS)
+    server.add_argument("--prune-interval", type=validate.seconds, default=300.0, metavar="S", help=argparse.SUPPRESS)
+    server.add_argument("--retain-days", type=validate.days, default=30.0, metavar="N",
+                        help="keep old versions and deleted files this long (default 30; `user add --retain-days` "
+                             "sets an account's own), then collect them and their unused chunks")
+    server.add_argument("--collect-interval", type=validate.seconds, default=3600.0, metavar="S",
+                        help="seconds between two runs of the collector (default 3600)")
+    server.add_argument("--clock-offset", type=float, default=0.0, help=argparse.SUPPRESS)
+    server.add_argument("--quiet-summary", type=validate.seconds, default=600.0, help=argparse.SUPPRESS)
+    server.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
+                        help="debug also logs each heartbeat and idle long-poll (default info counts them)")
+    server.add_argument("--upgrade", action="store_true",
+                        help="migrate the database to this release's schema and exit (the server also does it on start)")
     server.set_defaults(func=_server)
 
     user = verbs.add_parser("user", help="manage accounts").add_subparsers(dest="user_verb", required=True, metavar="ACTION")
     add = user.add_parser("add", help="create a user and print its token on the last line")
-    add.add_argument("name")
+    add.add_argument("name", type=validate.user_name)
     where = add.add_mutually_exclusive_group()
     where.add_argument("--data", type=Path, default=default_data_dir(), help="the server's data directory")
     where.add_argument("--db", help="database URL, as for `cloudfs server --db`")
-    add.add_argument("--quota", type=int, default=None, metavar="BYTES", help="storage quota (default: none)")
+    add.add_argument("--quota", type=validate.quota, default=None, metavar="BYTES",
+                     help="storage quota, in bytes or with a unit (10G; default: none)")
+    add.add_argument("--retain-days", type=validate.days, default=None, metavar="N",
+                     help="keep this account's history N days (default: the server's --retain-days)")
     add.set_defaults(func=_user_add)
 
     mount = verbs.add_parser("mount", help="mount the drive (returns once it answers, unless --foreground)")
-    mount.add_argument("server_url", metavar="SERVER_URL")
+    mount.add_argument("server_url", metavar="SERVER_URL", type=validate.server_url)
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
     mount.add_argument("--token", help="bearer token (default: $CLOUDFS_TOKEN)")
     mount.add_argument("--cache", type=Path, help="cache directory (default: one per server + mountpoint)")
-    mount.add_argument("--cache-size", type=parse_size, default=10 << 30, metavar="SIZE", help="default 10G")
-    mount.add_argument("--device", default=socket.gethostname() or "device", help="this device's name")
+    mount.add_argument("--cache-size", type=validate.size, default=10 << 30, metavar="SIZE", help="default 10G")
+    mount.add_argument("--device", type=validate.device, default=_default_device(), help="this device's name")
+    mount.add_argument("--allow-non-empty", action="store_true",
+                       help="mount on a directory that has files in it (they are hidden while mounted)")
     mount.add_argument("--foreground", action="store_true", help="serve until unmounted or SIGINT/SIGTERM")
+    mount.add_argument("--delete-guard", type=validate.count, default=1000, metavar="N",
+                       help="hold a burst of more than N deletes (or of more than --delete-guard-fraction of the "
+                            "drive's files) until `cloudfs deletes confirm`; 0 never holds (default 1000)")
+    mount.add_argument("--delete-guard-fraction", type=validate.fraction, default=0.25, metavar="F",
+                       help="default 0.25")
     mount.set_defaults(func=_mount)
 
     umount = verbs.add_parser("umount", help="upload everything pending, then unmount")
     umount.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
-    umount.add_argument("--timeout", type=float, default=600)
+    umount.add_argument("--timeout", type=validate.seconds, default=600)
+    umount.add_argument("--force", action="store_true",
+                        help="unmount without waiting for uploads (they resume after the next mount); "
+                             "also clears a mount whose process died")
     umount.set_defaults(func=_umount)
 
     status = verbs.add_parser("status", help="online/offline, pending uploads, cursor, cache use")
@@ -217,18 +289,29 @@ def build_parser() -> argparse.ArgumentParser:
                                          "exit 1 if problems are left")
     fsck.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
     fsck.add_argument("--json", action="store_true")
-    fsck.add_argument("--timeout", type=float, default=3600)
+    fsck.add_argument("--timeout", type=validate.seconds, default=3600)
     fsck.set_defaults(func=_fsck)
 
     sync = verbs.add_parser("sync", help="wait until local changes are committed and remote ones applied")
     sync.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
-    sync.add_argument("--timeout", type=float, default=300)
+    sync.add_argument("--timeout", type=validate.seconds, default=300)
     sync.add_argument("--full", action="store_true",
                       help="also compare the whole local tree with the server's and repair any drift")
     sync.set_defaults(func=_sync)
+
+    from cloudfs import history_cli
+
+    history_cli.add_parsers(verbs)
     return parser
+
+
+def _default_device() -> str:
+    """The host name, when it is a valid device name (else 'device')."""
+    name = socket.gethostname()
+    return name if validate.DEVICE_RE.match(name or "") else "device"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    verb = args.verb + (f" {args.user_verb}" if getattr(args, "user_verb", None) else "")
+    return errors.run(verb, args.func, args)

@@ -1,7 +1,9 @@
 """Running a mount: pyfuse3 + the drive's background tasks in one trio nursery.
 
 `serve` is the foreground process. `spawn` starts it in the background (a new
-session, output to a log file in the cache dir) and returns once the mount answers.
+session, output to a log file in the cache dir) and waits for the one line it sends
+back on a pipe (control.tell_parent): ready (online or offline, with any warning), or
+the reason it could not start, which `cloudfs mount` then prints itself.
 SIGINT/SIGTERM: upload what can be uploaded within a deadline, then unmount. A plain
 `fusermount3 -u` ends `pyfuse3.main()`; whatever was pending stays in LMDB and is
 uploaded after the next mount.
@@ -10,8 +12,10 @@ uploaded after the next mount.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -19,20 +23,23 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import pyfuse3
 import trio
 
 from cloudfs.backend import control
+from cloudfs.backend.errors import OfflineError, UserError, one_error
 from cloudfs.backend.follower import Invalidator
 from cloudfs.backend.fsck import run_fsck
 from cloudfs.backend.session import Session, SessionOptions, open_session
+from cloudfs.backend.startup import ServerUnreachableError, probe_server
 
 from .operations import Operations
 
 log = logging.getLogger("cloudfs.mount")
 FLUSH_ON_SIGNAL_S = 20.0
+OFFLINE_GIVE_UP_S = 10.0
 
 
 @dataclass
@@ -71,21 +78,99 @@ async def _control_handler(session: Session, mountpoint: Path):  # noqa: ANN202
         command = req.get("command")
         timeout = float(req.get("timeout", 60))
         if command == "status":
-            return {"ok": True, "mountpoint": str(mountpoint), **session.status()}
+            return {"ok": True, "mountpoint": str(mountpoint), "server_url": session.options.server_url,
+                    **session.status()}
         if command in ("sync", "flush"):
-            with trio.move_on_after(timeout) as scope:
-                await (session.sync(full=bool(req.get("full"))) if command == "sync" else session.flush())
+            outcome, reason = await _until_done_or_offline(
+                session, (lambda: session.sync(full=bool(req.get("full")))) if command == "sync" else session.flush,
+                timeout)
             status = session.status()
-            ok = not scope.cancelled_caught and not status["over_quota_files"]
-            return {**status, "ok": ok, "timed_out": scope.cancelled_caught}
+            reply = {**status, "ok": outcome == "done" and not status["over_quota_files"],
+                     "timed_out": outcome == "timeout", "offline": outcome == "offline",
+                     "server_url": session.options.server_url}
+            if outcome == "offline":
+                reply["offline_reason"] = reason
+            return reply
         if command == "fsck":
+            return await _fsck(session, timeout)
+        if command == "deletes":
+            if req.get("action") == "confirm":
+                return {"ok": True, "released": session.confirm_deletes()}
+            if req.get("action") == "undo":
+                with trio.move_on_after(timeout) as scope:
+                    restored = await session.undo_deletes()
+                return {"ok": not scope.cancelled_caught, "restored": 0 if scope.cancelled_caught else restored}
+            return {"ok": False, "error": f"unknown action {req.get('action')!r}"}
+        if command == "api":
+            return await session.call_api(str(req.get("method")), str(req.get("path")), params=req.get("params"),
+                                          json=req.get("json"))
+        return {"ok": False, "error": f"unknown command {command!r}"}
+    return handle
+
+
+async def _fsck(session: Session, timeout: float) -> dict[str, Any]:
+    """run_fsck within `timeout`; a server that does not answer is said at once, not
+    after the client's retries."""
+    reason = await _why_offline(session) if session.offline else None
+    if reason is None:
+        try:
             with trio.move_on_after(timeout) as scope:
                 report = await run_fsck(session)
+        except OfflineError as exc:
+            reason = await _why_offline(session) or f"the server did not answer in time ({exc})"
+        else:
             if scope.cancelled_caught:
                 return {"ok": False, "timed_out": True, "problems": [f"fsck did not finish in {timeout:.0f}s"]}
             return report
-        return {"ok": False, "error": f"unknown command {command!r}"}
-    return handle
+    return {"ok": False, "error": f"fsck needs the server, and {reason}"}
+
+
+async def _until_done_or_offline(session: Session, work: Callable[[], Awaitable[None]],
+                                 timeout: float) -> tuple[str, str]:
+    """Run `work` (a flush or a sync) for up to `timeout`; 'done', 'timeout', or
+    'offline' (with the reason) once the server has not answered for OFFLINE_GIVE_UP_S
+    in a row and still does not when asked (waiting longer only makes `umount` or
+    `sync` hang on what the user must be told)."""
+    outcome, reason = "timeout", ""
+    with trio.move_on_after(timeout):
+        async with one_error(), trio.open_nursery() as nursery:
+            async def run() -> None:
+                nonlocal outcome
+                await work()
+                outcome = "done"
+                nursery.cancel_scope.cancel()
+
+            async def watch() -> None:
+                nonlocal outcome, reason
+                since = session.offline_since if session.offline else None
+                while True:
+                    await trio.sleep(0.25)
+                    since = (since or session.offline_since or trio.current_time()) if session.offline else None
+                    if since is None or trio.current_time() - since < OFFLINE_GIVE_UP_S:
+                        continue
+                    reason = await _why_offline(session)  # asks the server: the flag may be stale
+                    if reason is not None:
+                        break
+                    since = None
+                outcome = "offline"
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run)
+            nursery.start_soon(watch)
+    return outcome, reason
+
+
+async def _why_offline(session: Session) -> str | None:
+    """Why the server does not serve us, in a few words ('nothing answers at URL
+    (connection refused)'); None when it answers after all."""
+    try:
+        await probe_server(session.client, timeout=3)
+    except ServerUnreachableError as exc:
+        return exc.cause
+    except UserError as exc:
+        return str(exc)
+    session.offline_since = None
+    return None
 
 
 async def serve(options: MountOptions) -> None:
@@ -106,7 +191,10 @@ async def serve(options: MountOptions) -> None:
                 nursery.start_soon(_on_signal, session)
                 log.info("mounted %s on %s (cache %s)", options.session.server_url, mountpoint,
                          options.session.cache_dir)
+                for note in session.notes:
+                    log.warning("%s", note)
                 print(f"cloudfs mounted on {mountpoint}", flush=True)
+                control.tell_parent({"ok": True, "online": not session.offline, "notes": session.notes})
                 await pyfuse3.main()
                 unmounted = True
                 nursery.cancel_scope.cancel()
@@ -144,33 +232,87 @@ def run_foreground(options: MountOptions) -> int:
     if level != "DEBUG":
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request, signed URLs included
     logging.getLogger("httpcore").setLevel(logging.WARNING)
-    try:
-        trio.run(serve, options)
-    except Exception as exc:  # noqa: BLE001 - one clear line for the user
-        log.exception("mount failed")
-        print(f"cloudfs mount: {exc}", file=sys.stderr)
-        return 1
+    trio.run(serve, options)  # what fails is reported by the CLI's one handler (cloudfs/errors.py)
     return 0
 
 
-def spawn(argv: list[str], mountpoint: Path, log_path: Path, *, timeout: float = 60.0) -> int:
-    """Start `cloudfs mount ... --foreground` detached; return 0 once it answers."""
+@dataclass
+class Started:
+    """What a background mount said once it was up."""
+
+    online: bool
+    notes: list[str]
+    pid: int
+
+
+def spawn(argv: list[str], mountpoint: Path, log_path: Path, *, timeout: float = 60.0) -> Started:
+    """Start `cloudfs mount ... --foreground` detached and wait for its report. Raises
+    UserError with the mount process's own reason when it could not start."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "cloudfs", *argv, "--foreground"], stdin=subprocess.DEVNULL,
-                                stdout=log_file, stderr=log_file, start_new_session=True)
+    read_fd, write_fd = os.pipe()
+    try:
+        with open(log_path, "ab") as log_file:
+            proc = subprocess.Popen([sys.executable, "-m", "cloudfs", *argv, "--foreground"],
+                                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                                    start_new_session=True, pass_fds=(write_fd,),
+                                    env={**os.environ, control.STATUS_FD_ENV: str(write_fd)})
+        os.close(write_fd)
+        write_fd = -1
+        report = _read_report(read_fd, timeout)
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
+    if report is None and proc.poll() is None:
+        proc.terminate()
+        raise UserError(f"the mount process did not come up within {timeout:.0f}s; stopped it (details in {log_path})")
+    if report is None:
+        code = _wait(proc)
+        raise UserError(f"the mount process ended (exit {code}) before it was ready: {_last_line(log_path)} "
+                        f"(details in {log_path})")
+    if not report.get("ok"):
+        _wait(proc)
+        failed = UserError(str(report.get("error") or "the mount process could not start"))
+        failed.exit_code = int(report.get("exit", 1))
+        raise failed
+    return Started(online=bool(report.get("online")), notes=list(report.get("notes", [])), pid=proc.pid)
+
+
+def _wait(proc: subprocess.Popen) -> int | None:
+    """The exit code of a mount process that is ending; it gets 10 s, then a SIGKILL."""
+    try:
+        return proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(10)
+
+
+def _read_report(fd: int, timeout: float) -> dict[str, Any] | None:
+    """One JSON line from the mount process; None at end of file (it exited without
+    one) or after `timeout`."""
+    buf = b""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            print(f"cloudfs mount: failed (exit {proc.returncode}); see {log_path}", file=sys.stderr)
-            return proc.returncode or 1
-        if os.path.ismount(mountpoint):
-            try:
-                control.request(mountpoint, {"command": "status"}, timeout=2)
-                return 0
-            except OSError:
-                pass
-        time.sleep(0.05)
-    print(f"cloudfs mount: not answering after {timeout:.0f}s; see {log_path}", file=sys.stderr)
-    proc.terminate()
-    return 1
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if ready:
+            data = os.read(fd, 65536)
+            if not data:
+                return None
+            buf += data
+    try:
+        return json.loads(buf.split(b"\n", 1)[0])
+    except ValueError:
+        return {"ok": False, "error": f"the mount process sent a garbled report: {buf[:200]!r}"}
+
+
+def _last_line(log_path: Path) -> str:
+    try:
+        with open(log_path, "rb") as log_file:
+            log_file.seek(max(0, os.path.getsize(log_path) - 4096))
+            lines = [line.strip() for line in log_file.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1][:300] if lines else "(nothing in the log)"

@@ -4,8 +4,11 @@ Errors become errno in one place, `@errno_of`: domain errors carry their errno,
 anything unexpected is logged with its traceback and answered with EIO (pyfuse3 would
 otherwise end the whole mount).
 
-Hard links, device nodes, FIFOs and sockets answer EPERM; extended attributes are
-not stored (ENOTSUP on set, none listed).
+Owners: the mount runs with `default_permissions`, so the kernel checks every access
+against the modes and owners reported here. Nodes carry owners in the wire's convention
+(-1 is the drive's owner, whoever mounts it); `_owner` and `attrs` translate at this
+boundary and nowhere else. A hard link's names all show one inode (backend/links.py):
+st_nlink counts them.
 """
 
 from __future__ import annotations
@@ -21,15 +24,18 @@ from typing import Any, Awaitable, Callable, TypeVar
 import pyfuse3
 
 from cloudfs.backend.cache import ROOT_INO, Inode
-from cloudfs.backend.drive import Drive
+from cloudfs.backend.drive import Drive, Owner
 from cloudfs.backend.errors import CloudFsError
+from cloudfs.backend.links import nlink
 
 log = logging.getLogger("cloudfs.fs")
 T = TypeVar("T")
 
 TIMEOUT_S = 300.0  # metadata is local; remote changes invalidate explicitly
 READAHEAD = 16 * 1024 * 1024
-KIND_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}
+KIND_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "fifo": stat.S_IFIFO,
+             "chr": stat.S_IFCHR, "blk": stat.S_IFBLK, "sock": stat.S_IFSOCK}
+SPECIAL_KIND = {stat.S_IFIFO: "fifo", stat.S_IFCHR: "chr", stat.S_IFBLK: "blk", stat.S_IFSOCK: "sock"}
 
 
 def errno_of(handler: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -95,14 +101,27 @@ class Operations(pyfuse3.Operations):
         entry.generation = 0
         entry.entry_timeout = entry.attr_timeout = TIMEOUT_S
         entry.st_mode = KIND_BITS[node.kind] | (node.mode & 0o7777)
-        entry.st_nlink = 0 if node.parent == 0 and node.ino != ROOT_INO else 1
-        entry.st_uid, entry.st_gid = self.uid, self.gid
+        if node.kind == "dir" and (node.parent or node.ino == ROOT_INO):
+            entry.st_nlink = 2 + self.drive.cache.subdir_count(node.ino)
+        else:
+            entry.st_nlink = nlink(node)  # a file's names; 0 once unlinked and still open
+        entry.st_uid = self.uid if node.uid == -1 else node.uid
+        entry.st_gid = self.gid if node.gid == -1 else node.gid
+        entry.st_rdev = node.rdev
         entry.st_size = node.size
         entry.st_blksize = 128 * 1024
         entry.st_blocks = (node.size + 511) // 512
-        entry.st_atime_ns = entry.st_mtime_ns = node.mtime_ns
+        entry.st_mtime_ns = node.mtime_ns
+        entry.st_atime_ns = node.atime_ns or node.mtime_ns
         entry.st_ctime_ns = node.ctime_ns or node.mtime_ns
         return entry
+
+    def _owner(self, ctx: Any) -> Owner:
+        """The caller of a create, in the wire's convention (the mounting user is -1)."""
+        return Owner(uid=-1 if ctx.uid == self.uid else ctx.uid, gid=-1 if ctx.gid == self.gid else ctx.gid)
+
+    def _stored(self, number: int, mine: int) -> int:
+        return -1 if number == mine else number
 
     # --- metadata ---
 
@@ -122,6 +141,9 @@ class Operations(pyfuse3.Operations):
             size=attr.st_size if fields.update_size else None,
             mode=attr.st_mode if fields.update_mode else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            uid=self._stored(attr.st_uid, self.uid) if fields.update_uid else None,
+            gid=self._stored(attr.st_gid, self.gid) if fields.update_gid else None,
         )
         return self.attrs(node)
 
@@ -134,21 +156,24 @@ class Operations(pyfuse3.Operations):
 
     @errno_of
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
-        return self.entry(self.drive.mkdir(parent_inode, _name(name), mode & ~ctx.umask))
+        return self.entry(self.drive.mkdir(parent_inode, _name(name), mode & ~ctx.umask, self._owner(ctx)))
 
     @errno_of
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
-        return self.entry(self.drive.symlink(parent_inode, _name(name), os.fsdecode(target)))
+        return self.entry(self.drive.symlink(parent_inode, _name(name), os.fsdecode(target), self._owner(ctx)))
 
     @errno_of
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
-        if not stat.S_ISREG(mode):
-            raise pyfuse3.FUSEError(errno.EPERM)  # device nodes, FIFOs and sockets are not synced
-        return self.entry(self.drive.create(parent_inode, _name(name), mode & ~ctx.umask))
+        if stat.S_ISREG(mode):
+            return self.entry(self.drive.create(parent_inode, _name(name), mode & ~ctx.umask, self._owner(ctx)))
+        kind = SPECIAL_KIND.get(stat.S_IFMT(mode))
+        if kind is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return self.entry(self.drive.mknod(parent_inode, _name(name), kind, mode & ~ctx.umask, rdev, self._owner(ctx)))
 
     @errno_of
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)  # hard links are not supported
+        return self.entry(self.drive.link(inode, new_parent_inode, _name(new_name)))
 
     @errno_of
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
@@ -204,7 +229,7 @@ class Operations(pyfuse3.Operations):
     @errno_of
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        node = self.drive.create(parent_inode, _name(name), mode & ~ctx.umask)
+        node = self.drive.create(parent_inode, _name(name), mode & ~ctx.umask, self._owner(ctx))
         fh = self._fh()
         self.handles[fh] = Handle(node.ino, wrote=True)
         self.drive.opened(node.ino)
@@ -257,20 +282,26 @@ class Operations(pyfuse3.Operations):
         data.f_namemax = 255
         return data
 
+    @errno_of
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        # Extended attributes are not kept. ENOSYS tells the kernel once for all, and it
-        # answers EOPNOTSUPP itself from then on, as filesystems without xattrs do: `ls -l`
-        # asks twice per entry (SELinux label, ACL), two round trips per file otherwise.
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+        # `ls -l` asks for two per entry (SELinux label, ACL): answered from the inode
+        # the lookup already decoded, no LMDB read (see BENCHMARKS, ls -lR).
+        return self.drive.getxattr(inode, os.fsdecode(name))
 
+    @errno_of
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        return []
+        # trusted.* is only listed to root (CAP_SYS_ADMIN), as local filesystems do; the
+        # kernel already refuses to get or set them for anyone else.
+        return [os.fsencode(name) for name in self.drive.listxattr(inode)
+                if ctx.uid == 0 or not name.startswith("trusted.")]
 
+    @errno_of
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        self.drive.setxattr(inode, os.fsdecode(name), value)
 
+    @errno_of
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+        self.drive.removexattr(inode, os.fsdecode(name))
 
     @errno_of
     async def forget(self, inode_list: Any) -> None:

@@ -23,7 +23,7 @@ from cloudfs.backend.store import StoreError, chunk_key
 
 from . import commits, files, journal, tree
 from .app import ServerContext, User, context_dependency, current_user, device_name
-from .errors import Invalid, StoreUnavailable
+from .errors import Invalid, NotFound, StoreUnavailable
 
 ERRORS = {
     status: {"model": wire.ErrorBody, "description": description}
@@ -136,6 +136,21 @@ async def symlink(ctx: Ctx, user: Auth, device: Device, req: wire.SymlinkRequest
     return await _mutate(ctx, user, tree.symlink, req, device)
 
 
+@router.post("/special", status_code=201, tags=["tree"])
+async def mknod(ctx: Ctx, user: Auth, device: Device, req: wire.MknodRequest) -> wire.NodeResponse:
+    """A FIFO, unix socket, or character or block device node: metadata only."""
+    return await _mutate(ctx, user, tree.mknod, req, device)
+
+
+@router.post("/links", status_code=201, tags=["tree"])
+async def link(ctx: Ctx, user: Auth, device: Device, req: wire.LinkRequest) -> wire.NodeResponse:
+    """A hard link: one more name for a file, symlink or special file (an *alias*, kind
+    `link`, whose `link_to` is the node). An alias moves, is renamed over and is deleted
+    like any node; content and attribute calls on its id act on its node. Deleting a
+    node's own name while it has aliases moves it to the oldest one instead."""
+    return await _mutate(ctx, user, tree.link, req, device)
+
+
 @router.post("/nodes/{node_id}/move", tags=["tree"])
 async def move(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath, req: wire.MoveRequest) -> wire.NodeResponse:
     """Rename or move a node; a directory moves with its whole subtree in one step."""
@@ -168,7 +183,17 @@ async def prepare_upload(ctx: Ctx, user: Auth, request: Request, req: wire.Prepa
 
 @router.post("/downloads/prepare", tags=["files"])
 async def prepare_download(ctx: Ctx, user: Auth, request: Request, req: wire.PrepareDownloadRequest) -> wire.PrepareDownloadResponse:
-    """Fresh signed GET URLs for chunks of this account."""
+    """Fresh signed GET URLs for chunks of this account. A chunk uploaded but not yet
+    named by a commit (a file streamed while written) is looked at in the store first."""
+    try:
+        return await ctx.run_db(files.prepare_download, ctx.db, _signer(ctx, request), user.id, req)
+    except NotFound:
+        pending = await ctx.run_db(files.pending_rows, ctx.db, user.id, req.fingerprints)
+        if not pending:
+            raise
+    verified, _ = await _check_in_store(ctx, user.id, commits.Unverified({}, pending))
+    if verified:
+        await ctx.run_db(files.record_verified, ctx.db, user.id, verified)
     return await ctx.run_db(files.prepare_download, ctx.db, _signer(ctx, request), user.id, req)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
@@ -22,6 +21,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cloudfs.backend.names import DEVICE_RE, DEVICE_RULE
 from cloudfs.backend.store import ObjectStore
 
 from . import users
@@ -35,7 +35,6 @@ T = TypeVar("T")
 
 JSON_BODY_LIMIT = 16 * 1024 * 1024
 BLOB_BODY_LIMIT = 80 * 1024 * 1024
-DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.@()+-]{0,63}$")
 TOKEN_CACHE_TTL = 30.0
 
 
@@ -59,6 +58,8 @@ class ServerContext:
     """In-flight /changes reads shared by long-polls (see api._changes_page)."""
     writer: Writer = field(init=False)
     """Every version commit goes through it, grouped into batch transactions."""
+    quiet_summary_s: float = 600.0
+    """How often the access log says how many heartbeats and idle long-polls it did not log."""
 
     def __post_init__(self) -> None:
         self.writer = Writer(self.db, self.notifier, self.db_limiter)
@@ -119,7 +120,7 @@ async def device_name(x_cloudfs_device: str | None = Header(default=None, descri
     if x_cloudfs_device is None:
         return "unknown"
     if not DEVICE_RE.match(x_cloudfs_device):
-        raise Invalid("device name: 1-64 letters, digits, spaces or _.@()+-", field="X-Cloudfs-Device")
+        raise Invalid(f"device name: {DEVICE_RULE}", field="X-Cloudfs-Device")
     return x_cloudfs_device
 
 
@@ -191,32 +192,68 @@ class BodyLimit:
 
 class AccessLog:
     """One log line per request: client, method, path (never the query, which may hold
-    URL signatures), status, response bytes and seconds."""
+    URL signatures), status, response bytes and seconds.
 
-    def __init__(self, app: Any) -> None:
+    Idle devices ask all the time (a heartbeat every few seconds, a long-poll answered
+    empty every 25 s): those lines are DEBUG, and counted instead, with one INFO line
+    every `summary_s` saying how many there were (thousands of devices would otherwise
+    print thousands of lines a second)."""
+
+    def __init__(self, app: Any, *, summary_s: float = 600.0) -> None:
         self.app = app
         self.log = logging.getLogger("cloudfs.access")
+        self.quiet = {"heartbeats": 0, "idle long-polls": 0}
+        self.summary_s = summary_s
+        self._summary_at = time.monotonic() + summary_s
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        status, size = 0, 0
+        status, size, empty = 0, 0, False
 
         async def counting_send(message: dict) -> None:
-            nonlocal status, size
+            nonlocal status, size, empty
             if message["type"] == "http.response.start":
                 status = message["status"]
             elif message["type"] == "http.response.body":
-                size += len(message.get("body", b""))
+                body = message.get("body", b"")
+                empty = empty or (size == 0 and body.startswith(b'{"changes":[]'))
+                size += len(body)
             await send(message)
 
         try:
             await self.app(scope, receive, counting_send)
         finally:
             client = scope.get("client") or ("-", 0)
-            self.log.info('%s:%s "%s %s" %s %d %.6fs', client[0], client[1], scope["method"], scope["path"],
-                          status or "-", size, time.perf_counter() - started)
+            quiet = self._quiet_kind(scope, status, empty)
+            if quiet is not None:
+                self.quiet[quiet] += 1
+                level = logging.DEBUG
+            else:
+                level = logging.INFO
+            if self.log.isEnabledFor(level):
+                self.log.log(level, '%s:%s "%s %s" %s %d %.6fs', client[0], client[1], scope["method"], scope["path"],
+                             status or "-", size, time.perf_counter() - started)
+            if time.monotonic() >= self._summary_at:
+                self._summarise()
+
+    @staticmethod
+    def _quiet_kind(scope: dict, status: int, empty: bool) -> str | None:
+        if scope["method"] != "GET" or status != 200:
+            return None
+        if scope["path"] in ("/health", "/me"):
+            return "heartbeats"
+        if scope["path"] == "/changes" and empty:
+            return "idle long-polls"
+        return None
+
+    def _summarise(self) -> None:
+        self._summary_at = time.monotonic() + self.summary_s
+        if any(self.quiet.values()):
+            self.log.info("in the last %.0f s: %s (not logged one by one; --log-level debug shows them)",
+                          self.summary_s, ", ".join(f"{n} {what}" for what, n in self.quiet.items()))
+        self.quiet = dict.fromkeys(self.quiet, 0)
 
 
 class _TooLarge(Exception):
@@ -265,7 +302,7 @@ def error_response(exc: ApiError) -> JSONResponse:
 def create_app(ctx: ServerContext, *, fast_commits: bool = True) -> FastAPI:
     """The app; `fast_commits=False` leaves out `commit_route.CommitRoute`, so that a
     test can hold its answers against the FastAPI route's."""
-    from . import api, blobs, integrity
+    from . import api, blobs, history_api, integrity
     from .commit_route import CommitRoute
 
     app = FastAPI(
@@ -318,8 +355,9 @@ def create_app(ctx: ServerContext, *, fast_commits: bool = True) -> FastAPI:
     app.include_router(api.router)
     app.include_router(blobs.router)
     app.include_router(integrity.router)
+    app.include_router(history_api.router)
     if fast_commits:
         app.add_middleware(CommitRoute, ctx=ctx)  # innermost: the limits and the access log apply to it
     app.add_middleware(BodyLimit)
-    app.add_middleware(AccessLog)
+    app.add_middleware(AccessLog, summary_s=ctx.quiet_summary_s)
     return app

@@ -33,9 +33,11 @@ _VERSION_CHUNK = Stmt("""INSERT INTO version_chunks (version_id, idx, fingerprin
 _QUOTA = Stmt("SELECT quota_bytes FROM users WHERE id = :owner_id")
 _USED = Stmt("""SELECT COALESCE(SUM(size), 0) FROM nodes
                 WHERE owner_id = :owner_id AND kind = 'file' AND deleted = {false}""")
-_NODE_UPDATE = Stmt("""UPDATE nodes SET size = :size, mtime_ns = :mtime_ns, rev = :rev, deleted = {false}
+_NODE_UPDATE = Stmt("""UPDATE nodes SET size = :size, mtime_ns = :mtime_ns, rev = :rev, deleted = {false},
+                         deleted_at = NULL, deleted_by = NULL
                        WHERE id = :id RETURNING *""")
 _NODE_UPDATE_MODE = Stmt("""UPDATE nodes SET size = :size, mtime_ns = :mtime_ns, rev = :rev, deleted = {false},
+                              deleted_at = NULL, deleted_by = NULL,
                             mode = :mode WHERE id = :id RETURNING *""")
 
 
@@ -61,7 +63,7 @@ def commit(tx: Tx, owner_id: int, root_id: int, req: wire.CommitRequest, device:
     verified, then refused (404/409) unless the target and base revision still hold."""
     _check_chunks(tx, owner_id, req.chunks)
     node, parent_id, name = _target(tx, owner_id, root_id, req)
-    return _write_version(tx, owner_id, node, parent_id, name, size=req.size, mtime_ns=req.mtime_ns, mode=req.mode,
+    return write_version(tx, owner_id, node, parent_id, name, size=req.size, mtime_ns=req.mtime_ns, mode=req.mode,
                           refs=[(c.fingerprint, c.length) for c in req.chunks], base_rev=req.base_rev, device=device)
 
 
@@ -85,7 +87,8 @@ def stored_then_commit(tx: Tx, owner_id: int, root_id: int, req: wire.CommitRequ
 def restore(tx: Tx, owner_id: int, node_id: int, req: wire.RestoreRequest, device: str) -> wire.CommitResponse:
     """Make an old revision current again, as a new commit (history only grows).
     A deleted file comes back at its old place if that name is still free."""
-    node = tree.get(tx, owner_id, node_id, allow_deleted=True)
+    node = tree.inode(tx, owner_id, tree.get(tx, owner_id, node_id, allow_deleted=True), allow_deleted=True)
+    node_id = node["id"]
     if node["kind"] != "file":
         raise IsADirectory(f"node {node_id} is a {node['kind']}; only files have versions", field="id")
     vrow = files.load_version(tx, node_id, req.rev, node["rev"])
@@ -98,7 +101,7 @@ def restore(tx: Tx, owner_id: int, node_id: int, req: wire.RestoreRequest, devic
             raise NameExists(f"{node['name']!r} is taken again in directory {node['parent_id']}",
                              field="id", node=tree.to_wire(taken).model_dump())
     base = req.base_rev if req.base_rev is not None else node["rev"]
-    return _write_version(tx, owner_id, node, node["parent_id"], node["name"], size=vrow["size"],
+    return write_version(tx, owner_id, node, node["parent_id"], node["name"], size=vrow["size"],
                           mtime_ns=time.time_ns(), mode=None, refs=files.version_chunks(tx, vrow["id"]),
                           base_rev=base, device=device)
 
@@ -114,6 +117,8 @@ def _check_chunks(tx: Tx, owner_id: int, refs: list[wire.ChunkRef]) -> None:
         row = rows.get(fp)
         if row is None or row["state"] == "bad":
             problems[fp] = "not uploaded"
+        elif row["state"] == "purging":
+            problems[fp] = "collected as unused meanwhile; upload it again"
         elif row["length"] != length:
             problems[fp] = f"length {length} given, {row['length']} uploaded"
         elif row["state"] == "pending":
@@ -131,7 +136,7 @@ def _target(tx: Tx, owner_id: int, root_id: int, req: wire.CommitRequest) -> tup
         raise Invalid("name the file by exactly one of: node_id, path, or parent_id + name", field="node_id")
     if req.node_id is not None:
         try:
-            row = tree.get(tx, owner_id, req.node_id)
+            row = tree.inode(tx, owner_id, tree.get(tx, owner_id, req.node_id))  # an alias: its file
         except NotFound:
             raise NotFound(f"no file with id {req.node_id}", field="node_id") from None
         if row["kind"] != "file":
@@ -152,6 +157,8 @@ def _target(tx: Tx, owner_id: int, root_id: int, req: wire.CommitRequest) -> tup
         assert req.parent_id is not None and req.name is not None
         parent_id, name = tree.get_dir(tx, owner_id, req.parent_id)["id"], req.name
     existing = tree.child(tx, owner_id, parent_id, name)
+    if existing is not None:
+        existing = tree.inode(tx, owner_id, existing)  # a hard link: the commit is to its file
     field = "path" if req.path is not None else "name"
     if existing is not None and existing["kind"] == "file" and req.base_rev == 0:
         # A create onto a taken name is a name conflict, not an edit of that file.
@@ -162,7 +169,7 @@ def _target(tx: Tx, owner_id: int, root_id: int, req: wire.CommitRequest) -> tup
     return existing, parent_id, name
 
 
-def _write_version(tx: Tx, owner_id: int, node: Row | None, parent_id: int, name: str,
+def write_version(tx: Tx, owner_id: int, node: Row | None, parent_id: int, name: str,
                    *, size: int, mtime_ns: int, mode: int | None, refs: list[tuple[str, int]],
                    base_rev: int, device: str) -> wire.CommitResponse:
     _check_quota(tx, owner_id, size - (node["size"] if node is not None and not node["deleted"] else 0))

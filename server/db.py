@@ -24,6 +24,20 @@ from sqlalchemy.engine import Connection, Engine
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 metadata = sa.MetaData()
+"""The schema at the newest migration (migrations/versions): what the code reads and writes."""
+
+
+def posix_columns() -> list[sa.Column]:
+    """Owner, device number, access time and xattrs: on nodes, and on the journal, whose
+    entries carry a node's whole state (migration 0002). uid/gid -1: the drive's owner."""
+    return [
+        sa.Column("uid", sa.Integer, nullable=False, server_default="-1"),
+        sa.Column("gid", sa.Integer, nullable=False, server_default="-1"),
+        sa.Column("rdev", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("atime_ns", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("xattrs", sa.Text, nullable=True),
+    ]
+
 
 users = sa.Table(
     "users", metadata,
@@ -33,6 +47,7 @@ users = sa.Table(
     sa.Column("quota_bytes", sa.BigInteger, nullable=True),
     sa.Column("journal_floor", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("retain_days", sa.Float, nullable=True),
 )
 
 tokens = sa.Table(
@@ -55,12 +70,22 @@ nodes = sa.Table(
     sa.Column("rev", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("target", sa.Text, nullable=True),
     sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+    *posix_columns(),
+    sa.Column("deleted_at", sa.Float, nullable=True),
+    sa.Column("deleted_by", sa.String(64), nullable=True),
+    # The journal entry of the delete that took this node: a directory's own, for
+    # everything that went with it (migration 0003).
+    sa.Column("delete_seq", sa.BigInteger, nullable=True),
+    sa.Column("link_to", sa.BigInteger, nullable=True),  # an alias row: the node this name stands for (0004)
 )
 sa.Index(
     "nodes_live_name", nodes.c.owner_id, nodes.c.parent_id, nodes.c.name, unique=True,
     sqlite_where=nodes.c.deleted == sa.false(), postgresql_where=nodes.c.deleted == sa.false(),
 )
 sa.Index("nodes_owner_id", nodes.c.owner_id, nodes.c.id)
+sa.Index("nodes_delete_seq", nodes.c.owner_id, nodes.c.delete_seq)
+sa.Index("nodes_link_to", nodes.c.link_to, sqlite_where=nodes.c.link_to.isnot(None),
+         postgresql_where=nodes.c.link_to.isnot(None))
 
 versions = sa.Table(
     "versions", metadata,
@@ -81,6 +106,7 @@ version_chunks = sa.Table(
     sa.Column("fingerprint", sa.String(64), nullable=False),
     sa.Column("length", sa.Integer, nullable=False),
 )
+sa.Index("version_chunks_fingerprint", version_chunks.c.fingerprint)
 
 chunks = sa.Table(
     "chunks", metadata,
@@ -90,9 +116,10 @@ chunks = sa.Table(
     sa.Column("stored_length", sa.Integer, nullable=False),
     sa.Column("stored_sha256", sa.String(64), nullable=False),
     sa.Column("compression", sa.String(8), nullable=False),
-    sa.Column("state", sa.String(8), nullable=False),  # pending | verified | bad
+    sa.Column("state", sa.String(8), nullable=False),  # pending | verified | bad | purging (retention.py)
     sa.Column("created_at", sa.Float, nullable=False),
 )
+sa.Index("chunks_state", chunks.c.owner_id, chunks.c.state)
 
 journal = sa.Table(
     "journal", metadata,
@@ -112,6 +139,8 @@ journal = sa.Table(
     sa.Column("target", sa.Text, nullable=True),
     sa.Column("device", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    *posix_columns(),
+    sa.Column("link_to", sa.BigInteger, nullable=True),
 )
 sa.Index("journal_owner_seq", journal.c.owner_id, journal.c.seq)
 
@@ -151,12 +180,14 @@ class Database:
             self.engine = sa.create_engine(self.url, pool_size=10, max_overflow=10, pool_pre_ping=True)
             self._sqlite_writer = contextlib.nullcontext()
 
-    def create_schema(self) -> None:
-        with self.engine.begin() as conn:
-            if not self.is_sqlite:
-                # Two servers starting at once must not race on CREATE TABLE.
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(84700001)"))
-            metadata.create_all(conn)
+    schema_upgraded: tuple[str | None, str] | None = None
+    """(revision before, after) when `open_database` migrated the schema."""
+
+    def upgrade_schema(self) -> tuple[str | None, str]:
+        """Create or migrate the schema to the newest revision (migrations/)."""
+        from .migrations import upgrade
+
+        return upgrade(self.engine)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -198,12 +229,17 @@ class Database:
         self.engine.dispose()
 
 
+def default_db_url(data_dir: Path) -> str:
+    """The embedded database: a SQLite file in the data directory (created if need be)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return str(data_dir / "cloudfs.sqlite3")
+
+
 def open_database(data_dir: Path, db_url: str | None) -> Database:
-    """The server's database: `db_url`, or the embedded SQLite file in `data_dir`."""
-    if db_url is None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(db_url or str(data_dir / "cloudfs.sqlite3"))
-    db.create_schema()
+    """The server's database, migrated to the newest schema: `db_url`, or the embedded
+    SQLite file in `data_dir`."""
+    db = Database(db_url or default_db_url(data_dir))
+    db.schema_upgraded = db.upgrade_schema()
     return db
 
 

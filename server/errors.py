@@ -90,3 +90,9 @@ class QuotaExceeded(ApiError):
 class StoreUnavailable(ApiError):
     status, code = 503, "store_unavailable"
 
+
+
+class Collecting(ApiError):
+    """A chunk is being deleted by the collector right now: ask again in a moment."""
+
+    status, code = 503, "collecting"

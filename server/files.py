@@ -25,7 +25,7 @@ from cloudfs.backend.store import NoSuchKeyError, ObjectStore, StoreError, Trans
 
 from . import journal, tree
 from .db import Database, chunks, versions
-from .errors import Invalid, IsADirectory, MissingChunks, NotFound, StoreUnavailable
+from .errors import Collecting, Invalid, IsADirectory, MissingChunks, NotFound, StoreUnavailable
 from .sql import Row, Stmt, Tx, as_tx, expand, values_params
 
 URL_TTL = 3600
@@ -55,7 +55,8 @@ def _batched(items: list[str]) -> Iterable[list[str]]:
 
 
 _CHUNKS = "SELECT * FROM chunks WHERE owner_id = :owner_id AND fingerprint IN ({values})"
-_MARK_VERIFIED = "UPDATE chunks SET state = 'verified' WHERE owner_id = :owner_id AND fingerprint IN ({values})"
+_MARK_VERIFIED = ("UPDATE chunks SET state = 'verified' WHERE owner_id = :owner_id AND state = 'pending'"
+                  " AND fingerprint IN ({values})")
 _VERSION = Stmt("SELECT * FROM versions WHERE node_id = :node_id AND rev = :rev")
 _VERSION_CHUNKS = Stmt("SELECT fingerprint, length FROM version_chunks WHERE version_id = :version_id ORDER BY idx")
 
@@ -94,6 +95,8 @@ def prepare_upload(db: Database, signer: Signer, owner_id: int, req: wire.Prepar
         rows = chunk_rows(conn, owner_id, list(wanted))
         for fp, c in wanted.items():
             row = rows.get(fp)
+            if row is not None and row["state"] == "purging":
+                raise Collecting(f"chunk {fp} is being collected as unused; ask again in a moment", field="chunks")
             if row is not None and row["state"] == "verified":
                 if row["length"] != c.length:
                     raise Invalid(f"chunk {fp} is stored with length {row['length']}, not {c.length}", field="chunks")
@@ -117,6 +120,7 @@ def mark_uploaded(db: Database, owner_id: int, fingerprint: str, stored_sha256: 
             chunks.update().where(
                 chunks.c.owner_id == owner_id, chunks.c.fingerprint == fingerprint,
                 chunks.c.stored_sha256 == stored_sha256, chunks.c.stored_length == stored_length,
+                chunks.c.state != "purging",
             ).values(state="verified")
         )
 
@@ -188,7 +192,13 @@ class Stored(NamedTuple):
 
 
 def record_stored(tx: Tx, owner_id: int, stored: list[Stored]) -> None:
-    """Verified, whatever state an earlier upload left these chunks in."""
+    """Verified, whatever state an earlier upload left these chunks in, unless the
+    collector is deleting one of them (retention.py): then the commit comes back later."""
+    rows = chunk_rows(tx, owner_id, [s.fingerprint for s in stored])
+    for s in stored:
+        if rows.get(s.fingerprint, {}).get("state") == "purging":
+            raise Collecting(f"chunk {s.fingerprint} is being collected as unused; commit again in a moment",
+                             field="inline")
     now = time.time()
     tx.many(_STORED, [{"owner_id": owner_id, "created_at": now, **s._asdict()} for s in stored])
 
@@ -214,7 +224,9 @@ def version_chunks(conn: Connection | Tx, version_id: int) -> list[tuple[str, in
 
 def file_info(db: Database, signer: Signer, owner_id: int, node_id: int, *, rev: int | None, urls: bool) -> wire.FileInfo:
     with db.read() as conn:
-        node = tree.get(conn, owner_id, node_id, allow_deleted=rev is not None)
+        node = tree.inode(conn, owner_id, tree.get(conn, owner_id, node_id, allow_deleted=rev is not None),
+                          allow_deleted=rev is not None)
+        node_id = node["id"]
         cursor = journal.cursor(conn, owner_id)
         if node["kind"] != "file":
             return wire.FileInfo(node=tree.to_wire(node), version=None, chunks=[], cursor=cursor)
@@ -245,11 +257,25 @@ def prepare_download(db: Database, signer: Signer, owner_id: int, req: wire.Prep
     ])
 
 
+def pending_rows(db: Database, owner_id: int, fingerprints: list[str]) -> list[Row]:
+    """Chunks of this owner uploaded but not looked at yet (S3 verifies at commit): a
+    device streaming a file still being written may need one back before its commit."""
+    with db.read() as conn:
+        rows = chunk_rows(conn, owner_id, list(dict.fromkeys(fingerprints)))
+    return [row for row in rows.values() if row["state"] == "pending"]
+
+
+def record_verified(db: Database, owner_id: int, fingerprints: list[str]) -> None:
+    with db.write(owner_id) as conn:
+        mark_verified(as_tx(conn), owner_id, fingerprints)
+
+
 def list_versions(db: Database, owner_id: int, node_id: int, *, limit: int) -> wire.VersionList:
     with db.read() as conn:
-        node = tree.get(conn, owner_id, node_id, allow_deleted=True)
+        node = tree.inode(conn, owner_id, tree.get(conn, owner_id, node_id, allow_deleted=True), allow_deleted=True)
         if node["kind"] != "file":
             raise IsADirectory(f"node {node_id} is a {node['kind']}; only files have versions", field="id")
+        node_id = node["id"]
         rows = conn.execute(
             sa.select(versions).where(versions.c.node_id == node_id).order_by(versions.c.rev.desc()).limit(limit)
         ).mappings().all()

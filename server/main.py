@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from functools import partial
 import signal
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +22,12 @@ from typing import Iterator
 import anyio
 import uvicorn
 
-from cloudfs.backend.s3store import S3Store
-from cloudfs.backend.store import open_store
-
 from . import journal
 from .app import ServerContext, create_app
-from .db import Database, open_database, users
+from .db import Database, users
 from .notifier import listen_postgres
+from .retention import collect_forever
+from .startup import listen, open_checked_store, open_db
 
 log = logging.getLogger("cloudfs.server")
 GRACEFUL_S = 10
@@ -43,6 +42,12 @@ class ServerOptions:
     store_url: str | None = None
     journal_retain: int = 1_000_000
     prune_interval: float = 300.0
+    retain_days: float = 30.0
+    collect_interval: float = 3600.0
+    log_level: str = "info"
+    quiet_summary_s: float = 600.0
+    clock_offset: float = 0.0
+    """Seconds added to the collector's clock: lets a test see a month pass."""
 
 
 async def prune_journal(db: Database, retain: int, interval: float) -> None:
@@ -71,43 +76,35 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
 async def serve_forever(options: ServerOptions) -> None:
-    db = await anyio.to_thread.run_sync(open_database, options.data_dir, options.db_url)
-    secret = await anyio.to_thread.run_sync(db.signing_secret)
-    store = open_store(options.store_url or str(options.data_dir / "chunks"), data_dir=options.data_dir, secret=secret)
-    if isinstance(getattr(store, "inner", store), S3Store):  # also under a fault-injecting wrapper
-        await anyio.to_thread.run_sync(getattr(store, "inner", store).ensure_bucket)
-    ctx = ServerContext(db=db, store=store)
-    config = uvicorn.Config(create_app(ctx), log_config=None, access_log=False, lifespan="off", http="httptools",
-                            loop="none", timeout_graceful_shutdown=GRACEFUL_S, timeout_keep_alive=75,
-                            limit_concurrency=None, backlog=2048)
-    server = _Server(config)
-    sock = _listen(options.host, options.port)
+    """Start-up refusals (port taken, data dir, database, store) raise UserError."""
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(listen(options.host, options.port))  # first: the commonest mistake, the cheapest
+        db = await anyio.to_thread.run_sync(open_db, options.data_dir, options.db_url)
+        stack.callback(db.dispose)
+        secret = await anyio.to_thread.run_sync(db.signing_secret)
+        store = await anyio.to_thread.run_sync(open_checked_store, options.store_url, options.data_dir, secret)
+        ctx = ServerContext(db=db, store=store, quiet_summary_s=options.quiet_summary_s)
+        config = uvicorn.Config(create_app(ctx), log_config=None, access_log=False, lifespan="off", http="httptools",
+                                loop="none", timeout_graceful_shutdown=GRACEFUL_S, timeout_keep_alive=75,
+                                limit_concurrency=None, backlog=2048)
+        server = _Server(config)
 
-    async def until_signal() -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                log.info("got %s: answering long-polls, finishing in-flight requests", signal.Signals(signum).name)
-                ctx.notifier.close()
-                server.should_exit = True
-                return
+        async def until_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("got %s: answering long-polls, finishing in-flight requests", signal.Signals(signum).name)
+                    ctx.notifier.close()
+                    server.should_exit = True
+                    return
 
-    try:
         async with anyio.create_task_group() as tg:
             if not db.is_sqlite:
                 dsn = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
                 await tg.start(listen_postgres, dsn, ctx.notifier)
             tg.start_soon(prune_journal, db, options.journal_retain, options.prune_interval)
+            tg.start_soon(partial(collect_forever, db, store, retain_days=options.retain_days,
+                                  interval=options.collect_interval, clock_offset=options.clock_offset))
             tg.start_soon(until_signal)
 
             async def run_http() -> None:
@@ -119,12 +116,10 @@ async def serve_forever(options: ServerOptions) -> None:
                 await anyio.sleep(0.01)
             host, port = sock.getsockname()[:2]
             print(f"cloudfs server listening on http://{host}:{port}", flush=True)
-    finally:
-        sock.close()
-        db.dispose()
 
 
 def run(options: ServerOptions) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=getattr(logging, options.log_level.upper()),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     anyio.run(serve_forever, options, backend="asyncio", backend_options={"use_uvloop": True})
     return 0

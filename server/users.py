@@ -25,16 +25,28 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def add_user(db: Database, name: str, *, quota_bytes: int | None = None) -> str:
-    """Create `name` with its root directory and first token; returns the token."""
-    if not USER_NAME_RE.match(name):
-        raise ValueError(f"user name {name!r}: use 1-64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit")
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a user name, or None (also checked by the CLI's parser)."""
+    if USER_NAME_RE.match(name):
+        return None
+    return f"user name {name!r}: use 1-64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit"
+
+
+def add_user(db: Database, name: str, *, quota_bytes: int | None = None, retain_days: float | None = None) -> str:
+    """Create `name` with its root directory and first token; returns the token.
+    `retain_days` overrides the server's retention period for this account."""
+    if retain_days is not None and not 0 <= retain_days <= 36_500:
+        raise ValueError(f"--retain-days {retain_days}: give a number of days between 0 and 36500")
+    problem = name_problem(name)
+    if problem:
+        raise ValueError(problem)
     token = "cfs_" + secrets.token_urlsafe(32)
     with db.write() as conn:
         if conn.execute(sa.select(users.c.id).where(users.c.name == name)).first() is not None:
             raise UserExistsError(f"user {name!r} already exists")
         user_id = conn.execute(
-            users.insert().values(name=name, quota_bytes=quota_bytes, journal_floor=0, created_at=time.time())
+            users.insert().values(name=name, quota_bytes=quota_bytes, journal_floor=0, created_at=time.time(),
+                                  retain_days=retain_days)
         ).inserted_primary_key[0]
         root_id = tree.create_root(conn, user_id)
         conn.execute(users.update().where(users.c.id == user_id).values(root_id=root_id))

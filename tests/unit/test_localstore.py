@@ -470,3 +470,9 @@ def test_bad_expiry_is_refused(store: LocalStore, exp: str | None) -> None:
     """Even a correctly signed set of params is refused when exp is missing or not a future time."""
     params = {"sha": sha(b"x")} if exp is None else {"exp": exp, "sha": sha(b"x")}
     assert not store.check_signature("PUT", KEY, params, store.sign("PUT", KEY, params))
+
+
+def test_delete_many_is_idempotent(store: LocalStore) -> None:
+    store.put(KEY, b"x")
+    store.delete_many([KEY, KEY, "u1/ab/" + "cd" * 32])
+    assert list(store.list()) == []

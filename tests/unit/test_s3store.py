@@ -261,3 +261,12 @@ def test_head_fallback_of_a_fresh_unverified_upload(store: S3Store) -> None:
     info = store.head(key)
     assert info.size == 1000
     assert info.sha256_hex == sha(b"B" * 1000) != sha(signed_for)
+
+
+def test_delete_many_in_one_request_and_missing_keys_are_fine(store: S3Store) -> None:
+    keys = [f"u1/aa/{i:064x}" for i in range(5)]
+    for key in keys:
+        store.put(key, b"x")
+    store.delete_many(keys[:3] + ["u1/aa/never-there"])
+    assert sorted(store.list("u1/")) == sorted(keys[3:])
+    store.delete_many([])

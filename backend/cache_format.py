@@ -1,0 +1,71 @@
+"""The device cache's format version, and the migrations that bring an older cache up
+to it in place: pending uploads, dirty blocks and the cursor are never thrown away.
+
+Format 1 is the first release's (no version recorded). Format 2 adds POSIX attributes
+to every inode (owner, device number, access time, extended attributes, each also as
+the server last acknowledged it); an inode of format 1 had none of them, which is
+exactly "the drive's owner, no xattrs", so it is rewritten with those values. Format 3
+adds hard links (links.py): alias records of kind "link", and directory entries that
+carry an alias record's ino after the inode's. A cache of format 2 has neither, so it
+is only marked; the number tells an older release to keep its hands off.
+
+A cache written by a newer cloudfs is refused with an error naming it, never
+guessed at.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import lmdb
+
+from .cache import Cache, Inode
+from .errors import CloudFsError
+
+log = logging.getLogger("cloudfs.cache")
+
+FORMAT = 3
+_KEY = "format"
+
+
+class CacheFormatError(CloudFsError):
+    """The cache was written by a newer release than this one."""
+
+
+def _to_2(cache: Cache, txn: lmdb.Transaction) -> int:
+    rewritten = 0
+    for key, raw in list(txn.cursor(db=cache.inodes)):
+        txn.put(key, Inode.decode(raw).encode(), db=cache.inodes)  # the new fields, at their defaults
+        rewritten += 1
+    return rewritten
+
+
+def _to_3(cache: Cache, txn: lmdb.Transaction) -> int:
+    return 0  # nothing of format 2 changes meaning; see the module docstring
+
+
+_MIGRATIONS: dict[int, Callable[[Cache, lmdb.Transaction], int]] = {2: _to_2, 3: _to_3}
+
+
+def upgrade(cache: Cache) -> tuple[int, int]:
+    """Bring `cache` to FORMAT, each step in its own transaction; returns (before, after)."""
+    with cache.read() as txn:
+        raw = txn.get(_KEY.encode(), db=cache.meta)
+        empty = txn.stat(cache.inodes)["entries"] == 0
+    version = int(raw) if raw is not None else (FORMAT if empty else 1)
+    if version > FORMAT:
+        raise CacheFormatError(f"the cache in {cache.path} has format {version}, written by a newer cloudfs "
+                               f"(this one reads up to {FORMAT}); upgrade cloudfs or use another --cache")
+    before = version
+    while version < FORMAT:
+        with cache.write() as txn:
+            count = _MIGRATIONS[version + 1](cache, txn)
+            version += 1
+            cache.set_meta(txn, _KEY, str(version))
+        log.info("cache %s migrated to format %d (%d inodes rewritten)", cache.path, version, count)
+    if raw is None and before == FORMAT:
+        with cache.write() as txn:
+            cache.set_meta(txn, _KEY, str(FORMAT))
+    cache.sync()
+    return before, version

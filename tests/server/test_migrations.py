@@ -1,0 +1,124 @@
+"""Schema upgrades keep data: a database of the release before migrations, and one of
+each engine at the first revision, are upgraded in place and served."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import tarfile
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from cloudfs.server.db import Database
+from cloudfs.server.migrations import head, upgrade
+from tests.harness import CLOUDFS, cloudfs_server, postgres_database
+
+FIXTURE = Path(__file__).resolve().parent.parent / "data" / "pre-posix.tar.gz"
+
+
+def unpack_fixture(to: Path) -> tuple[Path, str]:
+    """The pre-POSIX release's server data dir and alice's token (tests/data/README.md)."""
+    with tarfile.open(FIXTURE) as tar:
+        tar.extractall(to, filter="data")
+    return to / "server", (to / "token").read_text().strip()
+
+
+def test_upgrade_command_migrates_a_database_of_the_previous_release_in_place(tmp_path: Path) -> None:
+    data, token = unpack_fixture(tmp_path)
+    first = subprocess.run([*CLOUDFS, "server", "--upgrade", "--data", str(data)], capture_output=True, text=True,
+                           timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert f"at revision {head()} (was 0001)" in first.stdout
+    again = subprocess.run([*CLOUDFS, "server", "--upgrade", "--data", str(data)], capture_output=True, text=True,
+                           timeout=60)
+    assert again.returncode == 0 and "already the newest" in again.stdout
+
+    with cloudfs_server(data) as srv:
+        auth = {"Authorization": f"Bearer {token}"}
+        notes = httpx.get(f"{srv.url}/resolve", params={"path": "/docs/notes.txt"}, headers=auth).json()["node"]
+        assert (notes["mode"], notes["size"], notes["uid"], notes["gid"], notes["xattrs"]) == (0o600, 27, -1, -1, {})
+        big = httpx.get(f"{srv.url}/resolve", params={"path": "/docs/big.bin"}, headers=auth).json()["node"]
+        info = httpx.get(f"{srv.url}/files/{big['id']}", headers=auth).json()
+        assert sum(c["length"] for c in info["chunks"]) == 3 << 20
+        first_chunk = info["chunks"][0]
+        body = httpx.request(first_chunk["download"]["method"], first_chunk["download"]["url"],
+                             headers=first_chunk["download"]["headers"])
+        assert body.status_code == 200 and len(body.content) > 0
+        link = httpx.get(f"{srv.url}/resolve", params={"path": "/link"}, headers=auth).json()["node"]
+        assert (link["kind"], link["target"]) == ("symlink", "docs/notes.txt")
+        changes = httpx.get(f"{srv.url}/changes", params={"cursor": 0}, headers=auth).json()["changes"]
+        assert [c["node"]["uid"] for c in changes] == [-1] * len(changes)  # old journal rows read with defaults
+        assert [c["node"]["link_to"] for c in changes] == [None] * len(changes)
+        # A file of the previous release gets a second name, and keeps it when its first goes.
+        alias = httpx.post(f"{srv.url}/links", json={"parent_id": notes["parent_id"], "name": "again.txt",
+                                                     "node_id": notes["id"]}, headers=auth)
+        assert alias.status_code == 201 and alias.json()["node"]["link_to"] == notes["id"], alias.text
+        assert httpx.delete(f"{srv.url}/nodes/{notes['id']}", headers=auth).json()["node"]["name"] == "again.txt"
+
+
+def test_the_server_upgrades_on_start(tmp_path: Path) -> None:
+    data, token = unpack_fixture(tmp_path)
+    with cloudfs_server(data) as srv:
+        me = httpx.get(f"{srv.url}/me", headers={"Authorization": f"Bearer {token}"})
+        assert me.status_code == 200 and me.json()["name"] == "alice"
+    db = Database(str(data / "cloudfs.sqlite3"))
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == head()
+    db.dispose()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_rows_written_at_the_first_revision_survive_the_upgrade(engine: str, tmp_path: Path,
+                                                                request: pytest.FixtureRequest) -> None:
+    url = str(tmp_path / "db.sqlite3")
+    with postgres_database(request.getfixturevalue("pg_admin_url")) if engine == "postgres" \
+            else contextlib.nullcontext() as pg:
+        db = Database(pg or url)
+        try:
+            assert upgrade(db.engine, to="0001") == (None, "0001")
+            with db.engine.begin() as conn:
+                conn.execute(sa.text("INSERT INTO users (name, root_id, journal_floor, created_at) "
+                                     "VALUES ('bob', 1, 0, 0)"))
+                conn.execute(sa.text("INSERT INTO nodes (owner_id, parent_id, name, kind, mode, mtime_ns, size, rev, "
+                                     "deleted) VALUES (1, NULL, '', 'dir', 493, 5, 0, 1, false)"))
+            assert upgrade(db.engine) == ("0001", head())
+            with db.engine.connect() as conn:
+                row = conn.execute(sa.text("SELECT name, mode, uid, gid, rdev, atime_ns, xattrs FROM nodes")).one()
+            assert tuple(row) == ("", 493, -1, -1, 0, 0, None)
+        finally:
+            db.dispose()
+
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_rows_written_at_revision_0002_survive_the_links_migration(engine: str, tmp_path: Path,
+                                                                   request: pytest.FixtureRequest) -> None:
+    """0003 (history) and 0004 add deletion stamps and `link_to` (NULL: no alias) to nodes and journal, and the index that finds
+    a node's aliases, without touching what is there."""
+    url = str(tmp_path / "db.sqlite3")
+    with postgres_database(request.getfixturevalue("pg_admin_url")) if engine == "postgres" \
+            else contextlib.nullcontext() as pg:
+        db = Database(pg or url)
+        try:
+            assert upgrade(db.engine, to="0002") == (None, "0002")
+            with db.engine.begin() as conn:
+                conn.execute(sa.text("INSERT INTO users (name, root_id, journal_floor, created_at) "
+                                     "VALUES ('carol', 1, 0, 0)"))
+                conn.execute(sa.text("INSERT INTO nodes (owner_id, parent_id, name, kind, mode, mtime_ns, size, rev, "
+                                     "deleted, uid) VALUES (1, NULL, 'f', 'file', 420, 5, 3, 2, false, 2101)"))
+                conn.execute(sa.text("INSERT INTO journal (owner_id, node_id, op, rev, kind, name, mode, mtime_ns, "
+                                     "size, device, created_at) VALUES (1, 1, 'create', 1, 'file', 'f', 420, 5, 3, "
+                                     "'d', 0)"))
+            assert upgrade(db.engine) == ("0002", head())
+            with db.engine.connect() as conn:
+                node = conn.execute(sa.text("SELECT name, size, rev, uid, link_to FROM nodes")).one()
+                entry = conn.execute(sa.text("SELECT op, name, link_to FROM journal")).one()
+                indexes = {ix["name"] for ix in sa.inspect(conn).get_indexes("nodes")}
+            assert tuple(node) == ("f", 3, 2, 2101, None)
+            assert tuple(entry) == ("create", "f", None)
+            assert {"nodes_link_to", "nodes_live_name"} <= indexes
+        finally:
+            db.dispose()
