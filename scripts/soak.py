@@ -79,6 +79,7 @@ class Soak:
         self.programs = 0
         self.failures: list[Outcome] = []
         self.totals: Counter[str] = Counter()
+        self.succeeded: Counter[str] = Counter()
 
     def say(self, line: str) -> None:
         print(line, flush=True)
@@ -114,6 +115,7 @@ class Soak:
             "steps": len(outcome.program.steps), "ops": outcome.ops, "errno": errno_outcomes,
             "kills": outcome.kills, "restarts": outcome.restarts, "outages": outcome.outages,
             "conflicts": outcome.conflicts, "seconds": round(outcome.seconds, 2), "phases": outcome.phases,
+            "succeeded": dict(outcome.succeeded),
             "at": datetime.datetime.now().isoformat(timespec="seconds")}) + "\n")
         self.results.flush()
         if shrinking:
@@ -122,6 +124,7 @@ class Soak:
         for key in ("ops", "kills", "restarts", "outages", "conflicts"):
             self.totals[key] += getattr(outcome, key)
         self.totals["errno outcomes"] += errno_outcomes
+        self.succeeded.update(outcome.succeeded)
         self.say(f"program {outcome.program.seed}: {'ok' if outcome.ok else 'FAILED: ' + outcome.what}, "
                  f"{outcome.ops} ops ({errno_outcomes} errno), {outcome.kills} kills, {outcome.restarts} restarts, "
                  f"{outcome.outages} outages, {outcome.conflicts} conflicted copies, {outcome.seconds:.1f} s")
@@ -188,6 +191,8 @@ class Soak:
         self.say(f"soak: {self.totals['ops']} operations ({self.totals['errno outcomes']} with an errno), "
                  f"{self.totals['kills']} mount kills, {self.totals['restarts']} server restarts, "
                  f"{self.totals['outages']} outages, {self.totals['conflicts']} conflicted copies, {minutes:.1f} min")
+        self.say("soak: operations that succeeded, by kind: "
+                 + ", ".join(f"{kind} {n}" for kind, n in self.succeeded.most_common()))
         for outcome in self.failures:
             self.say(f"soak: failed: seed {outcome.program.seed}: {outcome.what}")
         self.say(f"soak: {self.programs} programs, {len(self.failures)} failures")

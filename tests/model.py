@@ -28,11 +28,27 @@ settled tree against the books:
    group (a rename's two paths are one group); groups are linked when a path of one
    equals or lies under a path of the other. Under the paths of a linked set whose
    groups all come from one device, the settled tree must equal that device's own tree
-   just before the settle; paths under no group keep their state from the previous
-   settle. Only where devices met are conflicted copies and either outcome allowed.
+   just before the settle (bytes, the other names of each file, extended attributes);
+   paths under no group keep their state from the previous settle. Only where devices
+   met are conflicted copies and either outcome allowed.
 
-Convergence (every device shows the same tree, through the kernel's page cache and
-straight from the mount process) is checked by the callers, which own the mounts.
+Hard links: `link` gives a file another name. Contents are counted per inode, not per
+name (rule 2: a write through one name changes one file), every device must group the
+same names into inodes, an operation touches every name of the file it acts on as the
+device sees them then (rule 4: a write through one name changes them all), and removing
+one name of several destroys nothing for sure: whether the file lives on depends on what
+the other devices did with its other names (rules 2 and 3 leave it to rule 4). Giving a
+file another name keeps it, like a move (rule 3), with whatever is written into it
+meanwhile.
+
+Extended attributes (`user.*`): every value is made unique like file contents; a value
+nobody set is invented (rule 1), and rule 4 holds for them as for the tree (where only
+one device acted, a node's attributes are that device's; untouched, the last settle's).
+
+Convergence (every device shows the same tree, with the same names grouped into the
+same files and the same extended attributes, through the kernel's page cache and
+straight from the mount process) is checked by the callers, which own the mounts
+(`View.differences`).
 """
 
 from __future__ import annotations
@@ -122,6 +138,77 @@ def snapshot(root: Path, *, uncached: bool = False) -> dict[str, Entry]:
     return out
 
 
+Xattrs = dict[str, dict[str, bytes]]
+"""path -> the node's user.* extended attributes (only nodes that have some)."""
+
+
+@dataclass
+class View:
+    """A device's tree as the books see it: every path (`tree`), the contents counted
+    once per inode (`contents`: names of one file are one content), the names of every
+    file that has several (`linked`), and the extended attributes (`xattrs`)."""
+
+    tree: dict[str, Entry]
+    contents: Counter[bytes]
+    linked: set[frozenset[str]]
+    xattrs: Xattrs
+
+    def differences(self, other: "View", me: str, them: str) -> list[str]:
+        """What differs between two devices' views, one line per difference."""
+        out = [diff(self.tree, other.tree, me, them)] if self.tree != other.tree else []
+        if self.linked != other.linked:
+            out.append(f"  names of one file: {me} {sorted(map(sorted, self.linked))}, "
+                       f"{them} {sorted(map(sorted, other.linked))}")
+        if self.xattrs != other.xattrs:
+            out += [f"  {p} xattrs: {me} {xlabel(self.xattrs.get(p))}, {them} {xlabel(other.xattrs.get(p))}"
+                    for p in sorted(set(self.xattrs) | set(other.xattrs)) if self.xattrs.get(p) != other.xattrs.get(p)]
+        return out
+
+
+def _xattrs_of(path: Path) -> dict[str, bytes]:
+    """The user.* attributes of a file or directory (never through a symlink)."""
+    out = {}
+    for name in os.listxattr(path, follow_symlinks=False):
+        if name.startswith("user."):
+            with contextlib.suppress(OSError):
+                out[name] = os.getxattr(path, name, follow_symlinks=False)
+    return out
+
+
+def view(root: Path) -> View:
+    """The View of the tree under root; tolerates entries that vanish while it walks."""
+    tree: dict[str, Entry] = {}
+    names: dict[int, list[str]] = {}
+    content: dict[int, bytes] = {}
+    xattrs: Xattrs = {}
+    for path, kind in walk(root):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            if kind == "link":
+                tree[path] = Link(os.readlink(root / path))
+                continue
+            if kind == "dir":
+                tree[path] = None
+            else:
+                fd = os.open(root / path, os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    ino = os.fstat(fd).st_ino
+                    tree[path] = content[ino] = read_all(fd)
+                finally:
+                    os.close(fd)
+                names.setdefault(ino, []).append(path)
+            found = _xattrs_of(root / path)
+            if found:
+                xattrs[path] = found
+    return View(tree, Counter(c for c in content.values() if c),
+                {frozenset(n) for n in names.values() if len(n) > 1}, xattrs)
+
+
+def xlabel(attrs: dict[str, bytes] | None) -> str:
+    if not attrs:
+        return "{}"
+    return "{" + ", ".join(f"{k}={label(v)}" for k, v in sorted(attrs.items())) + "}"
+
+
 def label(content: Entry) -> str:
     if content is None:
         return "dir"
@@ -178,7 +265,14 @@ class Ledger:
     destroyed_at: dict[bytes, list[tuple[str, str]]] = field(default_factory=dict)
     """content -> (device, path) where it was destroyed"""
     moved: dict[bytes, set[str]] = field(default_factory=dict)
-    """content -> devices that renamed its file"""
+    """content -> devices that renamed its file or gave it another name"""
+    spared: set[bytes] = field(default_factory=set)
+    """contents that lost one name of several: they may live on"""
+    linked_from: dict[str, set[str]] = field(default_factory=dict)
+    """path -> devices that gave the file there another name"""
+    xattr_values: set[bytes] = field(default_factory=set)
+    settled_xattrs: Xattrs = field(default_factory=dict)
+    settled_linked: set[frozenset[str]] = field(default_factory=set)
     moved_dirs: list[tuple[str, str]] = field(default_factory=list)
     """(device, path) of each directory renamed"""
     groups: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
@@ -198,6 +292,12 @@ class Ledger:
             self.targets.add(target)
         return target
 
+    def new_xattr(self, dev: str, size: int, seed: int) -> bytes:
+        value = self.new_content(dev, size, seed)
+        with self.lock:
+            self.xattr_values.add(value)
+        return value
+
     def produce(self, dev: str, old: bytes, new: bytes, path: str = "") -> None:
         """A file's bytes went from `old` (observed) to `new` on `dev`."""
         self.destroy(dev, old, path)
@@ -206,10 +306,14 @@ class Ledger:
                 self.live[new] += 1
             self.produced.add(new)
 
-    def destroy(self, dev: str, old: bytes, path: str = "") -> None:
+    def destroy(self, dev: str, old: bytes, path: str = "", nlink: int = 1) -> None:
+        """`old` lost a name (`path`) on `dev`; with other names left (`nlink` > 1 as
+        `dev` saw it) it may live on, depending on what the other devices did with them."""
         if not old:
             return
         with self.lock:
+            if nlink > 1:
+                self.spared.add(old)
             self.destroyed.setdefault(old, set()).add(dev)
             self.destroyed_at.setdefault(old, []).append((dev, path))
             if self.live[old] > 0:
@@ -218,6 +322,14 @@ class Ledger:
     def move(self, dev: str, content: bytes) -> None:
         with self.lock:
             self.moved.setdefault(content, set()).add(dev)
+
+    def link(self, dev: str, content: bytes, names: list[str]) -> None:
+        """`dev` gave the file with `content`, known by `names`, another name: like a
+        move, that keeps it (with what is written into it meanwhile) where a name goes."""
+        with self.lock:
+            self.moved.setdefault(content, set()).add(dev)
+            for name in names:
+                self.linked_from.setdefault(name, set()).add(dev)
 
     def move_dir(self, dev: str, path: str) -> None:
         with self.lock:
@@ -229,12 +341,11 @@ class Ledger:
 
     # --- the checks ---
 
-    def problems(self, final: dict[str, Entry], before: dict[str, dict[str, Entry]],
-                 names: set[str]) -> list[tuple[str, str]]:
-        """Rules 1-4 against the settled tree `final` (`before`: each device's own tree
-        just before the settle; `names`: the pool). Returns (what, detail) pairs."""
+    def problems(self, settled: View, before: dict[str, View], names: set[str]) -> list[tuple[str, str]]:
+        """Rules 1-4 against the settled view (`before`: each device's own view just
+        before the settle; `names`: the pool). Returns (what, detail) pairs."""
         out: list[tuple[str, str]] = []
-        contents = Counter(v for v in final.values() if isinstance(v, bytes) and v)
+        final, contents = settled.tree, settled.contents
         lost = [c for c, n in self.live.items() if n > contents[c]]
         if lost:
             out.append(("written content lost", "\n".join(
@@ -248,9 +359,12 @@ class Ledger:
         alien = {p: label(v) for p, v in final.items()
                  if isinstance(v, bytes) and v not in self.produced or isinstance(v, Link) and v.target not in self.targets}
         bad_names = [p for p in final if any(part not in names for part in base_path(p).split("/"))]
-        if alien or bad_names:
-            out.append(("content or names nobody made", f"  contents: {alien}\n  names: {bad_names}"))
-        wrong, contested = self.inexact(before, final)
+        alien_x = {f"{p} {k}": label(v) for p, attrs in settled.xattrs.items() for k, v in attrs.items()
+                   if v not in self.xattr_values}
+        if alien or bad_names or alien_x:
+            out.append(("content or names nobody made",
+                        f"  contents: {alien}\n  names: {bad_names}\n  xattrs: {alien_x}"))
+        wrong, contested = self.inexact(before, settled)
         if wrong:
             out.append((f"where only one device acted, the result differs (contested: {sorted(contested)})",
                         "\n".join(wrong)))
@@ -259,14 +373,17 @@ class Ledger:
     def _kept_by_a_move(self, content: bytes, destroyers: set[str]) -> bool:
         """A device other than the ones that destroyed `content` moved its file, or a
         directory above where it was destroyed."""
-        if self.moved.get(content, set()) - destroyers:
+        if self.moved.get(content, set()) - destroyers or content in self.spared:
+            return True
+        if any(self.linked_from.get(path, set()) - destroyers for _, path in self.destroyed_at.get(content, [])):
             return True
         return any(dev not in destroyers and (path == moved or path.startswith(moved + "/"))
                    for _, path in self.destroyed_at.get(content, []) for dev, moved in self.moved_dirs)
 
-    def inexact(self, before: dict[str, dict[str, Entry]], final: dict[str, Entry]) -> tuple[list[str], set[str]]:
-        """Rule 4: link the groups; single-device components must come out exactly.
-        Returns (what differs, the contested paths)."""
+    def inexact(self, before: dict[str, View], settled: View) -> tuple[list[str], set[str]]:
+        """Rule 4: link the groups; single-device components must come out exactly
+        (contents and extended attributes). Returns (what differs, the contested paths)."""
+        final = settled.tree
         n = len(self.groups)
         comp = list(range(n))
 
@@ -288,27 +405,45 @@ class Ledger:
         for i, (dev, paths) in enumerate(self.groups):
             (contested if len(devices[find(i)]) > 1 else owned[dev]).update(paths)
         wrong = []
+
+        def unsettled(q: str) -> bool:
+            return any(under_any(origin, contested) for origin in path_origins(q))
+
+        def partners(linked: set[frozenset[str]], p: str) -> list[str]:
+            """The other names of p's file that no two devices fought over."""
+            return sorted(q for group in linked if p in group for q in group if q != p and not unsettled(q))
+
         seen = set(final) | set(self.settled)
-        for view in before.values():
-            seen |= set(view)
+        for seen_there in before.values():
+            seen |= set(seen_there.tree)
         for p in sorted(seen):
-            if any(under_any(origin, contested) for origin in path_origins(p)):
+            if unsettled(p):
                 continue
             owner = next((dev for dev in before if under_any(p, owned[dev])), None)
-            want = before[owner].get(p, "absent") if owner else self.settled.get(p, "absent")
+            want = before[owner].tree.get(p, "absent") if owner else self.settled.get(p, "absent")
             got = final.get(p, "absent")
+            why = f"({'as on dev-' + owner + ' before the settle' if owner else 'untouched'})"
             if want != got:
                 wrong.append(f"  {p}: {label(got) if got != 'absent' else got}, expected "
-                             f"{label(want) if want != 'absent' else want} "
-                             f"({'as on dev-' + owner + ' before the settle' if owner else 'untouched'})")
+                             f"{label(want) if want != 'absent' else want} {why}")
+                continue
+            if got == "absent":
+                continue
+            want_x = before[owner].xattrs.get(p) if owner else self.settled_xattrs.get(p)
+            if want_x != settled.xattrs.get(p):
+                wrong.append(f"  {p} xattrs: {xlabel(settled.xattrs.get(p))}, expected {xlabel(want_x)} {why}")
+            want_names = partners(before[owner].linked if owner else self.settled_linked, p)
+            if want_names != partners(settled.linked, p):
+                wrong.append(f"  {p} other names of its file: {partners(settled.linked, p)}, expected {want_names} {why}")
         return wrong, contested
 
-    def roll(self, final: dict[str, Entry]) -> None:
-        """The settle passed: `final` is the new starting point."""
+    def roll(self, settled: View) -> None:
+        """The settle passed: `settled` is the new starting point."""
         with self.lock:
-            self.settled = final
-            self.live = Counter(v for v in final.values() if isinstance(v, bytes) and v)
+            self.settled, self.settled_xattrs, self.settled_linked = settled.tree, settled.xattrs, settled.linked
+            self.live = Counter(settled.contents)
             self.destroyed, self.destroyed_at, self.moved, self.moved_dirs = {}, {}, {}, []
+            self.spared, self.linked_from = set(), {}
             self.groups = []
 
 

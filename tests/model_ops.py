@@ -1,9 +1,10 @@
 """The operations of the random multi-device programs (tests/model.py has the model):
 `Actor` runs them on the devices' mounts and books what they did in a `Ledger`.
-OPERATIONS is a table, name -> function: a new kind (hard links, xattrs) is a function
-and a row, and the generators (the model test's strategies, the soak's table) pick it up
-by name. Symlinks are never followed (O_NOFOLLOW): an operation on a file never reaches
-through a link into another file, which the books could not tell apart.
+OPERATIONS is a table, name -> function: a new kind is a function and a row, and the
+generators (the model test's strategies, the soak's table) pick it up by name. Symlinks
+are never followed (O_NOFOLLOW): an operation on a file never reaches through a link
+into another file, which the books could not tell apart. Hard links are: an operation
+on a file touches every name the file has on that device at that moment (`names`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import datetime
 import errno
 import os
 import random
+import stat
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -61,10 +63,15 @@ class Actor:
     note: Callable[[str, str], None]
     excused: Callable[[str, float], bool] = lambda dev, since: False
     outcomes: Counter[str] = field(default_factory=Counter)
+    succeeded: Counter[str] = field(default_factory=Counter)
+    """operation kind -> how many ended "ok" (the figures say what the runs exercised)"""
 
     def run(self, kind: str, dev: str, *args: object) -> str:
         """One operation of OPERATIONS; returns its outcome ("ok..." or an errno name)."""
-        return OPERATIONS[kind](self, dev, *args)
+        outcome = OPERATIONS[kind](self, dev, *args)
+        if outcome.startswith("ok"):
+            self.succeeded[kind] += 1
+        return outcome
 
     def resolve(self, dev: str, path: str | Pick) -> str:
         if isinstance(path, str):
@@ -73,16 +80,33 @@ class Actor:
         pool = {"dir": DIR_POOL, "link": LINK_POOL}.get(path.kind, FILE_POOL)
         return existing[path.index % len(existing)] if existing else pool[path.index % len(pool)]
 
+    def names(self, dev: str, path: str) -> list[str]:
+        """`path` and every other name of its file on `dev` now (hard links)."""
+        root = self.roots[dev]
+        try:
+            st = os.lstat(root / path)
+        except OSError:
+            return [path]
+        if st.st_nlink < 2 or not stat.S_ISREG(st.st_mode):
+            return [path]
+        found = set()
+        for rel, kind in walk(root):
+            if kind == "file":
+                with contextlib.suppress(OSError):
+                    if os.lstat(root / rel).st_ino == st.st_ino:
+                        found.add(rel)
+        return sorted(found | {path})
+
     @contextlib.contextmanager
-    def op(self, dev: str, what: str) -> Iterator[list[str]]:
-        """Run one operation: an expected errno (the tree moved under it) is an outcome,
-        anything else raises Unexpected."""
+    def op(self, dev: str, what: str, also: frozenset[int] = frozenset()) -> Iterator[list[str]]:
+        """Run one operation: an expected errno (the tree moved under it, or one of
+        `also`) is an outcome, anything else raises Unexpected."""
         outcome = ["ok"]
         since = time.monotonic()
         try:
             yield outcome
         except OSError as exc:
-            if exc.errno not in ALLOWED_ERRNOS and not (exc.errno == errno.EIO and self.excused(dev, since)):
+            if exc.errno not in ALLOWED_ERRNOS | also and not (exc.errno == errno.EIO and self.excused(dev, since)):
                 self.note(dev, f"{what} -> {exc!r}")
                 raise Unexpected(f"{what} on dev-{dev}: {exc!r}") from exc
             outcome[0] = errno.errorcode[exc.errno]
@@ -109,7 +133,7 @@ def _write(a: Actor, dev: str, path: str | Pick, size: int, seed: int) -> str:
         finally:
             os.close(fd)
         a.ledger.produce(dev, old, new, path)
-        a.ledger.touched(dev, path)
+        a.ledger.touched(dev, *a.names(dev, path))
         outcome[0] = f"ok, was {label(old)}"
     return outcome[0]
 
@@ -139,7 +163,7 @@ def _append(a: Actor, dev: str, path: str | Pick, size: int, seed: int) -> str:
         finally:
             os.close(fd)
         a.ledger.produce(dev, old, old + extra, path)
-        a.ledger.touched(dev, path)
+        a.ledger.touched(dev, *a.names(dev, path))
         outcome[0] = f"ok, now {label(old + extra)}"
     return outcome[0]
 
@@ -155,7 +179,7 @@ def _truncate(a: Actor, dev: str, path: str | Pick, size: int) -> str:
         new = old[:size] + b"\0" * max(0, size - len(old))
         if new != old:
             a.ledger.produce(dev, old, new, path)
-            a.ledger.touched(dev, path)
+            a.ledger.touched(dev, *a.names(dev, path))
         outcome[0] = f"ok, {label(old)} -> {label(new)}"
     return outcome[0]
 
@@ -219,12 +243,14 @@ def _unlink(a: Actor, dev: str, path: str | Pick) -> str:
             outcome[0] = "ok, a symlink"
         else:
             fd, old = a.observe_open(dev, path)
+            names = a.names(dev, path)
             try:
+                nlink = os.fstat(fd).st_nlink
                 os.unlink(root / path)
             finally:
                 os.close(fd)
-            a.ledger.destroy(dev, old, path)
-            a.ledger.touched(dev, path)
+            a.ledger.destroy(dev, old, path, nlink)
+            a.ledger.touched(dev, *names)
             outcome[0] = f"ok, was {label(old)}"
     return outcome[0]
 
@@ -244,6 +270,7 @@ def _rename(a: Actor, dev: str, src: str | Pick, dst: str | Pick) -> str:
                 raise
             src_fd, moving = None, None  # a directory, a symlink, or nothing (the rename says which)
         moving_dir = moving is None and os.path.isdir(root / src) and not os.path.islink(root / src)
+        names = a.names(dev, src) + a.names(dev, dst)
         try:
             try:
                 fd, old = a.observe_open(dev, dst)
@@ -257,11 +284,16 @@ def _rename(a: Actor, dev: str, src: str | Pick, dst: str | Pick) -> str:
                 rename_noreplace(root / src, root / dst)  # a symlink there: EEXIST
             else:
                 try:
+                    same_file = src_fd is not None and os.fstat(fd).st_ino == os.fstat(src_fd).st_ino
+                    nlink = os.fstat(fd).st_nlink
                     os.rename(root / src, root / dst)
                 finally:
                     os.close(fd)
-                a.ledger.destroy(dev, old, dst)
-                outcome[0] = f"ok, over {label(old)}"
+                if same_file:
+                    outcome[0] = "ok, two names of one file: nothing happens"
+                else:
+                    a.ledger.destroy(dev, old, dst, nlink)
+                    outcome[0] = f"ok, over {label(old)}"
         finally:
             if src_fd is not None:
                 os.close(src_fd)
@@ -269,7 +301,44 @@ def _rename(a: Actor, dev: str, src: str | Pick, dst: str | Pick) -> str:
             a.ledger.move(dev, moving)
         if moving_dir:
             a.ledger.move_dir(dev, src)
-        a.ledger.touched(dev, src, dst)
+        a.ledger.touched(dev, *names)
+    return outcome[0]
+
+
+def _link(a: Actor, dev: str, src: str | Pick, dst: str | Pick) -> str:
+    """ln: another name for a file (EISDIR/EPERM for a directory, ELOOP for a symlink,
+    EEXIST for a taken name)."""
+    src, dst, root = a.resolve(dev, src), a.resolve(dev, dst), a.roots[dev]
+    with a.op(dev, f"link {src} -> {dst}", also=frozenset({errno.EPERM})) as outcome:
+        if src == dst:
+            outcome[0] = "same path, skipped"
+            return outcome[0]
+        fd, content = a.observe_open(dev, src)
+        names = a.names(dev, src)
+        try:
+            os.link(root / src, root / dst, follow_symlinks=False)
+        finally:
+            os.close(fd)
+        a.ledger.link(dev, content, names)
+        a.ledger.touched(dev, *a.names(dev, dst))
+        outcome[0] = f"ok, {label(content)}"
+    return outcome[0]
+
+
+def _xattr(a: Actor, dev: str, path: str | Pick, key: int, size: int, seed: int) -> str:
+    """setxattr user.kKEY (a value of `size` bytes), or removexattr when `size` is 0, on
+    a file or directory (EPERM for a symlink: no user.* names there; ENODATA for
+    removing what is not there). The attributes are the inode's: every name is touched."""
+    path, root = a.resolve(dev, path), a.roots[dev]
+    name = f"user.k{key}"
+    value = a.ledger.new_xattr(dev, size, seed) if size else b""
+    what = f"setxattr {path} {name}={label(value)}" if size else f"removexattr {path} {name}"
+    with a.op(dev, what, also=frozenset({errno.EPERM, errno.ENODATA})) as outcome:
+        if size:
+            os.setxattr(root / path, name, value, follow_symlinks=False)
+        else:
+            os.removexattr(root / path, name, follow_symlinks=False)
+        a.ledger.touched(dev, *a.names(dev, path))
     return outcome[0]
 
 
@@ -290,11 +359,13 @@ def _rm_r(a: Actor, dev: str, path: str | Pick) -> str:
                     gone.append("symlink")
                 else:
                     fd, old = a.observe_open(dev, path)
+                    a.ledger.touched(dev, *a.names(dev, path))
                     try:
+                        nlink = os.fstat(fd).st_nlink
                         os.unlink(root / path)
                     finally:
                         os.close(fd)
-                    a.ledger.destroy(dev, old, path)
+                    a.ledger.destroy(dev, old, path, nlink)
                     gone.append(label(old))
             elif exc.errno != errno.ENOTEMPTY:
                 raise
@@ -331,9 +402,11 @@ def _rm_tree(a: Actor, dev: str, path: str) -> list[str]:
             if exc.errno != errno.ELOOP:
                 raise
             continue  # a symlink now: someone else's
+        a.ledger.touched(dev, *a.names(dev, rel))
         try:
+            nlink = os.fstat(fd).st_nlink
             os.unlink(root / rel)
-            a.ledger.destroy(dev, old, rel)
+            a.ledger.destroy(dev, old, rel, nlink)
             gone.append(f"{rel}={label(old)}")
         except FileNotFoundError:
             pass
@@ -354,9 +427,11 @@ OPERATIONS: dict[str, Callable[..., str]] = {
     "rename": _rename,
     "rm_r": _rm_r,
     "burst": _burst,
+    "link": _link,
+    "xattr": _xattr,
 }
-"""Operation kinds by name: f(actor, device, *args) -> outcome. A new kind (hard links,
-xattrs) is a function here and a row in the generators' tables."""
+"""Operation kinds by name: f(actor, device, *args) -> outcome. A new kind is a function
+here and a row in the generators' tables."""
 
 BURST_NAME = "b{}.dat"
 NAMES = {"x.txt", "y", "z.md", "d", "e", "f", "l"} | {BURST_NAME.format(i) for i in range(64)}

@@ -6,10 +6,10 @@ tests/model_ops.OPERATIONS, or `kill`: kill -9 of that device's mount, mounted a
 its cache) or on the chaos thread (a fault of the whole cluster: `restart`, `hang`,
 `errors`, `offline`, `lose`, `kill-apply`). The chaos thread may act on a device too
 (`kill-apply`: a burst of files on one device, then the kill of another); it takes that
-device's turn, so a device's operations never overlap.; each thread runs its steps in order, each after its `delay`, and
+device's turn, so a device's operations never overlap; each thread runs its steps in order, each after its `delay`, and
 all threads run at once. The tables below say what is made how often: a new operation
-kind (hard links, xattrs) is a row in OPS (and a function in model_ops), a new fault a
-row in FAULTS (and a method of Cluster).
+kind is a row in OPS (and a function in model_ops), a new fault a row in FAULTS (and a
+method of Cluster).
 
 Everything is drawn from `random.Random(seed)`, so a seed is a program: replaying it
 runs the same steps (with other timing: outcomes may differ, which is why a failure is
@@ -124,6 +124,9 @@ OPS: list[tuple[str, int, Callable[[random.Random], list[Any]]]] = [
     ("rename", 5, lambda r: [_any(r), _any(r)]),
     ("symlink", 1, lambda r: [r.choice(LINK_POOL)]),
     ("burst", 1, lambda r: [_dir(r), r.randint(5, 40), _seed(r)]),
+    ("link", 3, lambda r: [_file(r), r.choice(FILE_POOL) if r.random() < 0.8 else _file(r)]),
+    ("xattr", 2, lambda r: [_file(r) if r.random() < 0.7 else _dir(r), r.randrange(3),
+                            0 if r.random() < 0.25 else r.randint(1, 200), _seed(r)]),
 ]
 """(operation kind, weight, its arguments from a Random)."""
 

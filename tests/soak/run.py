@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from tests.model import Ledger, base_path, diff, label, snapshot
+from tests.model import Ledger, base_path, diff, snapshot, view
 from tests.model_ops import NAMES, OPERATIONS, Actor, Unexpected, now_stamp
 from tests.soak.cluster import Cluster, Device, SyncFailed
 from tests.soak.program import CHAOS, Program, Step
@@ -50,6 +50,8 @@ class Outcome:
     story: str = ""
     ops: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
+    succeeded: Counter[str] = field(default_factory=Counter)
+    """operation kind -> how many ended "ok" """
     kills: int = 0
     restarts: int = 0
     outages: int = 0
@@ -140,6 +142,7 @@ class _Run:
         counts = self.cluster.counts.__dict__
         self.out.kills, self.out.restarts, self.out.outages = (counts[k] - before[k] for k in ("kills", "restarts", "outages"))
         self.out.outcomes = self.actor.outcomes if self.actor else Counter()
+        self.out.succeeded = self.actor.succeeded if self.actor else Counter()
         self.out.seconds = time.monotonic() - t0
         return self.out
 
@@ -252,31 +255,32 @@ class _Run:
 
     def settle(self, when: str) -> bool:
         self.note("--", f"settle ({when})")
-        before = {n: snapshot(d.path) for n, d in self.devices.items()}
+        before = {n: view(d.path) for n, d in self.devices.items()}
         if not self.sync_all(2):
             return False
-        finals = {n: snapshot(d.path) for n, d in self.devices.items()}
+        finals = {n: view(d.path) for n, d in self.devices.items()}
         for n, d in self.devices.items():
             served = snapshot(d.path, uncached=True)
-            if served != finals[n]:
+            if served != finals[n].tree:
                 self.problem(f"dev-{n}: the kernel's page cache and the mount process disagree",
-                             diff(finals[n], served, "page cache", "mount process"))
+                             diff(finals[n].tree, served, "page cache", "mount process"))
         final = finals["a"]
-        differ = [n for n, f in finals.items() if f != final]
+        differ = {n: final.differences(f, "a", n) for n, f in finals.items()}
+        differ = {n: lines for n, lines in differ.items() if lines}
         if differ:
             later = "never"
             for attempt in range(3):
                 self.sync_all(1)
-                if len({json.dumps(sorted((p, label(v)) for p, v in snapshot(d.path).items()))
-                        for d in self.devices.values()}) == 1:
+                views = [view(d.path) for d in self.devices.values()]
+                if not any(views[0].differences(v, "", "") for v in views[1:]):
                     later = f"after {attempt + 1} more rounds of syncs"
                     break
             self.problem(f"the devices differ after two rounds of syncs (converged: {later})",
-                         "\n".join(diff(final, finals[n], "a", n) for n in differ))
+                         "\n".join(line for lines in differ.values() for line in lines))
             return False
         for what, detail in self.ledger.problems(final, before, NAMES):
             self.problem(what, detail)
-        self.out.conflicts += sum(1 for p in final if base_path(p) != p and p not in self.ledger.settled)
+        self.out.conflicts += sum(1 for p in final.tree if base_path(p) != p and p not in self.ledger.settled)
         if self.out.problems:
             return False
         self.ledger.roll(final)

@@ -3,7 +3,8 @@ three devices, faults included. The long runs are the script's (RELIABILITY.md).
 
 The seeds are chosen so the slice holds every fault kind of the table (kill -9 of a
 mount mid-upload, mid-apply and at random, server kill -9 and stop, hang, 503s, lost
-answers, a device offline) and some eighty operations. A failure prints the program's
+answers, a device offline), hard links and extended attributes among some seventy
+operations. A failure prints the program's
 story and the command that replays it; its logs and caches stay under pytest's tmp dir.
 """
 
@@ -17,7 +18,7 @@ from tests.soak.cluster import Cluster
 from tests.soak.program import CHAOS, FAULTS, generate
 from tests.soak.run import run_program
 
-SLICE_SEED = int(os.environ.get("CLOUDFS_SOAK_SEED", "7200"))
+SLICE_SEED = int(os.environ.get("CLOUDFS_SOAK_SEED", "7282"))
 SLICE_PROGRAMS = int(os.environ.get("CLOUDFS_SOAK_PROGRAMS", "5"))
 pytestmark = pytest.mark.timeout(120 + 60 * SLICE_PROGRAMS)
 
@@ -32,6 +33,8 @@ def test_the_slice_covers_every_fault():
     wanted = {"kill", "kill-apply", "restart", "hang", "errors", "lose", "offline"}
     assert wanted <= kinds, f"the slice lacks {wanted - kinds}: pick another CLOUDFS_SOAK_SEED"
     assert {k for k, _, _ in FAULTS} - {"kill-upload"} <= wanted
+    operations = {step.kind for i in range(SLICE_PROGRAMS) for step in generate(SLICE_SEED + i, 3).steps}
+    assert {"link", "xattr", "symlink", "rename", "rm_r"} <= operations, "the slice lacks an operation kind"
 
 
 def test_soak_slice(tmp_path):

@@ -10,7 +10,8 @@ included) so they collide; then a settle, `a.sync(); b.sync(); a.sync(); b.sync(
 After it both mounts show the same tree with the same bytes, read through the kernel's
 page cache and again straight from the mount process (page cache dropped), and the
 books hold (tests/model.py: nothing invented, lost or resurrected; exact where the
-devices did not meet).
+devices did not meet). Hard links (`link`, contents counted per inode, the same names
+grouped into files on both) and extended attributes (`xattr`) are among the operations.
 
 Deterministic in CI: the same few programs every run (`derandomize`), no shrinking
 (every example mounts twice). CLOUDFS_HYPOTHESIS_EXAMPLES=N explores N random programs;
@@ -35,7 +36,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from tests.harness import ServerProcess
-from tests.model import Entry, Ledger, base_path, diff, label, snapshot
+from tests.model import Entry, Ledger, base_path, diff, label, snapshot, view
 from tests.model_ops import DIR_POOL, FILE_POOL, NAMES, Actor, Pick, Unexpected, now_stamp
 from tests.sync.conftest import two_devices
 
@@ -65,6 +66,9 @@ OPS = st.one_of(
     st.tuples(st.just("mkdir"), DEVICES, DIRS),
     st.tuples(st.just("rm_r"), DEVICES, st.one_of(DIRS, FILES)),
     *[st.tuples(st.just("rename"), DEVICES, ANY, ANY)] * 2,
+    *[st.tuples(st.just("link"), DEVICES, FILES, st.sampled_from(FILE_POOL))] * 4,
+    st.tuples(st.just("xattr"), DEVICES, st.one_of(FILES, DIRS), st.integers(0, 2),
+              st.one_of(st.just(0), st.integers(1, 200)), SEEDS),
 )
 
 
@@ -136,33 +140,34 @@ class TwoDevices(RuleBasedStateMachine):
     def check_round(self) -> None:
         self.rounds += 1
         self.note("--", f"settle {self.rounds}")
-        before = {dev: snapshot(m.path) for dev, m in self.mounts.items()}
+        before = {dev: view(m.path) for dev, m in self.mounts.items()}
         a, b = self.mounts["a"], self.mounts["b"]
         for m in (a, b, a, b):
             m.sync(timeout=60)
-        final = snapshot(a.path)
-        other = snapshot(b.path)
+        final = view(a.path)
+        other = view(b.path)
         for dev, seen in (("a", final), ("b", other)):
             served = snapshot(self.mounts[dev].path, uncached=True)
-            if served != seen:
+            if served != seen.tree:
                 self._fail(f"dev-{dev}: the kernel's page cache and the mount process disagree",
-                           diff(seen, served, "page cache", "mount process"))
-        if final != other:
+                           diff(seen.tree, served, "page cache", "mount process"))
+        differences = final.differences(other, "a", "b")
+        if differences:
             later = "never"
             for attempt in range(3):
                 a.sync(timeout=60)
                 b.sync(timeout=60)
-                if snapshot(a.path) == snapshot(b.path):
+                if not view(a.path).differences(view(b.path), "a", "b"):
                     later = f"after {attempt + 1} more a/b syncs"
                     break
-            self._fail("the mounts differ after a, b, a, b sync (converged: " + later + ")",
-                       diff(final, other, "a", "b"))
+            self._fail("the mounts differ after a, b, a, b sync (converged: " + later + ")", "\n".join(differences))
         for what, detail in self.ledger.problems(final, before, NAMES):
             self._fail(what, detail)
         _, contested = self.ledger.inexact(before, final)
         self.stats["rounds"] += 1
         self.stats["rounds where the devices met"] += bool(contested)
-        self.stats["conflicted copies"] += sum(1 for p in final if base_path(p) != p and p not in self.ledger.settled)
+        self.stats["conflicted copies"] += sum(1 for p in final.tree
+                                               if base_path(p) != p and p not in self.ledger.settled)
         self.ledger.roll(final)
         self.ops = 0
 
