@@ -326,8 +326,28 @@ class Syncer:
         if node.node_id and not node.dirty:
             changes = node.attrs_pending()
             if changes:
-                answer = await self.client.set_attr(node.node_id, **changes)
+                try:
+                    answer = await self.client.set_attr(node.node_id, **changes)
+                except ServerError as exc:
+                    if exc.status != 404:
+                        raise
+                    return await self._attrs_of_a_deleted_node(node)
                 self._record(node, answer.node, answer.cursor)
+
+    async def _attrs_of_a_deleted_node(self, node: Inode) -> None:
+        """Another device deleted the node whose attributes (mode, xattrs...) changed here
+        before the change reached the server. What the follower does with that delete
+        decides: a directory goes (but for what below it has local work); anything else
+        is kept with its new attributes and created again (follower._with_local_work).
+        If the follower has not seen the delete yet, the same is done here."""
+        current = self.cache.get(node.ino)
+        if node.kind == "dir" or current is None or current.node_id != node.node_id or current.extra.get("detached"):
+            log.info("%r was deleted on the server before its attribute change arrived: the follower "
+                     "applies the delete (the journal brings it)", node.name)
+            return
+        log.info("%r was deleted on the server before its attribute change arrived: creating it again", node.name)
+        self._detach(current)
+        await self._push(current, 0)
 
     def _record(self, node: Inode, remote: wire.Node, seq: int = 0) -> None:
         """The server acknowledged `node` as `remote`, by the journal entry `seq` (0: none

@@ -21,9 +21,9 @@ settled tree against the books:
    made on another without having seen it, and both sides of an edit/edit conflict
    survive.
 3. Nothing resurrected: content destroyed since the last settle that is not live is in
-   no file, unless another device moved that file, or a directory it was in (a move is
-   local work the product keeps: a moved file whose delete reached the server first is
-   created again, and so is what a moved directory held).
+   no file, unless another device moved that file, or a directory it was in, or changed
+   the file's attributes (local work the product keeps: a moved file whose delete
+   reached the server first is created again, and so is what a moved directory held).
 4. Exact where the devices did not meet: the paths of each successful operation form a
    group (a rename's two paths are one group); groups are linked when a path of one
    equals or lies under a path of the other. Under the paths of a linked set whose

@@ -327,17 +327,32 @@ def _link(a: Actor, dev: str, src: str | Pick, dst: str | Pick) -> str:
 
 def _xattr(a: Actor, dev: str, path: str | Pick, key: int, size: int, seed: int) -> str:
     """setxattr user.kKEY (a value of `size` bytes), or removexattr when `size` is 0, on
-    a file or directory (EPERM for a symlink: no user.* names there; ENODATA for
-    removing what is not there). The attributes are the inode's: every name is touched."""
+    a file (through a descriptor: it is observed, like a write) or a directory (ELOOP
+    for a symlink: no user.* names there; ENODATA for removing what is not there). The
+    attributes are the inode's: every name is touched. A file whose attributes changed
+    here is kept where another device deletes it, like a moved one (README: "Several
+    devices"), so the change books it as a move."""
     path, root = a.resolve(dev, path), a.roots[dev]
     name = f"user.k{key}"
     value = a.ledger.new_xattr(dev, size, seed) if size else b""
     what = f"setxattr {path} {name}={label(value)}" if size else f"removexattr {path} {name}"
     with a.op(dev, what, also=frozenset({errno.EPERM, errno.ENODATA})) as outcome:
-        if size:
-            os.setxattr(root / path, name, value, follow_symlinks=False)
-        else:
-            os.removexattr(root / path, name, follow_symlinks=False)
+        try:
+            fd, content = a.observe_open(dev, path)
+        except IsADirectoryError:
+            fd, content = None, None
+        try:
+            if fd is not None:
+                os.setxattr(fd, name, value) if size else os.removexattr(fd, name)
+            elif size:
+                os.setxattr(root / path, name, value, follow_symlinks=False)
+            else:
+                os.removexattr(root / path, name, follow_symlinks=False)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if content is not None:
+            a.ledger.move(dev, content)
         a.ledger.touched(dev, *a.names(dev, path))
     return outcome[0]
 
