@@ -77,8 +77,8 @@ def main(args: argparse.Namespace) -> int:
                     run.run(args.kills, args.workloads.split(","), deadline)
                 finally:
                     kills, failures = run.kills, run.failures
-                    say(f"crash: device: {run.promises} promises checked, {run.syncs} syncs, kills by workload "
-                        f"{run.by_workload}")
+                    say(f"crash: device: {run.promises} promises checked, {run.syncs} syncs, "
+                        f"{run.confirmed_deletes} held deletes confirmed, kills by workload {run.by_workload}")
         else:
             run = ServerCrash(out, rnd, say, db_url=args.db)
             try:

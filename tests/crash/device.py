@@ -46,6 +46,8 @@ KILL_AFTER = (0.05, 3.0)
 """Seconds the workload runs before the kill, drawn uniformly."""
 SYNC_AFTER_S = 600.0
 """What the sync after a remount may take: it uploads whatever the workload left."""
+MOUNT_TIMEOUT_S = 180.0
+"""How long a mount may take to answer on a loaded machine (more than 60 s seen at load 25)."""
 
 
 @dataclass
@@ -62,6 +64,7 @@ class DeviceCrash:
     log_seen: int = 0
     promises: int = 0
     syncs: int = 0
+    confirmed_deletes: int = 0
     failures: list[str] = field(default_factory=list)
     by_workload: dict[str, int] = field(default_factory=dict)
 
@@ -70,15 +73,24 @@ class DeviceCrash:
         return self.base / "mnt"
 
     def start_mount(self) -> None:
-        self.mount = spawn_mount(self.server, self.token, self.mnt, self.base / "cache", device="crash")
+        self.mount = spawn_mount(self.server, self.token, self.mnt, self.base / "cache", device="crash",
+                                 timeout=MOUNT_TIMEOUT_S)
 
     def ask(self, command: str, timeout: float) -> dict:
         return control.request(self.mnt, {"command": command, "timeout": timeout}, timeout=timeout + 10)
 
     def sync(self, timeout: float = 60) -> bool:
+        """`cloudfs sync`; deletes held by the mass-delete guard (a workload's cleanup,
+        rm -r of a copied tree) are confirmed, as the user who meant them would: held,
+        they would hold back every later change too."""
         self.syncs += 1
         with contextlib.suppress(OSError):
-            return bool(self.ask("sync", timeout).get("ok"))
+            for _ in range(3):
+                reply = self.ask("sync", timeout)
+                if not reply.get("held_deletes"):
+                    return bool(reply.get("ok"))
+                control.request(self.mnt, {"command": "deletes", "action": "confirm"}, timeout=30)
+                self.confirmed_deletes += reply["held_deletes"]
         return False
 
     def round(self, round_no: int, workload: str) -> list[str]:

@@ -24,6 +24,8 @@ from cloudfs.backend import control
 from tests.harness import MountProcess, RestartableServer, ServerProcess, is_mounted, spawn_mount, unmount
 from tests.proxy import Faults, Proxy
 
+MOUNT_TIMEOUT_S = 180.0
+"""How long a mount may take to answer (a loaded machine: 25 s seen at load 22)."""
 GRACE_S = 15.0
 """How long after a fault ends a device may still answer EIO for bytes it never fetched
 (its client still counts the server as unreachable, and backs off)."""
@@ -47,6 +49,8 @@ class Device:
     server: ServerProcess
     token: str
     mount: MountProcess | None = None
+    confirmed_deletes: int = 0
+    """Deletes held by the mass-delete guard and confirmed by `sync`."""
 
     @property
     def log_path(self) -> Path:
@@ -54,7 +58,8 @@ class Device:
 
     def start(self) -> None:
         via = ServerProcess(**{**self.server.__dict__, "url": self.proxy.url})
-        self.mount = spawn_mount(via, self.token, self.path, self.cache, device=f"dev-{self.name}")
+        self.mount = spawn_mount(via, self.token, self.path, self.cache, device=f"dev-{self.name}",
+                                 timeout=MOUNT_TIMEOUT_S)
 
     def kill(self) -> None:
         """kill -9: no flush, no unmount; the mount point stays dead until `start`."""
@@ -83,9 +88,16 @@ class Device:
         return control.request(self.path, {"command": command, "timeout": timeout, **extra}, timeout=timeout + 10)
 
     def sync(self, timeout: float) -> None:
-        """`cloudfs sync`: raises SyncFailed unless the mount says it is done."""
+        """`cloudfs sync`: raises SyncFailed unless the mount says it is done. Deletes the
+        mass-delete guard holds (more than 100 in a minute, a quarter of the drive: an rm -r
+        of bursts) are confirmed, as the user who meant them would, and synced."""
         try:
-            reply = self.ask("sync", timeout)
+            for _ in range(3):
+                reply = self.ask("sync", timeout)
+                if not reply.get("held_deletes"):
+                    break
+                self.ask("deletes", 30, action="confirm")
+                self.confirmed_deletes += reply["held_deletes"]
         except OSError as exc:
             raise SyncFailed(f"dev-{self.name}: no answer to sync ({exc})\n{self.log()[-3000:]}") from exc
         if not reply.get("ok"):

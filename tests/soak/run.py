@@ -246,8 +246,12 @@ class _Run:
     def sync_all(self, rounds: int) -> bool:
         for _ in range(rounds):
             for name, d in self.devices.items():
+                confirmed = d.confirmed_deletes
                 try:
                     d.sync(timeout=SYNC_TIMEOUT_S)
+                    if d.confirmed_deletes > confirmed:
+                        self.note(name, f"{d.confirmed_deletes - confirmed} deletes held by the mass-delete guard: "
+                                        f"confirmed")
                 except SyncFailed as exc:
                     self.problem(f"cloudfs sync on dev-{name} failed", str(exc)[-3000:])
                     return False
