@@ -453,6 +453,8 @@ NAMES = {"x.txt", "y", "z.md", "d", "e", "f", "l"} | {BURST_NAME.format(i) for i
 FILE_POOL = ("x.txt", "y", "d/x.txt", "d/y", "d/e/x.txt", "e/x.txt", "e/d/y")
 DIR_POOL = ("d", "e", "d/e", "e/d")
 LINK_POOL = ("l", "d/l", "e/l")
+NEW_NAMES = ("z.md", "d/z.md", "e/z.md", "d/e/z.md")
+"""Names no start file has: where a hard link (`link`) is likely to succeed."""
 
 
 def now_stamp() -> str:

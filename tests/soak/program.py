@@ -23,7 +23,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from tests.model_ops import DIR_POOL, FILE_POOL, LINK_POOL, Pick
+from tests.model_ops import DIR_POOL, FILE_POOL, LINK_POOL, NEW_NAMES, Pick
 
 CHAOS = "chaos"
 
@@ -99,6 +99,11 @@ def _any(r: random.Random) -> str | Pick:
     return Pick("file" if roll < 0.8 else "dir", r.randrange(40))
 
 
+def _link_name(r: random.Random) -> str | Pick:
+    roll = r.random()
+    return r.choice(NEW_NAMES) if roll < 0.5 else r.choice(FILE_POOL) if roll < 0.8 else _file(r)
+
+
 def _size(r: random.Random) -> int:
     roll = r.random()
     if roll < 0.75:
@@ -124,7 +129,7 @@ OPS: list[tuple[str, int, Callable[[random.Random], list[Any]]]] = [
     ("rename", 5, lambda r: [_any(r), _any(r)]),
     ("symlink", 1, lambda r: [r.choice(LINK_POOL)]),
     ("burst", 1, lambda r: [_dir(r), r.randint(5, 40), _seed(r)]),
-    ("link", 3, lambda r: [_file(r), r.choice(FILE_POOL) if r.random() < 0.8 else _file(r)]),
+    ("link", 3, lambda r: [_file(r), _link_name(r)]),
     ("xattr", 2, lambda r: [_file(r) if r.random() < 0.7 else _dir(r), r.randrange(3),
                             0 if r.random() < 0.25 else r.randint(1, 200), _seed(r)]),
 ]

@@ -37,7 +37,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from tests.harness import ServerProcess
 from tests.model import Entry, Ledger, base_path, diff, label, snapshot, view
-from tests.model_ops import DIR_POOL, FILE_POOL, NAMES, Actor, Pick, Unexpected, now_stamp
+from tests.model_ops import DIR_POOL, FILE_POOL, NAMES, NEW_NAMES, Actor, Pick, Unexpected, now_stamp
 from tests.sync.conftest import two_devices
 
 EXPLORE = int(os.environ.get("CLOUDFS_HYPOTHESIS_EXAMPLES", "0"))
@@ -66,7 +66,7 @@ OPS = st.one_of(
     st.tuples(st.just("mkdir"), DEVICES, DIRS),
     st.tuples(st.just("rm_r"), DEVICES, st.one_of(DIRS, FILES)),
     *[st.tuples(st.just("rename"), DEVICES, ANY, ANY)] * 2,
-    *[st.tuples(st.just("link"), DEVICES, FILES, st.sampled_from(FILE_POOL))] * 4,
+    *[st.tuples(st.just("link"), DEVICES, FILES, st.sampled_from(FILE_POOL + NEW_NAMES))] * 4,
     st.tuples(st.just("xattr"), DEVICES, st.one_of(FILES, DIRS), st.integers(0, 2),
               st.one_of(st.just(0), st.integers(1, 200)), SEEDS),
 )
