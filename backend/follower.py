@@ -1,7 +1,8 @@
 """Follows the server's change journal and applies other devices' changes locally.
 
 The cursor is persisted in LMDB with every applied batch, so a remount resumes where it
-stopped. Our own changes are skipped (the mirror made them first).
+stopped. Our own changes are skipped (the mirror made them first), unless another
+device's older change was applied over one of them since (`_own`).
 
 A remote change never overwrites local work that is not on the server yet. A change to
 a node with pending local changes (dirty content, a move or attribute change not pushed,
@@ -169,8 +170,28 @@ class Follower:
             for change in answer.changes:
                 if change.device != self.device:
                     self.apply(change)
+                else:
+                    self._own(change)
             await self._flush_invalidations()
             self._save_cursor(answer.cursor)
+
+    def _own(self, change: wire.Change) -> None:
+        """Our own change, back through the journal: the mirror made it first, so it is
+        skipped, unless an older change of another device was applied over it after it
+        reached the server (that entry came to us later than our answer did): then the
+        mirror no longer shows what the server has, and ours is applied again. An entry
+        older than our last acknowledged change of the node (`srv_seq`, recorded by the
+        syncer) is skipped always: applying it would only undo ours for a moment."""
+        ino = self.cache.ino_for_node(change.node.id)
+        local = self.cache.get(ino) if ino else None
+        if local is None or change.node.parent_id is None or self._pending(local):
+            return
+        if change.seq < local.extra.get("srv_seq", 0):
+            return
+        remote = change.node
+        if change.op == "delete" or remote.deleted or self._differs(local, remote) \
+                or (local.kind != "dir" and local.mtime_ns != remote.mtime_ns):  # a directory's mtime is local
+            self.apply(change)
 
     async def _settle(self) -> None:
         """Pull deferred nodes again once their local work is done."""
@@ -250,7 +271,7 @@ class Follower:
     def _blocked(self, node_id: int) -> bool:
         ino = self.cache.ino_for_node(node_id)
         local = self.cache.get(ino) if ino else None
-        return local is not None and self._pending(local)
+        return local is not None and (self._pending(local) or self._move_queued(local))
 
     # --- what counts as local work ---
 
@@ -271,6 +292,32 @@ class Follower:
         if pending.keys() - {"mtime_ns"}:
             return True
         return local.kind != "dir" and (local.dirty or "mtime_ns" in pending)  # a directory's mtime is local
+
+    def _move_queued(self, local: Inode) -> bool:
+        """True while a directory at or above `local` has a move (or its creation) that
+        the server has not seen: where `local` lives on the server is then about to
+        change, and a remote delete of it waits for that (`_delete_unless_moving`)."""
+        node = local if local.kind == "dir" else self.cache.get(local.parent)
+        for _ in range(MAX_PULL_DEPTH):
+            if node is None or node.ino == ROOT_INO or node.parent == 0:
+                return False
+            if not node.node_id or (node.parent, node.name) != (node.srv_parent, node.srv_name):
+                return True
+            node = self.cache.get(node.parent)
+        return False
+
+    def _delete_unless_moving(self, local: Inode) -> None:
+        """Apply the server's delete of `local`, unless a queued move of a directory at or
+        above it is still on its way: that move decides. Applied now, the delete would
+        take files the move needs (another device's rm -r of the directory `local` was
+        moved out of here: its per-file deletes arrive before our move reaches the
+        server, which then finds the tree gone and creates it again, with whatever is
+        still in it here). Deferred, the node is pulled again once the move is pushed,
+        and goes only if the server still says it is gone."""
+        if self._move_queued(local):
+            self._defer(local.node_id)
+        else:
+            self._apply_delete(local)
 
     def _deleting(self, node_id: int) -> bool:
         """A delete of `node_id` is queued in the outbox (usually empty, so cheap)."""
@@ -299,7 +346,7 @@ class Follower:
         local = self.cache.get(ino) if ino else None
         if change.op == "delete" or remote.deleted:
             if local is not None:
-                self._apply_delete(local)
+                self._delete_unless_moving(local)
             return
         if remote.parent_id is None:
             return  # the root: nothing of it is mirrored but its children
@@ -659,7 +706,7 @@ class Follower:
                     and not local.extra.get("detached"):
                 current = self.cache.get(local.ino)
                 if current is not None and current.parent:
-                    self._apply_delete(current)
+                    self._delete_unless_moving(current)
                     changed += 1
         await self._flush_invalidations()
         self._save_cursor(cursor)

@@ -374,14 +374,36 @@ class Syncer:
         elif not node.node_id:
             await self._create(node, parent_id, depth)
         if node.node_id and (node.srv_parent != node.parent or node.srv_name != node.name):
-            await self._move(node, parent_id)
+            await self._move(node)
         if node.node_id and not node.dirty:
             changes = node.attrs_pending()
             if changes:
-                answer = await self.client.set_attr(node.node_id, **changes)
-                self._record(node, answer.node)
+                try:
+                    answer = await self.client.set_attr(node.node_id, **changes)
+                except ServerError as exc:
+                    if exc.status != 404:
+                        raise
+                    return await self._attrs_of_a_deleted_node(node)
+                self._record(node, answer.node, answer.cursor)
 
-    def _record(self, node: Inode, remote: wire.Node) -> None:
+    async def _attrs_of_a_deleted_node(self, node: Inode) -> None:
+        """Another device deleted the node whose attributes (mode, xattrs...) changed here
+        before the change reached the server. What the follower does with that delete
+        decides: a directory goes (but for what below it has local work); anything else
+        is kept with its new attributes and created again (follower._with_local_work).
+        If the follower has not seen the delete yet, the same is done here."""
+        current = self.cache.get(node.ino)
+        if node.kind == "dir" or current is None or current.node_id != node.node_id or current.extra.get("detached"):
+            log.info("%r was deleted on the server before its attribute change arrived: the follower "
+                     "applies the delete (the journal brings it)", node.name)
+            return
+        log.info("%r was deleted on the server before its attribute change arrived: creating it again", node.name)
+        self._detach(current)
+        await self._push(current, 0)
+
+    def _record(self, node: Inode, remote: wire.Node, seq: int = 0) -> None:
+        """The server acknowledged `node` as `remote`, by the journal entry `seq` (0: none
+        of ours, as when two new directories merge)."""
         if self.cache.get(node.ino) is None:
             return  # dropped locally meanwhile; a delete entry follows if it had a node id
         with self.cache.write() as txn:
@@ -392,6 +414,8 @@ class Syncer:
             node.record_attrs(remote)
             if remote.kind != "file":
                 node.rev = remote.rev
+            if seq:
+                node.extra["srv_seq"] = seq  # follower.py: our own entries older than this are stale
             node.extra.pop("winner", None)
             self.cache.put(txn, node)
 
@@ -419,13 +443,19 @@ class Syncer:
             occupant = wire.Node.model_validate(exc.body["node"])
             if self.cache.ino_for_node(occupant.id) == node.ino:
                 return  # the follower merged ours into theirs while our request was in flight
-            if _renamed_meanwhile(exc, node):
-                return await self._create(node, parent_id, depth + 1)
+            if _renamed_meanwhile(exc, node) or self._moved_meanwhile(node, parent_id):
+                return await self._create(node, await self._ensure_parent(node, depth), depth + 1)
             if await self._clear_the_way(exc, node):
                 return await self._create(node, parent_id, depth + 1)
             if node.kind == "dir" and occupant.kind == "dir" and self.cache.ino_for_node(occupant.id) is None:
                 self._record(node, occupant)  # two new directories of one name: one directory
                 self.on_stale(occupant.id)  # and pull in what the other device put there
+                return
+            if node.kind == "symlink" and occupant.kind == "symlink" and occupant.target == node.target \
+                    and self.cache.ino_for_node(occupant.id) is None:
+                # Our own first attempt, whose answer was lost (or another device's
+                # identical link): one symlink, not a conflicted copy of itself.
+                self._record(node, occupant)
                 return
             await self._rename_conflicted(node, exc)
             return await self._create(node, parent_id, depth + 1)
@@ -440,7 +470,7 @@ class Syncer:
         if not self._still_here(node):
             await self._delete(answer.node.id)  # removed locally meanwhile
             return
-        self._record(node, answer.node)
+        self._record(node, answer.node, answer.cursor)
         if node.kind == "link":
             target = self.cache.get(node.extra["target"])
             if target is None or target.node_id != answer.node.link_to or target.extra.get("detached"):
@@ -476,7 +506,10 @@ class Syncer:
             self.on_stale(target.node_id)
         raise _Retry(f"the file {alias.name!r} names was deleted on the server: waiting for the follower")
 
-    async def _move(self, node: Inode, parent_id: int) -> None:
+    async def _move(self, node: Inode) -> None:
+        """Move the server's node to where `node` is now (asked here, not by the caller:
+        an upload before it may have taken long enough for another local move)."""
+        parent_id = await self._ensure_parent(node, 0)
         try:
             answer = await self.client.move(node.node_id, parent_id, node.name)
         except ConflictError as exc:
@@ -486,7 +519,7 @@ class Syncer:
                 return
             if not await self._clear_the_way(exc, node):
                 await self._rename_conflicted(node, exc)
-            return await self._move(node, parent_id)
+            return await self._move(node)
         except ServerError as exc:
             if exc.status != 404:
                 raise
@@ -497,7 +530,13 @@ class Syncer:
             if node.kind == "dir":
                 await self._detach_gone_below(node)
             return await self._push(node, 0)
-        self._record(node, answer.node)
+        self._record(node, answer.node, answer.cursor)
+
+    def _moved_meanwhile(self, node: Inode, parent_id: int) -> bool:
+        """`node` is no longer in the directory `parent_id` a request in flight named:
+        a conflict there is not about where it is now."""
+        parent = self.cache.get(node.parent)
+        return parent is None or parent.node_id != parent_id
 
     async def _exchange(self, exc: ConflictError, node: Inode, parent_id: int) -> bool:
         """The node in our way went to our old place here: the two were exchanged
@@ -509,7 +548,7 @@ class Syncer:
                                                                       other.srv_parent, other.srv_name):
             return False
         answer = await self.client.move(node.node_id, parent_id, node.name, exchange=True)
-        self._record(node, answer.node)
+        self._record(node, answer.node, answer.cursor)
         with self.cache.write() as txn:
             if self.cache.get(other.ino) is not None:
                 other.srv_parent, other.srv_name = other.parent, other.name
@@ -543,10 +582,14 @@ class Syncer:
         try:
             result = await self.uploader.upload(node, parent_node_id=parent_id)
         except StaleRevisionError as exc:
+            if await self._adopt_own_lost_commit(node, exc):
+                return await self._upload(node, parent_id)
             await self._conflicted_copy(node, exc)
             return
         except ConflictError as exc:
-            if _renamed_meanwhile(exc, node):
+            if _renamed_meanwhile(exc, node) or self._moved_meanwhile(node, parent_id):
+                return await self._upload(node, await self._ensure_parent(node, 0))
+            if exc.code == "name_exists" and await self._adopt_own_lost_commit(node, exc):
                 return await self._upload(node, parent_id)
             if exc.code in ("name_exists", "is_a_directory") and await self._clear_the_way(exc, node):
                 return await self._upload(node, parent_id)
@@ -570,6 +613,46 @@ class Syncer:
             await self._delete(result.response.node.id)
             return
         finish_upload(self.cache, self.uploader.content, node, result)
+
+    async def _adopt_own_lost_commit(self, node: Inode, exc: ConflictError) -> bool:
+        """The newer revision the server has (stale_revision), or the new file under our
+        name (name_exists), is our own earlier commit of `node` whose answer was lost,
+        and the file changed here before that could be found out (the uploader's
+        `_landed_already` knows only the very same bytes). Build on it: it becomes the
+        base the next commit names, instead of our later bytes becoming a conflicted
+        copy of our earlier ones. The base chunk list moves to it too; that reads the
+        same bytes wherever no dirty block covers them, as both came from the old base
+        overlaid with blocks that are all still dirty. True when adopted."""
+        occupant = exc.body.get("node") or {}
+        node_id = int(occupant.get("id", 0))
+        detached = bool(node.extra.get("detached"))
+        if exc.code == "stale_revision":
+            expected = node.rev + 1
+            if detached or not node.node_id or node_id != node.node_id or exc.body.get("current_rev") != expected:
+                return False
+        else:
+            expected = 1
+            if (node.node_id and not detached) or occupant.get("kind") != "file" or occupant.get("rev") != 1 \
+                    or self.cache.ino_for_node(node_id) is not None:
+                return False
+        try:
+            info = await self.client.file_info(node_id, urls=False)
+        except ServerError as missing:
+            if missing.status == 404:
+                return False
+            raise
+        if info.version is None or info.version.rev != expected or info.version.device != self.client.device:
+            return False
+        log.info("the commit of node %d rev %d had landed before its answer was lost; %r changed since: "
+                 "building on it", node_id, expected, node.name)
+        with self.cache.write() as txn:
+            if exc.code != "stale_revision":
+                self.cache.bind_node_id(txn, node, node_id)
+                node.extra.pop("detached", None)
+            node.rev = expected
+            self.cache.set_chunklist(txn, node.ino, expected, [(c.fingerprint, c.length) for c in info.chunks])
+            self.cache.put(txn, node)
+        return True
 
     async def _conflicted_copy(self, node: Inode, exc: ServerError) -> None:
         """Someone else committed first: keep their version under the name, ours beside it."""

@@ -218,7 +218,7 @@ class Uploader:
             try:
                 response = await self.client.commit(request)
             except ConflictError as exc:
-                response = await self._landed_already(exc, refs, size, mtime_ns)
+                response = await self._landed_already(exc, refs, size, mtime_ns, request.base_rev)
                 if response is None:
                     raise
         except BaseException:
@@ -318,10 +318,13 @@ class Uploader:
         return refs, sent_chunks, sent_bytes
 
     async def _landed_already(self, exc: ConflictError, refs: list[tuple[str, int]], size: int,
-                              mtime_ns: int) -> wire.CommitResponse | None:
+                              mtime_ns: int, base_rev: int) -> wire.CommitResponse | None:
         """A commit retried after its answer was lost meets its own first attempt (a stale
-        base revision, or its own new file under the name). If the server's current
-        version is exactly what we sent, from this device, it was ours: success."""
+        base revision, or its own new file under the name). If a version after our base
+        is exactly what we sent, from this device, it was ours: success. Usually it is
+        the current one; it may be an older one, when another device saw ours and
+        committed over it before we found out (a mount killed mid-upload, back later):
+        then ours landed all the same, and theirs, newer, reaches us as a change."""
         if exc.code not in ("stale_revision", "name_exists"):
             return None
         node_id = int((exc.body.get("node") or {}).get("id", 0))
@@ -333,13 +336,26 @@ class Uploader:
             if missing.status == 404:
                 return None  # deleted since by another device: not ours, the conflict stands
             raise
+        ours = (self.client.device, size, mtime_ns)
         version = info.version
-        if version is None or (version.device, version.size, version.mtime_ns) != (self.client.device, size, mtime_ns):
+        if version is None:
             return None
-        if [(c.fingerprint, c.length) for c in info.chunks] != refs:
-            return None
+        if (version.device, version.size, version.mtime_ns) == ours:
+            if [(c.fingerprint, c.length) for c in info.chunks] != refs:
+                return None
+        else:
+            candidates = [v for v in (await self.client.versions(node_id)).versions
+                          if base_rev < v.rev < version.rev and (v.device, v.size, v.mtime_ns) == ours]
+            for candidate in candidates:
+                old = await self.client.file_info(node_id, rev=candidate.rev, urls=False)
+                if [(c.fingerprint, c.length) for c in old.chunks] == refs:
+                    version = candidate
+                    break
+            else:
+                return None
         log.info("the commit of node %d rev %d had landed before its answer was lost", node_id, version.rev)
-        return wire.CommitResponse(node=info.node, version=version, cursor=info.cursor)
+        node = info.node.model_copy(update={"rev": version.rev, "size": version.size, "mtime_ns": version.mtime_ns})
+        return wire.CommitResponse(node=node, version=version, cursor=info.cursor)  # ours, not what is newer
 
     async def _send_batch(self, batch: list[_Outgoing], budget: ByteBudget) -> tuple[int, int]:
         """Prepare, compress what is missing, PUT; then release the batch's budget.
@@ -419,6 +435,7 @@ def finish_upload(cache: Cache, content: Content, node: Inode, result: UploadRes
         cache.set_chunklist(txn, current.ino, current.rev, result.refs)
         content.prefixes.drop(txn, current.ino)  # the new base holds every streamed chunk
         current.extra["srv_size"] = result.size  # what the server counts against a quota
+        current.extra["srv_seq"] = result.response.cursor  # follower.py: our own older entries are stale
         clean = current.gen == result.gen
         if clean:
             chunks.dirty_bytes -= _drop_blocks_unmapping(cache, txn, current)

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,14 +50,23 @@ class MountOptions:
     mountpoint: Path
 
 
-def _invalidator() -> Invalidator:
+def _invalidator(ready: threading.Event) -> Invalidator:
+    """Invalidations for the follower. Not before the kernel's INIT has reached the mount
+    (`ready`): the kernel then answers them ENOSYS (pyfuse3 logs an ERROR and a traceback
+    for each), and it has cached nothing to forget yet. The follower may apply changes
+    that early: it starts with the session, before `pyfuse3.main` handles INIT."""
+
     def inode(ino: int) -> None:
+        if not ready.is_set():
+            return
         try:
             pyfuse3.invalidate_inode(ino)
         except (FileNotFoundError, OSError):
             pass
 
     def entry(parent: int, name: str) -> None:
+        if not ready.is_set():
+            return
         try:
             pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
         except (FileNotFoundError, OSError):
@@ -169,8 +179,9 @@ async def _why_offline(session: Session) -> str | None:
 
 async def serve(options: MountOptions) -> None:
     mountpoint = options.mountpoint
-    async with open_session(options.session, _invalidator()) as session:
-        ops = Operations(session.drive)
+    ready = threading.Event()
+    async with open_session(options.session, _invalidator(ready)) as session:
+        ops = Operations(session.drive, on_init=ready.set)
         fuse_options = set(pyfuse3.default_options) | {"fsname=cloudfs", "subtype=cloudfs", "default_permissions"}
         if os.getuid() == 0:
             fuse_options.add("allow_other")

@@ -73,13 +73,18 @@ class Handle:
 class Operations(pyfuse3.Operations):
     enable_writeback_cache = True
 
-    def __init__(self, drive: Drive) -> None:
+    def __init__(self, drive: Drive, *, on_init: Callable[[], None] = lambda: None) -> None:
         super().__init__()
         self.drive = drive
+        self.on_init = on_init
         self.uid, self.gid = os.getuid(), os.getgid()
         self.handles: dict[int, Handle] = {}
         self.dir_handles: dict[int, list[tuple[str, Inode]]] = {}
         self._next_fh = 1
+
+    def init(self) -> None:
+        """The kernel's INIT arrived (pyfuse3 calls this from its handler)."""
+        self.on_init()
 
     def _fh(self) -> int:
         self._next_fh += 1

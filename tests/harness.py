@@ -187,44 +187,61 @@ def unmount(path: Path, proc: subprocess.Popen | None, *, timeout: float = 30) -
     assert not is_mounted(path), f"{path} is still mounted"
 
 
+def spawn_mount(server: ServerProcess, token: str, path: Path, cache_dir: Path, *, device: str = "dev-a",
+                extra_args: list[str] = (), timeout: float = 60) -> MountProcess:
+    """Start a `cloudfs mount --foreground` subprocess and wait until the mount answers.
+    The caller unmounts it (`unmount(m.path, m.proc)`); a start that fails is killed
+    and unmounted here. The log (appended to, so a remount on the same cache keeps the
+    story) is `CACHE_DIR-mount.log` beside the cache. A mount point left dead by a
+    killed mount is cleared by `cloudfs mount` itself."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        if not is_mounted(path):  # a dead mount: stat answers ENOTCONN
+            raise
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    log_path = cache_dir.parent / f"{cache_dir.name}-mount.log"
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            [*CLOUDFS, "mount", server.url, str(path), "--cache", str(cache_dir), "--device", device, "--foreground",
+             *extra_args],
+            stdout=log_file, stderr=log_file, env={**os.environ, "CLOUDFS_TOKEN": token})
+    mount = MountProcess(path, cache_dir, proc, log_path, server, token, device)
+    try:
+        wait_until(lambda: os.path.ismount(path) and mount.cli("status", str(path), timeout=10).returncode == 0,
+                   timeout=timeout, what=f"mount at {path}", proc=proc, interval=0.1)
+    except BaseException:
+        unmount(path, proc)
+        raise
+    return mount
+
+
 @contextlib.contextmanager
 def cloudfs_mount(server: ServerProcess, token: str, path: Path, cache_dir: Path, *, device: str = "dev-a",
                   extra_args: list[str] = ()) -> Iterator[MountProcess]:
     """A `cloudfs mount --foreground` subprocess; waits until the mount answers and
     always unmounts afterwards, also when the test failed."""
-    path.mkdir(parents=True, exist_ok=True)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    log_path = cache_dir.parent / f"{cache_dir.name}-mount.log"
-    log_file = open(log_path, "ab")
-    proc = subprocess.Popen(
-        [*CLOUDFS, "mount", server.url, str(path), "--cache", str(cache_dir), "--device", device, "--foreground",
-         *extra_args],
-        stdout=log_file, stderr=log_file, env={**os.environ, "CLOUDFS_TOKEN": token})
-    mount = MountProcess(path, cache_dir, proc, log_path, server, token, device)
+    mount = spawn_mount(server, token, path, cache_dir, device=device, extra_args=extra_args)
     try:
-        wait_until(lambda: os.path.ismount(path) and mount.cli("status", str(path), timeout=10).returncode == 0,
-                   timeout=60, what=f"mount at {path}", proc=proc, interval=0.1)
         yield mount
     finally:
-        try:
-            unmount(path, proc)
-        finally:
-            log_file.close()
+        unmount(path, mount.proc)
 
 
 class RestartableServer:
     """A cloudfs server that a test can stop and start again on the same port and
     data, to take the devices offline and bring them back."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, db_url: str | None = None) -> None:
         self.data_dir = data_dir
+        self.db_url = db_url
         self.port = free_port()
         self._stack = contextlib.ExitStack()
         self.server: ServerProcess = self._start()
         self.url = self.server.url
 
     def _start(self) -> ServerProcess:
-        return self._stack.enter_context(cloudfs_server(self.data_dir, port=self.port))
+        return self._stack.enter_context(cloudfs_server(self.data_dir, port=self.port, db_url=self.db_url))
 
     def stop(self) -> None:
         self._stack.close()

@@ -1,11 +1,17 @@
 """A TCP proxy on loopback that injects network faults between a device and the
 server or S3: it can stop answering (connections accepted, then silence: what a
 stopped server does not show), and it can answer 503, reset connections part-way
-through a transfer, or be slow, at random but from a seed."""
+through a transfer, or be slow, at random but from a seed. It can also hold back only
+the requests whose first line matches a pattern (`hold`), so a test decides which of a
+device's requests reach the server first (its change feed before its queued move)),
+and lose the answers of requests it did forward (`lose_answers`: the server acted, the
+device never hears so, as when a connection breaks at the worst moment)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
+import re
 import socket
 import struct
 import threading
@@ -48,6 +54,18 @@ class Proxy:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._link_free_at = 0.0
+        self._held: re.Pattern[bytes] | None = None
+        self._released = threading.Event()
+        self._released.set()
+        self.holding = 0
+        """Requests waiting at a `hold` right now."""
+        self._failing: re.Pattern[bytes] | None = None
+        self.failed = 0
+        """Requests answered 503 by `fail` so far."""
+        self._lose: re.Pattern[bytes] | None = None
+        self._lose_left = 0
+        self.lost = 0
+        """Answers dropped by `lose_answers` so far."""
         threading.Thread(target=self._accept, daemon=True).start()
 
     def hang(self) -> None:
@@ -62,8 +80,43 @@ class Proxy:
             _close(s)
         self._flowing.set()
 
+    def hold(self, request_line: bytes) -> None:
+        """Hold back every request whose first line matches the regex `request_line`
+        (say rb"^POST /nodes/\\d+/move ") until `release`; the others pass."""
+        self._held = re.compile(request_line)
+        self._released.clear()
+
+    def lose_answers(self, request_line: bytes, count: int = 1) -> None:
+        """The next `count` requests whose first line matches the regex `request_line`
+        reach the server, but their answers do not come back: the connection is reset
+        instead."""
+        with self._lock:
+            self._lose, self._lose_left = re.compile(request_line), count
+
+    def fail(self, request_line: bytes) -> None:
+        """Answer 503 to every request whose first line matches the regex `request_line`,
+        without passing it on, until `release`."""
+        self._failing = re.compile(request_line)
+
+    def release(self) -> None:
+        """End `hold` (the held requests go on) and `fail`."""
+        self._held = None
+        self._failing = None
+        self._released.set()
+
+    def set_faults(self, faults: Faults) -> None:
+        """New fault rates, met by every request from now on: the connections open
+        now are dropped (their peers see a reset and connect again)."""
+        with self._lock:
+            self.faults = faults
+            self._random = random.Random(faults.seed)
+            open_now, self._sockets = self._sockets, []
+        for s in open_now:
+            _close(s)
+
     def close(self) -> None:
         self._closed.set()
+        self._released.set()
         self._flowing.set()
         _close(self.listener)
         with self._lock:
@@ -112,11 +165,13 @@ class Proxy:
             return
         with self._lock:
             self._sockets.append(upstream)
-        limit = [budget if fate == "reset" else -1]  # bytes both directions may pass, shared
+        limit = [budget if fate == "reset" else -1, 0]  # bytes both directions may pass; answer to lose
         threading.Thread(target=self._pump, args=(upstream, client, limit), daemon=True).start()
-        self._pump(client, upstream, limit)
+        self._pump(client, upstream, limit, outbound=True)
 
-    def _pump(self, src: socket.socket, dst: socket.socket, limit: list[int]) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, limit: list[int], *, outbound: bool = False) -> None:
+        """Copy src to dst; `limit` is shared by both directions of a connection: bytes
+        still allowed through (-1: no limit), and whether the answer coming is lost."""
         while not self._closed.is_set():
             try:
                 data = src.recv(65536)
@@ -126,6 +181,17 @@ class Proxy:
                 break
             while not self._flowing.is_set() and not self._closed.is_set():
                 self._flowing.wait(0.1)  # hung: hold the bytes, answer nothing
+            if outbound:
+                self._wait_if_held(data)
+                if self._fails(data):
+                    with contextlib.suppress(OSError):
+                        src.sendall(ANSWER_503)
+                    break
+                limit[1] = limit[1] or self._to_lose(data)
+            elif limit[1]:
+                _reset(src)  # the server answered; the device never hears it
+                _reset(dst)
+                return
             if self._closed.is_set():
                 break
             if limit[0] >= 0:
@@ -152,6 +218,36 @@ class Proxy:
             self._link_free_at = start + nbytes / self.faults.rate
             wait = self._link_free_at - now
         time.sleep(wait)
+
+    def _fails(self, data: bytes) -> bool:
+        failing = self._failing
+        if failing is None or not failing.search(data.split(b"\r\n", 1)[0]):
+            return False
+        with self._lock:
+            self.failed += 1
+        return True
+
+    def _to_lose(self, data: bytes) -> int:
+        with self._lock:
+            if not self._lose_left or not self._lose.search(data.split(b"\r\n", 1)[0]):
+                return 0
+            self._lose_left -= 1
+            self.lost += 1
+            return 1
+
+    def _wait_if_held(self, data: bytes) -> None:
+        """A request head (httpx sends it in one piece) matching the held pattern waits."""
+        held = self._held
+        if held is None or not held.search(data.split(b"\r\n", 1)[0]):
+            return
+        with self._lock:
+            self.holding += 1
+        try:
+            while not self._released.wait(0.1) and not self._closed.is_set():
+                pass
+        finally:
+            with self._lock:
+                self.holding -= 1
 
 
 def _reset(s: socket.socket) -> None:

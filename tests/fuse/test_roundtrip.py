@@ -10,7 +10,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.harness import cloudfs_mount
+from tests.harness import cloudfs_mount, spawn_mount, unmount
 
 
 def tree_equal(a: Path, b: Path) -> None:
@@ -67,6 +67,24 @@ def test_fsynced_data_survives_kill_9(fuse_server, account, tmp_path):
         m.sync()
     with cloudfs_mount(fuse_server, account, tmp_path / "mnt", tmp_path / "fresh-cache") as m:
         assert (m.path / "precious.bin").read_bytes() == data
+
+
+def test_mounting_again_after_kill_9_clears_the_dead_mount(fuse_server, account, tmp_path):
+    """The kernel may still answer stat() of a dead mount's root from its attribute cache
+    (found by the soak: `cloudfs mount` said "already a mount point" and gave up);
+    statfs always asks the filesystem, so it tells a dead mount."""
+    m = spawn_mount(fuse_server, account, tmp_path / "mnt", tmp_path / "cache")
+    try:
+        (m.path / "kept.txt").write_text("kept\n")
+        os.stat(m.path)  # the root's attributes now sit in the kernel's cache
+        m.proc.send_signal(signal.SIGKILL)
+        m.proc.wait(10)
+        os.stat(m.path)  # still answered, from the cache
+    except BaseException:
+        unmount(m.path, m.proc)
+        raise
+    with cloudfs_mount(fuse_server, account, tmp_path / "mnt", tmp_path / "cache") as m:
+        assert (m.path / "kept.txt").read_text() == "kept\n"
 
 
 def test_reads_through_a_cache_smaller_than_the_file(fuse_server, account, tmp_path):

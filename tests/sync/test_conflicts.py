@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -260,3 +261,151 @@ def test_a_file_written_through_a_handle_to_a_version_replaced_elsewhere(devices
     expected = {"x.txt": b"a's v2\n", copy_name("x.txt", "dev-b"): b"v1\nb's addition\n"}
     assert snapshot(d.b.path) == expected
     assert snapshot(d.a.path) == expected
+
+
+def wait_for_cursor(mount, cursor: int, timeout: float = 30) -> None:  # noqa: ANN001
+    """Until `mount`'s follower has applied the journal up to `cursor`."""
+    deadline = time.monotonic() + timeout
+    while mount.status()["cursor"] < cursor:
+        assert time.monotonic() < deadline, f"{mount.device} did not reach cursor {cursor} in {timeout}s"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("what", ["tree", "files"])
+def test_a_delete_below_a_directory_whose_move_out_is_queued_waits_for_the_move(sync_server, tmp_path, what):
+    """a moves old/photos/ out to photos/; its move is held back (only the move: a's
+    change feed flows) while b removes old/ with everything in it ("tree", as rm -r
+    does: a delete per file, then the directories) or only the files in photos/
+    ("files"). b's deletes reach a's follower before a's move reaches the server; the
+    files are then below a directory whose move is queued, and their fate is the
+    move's: with the whole tree gone on the server, the move brings photos/ back with
+    everything in it; with only the files deleted, photos/ arrives where a put it,
+    without them (as when the move goes first)."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "old" / "photos" / "2026").mkdir(parents=True)
+        (a.path / "old" / "junk.txt").write_text("junk\n")
+        (a.path / "old" / "photos" / "2026" / "cat.jpg").write_bytes(b"cat\n")
+        (a.path / "old" / "photos" / "dog.jpg").write_bytes(b"dog\n")
+        settle(d)
+        proxy.hold(rb"^POST /nodes/\d+/move ")
+        (a.path / "old" / "photos").rename(a.path / "photos")
+        if what == "tree":
+            shutil.rmtree(b.path / "old")
+        else:
+            (b.path / "old" / "photos" / "2026" / "cat.jpg").unlink()
+            (b.path / "old" / "photos" / "dog.jpg").unlink()
+        b.sync(timeout=60)
+        wait_for_cursor(a, b.status()["cursor"])
+        assert proxy.holding, "a's move should still be held back"
+        if what == "tree":  # the deletes arrived first, and took nothing a's move needs
+            assert (a.path / "photos" / "dog.jpg").read_bytes() == b"dog\n"
+            assert (a.path / "photos" / "2026" / "cat.jpg").read_bytes() == b"cat\n"
+        proxy.release()
+        settle(d)
+        if what == "tree":
+            expected = {"photos": None, "photos/2026": None, "photos/2026/cat.jpg": b"cat\n",
+                        "photos/dog.jpg": b"dog\n"}
+        else:
+            expected = {"old": None, "old/junk.txt": b"junk\n", "photos": None, "photos/2026": None}
+        assert snapshot(b.path) == expected
+        assert snapshot(a.path) == expected
+
+
+def wait_until_pushed(mount, timeout: float = 30) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while mount.status()["pending_ops"]:
+        assert time.monotonic() < deadline, f"{mount.device} still has changes queued after {timeout}s"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("change", ["move", "chmod"])
+def test_an_older_change_from_elsewhere_does_not_undo_ours(sync_server, tmp_path, change):
+    """b changes photos/ (moves it to pics/, or chmods it), then a changes it otherwise;
+    a's follower is held back until its own change is on the server, so it reads b's
+    change (older) and its own (newer) in one batch. b's must not undo a's on a: the
+    server has a's, and so must both devices (found by the soak, seed 10002: each
+    device ended with the other's move of one directory)."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "photos").mkdir()
+        (a.path / "photos" / "cat.jpg").write_bytes(b"cat\n")
+        settle(d)
+        proxy.hold(rb"^GET /changes")
+        proxy.set_faults(proxy.faults)  # the long-poll in flight goes; its successor is held
+        if change == "move":
+            (b.path / "photos").rename(b.path / "pics")
+        else:
+            (b.path / "photos").chmod(0o700)
+        b.sync(timeout=60)
+        if change == "move":
+            (a.path / "photos").rename(a.path / "album")
+        else:
+            (a.path / "photos").chmod(0o750)
+        wait_until_pushed(a)
+        assert proxy.holding, "a's change feed should still be held back"
+        proxy.release()
+        settle(d, first="b")
+        if change == "move":
+            expected = {"album": None, "album/cat.jpg": b"cat\n"}
+            assert snapshot(a.path) == expected
+            assert snapshot(b.path) == expected
+        else:
+            assert os.stat(a.path / "photos").st_mode & 0o777 == 0o750
+            assert os.stat(b.path / "photos").st_mode & 0o777 == 0o750
+
+
+def test_our_own_older_entries_do_not_undo_our_later_change(sync_server, tmp_path):
+    """a saves x.txt twice and renames it; all three are on the server before a's
+    follower reads them back (held by the proxy). None of them may be applied over the
+    later ones: x.txt keeps its inode (it is not replaced by its own first version for a
+    moment) and stays where it was moved."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "x.txt").write_text("v0\n")
+        settle(d)
+        proxy.hold(rb"^GET /changes")
+        proxy.set_faults(proxy.faults)  # the long-poll in flight goes; its successor is held
+        (a.path / "x.txt").write_text("v1\n")
+        wait_until_pushed(a)
+        (a.path / "x.txt").write_text("v2\n")
+        wait_until_pushed(a)
+        (a.path / "x.txt").rename(a.path / "y.txt")
+        wait_until_pushed(a)
+        ino = os.stat(a.path / "y.txt").st_ino
+        proxy.release()
+        settle(d)
+        assert snapshot(a.path) == {"y.txt": b"v2\n"}
+        assert snapshot(b.path) == {"y.txt": b"v2\n"}
+        assert os.stat(a.path / "y.txt").st_ino == ino
+
+
+def wait_for_held(proxy: Proxy, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not proxy.holding:
+        assert time.monotonic() < deadline, f"no request held after {timeout}s"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("new", [False, True])
+def test_a_file_moved_to_another_directory_while_its_upload_is_under_way(sync_server, tmp_path, new):
+    """a saves y (an edit, or a new file) and moves it to e/x.txt while the commit is in
+    flight; root has an x.txt of its own. The move that follows the commit goes to e/,
+    where the file is now, not to root, whose x.txt would make it a conflicted copy
+    (found by the soak, seed 30018)."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "e").mkdir()
+        (a.path / "x.txt").write_text("root's x\n")
+        if not new:
+            (a.path / "y").write_text("v1\n")
+        settle(d)
+        proxy.hold(rb"^POST /files ")
+        (a.path / "y").write_text("v2\n")
+        wait_for_held(proxy)
+        (a.path / "y").rename(a.path / "e" / "x.txt")
+        proxy.release()
+        settle(d)
+        expected = {"e": None, "e/x.txt": b"v2\n", "x.txt": b"root's x\n"}
+        assert snapshot(a.path) == expected
+        assert snapshot(b.path) == expected

@@ -1,0 +1,123 @@
+"""The reference model's books (tests/model.py) on hard links and extended attributes:
+each rule must be able to fail, or the model test and the soak would pass anything.
+Views are taken of real trees on the local disk (os.link, os.setxattr); the books are
+filled as the operations in tests/model_ops.py fill them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tests.model import Ledger, View, view
+from tests.model_ops import NAMES, Actor
+
+C = b"<a#1>first"
+
+
+def settled(tmp_path: Path, files: dict[str, bytes]) -> tuple[Ledger, Path]:
+    """A ledger whose last settle is `files` (made under tmp_path/"settled")."""
+    root = tmp_path / "settled"
+    root.mkdir(parents=True)
+    ledger = Ledger()
+    for path, data in files.items():
+        (root / path).write_bytes(data)
+        ledger.produce("a", b"", data, path)
+    ledger.roll(view(root))
+    return ledger, root
+
+
+def tree(tmp_path: Path, name: str, files: dict[str, bytes], links: dict[str, str] | None = None) -> View:
+    root = tmp_path / name
+    root.mkdir()
+    for path, data in files.items():
+        (root / path).write_bytes(data)
+    for new, existing in (links or {}).items():
+        os.link(root / existing, root / new)
+    return view(root)
+
+
+def whats(ledger: Ledger, final: View, before: dict[str, View]) -> list[str]:
+    return [what for what, _ in ledger.problems(final, before, NAMES)]
+
+
+def test_contents_are_counted_per_inode(tmp_path):
+    linked = tree(tmp_path, "linked", {"x.txt": C}, {"y": "x.txt"})
+    assert linked.contents[C] == 1
+    assert linked.linked == {frozenset({"x.txt", "y"})}
+    apart = tree(tmp_path, "apart", {"x.txt": C, "y": C})
+    assert apart.contents[C] == 2 and not apart.linked
+    assert any("names of one file" in line for line in linked.differences(apart, "a", "b"))
+
+
+def test_a_name_removed_elsewhere_while_this_device_linked_the_file_may_live_on(tmp_path):
+    ledger, _ = settled(tmp_path, {"x.txt": C})
+    ledger.link("a", C, ["x.txt"])
+    ledger.touched("a", "x.txt", "y")
+    ledger.destroy("b", C, "x.txt")
+    ledger.touched("b", "x.txt")
+    final = tree(tmp_path, "final", {"y": C})
+    assert "destroyed content came back" not in whats(ledger, final, {"a": final, "b": final})
+
+    unlinked, _ = settled(tmp_path / "2", {"x.txt": C})
+    unlinked.destroy("b", C, "x.txt")
+    unlinked.touched("b", "x.txt")
+    assert "destroyed content came back" in whats(unlinked, final, {"a": final, "b": final})
+
+
+def test_removing_one_name_of_several_destroys_nothing_for_sure(tmp_path):
+    ledger, _ = settled(tmp_path, {"x.txt": C})
+    ledger.destroy("b", C, "x.txt", nlink=2)
+    ledger.touched("b", "x.txt", "y")
+    final = tree(tmp_path, "final", {"y": C})
+    assert "destroyed content came back" not in whats(ledger, final, {"a": final, "b": final})
+
+
+def test_names_linked_on_one_device_must_stay_one_file(tmp_path):
+    """a gave x.txt a second name; the settled tree shows the same bytes under both
+    names, but as two files: the link was lost, though no other device acted."""
+    ledger, root = settled(tmp_path, {"x.txt": C})
+    actor = Actor(ledger, {"a": root}, lambda dev, text: None)
+    assert actor.run("link", "a", "x.txt", "y").startswith("ok")
+    before = {"a": view(root)}
+    assert whats(ledger, before["a"], before) == []
+    split = tree(tmp_path, "split", {"x.txt": C, "y": C})
+    assert split.tree == before["a"].tree  # only the grouping tells them apart
+    assert any(w.startswith("where only one device acted") for w in whats(ledger, split, before))
+
+
+def test_an_extended_attribute_nobody_set_is_invented(tmp_path):
+    ledger, _ = settled(tmp_path, {"x.txt": C})
+    final = tree(tmp_path, "final", {"x.txt": C})
+    os.setxattr(tmp_path / "final" / "x.txt", "user.k0", b"<b#9>never set")
+    assert "content or names nobody made" in whats(ledger, view(tmp_path / "final"), {})
+
+
+def test_extended_attributes_are_exact_where_one_device_acted(tmp_path):
+    ledger, root = settled(tmp_path, {"x.txt": C, "y": b"<a#2>y"})
+    actor = Actor(ledger, {"a": root}, lambda dev, text: None)
+    assert actor.run("xattr", "a", "x.txt", 0, 20, 1) == "ok"
+    before = {"a": view(root)}
+    value = before["a"].xattrs["x.txt"]["user.k0"]
+    assert whats(ledger, before["a"], before) == []
+    os.removexattr(root / "x.txt", "user.k0")  # a's change did not survive the settle
+    assert any(w.startswith("where only one device acted") for w in whats(ledger, view(root), before))
+    os.setxattr(root / "x.txt", "user.k0", value)
+    os.setxattr(root / "y", "user.k0", value)  # y was untouched: it keeps what it had
+    assert any(w.startswith("where only one device acted") for w in whats(ledger, view(root), before))
+
+
+def test_what_another_device_wrote_into_a_file_linked_here_may_live_on(tmp_path):
+    """a gave x.txt another name; b, not seeing it, appended to x.txt and removed it.
+    The file lives on under a's name with b's bytes in it: b's append is kept by a's
+    link, not brought back from the dead."""
+    d = b"<b#2>more"
+    ledger, _ = settled(tmp_path, {"x.txt": C})
+    ledger.link("a", C, ["x.txt"])
+    ledger.touched("a", "x.txt", "y")
+    ledger.produce("b", C, C + d, "x.txt")
+    ledger.destroy("b", C + d, "x.txt")
+    ledger.touched("b", "x.txt")
+    final = tree(tmp_path, "final", {"y": C + d})
+    assert "destroyed content came back" not in whats(ledger, final, {"a": final, "b": final})
+    ledger.linked_from.clear()
+    assert "destroyed content came back" in whats(ledger, final, {"a": final, "b": final})
