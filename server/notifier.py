@@ -62,34 +62,66 @@ class ChangeNotifier:
         self.notify_all()
 
 
-async def listen_postgres(dsn: str, notifier: ChangeNotifier, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+async def listen_postgres(dsn: str, notifier: ChangeNotifier, *, ping_s: float = 10.0, retry_s: float = 1.0,
+                          task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
     """Relay PostgreSQL notifications into `notifier` until cancelled.
 
-    psycopg's `notifies` blocks, so it runs in a worker thread with a short timeout:
-    cancellation waits at most that long for the thread to come back."""
-    conn = await anyio.to_thread.run_sync(lambda: psycopg.connect(dsn, autocommit=True))
-    try:
-        await anyio.to_thread.run_sync(conn.execute, f"LISTEN {CHANNEL}")
-        task_status.started()
+    On psycopg's async connection, on the server's own event loop: a notification is
+    passed on the moment its packet is read (a thread blocked in `notifies(timeout=)`
+    held each one until its timeout ran out, which made a change through one replica
+    reach a long-poll on another 0.3 s late). Every `ping_s` the connection is asked
+    `SELECT 1`, so a dead one is noticed even when nothing is being committed.
 
-        def wait() -> list[str]:
-            return [n.payload for n in conn.notifies(timeout=0.5, stop_after=1000)]
-
+    A lost connection may have swallowed notifications: every long-poll is woken (it
+    reads the journal again from its cursor, so nothing is missed, only re-read) once
+    when the loss is seen and once more when LISTEN holds again; meanwhile the relay
+    reconnects every `retry_s`, and the HTTP side keeps serving."""
+    conn = await _listening(dsn)
+    task_status.started()
+    while True:
+        try:
+            while True:
+                async for notify in conn.notifies(timeout=ping_s):
+                    owner_id = _owner(notify.payload)
+                    if owner_id >= 0:
+                        notifier.notify(owner_id)
+                with anyio.fail_after(ping_s):  # a connection that hangs is as good as lost
+                    await conn.execute("SELECT 1")  # what arrives meanwhile waits in psycopg's backlog
+        except (psycopg.Error, TimeoutError) as exc:
+            log.warning("lost the PostgreSQL LISTEN connection (%s); waking every long-poll and reconnecting", exc)
+        finally:
+            await _close(conn)
+        notifier.notify_all()
         while True:
+            await anyio.sleep(retry_s)
             try:
-                payloads = await anyio.to_thread.run_sync(wait)
-            except psycopg.Error as exc:
-                log.warning("lost the PostgreSQL LISTEN connection (%s); waking every long-poll and reconnecting", exc)
-                notifier.notify_all()
-                await anyio.sleep(1)
-                conn.close()
-                conn = await anyio.to_thread.run_sync(lambda: psycopg.connect(dsn, autocommit=True))
-                await anyio.to_thread.run_sync(conn.execute, f"LISTEN {CHANNEL}")
-                continue
-            for payload in set(payloads):
-                try:
-                    notifier.notify(int(payload))
-                except ValueError:
-                    log.warning("ignoring notification %r on %s", payload, CHANNEL)
-    finally:
-        conn.close()
+                conn = await _listening(dsn)
+                break
+            except (psycopg.Error, OSError) as exc:
+                log.warning("cannot LISTEN on PostgreSQL yet (%s); retrying in %g s", exc, retry_s)
+        log.info("listening for PostgreSQL notifications again")
+        notifier.notify_all()
+
+
+async def _listening(dsn: str) -> psycopg.AsyncConnection:
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=5)
+    try:
+        await conn.execute(f"LISTEN {CHANNEL}")
+    except BaseException:
+        await _close(conn)
+        raise
+    return conn
+
+
+async def _close(conn: psycopg.AsyncConnection) -> None:
+    """Also when cancelled (server shutdown): a bounded, shielded close."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+        await conn.close()
+
+
+def _owner(payload: str) -> int:
+    try:
+        return int(payload)
+    except ValueError:
+        log.warning("ignoring notification %r on %s", payload, CHANNEL)
+        return -1
