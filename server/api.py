@@ -358,5 +358,9 @@ async def changes(ctx: Ctx, user: Auth, cursor: Cursor = 0,
         remaining = deadline - anyio.current_time()
         if found or remaining <= 0 or ctx.notifier.closing:
             return Response(content=body, media_type="application/json")
-        with anyio.move_on_after(remaining):
-            await woken.wait()
+        ctx.metrics.long_polls.inc()
+        try:
+            with anyio.move_on_after(remaining):
+                await woken.wait()
+        finally:
+            ctx.metrics.long_polls.dec()

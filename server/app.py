@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 import anyio
+import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,12 +23,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloudfs.backend.names import DEVICE_RE, DEVICE_RULE
-from cloudfs.backend.store import ObjectStore
+from cloudfs.backend.store import NoSuchKeyError, ObjectStore, StoreError
 
 from . import users
 from .db import Database
-from .errors import ApiError, Invalid, Unauthorized
+from .errors import ApiError, Invalid, StoreUnavailable, Unauthorized
 from .notifier import ChangeNotifier
+from .ops import Metrics, RequestIds, route_of
 from .writer import Writer
 
 log = logging.getLogger("cloudfs.server")
@@ -60,16 +62,27 @@ class ServerContext:
     """Every version commit goes through it, grouped into batch transactions."""
     quiet_summary_s: float = 600.0
     """How often the access log says how many heartbeats and idle long-polls it did not log."""
+    metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
         self.writer = Writer(self.db, self.notifier, self.db_limiter)
+        self.metrics.watch_writer(self.writer)
 
     async def run_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking metadata function in a worker thread."""
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self.db_limiter)
+        try:
+            return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self.db_limiter)
+        except sa.exc.DBAPIError as exc:
+            self.metrics.db_errors.labels(type(exc.orig).__name__).inc()
+            raise
 
     async def run_store(self, fn: Callable[..., T], *args: Any) -> T:
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self.store_limiter)
+        try:
+            return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self.store_limiter)
+        except (StoreError, StoreUnavailable) as exc:
+            if not isinstance(exc, NoSuchKeyError):  # an answer, not a failure
+                self.metrics.store_errors.labels(type(exc).__name__).inc()
+            raise
 
     async def authenticate(self, token: str) -> User | None:
         hit = self._token_cache.get(token)
@@ -199,8 +212,9 @@ class AccessLog:
     every `summary_s` saying how many there were (thousands of devices would otherwise
     print thousands of lines a second)."""
 
-    def __init__(self, app: Any, *, summary_s: float = 600.0) -> None:
+    def __init__(self, app: Any, *, metrics: Metrics, summary_s: float = 600.0) -> None:
         self.app = app
+        self.metrics = metrics
         self.log = logging.getLogger("cloudfs.access")
         self.quiet = {"heartbeats": 0, "idle long-polls": 0}
         self.summary_s = summary_s
@@ -225,6 +239,10 @@ class AccessLog:
         try:
             await self.app(scope, receive, counting_send)
         finally:
+            seconds = time.perf_counter() - started
+            route = route_of(scope)
+            self.metrics.requests.labels(scope["method"], route, status or 0).inc()
+            self.metrics.latency.labels(scope["method"], route).observe(seconds)
             client = scope.get("client") or ("-", 0)
             quiet = self._quiet_kind(scope, status, empty)
             if quiet is not None:
@@ -234,7 +252,10 @@ class AccessLog:
                 level = logging.INFO
             if self.log.isEnabledFor(level):
                 self.log.log(level, '%s:%s "%s %s" %s %d %.6fs', client[0], client[1], scope["method"], scope["path"],
-                             status or "-", size, time.perf_counter() - started)
+                             status or "-", size, seconds,
+                             extra={"client": f"{client[0]}:{client[1]}", "method": scope["method"],
+                                    "path": scope["path"], "status": status, "bytes": size,
+                                    "seconds": round(seconds, 6)})
             if time.monotonic() >= self._summary_at:
                 self._summarise()
 
@@ -242,7 +263,7 @@ class AccessLog:
     def _quiet_kind(scope: dict, status: int, empty: bool) -> str | None:
         if scope["method"] != "GET" or status != 200:
             return None
-        if scope["path"] in ("/health", "/me"):
+        if scope["path"] in ("/health", "/me", "/ready", "/metrics"):
             return "heartbeats"
         if scope["path"] == "/changes" and empty:
             return "idle long-polls"
@@ -302,7 +323,7 @@ def error_response(exc: ApiError) -> JSONResponse:
 def create_app(ctx: ServerContext, *, fast_commits: bool = True) -> FastAPI:
     """The app; `fast_commits=False` leaves out `commit_route.CommitRoute`, so that a
     test can hold its answers against the FastAPI route's."""
-    from . import api, blobs, history_api, integrity
+    from . import api, blobs, history_api, integrity, ops
     from .commit_route import CommitRoute
 
     app = FastAPI(
@@ -356,8 +377,10 @@ def create_app(ctx: ServerContext, *, fast_commits: bool = True) -> FastAPI:
     app.include_router(blobs.router)
     app.include_router(integrity.router)
     app.include_router(history_api.router)
+    app.include_router(ops.router)
     if fast_commits:
         app.add_middleware(CommitRoute, ctx=ctx)  # innermost: the limits and the access log apply to it
     app.add_middleware(BodyLimit)
-    app.add_middleware(AccessLog, summary_s=ctx.quiet_summary_s)
+    app.add_middleware(AccessLog, metrics=ctx.metrics, summary_s=ctx.quiet_summary_s)
+    app.add_middleware(RequestIds)  # outermost: the access log and every log line see the id
     return app

@@ -14,7 +14,6 @@ import contextlib
 import logging
 from functools import partial
 import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +25,7 @@ from . import journal
 from .app import ServerContext, create_app
 from .db import Database, users
 from .notifier import listen_postgres
+from .ops import configure_logging
 from .retention import collect_forever
 from .startup import listen, open_checked_store, open_db
 
@@ -45,6 +45,8 @@ class ServerOptions:
     retain_days: float = 30.0
     collect_interval: float = 3600.0
     log_level: str = "info"
+    log_format: str = "text"
+    """`json`: one JSON object per line, with the request id (ops.JsonFormatter)."""
     quiet_summary_s: float = 600.0
     clock_offset: float = 0.0
     """Seconds added to the collector's clock: lets a test see a month pass."""
@@ -101,7 +103,7 @@ async def serve_forever(options: ServerOptions) -> None:
         async with anyio.create_task_group() as tg:
             if not db.is_sqlite:
                 dsn = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-                await tg.start(listen_postgres, dsn, ctx.notifier)
+                await tg.start(partial(listen_postgres, dsn, ctx.notifier, observe_lag=ctx.metrics.journal_lag.observe))
             tg.start_soon(prune_journal, db, options.journal_retain, options.prune_interval)
             tg.start_soon(partial(collect_forever, db, store, retain_days=options.retain_days,
                                   interval=options.collect_interval, clock_offset=options.clock_offset))
@@ -119,7 +121,6 @@ async def serve_forever(options: ServerOptions) -> None:
 
 
 def run(options: ServerOptions) -> int:
-    logging.basicConfig(level=getattr(logging, options.log_level.upper()),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    configure_logging(options.log_level, options.log_format)
     anyio.run(serve_forever, options, backend="asyncio", backend_options={"use_uvloop": True})
     return 0

@@ -12,6 +12,8 @@ Concurrency: all methods run on the event-loop thread; an idle waiter costs one 
 from __future__ import annotations
 
 import logging
+import time
+from typing import Callable
 
 import psycopg
 import anyio
@@ -63,6 +65,7 @@ class ChangeNotifier:
 
 
 async def listen_postgres(dsn: str, notifier: ChangeNotifier, *, ping_s: float = 10.0, retry_s: float = 1.0,
+                          observe_lag: Callable[[float], None] | None = None,
                           task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
     """Relay PostgreSQL notifications into `notifier` until cancelled.
 
@@ -75,16 +78,19 @@ async def listen_postgres(dsn: str, notifier: ChangeNotifier, *, ping_s: float =
     A lost connection may have swallowed notifications: every long-poll is woken (it
     reads the journal again from its cursor, so nothing is missed, only re-read) once
     when the loss is seen and once more when LISTEN holds again; meanwhile the relay
-    reconnects every `retry_s`, and the HTTP side keeps serving."""
+    reconnects every `retry_s`, and the HTTP side keeps serving. `observe_lag` gets
+    the seconds from each timed notification's transaction to its arrival here."""
     conn = await _listening(dsn)
     task_status.started()
     while True:
         try:
             while True:
                 async for notify in conn.notifies(timeout=ping_s):
-                    owner_id = _owner(notify.payload)
+                    owner_id, sent_at = _parse(notify.payload)
                     if owner_id >= 0:
                         notifier.notify(owner_id)
+                    if sent_at is not None and observe_lag is not None:
+                        observe_lag(max(0.0, time.time() - sent_at))
                 with anyio.fail_after(ping_s):  # a connection that hangs is as good as lost
                     await conn.execute("SELECT 1")  # what arrives meanwhile waits in psycopg's backlog
         except (psycopg.Error, TimeoutError) as exc:
@@ -119,9 +125,11 @@ async def _close(conn: psycopg.AsyncConnection) -> None:
         await conn.close()
 
 
-def _owner(payload: str) -> int:
+def _parse(payload: str) -> tuple[int, float | None]:
+    """`OWNER` or `OWNER SENT_AT` (journal.wake_other_replicas); (-1, None) if neither."""
     try:
-        return int(payload)
+        owner, _, sent_at = payload.partition(" ")
+        return int(owner), (float(sent_at) if sent_at else None)
     except ValueError:
         log.warning("ignoring notification %r on %s", payload, CHANNEL)
-        return -1
+        return -1, None
