@@ -45,7 +45,7 @@ def _server(args: argparse.Namespace) -> int:
         data_dir=args.data, host=args.host, port=args.port, db_url=args.db, store_url=args.store,
         journal_retain=args.journal_retain, prune_interval=args.prune_interval, retain_days=args.retain_days,
         collect_interval=args.collect_interval, clock_offset=args.clock_offset, log_level=args.log_level,
-        log_format=args.log_format, quiet_summary_s=args.quiet_summary,
+        log_format=args.log_format, drain_s=args.drain, quiet_summary_s=args.quiet_summary,
     ))
 
 
@@ -237,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--quiet-summary", type=validate.seconds, default=600.0, help=argparse.SUPPRESS)
     server.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                         help="debug also logs each heartbeat and idle long-poll (default info counts them)")
+    server.add_argument("--drain", type=validate.seconds, default=0.0, metavar="S",
+                        help="on SIGTERM, keep serving S seconds while /ready says 503 (behind a load balancer)")
     server.add_argument("--log-format", choices=["text", "json"], default="text",
                         help="json: one JSON object per line, with the request id (X-Request-Id) of each request")
     server.add_argument("--upgrade", action="store_true",

@@ -63,6 +63,8 @@ class ServerContext:
     quiet_summary_s: float = 600.0
     """How often the access log says how many heartbeats and idle long-polls it did not log."""
     metrics: Metrics = field(default_factory=Metrics)
+    draining: bool = False
+    """SIGTERM with `--drain`: /ready says 503 while requests are still served."""
 
     def __post_init__(self) -> None:
         self.writer = Writer(self.db, self.notifier, self.db_limiter)

@@ -5,7 +5,8 @@ httptools): measured on this machine, that costs 0.9 ms of CPU per trivial reque
 where hypercorn on trio costs 2.3 ms, and server CPU is what bounds commits/s. The
 device side stays on trio. One task group holds the HTTP server, the PostgreSQL LISTEN
 relay and the journal pruner. A signal first answers every long-poll, then lets uvicorn
-finish in-flight requests and exit; the process returns 0.
+finish in-flight requests and exit; the process returns 0. With `--drain S`, the
+replica first says it is not ready for S seconds while it goes on serving.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class ServerOptions:
     collect_interval: float = 3600.0
     log_level: str = "info"
     log_format: str = "text"
+    drain_s: float = 0.0
+    """After SIGTERM, keep serving this long with /ready at 503 before stopping: behind a
+    load balancer that checks /ready, no request is sent to a replica as it goes."""
     """`json`: one JSON object per line, with the request id (ops.JsonFormatter)."""
     quiet_summary_s: float = 600.0
     clock_offset: float = 0.0
@@ -95,7 +99,15 @@ async def serve_forever(options: ServerOptions) -> None:
         async def until_signal() -> None:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
-                    log.info("got %s: answering long-polls, finishing in-flight requests", signal.Signals(signum).name)
+                    name = signal.Signals(signum).name
+                    if options.drain_s > 0 and not ctx.draining:
+                        log.info("got %s: /ready answers 503 for %g s so that the load balancer moves on "
+                                 "(another signal stops at once)", name, options.drain_s)
+                        ctx.draining = True
+                        with anyio.move_on_after(options.drain_s):
+                            async for _ in signals:
+                                break
+                    log.info("got %s: answering long-polls, finishing in-flight requests", name)
                     ctx.notifier.close()
                     server.should_exit = True
                     return

@@ -184,7 +184,7 @@ async def ready(request: Request) -> JSONResponse:
     the server is draining (SIGTERM) and should get no new requests."""
     ctx: ServerContext = request.app.state.ctx
     problems: dict[str, str] = {}
-    if ctx.notifier.closing:
+    if ctx.draining or ctx.notifier.closing:
         problems["server"] = "shutting down"
     else:
         try:
