@@ -28,7 +28,7 @@ DRAIN_S = 2.5
 """`cloudfs server --drain`: longer than HAProxy takes to see /ready fail (2 checks 1 s apart)."""
 
 
-def haproxy_config(port: int, replicas: list[tuple[str, int]], *, stats_port: int, maxconn: int = 50_000) -> str:
+def haproxy_config(port: int, replicas: list[tuple[str, int]], *, stats_port: int, maxconn: int = 4000) -> str:
     """The balancer in front of the replicas.
 
     - `leastconn`: long-polls are long-lived connections; spreading them by count keeps
@@ -40,11 +40,15 @@ def haproxy_config(port: int, replicas: list[tuple[str, int]], *, stats_port: in
       to another replica. Replaying a commit is safe: one that had landed is recognised
       by the device (uploader._landed_already) as when the device retries it itself.
     - `timeout server` above the longest long-poll (60 s) plus its answer.
-    - `maxconn`: every idle device holds a connection on each side of the balancer.
+    - `maxconn`: every idle device holds a connection on each side of the balancer,
+      two descriptors; HAProxy refuses to start when its file limit cannot hold
+      maxconn of them (`balancer_maxconn` caps it). Past that, run several HAProxy
+      processes on the one port: they bind it with SO_REUSEPORT and the kernel
+      spreads the connections (`Cluster(balancers=N)`).
     """
     servers = "\n".join(f"    server {name} 127.0.0.1:{p} check" for name, p in replicas)
     return f"""global
-    maxconn {maxconn * 2 + 1000}
+    maxconn {maxconn}
     log stderr format short local0 notice
 
 defaults
@@ -81,6 +85,15 @@ listen stats
 """
 
 
+def balancer_maxconn(wanted: int) -> int:
+    """As many connections as one HAProxy can hold under this process's file limit
+    (which it inherits and, without CAP_SYS_RESOURCE, cannot raise)."""
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return wanted if hard == resource.RLIM_INFINITY else max(100, min(wanted, (hard - 500) // 2))
+
+
 @dataclass
 class Replica:
     name: str
@@ -103,20 +116,23 @@ class Cluster:
     """N replicas on `db_url` and `store_url`, and (with `balancer`) HAProxy before them."""
 
     def __init__(self, tmp: Path, db_url: str, store_url: str, n: int, *, balancer: bool = True,
-                 extra_args: list[str] = (), env: dict[str, str] | None = None) -> None:
+                 balancers: int = 1, maxconn: int = 4000, extra_args: list[str] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.tmp, self.db_url, self.store_url = tmp, db_url, store_url
         self.extra_args = ["--drain", str(DRAIN_S), *extra_args]
         self.env = env
         self.replicas = [Replica(f"r{i + 1}", free_port(), tmp / f"r{i + 1}") for i in range(n)]
-        self.balancer: subprocess.Popen | None = None
+        self.balancer_procs: list[subprocess.Popen] = []
+        self.balancer_logs: list[object] = []
+        self.balancer_count, self.maxconn = (balancers if balancer else 0), balancer_maxconn(maxconn)
         self.balancer_port = free_port()
         self.stats_port = free_port()
         self.tokens: dict[str, str] = {}
         try:
             for replica in self.replicas:
                 self.start(replica)
-            if balancer:
-                self._start_balancer()
+            for i in range(self.balancer_count):
+                self._start_balancer(i)
         except BaseException:
             self.close()
             raise
@@ -165,19 +181,22 @@ class Cluster:
 
     # --- the balancer ---------------------------------------------------------------------
 
-    def _start_balancer(self) -> None:
-        cfg = self.tmp / "haproxy.cfg"
+    def _start_balancer(self, i: int) -> None:
+        """HAProxy number `i`; each has its own stats port, all share the balancer port."""
+        stats_port = self.stats_port if i == 0 else free_port()
+        cfg = self.tmp / f"haproxy-{i}.cfg"
         cfg.write_text(haproxy_config(self.balancer_port, [(r.name, r.port) for r in self.replicas],
-                                      stats_port=self.stats_port))
-        self.balancer_log = open(self.tmp / "haproxy.log", "ab")
-        self.balancer = subprocess.Popen([HAPROXY, "-f", str(cfg), "-db"], stdout=self.balancer_log,
-                                         stderr=subprocess.STDOUT)
-        wait_until(lambda: self.up() == {r.name for r in self.replicas}, timeout=30, what="haproxy with every replica up",
-                   proc=self.balancer, interval=0.2)
+                                      stats_port=stats_port, maxconn=self.maxconn))
+        log = open(self.tmp / f"haproxy-{i}.log", "ab")
+        self.balancer_logs.append(log)
+        proc = subprocess.Popen([HAPROXY, "-f", str(cfg), "-db"], stdout=log, stderr=subprocess.STDOUT)
+        self.balancer_procs.append(proc)
+        wait_until(lambda: self.up(stats_port) == {r.name for r in self.replicas}, timeout=30,
+                   what=f"haproxy {i} with every replica up (log: {log.name})", proc=proc, interval=0.2)
 
-    def up(self) -> set[str]:
-        """The replicas HAProxy sends requests to now (its stats page)."""
-        text = httpx.get(f"http://127.0.0.1:{self.stats_port}/stats;csv", timeout=5).text.lstrip("# ")
+    def up(self, stats_port: int | None = None) -> set[str]:
+        """The replicas HAProxy sends requests to now (its stats page; the first one's)."""
+        text = httpx.get(f"http://127.0.0.1:{stats_port or self.stats_port}/stats;csv", timeout=5).text.lstrip("# ")
         return {row["svname"] for row in csv.DictReader(io.StringIO(text))
                 if row["pxname"] == "replicas" and row["svname"] not in ("FRONTEND", "BACKEND")
                 and row["status"].startswith("UP")}
@@ -188,9 +207,10 @@ class Cluster:
 
     def close(self) -> None:
         try:
-            if self.balancer is not None:
-                stop(self.balancer, timeout=10)
-                self.balancer_log.close()
+            for proc in self.balancer_procs:
+                stop(proc, timeout=10)
+            for log in self.balancer_logs:
+                log.close()  # type: ignore[attr-defined]
         finally:
             for replica in self.replicas:
                 if replica.server is not None:
