@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Install everything cloudfs needs on a fresh Debian machine, idempotently.
 #   scripts/setup.sh          system packages for the drive + a venv with cloudfs
-#   scripts/setup.sh --test   the same, plus PostgreSQL and the test dependencies
+#   scripts/setup.sh --test   the same, plus PostgreSQL, HAProxy and the test dependencies
+#   scripts/setup.sh --cluster what scripts/cluster.sh needs (the same as --test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_test=0
-[[ "${1:-}" == "--test" ]] && want_test=1
+[[ "${1:-}" == "--test" || "${1:-}" == "--cluster" ]] && want_test=1
 
 apt_packages=(fuse3 libfuse3-dev pkg-config python3-venv curl)
-(( want_test )) && apt_packages+=(postgresql sqlite3 git rsync)
+(( want_test )) && apt_packages+=(postgresql sqlite3 git rsync haproxy)
 
 missing=()
 for pkg in "${apt_packages[@]}"; do
