@@ -55,7 +55,7 @@ def wake_other_replicas(tx: Tx, owner_id: int, *, sent_at: float | None = None) 
     `sent_at` (unix time) rides along so the receivers can measure the lag; without
     it, PostgreSQL folds the identical notifications of one transaction into one."""
     if tx.is_postgresql:
-        tx.scalar(_NOTIFY, {"owner": str(owner_id) if sent_at is None else f"{owner_id} {sent_at:.6f}"})
+        tx.send(_NOTIFY, {"owner": str(owner_id) if sent_at is None else f"{owner_id} {sent_at:.6f}"})
 
 
 def cursor(conn: Connection | Tx, owner_id: int) -> int:

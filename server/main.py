@@ -24,7 +24,7 @@ import uvicorn
 
 from . import journal
 from .app import ServerContext, create_app
-from .db import Database, users
+from .db import DEFAULT_POOL, Database, users
 from .notifier import listen_postgres
 from .ops import configure_logging
 from .retention import collect_forever
@@ -47,6 +47,8 @@ class ServerOptions:
     collect_interval: float = 3600.0
     log_level: str = "info"
     log_format: str = "text"
+    db_pool: int = DEFAULT_POOL
+    """PostgreSQL connections of this replica (db.Database); its database threads too."""
     drain_s: float = 0.0
     """After SIGTERM, keep serving this long with /ready at 503 before stopping: behind a
     load balancer that checks /ready, no request is sent to a replica as it goes."""
@@ -86,11 +88,12 @@ async def serve_forever(options: ServerOptions) -> None:
     """Start-up refusals (port taken, data dir, database, store) raise UserError."""
     with contextlib.ExitStack() as stack:
         sock = stack.enter_context(listen(options.host, options.port))  # first: the commonest mistake, the cheapest
-        db = await anyio.to_thread.run_sync(open_db, options.data_dir, options.db_url)
+        db = await anyio.to_thread.run_sync(partial(open_db, options.data_dir, options.db_url, pool_size=options.db_pool))
         stack.callback(db.dispose)
         secret = await anyio.to_thread.run_sync(db.signing_secret)
         store = await anyio.to_thread.run_sync(open_checked_store, options.store_url, options.data_dir, secret)
-        ctx = ServerContext(db=db, store=store, quiet_summary_s=options.quiet_summary_s)
+        ctx = ServerContext(db=db, store=store, quiet_summary_s=options.quiet_summary_s,
+                            db_limiter=anyio.CapacityLimiter(16 if db.is_sqlite else db.pool_size))
         config = uvicorn.Config(create_app(ctx), log_config=None, access_log=False, lifespan="off", http="httptools",
                                 loop="none", timeout_graceful_shutdown=GRACEFUL_S, timeout_keep_alive=75,
                                 limit_concurrency=None, backlog=2048)

@@ -18,7 +18,7 @@ from cloudfs.backend.errors import UserError
 from cloudfs.backend.startup import dir_problem
 from cloudfs.backend.store import ObjectStore, open_store
 
-from .db import Database, open_database
+from .db import DEFAULT_POOL, Database, open_database
 
 
 def check_data_dir(data_dir: Path) -> None:
@@ -32,13 +32,13 @@ def check_data_dir(data_dir: Path) -> None:
                         f"pick another with --data DIR") from None
 
 
-def open_db(data_dir: Path, db_url: str | None) -> Database:
+def open_db(data_dir: Path, db_url: str | None, *, pool_size: int = DEFAULT_POOL) -> Database:
     """`open_database`, with a refusal in one line that names the URL (password hidden)."""
     if db_url is None:
         check_data_dir(data_dir)
     shown = redact(db_url) if db_url else str(data_dir / "cloudfs.sqlite3")
     try:
-        return open_database(data_dir, db_url)
+        return open_database(data_dir, db_url, pool_size=pool_size)
     except sa.exc.NoSuchModuleError:
         scheme = db_url.split("://", 1)[0] if db_url else "?"
         raise UserError(f"--db {shown}: unknown database kind {scheme!r} (use postgresql://USER:PASSWORD@HOST/DB "

@@ -126,24 +126,26 @@ class Writer:
         try:
             with self.db.write(*{job.owner_id for job in batch}) as conn:
                 tx = Tx.of(conn)
-                for job in batch:
-                    tx.savepoint()
-                    try:
-                        value = job.fn(tx)
-                    except Exception as exc:  # noqa: BLE001 - handed to the job's own caller
-                        tx.rollback_to_savepoint()
+                with tx.pipelined():  # PostgreSQL: SAVEPOINT, RELEASE, pg_notify cost no round trip
+                    for job in batch:
+                        tx.savepoint()
+                        try:
+                            value = job.fn(tx)
+                            tx.settle()  # its errors are its own, not the next job's
+                        except Exception as exc:  # noqa: BLE001 - handed to the job's own caller
+                            tx.rollback_to_savepoint()
+                            tx.release()
+                            job.error = exc
+                            continue
                         tx.release()
-                        job.error = exc
-                        continue
-                    tx.release()
-                    if isinstance(value, Refused):
-                        job.error = value.error
-                    else:
-                        job.value = value
-                        changed.add(job.owner_id)
-                sent_at = time.time()
-                for owner_id in sorted(changed):
-                    journal.wake_other_replicas(tx, owner_id, sent_at=sent_at)
+                        if isinstance(value, Refused):
+                            job.error = value.error
+                        else:
+                            job.value = value
+                            changed.add(job.owner_id)
+                    sent_at = time.time()
+                    for owner_id in sorted(changed):
+                        journal.wake_other_replicas(tx, owner_id, sent_at=sent_at)
         except Exception as exc:  # noqa: BLE001 - the batch failed as a whole: every caller hears it
             for job in batch:
                 job.value, job.error, job.finished = None, exc, True

@@ -5,11 +5,13 @@ processes; the store that goes away is a moto server of the test's own."""
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import hashlib
 import json
 import logging
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -150,3 +152,38 @@ def test_json_logs_carry_the_request_id(tmp_path: Path):
     assert entry["request_id"] == "json-log-1" and entry["status"] == 401 and entry["path"] == "/nodes"
     assert entry["level"] == "INFO" and entry["logger"] == "cloudfs.access"
     assert all(text.startswith("{") for text in srv.log().splitlines() if text.strip()), srv.log()[-2000:]
+
+
+def test_the_connection_pool_is_bounded(pg_admin_url, tmp_path: Path):
+    """`--db-pool 3`: 40 requests at once never have the server hold more than three
+    connections to its database, plus the one that LISTENs."""
+    import psycopg
+
+    with postgres_database(pg_admin_url) as db_url, \
+            cloudfs_server(tmp_path, db_url=db_url, extra_args=["--db-pool", "3"]) as srv:
+        token = srv.add_user("pool")
+        name = db_url.rsplit("/", 1)[1]
+        peak = 0
+        stop = threading.Event()
+
+        def watch() -> None:
+            nonlocal peak
+            with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+                while not stop.is_set():
+                    n = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)).fetchone()[0]
+                    peak = max(peak, n)
+                    time.sleep(0.01)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            def burst(i: int) -> int:
+                with Api(srv, token) as api:
+                    return api.post("/files", json=_inline_commit(f"/p{i}", f"pool {i}".encode())).status_code \
+                        + api.get("/nodes").status_code
+            with concurrent.futures.ThreadPoolExecutor(40) as pool:
+                assert set(pool.map(burst, range(40))) == {400}
+        finally:
+            stop.set()
+            watcher.join(10)
+        assert 1 < peak <= 4, peak
