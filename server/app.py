@@ -29,7 +29,7 @@ from . import users
 from .db import Database
 from .errors import ApiError, Invalid, StoreUnavailable, Unauthorized
 from .notifier import ChangeNotifier
-from .ops import Metrics, RequestIds, route_of
+from .ops import Metrics, Readiness, RequestIds, route_of
 from .writer import Writer
 
 log = logging.getLogger("cloudfs.server")
@@ -64,6 +64,7 @@ class ServerContext:
     """How often the access log says how many heartbeats and idle long-polls it did not log."""
     metrics: Metrics = field(default_factory=Metrics)
     draining: bool = False
+    readiness: Readiness = field(default_factory=Readiness)
     """SIGTERM with `--drain`: /ready says 503 while requests are still served."""
 
     def __post_init__(self) -> None:

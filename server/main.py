@@ -26,7 +26,7 @@ from . import journal
 from .app import ServerContext, create_app
 from .db import DEFAULT_POOL, Database, users
 from .notifier import listen_postgres
-from .ops import configure_logging
+from .ops import configure_logging, probe_forever
 from .retention import collect_forever
 from .startup import listen, open_checked_store, open_db
 
@@ -119,6 +119,7 @@ async def serve_forever(options: ServerOptions) -> None:
             if not db.is_sqlite:
                 dsn = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
                 await tg.start(partial(listen_postgres, dsn, ctx.notifier, observe_lag=ctx.metrics.journal_lag.observe))
+            await tg.start(probe_forever, ctx)
             tg.start_soon(prune_journal, db, options.journal_retain, options.prune_interval)
             tg.start_soon(partial(collect_forever, db, store, retain_days=options.retain_days,
                                   interval=options.collect_interval, clock_offset=options.clock_offset))

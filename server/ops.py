@@ -11,9 +11,10 @@ readiness check and JSON logs.
   journal notifications from other replicas, store and database errors, and the
   process's own CPU and memory. One registry per app, so tests can run many apps in
   one process.
-- `/health` says the process answers; `/ready` also asks the database and the store,
-  and answers 503 while the server drains after SIGTERM, so that a load balancer
-  sends nothing new to a replica that is going away.
+- `/health` says the process answers; `/ready` says whether the database and the store
+  answered a probe made every second (`Readiness`), and answers 503 while the server
+  drains after SIGTERM, so that a load balancer sends nothing new to a replica that
+  is going away.
 
 Concurrency: the middleware and the routes run on the event loop; prometheus_client's
 instruments take their own lock, so the writer's worker thread may count too.
@@ -29,6 +30,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+import anyio
+from anyio.abc import TaskStatus
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -178,23 +181,61 @@ def configure_logging(level: str, fmt: str) -> None:
 router = APIRouter()
 
 
+class Readiness:
+    """What `/ready` answers: the last probe's findings (`probe_forever`).
+
+    Why not probe in the request: a balancer checks every second, and a replica
+    flooded with requests (10,000 devices reconnecting) would queue the check's
+    database read behind theirs, time out, be taken out of the balancer and turn a
+    busy minute into 503s for everyone. The answer costs nothing on the event loop; a
+    probe that hangs makes it stale, and a stale answer is a problem too."""
+
+    def __init__(self) -> None:
+        self.problems: dict[str, str] = {"server": "starting: not probed yet"}
+        self.checked_at = 0.0
+
+    def answer(self, ctx: ServerContext) -> dict[str, str]:
+        if ctx.draining or ctx.notifier.closing:
+            return {"server": "shutting down"}
+        age = time.monotonic() - self.checked_at
+        if not self.problems and age > STALE_S:
+            return {"database": f"the readiness probe has had no answer for {age:.0f} s"}
+        return self.problems
+
+
+STALE_S = 15.0
+PROBE_TIMEOUT_S = 5.0
+
+
+async def probe_forever(ctx: ServerContext, *, interval: float = 1.0,
+                        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    """Ask the database and the store every `interval` seconds whether they answer
+    (each within PROBE_TIMEOUT_S); `ctx.readiness` keeps what was found."""
+    started = False
+    while True:
+        problems: dict[str, str] = {}
+        for part, ping in (("database", _ping_db), ("store", _ping_store)):
+            with anyio.move_on_after(PROBE_TIMEOUT_S) as scope:
+                try:
+                    await anyio.to_thread.run_sync(ping, ctx, abandon_on_cancel=True)
+                except Exception as exc:  # noqa: BLE001 - any failure is the answer
+                    problems[part] = _first_line(exc)
+            if scope.cancelled_caught:
+                problems[part] = f"no answer within {PROBE_TIMEOUT_S:g} s"
+        ctx.readiness.problems, ctx.readiness.checked_at = problems, time.monotonic()
+        if not started:
+            started = True
+            task_status.started()
+        await anyio.sleep(interval)
+
+
 @router.get("/ready", include_in_schema=False)  # for operators and balancers, not devices: no token
 async def ready(request: Request) -> JSONResponse:
-    """200 when the database and the store answer; 503 naming what does not, or when
-    the server is draining (SIGTERM) and should get no new requests."""
+    """200 when the database and the store answered the last probe (at most a second
+    or so ago); 503 naming what did not, or when the server is draining (SIGTERM)
+    and should get no new requests."""
     ctx: ServerContext = request.app.state.ctx
-    problems: dict[str, str] = {}
-    if ctx.draining or ctx.notifier.closing:
-        problems["server"] = "shutting down"
-    else:
-        try:
-            await ctx.run_db(_ping_db, ctx)
-        except Exception as exc:  # noqa: BLE001 - any failure is the answer
-            problems["database"] = _first_line(exc)
-        try:
-            await ctx.run_store(_ping_store, ctx)
-        except Exception as exc:  # noqa: BLE001
-            problems["store"] = _first_line(exc)
+    problems = ctx.readiness.answer(ctx)
     if problems:
         return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
     return JSONResponse({"status": "ready"})

@@ -24,7 +24,7 @@ import httpx
 from tests.harness import CLOUDFS, ServerProcess, cloudfs_server, free_port, stop, wait_until
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
-DRAIN_S = 2.5
+DRAIN_S = 3.0
 """`cloudfs server --drain`: longer than HAProxy takes to see /ready fail (2 checks 1 s apart)."""
 
 
@@ -61,7 +61,7 @@ defaults
     timeout http-request 30s
     timeout http-keep-alive 75s
     timeout queue 10s
-    timeout check 2s
+    timeout check 3s
     retries 3
     option redispatch 1
     retry-on conn-failure empty-response

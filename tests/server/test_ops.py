@@ -105,8 +105,9 @@ def test_ready_and_device_request_ids_when_the_store_goes_away(pg_admin_url, tmp
             assert httpx.get(srv.url + "/ready").json() == {"status": "ready"}
         finally:
             moto_cm.__exit__(None, None, None)  # the store goes away, the server stays
-        r = httpx.get(srv.url + "/ready", timeout=60)
-        assert r.status_code == 503 and "store" in r.json()["problems"], r.text
+        r = wait_until(lambda: (r := httpx.get(srv.url + "/ready", timeout=10)).status_code == 503 and r,
+                       timeout=30, what="/ready to notice the store is gone")
+        assert "store" in r.json()["problems"], r.text
         assert httpx.get(srv.url + "/health").status_code == 200
 
         async def commit() -> None:
@@ -128,8 +129,8 @@ def test_ready_and_device_request_ids_when_the_store_goes_away(pg_admin_url, tmp
 
         with psycopg_connect(pg_admin_url) as admin:
             admin.execute(f'DROP DATABASE "{db_url.rsplit("/", 1)[1]}" WITH (FORCE)')
-        r = httpx.get(srv.url + "/ready", timeout=60)
-        assert r.status_code == 503 and "database" in r.json()["problems"], r.text
+        r = wait_until(lambda: (r := httpx.get(srv.url + "/ready", timeout=10)).status_code == 503
+                       and "database" in r.json()["problems"] and r, timeout=30, what="/ready to notice the database is gone")
 
 
 def psycopg_connect(url: str):  # noqa: ANN201
