@@ -28,6 +28,7 @@ port (SO_REUSEPORT). Exit status: 0 targets met, 1 missed, 2 the run broke.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import base64
 import hashlib
 import json
@@ -518,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     results: list[Result] = []
     broken = False
-    with moto_server() as moto, tempfile.TemporaryDirectory(prefix="cloudfs-bench-cluster-") as tmp:
+    with moto_server() as moto, (contextlib.nullcontext(tempfile.mkdtemp(prefix="cloudfs-bench-cluster-")) if os.environ.get("CLOUDFS_BENCH_KEEP") else tempfile.TemporaryDirectory(prefix="cloudfs-bench-cluster-")) as tmp:
         for n in counts:
             print(f"{n} replica(s); load average {load_average()}", flush=True)
             result = Result(n)

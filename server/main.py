@@ -96,7 +96,7 @@ async def serve_forever(options: ServerOptions) -> None:
                             db_limiter=anyio.CapacityLimiter(16 if db.is_sqlite else db.pool_size))
         config = uvicorn.Config(create_app(ctx), log_config=None, access_log=False, lifespan="off", http="httptools",
                                 loop="none", timeout_graceful_shutdown=GRACEFUL_S, timeout_keep_alive=75,
-                                limit_concurrency=None, backlog=2048)
+                                limit_concurrency=None, backlog=4096)
         server = _Server(config)
 
         async def until_signal() -> None:

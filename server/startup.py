@@ -88,7 +88,7 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(2048)
+        sock.listen(4096)  # 10,000 devices reconnecting through a balancer at once (the kernel caps it: somaxconn)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:

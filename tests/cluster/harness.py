@@ -24,8 +24,8 @@ import httpx
 from tests.harness import CLOUDFS, ServerProcess, cloudfs_server, free_port, stop, wait_until
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
-DRAIN_S = 3.0
-"""`cloudfs server --drain`: longer than HAProxy takes to see /ready fail (2 checks 1 s apart)."""
+DRAIN_S = 4.0
+"""`cloudfs server --drain`: longer than HAProxy takes to see /ready fail (3 checks, ~2 s)."""
 
 
 def haproxy_config(port: int, replicas: list[tuple[str, int]], *, stats_port: int, maxconn: int = 4000) -> str:
@@ -33,8 +33,12 @@ def haproxy_config(port: int, replicas: list[tuple[str, int]], *, stats_port: in
 
     - `leastconn`: long-polls are long-lived connections; spreading them by count keeps
       each replica's share even after one of them restarts.
-    - Health: `GET /ready` every second; two failures take a replica out (a draining
-      replica says 503 for `DRAIN_S`), one success brings it back.
+    - Health: `GET /ready` every second (every 0.5 s once one failed); three failures
+      take a replica out, one success brings it back. A draining replica says 503 at
+      once and a killed one refuses connections, so either is out within ~2 s
+      (`DRAIN_S` is longer). A check may wait 10 s for its answer: a replica flooded by
+      thousands of devices reconnecting answers late, and taking it out for that turned
+      the flood into 503s for everyone (bench_cluster, 10,000 devices, one replica).
     - `retry-on conn-failure empty-response` + `option redispatch`: a request that
       could not be sent, or whose replica died before answering a byte, is sent again
       to another replica. Replaying a commit is safe: one that had landed is recognised
@@ -49,19 +53,21 @@ def haproxy_config(port: int, replicas: list[tuple[str, int]], *, stats_port: in
     servers = "\n".join(f"    server {name} 127.0.0.1:{p} check" for name, p in replicas)
     return f"""global
     maxconn {maxconn}
-    log stderr format short local0 notice
+    log stderr format short local0 info
 
 defaults
     mode http
     log global
     option dontlognull
-    timeout connect 2s
+    option httplog
+    option dontlog-normal
+    timeout connect 5s
     timeout client 120s
     timeout server 90s
     timeout http-request 30s
     timeout http-keep-alive 75s
     timeout queue 10s
-    timeout check 3s
+    timeout check 10s
     retries 3
     option redispatch 1
     retry-on conn-failure empty-response
@@ -75,7 +81,7 @@ backend replicas
     balance leastconn
     option httpchk GET /ready
     http-check expect status 200
-    default-server inter 1s fastinter 500ms downinter 1s fall 2 rise 1
+    default-server inter 1s fastinter 500ms downinter 1s fall 3 rise 1
 {servers}
 
 listen stats
