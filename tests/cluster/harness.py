@@ -24,8 +24,8 @@ import httpx
 from tests.harness import CLOUDFS, ServerProcess, cloudfs_server, free_port, stop, wait_until
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
-DRAIN_S = 4.0
-"""`cloudfs server --drain`: longer than HAProxy takes to see /ready fail (3 checks, ~2 s)."""
+DRAIN_S = 5.0
+"""`cloudfs server --drain`: longer than HAProxy takes to see /ready fail (3 checks, ~4 s)."""
 
 
 def haproxy_config(port: int, replicas: list[tuple[str, int]], *, stats_port: int, maxconn: int = 4000) -> str:
@@ -33,12 +33,16 @@ def haproxy_config(port: int, replicas: list[tuple[str, int]], *, stats_port: in
 
     - `leastconn`: long-polls are long-lived connections; spreading them by count keeps
       each replica's share even after one of them restarts.
-    - Health: `GET /ready` every second (every 0.5 s once one failed); three failures
+    - Health: `GET /ready` every 2 s (every second once one failed); three failures
       take a replica out, one success brings it back. A draining replica says 503 at
-      once and a killed one refuses connections, so either is out within ~2 s
-      (`DRAIN_S` is longer). A check may wait 10 s for its answer: a replica flooded by
-      thousands of devices reconnecting answers late, and taking it out for that turned
-      the flood into 503s for everyone (bench_cluster, 10,000 devices, one replica).
+      once and a killed one refuses connections, so either is out within ~4 s
+      (`DRAIN_S` is longer). A check may take 2 s to connect and 10 s to be answered: a
+      replica flooded by thousands of devices reconnecting accepts and answers late,
+      and taking it out for that turned the flood into 503s for everyone
+      (bench_cluster, 10,000 devices, one replica).
+    - Each replica again as a `backup` without a check (`NAME-anyway`): used only when
+      every replica looks down, so a balancer that cannot tell busy from dead tries
+      them anyway rather than answer 503 to everyone.
     - `retry-on conn-failure empty-response` + `option redispatch`: a request that
       could not be sent, or whose replica died before answering a byte, is sent again
       to another replica. Replaying a commit is safe: one that had landed is recognised
@@ -51,6 +55,7 @@ def haproxy_config(port: int, replicas: list[tuple[str, int]], *, stats_port: in
       spreads the connections (`Cluster(balancers=N)`).
     """
     servers = "\n".join(f"    server {name} 127.0.0.1:{p} check" for name, p in replicas)
+    anyway = "\n".join(f"    server {name}-anyway 127.0.0.1:{p} backup" for name, p in replicas)
     return f"""global
     maxconn {maxconn}
     log stderr format short local0 info
@@ -81,8 +86,10 @@ backend replicas
     balance leastconn
     option httpchk GET /ready
     http-check expect status 200
-    default-server inter 1s fastinter 500ms downinter 1s fall 3 rise 1
+    option allbackups
+    default-server inter 2s fastinter 1s downinter 1s fall 3 rise 1
 {servers}
+{anyway}
 
 listen stats
     bind 127.0.0.1:{stats_port}
