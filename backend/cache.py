@@ -7,6 +7,7 @@ One LMDB environment, several named databases, each owned by one concern:
     node_ids   server node id → ino          applying server answers and changes
     chunklists ino → base chunk list         the committed version a file overlays
     blocks     ino + block_no → bytes        write-back data not yet committed
+    streams    ino → streamed prefix         chunks of a file being written, already in the store (prefix.py)
     chunks     fingerprint → plain bytes     clean chunk cache (LRU, see chunkcache.py)
     outbox     seq → JSON op                 local changes the server has not seen, in order
     meta       key → value                   cursor, counters, identity
@@ -169,10 +170,13 @@ class Cache:
         self.chunks = self.env.open_db(b"chunks")
         self.outbox = self.env.open_db(b"outbox")
         self.meta = self.env.open_db(b"meta")
+        self.streams = self.env.open_db(b"streams")
         self._memo: dict[int, Inode] = {}
         self._subdirs: dict[int, int] = {}
         """Directories in each directory, counted on demand and forgotten when an entry of
         that directory changes (link/unlink): a directory's st_nlink is 2 + this."""
+        self.on_abort: list = []
+        """Callables run when a write transaction fails: memos of other modules forget too."""
         self.unreleased_bytes = 0
         """Bytes read through the map by uploads since its pages were last given back (lmdbmap.py)."""
 
@@ -196,6 +200,8 @@ class Cache:
             txn.abort()
             self._memo.clear()
             self._subdirs.clear()
+            for forget in self.on_abort:
+                forget()
             raise
         txn.commit()
 
@@ -261,6 +267,7 @@ class Cache:
         if node.node_id and txn.get(u64(node.node_id), db=self.node_ids) == u64(node.ino):
             txn.delete(u64(node.node_id), db=self.node_ids)  # unless the id moved on to a newer inode
         txn.delete(u64(node.ino), db=self.chunklists)
+        txn.delete(u64(node.ino), db=self.streams)
         self.drop_blocks(txn, node.ino, from_block=0)
         self._memo.pop(node.ino, None)
 

@@ -119,17 +119,22 @@ class ChunkCache:
         self._lru.move_to_end(key)
         return data
 
-    def put(self, fingerprint: str, data: bytes) -> None:
+    def put(self, fingerprint: str, data: bytes) -> bool:
+        """Cache a verified chunk; False (not cached) when changes not uploaded yet leave
+        no room for it: the limit holds even then."""
         key = bytes.fromhex(fingerprint)
         if key in self._lru:
             self._lru.move_to_end(key)
-            return
+            return True
+        if self.dirty_bytes + len(data) > self.limit:
+            return False
         self.evict(len(data))
         with self.cache.write() as txn:
             txn.put(key, _seal(data), db=self.cache.chunks)
         self._checked.add(key)
         self._lru[key] = len(data)
         self.clean_bytes += len(data)
+        return True
 
     def evict(self, incoming: int = 0) -> None:
         """Drop least recently used clean chunks until `incoming` more bytes fit."""

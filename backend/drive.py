@@ -17,12 +17,11 @@ import logging
 import stat
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import lmdb
-import trio
 
-from .cache import ROOT_INO, Cache, Inode
+from .cache import BLOCK_SIZE, ROOT_INO, Cache, Inode
 from .chunkcache import ChunkCache
 from .conflicts import conflicted_name
 from .content import Content
@@ -30,6 +29,7 @@ from .errors import (CloudFsError, CorruptChunkError, ExistsError, InvalidError,
                      NotEmptyError, NotFoundError)
 from . import xattrs as xattr_rules
 from .names import NAME_MAX_BYTES, name_problem
+from .room import FULL_WAIT_S, NoSpaceError, Room  # noqa: F401 - FULL_WAIT_S, NoSpaceError: part of the drive's surface
 
 log = logging.getLogger("cloudfs.drive")
 
@@ -39,10 +39,6 @@ RENAME_EXCHANGE = 2
 
 class NameTooLongError(CloudFsError):
     errno = errno.ENAMETOOLONG
-
-
-class NoSpaceError(CloudFsError):
-    errno = errno.ENOSPC
 
 
 class QuotaExceededError(CloudFsError):
@@ -71,9 +67,6 @@ SPECIAL_KINDS = ("fifo", "chr", "blk", "sock")
 RELATIME_NS = 24 * 3600 * 10**9
 
 
-FULL_WAIT_S = 10.0
-
-
 def check_local_name(name: str) -> None:
     problem = name_problem(name)
     if problem is None:
@@ -98,6 +91,14 @@ class Drive:
         inode removed from the tree lives on, as an orphan, until both this and
         open_count reach zero, so an open() racing a rename never sees ENOENT."""
         self.on_outbox = lambda: None  # the syncer's wake-up, set when it starts
+        self.room = Room(chunks)
+        self.room.on_pressure = lambda: self.on_outbox()
+        self.on_written: Callable[[Inode], None] = lambda node: None
+        """After each write (the streamer's `written`: a large file open for writing is
+        uploaded while it is written)."""
+        self.forget_size: Callable[[int, str], None] = lambda parent, name: None
+        """Make the kernel forget a file's inode (the follower's invalidate_entry): after a
+        refused write, its write-back cache still believes the refused bytes are there."""
         self.over_quota: set[int] = set()
         self._grown: set[int] = set()  # inodes written under a quota, for _growth
         """Files written past the quota since their last close or fsync. The write itself
@@ -358,7 +359,10 @@ class Drive:
 
     async def write(self, ino: int, off: int, data: bytes) -> int:
         node = self.get(ino)
-        await self._make_room(node, len(data), off + len(data))
+        # A block first written in part is filled with the bytes under it: the cache grows
+        # by up to whole blocks, not by len(data).
+        span = ((off + len(data) - 1) // BLOCK_SIZE - off // BLOCK_SIZE + 1) * BLOCK_SIZE if data else 0
+        await self._make_room(node, off, span)
 
         def in_txn(txn: lmdb.Transaction) -> None:
             self._revive_if_orphaned(node, txn)  # here, after the awaits: a delete may arrive during them
@@ -367,6 +371,7 @@ class Drive:
                 self.cache.enqueue(txn, {"op": "upload", "ino": node.ino})
 
         await self.content.write(node, off, data, in_txn)
+        self.on_written(node)
         return len(data)
 
     def _accessed(self, node: Inode) -> None:
@@ -426,34 +431,23 @@ class Drive:
         self._grown.add(writing.ino)
         return grown
 
-    async def _make_room(self, node: Inode, incoming: int, end: int = 0) -> None:
+    async def _make_room(self, node: Inode, off: int, incoming: int) -> None:
         """Dirty data is never evicted: when it would outgrow the cache, clean chunks go
-        first; then the writer waits a little for uploads of closed files to free room,
-        and gets ENOSPC if none comes (its file, open, cannot be uploaded yet)."""
-        chunks = self.chunks
+        first; then the writer waits, a bounded time, for uploads and the streamer to
+        make room, and gets ENOSPC if none comes (room.py)."""
         if self.quota is not None and node.ino not in self.over_quota:
             quota, used = self.quota
-            grown = self._growth(node, end)
+            grown = self._growth(node, off + incoming)
             if used + grown > quota:
                 log.warning("EDQUOT: %r would take the account to %d bytes, over its quota of %d; kept here, "
                             "uploaded once room is made", node.name, used + grown, quota)
                 self.over_quota.add(node.ino)
-        if chunks.dirty_bytes + incoming <= chunks.limit:
-            if chunks.used_bytes + incoming > chunks.limit:
-                chunks.evict(incoming)
-            return
-        chunks.evict(incoming)
-        deadline = trio.current_time() + FULL_WAIT_S
-        while chunks.dirty_bytes + incoming > chunks.limit:
-            if trio.current_time() >= deadline:
-                error = NoSpaceError(f"the cache ({chunks.limit} bytes) is full of changes not uploaded yet; "
-                                     f"writing {incoming} more bytes to {node.name!r} would evict them")
-                log.warning("ENOSPC: %s", error)
-                raise error
-            self.on_outbox()
-            await trio.sleep(0.1)
+        await self.room.make_room(node.ino, node.name, off, incoming, lambda: self.content.frontier(node))
 
     def check_quota(self, ino: int) -> None:
+        """At close and fsync: the errors the kernel's write-back kept from write(2)."""
+        node = self.cache.get(ino)
+        self.room.check(ino, node.name if node else str(ino))
         if ino in self.over_quota:
             self.over_quota.discard(ino)
             node = self.cache.get(ino)
@@ -533,6 +527,8 @@ class Drive:
             else:
                 counts.pop(ino, None)
         node = self.cache.get(ino)
+        if not self.writers.get(ino) and self.room.closed(ino) and node is not None and node.parent:
+            self.forget_size(node.parent, node.name)  # the kernel's size counts the refused bytes
         if node is None:
             return
         if node.parent == 0 and node.ino != ROOT_INO:

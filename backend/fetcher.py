@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 
 import trio
 
@@ -20,6 +21,9 @@ from .errors import CorruptChunkError, OfflineError, ServerError
 
 log = logging.getLogger("cloudfs.fetcher")
 URL_REUSE_S = 45 * 60
+SPARE_BYTES = 32 << 20
+"""Chunks downloaded while the cache had no room for them (full of changes not uploaded
+yet) are kept in memory up to this much, newest first, for the reader that asked."""
 
 
 class Fetcher:
@@ -33,6 +37,7 @@ class Fetcher:
         self.downloaded_bytes = 0
         self.corrupt_downloads = 0
         self.nursery: trio.Nursery | None = None  # set by the session; hosts read-ahead
+        self._spare: OrderedDict[str, bytes] = OrderedDict()
 
     def remember_urls(self, chunks: list[wire.VersionChunk]) -> None:
         """Signed URLs that came with a chunk list (GET /files/{id}?urls=true)."""
@@ -60,7 +65,7 @@ class Fetcher:
 
     async def ensure(self, fingerprints: list[str]) -> None:
         """Make sure every chunk is in the cache, downloading the missing ones in parallel."""
-        missing = [fp for fp in dict.fromkeys(fingerprints) if fp not in self.chunks]
+        missing = [fp for fp in dict.fromkeys(fingerprints) if fp not in self.chunks and fp not in self._spare]
         if not missing:
             return
         mine = [fp for fp in missing if fp not in self._inflight]
@@ -79,7 +84,7 @@ class Fetcher:
                 async with self._limiter:
                     chunk = urls[fp]
                     data = await self.client.fetch_chunk(fp, chunk.download, chunk.compression)
-                self.chunks.put(fp, data)
+                self._keep(fp, data)
                 self.downloaded_bytes += len(data)
                 self._errors.pop(fp, None)
             except CorruptChunkError as exc:
@@ -101,8 +106,34 @@ class Fetcher:
             event = self._inflight.get(fp)
             if event is not None:
                 await event.wait()
-            if fp not in self.chunks:
-                raise self._errors.pop(fp, None) or RuntimeError(f"chunk {fp} vanished from the cache")
+            if fp not in self.chunks and fp not in self._spare and fp in self._errors:
+                raise self._errors.pop(fp)
+            # Not there without an error: evicted again at once (a cache full of changes,
+            # many readers). The caller reads what it can and uses `fetch` for the rest.
+
+    def _keep(self, fingerprint: str, data: bytes) -> None:
+        if self.chunks.put(fingerprint, data):
+            return
+        self._spare[fingerprint] = data
+        self._spare.move_to_end(fingerprint)
+        while len(self._spare) > 1 and sum(map(len, self._spare.values())) > SPARE_BYTES:
+            self._spare.popitem(last=False)
+
+    async def fetch(self, fingerprint: str) -> bytes:
+        """One chunk's bytes, downloaded and verified even if the cache cannot keep them
+        (full of changes not uploaded yet: a write behind a streaming window)."""
+        data = self.chunks.get(fingerprint)
+        if data is None:
+            data = self._spare.get(fingerprint)
+        if data is not None:
+            return data
+        urls = await self._urls_for([fingerprint])
+        chunk = urls[fingerprint]
+        async with self._limiter:
+            data = await self.client.fetch_chunk(fingerprint, chunk.download, chunk.compression)
+        self.downloaded_bytes += len(data)
+        self._keep(fingerprint, data)
+        return data
 
     async def _report(self, fingerprint: str) -> None:
         """Tell the server, which checks the stored object itself and marks it bad so
@@ -117,7 +148,8 @@ class Fetcher:
     def prefetch(self, fingerprints: list[str]) -> None:
         """Read-ahead: fetch these in the background (in the session's nursery); a failure
         only means the later read fetches again."""
-        wanted = [fp for fp in fingerprints if fp not in self.chunks and fp not in self._inflight]
+        wanted = [fp for fp in fingerprints if fp not in self.chunks and fp not in self._inflight
+                  and self.chunks.dirty_bytes + self.chunks.limit // 4 <= self.chunks.limit]
         if wanted and self.nursery is not None:
             self.nursery.start_soon(self._prefetch, wanted)
 
@@ -130,8 +162,5 @@ class Fetcher:
     async def read_range(self, fingerprint: str, start: int, end: int) -> bytes:
         data = self.chunks.read_range(fingerprint, start, end)
         if data is None:
-            await self.ensure([fingerprint])
-            data = self.chunks.read_range(fingerprint, start, end)
-        if data is None:
-            raise RuntimeError(f"chunk {fingerprint} evicted right after download (cache too small?)")
+            data = (await self.fetch(fingerprint))[start:end]
         return data

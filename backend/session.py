@@ -31,6 +31,7 @@ from .errors import OfflineError, ServerError, UserError
 from .fetcher import Fetcher
 from .follower import Follower, Invalidator
 from .startup import ServerUnreachableError, check_account, claim_cache, over_quota, probe_server
+from .streamer import Streamer
 from .syncer import Syncer
 from .uploader import Uploader
 
@@ -73,6 +74,7 @@ class Session:
     follower: Follower
     fetcher: Fetcher
     uploader: Uploader
+    streamer: Streamer
     notes: list[str] = field(default_factory=list)
     """What the user should hear about the start: offline (and why), over quota."""
     offline_since: float | None = None
@@ -100,6 +102,8 @@ class Session:
         self.fetcher.nursery = nursery
         await nursery.start(self.syncer.run)
         await nursery.start(self.follower.run)
+        await nursery.start(self.streamer.run)
+        self.drive.forget_size = lambda parent, name: nursery.start_soon(self.follower.invalidate_entry, parent, name)
         nursery.start_soon(self._heartbeat)
 
     async def _heartbeat(self) -> None:
@@ -137,8 +141,10 @@ class Session:
             "uploaded_chunks": self.uploader.sent_chunks,
             "uploaded_bytes": self.uploader.sent_bytes,
             "downloaded_bytes": self.fetcher.downloaded_bytes,
-            "last_error": self.syncer.last_error,
+            "last_error": self.syncer.last_error or self.streamer.last_error,
             "held_deletes": self.syncer.guard.held,
+            "streamed_bytes": self.streamer.streamed_bytes,
+            "write_blocked": self.drive.room.stopped(),
         }
 
     def confirm_deletes(self) -> int:
@@ -198,6 +204,16 @@ async def _who_are_we(client: ApiClient, cache: Cache) -> list[str]:
     return [warning] if warning else []
 
 
+def _why_stuck(client: ApiClient, syncer: Syncer, streamer: Streamer) -> str:
+    """What keeps uploads from making room, in a few words for `cloudfs status`."""
+    error = streamer.last_error or syncer.last_error
+    if not (client.reachable and syncer.online):
+        return f"server unreachable: {error}" if error else "server unreachable"
+    if error:
+        return f"uploads failing: {error}"
+    return "uploads cannot keep up, or what is written cannot be uploaded yet (a file written out of order)"
+
+
 @contextlib.asynccontextmanager
 async def open_session(options: SessionOptions, invalidate: Invalidator | None = None) -> AsyncIterator[Session]:
     lock_fd = claim_cache(options.cache_dir, options.mountpoint)
@@ -233,11 +249,15 @@ async def open_session(options: SessionOptions, invalidate: Invalidator | None =
         follower = Follower(client, cache, chunks, device=options.device, open_count=drive.open_count,
                             lookups=drive.lookups, writers=drive.writers, invalidate=invalidate)
         drive.on_outbox = syncer.wake
+        streamer = Streamer(cache, content, uploader, writers=drive.writers, lock=syncer.lock)
+        drive.on_written = streamer.written
+        drive.room.on_pressure = lambda: (syncer.wake(), streamer.press())
+        drive.room.why = lambda: _why_stuck(client, syncer, streamer)
         syncer.on_stale = follower.refresh
         syncer.forget_name = follower.invalidate_entry
         await follower.bootstrap()
         drive.purge_orphans()
-        session = Session(options, client, cache, chunks, drive, syncer, follower, fetcher, uploader, notes)
+        session = Session(options, client, cache, chunks, drive, syncer, follower, fetcher, uploader, streamer, notes)
         if not client.reachable:
             session.offline_since = trio.current_time()
         yield session

@@ -279,6 +279,10 @@ class Syncer:
                 return op
         return None
 
+    def lock(self, ino: int) -> trio.Lock:
+        """The per-file lock: one upload (or streaming round, streamer.py) at a time."""
+        return self._lock(ino)
+
     def _lock(self, ino: int) -> trio.Lock:
         lock = self._locks.get(ino)
         if lock is None:
@@ -459,9 +463,10 @@ class Syncer:
             return await self._upload(node, parent_id)
         if not self._still_here(node):
             # Deleted locally while uploading: the server must not keep it.
+            self.uploader.content.watches.pop(node.ino, None)
             await self._delete(result.response.node.id)
             return
-        finish_upload(self.cache, self.chunks, node, result)
+        finish_upload(self.cache, self.uploader.content, node, result)
 
     async def _conflicted_copy(self, node: Inode, exc: ServerError) -> None:
         """Someone else committed first: keep their version under the name, ours beside it."""

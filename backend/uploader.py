@@ -7,7 +7,13 @@ the bound holds for 64 MiB chunks as well as for 1 MiB ones. Pieces flow through
 unbuffered channel to the batch loop; the server is asked in batches which chunks it
 lacks, and only those are sent. The commit names the base revision the device
 started from; the dirty blocks are dropped only after the commit succeeded, and only
-if the file did not change meanwhile (its `gen` is unchanged).
+if the file did not change meanwhile (its `gen` is unchanged); if it did, only the
+blocks written during the upload (`Content.watch`) are kept.
+
+A file whose first chunks were streamed while it was being written (prefix.py,
+streamer.py) is walked (`prefix.walk`): the streamed chunks still valid are named, not
+read again; the rest is cut and sent as usual. Streaming rounds use the same pipeline
+(`send_walk`), with the last piece held back and their progress recorded batch by batch.
 
 Compression (compress.py) is decided once per file from its name and first bytes,
 then per chunk by a probe. Only chunks the server lacks are compressed: a batch is
@@ -29,7 +35,7 @@ import base64
 import io
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import trio
 
@@ -39,9 +45,10 @@ from .cache import BLOCK_SIZE, Cache, ChunkEntry, Inode
 from .chunker import Piece, iter_pieces
 from .chunkcache import ChunkCache
 from .compress import Packed, compress, skip_reason
-from .content import Content, ContentReader
+from .content import Content, ContentReader, Watch
 from .errors import ConflictError, ServerError, one_error
 from .lmdbmap import release_map_pages
+from .prefix import Prefix, Ranges, Reused, walk
 
 if TYPE_CHECKING:
     import lmdb
@@ -70,6 +77,7 @@ class UploadResult:
     size: int
     sent_chunks: int
     sent_bytes: int
+    watch: Watch
 
 
 @dataclass
@@ -167,34 +175,41 @@ class Uploader:
 
     async def upload(self, node: Inode, *, parent_node_id: int) -> UploadResult:
         """Commit `node`'s current content as a new version; raises the server's error
-        (StaleRevisionError, MissingChunksError ...) untouched for the caller to handle."""
+        (StaleRevisionError, MissingChunksError ...) untouched for the caller to handle.
+        The caller holds the file's upload lock and passes the result to `finish_upload`."""
         gen, size, mtime_ns = node.gen, node.size, node.mtime_ns
         base = await self.content.base_chunks(node)
-        inline: list[wire.InlineChunk] | None = None
-        if size <= wire.INLINE_MAX_BYTES:
-            refs, inline = await self._inline(node, size)
-            sent_chunks, sent_bytes = len(inline), sum(len(c.data) for c in inline)
-        else:
-            refs, sent_chunks, sent_bytes = await self._stream(node, base, size)
-        existing = node.node_id if not node.extra.get("detached") else 0  # detached: its node is gone
-        request = wire.CommitRequest(
-            node_id=existing or None,
-            parent_id=None if existing else parent_node_id,
-            name=None if existing else node.name,
-            base_rev=node.rev if existing else 0,
-            size=size, mtime_ns=mtime_ns, mode=node.mode,
-            chunks=[wire.ChunkRef(fingerprint=fp, length=length) for fp, length in refs],
-            inline=inline or None,
-        )
+        watch = self.content.watches[node.ino] = Watch()
         try:
-            response = await self.client.commit(request)
-        except ConflictError as exc:
-            response = await self._landed_already(exc, refs, size, mtime_ns)
-            if response is None:
-                raise
+            inline: list[wire.InlineChunk] | None = None
+            if size <= wire.INLINE_MAX_BYTES:
+                refs, inline = await self._inline(node, size)
+                sent_chunks, sent_bytes = len(inline), sum(len(c.data) for c in inline)
+            else:
+                refs, sent_chunks, sent_bytes = await self.send_walk(node, base, self.content.walk_prefix(node, base),
+                                                                     size, final=True)
+            existing = node.node_id if not node.extra.get("detached") else 0  # detached: its node is gone
+            request = wire.CommitRequest(
+                node_id=existing or None,
+                parent_id=None if existing else parent_node_id,
+                name=None if existing else node.name,
+                base_rev=node.rev if existing else 0,
+                size=size, mtime_ns=mtime_ns, mode=node.mode,
+                chunks=[wire.ChunkRef(fingerprint=fp, length=length) for fp, length in refs],
+                inline=inline or None,
+            )
+            try:
+                response = await self.client.commit(request)
+            except ConflictError as exc:
+                response = await self._landed_already(exc, refs, size, mtime_ns)
+                if response is None:
+                    raise
+        except BaseException:
+            self.content.watches.pop(node.ino, None)
+            raise
         self.sent_chunks += sent_chunks
         self.sent_bytes += sent_bytes
-        return UploadResult(response, refs, gen, size, sent_chunks, sent_bytes)
+        return UploadResult(response, refs, gen, size, sent_chunks, sent_bytes, watch)
 
     async def _inline(self, node: Inode, size: int) -> tuple[list[tuple[str, int]], list[wire.InlineChunk]]:
         """A small file travels inside its commit: one round trip instead of prepare, PUT
@@ -218,47 +233,67 @@ class Uploader:
         self._keep(kept)
         return refs, list(inline.values())
 
-    async def _stream(self, node: Inode, base: list[ChunkEntry], size: int) -> tuple[list[tuple[str, int]], int, int]:
-        """Chunk the file in a worker thread and PUT what the server lacks, batch by
-        batch, holding at most BUDGET_BYTES of it in memory. Returns (chunk refs,
-        chunks sent, bytes sent)."""
+    async def send_walk(self, node: Inode, base: list[ChunkEntry], prefix: Prefix | None, end: int, *, final: bool,
+                        on_progress: Callable[[list[tuple[str, int]]], None] | None = None,
+                        ) -> tuple[list[tuple[str, int]], int, int]:
+        """Walk the file's bytes [0, end) (`prefix.walk`) in a worker thread and PUT what
+        the server lacks, batch by batch, holding at most BUDGET_BYTES of it in memory.
+        After each batch, `on_progress(refs so far)` (all of them in the store by then)
+        runs on the trio thread. Returns (chunk refs, chunks sent, bytes sent)."""
         refs: list[tuple[str, int]] = []
         sent_chunks = sent_bytes = 0
         budget = ByteBudget(BUDGET_BYTES)
-        send, receive = trio.open_memory_channel[_Outgoing](0)
+        send, receive = trio.open_memory_channel[_Outgoing | Reused](0)
 
         def produce() -> None:
-            reader = _Unmapping(ContentReader(self.content, node, base, size), self.cache)
+            readers: list[_Unmapping] = []
+
+            def open_at(start: int, stop: int) -> _Unmapping:
+                readers.append(_Unmapping(ContentReader(self.content, node, base, stop, start), self.cache))
+                return readers[-1]
+
             compressible = None
-            for piece in iter_pieces(reader, size):
+            for item in walk(prefix, open_at, end, final=final):
+                if isinstance(item, Reused):
+                    trio.from_thread.run(send.send, item)
+                    continue
                 if compressible is None:
-                    reason = skip_reason(node.name, piece.data[:16])
+                    reason = skip_reason(node.name, item.data[:16])
                     if reason:
                         log.debug("inode %d (%s): not compressed, %s", node.ino, node.name, reason)
                     compressible = reason is None
-                held = trio.from_thread.run(budget.acquire, min(piece.length, BUDGET_BYTES - BATCH_BYTES))
-                out = _Outgoing(piece.fingerprint, piece.length, piece.data, compressible, held)
-                if compressible and piece.length <= EAGER_BYTES:
+                held = trio.from_thread.run(budget.acquire, min(item.length, BUDGET_BYTES - BATCH_BYTES))
+                out = _Outgoing(item.fingerprint, item.length, item.data, compressible, held)
+                if compressible and item.length <= EAGER_BYTES:
                     out.pack()
                 trio.from_thread.run(send.send, out)
-            reader.release()
+            if readers:
+                readers[-1].release()
             trio.from_thread.run(send.aclose)
 
         async def consume() -> None:
             nonlocal sent_chunks, sent_bytes
             batch: list[_Outgoing] = []
             batch_bytes = 0
+
+            async def flush() -> None:
+                nonlocal sent_chunks, sent_bytes, batch, batch_bytes
+                if batch:
+                    c, b = await self._send_batch(batch, budget)
+                    sent_chunks, sent_bytes, batch, batch_bytes = sent_chunks + c, sent_bytes + b, [], 0
+                if on_progress is not None:
+                    on_progress(refs)
+
             async with receive:
                 async for out in receive:
                     refs.append((out.fingerprint, out.length))
+                    if isinstance(out, Reused):
+                        continue
                     batch.append(out)
                     batch_bytes += out.length
                     if len(batch) >= BATCH or batch_bytes >= BATCH_BYTES:
-                        c, b = await self._send_batch(batch, budget)
-                        sent_chunks, sent_bytes, batch, batch_bytes = sent_chunks + c, sent_bytes + b, [], 0
-                if batch:
-                    c, b = await self._send_batch(batch, budget)
-                    sent_chunks, sent_bytes = sent_chunks + c, sent_bytes + b
+                        await flush()
+                await flush()
 
         async with one_error(), trio.open_nursery() as nursery:
             nursery.start_soon(consume)
@@ -336,11 +371,14 @@ class Uploader:
                 self.chunks.put(o.fingerprint, o.data)
 
 
-def finish_upload(cache: Cache, chunks: ChunkCache, node: Inode, result: UploadResult) -> bool:
-    """Record a successful commit; drop the dirty blocks if nothing changed since.
-    Returns True when the file is now clean. Runs in one write transaction, with
-    buffers: dropping the blocks then only measures them, instead of copying every
-    dirty byte out of the map (a 1 GiB file: 1 GiB copied, on the trio thread)."""
+def finish_upload(cache: Cache, content: Content, node: Inode, result: UploadResult) -> bool:
+    """Record a successful commit; drop the dirty blocks if nothing changed since (if
+    something did, those not written during the upload). Returns True when the file is
+    now clean. Runs in one write transaction, with buffers: dropping the blocks then
+    only measures them, instead of copying every dirty byte out of the map (a 1 GiB
+    file: 1 GiB copied, on the trio thread)."""
+    chunks = content.chunks
+    watch = content.watches.pop(node.ino, None) or result.watch
     with cache.write(buffers=True) as txn:
         current = cache.get(node.ino)
         if current is None:
@@ -354,6 +392,7 @@ def finish_upload(cache: Cache, chunks: ChunkCache, node: Inode, result: UploadR
         current.rev = result.response.version.rev
         current.record_attrs(remote)
         cache.set_chunklist(txn, current.ino, current.rev, result.refs)
+        content.prefixes.drop(txn, current.ino)  # the new base holds every streamed chunk
         current.extra["srv_size"] = result.size  # what the server counts against a quota
         clean = current.gen == result.gen
         if clean:
@@ -364,10 +403,54 @@ def finish_upload(cache: Cache, chunks: ChunkCache, node: Inode, result: UploadR
         else:
             trunc = current.min_trunc
             current.base_len = result.size if trunc < 0 else min(result.size, trunc)
+            chunks.dirty_bytes -= drop_settled_blocks(cache, txn, current.ino, 0, current.base_len, watch.written)
         cache.put(txn, current)
     log.info("committed inode %d as node %d rev %d (%d bytes, %s)", node.ino, result.response.node.id,
              result.response.version.rev, result.size, "clean" if clean else "changed meanwhile")
     return clean
+
+
+def drop_settled_blocks(cache: Cache, txn: "lmdb.Transaction", ino: int, start: int, end: int, keep: Ranges) -> int:
+    """Drop the dirty blocks lying wholly in [start, end) that no range of `keep`
+    touches: the store has their bytes now. Gives the LMDB map's pages back every
+    UNMAP_BYTES (see `_drop_blocks_unmapping`). Returns the bytes freed."""
+    first, stop = -(-start // BLOCK_SIZE), end // BLOCK_SIZE
+    if first >= stop:
+        return 0
+    freed = 0
+    cursor = txn.cursor(db=cache.blocks)
+    key = _block_key(ino, first)
+    if not cursor.set_range(key):
+        return 0
+    while True:
+        raw = bytes(cursor.key())
+        if len(raw) != 16:
+            break
+        key_ino, block_no = _unpack_block_key(raw)
+        if key_ino != ino or block_no >= stop:
+            break
+        lo = block_no * BLOCK_SIZE
+        if keep.intersects(lo, lo + BLOCK_SIZE):
+            if not cursor.next():
+                break
+            continue
+        size = len(cursor.value())
+        freed += size
+        cache.unreleased_bytes += size  # counted across calls: a streaming round drops a batch at a time
+        if not cursor.delete():
+            break
+        if cache.unreleased_bytes >= UNMAP_BYTES:
+            release_map_pages(cache.env)
+            cache.unreleased_bytes = 0
+    return freed
+
+
+def _block_key(ino: int, block_no: int) -> bytes:
+    return ino.to_bytes(8, "big") + block_no.to_bytes(8, "big")
+
+
+def _unpack_block_key(raw: bytes) -> tuple[int, int]:
+    return int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big")
 
 
 def _drop_blocks_unmapping(cache: Cache, txn: "lmdb.Transaction", node: Inode) -> int:

@@ -147,6 +147,8 @@ def _status(args: argparse.Namespace) -> int:
               f"`cloudfs deletes confirm` sends them, `cloudfs deletes undo` brings the files back")
     if reply.get("last_error") and not reply["online"]:
         print(f"  last error: {reply['last_error']}")
+    if reply.get("write_blocked"):
+        print(f"  writing stopped: {reply['write_blocked']}")
     return 0
 
 

@@ -14,6 +14,13 @@ on a fresh embedded server (SQLite, local chunk store; tests.harness) and a fres
      reports, per process, the peak RSS (VmHWM, which counts the LMDB map's file pages
      too) and the peak of the anonymous part (RssAnon: heap, Python objects, buffers).
 
+With `--cache-ratio N` (the issue-20 case: 8), every size runs a second time with the
+mounts' cache at 1/N of the file, so the file streams out while it is written
+(backend/streamer.py): the table then compares both runs, and adds the peak cache use
+(`cloudfs status` cache_bytes, polled every 0.25 s) against the limit and the bytes
+streamed before the close. `--no-read` skips the cold read (a run whose store alone
+fills most of the disk).
+
 First, on another fresh server and mount (`--insert-mib`, default 256), the edit test:
 write a file, sync, insert 16 bytes at offset 4096 by rewriting the file in place,
 sync again, and report the bytes the second sync uploaded (`cloudfs status`'s
@@ -27,6 +34,7 @@ limit), plus 2 GiB; otherwise it is skipped and said so. The writing mount's cac
 deleted before the cold read. MB/s is 10^6 bytes/s.
 
     .venv/bin/python scripts/bench_large.py [--quick] [--sizes 1G,4G,8G] [--insert-mib 256] [--tmp DIR]
+    .venv/bin/python scripts/bench_large.py --sizes 8G --cache-ratio 8 --insert-mib 0 --chunker-mib 0
 
 Every mount is unmounted at the end, also on failure and on Ctrl-C / SIGTERM. Exit
 status: 0 when every peak RSS is under --rss-target MiB (default 300), 1 when one is
@@ -58,6 +66,7 @@ if str(REPO) not in sys.path:
 
 import httpx  # noqa: E402
 
+from cloudfs.backend import control  # noqa: E402
 from tests.harness import MountProcess, ServerProcess, cloudfs_mount, cloudfs_server  # noqa: E402
 
 MiB = 1 << 20
@@ -138,6 +147,9 @@ class Sampler:
         self.interval = interval
         self.pids: dict[str, int] = {}
         self.peaks: dict[str, dict[str, int]] = {}
+        self.mounts: dict[str, Path] = {}
+        """Mount points whose `cloudfs status` cache_bytes is polled (peak in peaks[name]["cache"])."""
+        self._polled = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -149,7 +161,19 @@ class Sampler:
         while not self._stop.wait(self.interval):
             self.sample()
 
+    def watch_cache(self, name: str, mountpoint: Path) -> None:
+        self.mounts[name] = mountpoint.resolve()
+
     def sample(self) -> None:
+        if time.monotonic() - self._polled >= 0.25:
+            self._polled = time.monotonic()
+            for name, mountpoint in list(self.mounts.items()):
+                try:
+                    used = control.request(mountpoint, {"command": "status"}, timeout=5)["cache_bytes"]
+                except (OSError, KeyError, ValueError):
+                    continue
+                peaks = self.peaks.setdefault(name, {})
+                peaks["cache"] = max(peaks.get("cache", 0), used)
         for name, pid in list(self.pids.items()):
             try:
                 now = status_kib(pid)
@@ -248,6 +272,7 @@ def chunk_count(server: ServerProcess, token: str, path: str) -> int:
 @dataclass
 class SizeResult:
     size: int
+    cache_size: int = 0
     write_s: float = 0.0
     sync_s: float = 0.0
     read_s: float = 0.0
@@ -257,14 +282,17 @@ class SizeResult:
     mount_read: dict[str, float] = field(default_factory=dict)    # peaks of the cold-reading mount
     server: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
+    peak_cache: int = 0
+    streamed_at_close: int = 0
+    """Bytes uploaded while the file was open (streamed), read at its close."""
 
 
 def peaks(sampler: Sampler, name: str) -> dict[str, float]:
     return {key: sampler.mib(name, key) for key in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem")}
 
 
-def run_size(tmp: Path, size: int, cache_size: str, timeout: float) -> SizeResult:
-    result = SizeResult(size)
+def run_size(tmp: Path, size: int, cache_size: str, timeout: float, *, read: bool = True) -> SizeResult:
+    result = SizeResult(size, parse_size(cache_size))
     data = UniqueBytes(seed=size)
     with cloudfs_server(tmp / "server") as server, Sampler() as sampler:
         token = server.add_user(f"bench-{uuid.uuid4().hex[:8]}")
@@ -272,9 +300,11 @@ def run_size(tmp: Path, size: int, cache_size: str, timeout: float) -> SizeResul
         args = ["--cache-size", cache_size]
         with cloudfs_mount(server, token, tmp / "mnt", tmp / "cache-write", device="bench", extra_args=args) as m:
             sampler.watch("mount-write", m.proc.pid)
+            sampler.watch_cache("mount-write", m.path)
             cpu0 = cpu_seconds(m.proc.pid), cpu_seconds(server.proc.pid)
             result.loads.append(loadavg())
             result.write_s = write_stream(m.path / "large.bin", size, data, timeout)
+            result.streamed_at_close = m.status().get("streamed_bytes", 0)
             cpu1 = cpu_seconds(m.proc.pid), cpu_seconds(server.proc.pid)
             result.loads.append(loadavg())
             t0 = time.perf_counter()
@@ -284,11 +314,21 @@ def run_size(tmp: Path, size: int, cache_size: str, timeout: float) -> SizeResul
             result.loads.append(loadavg())
             sampler.sample()
             result.mount_write = peaks(sampler, "mount-write")
+            result.peak_cache = sampler.peaks.get("mount-write", {}).get("cache", 0)
+            sampler.mounts.pop("mount-write", None)
             result.cpu.update(write_mount=cpu1[0] - cpu0[0], sync_mount=cpu2[0] - cpu1[0],
                               sync_server=cpu2[1] - cpu1[1])
             _check_log(m)
         result.chunks = chunk_count(server, token, "/large.bin")
         shutil.rmtree(tmp / "cache-write", ignore_errors=True)
+        if not read:
+            result.read_s = float("nan")
+            result.mount_read = {key: float("nan") for key in result.mount_write}
+            result.cpu.update(read_mount=float("nan"), read_server=float("nan"))
+            sampler.sample()
+            result.server = peaks(sampler, "server")
+            shutil.rmtree(tmp, ignore_errors=True)
+            return result
         with cloudfs_mount(server, token, tmp / "mnt", tmp / "cache-read", device="bench-read", extra_args=args) as m:
             sampler.watch("mount-read", m.proc.pid)
             cpu0 = cpu_seconds(m.proc.pid), cpu_seconds(server.proc.pid)
@@ -420,8 +460,11 @@ def code_state() -> str:
 
 
 def table(results: list[SizeResult]) -> str:
-    header = ["Measure"] + [human(r.size) for r in results]
+    header = ["Measure"] + [f"{human(r.size)}, cache {human(r.cache_size)}" for r in results]
     rows = [
+        ["peak cache use, `cloudfs status` (MiB)"] + [f"{r.peak_cache / MiB:,.0f} of {r.cache_size / MiB:,.0f}"
+                                                      for r in results],
+        ["uploaded while written, at close (MiB)"] + [f"{r.streamed_at_close / MiB:,.0f}" for r in results],
         ["write, 1 MiB writes, to close (MB/s)"] + [f"{r.size / r.write_s / 1e6:,.0f}" for r in results],
         ["`cloudfs sync` afterwards (s)"] + [f"{r.sync_s:,.1f}" for r in results],
         ["committed: write + sync (MB/s)"] + [f"{r.size / (r.write_s + r.sync_s) / 1e6:,.0f}" for r in results],
@@ -463,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-avg-mib", type=int, default=None,
                         help="force the mount's chunk average (CLOUDFS_CHUNK_AVG_MIB), e.g. 16 as for a 50 GB file")
     parser.add_argument("--cache-size", default="10G", help="the mounts' --cache-size (default 10G, as cloudfs mount)")
+    parser.add_argument("--cache-ratio", type=int, default=0,
+                        help="also run every size with the cache at 1/N of the file (issue 20: 8)")
+    parser.add_argument("--no-read", action="store_true", help="skip the cold read (a store that fills the disk)")
     parser.add_argument("--rss-target", type=float, default=300.0, help="MiB; exit 1 if a peak RSS passes it")
     parser.add_argument("--tmp", type=Path, default=None, help="where the temp dirs go (default: the system's)")
     args = parser.parse_args(argv)
@@ -493,25 +539,33 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  chunker alone, {args.chunker_mib} MiB at {avg // MiB} MiB average: {changed} of {count} "
                       f"chunks new after the insert, {changed_bytes / MiB:.1f} MiB", flush=True)
         for size in sizes:
-            free = shutil.disk_usage(base).free
-            # dirty blocks + the uploader's clean copies (up to the cache limit) + the
-            # server's store; then the store + the cold-read cache
-            need = 2 * size + max(0, min(size, parse_size(args.cache_size) - size)) + 2 * GiB
-            if free < need:
-                skipped.append(f"{human(size)}: skipped, {free / GiB:.1f} GiB free on {base}, about "
-                               f"{need / GiB:.1f} GiB needed")
-                print("  " + skipped[-1], flush=True)
-                continue
-            print(f"{human(size)}: df {free / GiB:.1f} GiB free; load {loadavg()}", flush=True)
-            timeout = max(900.0, size / (5 * 10**6))
-            r = run_size(base / human(size).replace(" ", ""), size, args.cache_size, timeout)
-            results.append(r)
-            print(f"  write {size / r.write_s / 1e6:,.0f} MB/s, sync {r.sync_s:.1f} s, cold read "
-                  f"{size / r.read_s / 1e6:,.0f} MB/s, {r.chunks} chunks; peak RSS mount "
-                  f"{r.mount_write['VmHWM']:.0f} / {r.mount_read['VmHWM']:.0f} MiB (anon {r.mount_write['RssAnon']:.0f}"
-                  f" / {r.mount_read['RssAnon']:.0f}), server {r.server['VmHWM']:.0f} MiB", flush=True)
-        over = [r for r in results if max(r.mount_write["VmHWM"], r.mount_read["VmHWM"], r.server["VmHWM"])
-                > args.rss_target]
+            caches = [args.cache_size] + ([f"{max(size // args.cache_ratio // MiB, 8)}M"] if args.cache_ratio else [])
+            for cache_size in caches:
+                free = shutil.disk_usage(base).free
+                # the server's store + dirty blocks and the uploader's clean copies (at most
+                # the cache limit, a file larger than the cache streams out) + the cold-read cache
+                held = min(size, parse_size(cache_size))
+                need = size + held * (1 if args.no_read else 2) + 2 * GiB
+                label = f"{human(size)} through a {human(parse_size(cache_size))} cache"
+                if free < need:
+                    skipped.append(f"{label}: skipped, {free / GiB:.1f} GiB free on {base}, about "
+                                   f"{need / GiB:.1f} GiB needed")
+                    print("  " + skipped[-1], flush=True)
+                    continue
+                print(f"{label}: df {free / GiB:.1f} GiB free; load {loadavg()}", flush=True)
+                timeout = max(900.0, size / (5 * 10**6))
+                r = run_size(base / f"{human(size)}-{cache_size}".replace(" ", ""), size, cache_size, timeout,
+                             read=not args.no_read)
+                results.append(r)
+                print(f"  write {size / r.write_s / 1e6:,.0f} MB/s, sync {r.sync_s:.1f} s, committed "
+                      f"{size / (r.write_s + r.sync_s) / 1e6:,.0f} MB/s, cold read {size / r.read_s / 1e6:,.0f} MB/s, "
+                      f"{r.chunks} chunks; peak cache {r.peak_cache / MiB:,.0f} MiB of {r.cache_size / MiB:,.0f}, "
+                      f"streamed {r.streamed_at_close / MiB:,.0f} MiB by the close; peak RSS mount "
+                      f"{r.mount_write['VmHWM']:.0f} / {r.mount_read['VmHWM']:.0f} MiB (anon "
+                      f"{r.mount_write['RssAnon']:.0f} / {r.mount_read['RssAnon']:.0f}), server "
+                      f"{r.server['VmHWM']:.0f} MiB", flush=True)
+        over = [r for r in results if max(r.mount_write["VmHWM"], r.mount_read["VmHWM"] if args.no_read is False else 0,
+                                          r.server["VmHWM"]) > args.rss_target]
         status = 1 if over else 0
     except KeyboardInterrupt:
         print("interrupted; everything is unmounted", file=sys.stderr)

@@ -23,7 +23,7 @@ from cloudfs.backend.store import StoreError, chunk_key
 
 from . import commits, files, journal, tree
 from .app import ServerContext, User, context_dependency, current_user, device_name
-from .errors import Invalid, StoreUnavailable
+from .errors import Invalid, NotFound, StoreUnavailable
 
 ERRORS = {
     status: {"model": wire.ErrorBody, "description": description}
@@ -174,7 +174,17 @@ async def prepare_upload(ctx: Ctx, user: Auth, request: Request, req: wire.Prepa
 
 @router.post("/downloads/prepare", tags=["files"])
 async def prepare_download(ctx: Ctx, user: Auth, request: Request, req: wire.PrepareDownloadRequest) -> wire.PrepareDownloadResponse:
-    """Fresh signed GET URLs for chunks of this account."""
+    """Fresh signed GET URLs for chunks of this account. A chunk uploaded but not yet
+    named by a commit (a file streamed while written) is looked at in the store first."""
+    try:
+        return await ctx.run_db(files.prepare_download, ctx.db, _signer(ctx, request), user.id, req)
+    except NotFound:
+        pending = await ctx.run_db(files.pending_rows, ctx.db, user.id, req.fingerprints)
+        if not pending:
+            raise
+    verified, _ = await _check_in_store(ctx, user.id, commits.Unverified({}, pending))
+    if verified:
+        await ctx.run_db(files.record_verified, ctx.db, user.id, verified)
     return await ctx.run_db(files.prepare_download, ctx.db, _signer(ctx, request), user.id, req)
 
 

@@ -34,10 +34,10 @@ _QUOTA = Stmt("SELECT quota_bytes FROM users WHERE id = :owner_id")
 _USED = Stmt("""SELECT COALESCE(SUM(size), 0) FROM nodes
                 WHERE owner_id = :owner_id AND kind = 'file' AND deleted = {false}""")
 _NODE_UPDATE = Stmt("""UPDATE nodes SET size = :size, mtime_ns = :mtime_ns, rev = :rev, deleted = {false},
-                         deleted_at = NULL, deleted_by = NULL, delete_seq = NULL
+                         deleted_at = NULL, deleted_by = NULL
                        WHERE id = :id RETURNING *""")
 _NODE_UPDATE_MODE = Stmt("""UPDATE nodes SET size = :size, mtime_ns = :mtime_ns, rev = :rev, deleted = {false},
-                              deleted_at = NULL, deleted_by = NULL, delete_seq = NULL,
+                              deleted_at = NULL, deleted_by = NULL,
                             mode = :mode WHERE id = :id RETURNING *""")
 
 

@@ -255,6 +255,19 @@ def prepare_download(db: Database, signer: Signer, owner_id: int, req: wire.Prep
     ])
 
 
+def pending_rows(db: Database, owner_id: int, fingerprints: list[str]) -> list[Row]:
+    """Chunks of this owner uploaded but not looked at yet (S3 verifies at commit): a
+    device streaming a file still being written may need one back before its commit."""
+    with db.read() as conn:
+        rows = chunk_rows(conn, owner_id, list(dict.fromkeys(fingerprints)))
+    return [row for row in rows.values() if row["state"] == "pending"]
+
+
+def record_verified(db: Database, owner_id: int, fingerprints: list[str]) -> None:
+    with db.write(owner_id) as conn:
+        mark_verified(as_tx(conn), owner_id, fingerprints)
+
+
 def list_versions(db: Database, owner_id: int, node_id: int, *, limit: int) -> wire.VersionList:
     with db.read() as conn:
         node = tree.get(conn, owner_id, node_id, allow_deleted=True)

@@ -6,7 +6,9 @@ until the collector (retention.py) purges it after the retention period. A delet
 stamps every node it takes with its own journal entry (`delete_seq`), so an undelete
 brings back exactly what went with a directory.
 
-A point-in-time restore starts from the tree as it is and walks the journal backwards
+A node brought back keeps the `delete_seq` of the delete that took it, so walking back
+past that delete finds it again (a file that went with its directory has no delete entry
+of its own). A point-in-time restore starts from the tree as it is and walks the journal backwards
 to the moment asked for, undoing each entry (a create: the node was not there; a
 delete: it was; a move: it was at the old place; a commit: the revision before). The
 difference is then applied in one transaction, so an interrupted restore leaves every
@@ -107,7 +109,8 @@ def _trash_entry(conn: Connection, owner_id: int, row: Row) -> wire.TrashEntry:
     inside = 0
     if row["delete_seq"] is not None:
         inside = conn.execute(sa.select(sa.func.count()).where(
-            nodes.c.owner_id == owner_id, nodes.c.delete_seq == row["delete_seq"], nodes.c.id != row["id"])).scalar()
+            nodes.c.owner_id == owner_id, nodes.c.delete_seq == row["delete_seq"], nodes.c.deleted == sa.true(),
+            nodes.c.id != row["id"])).scalar()
     return wire.TrashEntry(node=tree.to_wire(row), path=path_of(conn, owner_id, row), deleted_at=row["deleted_at"],
                            device=row["deleted_by"], inside=int(inside or 0))
 
@@ -131,9 +134,10 @@ def undelete(conn: Connection, owner_id: int, node_id: int, device: str) -> tupl
         _, seq = _bring_back(conn, owner_id, ancestor, device)
     group = [] if row["delete_seq"] is None else conn.execute(
         sa.select(nodes).where(nodes.c.owner_id == owner_id, nodes.c.delete_seq == row["delete_seq"],
-                               nodes.c.id != row["id"])).mappings().all()
+                               nodes.c.deleted == sa.true(), nodes.c.id != row["id"])).mappings().all()
+    group = [dict(r) for r in group if _is_below(conn, owner_id, dict(r), row["id"])]  # what was in it, only
     top, seq = _bring_back(conn, owner_id, row, device)
-    for member in _parents_first(dict(r) for r in group):
+    for member in _parents_first(group):
         _, seq = _bring_back(conn, owner_id, member, device, keep_name=True)
     return top, seq
 
@@ -141,7 +145,7 @@ def undelete(conn: Connection, owner_id: int, node_id: int, device: str) -> tupl
 def _bring_back(conn: Connection, owner_id: int, row: Row, device: str, *, keep_name: bool = False) -> tuple[Row, int]:
     name = row["name"] if keep_name else free_name(conn, owner_id, row["parent_id"], row["name"])
     conn.execute(nodes.update().where(nodes.c.id == row["id"]).values(
-        deleted=False, deleted_at=None, deleted_by=None, delete_seq=None, name=name))
+        deleted=False, deleted_at=None, deleted_by=None, name=name))  # delete_seq stays: see _walk_back
     back = tree.get(conn, owner_id, row["id"])
     return back, journal.append(conn, owner_id, "create", back, device=device)
 
@@ -266,7 +270,7 @@ def restore_at(conn: Connection, owner_id: int, top: Row, at: float, device: str
         name = free_name(conn, owner_id, p.parent_id, p.name)
         temp = tree.get(conn, owner_id, node_id, allow_deleted=True)
         conn.execute(nodes.update().where(nodes.c.id == node_id).values(
-            parent_id=p.parent_id, name=name, deleted=False, deleted_at=None, deleted_by=None, delete_seq=None))
+            parent_id=p.parent_id, name=name, deleted=False, deleted_at=None, deleted_by=None))
         back = tree.get(conn, owner_id, node_id)
         if p.row["deleted"]:
             journal.append(conn, owner_id, "create", back, device=device)
@@ -285,10 +289,13 @@ def restore_at(conn: Connection, owner_id: int, top: Row, at: float, device: str
             vrow = files.load_version(tx, node_id, p.rev, row["rev"])
             if vrow is None:
                 raise NotFound(f"{path_of(conn, owner_id, row)}: revision {p.rev} is no longer retained", field="at")
-            commits.write_version(tx, owner_id, row, row["parent_id"], row["name"], size=vrow["size"],
-                                  mtime_ns=vrow["mtime_ns"], mode=None, refs=files.version_chunks(tx, vrow["id"]),
-                                  base_rev=row["rev"], device=device)
-            report.reverted += 1
+            refs = files.version_chunks(tx, vrow["id"])
+            now_row = files.load_version(tx, node_id, row["rev"], row["rev"])
+            if now_row is None or refs != files.version_chunks(tx, now_row["id"]):  # the same bytes: nothing to do
+                commits.write_version(tx, owner_id, row, row["parent_id"], row["name"], size=vrow["size"],
+                                      mtime_ns=vrow["mtime_ns"], mode=None, refs=refs, base_rev=row["rev"],
+                                      device=device)
+                report.reverted += 1
         changed = {k: v for k, v in p.attrs.items() if row[k] != v}
         if changed:
             conn.execute(nodes.update().where(nodes.c.id == node_id).values(**changed))

@@ -15,36 +15,42 @@ MiB = 1 << 20
 
 
 def test_full_cache_gives_enospc_and_recovers(tmp_path):
+    """A file far larger than the cache streams out while written (tests/fuse/test_stream.py);
+    what cannot leave is a window that cannot move: here the first MiB stays a hole, so
+    nothing after it can be cut into chunks yet."""
     first = os.urandom(6 * MiB)
     with cloudfs_server(tmp_path / "srv") as srv:
         token = srv.add_user("owner")
         with cloudfs_mount(srv, token, tmp_path / "mnt", tmp_path / "cache",
                            extra_args=["--cache-size", "8M"]) as m:
-            # 14 MiB into an 8 MiB cache, all of it in one open file (which cannot be
-            # uploaded before it is closed or fsynced): the kernel's write-back reaches
+            # 14 MiB into an 8 MiB cache after a hole: the kernel's write-back reaches
             # the drive at the fsync, and the error comes back there (or at close).
             fd = os.open(m.path / "big.bin", os.O_CREAT | os.O_WRONLY, 0o644)
+            started = time.monotonic()
             with pytest.raises(OSError) as caught:
                 try:
-                    os.write(fd, first)
-                    for _ in range(8):
-                        os.write(fd, os.urandom(MiB))
+                    os.pwrite(fd, first, MiB)
+                    for i in range(8):
+                        os.pwrite(fd, os.urandom(MiB), 7 * MiB + i * MiB)
                     os.fsync(fd)
                 finally:
                     os.close(fd)
             assert caught.value.errno == errno.ENOSPC
+            assert time.monotonic() - started < 30
             assert "is full of changes not uploaded yet" in m.log()
             m.sync()
-            assert (m.path / "big.bin").read_bytes()[:len(first)] == first
+            stored = (m.path / "big.bin").read_bytes()
+            assert stored[:MiB] == bytes(MiB) and stored[MiB:MiB + len(first)] == first
             # Uploaded, so the room is back.
             more = os.urandom(5 * MiB)
             (m.path / "more.bin").write_bytes(more)
             m.sync()
             assert (m.path / "more.bin").read_bytes() == more
+            assert m.status()["write_blocked"] == ""
         with cloudfs_mount(srv, token, tmp_path / "mnt", tmp_path / "cache-fresh") as m:
             # What was accepted before the error is there, intact; what was refused is not.
-            stored = (m.path / "big.bin").read_bytes()
-            assert stored[:len(first)] == first and len(first) <= len(stored) < 14 * MiB
+            assert (m.path / "big.bin").read_bytes() == stored
+            assert MiB + len(first) <= len(stored) < 15 * MiB
             assert (m.path / "more.bin").read_bytes() == more
 
 

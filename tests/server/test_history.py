@@ -140,6 +140,10 @@ def test_restore_at_puts_a_tree_back_and_a_second_restore_undoes_it(alice: Api) 
     assert tree_of(alice, proj["id"]) == then
     assert "/proj/new.txt" in [e["path"] for e in alice.get("/trash", params={"path": "/proj"}).json()["entries"]]
 
+    again = alice.post("/restore", json={"path": "/proj", "at": at}).json()  # interrupted? run it again: done
+    assert (again["reverted"], again["undeleted"], again["moved"], again["trashed"]) == (0, 0, 0, 0)
+    assert tree_of(alice, proj["id"]) == then
+
     undo = alice.post("/restore", json={"path": "/proj", "at": before_restore})
     assert undo.status_code == 200, undo.text
     assert tree_of(alice, proj["id"]) == now

@@ -159,3 +159,30 @@ def test_a_retried_commit_that_meets_a_deleted_file_keeps_its_conflict(server, a
             assert await uploader._landed_already(stale, refs, len(data), 1) is None
 
     trio.run(main)
+
+
+def test_uploaded_chunk_is_readable_before_any_commit_names_it(server, alice):
+    """A file streamed while it is written (backend/streamer.py) has chunks in the store
+    that no commit names yet; a write behind the streaming window fetches one back. S3
+    leaves such a chunk unchecked until a commit: the download prepare looks at it then.
+    Bytes never uploaded stay unknown."""
+    data = os.urandom(300_000)
+    fp = hashlib.sha256(data).hexdigest()
+    never = hashlib.sha256(b"never uploaded").hexdigest()
+
+    async def main() -> None:
+        async with ApiClient(server.url, alice.token, device="dev-a") as client:
+            prepared = await client.prepare_upload([wire.ChunkUpload(fingerprint=fp, length=len(data))])
+            [ticket] = prepared.missing
+            await client.put_chunk(ticket, data)
+            [chunk] = (await client.prepare_download([fp])).chunks
+            assert await client.fetch_chunk(fp, chunk.download, chunk.compression) == data
+            await client.prepare_upload([wire.ChunkUpload(fingerprint=never, length=14)])  # prepared, never PUT
+            try:
+                await client.prepare_download([never])
+            except Exception as exc:  # noqa: BLE001 - the 404 the client raises
+                assert getattr(exc, "status", None) == 404, exc
+            else:
+                raise AssertionError("a chunk never uploaded was offered for download")
+
+    trio.run(main)

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyfastcdc import FastCDC
 
-from cloudfs.backend.chunker import (CDC_MAX_AVG, MAX_AVG, MIN_AVG, MiB, average_size, fingerprint, iter_pieces,
-                                     max_size)
+from cloudfs.backend.chunker import (CDC_MAX_AVG, MAX_AVG, MIN_AVG, MiB, average_at, average_size, fingerprint,
+                                     iter_pieces, max_size)
 from cloudfs.backend.wire import MAX_CHUNK_BYTES, MAX_CHUNKS_PER_VERSION
 
 GB = 10**9
@@ -97,13 +97,44 @@ def test_average_size_steps() -> None:
 
 def test_a_50_gb_file_has_a_few_thousand_chunks() -> None:
     """FastCDC's mean chunk is avg_size + min_size (min_size = avg_size // 4, see the
-    paper's cut-point skipping); grouped averages keep that (measured below)."""
+    paper's cut-point skipping); grouped averages keep that (measured below). The
+    average goes by offset: 4 MiB for the first 16 GiB, 8 MiB to 32 GiB, then 16 MiB."""
     size = 50 * GB
-    avg = average_size(size)
-    assert size / (avg + avg // 4) <= 2_500
-    assert size / avg <= 3_000  # even counting every chunk at the nominal average
-    assert size / (avg // 4) <= MAX_CHUNKS_PER_VERSION  # even if every chunk were minimum-size
-    assert 50 * 2**30 / (avg + avg // 4) <= 2_600
+    step = 1 << 30
+    real = sum(step / (average_at(o) * 1.25) for o in range(0, size, step))
+    nominal = sum(step / average_at(o) for o in range(0, size, step))
+    assert real <= 6_000
+    assert nominal <= 7_200  # even counting every chunk at the nominal average
+    assert size / (MIN_AVG // 4) <= 4 * MAX_CHUNKS_PER_VERSION  # minimum-size chunks everywhere: still within reach
+    assert average_size(size) == MAX_AVG
+
+
+def test_average_goes_by_offset_not_file_size() -> None:
+    """So a file still being written is cut the same whatever size it reaches."""
+    assert average_at(0) == average_at(16 * 2**30 - 1) == 4 * MiB
+    assert average_at(16 * 2**30) == average_at(32 * 2**30 - 1) == 8 * MiB
+    assert average_at(32 * 2**30) == average_at(10**15) == MAX_AVG
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32), size=st.integers(1, 40 * MiB),
+       at=st.sampled_from([0, 5 << 30, (16 << 30) - 20 * MiB, 20 << 30, (32 << 30) - 8 * MiB, 40 << 30]),
+       kind=st.sampled_from(["random", "mixed"]))
+def test_cutting_again_from_any_cut_finds_the_same_chunks(seed: int, size: int, at: int, kind: str) -> None:
+    """The streaming upload's ground: cut a prefix, keep all chunks but its last, cut
+    again from where the last kept one ends: the file's chunks, at any offset in the
+    file (the grouped averages beyond 16 GiB included)."""
+    data = make_data(kind, size, seed)
+    base = at - at % 4096
+    whole = [(p.offset, p.fingerprint) for p in iter_pieces(io.BytesIO(data), size, start=base)]
+    assert whole[0][0] == base and sum(1 for _ in whole) >= 1
+    prefix_len = random.Random(seed).randint(0, size)
+    prefix = list(iter_pieces(io.BytesIO(data[:prefix_len]), prefix_len, start=base))[:-1]
+    assert [(p.offset, p.fingerprint) for p in prefix] == whole[:len(prefix)]
+    resume = prefix[-1].offset + prefix[-1].length if prefix else base
+    again = [(p.offset, p.fingerprint) for p in iter_pieces(io.BytesIO(data[resume - base:]), size - (resume - base),
+                                                               start=resume)]
+    assert whole[len(prefix):] == again
 
 
 def test_real_mean_chunk_is_at_least_the_average() -> None:
