@@ -278,6 +278,28 @@ async def held_each(c: Cluster) -> list[int]:
     return held
 
 
+async def notify_lag(c: Cluster) -> tuple[int, float, float]:
+    """From every replica's `cloudfs_journal_notify_lag_seconds` histogram: how many
+    notifications arrived from a commit's transaction (on any replica, this one
+    included), and the bucket bounds holding the median and the 99th percentile."""
+    buckets: dict[float, float] = {}
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        for replica in c.replicas:
+            for line in (await client.get(replica.url + "/metrics")).text.splitlines():
+                if line.startswith("cloudfs_journal_notify_lag_seconds_bucket{"):
+                    bound = line.split('le="', 1)[1].split('"', 1)[0]
+                    le = float("inf") if bound == "+Inf" else float(bound)
+                    buckets[le] = buckets.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    total = buckets.get(float("inf"), 0.0)
+    if not total:
+        return 0, float("nan"), float("nan")
+    ordered = sorted(buckets.items())
+
+    def bound(p: float) -> float:
+        return next(le for le, count in ordered if count >= p / 100 * total)
+    return int(total), bound(50), bound(99)
+
+
 async def held_long_polls(c: Cluster) -> int:
     return sum(await held_each(c))
 
@@ -413,8 +435,12 @@ async def run_against(c: Cluster, tokens: list[str], burst_tokens: list[str], si
                    f"{commits_ok / seconds:.1f} ({sizes.commit_rate:g}) / {downloads_ok / seconds:.1f}")
         result.add("steady commit latency p50 / p99", f"{percentile(commit_lat, 50) * 1000:.0f} / "
                    f"{percentile(commit_lat, 99) * 1000:.0f} ms")
-        result.add(f"fan-out, commit sent -> each of its account's devices ({len(fanout)} wake-ups): p50 / p99",
-                   f"{percentile(fanout, 50) * 1000:.0f} / {percentile(fanout, 99) * 1000:.0f} ms")
+        result.add("fan-out, commit sent -> each of its account's devices: p50 / p99",
+                   f"{percentile(fanout, 50) * 1000:.0f} / {percentile(fanout, 99) * 1000:.0f} ms "
+                   f"({len(fanout)} wake-ups)")
+        count, lag50, lag99 = await notify_lag(c)
+        result.add("PostgreSQL notification lag, commit -> each replica: p50 / p99 (bucket bound)",
+                   f"{lag50 * 1000:g} / {lag99 * 1000:g} ms ({count} notifications)")
         result.add("CPU, steady (cores): replicas / haproxy / postgres / moto / generator / machine",
                    f"{cores['replicas']:.2f} / {cores['haproxy']:.2f} / {cores['postgres']:.2f} / {cores['moto']:.2f} / "
                    f"{cores['generator']:.2f} / {cores['machine']:.2f}")
