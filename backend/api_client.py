@@ -181,6 +181,11 @@ class ApiClient:
             body["mtime_ns"] = mtime_ns
         return wire.NodeResponse.model_validate(await self._call("POST", "/symlinks", json=body))
 
+    async def link(self, parent_id: int, name: str, node_id: int) -> wire.NodeResponse:
+        """A hard link: one more name for `node_id` (an alias row)."""
+        body = {"parent_id": parent_id, "name": name, "node_id": node_id}
+        return wire.NodeResponse.model_validate(await self._call("POST", "/links", json=body))
+
     async def move(self, node_id: int, parent_id: int, name: str, *, replace: bool = False,
                    exchange: bool = False) -> wire.NodeResponse:
         body = {"parent_id": parent_id, "name": name, "replace": replace, "exchange": exchange}

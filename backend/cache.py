@@ -3,7 +3,8 @@
 One LMDB environment, several named databases, each owned by one concern:
 
     inodes     ino → Inode (JSON)            the local mirror of the tree
-    dirents    parent ino + name → ino       lookups and sorted readdir
+    dirents    parent ino + name → ino       lookups and sorted readdir; a hard link's
+                                             extra name adds its alias record's ino (links.py)
     node_ids   server node id → ino          applying server answers and changes
     chunklists ino → base chunk list         the committed version a file overlays
     blocks     ino + block_no → bytes        write-back data not yet committed
@@ -105,7 +106,10 @@ class Inode:
     _ATTRS = ("mode", "mtime_ns", "uid", "gid", "xattrs")
 
     def attrs_pending(self) -> dict:
-        """Attributes changed here that the server has not acknowledged: the PATCH to send."""
+        """Attributes changed here that the server has not acknowledged: the PATCH to send.
+        An alias record (a hard link's extra name) has none: they are its inode's."""
+        if self.kind == "link":
+            return {}
         pending = {name: getattr(self, name) for name in self._ATTRS
                    if getattr(self, name) != getattr(self, "srv_" + name)}
         if self.extra.get("atime_set"):
@@ -226,12 +230,16 @@ class Cache:
 
     # --- inodes ---
 
-    def get(self, ino: int) -> Inode | None:
+    def get(self, ino: int, txn: lmdb.Transaction | None = None) -> Inode | None:
+        """The inode, as committed, or as `txn` (a write transaction) has it so far."""
         node = self._memo.get(ino)
         if node is not None:
             return node
-        with self.read() as txn:
+        if txn is not None:
             raw = txn.get(u64(ino), db=self.inodes)
+        else:
+            with self.read() as own:
+                raw = own.get(u64(ino), db=self.inodes)
         if raw is None:
             return None
         node = Inode.decode(raw)
@@ -308,14 +316,35 @@ class Cache:
     def _dirent_key(parent: int, name: str) -> bytes:
         return u64(parent) + name.encode("utf-8", "surrogateescape")
 
-    def lookup(self, parent: int, name: str) -> int | None:
-        with self.read() as txn:
-            raw = txn.get(self._dirent_key(parent, name), db=self.dirents)
-        return from_u64(raw) if raw is not None else None
+    def _dirent(self, parent: int, name: str, txn: lmdb.Transaction | None) -> bytes | None:
+        if txn is not None:
+            return txn.get(self._dirent_key(parent, name), db=self.dirents)
+        with self.read() as own:
+            return own.get(self._dirent_key(parent, name), db=self.dirents)
 
-    def link(self, txn: lmdb.Transaction, parent: int, name: str, ino: int) -> None:
-        txn.put(self._dirent_key(parent, name), u64(ino), db=self.dirents)
+    def lookup(self, parent: int, name: str, txn: lmdb.Transaction | None = None) -> int | None:
+        """The inode a name stands for: what the kernel sees."""
+        raw = self._dirent(parent, name, txn)
+        return from_u64(raw[:8]) if raw is not None else None
+
+    def record_at(self, parent: int, name: str, txn: lmdb.Transaction | None = None) -> int | None:
+        """The record of a name: the inode itself, or the alias record of a hard link's
+        extra name (links.py). Name-level operations (rename, unlink, sync) act on it."""
+        raw = self._dirent(parent, name, txn)
+        return from_u64(raw[-8:]) if raw is not None else None
+
+    def link(self, txn: lmdb.Transaction, parent: int, name: str, ino: int, record: int = 0) -> None:
+        """Name `ino` in `parent`; `record` is the alias record when the name is an extra one."""
+        txn.put(self._dirent_key(parent, name), u64(ino) + (u64(record) if record else b""), db=self.dirents)
         self._subdirs.pop(parent, None)
+
+    def place(self, txn: lmdb.Transaction, node: Inode) -> None:
+        """The directory entry of a record at its (parent, name): an alias record's entry
+        names its target inode and carries the record."""
+        if node.kind == "link":
+            self.link(txn, node.parent, node.name, node.extra["target"], node.ino)
+        else:
+            self.link(txn, node.parent, node.name, node.ino)
 
     def unlink(self, txn: lmdb.Transaction, parent: int, name: str) -> None:
         txn.delete(self._dirent_key(parent, name), db=self.dirents)
@@ -332,6 +361,14 @@ class Cache:
         return count
 
     def children(self, parent: int) -> list[tuple[str, int]]:
+        """(name, inode) of every entry: what readdir shows."""
+        return [(name, from_u64(value[:8])) for name, value in self._entries(parent)]
+
+    def entries(self, parent: int) -> list[tuple[str, int]]:
+        """(name, record) of every entry: what walks of the tree work on (`record_at`)."""
+        return [(name, from_u64(value[-8:])) for name, value in self._entries(parent)]
+
+    def _entries(self, parent: int) -> list[tuple[str, bytes]]:
         prefix = u64(parent)
         out = []
         with self.read() as txn:
@@ -340,7 +377,7 @@ class Cache:
                 for key, value in cursor:
                     if not key.startswith(prefix):
                         break
-                    out.append((key[8:].decode("utf-8", "surrogateescape"), from_u64(value)))
+                    out.append((key[8:].decode("utf-8", "surrogateescape"), value))
         return out
 
     def has_children(self, parent: int) -> bool:

@@ -4,7 +4,10 @@ to it in place: pending uploads, dirty blocks and the cursor are never thrown aw
 Format 1 is the first release's (no version recorded). Format 2 adds POSIX attributes
 to every inode (owner, device number, access time, extended attributes, each also as
 the server last acknowledged it); an inode of format 1 had none of them, which is
-exactly "the drive's owner, no xattrs", so it is rewritten with those values.
+exactly "the drive's owner, no xattrs", so it is rewritten with those values. Format 3
+adds hard links (links.py): alias records of kind "link", and directory entries that
+carry an alias record's ino after the inode's. A cache of format 2 has neither, so it
+is only marked; the number tells an older release to keep its hands off.
 
 A cache written by a newer cloudfs is refused with an error naming it, never
 guessed at.
@@ -22,7 +25,7 @@ from .errors import CloudFsError
 
 log = logging.getLogger("cloudfs.cache")
 
-FORMAT = 2
+FORMAT = 3
 _KEY = "format"
 
 
@@ -38,7 +41,11 @@ def _to_2(cache: Cache, txn: lmdb.Transaction) -> int:
     return rewritten
 
 
-_MIGRATIONS: dict[int, Callable[[Cache, lmdb.Transaction], int]] = {2: _to_2}
+def _to_3(cache: Cache, txn: lmdb.Transaction) -> int:
+    return 0  # nothing of format 2 changes meaning; see the module docstring
+
+
+_MIGRATIONS: dict[int, Callable[[Cache, lmdb.Transaction], int]] = {2: _to_2, 3: _to_3}
 
 
 def upgrade(cache: Cache) -> tuple[int, int]:

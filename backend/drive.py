@@ -7,6 +7,10 @@ server in order, in the background.
 
 Open files are counted here so an unlinked file stays readable until its last
 handle is released (it becomes an orphan: parent 0, no directory entry).
+
+Hard links (links.py): every name-level operation works on the *record* of a name
+(`Cache.record_at`): the inode for its own name, an alias record for an extra one.
+Content and attributes are always the inode's.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from .conflicts import conflicted_name
 from .content import Content
 from .errors import (CloudFsError, CorruptChunkError, ExistsError, InvalidError, IsADirectoryError_, NotADirectoryError_,
                      NotEmptyError, NotFoundError)
+from . import links
 from . import xattrs as xattr_rules
 from .names import NAME_MAX_BYTES, name_problem
 from .room import FULL_WAIT_S, NoSpaceError, Room  # noqa: F401 - FULL_WAIT_S, NoSpaceError: part of the drive's surface
@@ -51,6 +56,10 @@ class NoAttributeError(CloudFsError):
 
 class XattrTooBigError(CloudFsError):
     errno = errno.E2BIG
+
+
+class NotPermittedError(CloudFsError):
+    errno = errno.EPERM
 
 
 @dataclass(frozen=True)
@@ -196,6 +205,27 @@ class Drive:
             raise InvalidError(f"{kind!r} is not a special file kind")
         return self._new(parent, name, kind, mode, owner=owner, rdev=rdev if kind in ("chr", "blk") else 0)
 
+    def link(self, ino: int, new_parent: int, new_name: str) -> Inode:
+        """link(2): one more name for `ino`, an alias record queued for the syncer (which
+        creates it on the server once the inode has a node id there)."""
+        check_local_name(new_name)
+        node = self.get(ino)
+        if node.kind == "dir":
+            raise NotPermittedError(f"inode {ino} ({node.name!r}) is a directory: no hard links to directories")
+        if node.parent == 0 and node.ino != ROOT_INO:
+            raise NotFoundError(f"inode {ino} ({node.name!r}) has no name left to link to")
+        self._dir(new_parent)
+        if self.cache.lookup(new_parent, new_name) is not None:
+            raise ExistsError(f"{new_name!r} exists in directory inode {new_parent}")
+        now = time.time_ns()
+        with self.transaction() as txn:
+            alias = links.add_alias(self.cache, txn, node, new_parent, new_name)
+            node.ctime_ns = now
+            self.cache.put(txn, node)
+            self.cache.enqueue(txn, {"op": "push", "ino": alias.ino})
+            self._touch_dir(txn, new_parent, now)
+        return node
+
     def _touch_dir(self, txn: lmdb.Transaction, ino: int, now: int) -> None:
         """Directory mtimes are local only: the server derives them from its own changes."""
         node = self.cache.get(ino)
@@ -209,10 +239,38 @@ class Drive:
         node = self.lookup(parent, name)
         if node.kind == "dir":
             raise IsADirectoryError_(f"{name!r} is a directory")
+        now = time.time_ns()
         with self.transaction() as txn:
-            self.cache.unlink(txn, parent, name)
-            self._forget(txn, node)
-            self._touch_dir(txn, parent, time.time_ns())
+            self._remove_name(txn, parent, name, now)
+            self._touch_dir(txn, parent, now)
+
+    def _remove_name(self, txn: lmdb.Transaction, parent: int, name: str, now: int) -> None:
+        """A name leaves the tree. An extra name of a file goes alone; a file's own name
+        while it has others: the file moves to the oldest of them, as the server would do
+        (links.promote), told to the server as that alias's delete and the file's move."""
+        record = self.cache.get(self.cache.record_at(parent, name, txn) or 0, txn)
+        self.cache.unlink(txn, parent, name)
+        if record is None:
+            return
+        if record.kind == "link":
+            target = links.drop_alias(self.cache, txn, record)
+            self._forget_alias(txn, record)
+            if target is not None:
+                target.ctime_ns = now
+                self.cache.put(txn, target)
+        elif links.aliases(record):
+            gone = links.promote(self.cache, txn, record)
+            if gone is not None:
+                self._forget_alias(txn, gone)
+            record.ctime_ns = now
+            self.cache.put(txn, record)
+            self.cache.enqueue(txn, {"op": "push", "ino": record.ino})
+        else:
+            self._forget(txn, record)
+
+    def _forget_alias(self, txn: lmdb.Transaction, alias: Inode) -> None:
+        if alias.node_id:
+            self.cache.enqueue(txn, {"op": "delete", "ino": alias.ino, "node_id": alias.node_id, "rev": None})
 
     def rmdir(self, parent: int, name: str) -> None:
         node = self.lookup(parent, name)
@@ -220,10 +278,10 @@ class Drive:
             raise NotADirectoryError_(f"{name!r} is not a directory")
         if self.cache.has_children(node.ino):
             raise NotEmptyError(f"{name!r} is not empty")
+        now = time.time_ns()
         with self.transaction() as txn:
-            self.cache.unlink(txn, parent, name)
-            self._forget(txn, node)
-            self._touch_dir(txn, parent, time.time_ns())
+            self._remove_name(txn, parent, name, now)
+            self._touch_dir(txn, parent, now)
 
     def _forget(self, txn: lmdb.Transaction, node: Inode) -> None:
         """The node left the tree: tell the server, and drop it unless still open."""
@@ -250,13 +308,14 @@ class Drive:
             return
         check_local_name(new_name)
         node = self.lookup(old_parent, old_name)
+        record = self.cache.get(self.cache.record_at(old_parent, old_name) or 0) or node
         self._dir(new_parent)
         if node.kind == "dir" and self._is_ancestor(node.ino, new_parent):
             raise InvalidError(f"cannot move {old_name!r} into its own subtree")
         victim_ino = self.cache.lookup(new_parent, new_name)
         victim = self.cache.get(victim_ino) if victim_ino is not None else None
         if victim is not None and victim.ino == node.ino:
-            return
+            return  # two names of one inode (or the same name): rename(2) does nothing
         if victim is not None:
             if flags & RENAME_NOREPLACE:
                 raise ExistsError(f"{new_name!r} exists")
@@ -269,13 +328,14 @@ class Drive:
         now = time.time_ns()
         with self.transaction() as txn:
             if victim is not None:
-                self.cache.unlink(txn, new_parent, new_name)
-                self._forget(txn, victim)
+                self._remove_name(txn, new_parent, new_name, now)
             self.cache.unlink(txn, old_parent, old_name)
-            self.cache.link(txn, new_parent, new_name, node.ino)
-            node.parent, node.name, node.ctime_ns = new_parent, new_name, now
+            record.parent, record.name = new_parent, new_name
+            self.cache.place(txn, record)
+            node.ctime_ns = now
             self.cache.put(txn, node)
-            self.cache.enqueue(txn, {"op": "push", "ino": node.ino})
+            self.cache.put(txn, record)
+            self.cache.enqueue(txn, {"op": "push", "ino": record.ino})
             self._touch_dir(txn, old_parent, now)
             self._touch_dir(txn, new_parent, now)
 
@@ -288,15 +348,18 @@ class Drive:
         if a.kind == "dir" and self._is_ancestor(a.ino, new_parent) or \
                 b.kind == "dir" and self._is_ancestor(b.ino, old_parent):
             raise InvalidError(f"cannot exchange {old_name!r} and {new_name!r}: one contains the other")
+        ra = self.cache.get(self.cache.record_at(old_parent, old_name) or 0) or a
+        rb = self.cache.get(self.cache.record_at(new_parent, new_name) or 0) or b
         now = time.time_ns()
         with self.transaction() as txn:
-            self.cache.link(txn, new_parent, new_name, a.ino)
-            self.cache.link(txn, old_parent, old_name, b.ino)
-            a.parent, a.name, b.parent, b.name = new_parent, new_name, old_parent, old_name
+            ra.parent, ra.name, rb.parent, rb.name = new_parent, new_name, old_parent, old_name
             for node in (a, b):
                 node.ctime_ns = now
                 self.cache.put(txn, node)
-                self.cache.enqueue(txn, {"op": "push", "ino": node.ino})
+            for record in (ra, rb):
+                self.cache.place(txn, record)
+                self.cache.put(txn, record)
+                self.cache.enqueue(txn, {"op": "push", "ino": record.ino})
             self._touch_dir(txn, old_parent, now)
             self._touch_dir(txn, new_parent, now)
 

@@ -24,6 +24,14 @@ an invalidation may wait for the kernel to write back pages, which this loop ser
 `reconcile` compares the whole mirror with a server snapshot: after a 410 from
 `/changes` (the journal no longer reaches our cursor), on `cloudfs sync --full`, and
 every RECONCILE_EVERY_S.
+
+Hard links (links.py): an alias row becomes an alias record whose entry names the local
+inode of the node it links to (deferred while that node is not here). A file that gets
+a new inode for new content takes its aliases along. A deleted directory never takes
+a file with names outside it: the server moved such a file out first (its promotion
+entries come before the delete). A deleted file (or one in a deleted directory) that
+was given a name here which the server has not seen yet moves to that name, as the
+server would have done had the name arrived first, and is created there again.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from typing import Any, Callable
 
 import trio
 
-from . import wire
+from . import links, wire
 from .api_client import ApiClient
 from .cache import ROOT_INO, Cache, Inode
 from .chunkcache import ChunkCache
@@ -89,9 +97,11 @@ class Follower:
         with self.cache.write() as txn:
             inos = {me.root_id: ROOT_INO}
             for node in nodes:
-                if node.id != me.root_id:
+                if node.id != me.root_id and node.kind != "link":
                     inos[node.id] = self.cache.new_ino(txn)
             for node in nodes:
+                if node.kind == "link":
+                    continue
                 ino = inos[node.id]
                 parent = inos.get(node.parent_id or 0, 0) if node.id != me.root_id else 0
                 local = self._inode_from(node, ino, parent)
@@ -99,6 +109,10 @@ class Follower:
                 self.cache.bind_node_id(txn, local, node.id)
                 if parent:
                     self.cache.link(txn, parent, node.name, ino)
+            for node in nodes:  # extra names of files, oldest first (the snapshot is in id order)
+                parent, target = inos.get(node.parent_id or 0, 0), self.cache.get(inos.get(node.link_to or 0, 0), txn)
+                if node.kind == "link" and parent and target is not None:
+                    links.add_alias(self.cache, txn, target, parent, node.name, node_id=node.id)
             self.cache.set_meta(txn, "cursor", str(cursor))
             self.cache.set_meta(txn, "user_id", str(me.user_id))
         self.cursor = cursor
@@ -200,6 +214,7 @@ class Follower:
         while True:
             with trio.move_on_after(RECONCILE_EVERY_S):
                 await self._reconcile_now.wait()
+            self._reconcile_now = trio.Event()  # here, not after each run: this loop waits on it
             try:
                 await self._run_reconcile()
             except (OfflineError, ServerError) as exc:
@@ -289,6 +304,10 @@ class Follower:
         if local is not None and self._pending(local):
             self._defer(remote.id)
             return
+        target = self._link_target(remote) if remote.kind == "link" else None
+        if remote.kind == "link" and target is None:
+            self._defer(remote.id)  # the file it names is not here (yet): pulled once it is
+            return
         if change.op == "exchange" and local is not None and self._exchange(local, remote):
             return
         parent_ino = self.cache.ino_for_node(remote.parent_id)
@@ -302,7 +321,9 @@ class Follower:
             return
         if room == "merged":
             return
-        if local is None:
+        if target is not None:
+            self._apply_link(local, remote, parent.ino, target)
+        elif local is None:
             if self._deleting(remote.id):
                 return  # deleted here, the delete is on its way: it must not come back
             self._create(remote, parent.ino)
@@ -316,21 +337,20 @@ class Follower:
         `local`'s (its own `move` entry follows and finds it done). False when the node
         there has local work, or is not where the server had it: the usual way then."""
         parent = self.cache.ino_for_node(remote.parent_id or 0)
-        other_ino = self.cache.lookup(parent, remote.name) if parent else None
+        other_ino = self.cache.record_at(parent, remote.name) if parent else None
         other = self.cache.get(other_ino) if other_ino else None
         if other is None or other.ino == local.ino or self._pending(other) or self._changed(local):
             return False
         with self.cache.write() as txn:
-            self.cache.link(txn, other.parent, other.name, local.ino)
-            self.cache.link(txn, local.parent, local.name, other.ino)
             (local.parent, local.name), (other.parent, other.name) = (other.parent, other.name), (local.parent, local.name)
             for node in (local, other):
                 node.srv_parent, node.srv_name = node.parent, node.name
                 node.ctime_ns = time.time_ns()
+                self.cache.place(txn, node)
                 self.cache.put(txn, node)
         for node in (local, other):
             self._inval.append(("entry", node.parent, node.name))
-            self._inval.append(("inode", node.ino))
+            self._inval.append(("inode", links.kernel_ino(node)))
         return True
 
     def _make_room(self, parent: int, remote: wire.Node, local: Inode | None) -> str:
@@ -338,7 +358,7 @@ class Follower:
         a clean node is there, which a later change moves away; "merged": a new local
         directory of that name became `remote`). The server got there first, so a
         local node there that the server has not seen becomes a conflicted copy."""
-        occupant_ino = self.cache.lookup(parent, remote.name)
+        occupant_ino = self.cache.record_at(parent, remote.name)
         if occupant_ino is None or (local is not None and occupant_ino == local.ino):
             return "free"
         occupant = self.cache.get(occupant_ino)
@@ -358,8 +378,8 @@ class Follower:
                     remote.name, name)
         with self.cache.write() as txn:
             self.cache.unlink(txn, parent, occupant.name)
-            self.cache.link(txn, parent, name, occupant.ino)
             occupant.name = name
+            self.cache.place(txn, occupant)
             self.cache.put(txn, occupant)
             self.cache.enqueue(txn, {"op": "upload" if occupant.kind == "file" else "push", "ino": occupant.ino})
             count_conflict(self.cache, txn)
@@ -375,9 +395,13 @@ class Follower:
         self._inval.append(("entry", parent, remote.name))
 
     def _replace(self, local: Inode, remote: wire.Node, parent: int) -> None:
-        """New content: a new inode under the name, so the kernel forgets the old size."""
+        """New content: a new inode under the name, so the kernel forgets the old size.
+        Its other names (hard links) go with it."""
         with self.cache.write() as txn:
             self.cache.unlink(txn, local.parent, local.name)
+            node = self._inode_from(remote, self.cache.new_ino(txn), parent)
+            self.cache.put(txn, node, create=True)
+            moved = links.move_aliases(self.cache, txn, local, node)
             if self._in_use(local.ino):
                 path = self.cache.names_to(local.ino)  # the entry is gone, the parent chain is not
                 local.parent = 0  # an orphan, readable through open handles until released
@@ -386,13 +410,43 @@ class Follower:
                 self.cache.put(txn, local)
             else:
                 self.cache.drop(txn, local)
-            node = self._inode_from(remote, self.cache.new_ino(txn), parent)
-            self.cache.put(txn, node, create=True)
             self.cache.bind_node_id(txn, node, remote.id)
             self.cache.link(txn, parent, remote.name, node.ino)
         self._inval.append(("entry", local.parent or parent, local.name))
         if (local.parent, local.name) != (parent, remote.name):
             self._inval.append(("entry", parent, remote.name))
+        self._inval.extend(("entry", alias.parent, alias.name) for alias in moved)
+
+    def _link_target(self, remote: wire.Node) -> Inode | None:
+        """The local inode an alias row names, if it is here and has a name."""
+        ino = self.cache.ino_for_node(remote.link_to or 0)
+        target = self.cache.get(ino) if ino else None
+        if target is None or target.kind in ("link", "dir") or target.parent == 0:
+            return None
+        return target
+
+    def _apply_link(self, local: Inode | None, remote: wire.Node, parent: int, target: Inode) -> None:
+        """An alias row: a new name of `target`, or a known one moved or naming a file that
+        has another inode here now (the winner of a conflict)."""
+        if local is None:
+            if self._deleting(remote.id):
+                return
+            with self.cache.write() as txn:
+                links.add_alias(self.cache, txn, target, parent, remote.name, node_id=remote.id)
+            self._inval += [("entry", parent, remote.name), ("inode", target.ino)]
+            return
+        old_parent, old_name, old_target = local.parent, local.name, local.extra.get("target", 0)
+        with self.cache.write() as txn:
+            if (old_parent, old_name) != (parent, remote.name):
+                links.unplace(self.cache, txn, local)
+                local.parent, local.name = parent, remote.name
+            local.srv_parent, local.srv_name = parent, remote.name
+            links.repoint(self.cache, txn, local, target)
+            self.cache.place(txn, local)
+            self.cache.put(txn, local)
+        self._inval += [("entry", old_parent, old_name), ("entry", parent, remote.name), ("inode", target.ino)]
+        if old_target and old_target != target.ino:
+            self._inval.append(("inode", old_target))
 
     def _update(self, local: Inode, remote: wire.Node, parent: int) -> None:
         """A move or an attribute change: the same inode, so open handles follow it."""
@@ -420,7 +474,10 @@ class Follower:
         what still has local work: that, and the directories leading to it, stay and are
         created on the server again. Nodes moved in here whose move has not reached the
         server yet were not part of what the server deleted: they stay as they are."""
-        keep, alive = self._with_local_work(local)
+        if local.kind == "link":
+            self._apply_alias_delete(local)
+            return
+        keep, alive, promote = self._with_local_work(local)
         parent, name = local.parent, local.name
         with self.cache.write() as txn:
             stack = [(local, self.cache.names_to(local.ino))]
@@ -434,11 +491,24 @@ class Follower:
                     self.cache.detach(txn, node, queue=True)
                     if node.kind == "dir":
                         stack.extend((c, path + [c.name]) for c in map(
-                            self.cache.get, (i for _, i in self.cache.children(node.ino))) if c is not None)
+                            self.cache.get, (i for _, i in self.cache.entries(node.ino))) if c is not None)
+                    continue
+                if node.kind == "link":  # an extra name inside: the file it names lives on elsewhere
+                    target = links.drop_alias(self.cache, txn, node)
+                    if target is not None:
+                        self._inval.append(("inode", target.ino))
+                    continue
+                if node.ino in promote:  # it has a name outside, made here: it lives on there
+                    self.cache.unlink(txn, node.parent, node.name)
+                    links.promote(self.cache, txn, node, promote[node.ino])
+                    self.cache.detach(txn, node, queue=True)
+                    log.warning("%r was deleted on another device: it lives on as %r, a name it was given here",
+                                path[-1] if path else node.name, "/".join(self.cache.names_to(node.ino)))
+                    self._inval += [("entry", node.parent, node.name), ("inode", node.ino)]
                     continue
                 self.cache.unlink(txn, node.parent, node.name)
                 if node.kind == "dir":
-                    for child_name, child_ino in self.cache.children(node.ino):
+                    for child_name, child_ino in self.cache.entries(node.ino):
                         child = self.cache.get(child_ino)
                         self.cache.unlink(txn, node.ino, child_name)
                         if child is not None:
@@ -456,10 +526,25 @@ class Follower:
         else:
             self._inval.append(("entry", parent, name))
 
-    def _with_local_work(self, top: Inode) -> tuple[set[int], set[int]]:
+    def _apply_alias_delete(self, alias: Inode) -> None:
+        """One extra name of a file went; moved here meanwhile, it is created again."""
+        if self._changed(alias):
+            with self.cache.write() as txn:
+                self.cache.detach(txn, alias, queue=True)
+            return
+        with self.cache.write() as txn:
+            target = links.drop_alias(self.cache, txn, alias)
+        self._inval.append(("entry", alias.parent, alias.name))
+        if target is not None:
+            self._inval.append(("inode", target.ino))
+
+    def _with_local_work(self, top: Inode) -> tuple[set[int], set[int], dict[int, int]]:
         """What of `top`'s subtree must survive its remote deletion: `keep`, inodes with
-        local work and the directories leading to them, and `alive`, nodes moved into
-        the subtree here from outside it (the server still has them where they were)."""
+        local work and the directories leading to them; `alive`, nodes moved into the
+        subtree here from outside it (the server still has them where they were); and
+        `promote`, files that have a name outside it made here, which the server has not
+        seen (those it has, it moved the file to before this delete): each moves to its
+        oldest such name (alias record), as the server does, instead of coming back."""
         below: dict[int, Inode] = {}
         path: dict[int, int] = {top.ino: 0}
         stack = [top]
@@ -469,7 +554,7 @@ class Follower:
             node = stack.pop()
             below[node.ino] = node
             if node.kind == "dir":
-                for _, child_ino in self.cache.children(node.ino):
+                for _, child_ino in self.cache.entries(node.ino):
                     child = self.cache.get(child_ino)
                     if child is not None:
                         path[child.ino] = node.ino
@@ -500,7 +585,16 @@ class Follower:
                     keep_up_from(path.get(node.ino, 0))  # the directories it was moved into
             elif not node.node_id or (node.kind != "dir" and self._changed(node)):
                 keep_up_from(node.ino)  # merely open for writing is not work: a write revives it
-        return keep, alive
+        # Hard links: a kept name keeps the file it names where it is.
+        for node in below.values():
+            if node.kind == "link" and node.ino in keep and node.extra.get("target") in below:
+                keep_up_from(node.extra["target"])
+        promote = {}
+        for node in below.values():
+            outside = [a for a in links.aliases(node) if a not in below]
+            if outside and node.ino not in keep:
+                promote[node.ino] = outside[0]
+        return keep, alive, promote
 
 
     # --- the kernel ---
@@ -549,6 +643,7 @@ class Follower:
             for child in children.get(node_id, []):
                 order.append(child)
                 stack.append(child.id)
+        order.sort(key=lambda n: n.kind == "link")  # extra names once the files they name are here
         changed = 0
         for remote in order:
             ino = self.cache.ino_for_node(remote.id)
@@ -567,12 +662,14 @@ class Follower:
         self._save_cursor(cursor)
         self.reconciles += 1
         log.info("reconciled the mirror with the server at cursor %d: %d node(s) repaired", cursor, changed)
-        self._reconcile_now = trio.Event()
         done, self._reconciled = self._reconciled, trio.Event()
         done.set()
 
     def _differs(self, local: Inode, remote: wire.Node) -> bool:
         parent = self.cache.ino_for_node(remote.parent_id) if remote.parent_id else 0
+        if remote.kind == "link":
+            return (local.parent, local.name, local.extra.get("target")) != \
+                (parent, remote.name, self.cache.ino_for_node(remote.link_to or 0))
         if (local.parent, local.name, local.mode, local.uid, local.gid, local.xattrs) != \
                 (parent, remote.name, remote.mode, remote.uid, remote.gid, remote.xattrs):
             return True

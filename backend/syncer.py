@@ -18,6 +18,11 @@ deleted there while something new was put in it here. A delete sent from here na
 the revision it saw, so it fails, and the node comes back, if someone committed since.
 Whenever the server's state of a node turns out to differ, `on_stale` asks the follower
 to pull that node.
+
+Hard links (links.py): an alias record is pushed like any node, created through POST
+/links once its inode has a node id (the inode is pushed first). When the inode loses
+an edit conflict, its aliases stay with the winner: the follower re-points them once
+the winner is here (`_aliases_follow_winner`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from . import wire
 from .api_client import ApiClient
 from .cache import ROOT_INO, Cache, GoneError, Inode, u64
 from .chunkcache import ChunkCache
+from . import links
 from .conflicts import conflicted_name, conflicts_seen, count_conflict
 from .delete_guard import WINDOW_S, DeleteGuard
 from .errors import ConflictError, MissingChunksError, OfflineError, ServerError, StaleRevisionError
@@ -262,7 +268,7 @@ class Syncer:
         what another device put there meanwhile survives and is pulled back here.
         True when the node is gone from the server."""
         try:
-            await self.client.delete(op["node_id"], rev=op.get("rev"))
+            answer = await self.client.delete(op["node_id"], rev=op.get("rev"))
         except ConflictError as exc:
             log.warning("not deleting node %d: changed on another device meanwhile (%s); pulling it back",
                         op["node_id"], exc.code)
@@ -271,6 +277,9 @@ class Syncer:
         except ServerError as exc:
             if exc.status != 404:
                 raise
+            return True
+        if not answer.node.deleted:  # it has names we did not know of: it moved to one (a hard link)
+            self.on_stale(answer.node.id)
         return True
 
     def _queued_delete(self, node_id: int) -> dict | None:
@@ -311,7 +320,7 @@ class Syncer:
         if node.kind == "file" and (node.dirty or not node.node_id or node.extra.get("detached")):
             await self._upload(node, parent_id)
         elif not node.node_id:
-            await self._create(node, parent_id)
+            await self._create(node, parent_id, depth)
         if node.node_id and (node.srv_parent != node.parent or node.srv_name != node.name):
             await self._move(node, parent_id)
         if node.node_id and not node.dirty:
@@ -331,6 +340,7 @@ class Syncer:
             node.record_attrs(remote)
             if remote.kind != "file":
                 node.rev = remote.rev
+            node.extra.pop("winner", None)
             self.cache.put(txn, node)
 
     def _still_here(self, node: Inode) -> bool:
@@ -338,12 +348,16 @@ class Syncer:
         current = self.cache.get(node.ino)
         return current is not None and (current.parent != 0 or current.ino == ROOT_INO)
 
-    async def _create(self, node: Inode, parent_id: int) -> None:
+    async def _create(self, node: Inode, parent_id: int, depth: int = 0) -> None:
+        if depth > 64:
+            raise _Retry(f"could not create {node.name!r} in one go")
         try:
             if node.kind == "dir":
                 answer = await self.client.mkdir(parent_id, node.name, mode=node.mode, mtime_ns=node.mtime_ns)
             elif node.kind == "symlink":
                 answer = await self.client.symlink(parent_id, node.name, node.target, mtime_ns=node.mtime_ns)
+            elif node.kind == "link":
+                answer = await self.client.link(parent_id, node.name, await self._link_target(node, depth))
             else:
                 answer = await self.client.mknod(parent_id, node.name, node.kind, mode=node.mode, rdev=node.rdev,
                                                  mtime_ns=node.mtime_ns)
@@ -354,24 +368,61 @@ class Syncer:
             if self.cache.ino_for_node(occupant.id) == node.ino:
                 return  # the follower merged ours into theirs while our request was in flight
             if _renamed_meanwhile(exc, node):
-                return await self._create(node, parent_id)
+                return await self._create(node, parent_id, depth + 1)
             if await self._clear_the_way(exc, node):
-                return await self._create(node, parent_id)
+                return await self._create(node, parent_id, depth + 1)
             if node.kind == "dir" and occupant.kind == "dir" and self.cache.ino_for_node(occupant.id) is None:
                 self._record(node, occupant)  # two new directories of one name: one directory
                 self.on_stale(occupant.id)  # and pull in what the other device put there
                 return
             await self._rename_conflicted(node, exc)
-            return await self._create(node, parent_id)
+            return await self._create(node, parent_id, depth + 1)
         except ServerError as exc:
             if exc.status == 404 and exc.body.get("field") == "parent_id":
                 self._detach_parent(node)
                 raise _Retry(f"the directory of {node.name!r} was deleted on the server: creating it again")
+            if exc.status == 404 and exc.body.get("field") == "node_id" and node.kind == "link":
+                self._link_target_gone(node)
+                return await self._create(node, parent_id, depth + 1)  # the winner went: to the file here
             raise
         if not self._still_here(node):
             await self._delete(answer.node.id)  # removed locally meanwhile
             return
         self._record(node, answer.node)
+        if node.kind == "link":
+            target = self.cache.get(node.extra["target"])
+            if target is None or target.node_id != answer.node.link_to or target.extra.get("detached"):
+                self.on_stale(answer.node.id)  # it names the winner of a conflict: re-pointed once it is here
+
+    async def _link_target(self, alias: Inode, depth: int) -> int:
+        """The node id an alias record names on the server: its inode's, pushed first if the
+        server has not seen it; the winner's if the inode lost a conflict meanwhile."""
+        if alias.extra.get("winner"):
+            return alias.extra["winner"]
+        target = self.cache.get(alias.extra["target"])
+        if target is None:
+            raise GoneError(f"the inode of {alias.name!r} was removed meanwhile")
+        if not target.node_id or target.extra.get("detached"):
+            async with self._lock(target.ino):
+                if not target.node_id or target.extra.get("detached"):
+                    await self._push(target, depth + 1)
+            if not target.node_id or target.extra.get("detached"):
+                raise _Retry(f"{target.name!r} is not on the server yet")
+        return target.node_id
+
+    def _link_target_gone(self, alias: Inode) -> None:
+        """The node an alias was to name is gone from the server. The winner of a conflict:
+        the alias names the file here instead (returns). Its own file, deleted on another
+        device while linked here: the follower applies that delete, which keeps the file
+        under the name made here (follower._apply_delete); this entry waits for it."""
+        if alias.extra.pop("winner", None) is not None:
+            with self.cache.write() as txn:
+                self.cache.put(txn, alias)
+            return
+        target = self.cache.get(alias.extra["target"])
+        if target is not None and target.node_id and not target.extra.get("detached"):
+            self.on_stale(target.node_id)
+        raise _Retry(f"the file {alias.name!r} names was deleted on the server: waiting for the follower")
 
     async def _move(self, node: Inode, parent_id: int) -> None:
         try:
@@ -475,7 +526,27 @@ class Syncer:
         if node_id:
             self._detach(node)
             self.on_stale(node_id)  # bring the winner in under the name
+            self._aliases_follow_winner(node, node_id)
         await self._push(node, 0)
+
+    def _aliases_follow_winner(self, loser: Inode, winner_id: int) -> None:
+        """The loser of a conflict is a single-name conflicted copy: its other names stay
+        with the winner. Those the server has are pulled again once the winner is here
+        (their ids are younger: `_pull_deferred` takes them after it) and re-pointed then;
+        those it has not seen yet are created as names of the winner."""
+        known = []
+        with self.cache.write() as txn:
+            for ino in links.aliases(loser):
+                alias = self.cache.get(ino)
+                if alias is None:
+                    continue
+                if alias.node_id:
+                    known.append(alias.node_id)
+                else:
+                    alias.extra["winner"] = winner_id
+                    self.cache.put(txn, alias)
+        for node_id in known:
+            self.on_stale(node_id)
 
     async def _rename_conflicted(self, node: Inode, exc: ServerError) -> None:
         name = conflicted_name(node.name, self.device, self.cache, node.parent)
@@ -484,8 +555,8 @@ class Syncer:
         old_name = node.name
         with self.cache.write() as txn:
             self.cache.unlink(txn, node.parent, node.name)
-            self.cache.link(txn, node.parent, name, node.ino)
             node.name = name
+            self.cache.place(txn, node)
             self.cache.put(txn, node)
             count_conflict(self.cache, txn)
         # The kernel still maps the old name to this inode (entries live 300 s): a program
@@ -509,7 +580,7 @@ class Syncer:
         for _ in range(10_000_000):
             if not stack:
                 break
-            for _, ino in self.cache.children(stack.pop().ino):
+            for _, ino in self.cache.entries(stack.pop().ino):
                 child = self.cache.get(ino)
                 if child is None or (child.node_id and child.srv_parent not in inside):
                     continue  # moved in from elsewhere: its own queued move brings it

@@ -35,12 +35,18 @@ Mode = Annotated[int, Field(ge=0, le=0o7777)]
 FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
 Fingerprint = Annotated[str, Field(pattern=FINGERPRINT_RE.pattern, description="SHA-256 of the plain bytes, lowercase hex")]
 Compression = Literal["none", "zstd"]
-Kind = Literal["file", "dir", "symlink", "fifo", "chr", "blk", "sock"]
+Kind = Literal["file", "dir", "symlink", "fifo", "chr", "blk", "sock", "link"]
+"""`link`: an extra name of another node (a hard link), see Node.link_to."""
 SpecialKind = Literal["fifo", "chr", "blk", "sock"]
 """Special files: synced as metadata (kind, mode, owner, rdev), no content."""
 Op = Literal["create", "modify", "move", "delete", "attr", "exchange"]
 """`exchange`: the node took the place of the one at its new name, which moved to the node's
 old place (RENAME_EXCHANGE); that other node's own `move` entry follows."""
+SERVER_DEVICE = "(server)"
+"""The device of journal entries the server made on its own: when a file's own name is
+deleted while it has other names, it takes the place of its oldest other name (a
+`delete` of that alias, then a `move` of the file). Every device applies them, the one
+whose request caused them too. No real device can have this name (app.DEVICE_RE)."""
 Owner = Annotated[int, Field(ge=-1, le=2**32 - 2, description="a uid or gid; -1 is the drive's owner, shown as "
                                                               "whoever mounts the drive on each device")]
 Rdev = Annotated[int, Field(ge=0, le=INT64_MAX)]
@@ -84,6 +90,10 @@ class Node(BaseModel):
     atime_ns: int = 0
     """0: never set apart from mtime."""
     xattrs: dict[str, str] = {}
+    link_to: int | None = None
+    """Kind `link` (an alias row): the id of the node this name stands for. An alias has
+    a name and a place of its own and nothing else: content, versions and attributes are
+    its node's, and every content or attribute call on an alias id acts on that node."""
 
 
 class SignedRequest(BaseModel):
@@ -211,6 +221,15 @@ class MknodRequest(Strict):
     mode: Mode = 0o644
     rdev: Rdev = 0
     mtime_ns: MtimeNs | None = None
+
+
+class LinkRequest(Strict):
+    """A hard link: one more name for `node_id` (a file, symlink or special file; a link to
+    an alias links to the node it names)."""
+
+    parent_id: NodeId
+    name: Name
+    node_id: NodeId
 
 
 class MoveRequest(Strict):

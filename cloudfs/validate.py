@@ -40,67 +40,44 @@ def quota(text: str) -> int:
     return parse_size(text, allow_zero=True)
 
 
+def _number(text: str, kind: type, what: str, ok, rule: str):  # noqa: ANN001 - kind is int or float
+    """Parse `text` as `kind` and check it with `ok`; argparse prints the message."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: {rule}")
+    return value
+
+
 def seconds(text: str) -> float:
     """A timeout: a positive number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: a timeout must be a positive number of seconds")
-    return value
+    return _number(text, float, "a number of seconds", lambda v: 0 < v < float("inf"),
+                   "a timeout must be a positive number of seconds")
 
 
 def days(text: str) -> float:
     """A retention period: 0 to 100 years, in days."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
-    if not 0 <= value <= 36_500:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number of days from 0 to 36500")
-    return value
+    return _number(text, float, "a number of days", lambda v: 0 <= v <= 36_500, "give a number of days from 0 to 36500")
 
 
 def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a fraction above 0, at most 1 (0.25 is a quarter)")
-    return value
+    return _number(text, float, "a number", lambda v: 0 < v <= 1,
+                   "give a fraction above 0, at most 1 (0.25 is a quarter)")
 
 
 def count(text: str) -> int:
     """A number of things, 0 included."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: it cannot be negative")
-    return value
+    return _number(text, int, "a whole number", lambda v: v >= 0, "it cannot be negative")
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: it must be at least 1")
-    return value
+    return _number(text, int, "a whole number", lambda v: v >= 1, "it must be at least 1")
 
 
 def port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: a port is 0-65535 (0 picks a free one)")
-    return value
+    return _number(text, int, "a port number", lambda v: 0 <= v <= 65535, "a port is 0-65535 (0 picks a free one)")
 
 
 def server_url(text: str) -> str:

@@ -7,7 +7,8 @@ otherwise end the whole mount).
 Owners: the mount runs with `default_permissions`, so the kernel checks every access
 against the modes and owners reported here. Nodes carry owners in the wire's convention
 (-1 is the drive's owner, whoever mounts it); `_owner` and `attrs` translate at this
-boundary and nowhere else. Hard links answer EPERM.
+boundary and nowhere else. A hard link's names all show one inode (backend/links.py):
+st_nlink counts them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pyfuse3
 from cloudfs.backend.cache import ROOT_INO, Inode
 from cloudfs.backend.drive import Drive, Owner
 from cloudfs.backend.errors import CloudFsError
+from cloudfs.backend.links import nlink
 
 log = logging.getLogger("cloudfs.fs")
 T = TypeVar("T")
@@ -94,12 +96,10 @@ class Operations(pyfuse3.Operations):
         entry.generation = 0
         entry.entry_timeout = entry.attr_timeout = TIMEOUT_S
         entry.st_mode = KIND_BITS[node.kind] | (node.mode & 0o7777)
-        if node.parent == 0 and node.ino != ROOT_INO:
-            entry.st_nlink = 0  # unlinked, still open
-        elif node.kind == "dir":
+        if node.kind == "dir" and (node.parent or node.ino == ROOT_INO):
             entry.st_nlink = 2 + self.drive.cache.subdir_count(node.ino)
         else:
-            entry.st_nlink = 1
+            entry.st_nlink = nlink(node)  # a file's names; 0 once unlinked and still open
         entry.st_uid = self.uid if node.uid == -1 else node.uid
         entry.st_gid = self.gid if node.gid == -1 else node.gid
         entry.st_rdev = node.rdev
@@ -168,7 +168,7 @@ class Operations(pyfuse3.Operations):
 
     @errno_of
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)  # hard links are not supported
+        return self.entry(self.drive.link(inode, new_parent_inode, _name(new_name)))
 
     @errno_of
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:

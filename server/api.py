@@ -142,6 +142,15 @@ async def mknod(ctx: Ctx, user: Auth, device: Device, req: wire.MknodRequest) ->
     return await _mutate(ctx, user, tree.mknod, req, device)
 
 
+@router.post("/links", status_code=201, tags=["tree"])
+async def link(ctx: Ctx, user: Auth, device: Device, req: wire.LinkRequest) -> wire.NodeResponse:
+    """A hard link: one more name for a file, symlink or special file (an *alias*, kind
+    `link`, whose `link_to` is the node). An alias moves, is renamed over and is deleted
+    like any node; content and attribute calls on its id act on its node. Deleting a
+    node's own name while it has aliases moves it to the oldest one instead."""
+    return await _mutate(ctx, user, tree.link, req, device)
+
+
 @router.post("/nodes/{node_id}/move", tags=["tree"])
 async def move(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath, req: wire.MoveRequest) -> wire.NodeResponse:
     """Rename or move a node; a directory moves with its whole subtree in one step."""

@@ -87,7 +87,8 @@ def stored_then_commit(tx: Tx, owner_id: int, root_id: int, req: wire.CommitRequ
 def restore(tx: Tx, owner_id: int, node_id: int, req: wire.RestoreRequest, device: str) -> wire.CommitResponse:
     """Make an old revision current again, as a new commit (history only grows).
     A deleted file comes back at its old place if that name is still free."""
-    node = tree.get(tx, owner_id, node_id, allow_deleted=True)
+    node = tree.inode(tx, owner_id, tree.get(tx, owner_id, node_id, allow_deleted=True), allow_deleted=True)
+    node_id = node["id"]
     if node["kind"] != "file":
         raise IsADirectory(f"node {node_id} is a {node['kind']}; only files have versions", field="id")
     vrow = files.load_version(tx, node_id, req.rev, node["rev"])
@@ -135,7 +136,7 @@ def _target(tx: Tx, owner_id: int, root_id: int, req: wire.CommitRequest) -> tup
         raise Invalid("name the file by exactly one of: node_id, path, or parent_id + name", field="node_id")
     if req.node_id is not None:
         try:
-            row = tree.get(tx, owner_id, req.node_id)
+            row = tree.inode(tx, owner_id, tree.get(tx, owner_id, req.node_id))  # an alias: its file
         except NotFound:
             raise NotFound(f"no file with id {req.node_id}", field="node_id") from None
         if row["kind"] != "file":
@@ -156,6 +157,8 @@ def _target(tx: Tx, owner_id: int, root_id: int, req: wire.CommitRequest) -> tup
         assert req.parent_id is not None and req.name is not None
         parent_id, name = tree.get_dir(tx, owner_id, req.parent_id)["id"], req.name
     existing = tree.child(tx, owner_id, parent_id, name)
+    if existing is not None:
+        existing = tree.inode(tx, owner_id, existing)  # a hard link: the commit is to its file
     field = "path" if req.path is not None else "name"
     if existing is not None and existing["kind"] == "file" and req.base_rev == 0:
         # A create onto a taken name is a name conflict, not an edit of that file.

@@ -76,6 +76,7 @@ nodes = sa.Table(
     # The journal entry of the delete that took this node: a directory's own, for
     # everything that went with it (migration 0003).
     sa.Column("delete_seq", sa.BigInteger, nullable=True),
+    sa.Column("link_to", sa.BigInteger, nullable=True),  # an alias row: the node this name stands for (0004)
 )
 sa.Index(
     "nodes_live_name", nodes.c.owner_id, nodes.c.parent_id, nodes.c.name, unique=True,
@@ -83,6 +84,8 @@ sa.Index(
 )
 sa.Index("nodes_owner_id", nodes.c.owner_id, nodes.c.id)
 sa.Index("nodes_delete_seq", nodes.c.owner_id, nodes.c.delete_seq)
+sa.Index("nodes_link_to", nodes.c.link_to, sqlite_where=nodes.c.link_to.isnot(None),
+         postgresql_where=nodes.c.link_to.isnot(None))
 
 versions = sa.Table(
     "versions", metadata,
@@ -137,6 +140,7 @@ journal = sa.Table(
     sa.Column("device", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     *posix_columns(),
+    sa.Column("link_to", sa.BigInteger, nullable=True),
 )
 sa.Index("journal_owner_seq", journal.c.owner_id, journal.c.seq)
 

@@ -224,7 +224,9 @@ def version_chunks(conn: Connection | Tx, version_id: int) -> list[tuple[str, in
 
 def file_info(db: Database, signer: Signer, owner_id: int, node_id: int, *, rev: int | None, urls: bool) -> wire.FileInfo:
     with db.read() as conn:
-        node = tree.get(conn, owner_id, node_id, allow_deleted=rev is not None)
+        node = tree.inode(conn, owner_id, tree.get(conn, owner_id, node_id, allow_deleted=rev is not None),
+                          allow_deleted=rev is not None)
+        node_id = node["id"]
         cursor = journal.cursor(conn, owner_id)
         if node["kind"] != "file":
             return wire.FileInfo(node=tree.to_wire(node), version=None, chunks=[], cursor=cursor)
@@ -270,9 +272,10 @@ def record_verified(db: Database, owner_id: int, fingerprints: list[str]) -> Non
 
 def list_versions(db: Database, owner_id: int, node_id: int, *, limit: int) -> wire.VersionList:
     with db.read() as conn:
-        node = tree.get(conn, owner_id, node_id, allow_deleted=True)
+        node = tree.inode(conn, owner_id, tree.get(conn, owner_id, node_id, allow_deleted=True), allow_deleted=True)
         if node["kind"] != "file":
             raise IsADirectory(f"node {node_id} is a {node['kind']}; only files have versions", field="id")
+        node_id = node["id"]
         rows = conn.execute(
             sa.select(versions).where(versions.c.node_id == node_id).order_by(versions.c.rev.desc()).limit(limit)
         ).mappings().all()

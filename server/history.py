@@ -84,11 +84,11 @@ def resolve_any(conn: Connection, owner_id: int, root_id: int, names: list[str])
 
 def trash(conn: Connection, owner_id: int, top: Row, *, limit: int) -> list[wire.TrashEntry]:
     """What was deleted below `top`, newest first: each delete once (a directory, not
-    everything in it)."""
+    everything in it). An extra name of a file (a hard link) that went is no loss: not listed."""
     deleted_directly = sa.exists().where(journal_table.c.seq == nodes.c.delete_seq,
                                          journal_table.c.node_id == nodes.c.id)
     rows = conn.execute(
-        sa.select(nodes).where(nodes.c.owner_id == owner_id, nodes.c.deleted == sa.true(),
+        sa.select(nodes).where(nodes.c.owner_id == owner_id, nodes.c.deleted == sa.true(), nodes.c.kind != "link",
                                sa.or_(deleted_directly, nodes.c.delete_seq.is_(None)))
         .order_by(nodes.c.deleted_at.desc().nulls_last(), nodes.c.id.desc())
     ).mappings().all()

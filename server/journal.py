@@ -22,9 +22,11 @@ from .attrs import posix_attrs
 from .sql import Row, Stmt, Tx, as_tx
 
 _INSERT = Stmt("""INSERT INTO journal (owner_id, node_id, op, rev, kind, parent_id, name, old_parent_id, old_name,
-                                       mode, mtime_ns, size, target, device, created_at, uid, gid, rdev, atime_ns, xattrs)
+                                       mode, mtime_ns, size, target, device, created_at, uid, gid, rdev, atime_ns, xattrs,
+                                       link_to)
                   VALUES (:owner_id, :node_id, :op, :rev, :kind, :parent_id, :name, :old_parent_id, :old_name,
-                          :mode, :mtime_ns, :size, :target, :device, :created_at, :uid, :gid, :rdev, :atime_ns, :xattrs)
+                          :mode, :mtime_ns, :size, :target, :device, :created_at, :uid, :gid, :rdev, :atime_ns, :xattrs,
+                          :link_to)
                   RETURNING seq""")
 _NOTIFY = Stmt(f"SELECT pg_notify('{CHANNEL}', :owner)")
 _FLOOR = Stmt("SELECT journal_floor FROM users WHERE id = :owner_id")
@@ -45,7 +47,7 @@ def append(conn: Connection | Tx, owner_id: int, op: str, row: Row, *, device: s
         parent_id=row["parent_id"], name=row["name"], old_parent_id=old_parent_id, old_name=old_name,
         mode=row["mode"], mtime_ns=row["mtime_ns"], size=row["size"], target=row["target"],
         device=device, created_at=time.time(), uid=row["uid"], gid=row["gid"], rdev=row["rdev"],
-        atime_ns=row["atime_ns"], xattrs=row["xattrs"],
+        atime_ns=row["atime_ns"], xattrs=row["xattrs"], link_to=row["link_to"],
     ))
 
 
@@ -91,7 +93,7 @@ def _to_change(row: Row) -> wire.Change:
     node = wire.Node(
         id=row["node_id"], parent_id=row["parent_id"], name=row["name"], kind=row["kind"], mode=row["mode"],
         mtime_ns=row["mtime_ns"], size=row["size"], rev=row["rev"], target=row["target"],
-        deleted=row["op"] == "delete", **posix_attrs(row),
+        deleted=row["op"] == "delete", link_to=row["link_to"], **posix_attrs(row),
     )
     return wire.Change(seq=row["seq"], op=row["op"], node=node, old_parent_id=row["old_parent_id"],
                        old_name=row["old_name"], device=row["device"])

@@ -3,6 +3,14 @@
 Every function takes an open transaction and the owner's id, and every query filters
 on that owner, so a node id from another account behaves exactly like one that does
 not exist. Mutations append their journal entry in the same transaction.
+
+Hard links: a node's first name is its own row (parent_id, name); every further name
+is an *alias row* of kind "link" whose `link_to` is the node's id. Alias rows are nodes
+for every name-level operation (move, rename over, delete, the unique live name, the
+journal, snapshots), and nothing else: content and attributes are the node's (`inode`).
+Invariant: a live alias names a live node. So deleting a node's own name while aliases
+are live does not delete the node: it takes the place of its oldest alias, whose row is
+tombstoned (`_promote`; a directory's subtree promotes what has names outside it first).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ def to_wire(row: Row) -> wire.Node:
     return wire.Node(
         id=row["id"], parent_id=row["parent_id"], name=row["name"], kind=row["kind"], mode=row["mode"],
         mtime_ns=row["mtime_ns"], size=row["size"], rev=row["rev"], target=row["target"], deleted=bool(row["deleted"]),
-        **posix_attrs(row),
+        link_to=row["link_to"], **posix_attrs(row),
     )
 
 
@@ -38,9 +46,13 @@ def to_wire(row: Row) -> wire.Node:
 _GET = Stmt("SELECT * FROM nodes WHERE id = :node_id AND owner_id = :owner_id")
 _CHILD = Stmt("SELECT * FROM nodes WHERE owner_id = :owner_id AND parent_id = :parent_id AND name = :name"
               " AND deleted = {false}")
-_INSERT = Stmt("""INSERT INTO nodes (owner_id, parent_id, name, kind, mode, mtime_ns, size, rev, target, deleted, rdev)
-                  VALUES (:owner_id, :parent_id, :name, :kind, :mode, :mtime_ns, :size, :rev, :target, {false}, :rdev)
+_INSERT = Stmt("""INSERT INTO nodes (owner_id, parent_id, name, kind, mode, mtime_ns, size, rev, target, deleted, rdev,
+                                     link_to)
+                  VALUES (:owner_id, :parent_id, :name, :kind, :mode, :mtime_ns, :size, :rev, :target, {false}, :rdev,
+                          :link_to)
                   RETURNING *""")
+_ALIASES = Stmt("SELECT * FROM nodes WHERE owner_id = :owner_id AND link_to = :node_id AND deleted = {false}"
+                " ORDER BY id")
 
 
 def get(conn: Connection | Tx, owner_id: int, node_id: int, *, allow_deleted: bool = False) -> Row:
@@ -48,6 +60,18 @@ def get(conn: Connection | Tx, owner_id: int, node_id: int, *, allow_deleted: bo
     if row is None or (row["deleted"] and not allow_deleted):
         raise NotFound(f"no node with id {node_id}", field="id")
     return row
+
+
+def inode(conn: Connection | Tx, owner_id: int, row: Row, *, allow_deleted: bool = False) -> Row:
+    """The node a name stands for: `row` itself, or the node an alias row links to."""
+    if row["kind"] != "link":
+        return row
+    return get(conn, owner_id, row["link_to"], allow_deleted=allow_deleted)
+
+
+def aliases(conn: Connection | Tx, owner_id: int, node_id: int) -> list[Row]:
+    """The live alias rows of a node, oldest first."""
+    return as_tx(conn).all(_ALIASES, {"owner_id": owner_id, "node_id": node_id})
 
 
 def get_dir(conn: Connection | Tx, owner_id: int, node_id: int, *, field: str = "parent_id") -> Row:
@@ -118,7 +142,8 @@ def create_root(conn: Connection, owner_id: int) -> int:
 
 def insert(conn: Connection | Tx, owner_id: int, *, parent_id: int, name: str, kind: str, mode: int,
            mtime_ns: int | None, device: str, target: str | None = None, size: int = 0, rev: int = 1,
-           rdev: int = 0, record: bool = True, name_free: bool = False) -> tuple[Row, int | None]:
+           rdev: int = 0, link_to: int | None = None, record: bool = True,
+           name_free: bool = False) -> tuple[Row, int | None]:
     """Create a node under a checked directory; the name must be free (`name_free`:
     the caller has just looked). With `record` False the caller appends the journal
     entry itself (a file's first commit)."""
@@ -128,7 +153,7 @@ def insert(conn: Connection | Tx, owner_id: int, *, parent_id: int, name: str, k
         raise NameExists(f"{name!r} already exists in directory {parent_id}", field="name", node=to_wire(existing).model_dump())
     row = tx.one(_INSERT, dict(owner_id=owner_id, parent_id=parent_id, name=name, kind=kind, mode=mode,
                                mtime_ns=mtime_ns if mtime_ns is not None else time.time_ns(), size=size,
-                               rev=rev, target=target, rdev=rdev))
+                               rev=rev, target=target, rdev=rdev, link_to=link_to))
     assert row is not None
     return row, (journal.append(tx, owner_id, "create", row, device=device) if record else None)
 
@@ -149,6 +174,21 @@ def mknod(conn: Connection, owner_id: int, req: wire.MknodRequest, device: str) 
     get_dir(conn, owner_id, req.parent_id)
     return insert(conn, owner_id, parent_id=req.parent_id, name=req.name, kind=req.kind, mode=req.mode,
                   mtime_ns=req.mtime_ns, device=device, rdev=req.rdev if req.kind in ("chr", "blk") else 0)
+
+
+def link(conn: Connection, owner_id: int, req: wire.LinkRequest, device: str) -> tuple[Row, int]:
+    """One more name for a node: an alias row. A link to an alias links to its node;
+    directories have one name only (link(2) answers EPERM for them)."""
+    get_dir(conn, owner_id, req.parent_id)
+    try:
+        target = inode(conn, owner_id, get(conn, owner_id, req.node_id))
+    except NotFound:
+        raise NotFound(f"no node with id {req.node_id}", field="node_id") from None
+    if target["kind"] == "dir":
+        raise IsADirectory(f"node {req.node_id} ({target['name']!r}) is a directory: it cannot have a second name",
+                           field="node_id")
+    return insert(conn, owner_id, parent_id=req.parent_id, name=req.name, kind="link", mode=0, mtime_ns=None,
+                  device=device, link_to=target["id"])
 
 
 def _is_ancestor(conn: Connection, owner_id: int, ancestor_id: int, node_id: int) -> bool:
@@ -182,6 +222,8 @@ def move(conn: Connection, owner_id: int, node_id: int, req: wire.MoveRequest, d
     if req.exchange:
         return _exchange(conn, owner_id, row, req, device)
     existing = child(conn, owner_id, req.parent_id, req.name)
+    if existing is not None and req.replace and inode(conn, owner_id, existing)["id"] == inode(conn, owner_id, row)["id"]:
+        return row, None  # two names of one file: rename(2) does nothing
     if existing is not None:
         if not req.replace:
             raise NameExists(f"{req.name!r} already exists in directory {req.parent_id}", field="name",
@@ -227,8 +269,10 @@ def _exchange(conn: Connection, owner_id: int, row: Row, req: wire.MoveRequest, 
 
 
 def set_attr(conn: Connection, owner_id: int, node_id: int, req: wire.AttrRequest, device: str) -> tuple[Row, int | None]:
-    """Mode, owner, times and extended attributes: one journal entry, no new version."""
-    row = get(conn, owner_id, node_id)
+    """Mode, owner, times and extended attributes: one journal entry, no new version.
+    Those of an alias are its node's."""
+    row = inode(conn, owner_id, get(conn, owner_id, node_id))
+    node_id = row["id"]
     values = {k: v for k, v in (("mode", req.mode), ("mtime_ns", req.mtime_ns), ("atime_ns", req.atime_ns),
                                 ("uid", req.uid), ("gid", req.gid)) if v is not None}
     if req.xattrs is not None:
@@ -250,7 +294,9 @@ def delete(conn: Connection, owner_id: int, node_id: int, *, recursive: bool, de
            rev: int | None = None) -> tuple[Row, int]:
     """Tombstone a node (and, with `recursive`, its whole subtree) as one journal entry.
     Versions stay, so a deleted file can be restored. With `rev`, a file is deleted only
-    if nobody committed to it since: a delete never silently discards a newer edit."""
+    if nobody committed to it since: a delete never silently discards a newer edit.
+    A file that has other names (hard links) is not deleted but moved to the oldest of
+    them: the answer is then the file, alive at its new place."""
     row = get(conn, owner_id, node_id)
     if row["parent_id"] is None:
         raise InvalidMove("the root directory cannot be deleted", field="id")
@@ -264,8 +310,16 @@ def delete(conn: Connection, owner_id: int, node_id: int, *, recursive: bool, de
 
 
 def tombstone(conn: Connection, owner_id: int, row: Row, device: str) -> int:
-    """Mark a node (and its live subtree) deleted, all stamped with the one journal entry
-    that says so, so an undelete brings back exactly what went with it."""
+    """Delete one name (with a directory, everything below it), every node it takes
+    stamped with the one journal entry that says so, so an undelete brings back exactly
+    what went with it. A node that keeps other names is not deleted: it moves to one of
+    them (`_promote`). Returns the last seq."""
+    if row["kind"] == "dir":
+        _promote_out_of(conn, owner_id, row["id"])
+    elif row["kind"] != "link":
+        others = aliases(conn, owner_id, row["id"])
+        if others:
+            return _promote(conn, owner_id, row, others[0])
     seq = journal.append(conn, owner_id, "delete", row, device=device)
     now = time.time()
     gone = dict(deleted=True, deleted_at=now, deleted_by=device, delete_seq=seq)
@@ -292,3 +346,32 @@ def live_subtree(owner_id: int, dir_id: int) -> sa.CTE:
     return subtree.union_all(
         sa.select(nodes.c.id).where(nodes.c.parent_id == subtree.c.id, nodes.c.deleted == sa.false())
     )
+
+
+def _promote(conn: Connection, owner_id: int, row: Row, alias: Row) -> int:
+    """`row` loses its own name but keeps `alias`: it takes the alias's place and the alias
+    row goes, so ids of nodes never change kind and versions stay where they are. Two
+    entries by the server itself (wire.SERVER_DEVICE): the alias's delete, then the move."""
+    conn.execute(nodes.update().where(nodes.c.id == alias["id"]).values(deleted=True))
+    journal.append(conn, owner_id, "delete", get(conn, owner_id, alias["id"], allow_deleted=True),
+                   device=wire.SERVER_DEVICE)
+    conn.execute(nodes.update().where(nodes.c.id == row["id"]).values(parent_id=alias["parent_id"], name=alias["name"]))
+    return journal.append(conn, owner_id, "move", get(conn, owner_id, row["id"]), device=wire.SERVER_DEVICE,
+                          old_parent_id=row["parent_id"], old_name=row["name"])
+
+
+def _promote_out_of(conn: Connection, owner_id: int, dir_id: int) -> None:
+    """Before a directory's subtree is deleted: every node in it with a name outside it
+    moves out to its oldest such name. Names inside go with the subtree."""
+    subtree = live_subtree(owner_id, dir_id)
+    inside = sa.select(subtree.c.id)
+    outside = conn.execute(
+        sa.select(nodes).where(nodes.c.owner_id == owner_id, nodes.c.deleted == sa.false(),
+                               nodes.c.link_to.in_(inside), nodes.c.id.not_in(inside))
+        .order_by(nodes.c.link_to, nodes.c.id)
+    ).mappings().all()
+    promoted: set[int] = set()
+    for alias in outside:
+        if alias["link_to"] not in promoted:
+            promoted.add(alias["link_to"])
+            _promote(conn, owner_id, get(conn, owner_id, alias["link_to"]), dict(alias))

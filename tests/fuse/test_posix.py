@@ -533,8 +533,3 @@ def test_statfs(d: Path) -> None:
     assert st.f_files > 0 and 0 <= st.f_ffree <= st.f_files
     assert st.f_namemax == 255
 
-
-def test_hard_links_are_eperm(d: Path) -> None:
-    (d / "file").write_bytes(b"x")
-    assert fails(os.link, d / "file", d / "hardlink") == "EPERM"
-    assert os.listdir(d) == ["file"]

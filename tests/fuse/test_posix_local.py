@@ -2,7 +2,7 @@
 ext4 directory, as root and as other users, and the two logs must be equal.
 
 Owners and permission checks, setgid directories, chown's rules, special files,
-extended attributes, timestamps and RENAME_EXCHANGE. What a local disk here cannot do
+extended attributes, timestamps, RENAME_EXCHANGE and hard links. What a local disk here cannot do
 (xattr values past one ext4 block, POSIX ACLs) is checked against the documented
 answer instead, at the end.
 """
@@ -434,3 +434,109 @@ def test_rename_across_the_mount_boundary_is_exdev(trees) -> None:  # noqa: ANN0
     with pytest.raises(OSError) as into:
         os.rename(local / "arriving", mounted / "arrived")
     assert into.value.errno == errno.EXDEV
+
+
+# --- hard links ---
+
+
+def hard_links(base: Path, p: Probe) -> None:
+    from tests.fuse.test_posix import renameat2
+
+    f = base / "file"
+    f.write_bytes(b"one")
+    sub = base / "sub"
+    sub.mkdir()
+    p("link", os.link, f, base / "second")
+    p.stat("nlink after link", f)
+    p("one inode under both names", lambda: os.stat(f).st_ino == os.stat(base / "second").st_ino)
+    p("link across directories", os.link, base / "second", sub / "third")
+    p.stat("nlink 3, through the third name", sub / "third")
+    p("write through one name", write, base / "second", b"TWO")
+    p("read through another", read, sub / "third")
+    p("append through the third", lambda: (sub / "third").open("ab").write(b"+3"))
+    p("read through the first", read, f)
+    p("chmod through one name", os.chmod, sub / "third", 0o600)
+    p.stat("seen through another", f)
+    p("link onto an existing name", os.link, f, base / "second")
+    p("link onto another file's name", lambda: (create(base / "taken"), os.link(f, base / "taken")))
+    p("link a directory", os.link, sub, base / "sub-again")
+    p("link a missing name", os.link, base / "missing", base / "nothing")
+    p("ctime moves on link", ctime_moves, f, os.link, f, base / "fourth")
+    p("ctime moves on unlink of another name", ctime_moves, f, os.unlink, base / "fourth")
+    p("rename one name onto another of the same file", os.rename, base / "second", sub / "third")
+    p("both names stay", lambda: (sorted(os.listdir(base)), sorted(os.listdir(sub))))
+    p.stat("nlink unchanged", f)
+    p("exchange two names of the same file", renameat2, f, sub / "third", RENAME_EXCHANGE)
+    p("rename an extra name", os.rename, base / "second", base / "renamed")
+    p.stat("nlink after renaming a name", f)
+    (base / "other").write_bytes(b"other")
+    p("rename another file over an extra name", os.rename, base / "other", base / "renamed")
+    p.stat("nlink drops", f)
+    p("the name reads the other file", read, base / "renamed")
+    p("link again", os.link, f, base / "again")
+    p("rename an extra name over another file", os.rename, base / "again", base / "renamed")
+    p("that name reads the linked file", read, base / "renamed")
+    p.stat("nlink", f)
+
+    def open_then_unlink_first() -> tuple:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.unlink(f)
+            return os.fstat(fd).st_nlink, os.pread(fd, 100, 0)
+        finally:
+            os.close(fd)
+    p("unlink the first name while open", open_then_unlink_first)
+    p.stat("the others remain", sub / "third")
+    p("read through what remains", read, base / "renamed")
+    p("write through what remains", write, base / "renamed", b"AFTER")
+    p("seen through the last other", read, sub / "third")
+    p("unlink an extra name", os.unlink, sub / "third")
+    p.stat("one name left", base / "renamed")
+    p("a new link to the last name", os.link, base / "renamed", f)
+    p.stat("two again", f)
+
+    os.symlink("file", base / "sym")
+    p("link a symlink itself", lambda: os.link(base / "sym", base / "sym2", follow_symlinks=False))
+    p.stat("the symlink has two names", base / "sym2")
+    p("readlink through the second", os.readlink, base / "sym2")
+    p("link through a symlink (its target)", os.link, base / "sym", base / "via-sym")
+    p.stat("the target gained a name", f)
+    os.mkfifo(base / "fifo", 0o640)
+    p("link a FIFO", os.link, base / "fifo", sub / "fifo2")
+    p.stat("the FIFO has two names", sub / "fifo2")
+    p("unlink the FIFO's first name", os.unlink, base / "fifo")
+    p.stat("the FIFO stays", sub / "fifo2")
+    os.mknod(base / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    p("link a device", os.link, base / "null", base / "null2")
+    p.stat("the device has two names", base / "null2")
+
+    # Who may link: protected_hardlinks (1 here): only the owner, or whoever may read
+    # and write the file; and a write permission on the directory.
+    home = base / "alice"
+    home.mkdir()
+    os.chown(home, ALICE, ALICE)
+    p.as_(ALICE_ID, "alice makes a private file", create, home / "secret", 0o600)
+    p.as_(ALICE_ID, "alice links it", os.link, home / "secret", home / "secret2")
+    os.chmod(base, 0o777)
+    p.as_(BOB_ID, "bob links alice's private file", os.link, home / "secret", base / "stolen")
+    p.as_(BOB_ID, "bob links into alice's home", os.link, base / "sym", home / "bobs")
+    p.as_(ALICE_ID, "alice unlinks her first name", os.unlink, home / "secret")
+    p.stat("her second name stays", home / "secret2")
+    os.chmod(base, 0o755)
+    p("what is there", lambda: sorted(os.listdir(base)))
+    p("and in sub", lambda: sorted(os.listdir(sub)))
+
+
+def test_hard_links(trees) -> None:  # noqa: ANN001
+    log = same(trees, hard_links)
+    assert ("nlink after link", ("ok", ("-rw-r--r--", 0, 0, 2, 3, None))) in log  # the scenario checks something
+
+
+def test_link_across_the_mount_boundary_is_exdev(trees) -> None:  # noqa: ANN001
+    mounted, local, _ = trees
+    (mounted / "inside").write_bytes(b"x")
+    (local / "outside").write_bytes(b"y")
+    for source, target in ((mounted / "inside", local / "linked"), (local / "outside", mounted / "linked")):
+        with pytest.raises(OSError) as refused:
+            os.link(source, target)
+        assert refused.value.errno == errno.EXDEV

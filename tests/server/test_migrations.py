@@ -51,6 +51,12 @@ def test_upgrade_command_migrates_a_database_of_the_previous_release_in_place(tm
         assert (link["kind"], link["target"]) == ("symlink", "docs/notes.txt")
         changes = httpx.get(f"{srv.url}/changes", params={"cursor": 0}, headers=auth).json()["changes"]
         assert [c["node"]["uid"] for c in changes] == [-1] * len(changes)  # old journal rows read with defaults
+        assert [c["node"]["link_to"] for c in changes] == [None] * len(changes)
+        # A file of the previous release gets a second name, and keeps it when its first goes.
+        alias = httpx.post(f"{srv.url}/links", json={"parent_id": notes["parent_id"], "name": "again.txt",
+                                                     "node_id": notes["id"]}, headers=auth)
+        assert alias.status_code == 201 and alias.json()["node"]["link_to"] == notes["id"], alias.text
+        assert httpx.delete(f"{srv.url}/nodes/{notes['id']}", headers=auth).json()["node"]["name"] == "again.txt"
 
 
 def test_the_server_upgrades_on_start(tmp_path: Path) -> None:
@@ -85,3 +91,34 @@ def test_rows_written_at_the_first_revision_survive_the_upgrade(engine: str, tmp
         finally:
             db.dispose()
 
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_rows_written_at_revision_0002_survive_the_links_migration(engine: str, tmp_path: Path,
+                                                                   request: pytest.FixtureRequest) -> None:
+    """0003 (history) and 0004 add deletion stamps and `link_to` (NULL: no alias) to nodes and journal, and the index that finds
+    a node's aliases, without touching what is there."""
+    url = str(tmp_path / "db.sqlite3")
+    with postgres_database(request.getfixturevalue("pg_admin_url")) if engine == "postgres" \
+            else contextlib.nullcontext() as pg:
+        db = Database(pg or url)
+        try:
+            assert upgrade(db.engine, to="0002") == (None, "0002")
+            with db.engine.begin() as conn:
+                conn.execute(sa.text("INSERT INTO users (name, root_id, journal_floor, created_at) "
+                                     "VALUES ('carol', 1, 0, 0)"))
+                conn.execute(sa.text("INSERT INTO nodes (owner_id, parent_id, name, kind, mode, mtime_ns, size, rev, "
+                                     "deleted, uid) VALUES (1, NULL, 'f', 'file', 420, 5, 3, 2, false, 2101)"))
+                conn.execute(sa.text("INSERT INTO journal (owner_id, node_id, op, rev, kind, name, mode, mtime_ns, "
+                                     "size, device, created_at) VALUES (1, 1, 'create', 1, 'file', 'f', 420, 5, 3, "
+                                     "'d', 0)"))
+            assert upgrade(db.engine) == ("0002", head())
+            with db.engine.connect() as conn:
+                node = conn.execute(sa.text("SELECT name, size, rev, uid, link_to FROM nodes")).one()
+                entry = conn.execute(sa.text("SELECT op, name, link_to FROM journal")).one()
+                indexes = {ix["name"] for ix in sa.inspect(conn).get_indexes("nodes")}
+            assert tuple(node) == ("f", 3, 2, 2101, None)
+            assert tuple(entry) == ("create", "f", None)
+            assert {"nodes_link_to", "nodes_live_name"} <= indexes
+        finally:
+            db.dispose()

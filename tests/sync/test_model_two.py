@@ -27,7 +27,9 @@ then a settle, `a.sync(); b.sync(); a.sync(); b.sync()`. After it:
    the other's content (live sync brought it over) may delete or overwrite it.
 4. Nothing resurrected: content destroyed in the round that is not live is in no file,
    unless the other device renamed that file in the round (a move is local work that the
-   product keeps: a moved file whose delete reached the server first is created again).
+   product keeps: a moved file whose delete reached the server first is created again)
+   or gave it another name (a hard link keeps the file, with whatever is written into it
+   meanwhile, when its first name goes).
 5. Exact where the devices did not meet: the paths of each successful operation form a
    group (a rename's two paths are one group); groups are linked when a path of one
    equals or lies under a path of the other. Under the paths of a linked set whose groups
@@ -35,6 +37,14 @@ then a settle, `a.sync(); b.sync(); a.sync(); b.sync()`. After it:
    before the settle (no conflicted copy, no lost delete or move); paths under no group
    keep their state from the previous settle. Only where both devices met are
    conflicted copies and either outcome allowed, within rules 1-4.
+
+Hard links: `link` gives a file another name. Contents are counted per inode, not per
+name (rule 3: a write through one name changes one file), both mounts must group the
+same names into inodes (rule 1), an operation touches every name of the file it acts
+on as the device sees them then (rule 5: a write through one name changes them all),
+and removing one name of several destroys nothing for sure: whether the file lives on
+depends on what the other device did with its other names (rules 3 and 4 leave it to
+rule 5).
 
 Deterministic in CI: the same few programs every run (`derandomize`), no shrinking
 (every example mounts twice). CLOUDFS_HYPOTHESIS_EXAMPLES=N explores N random programs;
@@ -106,12 +116,20 @@ OPS = st.one_of(
     st.tuples(st.just("mkdir"), DEVICES, DIRS),
     st.tuples(st.just("rm_r"), DEVICES, st.one_of(DIRS, FILES)),
     *[st.tuples(st.just("rename"), DEVICES, ANY, ANY)] * 2,
+    *[st.tuples(st.just("link"), DEVICES, FILES, st.sampled_from(FILE_POOL))] * 4,
 )
 ALLOWED_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY, errno.EINVAL}
 TAG = re.compile(rb"<([ab])#(\d+)>")
 COPY = re.compile(r"^(.*) \(conflicted copy, dev-[ab], \d{4}-\d{2}-\d{2}(?: \d+)?\)(\.[^.]*)?$")
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _ino(path: str) -> int:
+    try:
+        return os.lstat(path).st_ino
+    except OSError:
+        return -1
 
 
 def rename_noreplace(src: Path, dst: Path) -> None:
@@ -149,6 +167,23 @@ def snapshot(root: Path, *, uncached: bool = False) -> dict[str, bytes | None]:
                 finally:
                     os.close(fd)
     return out
+
+
+def inodes(root: Path) -> tuple[Counter[bytes], set[frozenset[str]]]:
+    """The contents of the files, counted once per inode, and the names of every inode
+    that has several. Tolerates entries that vanish while it walks."""
+    names: dict[int, list[str]] = {}
+    content: dict[int, bytes] = {}
+    for dirpath, _, filenames in os.walk(root):
+        for f in filenames:
+            path = os.path.join(dirpath, f)
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                ino = os.lstat(path).st_ino
+                names.setdefault(ino, []).append(os.path.relpath(path, root))
+                if ino not in content:
+                    content[ino] = Path(path).read_bytes()
+    return (Counter(c for c in content.values() if c),
+            {frozenset(n) for n in names.values() if len(n) > 1})
 
 
 def label(content: bytes | None) -> str:
@@ -207,7 +242,10 @@ class TwoDevices(RuleBasedStateMachine):
         self.live: Counter[bytes] = Counter()
         self.produced: set[bytes] = set()
         self.destroyed: dict[bytes, set[str]] = {}  # content -> devices that destroyed it
-        self.moved: dict[bytes, set[str]] = {}  # content -> devices that renamed its file
+        self.moved: dict[bytes, set[str]] = {}  # content -> devices that renamed or linked its file
+        self.spared: set[bytes] = set()  # contents that lost one name of several: may live on
+        self.destroyed_at: dict[bytes, set[str]] = {}  # content -> the paths where it was destroyed
+        self.linked_from: dict[str, set[str]] = {}  # path -> devices that gave its file another name
         self.groups: list[tuple[str, tuple[str, ...]]] = []
         self.counter = 0
         self.ops = 0
@@ -226,14 +264,20 @@ class TwoDevices(RuleBasedStateMachine):
         self.counter += 1
         return f"<{dev}#{self.counter}>".encode() + random.Random(seed).randbytes(size)
 
-    def produce(self, dev: str, old: bytes, new: bytes) -> None:
+    def produce(self, dev: str, old: bytes, new: bytes, path: str = "") -> None:
         """A file's bytes went from `old` (observed) to `new` on `dev`."""
-        self.destroy(dev, old)
+        self.destroy(dev, old, path=path)
         if new:
             self.live[new] += 1
         self.produced.add(new)
 
-    def destroy(self, dev: str, old: bytes) -> None:
+    def destroy(self, dev: str, old: bytes, nlink: int = 1, path: str = "") -> None:
+        """`old` lost a name (`path`) on `dev`; with other names left (`nlink` > 1 as `dev`
+        saw it) it may live on, depending on what the other device did with those."""
+        if old and nlink > 1:
+            self.spared.add(old)
+        if old and path:
+            self.destroyed_at.setdefault(old, set()).add(path)
         if old:
             self.destroyed.setdefault(old, set()).add(dev)
             if self.live[old] > 0:
@@ -241,6 +285,18 @@ class TwoDevices(RuleBasedStateMachine):
 
     def touched(self, dev: str, *paths: str) -> None:
         self.groups.append((dev, paths))
+
+    def names(self, dev: str, path: str) -> list[str]:
+        """`path` and every other name of its file on `dev` now (hard links)."""
+        root = self.mounts[dev].path
+        try:
+            st = os.lstat(root / path)
+        except OSError:
+            return [path]
+        if st.st_nlink < 2 or not os.path.isfile(root / path):
+            return [path]
+        return sorted({path} | {os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root)
+                                for f in files if _ino(os.path.join(d, f)) == st.st_ino})
 
     def resolve(self, dev: str, path: str | Pick) -> str:
         if isinstance(path, str):
@@ -252,15 +308,15 @@ class TwoDevices(RuleBasedStateMachine):
         return existing[path.index % len(existing)] if existing else pool[path.index % len(pool)]
 
     @contextlib.contextmanager
-    def op(self, dev: str, what: str):  # noqa: ANN201
-        """Run one operation: an expected errno (the tree moved under it) is an outcome,
-        anything else fails the test."""
+    def op(self, dev: str, what: str, also: frozenset[int] = frozenset()):  # noqa: ANN201
+        """Run one operation: an expected errno (the tree moved under it, or one of
+        `also`) is an outcome, anything else fails the test."""
         self.ops += 1
         outcome = ["ok"]
         try:
             yield outcome
         except OSError as exc:
-            if exc.errno not in ALLOWED_ERRNOS:
+            if exc.errno not in ALLOWED_ERRNOS | also:
                 self.note(dev, f"{what} -> {exc!r}")
                 raise AssertionError(f"{what} on {dev}: {exc!r}\n" + self.story()) from exc
             outcome[0] = errno.errorcode[exc.errno]
@@ -315,8 +371,8 @@ class TwoDevices(RuleBasedStateMachine):
                 os.pwrite(fd, new, 0)
             finally:
                 os.close(fd)
-            self.produce(dev, old, new)
-            self.touched(dev, path)
+            self.produce(dev, old, new, path)
+            self.touched(dev, *self.names(dev, path))
             outcome[0] = f"ok, was {label(old)}"
 
     def append(self, dev: str, path: str | Pick, size: int, seed: int) -> None:
@@ -328,8 +384,8 @@ class TwoDevices(RuleBasedStateMachine):
                 os.pwrite(fd, extra, len(old))
             finally:
                 os.close(fd)
-            self.produce(dev, old, old + extra)
-            self.touched(dev, path)
+            self.produce(dev, old, old + extra, path)
+            self.touched(dev, *self.names(dev, path))
             outcome[0] = f"ok, now {label(old + extra)}"
 
     def truncate(self, dev: str, path: str | Pick, size: int) -> None:
@@ -342,8 +398,8 @@ class TwoDevices(RuleBasedStateMachine):
                 os.close(fd)
             new = old[:size] + b"\0" * max(0, size - len(old))
             if new != old:
-                self.produce(dev, old, new)
-                self.touched(dev, path)
+                self.produce(dev, old, new, path)
+                self.touched(dev, *self.names(dev, path))
             outcome[0] = f"ok, {label(old)} -> {label(new)}"
 
     def mkdir(self, dev: str, path: str | Pick) -> None:
@@ -356,12 +412,14 @@ class TwoDevices(RuleBasedStateMachine):
         path, root = self.resolve(dev, path), self.mounts[dev].path
         with self.op(dev, f"unlink {path}") as outcome:
             fd, old = self.observe_open(root, path)
+            names = self.names(dev, path)
             try:
+                nlink = os.fstat(fd).st_nlink
                 os.unlink(root / path)
             finally:
                 os.close(fd)
-            self.destroy(dev, old)
-            self.touched(dev, path)
+            self.destroy(dev, old, nlink, path)
+            self.touched(dev, *names)
             outcome[0] = f"ok, was {label(old)}"
 
     def rename(self, dev: str, src: str | Pick, dst: str | Pick) -> None:
@@ -374,6 +432,7 @@ class TwoDevices(RuleBasedStateMachine):
                 src_fd, moving = self.observe_open(root, src)  # a file: which bytes move
             except OSError:
                 src_fd, moving = None, None  # a directory, or nothing (the rename says which)
+            names = self.names(dev, src) + self.names(dev, dst)
             try:
                 try:
                     fd, old = self.observe_open(root, dst)
@@ -383,17 +442,41 @@ class TwoDevices(RuleBasedStateMachine):
                     os.rename(root / src, root / dst)  # over an empty directory, or fails
                 else:
                     try:
+                        same_file = src_fd is not None and os.fstat(fd).st_ino == os.fstat(src_fd).st_ino
+                        nlink = os.fstat(fd).st_nlink
                         os.rename(root / src, root / dst)
                     finally:
                         os.close(fd)
-                    self.destroy(dev, old)
-                    outcome[0] = f"ok, over {label(old)}"
+                    if same_file:
+                        outcome[0] = "ok, two names of one file: nothing happens"
+                    else:
+                        self.destroy(dev, old, nlink, dst)
+                        outcome[0] = f"ok, over {label(old)}"
             finally:
                 if src_fd is not None:
                     os.close(src_fd)
             if moving:
                 self.moved.setdefault(moving, set()).add(dev)
-            self.touched(dev, src, dst)
+            self.touched(dev, *names)
+
+    def link(self, dev: str, src: str | Pick, dst: str | Pick) -> None:
+        """ln: another name for a file (EPERM for a directory, EEXIST for a taken name)."""
+        src, dst, root = self.resolve(dev, src), self.resolve(dev, dst), self.mounts[dev].path
+        with self.op(dev, f"link {src} -> {dst}", also=frozenset({errno.EPERM})) as outcome:
+            if src == dst:
+                outcome[0] = "same path, skipped"
+                return
+            fd, content = self.observe_open(root, src)  # EISDIR for a directory
+            names = self.names(dev, src)
+            try:
+                os.link(root / src, root / dst)
+            finally:
+                os.close(fd)
+            self.moved.setdefault(content, set()).add(dev)  # another name keeps it where one goes,
+            for name in names:  # with whatever the other device writes into it meanwhile
+                self.linked_from.setdefault(name, set()).add(dev)
+            self.touched(dev, *self.names(dev, dst))
+            outcome[0] = f"ok, {label(content)}"
 
     def rm_r(self, dev: str, path: str | Pick) -> None:
         path, root = self.resolve(dev, path), self.mounts[dev].path
@@ -405,11 +488,13 @@ class TwoDevices(RuleBasedStateMachine):
             except OSError as exc:
                 if exc.errno == errno.ENOTDIR:
                     fd, old = self.observe_open(root, path)
+                    self.touched(dev, *self.names(dev, path))
                     try:
+                        nlink = os.fstat(fd).st_nlink
                         os.unlink(root / path)
                     finally:
                         os.close(fd)
-                    self.destroy(dev, old)
+                    self.destroy(dev, old, nlink, path)
                     gone.append(label(old))
                 elif exc.errno != errno.ENOTEMPTY:
                     raise
@@ -428,9 +513,11 @@ class TwoDevices(RuleBasedStateMachine):
                     fd, old = self.observe_open(root, rel)
                 except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                     continue
+                self.touched(dev, *self.names(dev, rel))
                 try:
+                    nlink = os.fstat(fd).st_nlink
                     os.unlink(root / rel)
-                    self.destroy(dev, old)
+                    self.destroy(dev, old, nlink, rel)
                     gone.append(f"{rel}={label(old)}")
                 except FileNotFoundError:
                     pass
@@ -471,7 +558,11 @@ class TwoDevices(RuleBasedStateMachine):
             self._fail("the mounts differ after a, b, a, b sync (converged: " + later + ")",
                       self.diff(final, other, "a", "b"))
 
-        contents = Counter(v for v in final.values() if v)
+        contents, linked = inodes(a.path)
+        other_contents, other_linked = inodes(b.path)
+        if linked != other_linked or contents != other_contents:
+            self._fail("the mounts group names into files differently (hard links)",
+                       f"  a: {sorted(map(sorted, linked))}\n  b: {sorted(map(sorted, other_linked))}")
         lost = [c for c, n in self.live.items() if n > contents[c]]
         if lost:
             self._fail("written content lost", "\n".join(
@@ -479,7 +570,8 @@ class TwoDevices(RuleBasedStateMachine):
         # A file moved on one device while the other deleted it may come back: a move is
         # local work, and the syncer creates a moved file again if its delete came first.
         back = [c for c, by in self.destroyed.items()
-                if self.live[c] == 0 and contents[c] and not self.moved.get(c, set()) - by]
+                if self.live[c] == 0 and contents[c] and not self.moved.get(c, set()) - by and c not in self.spared
+                and not any(self.linked_from.get(p, set()) - by for p in self.destroyed_at.get(c, ()))]
         if back:
             self._fail("destroyed content came back", "\n".join(
                 f"  {label(c)} at {[p for p, v in final.items() if v == c]}" for c in back))
@@ -493,7 +585,7 @@ class TwoDevices(RuleBasedStateMachine):
         self.stats["conflicted copies"] += sum(1 for p in final if base_path(p) != p and p not in self.settled)
         self.settled = final
         self.live = contents
-        self.destroyed, self.moved = {}, {}
+        self.destroyed, self.moved, self.spared, self.destroyed_at, self.linked_from = {}, {}, set(), {}, {}
         self.groups = []
         self.ops = 0
 
