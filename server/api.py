@@ -10,6 +10,7 @@ long-polls itself. The logic lives in `tree.py`, `files.py`, `commits.py` and
 from __future__ import annotations
 
 import hashlib
+import random
 from typing import Annotated
 
 import anyio
@@ -340,6 +341,7 @@ async def _changes_page(ctx: ServerContext, owner_id: int, cursor: int, limit: i
                 entries, new_cursor, has_more = journal.read(conn, owner_id, cursor, limit)
             return bool(entries), wire.ChangesResponse(changes=entries, cursor=new_cursor, has_more=has_more).model_dump_json().encode()
 
+        ctx.metrics.changes_reads.inc()
         try:
             try:
                 page.value = await ctx.run_db(read)
@@ -369,7 +371,7 @@ async def changes(ctx: Ctx, user: Auth, cursor: Cursor = 0,
             entries, new_cursor, has_more = journal.read(conn, user.id, cursor, limit)
         return wire.ChangesResponse(changes=entries, cursor=new_cursor, has_more=has_more)
 
-    deadline = anyio.current_time() + wait
+    deadline = anyio.current_time() + held_for(wait)
     while True:
         woken = ctx.notifier.waiter(user.id)
         generation = ctx.notifier.generation(user.id)
@@ -379,7 +381,25 @@ async def changes(ctx: Ctx, user: Auth, cursor: Cursor = 0,
             return Response(content=body, media_type="application/json")
         ctx.metrics.long_polls.inc()
         try:
-            with anyio.move_on_after(remaining):
+            with anyio.move_on_after(remaining) as timer:
                 await woken.wait()
         finally:
             ctx.metrics.long_polls.dec()
+        if timer.cancelled_caught:
+            # Not woken: nothing was committed for this owner since the read above (the
+            # waiter was taken before it), so its empty page is still the answer. Reading
+            # again cost every idle device a second database query per long-poll.
+            return Response(content=body, media_type="application/json")
+
+
+LONG_POLL_SPREAD = 0.2
+"""A long-poll of `wait` >= 5 s ends after a random 80-100 % of it."""
+
+
+def held_for(wait: float) -> float:
+    """How long to hold a long-poll that nothing wakes. Devices that reconnected together
+    (a replica restarted, a balancer failed over) would otherwise time out together, every
+    `wait` seconds, forever: 10,000 devices re-polling within a few seconds of each other
+    (scripts/bench_cluster.py). A random share of the wait spreads them out within a few
+    rounds; the API promises "up to `wait` seconds", and short waits stay exact."""
+    return wait if wait < 5 else wait * (1 - LONG_POLL_SPREAD * random.random())

@@ -66,6 +66,8 @@ class Metrics:
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
         self.long_polls = Gauge("cloudfs_long_polls_held", "GET /changes requests parked, waiting for a change",
                                 registry=r)
+        self.changes_reads = Counter("cloudfs_changes_reads", "journal reads made for GET /changes (one is shared by "
+                                     "the long-polls of one owner and cursor)", registry=r)
         self.journal_lag = Histogram("cloudfs_journal_notify_lag_seconds",
                                      "from a journal write on any replica to its notification reaching this one",
                                      registry=r, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5))

@@ -23,6 +23,7 @@ from cloudfs.backend.api_client import ApiClient
 from cloudfs.backend.errors import OfflineError, ServerError
 from tests.conftest import Api
 from tests.harness import cloudfs_server, moto_server, postgres_database, wait_until
+from tests.server.helpers import metric as _metric
 
 
 def _inline_commit(path: str, data: bytes) -> dict:
@@ -30,20 +31,6 @@ def _inline_commit(path: str, data: bytes) -> dict:
     return {"path": path, "base_rev": 0, "size": len(data), "mtime_ns": 1,
             "chunks": [{"fingerprint": fp, "length": len(data)}],
             "inline": [{"fingerprint": fp, "data": base64.b64encode(data).decode()}]}
-
-
-def _metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of the Prometheus text exposition (0 if absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        key, _, value = line.rpartition(" ")
-        sample, _, rest = key.partition("{")
-        got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
-        if sample == name and got == want:
-            return float(value)
-    return 0.0
 
 
 def test_request_ids_are_returned_and_logged(server, alice):
