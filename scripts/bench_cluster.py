@@ -2,22 +2,28 @@
 """Benchmark a cluster: 10,000 simulated devices against 1, 2 and 3 `cloudfs server`
 replicas behind HAProxy, on one PostgreSQL database and one S3 bucket (moto server).
 
-Each device is one account's device holding a long-poll (`GET /changes?wait=50`) on a
-keep-alive connection through the balancer, and taking the next one as soon as it is
-answered: 1,000 accounts of 10 devices. Meanwhile, for `steady_s` seconds, a steady
-rate of small commits lands in random accounts (each wakes that account's 10 devices)
-and a steady rate of downloads fetches a file's signed URLs and then the chunk from
-S3. Then, for `burst_s` seconds, 16 writers commit as fast as they can into accounts
-of their own (commits/s with the idle devices still held).
+Each device is one account's device holding a long-poll (`GET /changes?wait=25`, what
+the device's follower asks for) on a keep-alive connection through the balancer, and
+taking the next one as soon as it is answered: 1,000 accounts of 10 devices. They
+connect within ~20 s, then sit idle for `idle_s` (each long-poll times out at least
+once: what idle devices cost). Then, for `steady_s` seconds, a steady rate of small
+commits lands in random accounts (each wakes that account's 10 devices) and a steady
+rate of downloads fetches a file's signed URLs and then the chunk from S3. Then, for
+`burst_s` seconds, 16 writers commit as fast as they can into accounts of their own
+(commits/s with the idle devices still held).
 
-Reported per replica count: devices held, commits/s (steady and burst), fan-out
-latency from a commit sent to each of its 10 devices' answers (p50/p99), errors (any
-failed request, broken connection or change a device never got), and RSS and CPU
-per replica, with the CPU of HAProxy, PostgreSQL, moto and this generator beside it,
-and the load average. One process generates everything (trio, a raw HTTP/1.1 client
-for the long-polls, httpx for the rest); the machine's cores are shared by all of it.
+Reported per replica count: devices held, re-polls and journal reads per second while
+idle, commits/s (steady and burst), commit latency seen here and inside the replicas
+(their /metrics histograms), fan-out latency from a commit sent to each of its 10
+devices' answers (p50/p99), PostgreSQL notification lag, errors (any failed request,
+broken connection, or wake-up a device never got within `late_s`), RSS and CPU per
+replica, with the CPU of HAProxy, PostgreSQL, moto, this generator and the whole
+machine beside it. `--profile DIR` samples the replicas with py-spy in the steady and
+burst phases and prints where their CPU went. One process generates everything (trio,
+a raw HTTP/1.1 client for the long-polls, httpx for the rest); the machine's cores
+are shared by all of it.
 
-    .venv/bin/python scripts/bench_cluster.py [--quick] [--replicas 1,2,3] [--devices N]
+    .venv/bin/python scripts/bench_cluster.py [--quick] [--replicas 1,2,3] [--devices N] [--profile DIR]
 
 File descriptors: each device holds one here, two in HAProxy and one in a replica.
 The hard limit (20,000 on the test machine, not raisable without CAP_SYS_RESOURCE)
@@ -32,7 +38,6 @@ import contextlib
 import base64
 import hashlib
 import json
-import math
 import os
 import random
 import sys
@@ -51,10 +56,11 @@ if str(REPO) not in sys.path:
 
 from cloudfs.server.db import open_database  # noqa: E402
 from cloudfs.server.users import add_user  # noqa: E402
+from tests.cluster import measure  # noqa: E402
 from tests.cluster.harness import Cluster, raise_fd_limit  # noqa: E402
+from tests.cluster.measure import CpuMeter, Histogram, ms, percentile, rss_mib  # noqa: E402
 from tests.harness import moto_server, postgres_database  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 RSS_TARGET_MIB = 512
 
 
@@ -64,98 +70,17 @@ class Sizes:
     per_account: int = 10
     commit_rate: float = 10.0      # steady commits per second, into the devices' accounts
     download_rate: float = 2.0     # steady downloads per second (metadata + chunk from S3)
+    idle_s: float = 30.0           # devices only: more than one whole long-poll each
     steady_s: float = 30.0
     burst_s: float = 15.0
     burst_workers: int = 16
-    wait_s: int = 50               # each long-poll's wait
+    wait_s: int = 25               # each long-poll's wait: what the device's follower asks for
     connect_batch: int = 250       # long-polls opened together, then wait for them to be sent
+    late_s: float = 30.0           # how long a wake-up may come after the steady phase
 
     @classmethod
     def quick(cls) -> "Sizes":
-        return cls(devices=2000, steady_s=10.0, burst_s=6.0)
-
-
-# --- what the processes use -----------------------------------------------------------
-
-
-def cpu_ticks(pid: int) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-    except OSError:
-        return 0
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def pids_named(name: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if Path(f"/proc/{entry}/comm").read_text().strip() == name:
-                    found.append(int(entry))
-            except OSError:
-                pass
-    return found
-
-
-class CpuMeter:
-    """Cores used by each group of processes between `start` and `cores`."""
-
-    def __init__(self, groups: dict[str, list[int]]) -> None:
-        self.groups = groups
-        self.t0 = time.monotonic()
-        self.t0_ticks = {pid: cpu_ticks(pid) for pids in groups.values() for pid in pids}
-        self.own0 = sum(os.times()[:2])
-        self.machine0 = self._machine()
-
-    @staticmethod
-    def _machine() -> int:
-        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-        return sum(values) - values[3] - values[4]
-
-    def cores(self) -> dict[str, float]:
-        dt = max(time.monotonic() - self.t0, 1e-9)
-        def used(pid: int) -> int:  # a process gone meanwhile counts nothing
-            now = cpu_ticks(pid)
-            return max(0, now - self.t0_ticks[pid]) if now else 0
-        out = {name: sum(used(p) for p in pids) / CLK_TCK / dt for name, pids in self.groups.items()}
-        out["generator"] = (sum(os.times()[:2]) - self.own0) / dt
-        out["machine"] = (self._machine() - self.machine0) / CLK_TCK / dt
-        return out
-
-
-def pg_backends(db_url: str) -> list[int]:
-    """The PostgreSQL backends serving this run's database (the server is shared)."""
-    import psycopg
-
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        return [pid for (pid,) in conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
-
-
-def moto_pid() -> int:
-    """This run's moto server: the child of this process of that name."""
-    for pid in pids_named("moto_server"):
-        try:
-            if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
-                return pid
-        except (OSError, ValueError):
-            pass
-    return 0
-
-
-def percentile(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+        return cls(devices=2000, idle_s=10.0, steady_s=10.0, burst_s=6.0)
 
 
 # --- the devices ------------------------------------------------------------------------
@@ -261,56 +186,40 @@ class Result:
     held: int = 0
     errors: list[str] = field(default_factory=list)
     burst_rate: float = 0.0
+    broken: str = ""
 
     def add(self, name: str, value: str) -> None:
         self.figures[name] = value
         print(f"  {name}: {value}", flush=True)
 
 
-async def held_each(c: Cluster) -> list[int]:
-    """Long-polls parked on each replica, from its /metrics."""
-    held = []
-    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
-        for replica in c.replicas:
-            text = (await client.get(replica.url + "/metrics")).text
-            held.append(sum(int(float(line.split()[1])) for line in text.splitlines()
-                            if line.startswith("cloudfs_long_polls_held ")))
-    return held
+async def scrape(c: Cluster) -> list[str]:
+    async with httpx.AsyncClient(trust_env=False) as client:
+        return await measure.scrape(client, [r.url for r in c.replicas])
 
 
-async def notify_lag(c: Cluster) -> tuple[int, float, float]:
-    """From every replica's `cloudfs_journal_notify_lag_seconds` histogram: how many
-    notifications arrived from a commit's transaction (on any replica, this one
-    included), and the bucket bounds holding the median and the 99th percentile."""
-    buckets: dict[float, float] = {}
-    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
-        for replica in c.replicas:
-            for line in (await client.get(replica.url + "/metrics")).text.splitlines():
-                if line.startswith("cloudfs_journal_notify_lag_seconds_bucket{"):
-                    bound = line.split('le="', 1)[1].split('"', 1)[0]
-                    le = float("inf") if bound == "+Inf" else float(bound)
-                    buckets[le] = buckets.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
-    total = buckets.get(float("inf"), 0.0)
-    if not total:
-        return 0, float("nan"), float("nan")
-    ordered = sorted(buckets.items())
-
-    def bound(p: float) -> float:
-        return next(le for le, count in ordered if count >= p / 100 * total)
-    return int(total), bound(50), bound(99)
+def held_each(texts: list[str]) -> list[int]:
+    """Long-polls parked on each replica."""
+    return [int(measure.sample(text, "cloudfs_long_polls_held")) for text in texts]
 
 
-async def held_long_polls(c: Cluster) -> int:
-    return sum(await held_each(c))
+def cores_text(cores: dict[str, float], names: tuple[str, ...]) -> str:
+    return " / ".join(f"{cores[n]:.2f}" for n in names)
 
 
-async def run_against(c: Cluster, tokens: list[str], burst_tokens: list[str], sizes: Sizes, result: Result) -> None:
+CPU_GROUPS = ("replicas", "haproxy", "postgres", "moto", "generator", "machine")
+CPU_LABEL = "(cores): " + " / ".join(CPU_GROUPS)
+
+
+async def run_against(c: Cluster, tokens: list[str], burst_tokens: list[str], sizes: Sizes, result: Result,
+                      profile_dir: Path | None) -> None:
     stats = Stats()
     host, port = "127.0.0.1", c.balancer_port
     accounts = len(tokens)
     api = httpx.AsyncClient(base_url=c.url, trust_env=False, timeout=httpx.Timeout(60, connect=10),
                             limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
     blobs = httpx.AsyncClient(trust_env=False, timeout=60)
+    replica_pids = [r.pid for r in c.replicas]
 
     def auth(token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}", "X-Cloudfs-Device": "bench"}
@@ -329,6 +238,7 @@ async def run_against(c: Cluster, tokens: list[str], burst_tokens: list[str], si
             r = await api.get("/me", headers=auth(tokens[a]))
             cursors.append(r.json()["cursor"])
 
+        # --- the devices connect, then sit idle ---------------------------------------------
         print(f"  opening {sizes.devices} long-polls ...", flush=True)
         t0 = time.monotonic()
         for start in range(0, sizes.devices, sizes.connect_batch):
@@ -342,31 +252,38 @@ async def run_against(c: Cluster, tokens: list[str], burst_tokens: list[str], si
                 for sent in events:
                     await sent.wait()
         with trio.fail_after(300):
-            while (held := await held_long_polls(c)) < sizes.devices * 0.995:
+            while (held := sum(held_each(await scrape(c)))) < sizes.devices * 0.995:
                 await trio.sleep(1)
         result.held = held
         result.add("devices held (long-polls parked, from /metrics)", f"{held} of {sizes.devices}, "
                    f"opened in {time.monotonic() - t0:.0f} s")
-        await trio.sleep(3)  # settle
-        result.rss = [rss_mib(r.pid) for r in c.replicas]
-        result.add("idle long-polls per replica (from /metrics)", " / ".join(str(n) for n in await held_each(c)))
+        groups = {"replicas": replica_pids, "haproxy": [p.pid for p in c.balancer_procs],
+                  "postgres": measure.pg_backends(c.db_url), "moto": [measure.child_named("moto_server")]}
+        print(f"  devices idle for {sizes.idle_s:.0f} s ...", flush=True)
+        before = await scrape(c)
+        answers0, meter = stats.answers, CpuMeter(groups)
+        await trio.sleep(sizes.idle_s)
+        cores, seconds = meter.cores(), sizes.idle_s
+        after = await scrape(c)
+        result.rss = [rss_mib(pid) for pid in replica_pids]
+        result.add("idle long-polls per replica (from /metrics)", " / ".join(str(n) for n in held_each(after)))
         result.add("RSS per replica, devices idle", " / ".join(f"{m:.0f} MiB" for m in result.rss))
-        groups = {"replicas": [r.pid for r in c.replicas], "haproxy": [p.pid for p in c.balancer_procs],
-                  "postgres": pg_backends(c.db_url), "moto": [moto_pid()]}
-        idle = CpuMeter(groups)
-        await trio.sleep(5)
-        cores = idle.cores()
-        result.add("CPU, devices idle (cores): replicas / haproxy / postgres / generator / machine",
-                   f"{cores['replicas']:.2f} / {cores['haproxy']:.2f} / {cores['postgres']:.2f} / "
-                   f"{cores['generator']:.2f} / {cores['machine']:.2f}")
+        reads = sum(measure.sample(t, "cloudfs_changes_reads_total") for t in after) \
+            - sum(measure.sample(t, "cloudfs_changes_reads_total") for t in before)
+        result.add("idle: long-polls answered empty (re-polls) / journal reads, per s",
+                   f"{(stats.answers - answers0) / seconds:.0f} / {reads / seconds:.0f}")
+        result.add(f"CPU, devices idle {CPU_LABEL}", cores_text(cores, CPU_GROUPS))
+        result.add("CPU per replica, devices idle (cores)", " / ".join(f"{x:.2f}" for x in meter.each("replicas")))
 
-        # Steady: commits into the devices' accounts, and downloads.
+        # --- steady: commits into the devices' accounts, and downloads ----------------------
         print(f"  steady load for {sizes.steady_s:.0f} s ...", flush=True)
         stats.record = True
         errors_before = len(stats.errors)
         commits_ok, downloads_ok, commit_lat = 0, 0, []
+        before = await scrape(c)
         meter = CpuMeter(groups)
-        per_replica = [cpu_ticks(r.pid) for r in c.replicas]
+        profiles = measure.start_profiles(replica_pids, sizes.steady_s, profile_dir, f"{len(c.replicas)}-steady") \
+            if profile_dir else []
         steady_start = time.monotonic()
         deadline = steady_start + sizes.steady_s
 
@@ -419,40 +336,52 @@ async def run_against(c: Cluster, tokens: list[str], burst_tokens: list[str], si
             steady.start_soon(paced, sizes.commit_rate, one_commit)
             steady.start_soon(paced, sizes.download_rate, one_download)
         seconds = time.monotonic() - steady_start
-        cores = meter.cores()
-        replica_cores = [(cpu_ticks(r.pid) - t) / CLK_TCK / seconds for r, t in zip(c.replicas, per_replica)]
-        await trio.sleep(3)  # the last wake-ups arrive
+        cores, each = meter.cores(), meter.each("replicas")
+        after = await scrape(c)
+        # Wake-ups still on their way: wait for them (bounded), then count what never came.
+        expected = {seq: _devices_of(stats.account_of[seq], sizes.devices, accounts) for seq in stats.sent}
+        late_deadline = time.monotonic() + sizes.late_s
+        while time.monotonic() < late_deadline and any(len(stats.arrivals.get(s, ())) < n for s, n in expected.items()):
+            await trio.sleep(0.5)
         stats.record = False
         fanout: list[float] = []
         missing = 0
         for seq, sent in stats.sent.items():
             arrivals = stats.arrivals.get(seq, [])
             fanout += [t - sent for t in arrivals]
-            missing += max(0, _devices_of(stats.account_of[seq], sizes.devices, accounts) - len(arrivals))
+            missing += max(0, expected[seq] - len(arrivals))
         if missing:
-            stats.error(f"{missing} wake-ups never arrived")
+            stats.error(f"{missing} wake-ups never arrived (waited {sizes.late_s:.0f} s)")
         result.add("steady commits/s (target rate) / downloads/s",
                    f"{commits_ok / seconds:.1f} ({sizes.commit_rate:g}) / {downloads_ok / seconds:.1f}")
-        result.add("steady commit latency p50 / p99", f"{percentile(commit_lat, 50) * 1000:.0f} / "
+        result.add("steady commit latency p50 / p99 (generator)", f"{percentile(commit_lat, 50) * 1000:.0f} / "
                    f"{percentile(commit_lat, 99) * 1000:.0f} ms")
+        inside = Histogram(after, "cloudfs_http_request_seconds", 'route="/files"', 'method="POST"') \
+            .minus(Histogram(before, "cloudfs_http_request_seconds", 'route="/files"', 'method="POST"'))
+        result.add("steady commit latency p50 / p99 inside the replicas (bucket bound)",
+                   f"{measure.ms(inside.bound(50))} / {measure.ms(inside.bound(99))} ms")
         result.add("fan-out, commit sent -> each of its account's devices: p50 / p99",
                    f"{percentile(fanout, 50) * 1000:.0f} / {percentile(fanout, 99) * 1000:.0f} ms "
                    f"({len(fanout)} wake-ups)")
-        count, lag50, lag99 = await notify_lag(c)
-        result.add("PostgreSQL notification lag, commit -> each replica: p50 / p99 (bucket bound)",
-                   f"{lag50 * 1000:g} / {lag99 * 1000:g} ms ({count} notifications)")
-        result.add("CPU, steady (cores): replicas / haproxy / postgres / moto / generator / machine",
-                   f"{cores['replicas']:.2f} / {cores['haproxy']:.2f} / {cores['postgres']:.2f} / {cores['moto']:.2f} / "
-                   f"{cores['generator']:.2f} / {cores['machine']:.2f}")
-        result.add("CPU per replica, steady (cores)", " / ".join(f"{x:.2f}" for x in replica_cores))
+        lag = Histogram(after, "cloudfs_journal_notify_lag_seconds") \
+            .minus(Histogram(before, "cloudfs_journal_notify_lag_seconds"))
+        result.add("PostgreSQL notification, commit -> each replica: p50 / p99 (bucket bound)",
+                   f"{measure.ms(lag.bound(50))} / {measure.ms(lag.bound(99))} ms ({lag.count} notifications)")
+        result.add(f"CPU, steady {CPU_LABEL}", cores_text(cores, CPU_GROUPS))
+        result.add("CPU per replica, steady (cores)", " / ".join(f"{x:.2f}" for x in each))
         result.add("errors, steady", f"{len(stats.errors) - errors_before}")
+        if profiles:
+            print("  profile of the replicas, steady:\n" + measure.summarise_profile(measure.finish_profiles(profiles)),
+                  flush=True)
 
-        # Burst: as many commits as 16 writers get through, into accounts without devices.
+        # --- burst: as many commits as 16 writers get through, into accounts without devices
         print(f"  burst for {sizes.burst_s:.0f} s ...", flush=True)
         errors_before = len(stats.errors)
         burst_ok, burst_lat = 0, []
+        before = await scrape(c)
         meter = CpuMeter(groups)
-        per_replica = [cpu_ticks(r.pid) for r in c.replicas]
+        profiles = measure.start_profiles(replica_pids, sizes.burst_s, profile_dir, f"{len(c.replicas)}-burst") \
+            if profile_dir else []
         burst_start = time.monotonic()
         burst_end = burst_start + sizes.burst_s
 
@@ -479,18 +408,28 @@ async def run_against(c: Cluster, tokens: list[str], burst_tokens: list[str], si
             for w in range(sizes.burst_workers):
                 burst.start_soon(writer, w)
         seconds = time.monotonic() - burst_start
-        cores = meter.cores()
-        replica_cores = [(cpu_ticks(r.pid) - t) / CLK_TCK / seconds for r, t in zip(c.replicas, per_replica)]
+        cores, each = meter.cores(), meter.each("replicas")
+        after = await scrape(c)
         result.burst_rate = burst_ok / seconds
         result.add(f"burst commits/s ({sizes.burst_workers} writers, devices still held)", f"{result.burst_rate:.0f}")
-        result.add("burst commit latency p50 / p99", f"{percentile(burst_lat, 50) * 1000:.0f} / "
+        result.add("burst commit latency p50 / p99 (generator)", f"{percentile(burst_lat, 50) * 1000:.0f} / "
                    f"{percentile(burst_lat, 99) * 1000:.0f} ms")
-        result.add("CPU, burst (cores): replicas / haproxy / postgres / generator / machine",
-                   f"{cores['replicas']:.2f} / {cores['haproxy']:.2f} / {cores['postgres']:.2f} / "
-                   f"{cores['generator']:.2f} / {cores['machine']:.2f}")
-        result.add("CPU per replica, burst (cores)", " / ".join(f"{x:.2f}" for x in replica_cores))
+        inside = Histogram(after, "cloudfs_http_request_seconds", 'route="/files"', 'method="POST"') \
+            .minus(Histogram(before, "cloudfs_http_request_seconds", 'route="/files"', 'method="POST"'))
+        result.add("burst commit latency p50 / p99 inside the replicas (bucket bound)",
+                   f"{measure.ms(inside.bound(50))} / {measure.ms(inside.bound(99))} ms")
+        batches = sum(measure.sample(t, "cloudfs_commit_batches_total") for t in after) \
+            - sum(measure.sample(t, "cloudfs_commit_batches_total") for t in before)
+        jobs = sum(measure.sample(t, "cloudfs_commit_jobs_total") for t in after) \
+            - sum(measure.sample(t, "cloudfs_commit_jobs_total") for t in before)
+        result.add("burst: commits per group-commit transaction", f"{jobs / batches:.1f}" if batches else "-")
+        result.add(f"CPU, burst {CPU_LABEL}", cores_text(cores, CPU_GROUPS))
+        result.add("CPU per replica, burst (cores)", " / ".join(f"{x:.2f}" for x in each))
         result.add("errors, burst", f"{len(stats.errors) - errors_before}")
-        result.add("RSS per replica at the end", " / ".join(f"{rss_mib(r.pid):.0f} MiB" for r in c.replicas))
+        if profiles:
+            print("  profile of the replicas, burst:\n" + measure.summarise_profile(measure.finish_profiles(profiles)),
+                  flush=True)
+        result.add("RSS per replica at the end", " / ".join(f"{rss_mib(pid):.0f} MiB" for pid in replica_pids))
         result.add("requests sent by the devices / answers", f"{stats.sent_requests} / {stats.answers}")
         result.errors = list(stats.errors)
         nursery.cancel_scope.cancel()
@@ -522,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", default="1,2,3", help="replica counts to run, in order (default 1,2,3)")
     parser.add_argument("--devices", type=int, help="simulated devices (default 10,000; --quick 2,000)")
     parser.add_argument("--db", metavar="URL", help="PostgreSQL admin URL (default: scripts/postgres.sh's)")
+    parser.add_argument("--profile", metavar="DIR", type=Path,
+                        help="sample the replicas with py-spy during the steady and burst phases (raw stacks in DIR)")
     args = parser.parse_args(argv)
     sizes = Sizes.quick() if args.quick else Sizes()
     if args.devices:
@@ -545,7 +486,9 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     results: list[Result] = []
     broken = False
-    with moto_server() as moto, (contextlib.nullcontext(tempfile.mkdtemp(prefix="cloudfs-bench-cluster-")) if os.environ.get("CLOUDFS_BENCH_KEEP") else tempfile.TemporaryDirectory(prefix="cloudfs-bench-cluster-")) as tmp:
+    keep = os.environ.get("CLOUDFS_BENCH_KEEP")  # keep the replicas' logs
+    with moto_server() as moto, (contextlib.nullcontext(tempfile.mkdtemp(prefix="cloudfs-bench-cluster-")) if keep
+                                 else tempfile.TemporaryDirectory(prefix="cloudfs-bench-cluster-")) as tmp:
         for n in counts:
             print(f"{n} replica(s); load average {load_average()}", flush=True)
             result = Result(n)
@@ -555,9 +498,10 @@ def main(argv: list[str] | None = None) -> int:
                 c = Cluster(Path(tmp) / f"n{n}", db_url, store, n, balancers=balancers, maxconn=sizes.devices + 500,
                             extra_args=["--db-pool", "8"])
                 try:
-                    trio.run(run_against, c, tokens, burst_tokens, sizes, result)
+                    trio.run(run_against, c, tokens, burst_tokens, sizes, result, args.profile)
                 except Exception as exc:  # noqa: BLE001 - reported, the next count still runs
                     broken = True
+                    result.broken = repr(exc)[:200]
                     print(f"  the run broke: {exc!r}", file=sys.stderr)
                 finally:
                     if "Traceback" in c.logs():
@@ -581,9 +525,10 @@ def table(results: list[Result], sizes: Sizes) -> str:
     names = list(dict.fromkeys(name for r in results for name in r.figures))
     header = ["Measure", *[f"{r.replicas} replica{'s' if r.replicas > 1 else ''}" for r in results]]
     rows = [[name, *[r.figures.get(name, "-") for r in results]] for name in names]
-    rows.append(["errors (all phases)", *[str(len(r.errors)) for r in results]])
+    rows.append(["errors (all phases)", *[f"run broke: {r.broken}" if r.broken else str(len(r.errors))
+                                          for r in results]])
     rows.append([f"max RSS per replica <= {RSS_TARGET_MIB} MiB",
-                 *[("PASS" if max(r.rss, default=0) <= RSS_TARGET_MIB else "FAIL") for r in results]])
+                 *[("-" if not r.rss else "PASS" if max(r.rss) <= RSS_TARGET_MIB else "FAIL") for r in results]])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(header, widths)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
