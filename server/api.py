@@ -375,7 +375,13 @@ async def changes(ctx: Ctx, user: Auth, cursor: Cursor = 0,
     while True:
         woken = ctx.notifier.waiter(user.id)
         generation = ctx.notifier.generation(user.id)
-        found, body = await _changes_page(ctx, user.id, cursor, limit, generation)
+        known = ctx.notifier.known_empty(user.id, cursor) if wait > 0 else None
+        if known is not None:  # an idle device's next long-poll: nothing to read (notifier.py)
+            found, body = False, known
+        else:
+            found, body = await _changes_page(ctx, user.id, cursor, limit, generation)
+            if not found:
+                ctx.notifier.remember_empty(user.id, cursor, generation, body)
         remaining = deadline - anyio.current_time()
         if found or remaining <= 0 or ctx.notifier.closing:
             return Response(content=body, media_type="application/json")

@@ -7,6 +7,12 @@ long-poll held by any replica wakes for a commit made on any other.
 
 Concurrency: all methods run on the event-loop thread; an idle waiter costs one shared
 `anyio.Event` per owner and no thread.
+
+Known-empty pages: once a journal read found nothing after an owner's cursor, the
+same question gets the same answer until the owner's next notify (which forgets
+it), so a device's next long-poll from that cursor parks without reading the
+database. Only long-polls use it: they would park on the same waiter anyway, and
+what a notification still on its way from another replica carries wakes them.
 """
 
 from __future__ import annotations
@@ -28,7 +34,20 @@ class ChangeNotifier:
     def __init__(self) -> None:
         self._events: dict[int, anyio.Event] = {}
         self._generation: dict[int, int] = {}
+        self._empty: dict[int, tuple[int, bytes]] = {}
+        """owner -> (cursor, the rendered empty page) found since its last notify."""
         self.closing = False
+
+    def known_empty(self, owner_id: int, cursor: int) -> bytes | None:
+        """The empty page a read found after `cursor` since the owner's last change, if any."""
+        hit = self._empty.get(owner_id)
+        return hit[1] if hit is not None and hit[0] == cursor else None
+
+    def remember_empty(self, owner_id: int, cursor: int, generation: int, page: bytes) -> None:
+        """A read that took its waiter in `generation` found nothing after `cursor`;
+        kept only if no change has been notified since."""
+        if generation == self.generation(owner_id):
+            self._empty[owner_id] = (cursor, page)
 
     def generation(self, owner_id: int) -> int:
         """Bumped by every notify: two readers that took their waiter in the same
@@ -47,6 +66,7 @@ class ChangeNotifier:
 
     def notify(self, owner_id: int) -> None:
         self._generation[owner_id] = self._generation.get(owner_id, 0) + 1
+        self._empty.pop(owner_id, None)
         event = self._events.pop(owner_id, None)
         if event is not None:
             event.set()
@@ -54,6 +74,7 @@ class ChangeNotifier:
     def notify_all(self) -> None:
         for owner_id in self._events:
             self._generation[owner_id] = self._generation.get(owner_id, 0) + 1
+        self._empty.clear()
         events, self._events = self._events, {}
         for event in events.values():
             event.set()

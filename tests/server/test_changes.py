@@ -69,6 +69,28 @@ def test_a_long_poll_that_times_out_reads_the_journal_once(alice):
     assert metric(alice.get("/metrics").text, "cloudfs_changes_reads_total") - before == 1
 
 
+
+def test_an_idle_devices_next_long_poll_reads_nothing_and_still_wakes(alice):
+    """The next long-poll from a cursor a read found nothing after parks without a
+    journal read (the notifier remembers the empty page until the owner's next
+    change), and a commit still wakes it; a poll without wait always reads."""
+    at = cursor(alice)
+    assert changes(alice, at, wait=1)["changes"] == []
+    before = metric(alice.get("/metrics").text, "cloudfs_changes_reads_total")
+    assert changes(alice, at, wait=1) == {"changes": [], "cursor": at, "has_more": False}
+    assert metric(alice.get("/metrics").text, "cloudfs_changes_reads_total") == before
+
+    result: dict = {}
+    waiter = threading.Thread(target=lambda: result.setdefault("body", changes(alice, at, wait=20)))
+    waiter.start()
+    time.sleep(0.5)
+    node = put_file(alice, "/wakes-the-idle")
+    waiter.join(timeout=25)
+    assert [c["node"]["id"] for c in result["body"]["changes"]] == [node["id"]]
+    reads = metric(alice.get("/metrics").text, "cloudfs_changes_reads_total")
+    assert [c["node"]["id"] for c in changes(alice, at)["changes"]] == [node["id"]]
+    assert metric(alice.get("/metrics").text, "cloudfs_changes_reads_total") == reads + 1
+
 def test_long_polls_that_nothing_wakes_end_spread_over_the_last_fifth_of_their_wait(alice):
     """Devices that reconnected together must not time out together forever: each
     long-poll of 5 s or more is held for a random 80-100 % of its wait."""

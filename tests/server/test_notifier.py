@@ -79,3 +79,31 @@ def test_a_lost_connection_wakes_everyone_and_listening_resumes(pg_db: str) -> N
             tg.cancel_scope.cancel()
 
     anyio.run(main)
+
+
+def test_a_known_empty_page_lasts_until_the_owners_next_change() -> None:
+    """What lets an idle device's next long-poll park without a database read: the
+    empty page is kept per owner and cursor, forgotten by the owner's next notify or
+    by a wake-up of everyone (a lost LISTEN connection), and never kept when a change
+    was notified while the read that found it ran."""
+    async def main() -> None:
+        notifier = ChangeNotifier()
+        page = b'{"changes":[],"cursor":7,"has_more":false}'
+        notifier.remember_empty(1, 7, notifier.generation(1), page)
+        assert notifier.known_empty(1, 7) == page
+        assert notifier.known_empty(1, 6) is None and notifier.known_empty(2, 7) is None
+        notifier.notify(2)
+        assert notifier.known_empty(1, 7) == page  # another owner's change
+        notifier.notify(1)
+        assert notifier.known_empty(1, 7) is None
+
+        read_began = notifier.generation(1)
+        notifier.notify(1)  # lands while the read runs
+        notifier.remember_empty(1, 7, read_began, page)
+        assert notifier.known_empty(1, 7) is None
+
+        notifier.remember_empty(1, 8, notifier.generation(1), page)
+        notifier.notify_all()
+        assert notifier.known_empty(1, 8) is None
+
+    anyio.run(main)
