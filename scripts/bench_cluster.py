@@ -18,8 +18,8 @@ idle, commits/s (steady and burst), commit latency seen here and inside the repl
 devices' answers (p50/p99), PostgreSQL notification lag, errors (any failed request,
 broken connection, or wake-up a device never got within `late_s`), RSS and CPU per
 replica, with the CPU of HAProxy, PostgreSQL, moto, this generator and the whole
-machine beside it. `--profile DIR` samples the replicas with py-spy in the steady and
-burst phases and prints where their CPU went. One process generates everything (trio,
+machine beside it. `--profile DIR` samples the replicas with py-spy in the idle, steady
+and burst phases and prints where their CPU went. One process generates everything (trio,
 a raw HTTP/1.1 client for the long-polls, httpx for the rest); the machine's cores
 are shared by all of it.
 
@@ -262,6 +262,8 @@ async def run_against(c: Cluster, tokens: list[str], burst_tokens: list[str], si
         print(f"  devices idle for {sizes.idle_s:.0f} s ...", flush=True)
         before = await scrape(c)
         answers0, meter = stats.answers, CpuMeter(groups)
+        profiles = measure.start_profiles(replica_pids, sizes.idle_s, profile_dir, f"{len(c.replicas)}-idle") \
+            if profile_dir else []
         await trio.sleep(sizes.idle_s)
         cores, seconds = meter.cores(), sizes.idle_s
         after = await scrape(c)
@@ -274,6 +276,9 @@ async def run_against(c: Cluster, tokens: list[str], burst_tokens: list[str], si
                    f"{(stats.answers - answers0) / seconds:.0f} / {reads / seconds:.0f}")
         result.add(f"CPU, devices idle {CPU_LABEL}", cores_text(cores, CPU_GROUPS))
         result.add("CPU per replica, devices idle (cores)", " / ".join(f"{x:.2f}" for x in meter.each("replicas")))
+        if profiles:
+            print("  profile of the replicas, idle:\n" + measure.summarise_profile(measure.finish_profiles(profiles)),
+                  flush=True)
 
         # --- steady: commits into the devices' accounts, and downloads ----------------------
         print(f"  steady load for {sizes.steady_s:.0f} s ...", flush=True)
@@ -462,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, help="simulated devices (default 10,000; --quick 2,000)")
     parser.add_argument("--db", metavar="URL", help="PostgreSQL admin URL (default: scripts/postgres.sh's)")
     parser.add_argument("--profile", metavar="DIR", type=Path,
-                        help="sample the replicas with py-spy during the steady and burst phases (raw stacks in DIR)")
+                        help="sample the replicas with py-spy during the idle, steady and burst phases (raw stacks in DIR)")
     args = parser.parse_args(argv)
     sizes = Sizes.quick() if args.quick else Sizes()
     if args.devices:

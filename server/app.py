@@ -132,6 +132,19 @@ async def current_user(
     return user
 
 
+async def user_of_header(ctx: ServerContext, authorization: bytes | None) -> User | None:
+    """The user of a raw `Authorization` header, for the routes served without FastAPI:
+    the same checks as `current_user`, but None wherever it would refuse, so that the
+    FastAPI route words the refusal."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.decode("latin-1").partition(" ")
+    token = token.strip()
+    if not token or scheme.lower() != "bearer" or len(token) > 200 or not token.isascii():
+        return None
+    return await ctx.authenticate(token)
+
+
 async def device_name(x_cloudfs_device: str | None = Header(default=None, description="name of the device making the change")) -> str:
     if x_cloudfs_device is None:
         return "unknown"
@@ -323,10 +336,12 @@ def error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
 
 
-def create_app(ctx: ServerContext, *, fast_commits: bool = True) -> FastAPI:
-    """The app; `fast_commits=False` leaves out `commit_route.CommitRoute`, so that a
-    test can hold its answers against the FastAPI route's."""
+def create_app(ctx: ServerContext, *, fast_routes: bool = True) -> FastAPI:
+    """The app; `fast_routes=False` leaves out `commit_route.CommitRoute` and
+    `changes_route.ChangesRoute`, so that a test can hold their answers against the
+    FastAPI routes'."""
     from . import api, blobs, history_api, integrity, ops
+    from .changes_route import ChangesRoute
     from .commit_route import CommitRoute
 
     app = FastAPI(
@@ -381,8 +396,9 @@ def create_app(ctx: ServerContext, *, fast_commits: bool = True) -> FastAPI:
     app.include_router(integrity.router)
     app.include_router(history_api.router)
     app.include_router(ops.router)
-    if fast_commits:
-        app.add_middleware(CommitRoute, ctx=ctx)  # innermost: the limits and the access log apply to it
+    if fast_routes:  # innermost: the limits and the access log apply to them
+        app.add_middleware(CommitRoute, ctx=ctx)
+        app.add_middleware(ChangesRoute, ctx=ctx)
     app.add_middleware(BodyLimit)
     app.add_middleware(AccessLog, metrics=ctx.metrics, summary_s=ctx.quiet_summary_s)
     app.add_middleware(RequestIds)  # outermost: the access log and every log line see the id

@@ -131,8 +131,8 @@ def route_of(scope: dict) -> str:
     route = scope.get("route")
     if route is not None and hasattr(route, "path"):
         return route.path
-    if scope.get("path") == "/files":
-        return "/files"  # served by commit_route, outside FastAPI's router
+    if scope.get("path") in ("/files", "/changes"):
+        return scope["path"]  # served by commit_route or changes_route, outside FastAPI's router
     return "unmatched"
 
 
