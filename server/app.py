@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
@@ -38,6 +39,9 @@ T = TypeVar("T")
 JSON_BODY_LIMIT = 16 * 1024 * 1024
 BLOB_BODY_LIMIT = 80 * 1024 * 1024
 TOKEN_CACHE_TTL = 30.0
+TOKEN_CACHE_SIZE = 100_000
+"""Tokens remembered, least recently used dropped first: one per device that polls
+(10,000 devices of their own tokens cleared a cache of 10,000 at every new one)."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class ServerContext:
     notifier: ChangeNotifier = field(default_factory=ChangeNotifier)
     db_limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(16))
     store_limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(16))
-    _token_cache: dict[str, tuple[float, User]] = field(default_factory=dict)
+    _token_cache: OrderedDict[str, tuple[float, User]] = field(default_factory=OrderedDict)
     shared_pages: dict[tuple[int, int, int, int], Any] = field(default_factory=dict)
     """In-flight /changes reads shared by long-polls (see api._changes_page)."""
     writer: Writer = field(init=False)
@@ -90,6 +94,7 @@ class ServerContext:
     async def authenticate(self, token: str) -> User | None:
         hit = self._token_cache.get(token)
         if hit is not None and hit[0] > time.monotonic():
+            self._token_cache.move_to_end(token)
             return hit[1]
 
         def lookup() -> User | None:
@@ -99,9 +104,10 @@ class ServerContext:
 
         user = await self.run_db(lookup)
         if user is not None:
-            if len(self._token_cache) > 10_000:
-                self._token_cache.clear()
             self._token_cache[token] = (time.monotonic() + TOKEN_CACHE_TTL, user)
+            self._token_cache.move_to_end(token)
+            while len(self._token_cache) > TOKEN_CACHE_SIZE:
+                self._token_cache.popitem(last=False)
         return user
 
 
