@@ -53,13 +53,14 @@ class Stmt:
 class Tx:
     """Runs `Stmt`s on the DB-API connection underneath an open SQLAlchemy transaction."""
 
-    __slots__ = ("_conn", "_cursor", "_pg", "_pipeline", "_unread", "is_postgresql")
+    __slots__ = ("_conn", "_cursor", "_pg", "_pipeline", "_pipeline_cm", "_unread", "is_postgresql")
 
     def __init__(self, dbapi_conn: Any, dialect: str) -> None:
         self._conn = dbapi_conn
         self._cursor = dbapi_conn.cursor()
         self._pg = self.is_postgresql = dialect == "postgresql"
         self._pipeline: Any = None
+        self._pipeline_cm: Any = None
         self._unread = False
         """A statement was queued whose result (or error) nobody has waited for yet."""
 
@@ -70,19 +71,22 @@ class Tx:
         if not self._pg or self._pipeline is not None:
             yield
             return
-        # No server-side prepared statements meanwhile: psycopg lost track of them when a
-        # batch's job failed in pipeline mode ("prepared statement _pg3_2 does not exist",
-        # tests/cluster/test_replicas_api.py::test_group_commits_on_both_replicas_keep_one_order).
-        threshold, self._conn.prepare_threshold = self._conn.prepare_threshold, None
+        self._enter_pipeline()
         try:
-            with self._conn.pipeline() as pipeline:
-                self._pipeline = pipeline
-                try:
-                    yield
-                finally:
-                    self._pipeline = None
-        finally:
-            self._conn.prepare_threshold = threshold
+            yield
+        except BaseException as exc:
+            cm, self._pipeline_cm, self._pipeline = self._pipeline_cm, None, None
+            if cm is not None:
+                with contextlib.suppress(Exception):  # the error on its way out is the one to tell
+                    cm.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        cm, self._pipeline_cm, self._pipeline = self._pipeline_cm, None, None
+        if cm is not None:
+            cm.__exit__(None, None, None)
+
+    def _enter_pipeline(self) -> None:
+        self._pipeline_cm = self._conn.pipeline()
+        self._pipeline = self._pipeline_cm.__enter__()
 
     @classmethod
     def of(cls, conn: Connection) -> "Tx":
@@ -143,15 +147,22 @@ class Tx:
         self._cursor.execute("RELEASE SAVEPOINT job")
 
     def rollback_to_savepoint(self) -> None:
-        if self._pipeline is not None:
-            # After an error psycopg's pipeline refuses everything until a sync: take
-            # it (and any error still queued: the savepoint undoes it all anyway).
-            try:
-                self._pipeline.sync()
-            except Exception:  # noqa: BLE001 - psycopg.Error; this module never imports the driver
-                pass
-            self._unread = False
+        if self._pipeline is None:
+            self._cursor.execute("ROLLBACK TO SAVEPOINT job")
+            return
+        # Out of pipeline mode for the rollback, then back in. psycopg forgets its prepared
+        # statements when it sees a ROLLBACK's result and has PostgreSQL deallocate them;
+        # inside a pipeline that happened after later statements had been sent as already
+        # prepared ("prepared statement _pg3_2 does not exist",
+        # tests/cluster/test_replicas_api.py::test_group_commits_on_both_replicas_keep_one_order).
+        # Leaving waits for what was queued, the failed job's error included: the
+        # savepoint undoes all of it.
+        cm, self._pipeline_cm, self._pipeline = self._pipeline_cm, None, None
+        with contextlib.suppress(Exception):  # psycopg.Error; this module never imports the driver
+            cm.__exit__(None, None, None)
+        self._unread = False
         self._cursor.execute("ROLLBACK TO SAVEPOINT job")
+        self._enter_pipeline()
 
 
 def as_tx(conn: Connection | Tx) -> Tx:
