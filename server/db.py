@@ -144,6 +144,16 @@ journal = sa.Table(
 )
 sa.Index("journal_owner_seq", journal.c.owner_id, journal.c.seq)
 
+# Every node each delete took (its journal entry's seq), kept for as long as the node:
+# `nodes.delete_seq` names only the latest, and a node deleted, brought back and deleted
+# again must still be found by a restore that walks back past the first delete (0005).
+deleted_with = sa.Table(
+    "deleted_with", metadata,
+    sa.Column("delete_seq", sa.BigInteger, primary_key=True),
+    sa.Column("node_id", sa.BigInteger, primary_key=True),
+)
+sa.Index("deleted_with_node", deleted_with.c.node_id)
+
 settings = sa.Table(
     "settings", metadata,
     sa.Column("key", sa.String(64), primary_key=True),

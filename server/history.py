@@ -6,9 +6,10 @@ until the collector (retention.py) purges it after the retention period. A delet
 stamps every node it takes with its own journal entry (`delete_seq`), so an undelete
 brings back exactly what went with a directory.
 
-A node brought back keeps the `delete_seq` of the delete that took it, so walking back
-past that delete finds it again (a file that went with its directory has no delete entry
-of its own). A point-in-time restore starts from the tree as it is and walks the journal backwards
+Every delete also records each node it took (`deleted_with`), for as long as the node
+is kept, so walking back past that delete finds them again (a file that went with its
+directory has no delete entry of its own), however often they were brought back and
+deleted since. A point-in-time restore starts from the tree as it is and walks the journal backwards
 to the moment asked for, undoing each entry (a create: the node was not there; a
 delete: it was; a move: it was at the old place; a commit: the revision before). The
 difference is then applied in one transaction, so an interrupted restore leaves every
@@ -30,7 +31,7 @@ from cloudfs.backend import wire
 
 from . import commits, files, journal, tree
 from .db import journal as journal_table
-from .db import nodes, users, version_chunks, versions
+from .db import deleted_with, nodes, users, version_chunks, versions
 from .errors import Invalid, NotFound
 from .sql import Row, Tx, as_tx
 
@@ -190,6 +191,9 @@ def purge(conn: Connection, owner_id: int, node_ids: list[int]) -> int:
         conn.execute(versions.delete().where(versions.c.node_id.in_(batch)))
         conn.execute(nodes.delete().where(nodes.c.owner_id == owner_id, nodes.c.id.in_(batch),
                                           nodes.c.deleted == sa.true()))
+        conn.execute(deleted_with.delete().where(
+            deleted_with.c.node_id.in_(batch),
+            ~sa.exists().where(nodes.c.id == deleted_with.c.node_id)))
     return len(node_ids)
 
 
@@ -336,8 +340,8 @@ def _walk_back(conn: Connection, owner_id: int, at: float) -> dict[int, _Past]:
             p.rev = entry["rev"] - 1 if p.row["kind"] == "file" else p.rev
         elif op == "delete":
             p.present = True
-            for member in conn.execute(sa.select(nodes.c.id).where(nodes.c.owner_id == owner_id,
-                                                                   nodes.c.delete_seq == entry["seq"])).scalars():
+            for member in conn.execute(sa.select(deleted_with.c.node_id).where(
+                    deleted_with.c.delete_seq == entry["seq"])).scalars():
                 q = load(member)
                 if q is not None:
                     q.present = True

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 from cloudfs.backend import wire
 
 from . import journal
-from .db import nodes
+from .db import deleted_with, nodes
 from .errors import InvalidMove, IsADirectory, NameExists, NotADirectory, NotEmpty, NotFound, StaleRevision
 from .attrs import posix_attrs, xattrs_column
 from .sql import Row, Stmt, Tx, as_tx
@@ -323,7 +323,11 @@ def tombstone(conn: Connection, owner_id: int, row: Row, device: str) -> int:
     seq = journal.append(conn, owner_id, "delete", row, device=device)
     now = time.time()
     gone = dict(deleted=True, deleted_at=now, deleted_by=device, delete_seq=seq)
+    conn.execute(deleted_with.insert().values(delete_seq=seq, node_id=row["id"]))
     if row["kind"] == "dir":
+        below = live_subtree(owner_id, row["id"])
+        conn.execute(deleted_with.insert().from_select(["delete_seq", "node_id"],
+                                                       sa.select(sa.literal(seq, sa.BigInteger), below.c.id)))
         conn.execute(nodes.update().where(nodes.c.id.in_(sa.select(live_subtree(owner_id, row["id"]).c.id)))
                      .values(**gone))
         # `rm -r` on a device deletes what is inside one by one, then the directory:
@@ -333,6 +337,9 @@ def tombstone(conn: Connection, owner_id: int, row: Row, device: str) -> int:
         emptied = sa.select(nodes.c.id).where(nodes.c.owner_id == owner_id, nodes.c.parent_id == row["id"],
                                               recent).cte("emptied", recursive=True)
         emptied = emptied.union_all(sa.select(nodes.c.id).where(nodes.c.parent_id == emptied.c.id, recent))
+        taken = sa.exists().where(deleted_with.c.delete_seq == seq, deleted_with.c.node_id == emptied.c.id)
+        conn.execute(deleted_with.insert().from_select(
+            ["delete_seq", "node_id"], sa.select(sa.literal(seq, sa.BigInteger), emptied.c.id).where(~taken).distinct()))
         conn.execute(nodes.update().where(nodes.c.id.in_(sa.select(emptied.c.id))).values(delete_seq=seq))
     conn.execute(nodes.update().where(nodes.c.id == row["id"]).values(**gone))
     return seq

@@ -154,6 +154,24 @@ def test_restore_at_puts_a_tree_back_and_a_second_restore_undoes_it(alice: Api) 
     assert (back["/x"], back["/y"]) == (b"x", b"y")
 
 
+def test_a_tree_deleted_restored_and_deleted_again_is_restored_whole(alice: Api) -> None:
+    """The second delete stamps the nodes again; walking back past it and past the
+    restore's own entries must still find everything the first delete took."""
+    root = alice.get("/me").json()["root_id"]
+    proj = mkdir(alice, root, "proj")
+    mkdir(alice, proj["id"], "src")
+    put_file(alice, "/proj/a.txt", b"a")
+    put_file(alice, "/proj/src/b.txt", b"b")
+    then = tree_of(alice)
+    at = moment()
+    for cycle in range(3):
+        delete(alice, resolve(alice, "/proj")["id"], recursive=True)
+        assert "/proj" not in tree_of(alice)
+        r = alice.post("/restore", json={"path": "/", "at": at})
+        assert r.status_code == 200, r.text
+        assert tree_of(alice) == then, f"cycle {cycle}"
+
+
 def test_restore_bad_input_changes_nothing(alice: Api) -> None:
     put_file(alice, "/only.txt", b"x")
     cursor = alice.get("/me").json()["cursor"]

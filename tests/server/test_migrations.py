@@ -122,3 +122,30 @@ def test_rows_written_at_revision_0002_survive_the_links_migration(engine: str, 
             assert {"nodes_link_to", "nodes_live_name"} <= indexes
         finally:
             db.dispose()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_deletes_of_revision_0004_are_found_by_a_restore_after_0005(engine: str, tmp_path: Path,
+                                                                     request: pytest.FixtureRequest) -> None:
+    """0005 fills `deleted_with` from the one stamp each tombstone had: what a directory's
+    delete took before the upgrade is still what a restore past it brings back."""
+    url = str(tmp_path / "db.sqlite3")
+    with postgres_database(request.getfixturevalue("pg_admin_url")) if engine == "postgres" \
+            else contextlib.nullcontext() as pg:
+        db = Database(pg or url)
+        try:
+            assert upgrade(db.engine, to="0004") == (None, "0004")
+            with db.engine.begin() as conn:
+                conn.execute(sa.text("INSERT INTO users (name, root_id, journal_floor, created_at) "
+                                     "VALUES ('dave', 1, 0, 0)"))
+                for node_id, parent, name, seq in ((1, None, "", None), (2, 1, "d", 7), (3, 2, "f", 7)):
+                    conn.execute(sa.text(
+                        "INSERT INTO nodes (id, owner_id, parent_id, name, kind, mode, mtime_ns, size, rev, deleted, "
+                        "delete_seq) VALUES (:id, 1, :parent, :name, 'dir', 493, 5, 0, 1, :deleted, :seq)"),
+                        dict(id=node_id, parent=parent, name=name, deleted=seq is not None, seq=seq))
+            assert upgrade(db.engine) == ("0004", head())
+            with db.engine.connect() as conn:
+                rows = conn.execute(sa.text("SELECT delete_seq, node_id FROM deleted_with ORDER BY node_id")).all()
+            assert [tuple(r) for r in rows] == [(7, 2), (7, 3)]
+        finally:
+            db.dispose()
