@@ -9,10 +9,16 @@ exponential backoff and jitter (tenacity), for up to RETRY_FOR_S in the backgrou
 once, quickly, for requests a reader waits on; then the error goes to the caller (the
 syncer keeps the work queued, a read answers EIO). Retrying a commit is safe: one that
 landed although its answer was lost is recognised by the uploader.
+
+Each request carries a new `X-Request-Id`; a request that fails (no answer, or a 5xx)
+is logged with it, so the server's log line for it can be found, on whichever
+replica behind a load balancer served it.
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import httpx
@@ -25,6 +31,7 @@ from .errors import CorruptChunkError, OfflineError, ServerError, from_response
 
 T = TypeVar("T")
 RETRY_FOR_S = 20.0
+log = logging.getLogger("cloudfs.api")
 
 
 def _transient(exc: BaseException) -> bool:
@@ -101,11 +108,14 @@ class ApiClient:
                          timeout: float | httpx.Timeout | None, headers: dict[str, str] | None = None) -> dict[str, Any]:
         if timeout is self.INTERACTIVE and not self.reachable:
             timeout = self.UNREACHABLE
+        request_id = uuid.uuid4().hex[:16]
+        headers = {**(headers or {}), "X-Request-Id": request_id}
         try:
             response = await self.http.request(method, path, json=json, params=params, headers=headers,
                                                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
         except httpx.TransportError as exc:
             self.reachable = False
+            log.info("%s %s (request id %s): no answer: %r", method, path, request_id, exc)
             raise OfflineError(f"{method} {path}: {exc!r}") from exc
         self.reachable = response.status_code < 500
         if response.status_code >= 400:
@@ -115,6 +125,9 @@ class ApiClient:
                 body = {"error": "http_error", "detail": response.text[:200]}
             if response.status_code == 401:
                 self.refused = str(body.get("detail") or "the server refused this device's token")
+            if response.status_code >= 500:
+                log.warning("%s %s (request id %s): %s %s", method, path,
+                            response.headers.get("x-request-id", request_id), response.status_code, body.get("error"))
             raise from_response(response.status_code, body)
         if path != "/health":  # the one route that does not look at the token
             self.refused = None

@@ -45,7 +45,7 @@ def _server(args: argparse.Namespace) -> int:
         data_dir=args.data, host=args.host, port=args.port, db_url=args.db, store_url=args.store,
         journal_retain=args.journal_retain, prune_interval=args.prune_interval, retain_days=args.retain_days,
         collect_interval=args.collect_interval, clock_offset=args.clock_offset, log_level=args.log_level,
-        quiet_summary_s=args.quiet_summary,
+        log_format=args.log_format, drain_s=args.drain, db_pool=args.db_pool, quiet_summary_s=args.quiet_summary,
     ))
 
 
@@ -304,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--quiet-summary", type=validate.seconds, default=600.0, help=argparse.SUPPRESS)
     server.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                         help="debug also logs each heartbeat and idle long-poll (default info counts them)")
+    server.add_argument("--db-pool", type=validate.positive_int, default=12, metavar="N",
+                        help="PostgreSQL connections of this server (one more listens); replicas x (N + 1) must fit "
+                             "max_connections (default %(default)s)")
+    server.add_argument("--drain", type=validate.seconds, default=0.0, metavar="S",
+                        help="on SIGTERM, keep serving S seconds while /ready says 503 (behind a load balancer)")
+    server.add_argument("--log-format", choices=["text", "json"], default="text",
+                        help="json: one JSON object per line, with the request id (X-Request-Id) of each request")
     server.add_argument("--upgrade", action="store_true",
                         help="migrate the database to this release's schema and exit (the server also does it on start)")
     server.set_defaults(func=_server)

@@ -10,6 +10,7 @@ long-polls itself. The logic lives in `tree.py`, `files.py`, `commits.py` and
 from __future__ import annotations
 
 import hashlib
+import random
 from typing import Annotated
 
 import anyio
@@ -345,6 +346,7 @@ async def _changes_page(ctx: ServerContext, owner_id: int, cursor: int, limit: i
                 entries, new_cursor, has_more = journal.read(conn, owner_id, cursor, limit)
             return bool(entries), wire.ChangesResponse(changes=entries, cursor=new_cursor, has_more=has_more).model_dump_json().encode()
 
+        ctx.metrics.changes_reads.inc()
         try:
             try:
                 page.value = await ctx.run_db(read)
@@ -363,24 +365,58 @@ async def _changes_page(ctx: ServerContext, owner_id: int, cursor: int, limit: i
     return page.value
 
 
+MAX_WAIT_S = 60
+MAX_CHANGES = 5000
+DEFAULT_CHANGES = 1000
+
+
 @router.get("/changes", tags=["sync"], response_model=wire.ChangesResponse)
 async def changes(ctx: Ctx, user: Auth, cursor: Cursor = 0,
-                  wait: Annotated[float, Query(ge=0, le=60, description="seconds to hold the request open when nothing is new")] = 0,
-                  limit: Annotated[int, Query(ge=1, le=5000)] = 1000) -> Response:
+                  wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to hold the request open when nothing is new")] = 0,
+                  limit: Annotated[int, Query(ge=1, le=MAX_CHANGES)] = DEFAULT_CHANGES) -> Response:
     """Journal entries after `cursor`, oldest first. With `wait`, long-polls until something
     arrives. 410 means the cursor is older than retained history: resync from `/nodes`."""
-    def read() -> wire.ChangesResponse:
-        with ctx.db.read() as conn:
-            entries, new_cursor, has_more = journal.read(conn, user.id, cursor, limit)
-        return wire.ChangesResponse(changes=entries, cursor=new_cursor, has_more=has_more)
+    return await long_poll(ctx, user.id, cursor, wait, limit)
 
-    deadline = anyio.current_time() + wait
+
+async def long_poll(ctx: ServerContext, owner_id: int, cursor: int, wait: float, limit: int) -> Response:
+    """`GET /changes` once its input is valid: here and in changes_route.ChangesRoute,
+    which serves well-formed long-polls without FastAPI. Raises ApiError (410)."""
+    deadline = anyio.current_time() + held_for(wait)
     while True:
-        woken = ctx.notifier.waiter(user.id)
-        generation = ctx.notifier.generation(user.id)
-        found, body = await _changes_page(ctx, user.id, cursor, limit, generation)
+        woken = ctx.notifier.waiter(owner_id)
+        generation = ctx.notifier.generation(owner_id)
+        known = ctx.notifier.known_empty(owner_id, cursor) if wait > 0 else None
+        if known is not None:  # an idle device's next long-poll: nothing to read (notifier.py)
+            found, body = False, known
+        else:
+            found, body = await _changes_page(ctx, owner_id, cursor, limit, generation)
+            if not found:
+                ctx.notifier.remember_empty(owner_id, cursor, generation, body)
         remaining = deadline - anyio.current_time()
         if found or remaining <= 0 or ctx.notifier.closing:
             return Response(content=body, media_type="application/json")
-        with anyio.move_on_after(remaining):
-            await woken.wait()
+        ctx.metrics.long_polls.inc()
+        try:
+            with anyio.move_on_after(remaining) as timer:
+                await woken.wait()
+        finally:
+            ctx.metrics.long_polls.dec()
+        if timer.cancelled_caught:
+            # Not woken: nothing was committed for this owner since the read above (the
+            # waiter was taken before it), so its empty page is still the answer. Reading
+            # again cost every idle device a second database query per long-poll.
+            return Response(content=body, media_type="application/json")
+
+
+LONG_POLL_SPREAD = 0.2
+"""A long-poll of `wait` >= 5 s ends after a random 80-100 % of it."""
+
+
+def held_for(wait: float) -> float:
+    """How long to hold a long-poll that nothing wakes. Devices that reconnected together
+    (a replica restarted, a balancer failed over) would otherwise time out together, every
+    `wait` seconds, forever: 10,000 devices re-polling within a few seconds of each other
+    (scripts/bench_cluster.py). A random share of the wait spreads them out within a few
+    rounds; the API promises "up to `wait` seconds", and short waits stay exact."""
+    return wait if wait < 5 else wait * (1 - LONG_POLL_SPREAD * random.random())

@@ -11,10 +11,12 @@ import functools
 import json
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 import anyio
+import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,12 +24,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloudfs.backend.names import DEVICE_RE, DEVICE_RULE
-from cloudfs.backend.store import ObjectStore
+from cloudfs.backend.store import NoSuchKeyError, ObjectStore, StoreError
 
 from . import auth
 from .db import Database
-from .errors import ApiError, Forbidden, Invalid, Unauthorized
+from .errors import ApiError, Forbidden, Invalid, StoreUnavailable, Unauthorized
 from .notifier import ChangeNotifier
+from .ops import Metrics, Readiness, RequestIds, route_of
 from .writer import Writer
 
 log = logging.getLogger("cloudfs.server")
@@ -36,6 +39,9 @@ T = TypeVar("T")
 JSON_BODY_LIMIT = 16 * 1024 * 1024
 BLOB_BODY_LIMIT = 80 * 1024 * 1024
 TOKEN_CACHE_TTL = 30.0
+TOKEN_CACHE_SIZE = 100_000
+"""Tokens remembered, least recently used dropped first: one per device that polls
+(10,000 devices of their own tokens cleared a cache of 10,000 at every new one)."""
 
 
 @dataclass(frozen=True)
@@ -53,37 +59,53 @@ class ServerContext:
     notifier: ChangeNotifier = field(default_factory=ChangeNotifier)
     db_limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(16))
     store_limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(16))
-    _token_cache: dict[str, tuple[float, User, str]] = field(default_factory=dict)
+    _token_cache: OrderedDict[str, tuple[float, User, str]] = field(default_factory=OrderedDict)
     shared_pages: dict[tuple[int, int, int, int], Any] = field(default_factory=dict)
     """In-flight /changes reads shared by long-polls (see api._changes_page)."""
     writer: Writer = field(init=False)
     """Every version commit goes through it, grouped into batch transactions."""
     quiet_summary_s: float = 600.0
     """How often the access log says how many heartbeats and idle long-polls it did not log."""
+    metrics: Metrics = field(default_factory=Metrics)
+    draining: bool = False
+    readiness: Readiness = field(default_factory=Readiness)
+    """SIGTERM with `--drain`: /ready says 503 while requests are still served."""
 
     def __post_init__(self) -> None:
         self.writer = Writer(self.db, self.notifier, self.db_limiter)
+        self.metrics.watch_writer(self.writer)
 
     async def run_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking metadata function in a worker thread."""
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self.db_limiter)
+        try:
+            return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self.db_limiter)
+        except sa.exc.DBAPIError as exc:
+            self.metrics.db_errors.labels(type(exc.orig).__name__).inc()
+            raise
 
     async def run_store(self, fn: Callable[..., T], *args: Any) -> T:
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self.store_limiter)
+        try:
+            return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self.store_limiter)
+        except (StoreError, StoreUnavailable) as exc:
+            if not isinstance(exc, NoSuchKeyError):  # an answer, not a failure
+                self.metrics.store_errors.labels(type(exc).__name__).inc()
+            raise
 
     async def authenticate(self, token: str, *, kind: str = "device", device: str | None = None) -> User | None:
         """The account of a device token (or, with kind 'session', a browser's cookie);
         None when unknown. A revoked token raises auth.TokenRevoked (401)."""
         hit = self._token_cache.get(token)
         if hit is not None and hit[0] > time.monotonic() and hit[2] == kind:
+            self._token_cache.move_to_end(token)
             return hit[1]
         row = await self.run_db(auth.lookup_token, self.db, token, kind, device)
         if row is None:
             return None
         user = User(row.user_id, row.name, row.root_id, row.quota_bytes)
-        if len(self._token_cache) > 10_000:
-            self._token_cache.clear()
         self._token_cache[token] = (time.monotonic() + TOKEN_CACHE_TTL, user, kind)
+        self._token_cache.move_to_end(token)
+        while len(self._token_cache) > TOKEN_CACHE_SIZE:
+            self._token_cache.popitem(last=False)
         return user
 
     def forget_tokens(self) -> None:
@@ -137,6 +159,22 @@ async def _session_user(request: Request, session: str) -> User:
     if user is None:
         raise Unauthorized("signed out: sign in again", field="cookie")
     return user
+
+
+async def user_of_header(ctx: ServerContext, authorization: bytes | None) -> User | None:
+    """The user of a raw `Authorization` header, for the routes served without FastAPI:
+    the same checks as `current_user`, but None wherever it would refuse, so that the
+    FastAPI route words the refusal."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.decode("latin-1").partition(" ")
+    token = token.strip()
+    if not token or scheme.lower() != "bearer" or len(token) > 200 or not token.isascii():
+        return None
+    try:
+        return await ctx.authenticate(token)
+    except ApiError:  # a revoked token: the FastAPI route says so
+        return None
 
 
 async def device_name(x_cloudfs_device: str | None = Header(default=None, description="name of the device making the change")) -> str:
@@ -222,8 +260,9 @@ class AccessLog:
     every `summary_s` saying how many there were (thousands of devices would otherwise
     print thousands of lines a second)."""
 
-    def __init__(self, app: Any, *, summary_s: float = 600.0) -> None:
+    def __init__(self, app: Any, *, metrics: Metrics, summary_s: float = 600.0) -> None:
         self.app = app
+        self.metrics = metrics
         self.log = logging.getLogger("cloudfs.access")
         self.quiet = {"heartbeats": 0, "idle long-polls": 0}
         self.summary_s = summary_s
@@ -248,6 +287,10 @@ class AccessLog:
         try:
             await self.app(scope, receive, counting_send)
         finally:
+            seconds = time.perf_counter() - started
+            route = route_of(scope)
+            self.metrics.requests.labels(scope["method"], route, status or 0).inc()
+            self.metrics.latency.labels(scope["method"], route).observe(seconds)
             client = scope.get("client") or ("-", 0)
             quiet = self._quiet_kind(scope, status, empty)
             if quiet is not None:
@@ -257,7 +300,10 @@ class AccessLog:
                 level = logging.INFO
             if self.log.isEnabledFor(level):
                 self.log.log(level, '%s:%s "%s %s" %s %d %.6fs', client[0], client[1], scope["method"], scope["path"],
-                             status or "-", size, time.perf_counter() - started)
+                             status or "-", size, seconds,
+                             extra={"client": f"{client[0]}:{client[1]}", "method": scope["method"],
+                                    "path": scope["path"], "status": status, "bytes": size,
+                                    "seconds": round(seconds, 6)})
             if time.monotonic() >= self._summary_at:
                 self._summarise()
 
@@ -265,7 +311,7 @@ class AccessLog:
     def _quiet_kind(scope: dict, status: int, empty: bool) -> str | None:
         if scope["method"] != "GET" or status != 200:
             return None
-        if scope["path"] in ("/health", "/me"):
+        if scope["path"] in ("/health", "/me", "/ready", "/metrics"):
             return "heartbeats"
         if scope["path"] == "/changes" and empty:
             return "idle long-polls"
@@ -324,10 +370,12 @@ def error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
-def create_app(ctx: ServerContext, *, fast_commits: bool = True) -> FastAPI:
-    """The app; `fast_commits=False` leaves out `commit_route.CommitRoute`, so that a
-    test can hold its answers against the FastAPI route's."""
-    from . import api, auth_api, blobs, history_api, integrity, shares_api, web
+def create_app(ctx: ServerContext, *, fast_routes: bool = True) -> FastAPI:
+    """The app; `fast_routes=False` leaves out `commit_route.CommitRoute` and
+    `changes_route.ChangesRoute`, so that a test can hold their answers against the
+    FastAPI routes'."""
+    from . import api, auth_api, blobs, history_api, integrity, ops, shares_api, web
+    from .changes_route import ChangesRoute
     from .commit_route import CommitRoute
 
     app = FastAPI(
@@ -385,9 +433,12 @@ def create_app(ctx: ServerContext, *, fast_commits: bool = True) -> FastAPI:
     app.include_router(web.router)
     app.include_router(shares_api.router)
     app.include_router(web.pages)
-    if fast_commits:
-        app.add_middleware(CommitRoute, ctx=ctx)  # innermost: the limits and the access log apply to it
+    app.include_router(ops.router)
+    if fast_routes:  # innermost: the limits and the access log apply to them
+        app.add_middleware(CommitRoute, ctx=ctx)
+        app.add_middleware(ChangesRoute, ctx=ctx)
     app.add_middleware(BodyLimit)
     app.add_middleware(web.SecurityHeaders)
-    app.add_middleware(AccessLog, summary_s=ctx.quiet_summary_s)
+    app.add_middleware(AccessLog, metrics=ctx.metrics, summary_s=ctx.quiet_summary_s)
+    app.add_middleware(RequestIds)  # outermost: the access log and every log line see the id
     return app

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from cloudfs.backend import wire
 
 from .api import commit_version
-from .app import DEVICE_RE, ServerContext, User, error_response
+from .app import DEVICE_RE, ServerContext, error_response, user_of_header
 from .errors import ApiError
 
 PATH = "/files"
@@ -52,7 +52,7 @@ class CommitRoute:
             elif name == b"content-type" and content_type is None:
                 content_type = value
         device_name = _device(device)
-        user = await self._user(auth) if device_name is not None and _is_json(content_type) else None
+        user = await user_of_header(self.ctx, auth) if device_name is not None and _is_json(content_type) else None
         if user is None:
             return await self.app(scope, receive, send)
 
@@ -75,21 +75,6 @@ class CommitRoute:
         except ApiError as exc:
             response = error_response(exc)
         await response(scope, receive, send)
-
-    async def _user(self, auth: bytes | None) -> User | None:
-        """The same checks as `app.current_user` (through FastAPI's HTTPBearer); None
-        whenever they would refuse, so that the route words the refusal."""
-        if not auth:
-            return None
-        scheme, _, token = auth.decode("latin-1").partition(" ")
-        token = token.strip()
-        if not token or scheme.lower() != "bearer" or len(token) > 200 or not token.isascii():
-            return None
-        try:
-            return await self.ctx.authenticate(token)
-        except ApiError:  # a revoked token: the route says so
-            return None
-
 
 def _device(value: bytes | None) -> str | None:
     if value is None:

@@ -191,7 +191,10 @@ settings = sa.Table(
 )
 
 
-_LOCK_OWNER = sa.select(users.c.id).where(users.c.id == sa.bindparam("owner_id")).with_for_update()
+_LOCK_OWNERS = (sa.select(users.c.id).where(users.c.id.in_(sa.bindparam("owner_ids", expanding=True)))
+                .order_by(users.c.id).with_for_update())
+"""One round trip for a batch's owners; rows are locked in the order they are returned."""
+DEFAULT_POOL = 12
 
 
 def normalise_url(url: str) -> str:
@@ -206,8 +209,12 @@ def normalise_url(url: str) -> str:
 class Database:
     """An engine plus the transaction discipline described in the module docstring."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_size: int = DEFAULT_POOL) -> None:
+        """`pool_size` bounds the connections this process opens to PostgreSQL (the LISTEN
+        relay takes one more): with R replicas, R x (pool_size + 1) must fit the server's
+        max_connections. A thread that finds the pool empty waits up to 30 s."""
         self.url = normalise_url(url)
+        self.pool_size = pool_size
         self.is_sqlite = self.url.startswith("sqlite")
         if self.is_sqlite:
             self.engine: Engine = sa.create_engine(
@@ -217,7 +224,8 @@ class Database:
             event.listen(self.engine, "begin", _sqlite_on_begin)
             self._sqlite_writer: contextlib.AbstractContextManager = threading.Lock()
         else:
-            self.engine = sa.create_engine(self.url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+            self.engine = sa.create_engine(self.url, pool_size=pool_size, max_overflow=0, pool_timeout=30,
+                                           pool_pre_ping=True)
             self._sqlite_writer = contextlib.nullcontext()
 
     schema_upgraded: tuple[str | None, str] | None = None
@@ -248,9 +256,8 @@ class Database:
         with self._sqlite_writer, self.engine.connect() as conn:
             conn.info["write"] = True
             with conn.begin():
-                if not self.is_sqlite:
-                    for owner_id in sorted(set(owner_ids)):
-                        conn.execute(_LOCK_OWNER, {"owner_id": owner_id})
+                if not self.is_sqlite and owner_ids:
+                    conn.execute(_LOCK_OWNERS, {"owner_ids": sorted(set(owner_ids))})
                 yield conn
 
     def setting(self, key: str, make: Callable[[], str]) -> str:
@@ -275,10 +282,10 @@ def default_db_url(data_dir: Path) -> str:
     return str(data_dir / "cloudfs.sqlite3")
 
 
-def open_database(data_dir: Path, db_url: str | None) -> Database:
+def open_database(data_dir: Path, db_url: str | None, *, pool_size: int = DEFAULT_POOL) -> Database:
     """The server's database, migrated to the newest schema: `db_url`, or the embedded
     SQLite file in `data_dir`."""
-    db = Database(db_url or default_db_url(data_dir))
+    db = Database(db_url or default_db_url(data_dir), pool_size=pool_size)
     db.schema_upgraded = db.upgrade_schema()
     return db
 

@@ -51,11 +51,13 @@ def append(conn: Connection | Tx, owner_id: int, op: str, row: Row, *, device: s
     ))
 
 
-def wake_other_replicas(tx: Tx, owner_id: int) -> None:
+def wake_other_replicas(tx: Tx, owner_id: int, *, sent_at: float | None = None) -> None:
     """PostgreSQL: `pg_notify` for this owner, delivered when (and only if) the
-    transaction commits, to the long-polls held by every replica (notifier.py)."""
+    transaction commits, to the long-polls held by every replica (notifier.py).
+    `sent_at` (unix time) rides along so the receivers can measure the lag; without
+    it, PostgreSQL folds the identical notifications of one transaction into one."""
     if tx.is_postgresql:
-        tx.scalar(_NOTIFY, {"owner": str(owner_id)})
+        tx.send(_NOTIFY, {"owner": str(owner_id) if sent_at is None else f"{owner_id} {sent_at:.6f}"})
 
 
 def cursor(conn: Connection | Tx, owner_id: int) -> int:

@@ -7,11 +7,19 @@ long-poll held by any replica wakes for a commit made on any other.
 
 Concurrency: all methods run on the event-loop thread; an idle waiter costs one shared
 `anyio.Event` per owner and no thread.
+
+Known-empty pages: once a journal read found nothing after an owner's cursor, the
+same question gets the same answer until the owner's next notify (which forgets
+it), so a device's next long-poll from that cursor parks without reading the
+database. Only long-polls use it: they would park on the same waiter anyway, and
+what a notification still on its way from another replica carries wakes them.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from typing import Callable
 
 import psycopg
 import anyio
@@ -26,7 +34,20 @@ class ChangeNotifier:
     def __init__(self) -> None:
         self._events: dict[int, anyio.Event] = {}
         self._generation: dict[int, int] = {}
+        self._empty: dict[int, tuple[int, bytes]] = {}
+        """owner -> (cursor, the rendered empty page) found since its last notify."""
         self.closing = False
+
+    def known_empty(self, owner_id: int, cursor: int) -> bytes | None:
+        """The empty page a read found after `cursor` since the owner's last change, if any."""
+        hit = self._empty.get(owner_id)
+        return hit[1] if hit is not None and hit[0] == cursor else None
+
+    def remember_empty(self, owner_id: int, cursor: int, generation: int, page: bytes) -> None:
+        """A read that took its waiter in `generation` found nothing after `cursor`;
+        kept only if no change has been notified since."""
+        if generation == self.generation(owner_id):
+            self._empty[owner_id] = (cursor, page)
 
     def generation(self, owner_id: int) -> int:
         """Bumped by every notify: two readers that took their waiter in the same
@@ -45,6 +66,7 @@ class ChangeNotifier:
 
     def notify(self, owner_id: int) -> None:
         self._generation[owner_id] = self._generation.get(owner_id, 0) + 1
+        self._empty.pop(owner_id, None)
         event = self._events.pop(owner_id, None)
         if event is not None:
             event.set()
@@ -52,6 +74,7 @@ class ChangeNotifier:
     def notify_all(self) -> None:
         for owner_id in self._events:
             self._generation[owner_id] = self._generation.get(owner_id, 0) + 1
+        self._empty.clear()
         events, self._events = self._events, {}
         for event in events.values():
             event.set()
@@ -62,34 +85,72 @@ class ChangeNotifier:
         self.notify_all()
 
 
-async def listen_postgres(dsn: str, notifier: ChangeNotifier, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+async def listen_postgres(dsn: str, notifier: ChangeNotifier, *, ping_s: float = 10.0, retry_s: float = 1.0,
+                          observe_lag: Callable[[float], None] | None = None,
+                          task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
     """Relay PostgreSQL notifications into `notifier` until cancelled.
 
-    psycopg's `notifies` blocks, so it runs in a worker thread with a short timeout:
-    cancellation waits at most that long for the thread to come back."""
-    conn = await anyio.to_thread.run_sync(lambda: psycopg.connect(dsn, autocommit=True))
-    try:
-        await anyio.to_thread.run_sync(conn.execute, f"LISTEN {CHANNEL}")
-        task_status.started()
+    On psycopg's async connection, on the server's own event loop: a notification is
+    passed on the moment its packet is read (a thread blocked in `notifies(timeout=)`
+    held each one until its timeout ran out, which made a change through one replica
+    reach a long-poll on another 0.3 s late). Every `ping_s` the connection is asked
+    `SELECT 1`, so a dead one is noticed even when nothing is being committed.
 
-        def wait() -> list[str]:
-            return [n.payload for n in conn.notifies(timeout=0.5, stop_after=1000)]
-
+    A lost connection may have swallowed notifications: every long-poll is woken (it
+    reads the journal again from its cursor, so nothing is missed, only re-read) once
+    when the loss is seen and once more when LISTEN holds again; meanwhile the relay
+    reconnects every `retry_s`, and the HTTP side keeps serving. `observe_lag` gets
+    the seconds from each timed notification's transaction to its arrival here."""
+    conn = await _listening(dsn)
+    task_status.started()
+    while True:
+        try:
+            while True:
+                async for notify in conn.notifies(timeout=ping_s):
+                    owner_id, sent_at = _parse(notify.payload)
+                    if owner_id >= 0:
+                        notifier.notify(owner_id)
+                    if sent_at is not None and observe_lag is not None:
+                        observe_lag(max(0.0, time.time() - sent_at))
+                with anyio.fail_after(ping_s):  # a connection that hangs is as good as lost
+                    await conn.execute("SELECT 1")  # what arrives meanwhile waits in psycopg's backlog
+        except (psycopg.Error, TimeoutError) as exc:
+            log.warning("lost the PostgreSQL LISTEN connection (%s); waking every long-poll and reconnecting", exc)
+        finally:
+            await _close(conn)
+        notifier.notify_all()
         while True:
+            await anyio.sleep(retry_s)
             try:
-                payloads = await anyio.to_thread.run_sync(wait)
-            except psycopg.Error as exc:
-                log.warning("lost the PostgreSQL LISTEN connection (%s); waking every long-poll and reconnecting", exc)
-                notifier.notify_all()
-                await anyio.sleep(1)
-                conn.close()
-                conn = await anyio.to_thread.run_sync(lambda: psycopg.connect(dsn, autocommit=True))
-                await anyio.to_thread.run_sync(conn.execute, f"LISTEN {CHANNEL}")
-                continue
-            for payload in set(payloads):
-                try:
-                    notifier.notify(int(payload))
-                except ValueError:
-                    log.warning("ignoring notification %r on %s", payload, CHANNEL)
-    finally:
-        conn.close()
+                conn = await _listening(dsn)
+                break
+            except (psycopg.Error, OSError) as exc:
+                log.warning("cannot LISTEN on PostgreSQL yet (%s); retrying in %g s", exc, retry_s)
+        log.info("listening for PostgreSQL notifications again")
+        notifier.notify_all()
+
+
+async def _listening(dsn: str) -> psycopg.AsyncConnection:
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=5)
+    try:
+        await conn.execute(f"LISTEN {CHANNEL}")
+    except BaseException:
+        await _close(conn)
+        raise
+    return conn
+
+
+async def _close(conn: psycopg.AsyncConnection) -> None:
+    """Also when cancelled (server shutdown): a bounded, shielded close."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+        await conn.close()
+
+
+def _parse(payload: str) -> tuple[int, float | None]:
+    """`OWNER` or `OWNER SENT_AT` (journal.wake_other_replicas); (-1, None) if neither."""
+    try:
+        owner, _, sent_at = payload.partition(" ")
+        return int(owner), (float(sent_at) if sent_at else None)
+    except ValueError:
+        log.warning("ignoring notification %r on %s", payload, CHANNEL)
+        return -1, None

@@ -18,20 +18,20 @@ from cloudfs.backend.errors import UserError
 from cloudfs.backend.startup import writable_dir
 from cloudfs.backend.store import ObjectStore, open_store
 
-from .db import Database, open_database
+from .db import DEFAULT_POOL, Database, open_database
 
 
 def check_data_dir(data_dir: Path) -> None:
     writable_dir(data_dir, "the data directory", "--data DIR")
 
 
-def open_db(data_dir: Path, db_url: str | None) -> Database:
+def open_db(data_dir: Path, db_url: str | None, *, pool_size: int = DEFAULT_POOL) -> Database:
     """`open_database`, with a refusal in one line that names the URL (password hidden)."""
     if db_url is None:
         check_data_dir(data_dir)
     shown = redact(db_url) if db_url else str(data_dir / "cloudfs.sqlite3")
     try:
-        return open_database(data_dir, db_url)
+        return open_database(data_dir, db_url, pool_size=pool_size)
     except sa.exc.NoSuchModuleError:
         scheme = db_url.split("://", 1)[0] if db_url else "?"
         raise UserError(f"--db {shown}: unknown database kind {scheme!r} (use postgresql://USER:PASSWORD@HOST/DB "
@@ -81,7 +81,7 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(2048)
+        sock.listen(4096)  # 10,000 devices reconnecting through a balancer at once (the kernel caps it: somaxconn)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:

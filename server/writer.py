@@ -32,6 +32,7 @@ What a caller can rely on:
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
@@ -79,6 +80,8 @@ class Writer:
         self.batches = 0
         """Batches written so far; with `jobs`, how well commits are grouped."""
         self.jobs = 0
+        self.committed = 0
+        """Jobs that wrote (not refused, not failed), in committed batches."""
 
     async def submit(self, owner_id: int, fn: Callable[[Tx], T], *args: Any, **kwargs: Any) -> T:
         """Run `fn(tx, *args, **kwargs)` in the next batch; its value, or its exception."""
@@ -123,27 +126,31 @@ class Writer:
         try:
             with self.db.write(*{job.owner_id for job in batch}) as conn:
                 tx = Tx.of(conn)
-                for job in batch:
-                    tx.savepoint()
-                    try:
-                        value = job.fn(tx)
-                    except Exception as exc:  # noqa: BLE001 - handed to the job's own caller
-                        tx.rollback_to_savepoint()
+                with tx.pipelined():  # PostgreSQL: SAVEPOINT, RELEASE, pg_notify cost no round trip
+                    for job in batch:
+                        tx.savepoint()
+                        try:
+                            value = job.fn(tx)
+                            tx.settle()  # its errors are its own, not the next job's
+                        except Exception as exc:  # noqa: BLE001 - handed to the job's own caller
+                            tx.rollback_to_savepoint()
+                            tx.release()
+                            job.error = exc
+                            continue
                         tx.release()
-                        job.error = exc
-                        continue
-                    tx.release()
-                    if isinstance(value, Refused):
-                        job.error = value.error
-                    else:
-                        job.value = value
-                        changed.add(job.owner_id)
-                for owner_id in sorted(changed):
-                    journal.wake_other_replicas(tx, owner_id)
+                        if isinstance(value, Refused):
+                            job.error = value.error
+                        else:
+                            job.value = value
+                            changed.add(job.owner_id)
+                    sent_at = time.time()
+                    for owner_id in sorted(changed):
+                        journal.wake_other_replicas(tx, owner_id, sent_at=sent_at)
         except Exception as exc:  # noqa: BLE001 - the batch failed as a whole: every caller hears it
             for job in batch:
                 job.value, job.error, job.finished = None, exc, True
             return set()
         for job in batch:
             job.finished = True
+            self.committed += job.error is None
         return changed

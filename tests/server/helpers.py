@@ -48,3 +48,17 @@ def changes(api: Api, after: int, **params) -> dict:
     r = api.get("/changes", params={"cursor": after, **params})
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus text exposition (0 if absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        sample, _, rest = key.partition("{")
+        got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
+        if sample == name and got == want:
+            return float(value)
+    return 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import signal
 import threading
 import time
@@ -10,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import Api, start_server
-from tests.server.helpers import changes, cursor, mkdir, put_file
+from tests.server.helpers import changes, cursor, metric, mkdir, put_file
 
 
 def test_pages_with_has_more(alice):
@@ -56,6 +57,56 @@ def test_long_poll_times_out_empty(alice):
     assert body["changes"] == [] and body["cursor"] == at
     assert 0.9 < time.monotonic() - t0 < 5
 
+
+
+def test_a_long_poll_that_times_out_reads_the_journal_once(alice):
+    """An idle device costs one journal read per long-poll, not two: one that nothing
+    woke answers with the empty page it read first (nothing can have landed since
+    without waking it)."""
+    at = cursor(alice)
+    before = metric(alice.get("/metrics").text, "cloudfs_changes_reads_total")
+    assert changes(alice, at, wait=1) == {"changes": [], "cursor": at, "has_more": False}
+    assert metric(alice.get("/metrics").text, "cloudfs_changes_reads_total") - before == 1
+
+
+
+def test_an_idle_devices_next_long_poll_reads_nothing_and_still_wakes(alice):
+    """The next long-poll from a cursor a read found nothing after parks without a
+    journal read (the notifier remembers the empty page until the owner's next
+    change), and a commit still wakes it; a poll without wait always reads."""
+    at = cursor(alice)
+    assert changes(alice, at, wait=1)["changes"] == []
+    before = metric(alice.get("/metrics").text, "cloudfs_changes_reads_total")
+    assert changes(alice, at, wait=1) == {"changes": [], "cursor": at, "has_more": False}
+    assert metric(alice.get("/metrics").text, "cloudfs_changes_reads_total") == before
+
+    result: dict = {}
+    waiter = threading.Thread(target=lambda: result.setdefault("body", changes(alice, at, wait=20)))
+    waiter.start()
+    time.sleep(0.5)
+    node = put_file(alice, "/wakes-the-idle")
+    waiter.join(timeout=25)
+    assert [c["node"]["id"] for c in result["body"]["changes"]] == [node["id"]]
+    reads = metric(alice.get("/metrics").text, "cloudfs_changes_reads_total")
+    assert [c["node"]["id"] for c in changes(alice, at)["changes"]] == [node["id"]]
+    assert metric(alice.get("/metrics").text, "cloudfs_changes_reads_total") == reads + 1
+
+def test_long_polls_that_nothing_wakes_end_spread_over_the_last_fifth_of_their_wait(alice):
+    """Devices that reconnected together must not time out together forever: each
+    long-poll of 5 s or more is held for a random 80-100 % of its wait."""
+    at = cursor(alice)
+
+    def poll(_: int) -> tuple[float, dict]:
+        t0 = time.monotonic()
+        body = alice.get("/changes", params={"cursor": at, "wait": 5}).json()
+        return time.monotonic() - t0, body
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(poll, range(12)))
+    assert all(body == {"changes": [], "cursor": at, "has_more": False} for _, body in results), results
+    held = sorted(t for t, _ in results)
+    assert held[0] > 3.9, held  # never before 80 % of the wait
+    assert held[0] < 4.8, held  # not all the full 5 s (with the spread, all 12 past 4.8 s: 0.2 ** 12)
 
 def test_cursor_from_the_future_is_gone(alice):
     r = alice.get("/changes", params={"cursor": 10**15})

@@ -38,7 +38,7 @@ async def run_sequence(tmp: Path, *, fast: bool) -> list[tuple[int, str, Any]]:
         for fp in FP[:3]:
             Tx.of(conn).run(_VERIFIED, {"owner_id": 1, "fp": fp})
     ctx = ServerContext(db=db, store=open_store(str(tmp / "chunks"), data_dir=tmp, secret=b"s" * 32))
-    app = create_app(ctx, fast_commits=fast)
+    app = create_app(ctx, fast_routes=fast)
     answers = []
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t",
                                  headers={"Authorization": f"Bearer {token}"}) as c:

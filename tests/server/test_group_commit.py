@@ -241,3 +241,24 @@ def test_a_cancelled_leader_still_writes_its_batch_and_hands_on(database):
     # was passed on and given back.
     assert keys(database) == ["k-0", "k-1", "k-2", "k-3", "k-4", "k-leader"]
     assert writer.batches == 2 and not writer._leading
+
+
+def test_a_statement_failing_unread_in_a_batch_rolls_back_only_its_job(database):
+    """On PostgreSQL the batch runs in pipeline mode: a failing statement whose result
+    nobody reads surfaces later, inside the job or at its end. The job still rolls back
+    alone and the batch goes on (before the fix: `PipelineAborted` for everyone)."""
+    from cloudfs.server.sql import Stmt
+
+    insert = Stmt("INSERT INTO settings (key, value) VALUES (:key, 'x')")
+
+    def duplicate_unread(tx: Tx) -> str:
+        tx.send(insert, {"key": "k-dup"})
+        tx.send(insert, {"key": "k-dup"})  # fails; nothing reads it here
+        return "never"
+
+    writer = Writer(database, Recorder())
+    jobs = [(1, put("k-0", sleep=0.3)), (1, put("k-1")), (2, duplicate_unread), (3, put("k-2"))]
+    results = anyio.run(submit_all, writer, jobs)
+    assert results[:2] == ["k-0", "k-1"] and results[3] == "k-2", results
+    assert "UNIQUE" in str(results[2]).upper() or "duplicate key" in str(results[2]), results[2]
+    assert keys(database) == ["k-0", "k-1", "k-2"]
