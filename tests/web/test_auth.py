@@ -92,7 +92,9 @@ def test_cookie_is_secure_over_tls(tmp_path: Path) -> None:
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://drive.test") as c:
                 return await c.post("/auth/login", json={"name": "tls", "password": PASSWORD})
 
-        r = anyio.run(run)
+        # On trio: this worker may be inside Playwright's asyncio loop, where a second
+        # asyncio loop refuses to start (the server is written against anyio: either runs it).
+        r = anyio.run(run, backend="trio")
         assert r.status_code == 200, r.text
         assert "secure" in r.headers["set-cookie"].lower()
     finally:
