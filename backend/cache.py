@@ -442,10 +442,14 @@ class Cache:
         txn.put(u64(seq), json.dumps(op, separators=(",", ":")).encode(), db=self.outbox)
         return seq
 
-    def outbox_items(self, limit: int = 1000) -> list[tuple[int, dict]]:
+    def outbox_items(self, limit: int = 1000, *, start: int = 0) -> list[tuple[int, dict]]:
+        """The first `limit` entries from seq `start` on, in order."""
         out = []
         with self.read() as txn:
-            for key, value in txn.cursor(db=self.outbox):
+            cursor = txn.cursor(db=self.outbox)
+            if not cursor.set_range(u64(start)):
+                return out
+            for key, value in cursor:
                 out.append((from_u64(key), json.loads(value)))
                 if len(out) >= limit:
                     break

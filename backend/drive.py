@@ -270,7 +270,8 @@ class Drive:
 
     def _forget_alias(self, txn: lmdb.Transaction, alias: Inode) -> None:
         if alias.node_id:
-            self.cache.enqueue(txn, {"op": "delete", "ino": alias.ino, "node_id": alias.node_id, "rev": None})
+            self.cache.enqueue(txn, {"op": "delete", "ino": alias.ino, "node_id": alias.node_id, "rev": None,
+                                     **self._server_name(txn, alias)})
 
     def rmdir(self, parent: int, name: str) -> None:
         node = self.lookup(parent, name)
@@ -289,13 +290,21 @@ class Drive:
             # `rev`: the server refuses the delete if another device committed since,
             # so an edit made elsewhere survives this delete.
             self.cache.enqueue(txn, {"op": "delete", "ino": node.ino, "node_id": node.node_id,
-                                     "rev": node.rev if node.kind == "file" else None, "t": time.time()})
+                                     "rev": node.rev if node.kind == "file" else None, "t": time.time(),
+                                     **self._server_name(txn, node)})
         if self.open_count.get(node.ino) or self.lookups.get(node.ino):
             node.parent = 0
             self.cache.put(txn, node)
         else:
             self.chunks.dirty_bytes -= self._dirty_size(txn, node)
             self.cache.drop(txn, node)
+
+    def _server_name(self, txn: lmdb.Transaction, node: Inode) -> dict:
+        """Where the node is on the server once the entries before its delete have gone:
+        a change queued after the delete that puts something at that name must wait for it
+        (the syncer lets other changes pass a delete held by the mass-delete guard)."""
+        parent = self.cache.get(node.parent, txn)
+        return {"parent_node": parent.node_id if parent is not None else None, "name": node.name}
 
     def _dirty_size(self, txn: lmdb.Transaction, node: Inode) -> int:
         return self.cache.drop_blocks(txn, node.ino, from_block=0) if node.kind == "file" else 0

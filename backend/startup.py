@@ -46,16 +46,20 @@ class ServerUnreachableError(UserError):
         self.hint = hint
 
 
-def prepare_cache_dir(cache_dir: Path) -> None:
-    """Create the cache directory, or say why it cannot be (and how to pick another)."""
+def writable_dir(path: Path, role: str, option: str) -> None:
+    """Create `path` and write in it, or say why it cannot be and which option picks
+    another (`role`: "the cache directory"; `option`: "--cache DIR")."""
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        probe = cache_dir / f".write-test-{os.getpid()}"
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
         probe.touch()
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"cannot use {cache_dir} as the cache directory ({dir_problem(cache_dir, exc)}): "
-                        f"pick another with --cache DIR") from None
+        raise UserError(f"cannot use {path} as {role} ({dir_problem(path, exc)}): pick another with {option}") from None
+
+
+def prepare_cache_dir(cache_dir: Path) -> None:
+    writable_dir(cache_dir, "the cache directory", "--cache DIR")
 
 
 def dir_problem(path: Path, exc: OSError) -> str:

@@ -79,6 +79,9 @@ class Syncer:
         self._cleared_upto = 0
         """Deletes up to this outbox seq were judged by the guard and may go."""
         self._held_len = 0
+        self._stuck_at: int | None = None
+        """The first entry waiting for a withheld delete (it and what follows wait)."""
+        self._withheld_len = -1
 
     @property
     def conflicts(self) -> int:
@@ -194,18 +197,26 @@ class Syncer:
         self.last_error = str(exc)
 
     def _unguarded(self, items: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
-        """The entries that may go now: up to the first delete that is still settling or
-        that the mass-delete guard holds (everything behind it waits, in order)."""
+        """The entries that may go now. A delete still settling, or held by the
+        mass-delete guard, stays queued, and so does each entry after it that needs it
+        gone first (something put at the name it frees); every other change passes it,
+        so a held `rm -rf` never stops the rest of the drive from syncing."""
         first = next((i for i, (_, op) in enumerate(items) if op["op"] == "delete"), None)
         if first is None:
             self.guard.drained()
+            self._stuck_at = None
             return items
         if items[first][0] <= self._cleared_upto:
             return items  # judged with its burst already
-        if not self.guard.due(items[first][1]):
-            return items[:first]
+        if self.guard.due(items[first][1]) and self._burst_may_go():
+            self._stuck_at = None
+            return items
+        return items[:first] + _due(self._past_withheld(items[first][0]))
+
+    def _burst_may_go(self) -> bool:
+        """Judge the queued deletes with the guard (once per change of the outbox)."""
         if self.guard.held and self.cache.outbox_len() == self._held_len:
-            return items[:first]  # still held, nothing new: no need to count again
+            return False  # still held, nothing new: no need to count again
         queued = [(seq, op.get("t", 0.0)) for seq, op in self.cache.outbox_items(limit=10_000_000)
                   if op["op"] == "delete"]
         newest = max(t for _, t in queued)
@@ -213,13 +224,45 @@ class Syncer:
         was_held = self.guard.held
         if self.guard.check(burst, self.cache.inode_count()):
             self._cleared_upto = queued[-1][0]
-            return items
+            return True
         if not was_held:
             log.warning("holding %d deletes made here within a minute (a mass delete?): other devices keep the files "
                         "until `cloudfs deletes confirm` (or `cloudfs deletes undo` brings them back here)", len(queued))
         self.guard.held = len(queued)
         self._held_len = self.cache.outbox_len()
-        return items[:first]
+        return False
+
+    def _past_withheld(self, start: int) -> list[tuple[int, dict]]:
+        """The entries from seq `start` on that need none of the withheld deletes, up to
+        the first that does (it and what follows wait, in order)."""
+        length = self.cache.outbox_len()
+        if length == self._withheld_len:
+            return []  # nothing passed last time, and nothing changed since
+        freed: set[tuple[int | None, str]] = set()
+        out: list[tuple[int, dict]] = []
+        self._stuck_at = None
+        for seq, op in self.cache.outbox_items(limit=10_000_000, start=start):
+            if op["op"] == "delete" and seq > self._cleared_upto:
+                if "name" not in op:  # queued by an older release: where it was is unknown
+                    self._stuck_at = seq
+                    break
+                freed.add((op.get("parent_node"), op["name"]))
+                continue
+            if self._puts_at(op, freed):
+                self._stuck_at = seq
+                break
+            out.append((seq, op))
+            if len(out) >= 500:
+                break
+        self._withheld_len = -1 if out else length
+        return out
+
+    def _puts_at(self, op: dict, freed: set[tuple[int | None, str]]) -> bool:
+        node = self.cache.get(op["ino"])
+        if node is None or not freed:
+            return False
+        parent = self.cache.get(node.parent)
+        return parent is not None and (parent.node_id, node.name) in freed
 
     def take_held_deletes(self) -> list[int]:
         """`cloudfs deletes undo`: drop every queued delete; the node ids the server still has."""
@@ -233,11 +276,16 @@ class Syncer:
         return node_ids
 
     async def wait_idle(self, upto_seq: int) -> None:
-        """Return once every outbox entry up to `upto_seq` has been applied (or is held
-        by the mass-delete guard: nothing else can happen until the user says)."""
+        """Return once every outbox entry up to `upto_seq` has been applied, except the
+        deletes the mass-delete guard holds and what waits for them (nothing more can
+        happen to those until the user says)."""
         while True:
             items = self.cache.outbox_items(limit=1)
-            if not items or items[0][0] > upto_seq or (self.guard.held and items[0][1]["op"] == "delete"):
+            if not items or items[0][0] > upto_seq:
+                return
+            if self.guard.held and items[0][1]["op"] == "delete" and not any(
+                    op["op"] != "delete" and (self._stuck_at is None or seq < self._stuck_at)
+                    for seq, op in self.cache.outbox_items(limit=10_000_000) if seq <= upto_seq):
                 return
             self._wake.set()  # not wake(): waiting is not local activity, no debounce
             await trio.sleep(0.05)

@@ -15,21 +15,14 @@ from urllib.parse import urlsplit, urlunsplit
 import sqlalchemy as sa
 
 from cloudfs.backend.errors import UserError
-from cloudfs.backend.startup import dir_problem
+from cloudfs.backend.startup import writable_dir
 from cloudfs.backend.store import ObjectStore, open_store
 
 from .db import Database, open_database
 
 
 def check_data_dir(data_dir: Path) -> None:
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        probe = data_dir / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot use {data_dir} as the data directory ({dir_problem(data_dir, exc)}): "
-                        f"pick another with --data DIR") from None
+    writable_dir(data_dir, "the data directory", "--data DIR")
 
 
 def open_db(data_dir: Path, db_url: str | None) -> Database:

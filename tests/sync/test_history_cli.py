@@ -155,6 +155,16 @@ def test_a_mass_delete_is_held_until_confirmed_or_undone(sync_server, tmp_path: 
         b.sync()
         assert len(os.listdir(b.path / "keep")) == 30  # the other device keeps them
 
+        # Held deletes hold back nothing else: a new file, and an edit, reach the other device;
+        # a file put at a name a held delete frees waits for it (not a conflicted copy there).
+        (a.path / "new.txt").write_bytes(b"made while held")
+        (a.path / "keep2").mkdir()
+        a.sync()
+        b.sync()
+        assert (b.path / "new.txt").read_bytes() == b"made while held"
+        assert (b.path / "keep2").is_dir()
+        assert a.status()["held_deletes"] == 31
+
         cli("deletes", "undo", a.path)
         assert sorted(os.listdir(a.path / "keep")) == sorted(f"{i}.txt" for i in range(30))
         assert (a.path / "keep" / "7.txt").read_bytes() == b"precious 7"
@@ -163,8 +173,15 @@ def test_a_mass_delete_is_held_until_confirmed_or_undone(sync_server, tmp_path: 
         shutil.rmtree(a.path / "keep")
         time.sleep(2)
         assert a.status()["held_deletes"] == 31
+        (a.path / "keep").mkdir()
+        (a.path / "keep" / "fresh.txt").write_bytes(b"after the rm -r")
+        a.sync()
+        b.sync()
+        assert len(os.listdir(b.path / "keep")) == 30  # still the old directory there
         cli("deletes", "confirm", a.path)
         a.sync()
         b.sync()
-        assert not (b.path / "keep").exists()
+        assert os.listdir(b.path / "keep") == ["fresh.txt"]
+        assert (b.path / "keep" / "fresh.txt").read_bytes() == b"after the rm -r"
+        assert not [n for n in os.listdir(b.path) if "conflicted" in n], os.listdir(b.path)
         assert a.status()["held_deletes"] == 0
