@@ -77,9 +77,16 @@ def run(verb: str, func: Callable[[argparse.Namespace], int], args: argparse.Nam
                           f"(a bug; the traceback is in {where})", BUG)
 
 
+def _logs_elsewhere() -> bool:
+    """Whether the process logs somewhere other than the stderr the line was printed on
+    (a background mount's log file). A server logs to stderr itself: the line once."""
+    streams = (sys.stderr, sys.__stderr__)
+    return any(not (isinstance(h, logging.StreamHandler) and h.stream in streams) for h in logging.getLogger().handlers)
+
+
 def fail(verb: str, line: str, code: int) -> int:
     print(f"cloudfs {verb}: {line}", file=sys.stderr, flush=True)
-    if logging.getLogger().handlers:  # a mount process logging to its own file: the log keeps the reason too
+    if _logs_elsewhere():  # a mount process logging to its own file: the log keeps the reason too
         logging.getLogger("cloudfs").error("cloudfs %s: %s", verb, line)
     control.tell_parent({"ok": False, "error": line, "exit": code})
     return code
