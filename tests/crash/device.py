@@ -134,6 +134,10 @@ class DeviceCrash:
             problems.append("the mount logged errors: " + " | ".join(bad[:5]))
         self.by_workload[workload] = self.by_workload.get(workload, 0) + 1
         w.cleanup()
+        # Sent now, not in the next round's kill window: the cleanup is a mass delete the
+        # guard holds until confirmed, and a sync there would take two rounds.
+        if not self.sync(SYNC_AFTER_S):
+            problems.append(f"cloudfs sync after the cleanup did not finish within {SYNC_AFTER_S:.0f}s")
         return problems
 
     def run(self, kills: int, workloads: list[str], deadline: float) -> None:
