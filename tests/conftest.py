@@ -95,3 +95,15 @@ def bob(server: ServerProcess) -> Iterator[Api]:
     api = Api(server, server.add_user(f"bob-{uuid.uuid4().hex[:8]}"))
     yield api
     api.close()
+
+
+def run_async(main) -> None:  # noqa: ANN001 - an async function without arguments
+    """`anyio.run(main)` on a thread of its own: a browser test before it on the same
+    xdist worker (Playwright's sync API) can leave an asyncio loop marked as running on
+    the worker's thread, and asyncio refuses to start another there."""
+    import concurrent.futures
+
+    import anyio
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(anyio.run, main).result()

@@ -24,7 +24,7 @@ from cloudfs.server.db import Database
 from cloudfs.server.errors import Conflict
 from cloudfs.server.sql import Stmt, Tx
 from cloudfs.server.writer import Refused, Writer
-from tests.conftest import Api
+from tests.conftest import Api, run_async
 from tests.server.helpers import cursor, mkdir, put_file
 
 
@@ -236,7 +236,7 @@ def test_a_cancelled_leader_still_writes_its_batch_and_hands_on(database):
             await anyio.sleep(0.05)
             tg.cancel_scope.cancel()  # the leader is mid-batch, the others are queued
 
-    anyio.run(main)
+    run_async(main)
     # Every submitted job was written, whatever happened to its caller, and the lead
     # was passed on and given back.
     assert keys(database) == ["k-0", "k-1", "k-2", "k-3", "k-4", "k-leader"]

@@ -12,6 +12,8 @@ import anyio
 import psycopg
 import pytest
 
+from tests.conftest import run_async
+
 from cloudfs.server.notifier import CHANNEL, ChangeNotifier, listen_postgres
 from tests.harness import postgres_database
 
@@ -48,7 +50,7 @@ def test_a_notification_is_passed_on_at_once(pg_db: str) -> None:
                     delays.append(time.perf_counter() - sent)
             tg.cancel_scope.cancel()
 
-    anyio.run(main)
+    run_async(main)
     assert statistics.median(delays) < 0.1, delays
 
 
@@ -78,7 +80,7 @@ def test_a_lost_connection_wakes_everyone_and_listening_resumes(pg_db: str) -> N
                 assert time.monotonic() < deadline, "no notification after the reconnect"
             tg.cancel_scope.cancel()
 
-    anyio.run(main)
+    run_async(main)
 
 
 def test_a_known_empty_page_lasts_until_the_owners_next_change() -> None:
@@ -106,4 +108,4 @@ def test_a_known_empty_page_lasts_until_the_owners_next_change() -> None:
         notifier.notify_all()
         assert notifier.known_empty(1, 8) is None
 
-    anyio.run(main)
+    run_async(main)

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import anyio
 import pytest
+
+from tests.conftest import run_async
 
 from cloudfs.backend.store import open_store
 from cloudfs.server import app as server_app
+from cloudfs.server import auth
 from cloudfs.server import users
 from cloudfs.server.app import ServerContext
 from cloudfs.server.db import open_database
@@ -21,8 +23,9 @@ def test_a_full_token_cache_drops_the_least_recently_used(tmp_path: Path, monkey
     tokens = [users.add_user(db, f"u{i}") for i in range(4)]
     ctx = ServerContext(db=db, store=open_store(str(tmp_path / "chunks"), data_dir=tmp_path, secret=b"s" * 32))
     lookups: list[str] = []
-    real = users.user_for_token
-    monkeypatch.setattr(users, "user_for_token", lambda conn, token: lookups.append(token) or real(conn, token))
+    real = auth.lookup_token
+    monkeypatch.setattr(auth, "lookup_token",
+                        lambda db, token, kind, device: lookups.append(token) or real(db, token, kind, device))
     monkeypatch.setattr(server_app, "TOKEN_CACHE_SIZE", 3)
 
     async def main() -> None:
@@ -39,6 +42,6 @@ def test_a_full_token_cache_drops_the_least_recently_used(tmp_path: Path, monkey
         assert await ctx.authenticate("not-a-token") is None
 
     try:
-        anyio.run(main)
+        run_async(main)
     finally:
         db.dispose()

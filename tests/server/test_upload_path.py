@@ -154,9 +154,9 @@ def test_a_retried_commit_that_meets_a_deleted_file_keeps_its_conflict(server, a
             stale = StaleRevisionError(409, {"error": "stale_revision", "current_rev": 2,
                                              "node": commit.node.model_dump()})
             refs = [(hashlib.sha256(data).hexdigest(), len(data))]
-            assert await uploader._landed_already(stale, refs, len(data), 1) is None  # not from this mtime
+            assert await uploader._landed_already(stale, refs, len(data), 1, 0) is None  # not from this mtime
             await client.delete(commit.node.id)
-            assert await uploader._landed_already(stale, refs, len(data), 1) is None
+            assert await uploader._landed_already(stale, refs, len(data), 1, 0) is None
 
     trio.run(main)
 
