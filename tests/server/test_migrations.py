@@ -7,6 +7,7 @@ import contextlib
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -17,6 +18,18 @@ from cloudfs.server.migrations import head, upgrade
 from tests.harness import CLOUDFS, cloudfs_server, postgres_database
 
 FIXTURE = Path(__file__).resolve().parent.parent / "data" / "pre-posix.tar.gz"
+
+
+@contextlib.contextmanager
+def empty_database(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Database]:
+    """A fresh database of `engine` ("sqlite" or "postgres"), with no tables yet."""
+    with postgres_database(request.getfixturevalue("pg_admin_url")) if engine == "postgres" \
+            else contextlib.nullcontext() as pg:
+        db = Database(pg or str(tmp_path / "db.sqlite3"))
+        try:
+            yield db
+        finally:
+            db.dispose()
 
 
 def unpack_fixture(to: Path) -> tuple[Path, str]:
@@ -73,23 +86,17 @@ def test_the_server_upgrades_on_start(tmp_path: Path) -> None:
 @pytest.mark.parametrize("engine", ["sqlite", "postgres"])
 def test_rows_written_at_the_first_revision_survive_the_upgrade(engine: str, tmp_path: Path,
                                                                 request: pytest.FixtureRequest) -> None:
-    url = str(tmp_path / "db.sqlite3")
-    with postgres_database(request.getfixturevalue("pg_admin_url")) if engine == "postgres" \
-            else contextlib.nullcontext() as pg:
-        db = Database(pg or url)
-        try:
-            assert upgrade(db.engine, to="0001") == (None, "0001")
-            with db.engine.begin() as conn:
-                conn.execute(sa.text("INSERT INTO users (name, root_id, journal_floor, created_at) "
-                                     "VALUES ('bob', 1, 0, 0)"))
-                conn.execute(sa.text("INSERT INTO nodes (owner_id, parent_id, name, kind, mode, mtime_ns, size, rev, "
-                                     "deleted) VALUES (1, NULL, '', 'dir', 493, 5, 0, 1, false)"))
-            assert upgrade(db.engine) == ("0001", head())
-            with db.engine.connect() as conn:
-                row = conn.execute(sa.text("SELECT name, mode, uid, gid, rdev, atime_ns, xattrs FROM nodes")).one()
-            assert tuple(row) == ("", 493, -1, -1, 0, 0, None)
-        finally:
-            db.dispose()
+    with empty_database(engine, tmp_path, request) as db:
+        assert upgrade(db.engine, to="0001") == (None, "0001")
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO users (name, root_id, journal_floor, created_at) "
+                                 "VALUES ('bob', 1, 0, 0)"))
+            conn.execute(sa.text("INSERT INTO nodes (owner_id, parent_id, name, kind, mode, mtime_ns, size, rev, "
+                                 "deleted) VALUES (1, NULL, '', 'dir', 493, 5, 0, 1, false)"))
+        assert upgrade(db.engine) == ("0001", head())
+        with db.engine.connect() as conn:
+            row = conn.execute(sa.text("SELECT name, mode, uid, gid, rdev, atime_ns, xattrs FROM nodes")).one()
+        assert tuple(row) == ("", 493, -1, -1, 0, 0, None)
 
 
 
@@ -98,30 +105,24 @@ def test_rows_written_at_revision_0002_survive_the_links_migration(engine: str, 
                                                                    request: pytest.FixtureRequest) -> None:
     """0003 (history) and 0004 add deletion stamps and `link_to` (NULL: no alias) to nodes and journal, and the index that finds
     a node's aliases, without touching what is there."""
-    url = str(tmp_path / "db.sqlite3")
-    with postgres_database(request.getfixturevalue("pg_admin_url")) if engine == "postgres" \
-            else contextlib.nullcontext() as pg:
-        db = Database(pg or url)
-        try:
-            assert upgrade(db.engine, to="0002") == (None, "0002")
-            with db.engine.begin() as conn:
-                conn.execute(sa.text("INSERT INTO users (name, root_id, journal_floor, created_at) "
-                                     "VALUES ('carol', 1, 0, 0)"))
-                conn.execute(sa.text("INSERT INTO nodes (owner_id, parent_id, name, kind, mode, mtime_ns, size, rev, "
-                                     "deleted, uid) VALUES (1, NULL, 'f', 'file', 420, 5, 3, 2, false, 2101)"))
-                conn.execute(sa.text("INSERT INTO journal (owner_id, node_id, op, rev, kind, name, mode, mtime_ns, "
-                                     "size, device, created_at) VALUES (1, 1, 'create', 1, 'file', 'f', 420, 5, 3, "
-                                     "'d', 0)"))
-            assert upgrade(db.engine) == ("0002", head())
-            with db.engine.connect() as conn:
-                node = conn.execute(sa.text("SELECT name, size, rev, uid, link_to FROM nodes")).one()
-                entry = conn.execute(sa.text("SELECT op, name, link_to FROM journal")).one()
-                indexes = {ix["name"] for ix in sa.inspect(conn).get_indexes("nodes")}
-            assert tuple(node) == ("f", 3, 2, 2101, None)
-            assert tuple(entry) == ("create", "f", None)
-            assert {"nodes_link_to", "nodes_live_name"} <= indexes
-        finally:
-            db.dispose()
+    with empty_database(engine, tmp_path, request) as db:
+        assert upgrade(db.engine, to="0002") == (None, "0002")
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO users (name, root_id, journal_floor, created_at) "
+                                 "VALUES ('carol', 1, 0, 0)"))
+            conn.execute(sa.text("INSERT INTO nodes (owner_id, parent_id, name, kind, mode, mtime_ns, size, rev, "
+                                 "deleted, uid) VALUES (1, NULL, 'f', 'file', 420, 5, 3, 2, false, 2101)"))
+            conn.execute(sa.text("INSERT INTO journal (owner_id, node_id, op, rev, kind, name, mode, mtime_ns, "
+                                 "size, device, created_at) VALUES (1, 1, 'create', 1, 'file', 'f', 420, 5, 3, "
+                                 "'d', 0)"))
+        assert upgrade(db.engine) == ("0002", head())
+        with db.engine.connect() as conn:
+            node = conn.execute(sa.text("SELECT name, size, rev, uid, link_to FROM nodes")).one()
+            entry = conn.execute(sa.text("SELECT op, name, link_to FROM journal")).one()
+            indexes = {ix["name"] for ix in sa.inspect(conn).get_indexes("nodes")}
+        assert tuple(node) == ("f", 3, 2, 2101, None)
+        assert tuple(entry) == ("create", "f", None)
+        assert {"nodes_link_to", "nodes_live_name"} <= indexes
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgres"])
@@ -129,26 +130,20 @@ def test_deletes_of_revision_0004_are_found_by_a_restore_after_0005(engine: str,
                                                                      request: pytest.FixtureRequest) -> None:
     """0005 fills `deleted_with` from the one stamp each tombstone had: what a directory's
     delete took before the upgrade is still what a restore past it brings back."""
-    url = str(tmp_path / "db.sqlite3")
-    with postgres_database(request.getfixturevalue("pg_admin_url")) if engine == "postgres" \
-            else contextlib.nullcontext() as pg:
-        db = Database(pg or url)
-        try:
-            assert upgrade(db.engine, to="0004") == (None, "0004")
-            with db.engine.begin() as conn:
-                conn.execute(sa.text("INSERT INTO users (name, root_id, journal_floor, created_at) "
-                                     "VALUES ('dave', 1, 0, 0)"))
-                for node_id, parent, name, seq in ((1, None, "", None), (2, 1, "d", 7), (3, 2, "f", 7)):
-                    conn.execute(sa.text(
-                        "INSERT INTO nodes (id, owner_id, parent_id, name, kind, mode, mtime_ns, size, rev, deleted, "
-                        "delete_seq) VALUES (:id, 1, :parent, :name, 'dir', 493, 5, 0, 1, :deleted, :seq)"),
-                        dict(id=node_id, parent=parent, name=name, deleted=seq is not None, seq=seq))
-            assert upgrade(db.engine) == ("0004", head())
-            with db.engine.connect() as conn:
-                rows = conn.execute(sa.text("SELECT delete_seq, node_id FROM deleted_with ORDER BY node_id")).all()
-            assert [tuple(r) for r in rows] == [(7, 2), (7, 3)]
-        finally:
-            db.dispose()
+    with empty_database(engine, tmp_path, request) as db:
+        assert upgrade(db.engine, to="0004") == (None, "0004")
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO users (name, root_id, journal_floor, created_at) "
+                                 "VALUES ('dave', 1, 0, 0)"))
+            for node_id, parent, name, seq in ((1, None, "", None), (2, 1, "d", 7), (3, 2, "f", 7)):
+                conn.execute(sa.text(
+                    "INSERT INTO nodes (id, owner_id, parent_id, name, kind, mode, mtime_ns, size, rev, deleted, "
+                    "delete_seq) VALUES (:id, 1, :parent, :name, 'dir', 493, 5, 0, 1, :deleted, :seq)"),
+                    dict(id=node_id, parent=parent, name=name, deleted=seq is not None, seq=seq))
+        assert upgrade(db.engine) == ("0004", head())
+        with db.engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT delete_seq, node_id FROM deleted_with ORDER BY node_id")).all()
+        assert [tuple(r) for r in rows] == [(7, 2), (7, 3)]
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgres"])
@@ -158,30 +153,24 @@ def test_accounts_and_tokens_of_revision_0005_survive_the_web_migration(engine: 
     revocation stamps: a device token of 0005 stays a working, unrevoked device token without a label,
     an account keeps having no password until one is set, and the sign-in brake and share-link tables
     exist empty."""
-    url = str(tmp_path / "db.sqlite3")
-    with postgres_database(request.getfixturevalue("pg_admin_url")) if engine == "postgres" \
-            else contextlib.nullcontext() as pg:
-        db = Database(pg or url)
-        try:
-            assert upgrade(db.engine, to="0005") == (None, "0005")
-            with db.engine.begin() as conn:
-                conn.execute(sa.text("INSERT INTO users (name, root_id, journal_floor, created_at) "
-                                     "VALUES ('dave', 1, 0, 0)"))
-                conn.execute(sa.text("INSERT INTO tokens (token_hash, user_id, created_at) VALUES ('ab12', 1, 7)"))
-            assert head() == "0006"
-            assert upgrade(db.engine) == ("0005", "0006")
-            with db.engine.connect() as conn:
-                user = conn.execute(sa.text("SELECT name, password_hash FROM users")).one()
-                token = conn.execute(sa.text("SELECT token_hash, user_id, created_at, kind, label, last_seen_at, "
-                                             "revoked_at, expires_at FROM tokens")).one()
-                inspector = sa.inspect(conn)
-                tables = set(inspector.get_table_names())
-                indexes = {ix["name"] for ix in inspector.get_indexes("tokens")}
-                empty = [conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar()
-                         for t in ("auth_failures", "share_links")]
-            assert tuple(user) == ("dave", None)
-            assert tuple(token) == ("ab12", 1, 7, "device", None, None, None, None)
-            assert {"auth_failures", "share_links"} <= tables and "tokens_user" in indexes
-            assert empty == [0, 0]
-        finally:
-            db.dispose()
+    with empty_database(engine, tmp_path, request) as db:
+        assert upgrade(db.engine, to="0005") == (None, "0005")
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO users (name, root_id, journal_floor, created_at) "
+                                 "VALUES ('dave', 1, 0, 0)"))
+            conn.execute(sa.text("INSERT INTO tokens (token_hash, user_id, created_at) VALUES ('ab12', 1, 7)"))
+        assert head() == "0006"
+        assert upgrade(db.engine) == ("0005", "0006")
+        with db.engine.connect() as conn:
+            user = conn.execute(sa.text("SELECT name, password_hash FROM users")).one()
+            token = conn.execute(sa.text("SELECT token_hash, user_id, created_at, kind, label, last_seen_at, "
+                                         "revoked_at, expires_at FROM tokens")).one()
+            inspector = sa.inspect(conn)
+            tables = set(inspector.get_table_names())
+            indexes = {ix["name"] for ix in inspector.get_indexes("tokens")}
+            empty = [conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar()
+                     for t in ("auth_failures", "share_links")]
+        assert tuple(user) == ("dave", None)
+        assert tuple(token) == ("ab12", 1, 7, "device", None, None, None, None)
+        assert {"auth_failures", "share_links"} <= tables and "tokens_user" in indexes
+        assert empty == [0, 0]
