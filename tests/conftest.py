@@ -97,7 +97,7 @@ def bob(server: ServerProcess) -> Iterator[Api]:
     api.close()
 
 
-def run_async(main) -> None:  # noqa: ANN001 - an async function without arguments
+def run_async(main, *args):  # noqa: ANN001, ANN201 - an async function and its arguments; its result
     """`anyio.run(main)` on a thread of its own: a browser test before it on the same
     xdist worker (Playwright's sync API) can leave an asyncio loop marked as running on
     the worker's thread, and asyncio refuses to start another there."""
@@ -106,4 +106,4 @@ def run_async(main) -> None:  # noqa: ANN001 - an async function without argumen
     import anyio
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(anyio.run, main).result()
+        return pool.submit(anyio.run, main, *args).result()

@@ -10,6 +10,8 @@ import anyio
 import httpx
 import pytest
 
+from tests.conftest import run_async
+
 from cloudfs.backend.store import open_store
 from cloudfs.server import users
 from cloudfs.server.app import ServerContext, create_app
@@ -59,8 +61,8 @@ async def run_sequence(tmp: Path, *, fast: bool) -> tuple[list[tuple[int, Any]],
 
 
 def test_the_fast_path_answers_as_the_fastapi_route(tmp_path):
-    fast, fast_routed = anyio.run(lambda: run_sequence(tmp_path / "fast", fast=True))
-    slow, slow_routed = anyio.run(lambda: run_sequence(tmp_path / "slow", fast=False))
+    fast, fast_routed = run_async(lambda: run_sequence(tmp_path / "fast", fast=True))
+    slow, slow_routed = run_async(lambda: run_sequence(tmp_path / "slow", fast=False))
     assert [a[0] for a in fast[:FAST + 8]] == [200] * 8 + [410] + [200] + [422] * 7, fast
     assert [a[0] for a in fast[-2:]] == [401, 401]
     assert [len(a[1]["changes"]) for a in fast[:5]] == [5, 5, 2, 2, 1]

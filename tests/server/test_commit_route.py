@@ -17,7 +17,7 @@ from cloudfs.server import users
 from cloudfs.server.app import ServerContext, create_app
 from cloudfs.server.db import open_database
 from cloudfs.server.sql import Stmt, Tx
-from tests.conftest import Api
+from tests.conftest import Api, run_async
 
 FP = [f"{i:064x}" for i in range(1, 5)]
 _VERIFIED = Stmt("""INSERT INTO chunks (owner_id, fingerprint, length, stored_length, stored_sha256, compression,
@@ -80,8 +80,8 @@ def _without_times(value: Any) -> Any:
 
 
 def test_the_fast_path_answers_as_the_fastapi_route(tmp_path):
-    fast = anyio.run(lambda: run_sequence(tmp_path / "fast", fast=True))
-    slow = anyio.run(lambda: run_sequence(tmp_path / "slow", fast=False))
+    fast = run_async(lambda: run_sequence(tmp_path / "fast", fast=True))
+    slow = run_async(lambda: run_sequence(tmp_path / "slow", fast=False))
     assert [a[0] for a in fast] == [200, 200, 200, 409, 422, 409, 409, 422, 404, 404, 200, 200, 422, 422, 0]
     for i, (a, b) in enumerate(zip(fast, slow)):
         assert a == b, f"request {i}"

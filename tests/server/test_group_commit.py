@@ -169,7 +169,7 @@ async def submit_all(writer: Writer, jobs: list[tuple[int, Any]]) -> list[Any]:
 def test_jobs_that_arrive_during_a_batch_form_the_next_one(database):
     writer = Writer(database, Recorder())
     jobs = [(1, put("k-00", sleep=0.3))] + [(1, put(f"k-{i:02d}")) for i in range(1, 20)]
-    results = anyio.run(submit_all, writer, jobs)
+    results = run_async(submit_all, writer, jobs)
     assert results == [f"k-{i:02d}" for i in range(20)]
     assert (writer.batches, writer.jobs) == (2, 20)
     assert keys(database) == [f"k-{i:02d}" for i in range(20)]
@@ -187,7 +187,7 @@ def test_a_failing_job_rolls_back_only_itself(database):
         (5, put("k-d", then=Refused(Conflict("refused, but keeps its row")))),
         (3, put("k-e")),
     ]
-    results = anyio.run(submit_all, writer, jobs)
+    results = run_async(submit_all, writer, jobs)
     assert results[:2] == ["k-0", "k-a"]
     assert isinstance(results[2], ValueError)
     assert results[3] == "k-c"
@@ -217,7 +217,7 @@ def test_a_failed_commit_fails_every_job_of_the_batch(database):
     notifier = Recorder()
     writer = Writer(FailingCommit(database), notifier)  # type: ignore[arg-type]
     jobs = [(1, put("k-0", sleep=0.3)), (1, put("k-1")), (2, put("k-x")), (2, put("k-2", then=ValueError("own")))]
-    results = anyio.run(submit_all, writer, jobs)
+    results = run_async(submit_all, writer, jobs)
     assert results[0] == "k-0"
     assert all(isinstance(r, OSError) for r in results[1:]), results
     assert keys(database) == ["k-0"]
@@ -258,7 +258,7 @@ def test_a_statement_failing_unread_in_a_batch_rolls_back_only_its_job(database)
 
     writer = Writer(database, Recorder())
     jobs = [(1, put("k-0", sleep=0.3)), (1, put("k-1")), (2, duplicate_unread), (3, put("k-2"))]
-    results = anyio.run(submit_all, writer, jobs)
+    results = run_async(submit_all, writer, jobs)
     assert results[:2] == ["k-0", "k-1"] and results[3] == "k-2", results
     assert "UNIQUE" in str(results[2]).upper() or "duplicate key" in str(results[2]), results[2]
     assert keys(database) == ["k-0", "k-1", "k-2"]
