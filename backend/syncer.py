@@ -581,8 +581,8 @@ class Syncer:
         else:
             expected = 1
             if (node.node_id and not detached) or occupant.get("kind") != "file" or occupant.get("rev") != 1 \
-                    or self.cache.ino_for_node(node_id) is not None:
-                return False
+                    or self.cache.ino_for_node(node_id) is not None or self._queued_delete(node_id) is not None:
+                return False  # known here, or a file replaced or removed here whose delete is queued
         try:
             info = await self.client.file_info(node_id, urls=False)
         except ServerError as missing:

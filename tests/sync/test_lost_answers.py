@@ -164,3 +164,54 @@ def test_a_commit_whose_answer_was_lost_and_that_another_device_overwrote_stays_
                 assert sorted(revs) == ["dev-a", "dev-a", "dev-b"]  # v1, v2 once, v3
     finally:
         proxy.close()
+
+
+def test_a_file_replaced_here_is_not_taken_for_our_own_lost_create(sync_server, tmp_path):
+    """x.txt (node N, made here) is replaced by rename(2) of a new file over it, and the
+    delete of N waits (held by the proxy) while the new file's create meets N under the
+    name. N is ours, rev 1, unknown to the cache: what a create whose answer was lost
+    looks like, but its delete is queued here, so it is the file we replaced, not one we
+    lost. Taken for ours, the new bytes became N's rev 2, the delete of N was then
+    refused as stale and x.txt ended as a conflicted copy of itself (found by the device
+    crash run, kill 44 of seed 43: the write-fsync-rename loop's file was gone). The
+    syncer is kept busy (a chmod held by the proxy) until the new file has its final
+    name, as a loaded machine did."""
+    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
+    proxied = type(sync_server)(**{**sync_server.__dict__, "url": proxy.url})
+    try:
+        with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
+                cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+            (a.path / "x.txt").write_text("v1\n")
+            (a.path / "y").write_text("y\n")
+            a.sync(timeout=60)
+            proxy.hold(rb"^PATCH /nodes/")
+            (a.path / "y").chmod(0o600)
+            wait_until_held(proxy)
+            (a.path / ".x.txt.tmp").write_text("v2\n")
+            os.rename(a.path / ".x.txt.tmp", a.path / "x.txt")
+            time.sleep(0.5)  # the delete of N is due
+            proxy.release()
+            proxy.hold(rb"^DELETE /nodes/")
+            wait_until_held(proxy)
+            time.sleep(2)  # the new file's create meets N meanwhile
+            proxy.release()
+            for m in (a, b, a, b):
+                m.sync(timeout=60)
+            assert snapshot(a.path) == {"x.txt": b"v2\n", "y": b"y\n"}
+            assert snapshot(b.path) == {"x.txt": b"v2\n", "y": b"y\n"}
+            assert a.status()["conflicts"] == 0
+            assert "not deleting node" not in a.log(), a.log()[-3000:]
+            with httpx.Client(base_url=sync_server.url, headers={"Authorization": f"Bearer {token}"}) as api:
+                node = api.get("/resolve", params={"path": "/x.txt"}).json()["node"]
+                versions = api.get(f"/files/{node['id']}/versions").json()["versions"]
+                assert len(versions) == 1, f"x.txt is a new file, not a version of the one it replaced: {versions}"
+    finally:
+        proxy.close()
+
+
+def wait_until_held(proxy: Proxy) -> None:
+    deadline = time.monotonic() + 30
+    while not proxy.holding:
+        assert time.monotonic() < deadline, "a request should be held by the proxy"
+        time.sleep(0.02)
