@@ -256,7 +256,7 @@ async def open_session(options: SessionOptions, invalidate: Invalidator | None =
         syncer.on_stale = follower.refresh
         syncer.forget_name = follower.invalidate_entry
         await follower.bootstrap()
-        drive.purge_orphans()
+        drive.recover()
         session = Session(options, client, cache, chunks, drive, syncer, follower, fetcher, uploader, streamer, notes)
         if not client.reachable:
             session.offline_since = trio.current_time()
