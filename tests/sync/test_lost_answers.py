@@ -24,6 +24,10 @@ def make_symlink(root: Path) -> None:
     os.symlink("../somewhere/else", root / "l")
 
 
+def make_link(root: Path) -> None:
+    os.link(root / "base.txt", root / "d" / "hard.txt")
+
+
 def make_dir(root: Path) -> None:
     (root / "new").mkdir()
 
@@ -50,6 +54,7 @@ def chmod_file(root: Path) -> None:
 
 CASES: dict[str, tuple[bytes, Callable[[Path], None]]] = {
     "symlink": (rb"^POST /symlinks ", make_symlink),
+    "hard link": (rb"^POST /links ", make_link),
     "mkdir": (rb"^POST /dirs ", make_dir),
     "new file": (rb"^POST /files ", make_file),
     "edit": (rb"^POST /files ", edit_file),
@@ -84,6 +89,8 @@ def test_a_request_whose_answer_was_lost_is_retried_as_itself(sync_server, tmp_p
             assert a.status()["conflicts"] == 0
             if case == "chmod":
                 assert os.stat(b.path / "base.txt").st_mode & 0o777 == 0o600
+            if case == "hard link":
+                assert os.stat(b.path / "d" / "hard.txt").st_ino == os.stat(b.path / "base.txt").st_ino
             for m in (d.a, d.b):
                 assert "Traceback" not in m.log() and " ERROR " not in m.log(), m.log()[-3000:]
     finally:
