@@ -5,6 +5,7 @@ second node, and the other device sees exactly the change once."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import time
 import uuid
@@ -222,3 +223,41 @@ def wait_until_held(proxy: Proxy) -> None:
     while not proxy.holding:
         assert time.monotonic() < deadline, "a request should be held by the proxy"
         time.sleep(0.02)
+
+
+def test_a_lost_create_overwritten_elsewhere_and_known_here_by_then_is_not_taken_back(sync_server, tmp_path):
+    """a's create of x.txt lands, its answer is lost, and the client's retries of that
+    same request are refused (503) for a while. b sees x.txt and overwrites it; a's
+    follower brings that in as another device's file (a never learnt the node was its
+    own) and keeps a's own bytes as a conflicted copy. When a's retry finally meets the
+    node, its first version is a's: the check whether it landed took it back, bound a's
+    copy to it and moved b's bytes to the conflicted copy's name, and a's bytes reached
+    no other device (found by the soak, seed 100182: a 503 storm with lost answers)."""
+    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
+    proxied = type(sync_server)(**{**sync_server.__dict__, "url": proxy.url})
+    copy = f"x (conflicted copy, dev-a, {datetime.date.today().isoformat()}).txt"
+    try:
+        with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
+                cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+            proxy.lose_answers(rb"^POST /files ", 1, then_fail=True)
+            (a.path / "x.txt").write_text("a's\n")
+            deadline = time.monotonic() + 30
+            while not proxy.lost:
+                assert time.monotonic() < deadline, "a's create should reach the server"
+                time.sleep(0.02)
+            b.sync(timeout=60)
+            (b.path / "x.txt").write_text("b's, over a's\n")
+            b.sync(timeout=60)
+            deadline = time.monotonic() + 15
+            while not (a.path / copy).exists():
+                assert time.monotonic() < deadline, "a's follower should keep a's bytes as a conflicted copy"
+                time.sleep(0.05)
+            proxy.release()
+            for m in (a, b, a, b):
+                m.sync(timeout=60)
+            expected = {"x.txt": b"b's, over a's\n", copy: b"a's\n"}
+            assert snapshot(a.path) == expected
+            assert snapshot(b.path) == expected
+    finally:
+        proxy.close()
