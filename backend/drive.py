@@ -579,12 +579,27 @@ class Drive:
         node.parent, node.name = parent, name
         self.cache.detach(txn, node, queue=True)
 
-    def purge_orphans(self) -> int:
-        """At mount time nothing references anything: drop orphans a crash left behind."""
-        orphans = [n.ino for n in self.cache.iter_inodes() if n.parent == 0 and n.ino != ROOT_INO]
+    def recover(self) -> tuple[int, int]:
+        """At mount time nothing is open and nothing references anything. Orphans a crash
+        left behind are dropped. A file a crash left dirty while it was open gets the
+        upload its release would have queued: while open, its queued upload was skipped
+        (or committed while it changed), waiting for that release. Returns (orphans
+        dropped, uploads queued)."""
+        queued = {op.get("ino") for _, op in self.cache.outbox_items(limit=10_000_000) if op.get("op") == "upload"}
+        orphans, left_dirty = [], []
+        for n in self.cache.iter_inodes():
+            if n.parent == 0 and n.ino != ROOT_INO:
+                orphans.append(n.ino)
+            elif n.kind == "file" and n.dirty and n.ino not in queued:
+                left_dirty.append(n.ino)
         for ino in orphans:
             self._drop_if_orphan(ino)
-        return len(orphans)
+        if left_dirty:
+            with self.transaction() as txn:
+                for ino in left_dirty:
+                    self.cache.enqueue(txn, {"op": "upload", "ino": ino})
+            log.info("%d file(s) left dirty while open by the last run: uploads queued", len(left_dirty))
+        return len(orphans), len(left_dirty)
 
     def opened(self, ino: int, *, write: bool = True) -> None:
         self.open_count[ino] = self.open_count.get(ino, 0) + 1

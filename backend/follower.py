@@ -79,6 +79,8 @@ class Follower:
         self.invalidate = invalidate or Invalidator()
         self.cursor = int(cache.get_meta("cursor", "0") or 0)
         self.deferred: set[int] = set(json.loads(cache.get_meta("deferred", "[]") or "[]"))
+        self._pulling = 0
+        """Deferred pulls under way (_pull_deferred)."""
         self.online = True
         self._advanced = trio.Event()
         self._inval: list[tuple[Any, ...]] = []
@@ -205,12 +207,23 @@ class Follower:
                 log.debug("deferred changes wait: %s", exc)
 
     async def _pull_deferred(self) -> None:
-        for node_id in sorted(self.deferred):
-            if self._blocked(node_id):
-                continue
-            self._undefer(node_id)
-            await self.pull(node_id)
-        await self._flush_invalidations()
+        """Counted in `_pulling` until the kernel was told: `settled` (cloudfs sync) waits
+        for a pull under way, not only for what is still deferred. A pull that fails
+        leaves its node deferred, to be tried again."""
+        self._pulling += 1
+        try:
+            for node_id in sorted(self.deferred):
+                if self._blocked(node_id):
+                    continue
+                self._undefer(node_id)
+                try:
+                    await self.pull(node_id)
+                except BaseException:
+                    self._defer(node_id)
+                    raise
+            await self._flush_invalidations()
+        finally:
+            self._pulling -= 1
 
     async def pull(self, node_id: int, depth: int = 0) -> None:
         """Make the mirror agree with the server about one node (and, for a directory
@@ -264,7 +277,7 @@ class Follower:
         """Return once every deferred node that can be pulled has been."""
         for _ in range(100_000):
             waiting = [i for i in self.deferred if not self._blocked(i)]
-            if not waiting:
+            if not waiting and not self._pulling:
                 return
             await trio.sleep(SETTLE_EVERY_S / 5)
 

@@ -311,7 +311,7 @@ async def open_session(options: SessionOptions, invalidate: Invalidator | None =
         syncer.on_stale = follower.refresh
         syncer.forget_name = follower.invalidate_entry
         await follower.bootstrap()
-        drive.purge_orphans()
+        drive.recover()
         session = Session(options, client, cache, chunks, drive, syncer, follower, fetcher, uploader, streamer, pins,
                           ignore, transfers, notes)
         if not client.reachable:

@@ -427,13 +427,15 @@ class Syncer:
     async def _create(self, node: Inode, parent_id: int, depth: int = 0) -> None:
         if depth > 64:
             raise _Retry(f"could not create {node.name!r} in one go")
+        link_to = 0
         try:
             if node.kind == "dir":
                 answer = await self.client.mkdir(parent_id, node.name, mode=node.mode, mtime_ns=node.mtime_ns)
             elif node.kind == "symlink":
                 answer = await self.client.symlink(parent_id, node.name, node.target, mtime_ns=node.mtime_ns)
             elif node.kind == "link":
-                answer = await self.client.link(parent_id, node.name, await self._link_target(node, depth))
+                link_to = await self._link_target(node, depth)
+                answer = await self.client.link(parent_id, node.name, link_to)
             else:
                 answer = await self.client.mknod(parent_id, node.name, node.kind, mode=node.mode, rdev=node.rdev,
                                                  mtime_ns=node.mtime_ns)
@@ -455,6 +457,12 @@ class Syncer:
                     and self.cache.ino_for_node(occupant.id) is None:
                 # Our own first attempt, whose answer was lost (or another device's
                 # identical link): one symlink, not a conflicted copy of itself.
+                self._record(node, occupant)
+                return
+            if node.kind == "link" and occupant.kind == "link" and occupant.link_to == link_to \
+                    and self.cache.ino_for_node(occupant.id) is None:
+                # The same for a hard link: our own name for that file (or another device's
+                # of the same file under the same name), not a conflicted copy of it.
                 self._record(node, occupant)
                 return
             await self._rename_conflicted(node, exc)
@@ -633,8 +641,8 @@ class Syncer:
         else:
             expected = 1
             if (node.node_id and not detached) or occupant.get("kind") != "file" or occupant.get("rev") != 1 \
-                    or self.cache.ino_for_node(node_id) is not None:
-                return False
+                    or self.cache.ino_for_node(node_id) is not None or self._queued_delete(node_id) is not None:
+                return False  # known here, or a file replaced or removed here whose delete is queued
         try:
             info = await self.client.file_info(node_id, urls=False)
         except ServerError as missing:

@@ -218,7 +218,7 @@ class Uploader:
             try:
                 response = await self.client.commit(request)
             except ConflictError as exc:
-                response = await self._landed_already(exc, refs, size, mtime_ns, request.base_rev)
+                response = await self._landed_already(exc, node.ino, refs, size, mtime_ns, request.base_rev)
                 if response is None:
                     raise
         except BaseException:
@@ -317,18 +317,22 @@ class Uploader:
             await trio.to_thread.run_sync(produce)
         return refs, sent_chunks, sent_bytes
 
-    async def _landed_already(self, exc: ConflictError, refs: list[tuple[str, int]], size: int,
+    async def _landed_already(self, exc: ConflictError, ino: int, refs: list[tuple[str, int]], size: int,
                               mtime_ns: int, base_rev: int) -> wire.CommitResponse | None:
         """A commit retried after its answer was lost meets its own first attempt (a stale
         base revision, or its own new file under the name). If a version after our base
         is exactly what we sent, from this device, it was ours: success. Usually it is
         the current one; it may be an older one, when another device saw ours and
         committed over it before we found out (a mount killed mid-upload, back later):
-        then ours landed all the same, and theirs, newer, reaches us as a change."""
+        then ours landed all the same, and theirs, newer, reaches us as a change. Never a
+        node another inode than `ino` stands for here."""
         if exc.code not in ("stale_revision", "name_exists"):
             return None
         node_id = int((exc.body.get("node") or {}).get("id", 0))
-        if not node_id:
+        if not node_id or self.cache.ino_for_node(node_id) not in (None, ino):
+            # Another inode here stands for that node by now: the follower brought it in
+            # as another device's file (our create's answer was lost, so it did not know
+            # the node was ours) and kept ours beside it. Ours goes up as a file of its own.
             return None
         try:
             info = await self.client.file_info(node_id, urls=False)

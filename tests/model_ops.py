@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from tests.model import Ledger, label, read_all, walk
+from tests.model import Ledger, label, read_all, under_any, walk
 
 ALLOWED_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY, errno.EINVAL, errno.ELOOP}
 """What an operation may meet because the tree moved under it (live sync): an outcome."""
@@ -271,6 +271,9 @@ def _rename(a: Actor, dev: str, src: str | Pick, dst: str | Pick) -> str:
             src_fd, moving = None, None  # a directory, a symlink, or nothing (the rename says which)
         moving_dir = moving is None and os.path.isdir(root / src) and not os.path.islink(root / src)
         names = a.names(dev, src) + a.names(dev, dst)
+        if moving_dir:  # the files below move too: their names elsewhere are touched with them
+            names += [n for rel, kind in walk(root / src) if kind == "file"
+                      for n in a.names(dev, f"{src}/{rel}") if not under_any(n, {src})]
         try:
             try:
                 fd, old = a.observe_open(dev, dst)

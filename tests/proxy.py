@@ -64,6 +64,7 @@ class Proxy:
         """Requests answered 503 by `fail` so far."""
         self._lose: re.Pattern[bytes] | None = None
         self._lose_left = 0
+        self._then_fail = False
         self.lost = 0
         """Answers dropped by `lose_answers` so far."""
         threading.Thread(target=self._accept, daemon=True).start()
@@ -86,12 +87,13 @@ class Proxy:
         self._held = re.compile(request_line)
         self._released.clear()
 
-    def lose_answers(self, request_line: bytes, count: int = 1) -> None:
+    def lose_answers(self, request_line: bytes, count: int = 1, *, then_fail: bool = False) -> None:
         """The next `count` requests whose first line matches the regex `request_line`
         reach the server, but their answers do not come back: the connection is reset
-        instead."""
+        instead. `then_fail`: once they are lost, later matching requests (the client's
+        retries) are answered 503, as by `fail`, until `release`."""
         with self._lock:
-            self._lose, self._lose_left = re.compile(request_line), count
+            self._lose, self._lose_left, self._then_fail = re.compile(request_line), count, then_fail
 
     def fail(self, request_line: bytes) -> None:
         """Answer 503 to every request whose first line matches the regex `request_line`,
@@ -233,6 +235,8 @@ class Proxy:
                 return 0
             self._lose_left -= 1
             self.lost += 1
+            if not self._lose_left and self._then_fail:
+                self._failing = self._lose
             return 1
 
     def _wait_if_held(self, data: bytes) -> None:

@@ -5,6 +5,7 @@ short keeps the chunks it already has."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -119,3 +120,31 @@ def test_interrupted_download_keeps_what_it_fetched(tmp_path):
         assert again <= (64 << 20) - first + (8 << 20), (first, again)  # + chunks in flight at the kill
     finally:
         box.close()
+
+
+def test_a_file_open_for_writing_at_a_kill_is_uploaded_after_the_remount(tmp_path):
+    """A file written while open has its upload skipped until it is closed (the release
+    queues one). Killed before that, the mount left it dirty with nothing queued: mounted
+    again, it never reached the server, nor any other device, until someone ran `cloudfs
+    sync` (found by the device crash run, kill 26 of seed 43: `cloudfs fsck` had to
+    queue the upload of git's packed-refs.new)."""
+    srv_box = RestartableServer(tmp_path / "srv")
+    try:
+        srv = srv_box.server
+        token = srv.add_user("owner")
+        with cloudfs_mount(srv, token, tmp_path / "mnt", tmp_path / "cache") as m:
+            fd = os.open(m.path / "open.txt", os.O_WRONLY | os.O_CREAT, 0o644)
+            os.write(fd, b"written while open\n")
+            wait_until(lambda: m.status()["pending_ops"] == 0, timeout=30,
+                       what="the queued upload taken (and skipped: the file is open)")
+            m.proc.send_signal(signal.SIGKILL)
+            m.proc.wait(10)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with cloudfs_mount(srv, token, tmp_path / "mnt", tmp_path / "cache") as m, \
+                cloudfs_mount(srv, token, tmp_path / "other", tmp_path / "cache-other", device="other") as other:
+            wait_until(lambda: (other.path / "open.txt").exists()
+                       and (other.path / "open.txt").read_bytes() == b"written while open\n",
+                       timeout=30, what="the file on the other device, without a sync")
+    finally:
+        srv_box.close()

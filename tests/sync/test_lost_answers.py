@@ -5,6 +5,7 @@ second node, and the other device sees exactly the change once."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import time
 import uuid
@@ -22,6 +23,10 @@ from tests.sync.conftest import Devices
 
 def make_symlink(root: Path) -> None:
     os.symlink("../somewhere/else", root / "l")
+
+
+def make_link(root: Path) -> None:
+    os.link(root / "base.txt", root / "d" / "hard.txt")
 
 
 def make_dir(root: Path) -> None:
@@ -50,6 +55,7 @@ def chmod_file(root: Path) -> None:
 
 CASES: dict[str, tuple[bytes, Callable[[Path], None]]] = {
     "symlink": (rb"^POST /symlinks ", make_symlink),
+    "hard link": (rb"^POST /links ", make_link),
     "mkdir": (rb"^POST /dirs ", make_dir),
     "new file": (rb"^POST /files ", make_file),
     "edit": (rb"^POST /files ", edit_file),
@@ -84,6 +90,8 @@ def test_a_request_whose_answer_was_lost_is_retried_as_itself(sync_server, tmp_p
             assert a.status()["conflicts"] == 0
             if case == "chmod":
                 assert os.stat(b.path / "base.txt").st_mode & 0o777 == 0o600
+            if case == "hard link":
+                assert os.stat(b.path / "d" / "hard.txt").st_ino == os.stat(b.path / "base.txt").st_ino
             for m in (d.a, d.b):
                 assert "Traceback" not in m.log() and " ERROR " not in m.log(), m.log()[-3000:]
     finally:
@@ -162,5 +170,94 @@ def test_a_commit_whose_answer_was_lost_and_that_another_device_overwrote_stays_
                 node = api.get("/resolve", params={"path": "/x.txt"}).json()["node"]
                 revs = [v["device"] for v in api.get(f"/files/{node['id']}/versions").json()["versions"]]
                 assert sorted(revs) == ["dev-a", "dev-a", "dev-b"]  # v1, v2 once, v3
+    finally:
+        proxy.close()
+
+
+def test_a_file_replaced_here_is_not_taken_for_our_own_lost_create(sync_server, tmp_path):
+    """x.txt (node N, made here) is replaced by rename(2) of a new file over it, and the
+    delete of N waits (held by the proxy) while the new file's create meets N under the
+    name. N is ours, rev 1, unknown to the cache: what a create whose answer was lost
+    looks like, but its delete is queued here, so it is the file we replaced, not one we
+    lost. Taken for ours, the new bytes became N's rev 2, the delete of N was then
+    refused as stale and x.txt ended as a conflicted copy of itself (found by the device
+    crash run, kill 44 of seed 43: the write-fsync-rename loop's file was gone). The
+    syncer is kept busy (a chmod held by the proxy) until the new file has its final
+    name, as a loaded machine did."""
+    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
+    proxied = type(sync_server)(**{**sync_server.__dict__, "url": proxy.url})
+    try:
+        with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
+                cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+            (a.path / "x.txt").write_text("v1\n")
+            (a.path / "y").write_text("y\n")
+            a.sync(timeout=60)
+            proxy.hold(rb"^PATCH /nodes/")
+            (a.path / "y").chmod(0o600)
+            wait_until_held(proxy)
+            (a.path / ".x.txt.tmp").write_text("v2\n")
+            os.rename(a.path / ".x.txt.tmp", a.path / "x.txt")
+            time.sleep(0.5)  # the delete of N is due
+            proxy.release()
+            proxy.hold(rb"^DELETE /nodes/")
+            wait_until_held(proxy)
+            time.sleep(2)  # the new file's create meets N meanwhile
+            proxy.release()
+            for m in (a, b, a, b):
+                m.sync(timeout=60)
+            assert snapshot(a.path) == {"x.txt": b"v2\n", "y": b"y\n"}
+            assert snapshot(b.path) == {"x.txt": b"v2\n", "y": b"y\n"}
+            assert a.status()["conflicts"] == 0
+            assert "not deleting node" not in a.log(), a.log()[-3000:]
+            with httpx.Client(base_url=sync_server.url, headers={"Authorization": f"Bearer {token}"}) as api:
+                node = api.get("/resolve", params={"path": "/x.txt"}).json()["node"]
+                versions = api.get(f"/files/{node['id']}/versions").json()["versions"]
+                assert len(versions) == 1, f"x.txt is a new file, not a version of the one it replaced: {versions}"
+    finally:
+        proxy.close()
+
+
+def wait_until_held(proxy: Proxy) -> None:
+    deadline = time.monotonic() + 30
+    while not proxy.holding:
+        assert time.monotonic() < deadline, "a request should be held by the proxy"
+        time.sleep(0.02)
+
+
+def test_a_lost_create_overwritten_elsewhere_and_known_here_by_then_is_not_taken_back(sync_server, tmp_path):
+    """a's create of x.txt lands, its answer is lost, and the client's retries of that
+    same request are refused (503) for a while. b sees x.txt and overwrites it; a's
+    follower brings that in as another device's file (a never learnt the node was its
+    own) and keeps a's own bytes as a conflicted copy. When a's retry finally meets the
+    node, its first version is a's: the check whether it landed took it back, bound a's
+    copy to it and moved b's bytes to the conflicted copy's name, and a's bytes reached
+    no other device (found by the soak, seed 100182: a 503 storm with lost answers)."""
+    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
+    proxied = type(sync_server)(**{**sync_server.__dict__, "url": proxy.url})
+    copy = f"x (conflicted copy, dev-a, {datetime.date.today().isoformat()}).txt"
+    try:
+        with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
+                cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+            proxy.lose_answers(rb"^POST /files ", 1, then_fail=True)
+            (a.path / "x.txt").write_text("a's\n")
+            deadline = time.monotonic() + 30
+            while not proxy.lost:
+                assert time.monotonic() < deadline, "a's create should reach the server"
+                time.sleep(0.02)
+            b.sync(timeout=60)
+            (b.path / "x.txt").write_text("b's, over a's\n")
+            b.sync(timeout=60)
+            deadline = time.monotonic() + 15
+            while not (a.path / copy).exists():
+                assert time.monotonic() < deadline, "a's follower should keep a's bytes as a conflicted copy"
+                time.sleep(0.05)
+            proxy.release()
+            for m in (a, b, a, b):
+                m.sync(timeout=60)
+            expected = {"x.txt": b"b's, over a's\n", copy: b"a's\n"}
+            assert snapshot(a.path) == expected
+            assert snapshot(b.path) == expected
     finally:
         proxy.close()

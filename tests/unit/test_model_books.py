@@ -121,3 +121,20 @@ def test_what_another_device_wrote_into_a_file_linked_here_may_live_on(tmp_path)
     assert "destroyed content came back" not in whats(ledger, final, {"a": final, "b": final})
     ledger.linked_from.clear()
     assert "destroyed content came back" in whats(ledger, final, {"a": final, "b": final})
+
+
+def test_a_directory_moved_takes_the_other_names_of_its_files_along(tmp_path):
+    """a renames d/e, which holds one name of a file whose other name (d/z.md) is
+    outside it: that other name's file moved, so it is a's too (its partner is now
+    d/y/x.txt), not an untouched path whose partners must stay as they were."""
+    ledger, root = settled(tmp_path, {})
+    (root / "d" / "e").mkdir(parents=True)
+    (root / "d" / "e" / "x.txt").write_bytes(C)
+    os.link(root / "d" / "e" / "x.txt", root / "d" / "z.md")
+    ledger.produce("a", b"", C, "d/e/x.txt")
+    ledger.roll(view(root))
+    actor = Actor(ledger, {"a": root}, lambda dev, text: None)
+    assert actor.run("rename", "a", "d/e", "d/y") == "ok"
+    after = view(root)
+    assert after.linked == {frozenset({"d/y/x.txt", "d/z.md"})}
+    assert whats(ledger, after, {"a": after}) == []

@@ -1,0 +1,45 @@
+"""`cloudfs sync` returns only once every remote change known when it was asked is in
+the tree, also one whose pull was put off (deferred) while a local program held the
+file open for writing and is under way at that moment: sync returned while that pull
+was in flight, and the file showed its old bytes for a moment after (found by the soak,
+seed 90140: right after two rounds of syncs one device lacked a file the others had,
+and had it a moment later)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from tests.sync.test_conflicts import a_behind_a_proxy, wait_for_cursor
+
+
+def test_sync_waits_for_a_deferred_pull_under_way(sync_server, tmp_path):
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "x.txt").write_text("v1\n")
+        a.sync(timeout=60)
+        b.sync(timeout=60)
+        fd = os.open(a.path / "x.txt", os.O_WRONLY)  # open for writing: a change from b waits
+        try:
+            (b.path / "x.txt").write_text("v2 from b\n")
+            b.sync(timeout=60)
+            wait_for_cursor(a, b.status()["cursor"])
+            assert (a.path / "x.txt").read_text() == "v1\n", "b's change should wait while x.txt is open here"
+            proxy.hold(rb"^GET /nodes/\d+ ")  # the pull of x.txt, once it is closed
+        finally:
+            os.close(fd)
+        deadline = time.monotonic() + 30
+        while not proxy.holding:
+            assert time.monotonic() < deadline, "the pull of x.txt should reach the proxy"
+            time.sleep(0.02)
+        returned: list[float] = []
+        syncing = threading.Thread(target=lambda: (a.sync(timeout=60), returned.append(time.monotonic())))
+        syncing.start()
+        time.sleep(3)
+        released = time.monotonic()
+        proxy.release()
+        syncing.join(90)
+        assert returned, "cloudfs sync on a did not finish"
+        assert returned[0] >= released, f"cloudfs sync returned {released - returned[0]:.1f} s before the pull ended"
+        assert (a.path / "x.txt").read_text() == "v2 from b\n"
