@@ -4,8 +4,10 @@ Both engines run the same statements: SQLAlchemy Core, and for the few that ever
 commit runs, plain SQL on the driver's connection (sql.py). The engine-specific part is
 only how a *write* transaction serialises: SQLite takes the database write lock up
 front (BEGIN IMMEDIATE, so a read-then-write transaction can never fail half way with
-SQLITE_BUSY), PostgreSQL locks the owners' rows (SELECT ... FOR UPDATE). Either way one
-user's writes commit in journal order, which is what makes a cursor safe to resume from.
+SQLITE_BUSY), PostgreSQL locks the namespaces' rows (SELECT ... FOR UPDATE). Either way
+one namespace's writes commit in journal order, which is what makes a cursor safe to
+resume from. An "owner" throughout the server is a namespace: an account's own tree
+(the namespace with the account's id) or a shared folder (shares.py).
 """
 
 from __future__ import annotations
@@ -50,6 +52,39 @@ users = sa.Table(
     sa.Column("retain_days", sa.Float, nullable=True),
 )
 
+namespaces = sa.Table(
+    "namespaces", metadata,
+    # An account's own tree is its root namespace, with the account's id (migration 0005);
+    # a shared folder is a namespace of its own. Ids come from this table alone
+    # (`shares.new_namespace_id`), so a new account and a new shared folder never collide.
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(8), nullable=False),  # root | shared
+    sa.Column("owner_id", sa.BigInteger, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("root_id", sa.BigInteger, nullable=True),
+    sa.Column("name", sa.Text, nullable=False, server_default=""),
+    sa.Column("journal_floor", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+sa.Index("namespaces_owner", namespaces.c.owner_id)
+
+members = sa.Table(
+    "members", metadata,
+    # Who may see a shared namespace: role owner | editor | viewer; state invited |
+    # accepted | declined | left | removed. `mount_id`: the member's mount node (kind
+    # "mount", in the member's root namespace) while accepted.
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("ns_id", sa.BigInteger, sa.ForeignKey("namespaces.id"), nullable=False),
+    sa.Column("user_id", sa.BigInteger, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("role", sa.String(8), nullable=False),
+    sa.Column("state", sa.String(8), nullable=False),
+    sa.Column("mount_id", sa.BigInteger, nullable=True),
+    sa.Column("invited_by", sa.BigInteger, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("ns_id", "user_id", name="members_ns_user"),
+)
+sa.Index("members_user", members.c.user_id, members.c.state)
+
 tokens = sa.Table(
     "tokens", metadata,
     sa.Column("token_hash", sa.String(64), primary_key=True),
@@ -60,7 +95,7 @@ tokens = sa.Table(
 nodes = sa.Table(
     "nodes", metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("owner_id", sa.BigInteger, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("owner_id", sa.BigInteger, sa.ForeignKey("namespaces.id"), nullable=False),  # the namespace
     sa.Column("parent_id", sa.BigInteger, nullable=True),
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("kind", sa.String(8), nullable=False),
@@ -77,6 +112,9 @@ nodes = sa.Table(
     # everything that went with it (migration 0003).
     sa.Column("delete_seq", sa.BigInteger, nullable=True),
     sa.Column("link_to", sa.BigInteger, nullable=True),  # an alias row: the node this name stands for (0004)
+    # A mount row (kind "mount", 0005): a shared namespace's place in a member's tree;
+    # `link_to` is the namespace's root node, `target` the member's role.
+    sa.Column("mount_ns", sa.BigInteger, nullable=True),
 )
 sa.Index(
     "nodes_live_name", nodes.c.owner_id, nodes.c.parent_id, nodes.c.name, unique=True,
@@ -110,7 +148,7 @@ sa.Index("version_chunks_fingerprint", version_chunks.c.fingerprint)
 
 chunks = sa.Table(
     "chunks", metadata,
-    sa.Column("owner_id", sa.BigInteger, sa.ForeignKey("users.id"), primary_key=True),
+    sa.Column("owner_id", sa.BigInteger, sa.ForeignKey("namespaces.id"), primary_key=True),  # the namespace
     sa.Column("fingerprint", sa.String(64), primary_key=True),
     sa.Column("length", sa.Integer, nullable=False),
     sa.Column("stored_length", sa.Integer, nullable=False),
@@ -118,8 +156,13 @@ chunks = sa.Table(
     sa.Column("compression", sa.String(8), nullable=False),
     sa.Column("state", sa.String(8), nullable=False),  # pending | verified | bad | purging (retention.py)
     sa.Column("created_at", sa.Float, nullable=False),
+    # Where the bytes are: the namespace whose store key holds them, when it is not this
+    # row's own (a chunk given to a shared folder by the server, 0005; shares.py).
+    sa.Column("store_ns", sa.BigInteger, nullable=True),
 )
 sa.Index("chunks_state", chunks.c.owner_id, chunks.c.state)
+sa.Index("chunks_store", chunks.c.store_ns, chunks.c.fingerprint, sqlite_where=chunks.c.store_ns.isnot(None),
+         postgresql_where=chunks.c.store_ns.isnot(None))
 
 journal = sa.Table(
     "journal", metadata,
@@ -141,6 +184,8 @@ journal = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     *posix_columns(),
     sa.Column("link_to", sa.BigInteger, nullable=True),
+    sa.Column("mount_ns", sa.BigInteger, nullable=True),  # 0005: see nodes
+    sa.Column("user_id", sa.BigInteger, nullable=True),  # 0005: the account that made the change
 )
 sa.Index("journal_owner_seq", journal.c.owner_id, journal.c.seq)
 
@@ -151,7 +196,7 @@ settings = sa.Table(
 )
 
 
-_LOCK_OWNER = sa.select(users.c.id).where(users.c.id == sa.bindparam("owner_id")).with_for_update()
+_LOCK_OWNER = sa.select(namespaces.c.id).where(namespaces.c.id == sa.bindparam("owner_id")).with_for_update()
 
 
 def normalise_url(url: str) -> str:
