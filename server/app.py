@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cloudfs.backend.names import DEVICE_RE, DEVICE_RULE
 from cloudfs.backend.store import ObjectStore
 
-from . import users
+from . import journal, users
 from .db import Database
 from .errors import ApiError, Invalid, Unauthorized
 from .notifier import ChangeNotifier
@@ -60,6 +60,14 @@ class ServerContext:
     """Every version commit goes through it, grouped into batch transactions."""
     quiet_summary_s: float = 600.0
     """How often the access log says how many heartbeats and idle long-polls it did not log."""
+    ns_guess: dict[int, int] = field(default_factory=dict)
+    """Node id -> the namespace it was last seen in: where a commit naming it is tried
+    first (the job checks, and says where it really is: api.commit_version)."""
+
+    def guess_ns(self, node_id: int, ns_id: int) -> None:
+        if len(self.ns_guess) > 100_000:
+            self.ns_guess.clear()
+        self.ns_guess[node_id] = ns_id
 
     def __post_init__(self) -> None:
         self.writer = Writer(self.db, self.notifier, self.db_limiter)
@@ -113,6 +121,7 @@ async def current_user(
     user = await context(request).authenticate(token)
     if user is None:
         raise Unauthorized("unknown token", field="Authorization")
+    journal.ACTOR.set(user.id)  # every journal entry this request makes names the account
     return user
 
 
@@ -240,11 +249,11 @@ class AccessLog:
 
     @staticmethod
     def _quiet_kind(scope: dict, status: int, empty: bool) -> str | None:
-        if scope["method"] != "GET" or status != 200:
+        if status != 200:
             return None
-        if scope["path"] in ("/health", "/me"):
+        if scope["method"] == "GET" and scope["path"] in ("/health", "/me"):
             return "heartbeats"
-        if scope["path"] == "/changes" and empty:
+        if (scope["method"], scope["path"]) in (("GET", "/changes"), ("POST", "/sync")) and empty:
             return "idle long-polls"
         return None
 
@@ -302,7 +311,7 @@ def error_response(exc: ApiError) -> JSONResponse:
 def create_app(ctx: ServerContext, *, fast_commits: bool = True) -> FastAPI:
     """The app; `fast_commits=False` leaves out `commit_route.CommitRoute`, so that a
     test can hold its answers against the FastAPI route's."""
-    from . import api, blobs, history_api, integrity
+    from . import api, blobs, history_api, integrity, shares_api
     from .commit_route import CommitRoute
 
     app = FastAPI(
@@ -356,6 +365,7 @@ def create_app(ctx: ServerContext, *, fast_commits: bool = True) -> FastAPI:
     app.include_router(blobs.router)
     app.include_router(integrity.router)
     app.include_router(history_api.router)
+    app.include_router(shares_api.router)
     if fast_commits:
         app.add_middleware(CommitRoute, ctx=ctx)  # innermost: the limits and the access log apply to it
     app.add_middleware(BodyLimit)

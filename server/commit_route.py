@@ -27,6 +27,7 @@ from cloudfs.backend import wire
 
 from .api import commit_version
 from .app import DEVICE_RE, ServerContext, User, error_response
+from . import journal
 from .errors import ApiError
 
 PATH = "/files"
@@ -70,6 +71,7 @@ class CommitRoute:
         if req is None:
             return await self.app(scope, _replay(messages, receive), send)
 
+        journal.ACTOR.set(user.id)
         try:
             response = await commit_version(self.ctx, user, device_name, req)
         except ApiError as exc:

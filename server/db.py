@@ -184,7 +184,9 @@ journal = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     *posix_columns(),
     sa.Column("link_to", sa.BigInteger, nullable=True),
-    sa.Column("mount_ns", sa.BigInteger, nullable=True),  # 0005: see nodes
+    # 0005: the namespace a mount entry mounts, or the one a node left this namespace for
+    # (a `delete` entry whose node lives on there).
+    sa.Column("other_ns", sa.BigInteger, nullable=True),
     sa.Column("user_id", sa.BigInteger, nullable=True),  # 0005: the account that made the change
 )
 sa.Index("journal_owner_seq", journal.c.owner_id, journal.c.seq)

@@ -24,7 +24,7 @@ import uvicorn
 
 from . import journal
 from .app import ServerContext, create_app
-from .db import Database, users
+from .db import Database, namespaces
 from .notifier import listen_postgres
 from .retention import collect_forever
 from .startup import listen, open_checked_store, open_db
@@ -51,10 +51,10 @@ class ServerOptions:
 
 
 async def prune_journal(db: Database, retain: int, interval: float) -> None:
-    """Bound the journal: keep each user's newest `retain` entries."""
+    """Bound the journal: keep each namespace's newest `retain` entries."""
     def run() -> int:
         with db.read() as conn:
-            owner_ids = [r.id for r in conn.execute(users.select().with_only_columns(users.c.id))]
+            owner_ids = [r.id for r in conn.execute(namespaces.select().with_only_columns(namespaces.c.id))]
         pruned = 0
         for owner_id in owner_ids:
             with db.write(owner_id) as conn:

@@ -6,7 +6,9 @@ delivered at commit time, and `listen_postgres` relays those into `notify`, so a
 long-poll held by any replica wakes for a commit made on any other.
 
 Concurrency: all methods run on the event-loop thread; an idle waiter costs one shared
-`anyio.Event` per owner and no thread.
+`anyio.Event` per owner and no thread. An owner is a namespace (an account's tree or a
+shared folder); a long-poll over several of them (`listen`) holds one event of its own,
+registered under each.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class ChangeNotifier:
     def __init__(self) -> None:
         self._events: dict[int, anyio.Event] = {}
         self._generation: dict[int, int] = {}
+        self._listeners: dict[int, set[anyio.Event]] = {}
         self.closing = False
 
     def generation(self, owner_id: int) -> int:
@@ -43,11 +46,32 @@ class ChangeNotifier:
             event.set()
         return event
 
+    def listen(self, owner_ids: list[int]) -> anyio.Event:
+        """One event set on the next change of any of these owners (a device following
+        all its namespaces with one long-poll: one event, however many namespaces).
+        Take it before reading, like `waiter`; give it back with `unlisten`."""
+        event = anyio.Event()
+        for owner_id in owner_ids:
+            self._listeners.setdefault(owner_id, set()).add(event)
+        if self.closing:
+            event.set()
+        return event
+
+    def unlisten(self, owner_ids: list[int], event: anyio.Event) -> None:
+        for owner_id in owner_ids:
+            listeners = self._listeners.get(owner_id)
+            if listeners is not None:
+                listeners.discard(event)
+                if not listeners:
+                    del self._listeners[owner_id]
+
     def notify(self, owner_id: int) -> None:
         self._generation[owner_id] = self._generation.get(owner_id, 0) + 1
         event = self._events.pop(owner_id, None)
         if event is not None:
             event.set()
+        for listener in self._listeners.get(owner_id, ()):
+            listener.set()
 
     def notify_all(self) -> None:
         for owner_id in self._events:
@@ -55,6 +79,9 @@ class ChangeNotifier:
         events, self._events = self._events, {}
         for event in events.values():
             event.set()
+        for listeners in self._listeners.values():
+            for listener in listeners:
+                listener.set()
 
     def close(self) -> None:
         """Server shutdown: every long-poll answers now with what it has."""

@@ -5,7 +5,8 @@ columns). Each account's tree becomes its root namespace, with the account's own
 so no row moves; a shared folder is a namespace of its own (shares.py). The owner
 columns of nodes and chunks now refer to namespaces (SQLite rebuilds those two tables
 for it; their indexes are made again as they were). New columns: the namespace a
-mount row mounts (nodes, journal), the account that made a journal entry, and where a
+mount row mounts (nodes; `other_ns` in the journal, which also names where a node
+moved to), the account that made a journal entry, and where a
 chunk's bytes are when the server gave the chunk to another namespace (store_ns).
 
 Revision ID: 0005
@@ -57,7 +58,7 @@ def upgrade() -> None:
     op.create_index("members_user", "members", ["user_id", "state"])
 
     with op.batch_alter_table("journal") as batch:
-        batch.add_column(sa.Column("mount_ns", sa.BigInteger, nullable=True))
+        batch.add_column(sa.Column("other_ns", sa.BigInteger, nullable=True))
         batch.add_column(sa.Column("user_id", sa.BigInteger, nullable=True))
 
     false = sa.text("deleted = false") if pg else sa.text("deleted = 0")
