@@ -382,7 +382,11 @@ async def _commit_in(ctx: ServerContext, ns_id: int, user: User, device: str, re
         # Chunks uploaded straight to the store (S3) have not been looked at yet: look
         # now, outside any transaction, then write what was found and the commit together.
         verified, problems = await _check_in_store(ctx, ns_id, unverified)
-        return await ctx.writer.submit(ns_id, commits.verify_then_commit, ns_id, user, req, device, verified, problems)
+        by_ns: dict[int, list[str]] = {}
+        for row in unverified.pending:
+            if row["fingerprint"] in verified:
+                by_ns.setdefault(row["owner_id"], []).append(row["fingerprint"])
+        return await ctx.writer.submit(ns_id, commits.verify_then_commit, ns_id, user, req, device, by_ns, problems)
 
 
 async def _store_inline(ctx: ServerContext, owner_id: int, req: wire.CommitRequest) -> list[files.Stored]:

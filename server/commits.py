@@ -92,10 +92,12 @@ def commit(tx: Tx, owner_id: int, user: Actor, req: wire.CommitRequest, device: 
 
 
 def verify_then_commit(tx: Tx, owner_id: int, user: Actor, req: wire.CommitRequest, device: str,
-                       verified: list[str], problems: dict[str, str]) -> wire.CommitResponse | Refused:
-    """After the store was asked about the pending chunks: remember the good ones even
-    when the commit is refused for the others, hence `Refused` instead of raising."""
-    files.mark_verified(tx, owner_id, verified)
+                       verified: dict[int, list[str]], problems: dict[str, str]) -> wire.CommitResponse | Refused:
+    """After the store was asked about the pending chunks (by namespace: some may be the
+    account's in another namespace): remember the good ones even when the commit is
+    refused for the others, hence `Refused` instead of raising."""
+    for ns_id, fingerprints in verified.items():
+        files.mark_verified(tx, ns_id, fingerprints)
     if problems:
         return Refused(files.missing_chunks(problems))
     return commit(tx, owner_id, user, req, device)
@@ -149,14 +151,23 @@ def _check_chunks(tx: Tx, owner_id: int, user: Actor, refs: list[wire.ChunkRef])
         return
     rows = files.chunk_rows(tx, owner_id, list(distinct))
     lacking = [fp for fp in distinct if rows.get(fp) is None or rows[fp]["state"] == "bad"]
+    pending: list[Row] = []
     if lacking:  # uploaded to another namespace of this account (a file moved meanwhile): given, not sent again
-        visible = [v.id for v in namespaces.visible(tx, user.id, user.root_id)]
+        visible = [v.id for v in namespaces.visible(tx, user.id, user.root_id) if v.id != owner_id]
         if crossing.give_chunks(tx, owner_id, lacking, visible):
             rows = files.chunk_rows(tx, owner_id, list(distinct))
+        elsewhere = [fp for fp in lacking if rows.get(fp) is None]
+        for ns_id in visible:  # ... and not verified there yet: looked at first, then given
+            if not elsewhere:
+                break
+            found = [r for r in files.chunk_rows(tx, ns_id, elsewhere).values() if r["state"] == "pending"]
+            pending += [r for r in found if r["length"] == distinct[r["fingerprint"]]]
+            elsewhere = [fp for fp in elsewhere if fp not in {r["fingerprint"] for r in found}]
     problems: dict[str, str] = {}
-    pending: list[Row] = []
     for fp, length in distinct.items():
         row = rows.get(fp)
+        if row is None and any(r["fingerprint"] == fp for r in pending):
+            continue
         if row is None or row["state"] == "bad":
             problems[fp] = "not uploaded"
         elif row["state"] == "purging":
