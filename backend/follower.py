@@ -25,6 +25,21 @@ an invalidation may wait for the kernel to write back pages, which this loop ser
 `/changes` (the journal no longer reaches our cursor), on `cloudfs sync --full`, and
 every RECONCILE_EVERY_S.
 
+Shared folders (shared.py): the account's own tree and every shared folder it has are
+namespaces, each with its own journal and cursor; one long-poll (`POST /sync`) follows
+all of them, and its answer is applied in seq order. A namespace the device has not
+followed yet (a folder shared with this account, or just shared by it) is compared
+with its snapshot first; so is one whose cursor the server no longer reaches (410 for
+that namespace alone). A shared folder's root arrives placed where this account mounted
+it, marked with its namespace and role; the folder's own entries about its root carry
+attributes only. A folder that leaves this account's tree (left, removed) is a delete
+of its root: what was not uploaded yet stays, as a folder of the account's own. A node
+that moved to another namespace is a delete there marked `to_ns`: skipped when this
+device follows that namespace too, where the move arrives (a directory moved in from a
+namespace this device does not follow is pulled with everything in it). Our own
+changes are those of this device *and* account (another account's device may have the
+same name).
+
 Hard links (links.py): an alias row becomes an alias record whose entry names the local
 inode of the node it links to (deferred while that node is not here). A file that gets
 a new inode for new content takes its aliases along. A deleted directory never takes
@@ -44,12 +59,12 @@ from typing import Any, Callable
 
 import trio
 
-from . import links, wire
+from . import links, shared, wire
 from .api_client import ApiClient
 from .cache import ROOT_INO, Cache, Inode
 from .chunkcache import ChunkCache
 from .conflicts import conflicted_name, count_conflict
-from .errors import CursorExpiredError, OfflineError, ServerError
+from .errors import OfflineError, ServerError
 
 log = logging.getLogger("cloudfs.follower")
 
@@ -76,7 +91,17 @@ class Follower:
         self.lookups = lookups if lookups is not None else {}
         self.writers = writers if writers is not None else {}
         self.invalidate = invalidate or Invalidator()
-        self.cursor = int(cache.get_meta("cursor", "0") or 0)
+        self.user_id = int(cache.get_meta("user_id") or 0)
+        self.cursors: dict[int, int] = shared.load_cursors(cache)
+        legacy = cache.get_meta("cursor")  # a cache of format 3 whose account was not recorded (cache_format.py)
+        if legacy is not None and self.user_id and self.user_id not in self.cursors:
+            with cache.write() as txn:
+                self.cursors[self.user_id] = int(legacy)
+                shared.save_cursors(cache, txn, self.cursors)
+                txn.delete(b"cursor", db=cache.meta)
+        self._moved_in: set[int] = set()
+        self.visible: set[int] = set(self.cursors)
+        """The namespaces the server last said this account sees."""
         self.deferred: set[int] = set(json.loads(cache.get_meta("deferred", "[]") or "[]"))
         self.online = True
         self._advanced = trio.Event()
@@ -93,6 +118,7 @@ class Follower:
         if self.cache.get(ROOT_INO) is not None:
             return
         me = await self.client.me()
+        self.user_id = me.user_id
         nodes, cursor = await self._snapshot()
         with self.cache.write() as txn:
             inos = {me.root_id: ROOT_INO}
@@ -113,16 +139,23 @@ class Follower:
                 parent, target = inos.get(node.parent_id or 0, 0), self.cache.get(inos.get(node.link_to or 0, 0), txn)
                 if node.kind == "link" and parent and target is not None:
                     links.add_alias(self.cache, txn, target, parent, node.name, node_id=node.id)
-            self.cache.set_meta(txn, "cursor", str(cursor))
+            self.cursors = {me.user_id: cursor}
+            shared.save_cursors(self.cache, txn, self.cursors)
             self.cache.set_meta(txn, "user_id", str(me.user_id))
-        self.cursor = cursor
-        log.info("mirrored %d nodes from the server at cursor %d", len(nodes), self.cursor)
+        log.info("mirrored %d nodes from the server at cursor %d", len(nodes), cursor)
+        for ns in sorted(int(k) for k in me.cursors if int(k) != me.user_id):
+            await self._run_reconcile(ns)  # the shared folders: their roots are placed, now what is in them
 
-    async def _snapshot(self) -> tuple[list[wire.Node], int]:
+    @property
+    def cursor(self) -> int:
+        """The cursor of the account's own tree (`cursors` has every namespace's)."""
+        return self.cursors.get(self.user_id, 0)
+
+    async def _snapshot(self, ns: int | None = None) -> tuple[list[wire.Node], int]:
         nodes: list[wire.Node] = []
         cursor, after = None, 0
         for _ in range(1_000_000):
-            snap = await self.client.snapshot(after)
+            snap = await self.client.snapshot(after, ns=ns)
             cursor = snap.cursor if cursor is None else cursor
             nodes.extend(snap.nodes)
             if snap.next_after_id is None:
@@ -136,6 +169,7 @@ class Follower:
                       rev=node.rev, base_len=node.size if node.kind == "file" else 0,
                       srv_parent=parent, srv_name=node.name, extra={"srv_size": node.size} if node.kind == "file" else {})
         local.adopt_attrs(node)
+        shared.mark(local, node)
         return local
 
     # --- the loops ---
@@ -150,12 +184,15 @@ class Follower:
     async def _follow(self) -> None:
         backoff = 0.2
         while True:
+            if not self.user_id:
+                try:
+                    self.user_id = (await self.client.me()).user_id
+                except (OfflineError, ServerError):
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, 10)
+                    continue
             try:
-                answer = await self.client.changes(self.cursor, wait=25)
-            except CursorExpiredError:
-                log.warning("the journal no longer reaches cursor %d: comparing the whole tree", self.cursor)
-                await self._run_reconcile()
-                continue
+                answer = await self.client.sync(self.cursors or {self.user_id: 0}, wait=25)
             except (OfflineError, ServerError) as exc:
                 if self.online:
                     log.warning("change feed unavailable: %s", exc)
@@ -164,11 +201,48 @@ class Follower:
                 backoff = min(backoff * 2, 10)
                 continue
             self.online, backoff = True, 0.2
+            gone = set(answer.gone)
+            try:
+                for ns in sorted(gone):
+                    log.warning("the journal of namespace %d no longer reaches cursor %d: comparing that tree",
+                                ns, self.cursors.get(ns, 0))
+                    await self._run_reconcile(ns)
+            except (OfflineError, ServerError) as exc:
+                log.warning("comparing with the server postponed: %s", exc)
+                continue
             for change in answer.changes:
-                if change.device != self.device:
+                if change.ns not in gone and not self._own(change):
                     self.apply(change)
             await self._flush_invalidations()
-            self._save_cursor(answer.cursor)
+            try:
+                await self._pull_moved_in()
+            except (OfflineError, ServerError) as exc:
+                log.warning("pulling what moved in postponed: %s", exc)
+            visible = {n.id for n in answer.namespaces}
+            self._save_cursors({int(ns): c for ns, c in answer.cursors.items() if int(ns) not in gone}, visible)
+            for ns in sorted(visible - set(self.cursors)):
+                log.info("following the shared folder of namespace %d", ns)
+                try:
+                    await self._run_reconcile(ns)
+                except (OfflineError, ServerError) as exc:
+                    log.warning("following namespace %d postponed: %s", ns, exc)
+
+    def _own(self, change: wire.Change) -> bool:
+        """Made by this device (of this account: another account's may have its name)."""
+        return change.device == self.device and change.user_id in (None, self.user_id)
+
+    async def _pull_moved_in(self) -> None:
+        """Directories that moved into a namespace from one this device does not follow:
+        the move entry named the directory alone; its contents are pulled."""
+        while self._moved_in:
+            node_id = self._moved_in.pop()
+            try:
+                for child in await self.client.list_dir(node_id):
+                    await self.pull(child.id, 1)
+            except ServerError as exc:
+                if exc.status != 404:
+                    raise
+        await self._flush_invalidations()
 
     async def _settle(self) -> None:
         """Pull deferred nodes again once their local work is done."""
@@ -226,15 +300,23 @@ class Follower:
         self._reconcile_now.set()
         await done.wait()
 
-    def _save_cursor(self, cursor: int) -> None:
-        with self.cache.write() as txn:
-            self.cache.set_meta(txn, "cursor", str(cursor))
-        self.cursor = cursor
+    def _save_cursors(self, cursors: dict[int, int], visible: set[int] | None = None) -> None:
+        """Record applied positions; with `visible`, forget namespaces no longer seen."""
+        merged = {**self.cursors, **cursors}
+        if visible is not None:
+            merged = {ns: c for ns, c in merged.items() if ns in visible}
+            self.visible = visible
+        if merged != self.cursors:
+            with self.cache.write() as txn:
+                shared.save_cursors(self.cache, txn, merged)
+            self.cursors = merged
         self._advanced.set()
         self._advanced = trio.Event()
 
-    async def wait_for(self, cursor: int) -> None:
-        while self.cursor < cursor:
+    async def wait_for(self, targets: dict[int, int]) -> None:
+        """Until every namespace of `targets` is applied up to its position (a namespace
+        this device does not follow yet: until it does, and is)."""
+        while any(self.cursors.get(ns, -1) < cursor for ns, cursor in targets.items() if ns in self.visible):
             await self._advanced.wait()
 
     async def settled(self) -> None:
@@ -293,6 +375,8 @@ class Follower:
 
     def apply(self, change: wire.Change) -> None:
         remote = change.node
+        if change.op == "delete" and change.to_ns is not None and change.to_ns in self.cursors:
+            return  # it moved to a namespace this device follows: the move arrives there
         ino = self.cache.ino_for_node(remote.id)
         local = self.cache.get(ino) if ino else None
         if change.op == "delete" or remote.deleted:
@@ -300,6 +384,8 @@ class Follower:
                 self._apply_delete(local)
             return
         if remote.parent_id is None:
+            if local is not None and local.extra.get("ns") and not self._pending(local):
+                self._root_attrs(local, remote)  # a shared folder's root, as its own journal has it
             return  # the root: nothing of it is mirrored but its children
         if local is not None and self._pending(local):
             self._defer(remote.id)
@@ -327,6 +413,8 @@ class Follower:
             if self._deleting(remote.id):
                 return  # deleted here, the delete is on its way: it must not come back
             self._create(remote, parent.ino)
+            if change.op == "move" and remote.kind == "dir":
+                self._moved_in.add(remote.id)  # from a namespace we do not follow: what is in it, too
         elif local.kind == "file" and (remote.rev, remote.size, remote.mtime_ns) != (local.rev, local.size, local.mtime_ns):
             self._replace(local, remote, parent.ino)
         else:
@@ -448,10 +536,20 @@ class Follower:
         if old_target and old_target != target.ino:
             self._inval.append(("inode", old_target))
 
+    def _root_attrs(self, local: Inode, remote: wire.Node) -> None:
+        """A shared folder's root changed in its own namespace (mode, times, xattrs): its
+        place is this account's, from the mount."""
+        with self.cache.write() as txn:
+            local.adopt_attrs(remote)
+            local.ctime_ns = time.time_ns()
+            self.cache.put(txn, local)
+        self._inval.append(("inode", local.ino))
+
     def _update(self, local: Inode, remote: wire.Node, parent: int) -> None:
         """A move or an attribute change: the same inode, so open handles follow it."""
         moved = (local.parent, local.name) != (parent, remote.name)
         old_parent, old_name = local.parent, local.name
+        shared.mark(local, remote)
         with self.cache.write() as txn:
             if moved:
                 self.cache.unlink(txn, local.parent, local.name)
@@ -621,21 +719,39 @@ class Follower:
 
     # --- the whole tree ---
 
-    async def _run_reconcile(self) -> None:
+    async def _run_reconcile(self, ns: int | None = None) -> None:
+        """Compare one namespace (`ns`) with its snapshot, or every one this account sees."""
         async with self._reconciling:
-            await self._reconcile_once()
+            if ns is not None:
+                await self._reconcile_ns(ns)
+            else:
+                me = await self.client.me()
+                self.user_id = me.user_id
+                visible = {int(k) for k in me.cursors} or {me.user_id}
+                for each in sorted(visible, key=lambda n: n != me.user_id):  # its own tree first: the mounts
+                    await self._reconcile_ns(each)
+                self._save_cursors({}, visible)
+        done, self._reconciled = self._reconciled, trio.Event()
+        done.set()
 
-    async def _reconcile_once(self) -> None:
-        """Make the mirror match a server snapshot, leaving pending local work alone."""
-        me = await self.client.me()
-        nodes, cursor = await self._snapshot()
+    async def _reconcile_ns(self, ns: int) -> None:
+        """Make the mirror of one namespace match its snapshot, leaving pending local work
+        alone; then follow it from the snapshot's cursor."""
+        own = ns == self.user_id
+        nodes, cursor = await self._snapshot(None if own else ns)
         by_id = {n.id: n for n in nodes}
+        root = self.cache.get(ROOT_INO)
+        top = None if own else next((n for n in nodes if n.ns == ns), None)
+        if root is None or (not own and top is None):
+            log.warning("namespace %d: no place for it in this tree yet", ns)
+            return
+        top_id = root.node_id if own else top.id  # type: ignore[union-attr]
         children: dict[int, list[wire.Node]] = {}
         for n in nodes:
-            if n.parent_id is not None:
+            if n.parent_id is not None and n.id != top_id:
                 children.setdefault(n.parent_id, []).append(n)
         # Parents before children, so every create finds its directory.
-        order, stack = [], [me.root_id]
+        order, stack = ([] if own else [top]), [top_id]
         for _ in range(len(nodes) + 1):
             if not stack:
                 break
@@ -651,7 +767,8 @@ class Follower:
             if local is None or self._differs(local, remote):
                 self.apply(wire.Change(seq=0, op="modify", node=remote, device="reconcile"))
                 changed += 1
-        for local in list(self.cache.iter_inodes()):
+        top_ino = ROOT_INO if own else self.cache.ino_for_node(top_id)
+        for local in self._namespace_inodes(top_ino) if top_ino else []:
             if local.node_id and local.ino != ROOT_INO and local.parent and local.node_id not in by_id \
                     and not local.extra.get("detached"):
                 current = self.cache.get(local.ino)
@@ -659,11 +776,25 @@ class Follower:
                     self._apply_delete(current)
                     changed += 1
         await self._flush_invalidations()
-        self._save_cursor(cursor)
+        self._save_cursors({ns: cursor})
         self.reconciles += 1
-        log.info("reconciled the mirror with the server at cursor %d: %d node(s) repaired", cursor, changed)
-        done, self._reconciled = self._reconciled, trio.Event()
-        done.set()
+        log.info("reconciled namespace %d with the server at cursor %d: %d node(s) repaired", ns, cursor, changed)
+
+    def _namespace_inodes(self, top_ino: int) -> list[Inode]:
+        """The inodes of one namespace here: `top_ino` and what is below it, not going into
+        the shared folders mounted inside (their roots are included: they are placed here)."""
+        out: list[Inode] = []
+        stack = [top_ino]
+        for _ in range(100_000_000):
+            if not stack:
+                break
+            node = self.cache.get(stack.pop())
+            if node is None:
+                continue
+            out.append(node)
+            if node.kind == "dir" and (node.ino == top_ino or not node.extra.get("ns")):
+                stack.extend(ino for _, ino in self.cache.entries(node.ino))
+        return out
 
     def _differs(self, local: Inode, remote: wire.Node) -> bool:
         parent = self.cache.ino_for_node(remote.parent_id) if remote.parent_id else 0
@@ -672,5 +803,7 @@ class Follower:
                 (parent, remote.name, self.cache.ino_for_node(remote.link_to or 0))
         if (local.parent, local.name, local.mode, local.uid, local.gid, local.xattrs) != \
                 (parent, remote.name, remote.mode, remote.uid, remote.gid, remote.xattrs):
+            return True
+        if (local.extra.get("ns"), local.extra.get("role")) != (remote.ns, remote.role):
             return True
         return local.kind == "file" and (local.rev, local.size) != (remote.rev, remote.size)

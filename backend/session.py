@@ -60,7 +60,7 @@ def default_cache_dir(base: Path, server_url: str, mountpoint: Path) -> Path:
     return base / digest
 
 
-HISTORY_ROUTES = ("/history/", "/trash", "/restore", "/files/")
+HISTORY_ROUTES = ("/history/", "/trash", "/restore", "/files/", "/shares", "/resolve", "/me")
 
 
 @dataclass
@@ -87,7 +87,7 @@ class Session:
     async def call_api(self, method: str, path: str, *, params: dict | None = None, json: object = None) -> dict:
         """The command line's way to the server through this mount's token, for the
         history routes only (HISTORY_ROUTES); answers {"ok", "status", "body"}."""
-        if method not in ("GET", "POST", "DELETE") or not path.startswith(HISTORY_ROUTES):
+        if method not in ("GET", "POST", "DELETE", "PATCH") or not path.startswith(HISTORY_ROUTES):
             return {"ok": False, "status": 0, "body": {"detail": f"{method} {path} is not a history route"}}
         try:
             body = await self.client.request_json(method, path, params=params, json=json,
@@ -134,6 +134,7 @@ class Session:
             "pending_ops": len(items),
             "pending_bytes": self.chunks.dirty_bytes,
             "cursor": self.follower.cursor,
+            "cursors": {str(ns): cursor for ns, cursor in sorted(self.follower.cursors.items())},
             "cache_bytes": self.chunks.used_bytes,
             "cache_limit": self.chunks.limit,
             "conflicts": self.syncer.conflicts,
@@ -182,8 +183,9 @@ class Session:
             if full:
                 await self.follower.reconcile()
                 full = False
-            target = (await self.client.me()).cursor
-            await self.follower.wait_for(target)
+            me = await self.client.me()
+            await self.follower.wait_for({int(ns): cursor for ns, cursor in me.cursors.items()} or
+                                         {me.user_id: me.cursor})
             await self.follower.settled()
             if not self.cache.outbox_items(limit=1):
                 return

@@ -37,7 +37,7 @@ from . import wire
 from .api_client import ApiClient
 from .cache import ROOT_INO, Cache, GoneError, Inode, u64
 from .chunkcache import ChunkCache
-from . import links
+from . import links, shared
 from .conflicts import conflicted_name, conflicts_seen, count_conflict
 from .delete_guard import WINDOW_S, DeleteGuard
 from .errors import ConflictError, MissingChunksError, OfflineError, ServerError, StaleRevisionError
@@ -338,6 +338,7 @@ class Syncer:
             node.srv_parent = self.cache.ino_for_node(remote.parent_id) or 0 if remote.parent_id else 0
             node.srv_name = remote.name
             node.record_attrs(remote)
+            shared.mark(node, remote)
             if remote.kind != "file":
                 node.rev = remote.rev
             node.extra.pop("winner", None)
