@@ -204,8 +204,8 @@ class Follower:
             gone = set(answer.gone)
             try:
                 for ns in sorted(gone):
-                    log.warning("the journal of namespace %d no longer reaches cursor %d: comparing that tree",
-                                ns, self.cursors.get(ns, 0))
+                    log.warning("the journal of namespace %d no longer reaches cursor %d: comparing the whole tree "
+                                "of that namespace", ns, self.cursors.get(ns, 0))
                     await self._run_reconcile(ns)
             except (OfflineError, ServerError) as exc:
                 log.warning("comparing with the server postponed: %s", exc)
@@ -778,7 +778,8 @@ class Follower:
         await self._flush_invalidations()
         self._save_cursors({ns: cursor})
         self.reconciles += 1
-        log.info("reconciled namespace %d with the server at cursor %d: %d node(s) repaired", ns, cursor, changed)
+        log.info("reconciled the mirror of namespace %d with the server at cursor %d: %d node(s) repaired",
+                 ns, cursor, changed)
 
     def _namespace_inodes(self, top_ino: int) -> list[Inode]:
         """The inodes of one namespace here: `top_ino` and what is below it, not going into

@@ -299,9 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also compare the whole local tree with the server's and repair any drift")
     sync.set_defaults(func=_sync)
 
-    from cloudfs import history_cli
+    from cloudfs import history_cli, shares_cli
 
     history_cli.add_parsers(verbs)
+    shares_cli.add_parsers(verbs)
     return parser
 
 
