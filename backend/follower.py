@@ -93,12 +93,7 @@ class Follower:
         self.invalidate = invalidate or Invalidator()
         self.user_id = int(cache.get_meta("user_id") or 0)
         self.cursors: dict[int, int] = shared.load_cursors(cache)
-        legacy = cache.get_meta("cursor")  # a cache of format 3 whose account was not recorded (cache_format.py)
-        if legacy is not None and self.user_id and self.user_id not in self.cursors:
-            with cache.write() as txn:
-                self.cursors[self.user_id] = int(legacy)
-                shared.save_cursors(cache, txn, self.cursors)
-                txn.delete(b"cursor", db=cache.meta)
+        self._adopt_legacy_cursor()
         self._moved_in: set[int] = set()
         self.visible: set[int] = set(self.cursors)
         """The namespaces the server last said this account sees."""
@@ -146,6 +141,16 @@ class Follower:
         for ns in sorted(int(k) for k in me.cursors if int(k) != me.user_id):
             await self._run_reconcile(ns)  # the shared folders: their roots are placed, now what is in them
 
+    def _adopt_legacy_cursor(self) -> None:
+        """A cache of format 3 whose account was not recorded (cache_format.py): its one
+        cursor is the account's own tree's, once the account is known."""
+        legacy = self.cache.get_meta("cursor")
+        if legacy is not None and self.user_id:
+            with self.cache.write() as txn:
+                self.cursors.setdefault(self.user_id, int(legacy))
+                shared.save_cursors(self.cache, txn, self.cursors)
+                txn.delete(b"cursor", db=self.cache.meta)
+
     @property
     def cursor(self) -> int:
         """The cursor of the account's own tree (`cursors` has every namespace's)."""
@@ -187,6 +192,7 @@ class Follower:
             if not self.user_id:
                 try:
                     self.user_id = (await self.client.me()).user_id
+                    self._adopt_legacy_cursor()
                 except (OfflineError, ServerError):
                     await trio.sleep(backoff)
                     backoff = min(backoff * 2, 10)
