@@ -238,7 +238,9 @@ def test_an_old_database_and_cache_are_upgraded_and_shared(tmp_path: Path) -> No
     data, token = unpack_fixture(tmp_path / "old")
     with cloudfs_server(data) as srv:
         bob = f"bob-{uuid.uuid4().hex[:6]}"
-        with mounts(srv, tmp_path, (token, "old-device", "a"), (srv.add_user(bob), "desk", "b")) as (a, b):
+        with cloudfs_mount(srv, token, tmp_path / "a", tmp_path / "old" / "cache", device="old-device") as a, \
+                mounts(srv, tmp_path, (srv.add_user(bob), "desk", "b")) as (b,):
+            assert "mirrored" not in a.log()  # the old cache serves, it is not filled again
             a.sync()
             assert a.status()["pending_files"] == 0
             assert list(a.status()["cursors"].values())[0] > 0  # the old cursor, kept
