@@ -146,6 +146,9 @@ class Session:
             "held_deletes": self.syncer.guard.held,
             "streamed_bytes": self.streamer.streamed_bytes,
             "write_blocked": self.drive.room.stopped(),
+            "quota_bytes": self.drive.quota[0] if self.drive.quota else None,
+            "used_bytes": self.drive.quota[1] if self.drive.quota else None,
+            "shared_folders": len(self.follower.visible - {self.follower.user_id}),
         }
 
     def confirm_deletes(self) -> int:

@@ -41,19 +41,28 @@ def mark(local: Inode, remote: Any) -> bool:
     return True
 
 
-def namespace_of(cache: Cache, ino: int, txn: lmdb.Transaction | None = None) -> tuple[int | None, str]:
-    """The shared namespace `ino` is in and this account's role there, or (None, "owner")
-    in the account's own tree (an orphan too: its namespace no longer matters)."""
+def root_of(cache: Cache, ino: int, txn: lmdb.Transaction | None = None) -> Inode | None:
+    """The root of the shared folder `ino` is in (itself, for a root), or None in the
+    account's own tree (an orphan too: its namespace no longer matters)."""
     for _ in range(MAX_DEPTH):
         node = cache.get(ino, txn)
         if node is None or node.ino == ROOT_INO:
-            return None, "owner"
+            return None
         if node.extra.get("ns"):
-            return node.extra["ns"], node.extra.get("role") or "viewer"
+            return node
         if not node.parent:
-            return None, "owner"
+            return None
         ino = node.parent
-    return None, "owner"
+    return None
+
+
+def namespace_of(cache: Cache, ino: int, txn: lmdb.Transaction | None = None) -> tuple[int | None, str]:
+    """The shared namespace `ino` is in and this account's role there, or (None, "owner")
+    in the account's own tree."""
+    root = root_of(cache, ino, txn)
+    if root is None:
+        return None, "owner"
+    return root.extra["ns"], root.extra.get("role") or "viewer"
 
 
 def read_only(cache: Cache, ino: int) -> bool:

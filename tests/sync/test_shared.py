@@ -14,6 +14,7 @@ import datetime
 import errno
 import json
 import os
+import sqlite3
 import subprocess
 import uuid
 from pathlib import Path
@@ -203,6 +204,24 @@ def test_a_conflict_between_two_accounts_names_the_account(tmp_path: Path) -> No
             copies = [n for n in left if n != "notes.txt"]
             assert copies[0] in (copy_name("notes.txt", f"{alice} on laptop"), copy_name("notes.txt", f"{bob} on laptop"))
             assert {read(a.path / "team" / n) for n in left} == {b"alice's edit\n", b"bob's edit\n"}
+
+            # Made a viewer while his device was away with changes: the server refuses
+            # them (403), and his device goes back to the folder as the server has it.
+            server.stop()
+            (b.path / "team" / "notes.txt").write_text("edited as an editor, offline\n")
+            (b.path / "team" / "new.txt").write_text("made offline\n")
+            with sqlite3.connect(tmp_path / "srv" / "cloudfs.sqlite3") as db:
+                bob_id = db.execute("SELECT id FROM users WHERE name = ?", (bob,)).fetchone()[0]
+                db.execute("UPDATE members SET role = 'viewer' WHERE user_id = ?", (bob_id,))
+                db.execute("UPDATE nodes SET target = 'viewer' WHERE kind = 'mount' AND owner_id = ?", (bob_id,))
+            server.start()
+            b.sync(timeout=60)
+            eventually(lambda: sorted(os.listdir(b.path / "team")) == left, "bob's refused changes undone")
+            eventually(lambda: read(b.path / "team" / "notes.txt") == read(a.path / "team" / "notes.txt"),
+                       "bob's refused edit undone")
+            assert refused(errno.EROFS, (b.path / "team" / "again.txt").write_bytes, b"x")
+            a.sync()
+            assert sorted(os.listdir(a.path / "team")) == left
     finally:
         server.close()
 
