@@ -75,7 +75,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
-from tests.harness import ServerProcess
+from tests.harness import MountProcess, ServerProcess
 from tests.sync.conftest import two_devices
 
 EXPLORE = int(os.environ.get("CLOUDFS_HYPOTHESIS_EXAMPLES", "0"))
@@ -120,7 +120,7 @@ OPS = st.one_of(
 )
 ALLOWED_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY, errno.EINVAL}
 TAG = re.compile(rb"<([ab])#(\d+)>")
-COPY = re.compile(r"^(.*) \(conflicted copy, dev-[ab], \d{4}-\d{2}-\d{2}(?: \d+)?\)(\.[^.]*)?$")
+COPY = re.compile(r"^(.*) \(conflicted copy, (?:[\w.@-]+ on )?dev-[ab], \d{4}-\d{2}-\d{2}(?: \d+)?\)(\.[^.]*)?$")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -224,19 +224,18 @@ def under_any(path: str, roots: set[str]) -> bool:
 class TwoDevices(RuleBasedStateMachine):
     server: ServerProcess
     base_dir: Path
+    names_allowed = NAMES
     stats: Counter[str] = Counter()  # over the whole run, printed at the end (pytest -s)
 
     def __init__(self) -> None:
         super().__init__()
         self.tmp = self.base_dir / uuid.uuid4().hex[:8]
         self.stack = contextlib.ExitStack()
-        token = self.server.add_user(f"m2-{uuid.uuid4().hex[:10]}")
         try:
-            d = self.stack.enter_context(two_devices(self.server, token, self.tmp))
+            self.mounts = self.open_mounts()
         except BaseException:
             self.stack.close()
             raise
-        self.mounts = {"a": d.a, "b": d.b}
         self.history: list[str] = [f"example in {self.tmp}"]
         self.settled: dict[str, bytes | None] = {}
         self.live: Counter[bytes] = Counter()
@@ -252,6 +251,12 @@ class TwoDevices(RuleBasedStateMachine):
         self.rounds = 0
         self.busy = False  # a rule is running: if teardown sees it set, that rule failed
         self.stats["examples"] += 1
+
+    def open_mounts(self) -> dict[str, MountProcess]:
+        """Two devices of one account (the shared-folder mode: of two accounts)."""
+        token = self.server.add_user(f"m2-{uuid.uuid4().hex[:10]}")
+        d = self.stack.enter_context(two_devices(self.server, token, self.tmp))
+        return {"a": d.a, "b": d.b}
 
     # --- bookkeeping ---
 
@@ -277,14 +282,32 @@ class TwoDevices(RuleBasedStateMachine):
         if old and nlink > 1:
             self.spared.add(old)
         if old and path:
-            self.destroyed_at.setdefault(old, set()).add(path)
+            self.destroyed_at.setdefault(old, set()).add(self.view(dev, path))
         if old:
             self.destroyed.setdefault(old, set()).add(dev)
             if self.live[old] > 0:
                 self.live[old] -= 1
 
     def touched(self, dev: str, *paths: str) -> None:
-        self.groups.append((dev, paths))
+        self.groups.append((dev, tuple(self.view(dev, p) for p in paths)))
+
+    # --- what is compared: overridden by the shared-folder mode (test_model_shared.py) ---
+
+    def view(self, dev: str, path: str) -> str:
+        """Where a device's path is in the compared tree (one tree here: the path)."""
+        return path
+
+    def compared(self, raw: dict[str, dict[str, bytes | None]]) -> tuple[dict, dict]:
+        """The trees that must agree after a settle, from each device's snapshot."""
+        return raw["a"], raw["b"]
+
+    def counted(self) -> tuple[tuple[Counter[bytes], set], tuple[Counter[bytes], set]]:
+        """(contents, hard-linked names) of the whole drive, as each device sees it."""
+        return inodes(self.mounts["a"].path), inodes(self.mounts["b"].path)
+
+    def bare(self, path: str) -> str:
+        """The path without where it is (a device's own tree, in the shared-folder mode)."""
+        return path
 
     def names(self, dev: str, path: str) -> list[str]:
         """`path` and every other name of its file on `dev` now (hard links)."""
@@ -474,7 +497,7 @@ class TwoDevices(RuleBasedStateMachine):
                 os.close(fd)
             self.moved.setdefault(content, set()).add(dev)  # another name keeps it where one goes,
             for name in names:  # with whatever the other device writes into it meanwhile
-                self.linked_from.setdefault(name, set()).add(dev)
+                self.linked_from.setdefault(self.view(dev, name), set()).add(dev)
             self.touched(dev, *self.names(dev, dst))
             outcome[0] = f"ok, {label(content)}"
 
@@ -536,13 +559,13 @@ class TwoDevices(RuleBasedStateMachine):
     def check_round(self) -> None:
         self.rounds += 1
         self.note("--", f"settle {self.rounds}")
-        before = {dev: snapshot(m.path) for dev, m in self.mounts.items()}
+        before = {dev: {self.view(dev, p): v for p, v in snapshot(m.path).items()} for dev, m in self.mounts.items()}
         a, b = self.mounts["a"], self.mounts["b"]
         for m in (a, b, a, b):
             m.sync(timeout=60)
-        final = snapshot(a.path)
-        other = snapshot(b.path)
-        for dev, seen in (("a", final), ("b", other)):
+        raw = {"a": snapshot(a.path), "b": snapshot(b.path)}
+        final, other = self.compared(raw)
+        for dev, seen in raw.items():
             served = snapshot(self.mounts[dev].path, uncached=True)
             if served != seen:
                 self._fail(f"dev-{dev}: the kernel's page cache and the mount process disagree",
@@ -552,14 +575,14 @@ class TwoDevices(RuleBasedStateMachine):
             for attempt in range(3):
                 a.sync(timeout=60)
                 b.sync(timeout=60)
-                if snapshot(a.path) == snapshot(b.path):
+                again = self.compared({"a": snapshot(a.path), "b": snapshot(b.path)})
+                if again[0] == again[1]:
                     later = f"after {attempt + 1} more a/b syncs"
                     break
             self._fail("the mounts differ after a, b, a, b sync (converged: " + later + ")",
                       self.diff(final, other, "a", "b"))
 
-        contents, linked = inodes(a.path)
-        other_contents, other_linked = inodes(b.path)
+        (contents, linked), (other_contents, other_linked) = self.counted()
         if linked != other_linked or contents != other_contents:
             self._fail("the mounts group names into files differently (hard links)",
                        f"  a: {sorted(map(sorted, linked))}\n  b: {sorted(map(sorted, other_linked))}")
@@ -576,13 +599,14 @@ class TwoDevices(RuleBasedStateMachine):
             self._fail("destroyed content came back", "\n".join(
                 f"  {label(c)} at {[p for p, v in final.items() if v == c]}" for c in back))
         alien = {p: label(v) for p, v in final.items() if v is not None and v not in self.produced}
-        bad_names = [p for p in final if any(part not in NAMES for part in base_path(p).split("/"))]
+        bad_names = [p for p in final if any(part not in self.names_allowed for part in base_path(self.bare(p)).split("/"))]
         if alien or bad_names:
             self._fail("content or names nobody made", f"  contents: {alien}\n  names: {bad_names}")
         self.check_exact(before, final)
 
         self.stats["rounds"] += 1
-        self.stats["conflicted copies"] += sum(1 for p in final if base_path(p) != p and p not in self.settled)
+        self.stats["conflicted copies"] += sum(1 for p in final if base_path(self.bare(p)) != self.bare(p)
+                                               and p not in self.settled)
         self.settled = final
         self.live = contents
         self.destroyed, self.moved, self.spared, self.destroyed_at, self.linked_from = {}, {}, set(), {}, {}
