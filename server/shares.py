@@ -325,9 +325,9 @@ def delete_root(conn: Connection, user: Account, ns_id: int, device: str) -> tup
     ns = shared(conn, ns_id)
     role = namespaces.role_in(conn, user.id, ns_id)
     if role != "owner":
-        mount = namespaces.mount_of(conn, user.id, ns_id)
+        mount = namespaces.mount_of(conn, user.id, ns_id) or tree.get(conn, ns_id, ns["root_id"])
         leave(conn, user, ns_id, device)
-        return (mount or tree.get(conn, ns_id, ns["root_id"])), journal.cursor(conn, user.id)
+        return {**mount, "deleted": True}, journal.cursor(conn, user.id)
     others = conn.execute(sa.select(sa.func.count()).where(
         members.c.ns_id == ns_id, members.c.user_id != user.id,
         members.c.state.in_(("invited", "accepted")))).scalar() or 0
