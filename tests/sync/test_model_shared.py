@@ -136,6 +136,7 @@ class SharedFolder(TwoDevices):
     @initialize(dev=DEVICES, files=st.lists(st.sampled_from(FILE_POOL), min_size=3, unique=True), seed=SEEDS)
     def start(self, dev: str, files: list[str], seed: int) -> None:
         self.busy = True
+        self.touched(dev, SHARED)  # made when the example opened its mounts
         for d in ("s/d", "s/d/e", "s/e"):
             os.mkdir(self.mounts[dev].path / d)
             self.touched(dev, d)
