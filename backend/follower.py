@@ -59,7 +59,7 @@ from typing import Any, Callable
 
 import trio
 
-from . import links, shared, wire
+from . import links, mirror, shared, wire
 from .api_client import ApiClient
 from .cache import ROOT_INO, Cache, Inode
 from .chunkcache import ChunkCache
@@ -110,36 +110,7 @@ class Follower:
 
     async def bootstrap(self) -> None:
         """First mount with an empty cache: mirror the whole tree from a snapshot."""
-        if self.cache.get(ROOT_INO) is not None:
-            return
-        me = await self.client.me()
-        self.user_id = me.user_id
-        nodes, cursor = await self._snapshot()
-        with self.cache.write() as txn:
-            inos = {me.root_id: ROOT_INO}
-            for node in nodes:
-                if node.id != me.root_id and node.kind != "link":
-                    inos[node.id] = self.cache.new_ino(txn)
-            for node in nodes:
-                if node.kind == "link":
-                    continue
-                ino = inos[node.id]
-                parent = inos.get(node.parent_id or 0, 0) if node.id != me.root_id else 0
-                local = self._inode_from(node, ino, parent)
-                self.cache.put(txn, local, create=True)
-                self.cache.bind_node_id(txn, local, node.id)
-                if parent:
-                    self.cache.link(txn, parent, node.name, ino)
-            for node in nodes:  # extra names of files, oldest first (the snapshot is in id order)
-                parent, target = inos.get(node.parent_id or 0, 0), self.cache.get(inos.get(node.link_to or 0, 0), txn)
-                if node.kind == "link" and parent and target is not None:
-                    links.add_alias(self.cache, txn, target, parent, node.name, node_id=node.id)
-            self.cursors = {me.user_id: cursor}
-            shared.save_cursors(self.cache, txn, self.cursors)
-            self.cache.set_meta(txn, "user_id", str(me.user_id))
-        log.info("mirrored %d nodes from the server at cursor %d", len(nodes), cursor)
-        for ns in sorted(int(k) for k in me.cursors if int(k) != me.user_id):
-            await self._run_reconcile(ns)  # the shared folders: their roots are placed, now what is in them
+        await mirror.bootstrap(self)
 
     def _adopt_legacy_cursor(self) -> None:
         """A cache of format 3 whose account was not recorded (cache_format.py): its one
@@ -155,18 +126,6 @@ class Follower:
     def cursor(self) -> int:
         """The cursor of the account's own tree (`cursors` has every namespace's)."""
         return self.cursors.get(self.user_id, 0)
-
-    async def _snapshot(self, ns: int | None = None) -> tuple[list[wire.Node], int]:
-        nodes: list[wire.Node] = []
-        cursor, after = None, 0
-        for _ in range(1_000_000):
-            snap = await self.client.snapshot(after, ns=ns)
-            cursor = snap.cursor if cursor is None else cursor
-            nodes.extend(snap.nodes)
-            if snap.next_after_id is None:
-                break
-            after = snap.next_after_id
-        return nodes, cursor or 0
 
     def _inode_from(self, node: wire.Node, ino: int, parent: int) -> Inode:
         local = Inode(ino=ino, parent=parent, name=node.name, kind=node.kind, mode=node.mode, size=node.size,
@@ -741,76 +700,4 @@ class Follower:
         done.set()
 
     async def _reconcile_ns(self, ns: int) -> None:
-        """Make the mirror of one namespace match its snapshot, leaving pending local work
-        alone; then follow it from the snapshot's cursor."""
-        own = ns == self.user_id
-        nodes, cursor = await self._snapshot(None if own else ns)
-        by_id = {n.id: n for n in nodes}
-        root = self.cache.get(ROOT_INO)
-        top = None if own else next((n for n in nodes if n.ns == ns), None)
-        if root is None or (not own and top is None):
-            log.warning("namespace %d: no place for it in this tree yet", ns)
-            return
-        top_id = root.node_id if own else top.id  # type: ignore[union-attr]
-        children: dict[int, list[wire.Node]] = {}
-        for n in nodes:
-            if n.parent_id is not None and n.id != top_id:
-                children.setdefault(n.parent_id, []).append(n)
-        # Parents before children, so every create finds its directory.
-        order, stack = ([] if own else [top]), [top_id]
-        for _ in range(len(nodes) + 1):
-            if not stack:
-                break
-            node_id = stack.pop()
-            for child in children.get(node_id, []):
-                order.append(child)
-                stack.append(child.id)
-        order.sort(key=lambda n: n.kind == "link")  # extra names once the files they name are here
-        changed = 0
-        for remote in order:
-            ino = self.cache.ino_for_node(remote.id)
-            local = self.cache.get(ino) if ino else None
-            if local is None or self._differs(local, remote):
-                self.apply(wire.Change(seq=0, op="modify", node=remote, device="reconcile"))
-                changed += 1
-        top_ino = ROOT_INO if own else self.cache.ino_for_node(top_id)
-        for local in self._namespace_inodes(top_ino) if top_ino else []:
-            if local.node_id and local.ino != ROOT_INO and local.parent and local.node_id not in by_id \
-                    and not local.extra.get("detached"):
-                current = self.cache.get(local.ino)
-                if current is not None and current.parent:
-                    self._apply_delete(current)
-                    changed += 1
-        await self._flush_invalidations()
-        self._save_cursors({ns: cursor})
-        self.reconciles += 1
-        log.info("reconciled the mirror of namespace %d with the server at cursor %d: %d node(s) repaired",
-                 ns, cursor, changed)
-
-    def _namespace_inodes(self, top_ino: int) -> list[Inode]:
-        """The inodes of one namespace here: `top_ino` and what is below it, not going into
-        the shared folders mounted inside (their roots are included: they are placed here)."""
-        out: list[Inode] = []
-        stack = [top_ino]
-        for _ in range(100_000_000):
-            if not stack:
-                break
-            node = self.cache.get(stack.pop())
-            if node is None:
-                continue
-            out.append(node)
-            if node.kind == "dir" and (node.ino == top_ino or not node.extra.get("ns")):
-                stack.extend(ino for _, ino in self.cache.entries(node.ino))
-        return out
-
-    def _differs(self, local: Inode, remote: wire.Node) -> bool:
-        parent = self.cache.ino_for_node(remote.parent_id) if remote.parent_id else 0
-        if remote.kind == "link":
-            return (local.parent, local.name, local.extra.get("target")) != \
-                (parent, remote.name, self.cache.ino_for_node(remote.link_to or 0))
-        if (local.parent, local.name, local.mode, local.uid, local.gid, local.xattrs) != \
-                (parent, remote.name, remote.mode, remote.uid, remote.gid, remote.xattrs):
-            return True
-        if (local.extra.get("ns"), local.extra.get("role")) != (remote.ns, remote.role):
-            return True
-        return local.kind == "file" and (local.rev, local.size) != (remote.rev, remote.size)
+        await mirror.reconcile_namespace(self, ns)
