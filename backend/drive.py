@@ -551,7 +551,8 @@ class Drive:
         """Dirty data is never evicted: when it would outgrow the cache, clean chunks go
         first; then the writer waits, a bounded time, for uploads and the streamer to
         make room, and gets ENOSPC if none comes (room.py)."""
-        if self.quota is not None and node.ino not in self.over_quota:
+        if self.quota is not None and node.ino not in self.over_quota and \
+                shared.namespace_of(self.cache, node.ino)[0] is None:  # a shared folder's quota is its owner's
             quota, used = self.quota
             grown = self._growth(node, off + incoming)
             if used + grown > quota:

@@ -259,6 +259,7 @@ async def open_session(options: SessionOptions, invalidate: Invalidator | None =
         drive.room.on_pressure = lambda: (syncer.wake(), streamer.press())
         drive.room.why = lambda: _why_stuck(client, syncer, streamer)
         syncer.on_stale = follower.refresh
+        syncer.on_over_quota = drive.over_quota.add
         syncer.forget_name = follower.invalidate_entry
         await follower.bootstrap()
         drive.purge_orphans()
