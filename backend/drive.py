@@ -122,6 +122,9 @@ class Drive:
         """Make the kernel forget a file's inode (the follower's invalidate_entry): after a
         refused write, its write-back cache still believes the refused bytes are there."""
         self.over_quota: set[int] = set()
+        self.server_refused: Callable[[int], bool] = lambda ino: False
+        """The server refused this file's upload for a quota this device cannot see coming
+        (a shared folder's owner's): its fsync and close say EDQUOT until it goes up."""
         self._grown: set[int] = set()  # inodes written under a quota, for _growth
         """Files written past the quota since their last close or fsync. The write itself
         cannot carry EDQUOT (the kernel's write-back turns any error but ENOSPC into EIO),
@@ -565,7 +568,7 @@ class Drive:
         """At close and fsync: the errors the kernel's write-back kept from write(2)."""
         node = self.cache.get(ino)
         self.room.check(ino, node.name if node else str(ino))
-        if ino in self.over_quota:
+        if ino in self.over_quota or self.server_refused(ino):
             self.over_quota.discard(ino)
             node = self.cache.get(ino)
             raise QuotaExceededError(f"{node.name if node else ino!r} goes over the account's quota; its bytes are "

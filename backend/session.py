@@ -21,7 +21,7 @@ from typing import AsyncIterator
 import lmdb
 import trio
 
-from . import cache_format
+from . import cache_format, shared
 from .api_client import ApiClient
 from .cache import ROOT_INO, Cache
 from .chunkcache import ChunkCache
@@ -259,7 +259,7 @@ async def open_session(options: SessionOptions, invalidate: Invalidator | None =
         drive.room.on_pressure = lambda: (syncer.wake(), streamer.press())
         drive.room.why = lambda: _why_stuck(client, syncer, streamer)
         syncer.on_stale = follower.refresh
-        syncer.on_over_quota = drive.over_quota.add
+        drive.server_refused = lambda ino: ino in syncer.quota_blocked and shared.namespace_of(cache, ino)[0] is not None
         syncer.forget_name = follower.invalidate_entry
         await follower.bootstrap()
         drive.purge_orphans()

@@ -66,9 +66,6 @@ class Syncer:
         self.on_stale: Callable[[int], None] = lambda node_id: None  # the follower's refresh
         self.forget_name: Callable[[int, str], Awaitable[None]] = _nothing_to_forget
         """Make the kernel drop a name (the follower's invalidate_entry)."""
-        self.on_over_quota: Callable[[int], None] = lambda ino: None
-        """The drive's: the next fsync or close of that file says EDQUOT (a shared folder's
-        owner's quota, which this device cannot see coming)."""
         self.quota_blocked: set[int] = set()
         """Files whose upload the server refused for the quota; retried every QUOTA_RETRY_S."""
         self.last_error = ""
@@ -182,7 +179,6 @@ class Syncer:
             with self.cache.write() as txn:
                 for op in over_quota:
                     self.quota_blocked.add(op["ino"])
-                    self.on_over_quota(op["ino"])
                     self.cache.enqueue(txn, {**op, "retry_at": time.time() + QUOTA_RETRY_S})
         return failures[0] if failures else None
 
