@@ -270,3 +270,29 @@ def test_an_old_database_and_cache_are_upgraded_and_shared(tmp_path: Path) -> No
             assert read(b.path / "docs" / "notes.txt") == b"hello from the old release\n"
             assert len(read(b.path / "docs" / "big.bin") or b"") == 3 << 20
 
+
+
+def test_a_members_writes_count_against_the_owners_quota(tmp_path: Path) -> None:
+    with cloudfs_server(tmp_path / "srv") as srv:
+        owner, member = f"owner-{uuid.uuid4().hex[:6]}", f"member-{uuid.uuid4().hex[:6]}"
+        with mounts(srv, tmp_path, (srv.add_user(owner, quota=str(6 << 20)), "desk", "o"),
+                    (srv.add_user(member), "desk", "m")) as (o, m):
+            (o.path / "shared").mkdir()
+            o.sync()
+            ok("share", str(o.path / "shared"), member)
+            ok("shares", "accept", str(shares(m)[0]["id"]), cwd=m.path)
+            eventually(lambda: (m.path / "shared").is_dir(), "the folder on the member's device")
+            (m.path / "shared" / "first.bin").write_bytes(os.urandom(4 << 20))
+            m.sync()
+            second = os.urandom(4 << 20)
+            (m.path / "shared" / "second.bin").write_bytes(second)  # past the owner's quota, not the member's
+            eventually(lambda: m.status()["over_quota_files"] == 1, "the server refusing it for the owner's quota")
+            assert "quota" in cli("sync", str(m.path), "--timeout", "5").stderr
+            fd = os.open(m.path / "shared" / "second.bin", os.O_WRONLY)
+            assert refused(errno.EDQUOT, os.fsync, fd)
+            assert refused(errno.EDQUOT, os.close, fd)  # closed all the same, as close(2) does
+            (m.path / "own.bin").write_bytes(os.urandom(4 << 20))  # the member's own tree: no quota
+            eventually(lambda: (o.path / "shared" / "first.bin").exists(), "the first file on the owner's device")
+            os.unlink(o.path / "shared" / "first.bin")  # the owner makes room
+            eventually(lambda: read(o.path / "shared" / "second.bin") == second, "the kept file uploaded", 60)
+            assert m.status()["over_quota_files"] == 0
