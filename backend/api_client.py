@@ -25,7 +25,7 @@ import httpx
 import tenacity
 import trio
 
-from . import wire
+from . import wire, wire_shares
 from .compress import decode
 from .errors import CorruptChunkError, OfflineError, ServerError, from_response
 
@@ -221,13 +221,24 @@ class ApiClient:
             "GET", "/changes", params={"cursor": cursor, "wait": wait, "limit": limit}, timeout=wait + 30,
             retry=False))  # the follower has its own loop
 
-    async def snapshot(self, after_id: int = 0) -> wire.Snapshot:
-        return wire.Snapshot.model_validate(await self._call("GET", "/nodes", params={"after_id": after_id}))
+    async def sync(self, cursors: dict[int, int], *, wait: float = 0, limit: int = 1000) -> wire_shares.SyncResponse:
+        """Every namespace's entries after its cursor (one long-poll for all of them)."""
+        body = {"cursors": {str(ns): cursor for ns, cursor in cursors.items()}, "wait": wait, "limit": limit}
+        return wire_shares.SyncResponse.model_validate(await self._call(
+            "POST", "/sync", json=body, timeout=wait + 30, retry=False))  # the follower has its own loop
+
+    async def snapshot(self, after_id: int = 0, *, ns: int | None = None) -> wire.Snapshot:
+        params = {"after_id": after_id} if ns is None else {"after_id": after_id, "ns": ns}
+        return wire.Snapshot.model_validate(await self._call("GET", "/nodes", params=params))
 
     # --- files ---
 
-    async def prepare_upload(self, chunks: list[wire.ChunkUpload]) -> wire.PrepareUploadResponse:
-        body = {"chunks": [c.model_dump(exclude_none=True) for c in chunks]}
+    async def prepare_upload(self, chunks: list[wire.ChunkUpload], *, node_id: int | None = None,
+                             ) -> wire.PrepareUploadResponse:
+        """`node_id`: the file or its directory, whose namespace gets the chunks (a shared folder)."""
+        body: dict[str, Any] = {"chunks": [c.model_dump(exclude_none=True) for c in chunks]}
+        if node_id:
+            body["node_id"] = node_id
         return wire.PrepareUploadResponse.model_validate(await self._call("POST", "/uploads/prepare", json=body))
 
     async def put_chunk(self, ticket: wire.ChunkTicket, data: bytes | memoryview) -> None:

@@ -7,7 +7,12 @@ the server last acknowledged it); an inode of format 1 had none of them, which i
 exactly "the drive's owner, no xattrs", so it is rewritten with those values. Format 3
 adds hard links (links.py): alias records of kind "link", and directory entries that
 carry an alias record's ino after the inode's. A cache of format 2 has neither, so it
-is only marked; the number tells an older release to keep its hands off.
+is only marked; the number tells an older release to keep its hands off. Format 4
+adds shared folders (shared.py): a cursor per namespace (meta `cursors`), into which
+the one cursor of format 3 moves under the account's own namespace (its id), and
+shared folders' roots marked in their inode's `extra`. A cache whose account is not
+recorded yet keeps its cursor where it was; the follower moves it once it knows the
+account (`Follower.__init__`).
 
 A cache written by a newer cloudfs is refused with an error naming it, never
 guessed at.
@@ -15,6 +20,7 @@ guessed at.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Callable
 
@@ -25,7 +31,7 @@ from .errors import CloudFsError
 
 log = logging.getLogger("cloudfs.cache")
 
-FORMAT = 3
+FORMAT = 4
 _KEY = "format"
 
 
@@ -45,7 +51,15 @@ def _to_3(cache: Cache, txn: lmdb.Transaction) -> int:
     return 0  # nothing of format 2 changes meaning; see the module docstring
 
 
-_MIGRATIONS: dict[int, Callable[[Cache, lmdb.Transaction], int]] = {2: _to_2, 3: _to_3}
+def _to_4(cache: Cache, txn: lmdb.Transaction) -> int:
+    cursor, user_id = txn.get(b"cursor", db=cache.meta), txn.get(b"user_id", db=cache.meta)
+    if cursor is not None and user_id is not None:
+        cache.set_meta(txn, "cursors", json.dumps({bytes(user_id).decode(): int(bytes(cursor))}))
+        txn.delete(b"cursor", db=cache.meta)
+    return 0
+
+
+_MIGRATIONS: dict[int, Callable[[Cache, lmdb.Transaction], int]] = {2: _to_2, 3: _to_3, 4: _to_4}
 
 
 def upgrade(cache: Cache) -> tuple[int, int]:

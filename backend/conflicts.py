@@ -2,7 +2,8 @@
 refused) and the follower (a remote change that lands on a name taken locally).
 
 Nothing is ever dropped in a conflict: the side that reached the server first keeps
-the name, the other side's bytes move to a sibling named after the device and the day.
+the name, the other side's bytes move to a sibling named after the device and the day (and the
+account, in a shared folder).
 """
 
 from __future__ import annotations
@@ -12,11 +13,16 @@ import os
 
 import lmdb
 
+from . import shared
 from .cache import Cache
 
 
 def conflicted_name(name: str, device: str, cache: Cache, parent: int) -> str:
-    """`NAME (conflicted copy, DEVICE, YYYY-MM-DD).EXT`, numbered when that is taken."""
+    """`NAME (conflicted copy, DEVICE, YYYY-MM-DD).EXT`, numbered when that is taken; in
+    a shared folder, where several accounts write, `USER on DEVICE`."""
+    if shared.namespace_of(cache, parent)[0] is not None:
+        user = cache.get_meta("user_name")
+        device = f"{user} on {device}" if user else device
     stem, ext = os.path.splitext(name)
     if stem == "" or name.startswith(".") and ext == name:
         stem, ext = name, ""

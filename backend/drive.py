@@ -31,7 +31,7 @@ from .conflicts import conflicted_name
 from .content import Content
 from .errors import (CloudFsError, CorruptChunkError, ExistsError, InvalidError, IsADirectoryError_, NotADirectoryError_,
                      NotEmptyError, NotFoundError)
-from . import links
+from . import links, shared
 from . import xattrs as xattr_rules
 from .names import NAME_MAX_BYTES, name_problem
 from .room import FULL_WAIT_S, NoSpaceError, Room  # noqa: F401 - FULL_WAIT_S, NoSpaceError: part of the drive's surface
@@ -60,6 +60,19 @@ class XattrTooBigError(CloudFsError):
 
 class NotPermittedError(CloudFsError):
     errno = errno.EPERM
+
+
+class ReadOnlyError(CloudFsError):
+    """Inside a shared folder where this account is a viewer (shared.py)."""
+
+    errno = errno.EROFS
+
+
+class CrossDeviceError(CloudFsError):
+    """Across a shared folder's boundary where the server cannot follow: a hard link, an
+    exchange, a shared folder put inside another."""
+
+    errno = errno.EXDEV
 
 
 @dataclass(frozen=True)
@@ -109,6 +122,9 @@ class Drive:
         """Make the kernel forget a file's inode (the follower's invalidate_entry): after a
         refused write, its write-back cache still believes the refused bytes are there."""
         self.over_quota: set[int] = set()
+        self.server_refused: Callable[[int], bool] = lambda ino: False
+        """The server refused this file's upload for a quota this device cannot see coming
+        (a shared folder's owner's): its fsync and close say EDQUOT until it goes up."""
         self._grown: set[int] = set()  # inodes written under a quota, for _growth
         """Files written past the quota since their last close or fsync. The write itself
         cannot carry EDQUOT (the kernel's write-back turns any error but ENOSPC into EIO),
@@ -163,6 +179,7 @@ class Drive:
              rdev: int = 0) -> Inode:
         check_local_name(name)
         self._dir(parent)
+        self.check_writable(parent)
         if self.cache.lookup(parent, name) is not None:
             raise ExistsError(f"{name!r} exists in directory inode {parent}")
         with self.transaction() as txn:
@@ -215,6 +232,10 @@ class Drive:
         if node.parent == 0 and node.ino != ROOT_INO:
             raise NotFoundError(f"inode {ino} ({node.name!r}) has no name left to link to")
         self._dir(new_parent)
+        self.check_writable(new_parent)
+        if shared.namespace_of(self.cache, ino)[0] != shared.namespace_of(self.cache, new_parent)[0]:
+            raise CrossDeviceError(f"{node.name!r} and directory inode {new_parent} are on two sides of a shared "
+                                   "folder's boundary: a file's names stay on one side")
         if self.cache.lookup(new_parent, new_name) is not None:
             raise ExistsError(f"{new_name!r} exists in directory inode {new_parent}")
         now = time.time_ns()
@@ -237,6 +258,7 @@ class Drive:
 
     def unlink(self, parent: int, name: str) -> None:
         node = self.lookup(parent, name)
+        self.check_writable(parent)
         if node.kind == "dir":
             raise IsADirectoryError_(f"{name!r} is a directory")
         now = time.time_ns()
@@ -275,6 +297,7 @@ class Drive:
 
     def rmdir(self, parent: int, name: str) -> None:
         node = self.lookup(parent, name)
+        self.check_writable(parent)
         if node.kind != "dir":
             raise NotADirectoryError_(f"{name!r} is not a directory")
         if self.cache.has_children(node.ino):
@@ -321,6 +344,7 @@ class Drive:
         self._dir(new_parent)
         if node.kind == "dir" and self._is_ancestor(node.ino, new_parent):
             raise InvalidError(f"cannot move {old_name!r} into its own subtree")
+        self._check_move(node, old_parent, new_parent)
         victim_ino = self.cache.lookup(new_parent, new_name)
         victim = self.cache.get(victim_ino) if victim_ino is not None else None
         if victim is not None and victim.ino == node.ino:
@@ -354,6 +378,10 @@ class Drive:
         a, b = self.lookup(old_parent, old_name), self.lookup(new_parent, new_name)
         if a.ino == b.ino:
             return
+        self.check_writable(old_parent, new_parent)
+        if a.extra.get("ns") or b.extra.get("ns") or \
+                shared.namespace_of(self.cache, old_parent)[0] != shared.namespace_of(self.cache, new_parent)[0]:
+            raise CrossDeviceError(f"{old_name!r} and {new_name!r} cannot be exchanged across a shared folder's boundary")
         if a.kind == "dir" and self._is_ancestor(a.ino, new_parent) or \
                 b.kind == "dir" and self._is_ancestor(b.ino, old_parent):
             raise InvalidError(f"cannot exchange {old_name!r} and {new_name!r}: one contains the other")
@@ -371,6 +399,31 @@ class Drive:
                 self.cache.enqueue(txn, {"op": "push", "ino": record.ino})
             self._touch_dir(txn, old_parent, now)
             self._touch_dir(txn, new_parent, now)
+
+    def check_writable(self, *inos: int) -> None:
+        """EROFS inside a shared folder where this account is a viewer: the server would
+        refuse the change, and nothing is kept here that cannot be uploaded."""
+        for ino in inos:
+            ns, role = shared.namespace_of(self.cache, ino)
+            if ns is not None and role not in shared.WRITERS:
+                raise ReadOnlyError(f"inode {ino} is in a shared folder where this account is a {role}")
+
+    def _check_move(self, node: Inode, old_parent: int, new_parent: int) -> None:
+        """A move between namespaces is fine (the server gives the chunks along), but no
+        shared folder may end up inside another."""
+        self.check_writable(old_parent, new_parent)
+        into = shared.namespace_of(self.cache, new_parent)[0]
+        if into is None or into == shared.namespace_of(self.cache, old_parent)[0]:
+            return
+        stack = [node]
+        for _ in range(10_000_000):
+            if not stack:
+                return
+            here = stack.pop()
+            if here.extra.get("ns"):
+                raise CrossDeviceError(f"{here.name!r} is a shared folder: it cannot go inside another")
+            if here.kind == "dir":
+                stack.extend(c for c in map(self.cache.get, (i for _, i in self.cache.children(here.ino))) if c)
 
     def _is_ancestor(self, ancestor: int, ino: int) -> bool:
         for _ in range(4096):
@@ -392,6 +445,7 @@ class Drive:
         kernel (the mount runs with default_permissions), as was clearing setuid/setgid
         on a chown or a write by someone else: it sends the new mode with the change."""
         node = self.get(ino)
+        self.check_writable(ino)
         if size is not None and node.kind == "dir":
             raise IsADirectoryError_(f"inode {ino} is a directory")
         if size is not None and size != node.size:
@@ -470,6 +524,7 @@ class Drive:
     def setxattr(self, ino: int, name: str, value: bytes) -> None:
         """XATTR_CREATE/XATTR_REPLACE were checked by pyfuse3 (through getxattr)."""
         node = self.get(ino)
+        self.check_writable(ino)
         xattrs = {**node.xattrs, xattr_rules.check_name(name): xattr_rules.encode(value)}
         if len(value) > xattr_rules.VALUE_MAX:
             raise XattrTooBigError(f"a value of {len(value)} bytes for {name!r}; at most {xattr_rules.VALUE_MAX}")
@@ -479,6 +534,7 @@ class Drive:
 
     def removexattr(self, ino: int, name: str) -> None:
         node = self.get(ino)
+        self.check_writable(ino)
         if name not in node.xattrs and xattr_rules.check_name(name):
             raise NoAttributeError(f"inode {ino} has no extended attribute {name!r}")
         self._set_xattrs(node, {k: v for k, v in node.xattrs.items() if k != name})
@@ -507,7 +563,8 @@ class Drive:
         """Dirty data is never evicted: when it would outgrow the cache, clean chunks go
         first; then the writer waits, a bounded time, for uploads and the streamer to
         make room, and gets ENOSPC if none comes (room.py)."""
-        if self.quota is not None and node.ino not in self.over_quota:
+        if self.quota is not None and node.ino not in self.over_quota and \
+                shared.namespace_of(self.cache, node.ino)[0] is None:  # a shared folder's quota is its owner's
             quota, used = self.quota
             grown = self._growth(node, off + incoming)
             if used + grown > quota:
@@ -520,7 +577,7 @@ class Drive:
         """At close and fsync: the errors the kernel's write-back kept from write(2)."""
         node = self.cache.get(ino)
         self.room.check(ino, node.name if node else str(ino))
-        if ino in self.over_quota:
+        if ino in self.over_quota or self.server_refused(ino):
             self.over_quota.discard(ino)
             node = self.cache.get(ino)
             raise QuotaExceededError(f"{node.name if node else ino!r} goes over the account's quota; its bytes are "

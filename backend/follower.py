@@ -2,7 +2,7 @@
 
 The cursor is persisted in LMDB with every applied batch, so a remount resumes where it
 stopped. Our own changes are skipped (the mirror made them first), unless another
-device's older change was applied over one of them since (`_own`).
+device's older change was applied over one of them since (`_echo`).
 
 A remote change never overwrites local work that is not on the server yet. A change to
 a node with pending local changes (dirty content, a move or attribute change not pushed,
@@ -26,6 +26,21 @@ an invalidation may wait for the kernel to write back pages, which this loop ser
 `/changes` (the journal no longer reaches our cursor), on `cloudfs sync --full`, and
 every RECONCILE_EVERY_S.
 
+Shared folders (shared.py): the account's own tree and every shared folder it has are
+namespaces, each with its own journal and cursor; one long-poll (`POST /sync`) follows
+all of them, and its answer is applied in seq order. A namespace the device has not
+followed yet (a folder shared with this account, or just shared by it) is compared
+with its snapshot first; so is one whose cursor the server no longer reaches (410 for
+that namespace alone). A shared folder's root arrives placed where this account mounted
+it, marked with its namespace and role; the folder's own entries about its root carry
+attributes only. A folder that leaves this account's tree (left, removed) is a delete
+of its root: what was not uploaded yet stays, as a folder of the account's own. A node
+that moved to another namespace is a delete there marked `to_ns`: skipped when this
+device follows that namespace too, where the move arrives (a directory moved in from a
+namespace this device does not follow is pulled with everything in it). Our own
+changes are those of this device *and* account (another account's device may have the
+same name).
+
 Hard links (links.py): an alias row becomes an alias record whose entry names the local
 inode of the node it links to (deferred while that node is not here). A file that gets
 a new inode for new content takes its aliases along. A deleted directory never takes
@@ -45,12 +60,12 @@ from typing import Any, Callable
 
 import trio
 
-from . import links, wire
+from . import links, mirror, shared, wire
 from .api_client import ApiClient
 from .cache import ROOT_INO, Cache, Inode
 from .chunkcache import ChunkCache
 from .conflicts import conflicted_name, count_conflict
-from .errors import CursorExpiredError, OfflineError, ServerError
+from .errors import OfflineError, ServerError
 
 log = logging.getLogger("cloudfs.follower")
 
@@ -77,7 +92,12 @@ class Follower:
         self.lookups = lookups if lookups is not None else {}
         self.writers = writers if writers is not None else {}
         self.invalidate = invalidate or Invalidator()
-        self.cursor = int(cache.get_meta("cursor", "0") or 0)
+        self.user_id = int(cache.get_meta("user_id") or 0)
+        self.cursors: dict[int, int] = shared.load_cursors(cache)
+        self._adopt_legacy_cursor()
+        self._moved_in: set[int] = set()
+        self.visible: set[int] = set(self.cursors)
+        """The namespaces the server last said this account sees."""
         self.deferred: set[int] = set(json.loads(cache.get_meta("deferred", "[]") or "[]"))
         self._pulling = 0
         """Deferred pulls under way (_pull_deferred)."""
@@ -95,45 +115,22 @@ class Follower:
 
     async def bootstrap(self) -> None:
         """First mount with an empty cache: mirror the whole tree from a snapshot."""
-        if self.cache.get(ROOT_INO) is not None:
-            return
-        me = await self.client.me()
-        nodes, cursor = await self._snapshot()
-        with self.cache.write() as txn:
-            inos = {me.root_id: ROOT_INO}
-            for node in nodes:
-                if node.id != me.root_id and node.kind != "link":
-                    inos[node.id] = self.cache.new_ino(txn)
-            for node in nodes:
-                if node.kind == "link":
-                    continue
-                ino = inos[node.id]
-                parent = inos.get(node.parent_id or 0, 0) if node.id != me.root_id else 0
-                local = self._inode_from(node, ino, parent)
-                self.cache.put(txn, local, create=True)
-                self.cache.bind_node_id(txn, local, node.id)
-                if parent:
-                    self.cache.link(txn, parent, node.name, ino)
-            for node in nodes:  # extra names of files, oldest first (the snapshot is in id order)
-                parent, target = inos.get(node.parent_id or 0, 0), self.cache.get(inos.get(node.link_to or 0, 0), txn)
-                if node.kind == "link" and parent and target is not None:
-                    links.add_alias(self.cache, txn, target, parent, node.name, node_id=node.id)
-            self.cache.set_meta(txn, "cursor", str(cursor))
-            self.cache.set_meta(txn, "user_id", str(me.user_id))
-        self.cursor = cursor
-        log.info("mirrored %d nodes from the server at cursor %d", len(nodes), self.cursor)
+        await mirror.bootstrap(self)
 
-    async def _snapshot(self) -> tuple[list[wire.Node], int]:
-        nodes: list[wire.Node] = []
-        cursor, after = None, 0
-        for _ in range(1_000_000):
-            snap = await self.client.snapshot(after)
-            cursor = snap.cursor if cursor is None else cursor
-            nodes.extend(snap.nodes)
-            if snap.next_after_id is None:
-                break
-            after = snap.next_after_id
-        return nodes, cursor or 0
+    def _adopt_legacy_cursor(self) -> None:
+        """A cache of format 3 whose account was not recorded (cache_format.py): its one
+        cursor is the account's own tree's, once the account is known."""
+        legacy = self.cache.get_meta("cursor")
+        if legacy is not None and self.user_id:
+            with self.cache.write() as txn:
+                self.cursors.setdefault(self.user_id, int(legacy))
+                shared.save_cursors(self.cache, txn, self.cursors)
+                txn.delete(b"cursor", db=self.cache.meta)
+
+    @property
+    def cursor(self) -> int:
+        """The cursor of the account's own tree (`cursors` has every namespace's)."""
+        return self.cursors.get(self.user_id, 0)
 
     def _inode_from(self, node: wire.Node, ino: int, parent: int) -> Inode:
         local = Inode(ino=ino, parent=parent, name=node.name, kind=node.kind, mode=node.mode, size=node.size,
@@ -141,6 +138,7 @@ class Follower:
                       rev=node.rev, base_len=node.size if node.kind == "file" else 0,
                       srv_parent=parent, srv_name=node.name, extra={"srv_size": node.size} if node.kind == "file" else {})
         local.adopt_attrs(node)
+        shared.mark(local, node)
         return local
 
     # --- the loops ---
@@ -155,12 +153,16 @@ class Follower:
     async def _follow(self) -> None:
         backoff = 0.2
         while True:
+            if not self.user_id:
+                try:
+                    self.user_id = (await self.client.me()).user_id
+                    self._adopt_legacy_cursor()
+                except (OfflineError, ServerError):
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, 10)
+                    continue
             try:
-                answer = await self.client.changes(self.cursor, wait=25)
-            except CursorExpiredError:
-                log.warning("the journal no longer reaches cursor %d: comparing the whole tree", self.cursor)
-                await self._run_reconcile()
-                continue
+                answer = await self.client.sync(self.cursors or {self.user_id: 0}, wait=25)
             except (OfflineError, ServerError) as exc:
                 if self.online:
                     log.warning("change feed unavailable: %s", exc)
@@ -169,15 +171,54 @@ class Follower:
                 backoff = min(backoff * 2, 10)
                 continue
             self.online, backoff = True, 0.2
+            gone = set(answer.gone)
+            try:
+                for ns in sorted(gone):
+                    log.warning("the journal of namespace %d no longer reaches cursor %d: comparing the whole tree "
+                                "of that namespace", ns, self.cursors.get(ns, 0))
+                    await self._run_reconcile(ns)
+            except (OfflineError, ServerError) as exc:
+                log.warning("comparing with the server postponed: %s", exc)
+                continue
             for change in answer.changes:
-                if change.device != self.device:
-                    self.apply(change)
+                if change.ns in gone:
+                    continue
+                if self._own(change):
+                    self._echo(change)
                 else:
-                    self._own(change)
+                    self.apply(change)
             await self._flush_invalidations()
-            self._save_cursor(answer.cursor)
+            try:
+                await self._pull_moved_in()
+            except (OfflineError, ServerError) as exc:
+                log.warning("pulling what moved in postponed: %s", exc)
+            visible = {n.id for n in answer.namespaces}
+            self._save_cursors({int(ns): c for ns, c in answer.cursors.items() if int(ns) not in gone}, visible)
+            for ns in sorted(visible - set(self.cursors)):
+                log.info("following the shared folder of namespace %d", ns)
+                try:
+                    await self._run_reconcile(ns)
+                except (OfflineError, ServerError) as exc:
+                    log.warning("following namespace %d postponed: %s", ns, exc)
 
-    def _own(self, change: wire.Change) -> None:
+    def _own(self, change: wire.Change) -> bool:
+        """Made by this device (of this account: another account's may have its name)."""
+        return change.device == self.device and change.user_id in (None, self.user_id)
+
+    async def _pull_moved_in(self) -> None:
+        """Directories that moved into a namespace from one this device does not follow:
+        the move entry named the directory alone; its contents are pulled."""
+        while self._moved_in:
+            node_id = self._moved_in.pop()
+            try:
+                for child in await self.client.list_dir(node_id):
+                    await self.pull(child.id, 1)
+            except ServerError as exc:
+                if exc.status != 404:
+                    raise
+        await self._flush_invalidations()
+
+    def _echo(self, change: wire.Change) -> None:
         """Our own change, back through the journal: the mirror made it first, so it is
         skipped, unless an older change of another device was applied over it after it
         reached the server (that entry came to us later than our answer did): then the
@@ -191,7 +232,7 @@ class Follower:
         if change.seq < local.extra.get("srv_seq", 0):
             return
         remote = change.node
-        if change.op == "delete" or remote.deleted or self._differs(local, remote) \
+        if change.op == "delete" or remote.deleted or mirror.differs(self.cache, local, remote) \
                 or (local.kind != "dir" and local.mtime_ns != remote.mtime_ns):  # a directory's mtime is local
             self.apply(change)
 
@@ -262,15 +303,23 @@ class Follower:
         self._reconcile_now.set()
         await done.wait()
 
-    def _save_cursor(self, cursor: int) -> None:
-        with self.cache.write() as txn:
-            self.cache.set_meta(txn, "cursor", str(cursor))
-        self.cursor = cursor
+    def _save_cursors(self, cursors: dict[int, int], visible: set[int] | None = None) -> None:
+        """Record applied positions; with `visible`, forget namespaces no longer seen."""
+        merged = {**self.cursors, **cursors}
+        if visible is not None:
+            merged = {ns: c for ns, c in merged.items() if ns in visible}
+            self.visible = visible
+        if merged != self.cursors:
+            with self.cache.write() as txn:
+                shared.save_cursors(self.cache, txn, merged)
+            self.cursors = merged
         self._advanced.set()
         self._advanced = trio.Event()
 
-    async def wait_for(self, cursor: int) -> None:
-        while self.cursor < cursor:
+    async def wait_for(self, targets: dict[int, int]) -> None:
+        """Until every namespace of `targets` is applied up to its position (a namespace
+        this device does not follow yet: until it does, and is)."""
+        while any(self.cursors.get(ns, -1) < cursor for ns, cursor in targets.items() if ns in self.visible):
             await self._advanced.wait()
 
     async def settled(self) -> None:
@@ -355,6 +404,8 @@ class Follower:
 
     def apply(self, change: wire.Change) -> None:
         remote = change.node
+        if change.op == "delete" and change.to_ns is not None and change.to_ns in self.cursors:
+            return  # it moved to a namespace this device follows: the move arrives there
         ino = self.cache.ino_for_node(remote.id)
         local = self.cache.get(ino) if ino else None
         if change.op == "delete" or remote.deleted:
@@ -362,6 +413,8 @@ class Follower:
                 self._delete_unless_moving(local)
             return
         if remote.parent_id is None:
+            if local is not None and local.extra.get("ns") and not self._pending(local):
+                self._root_attrs(local, remote)  # a shared folder's root, as its own journal has it
             return  # the root: nothing of it is mirrored but its children
         if local is not None and self._pending(local):
             self._defer(remote.id)
@@ -389,6 +442,8 @@ class Follower:
             if self._deleting(remote.id):
                 return  # deleted here, the delete is on its way: it must not come back
             self._create(remote, parent.ino)
+            if change.op == "move" and remote.kind == "dir":
+                self._moved_in.add(remote.id)  # from a namespace we do not follow: what is in it, too
         elif local.kind == "file" and (remote.rev, remote.size, remote.mtime_ns) != (local.rev, local.size, local.mtime_ns):
             self._replace(local, remote, parent.ino)
         else:
@@ -511,10 +566,20 @@ class Follower:
         if old_target and old_target != target.ino:
             self._inval.append(("inode", old_target))
 
+    def _root_attrs(self, local: Inode, remote: wire.Node) -> None:
+        """A shared folder's root changed in its own namespace (mode, times, xattrs): its
+        place is this account's, from the mount."""
+        with self.cache.write() as txn:
+            local.adopt_attrs(remote)
+            local.ctime_ns = time.time_ns()
+            self.cache.put(txn, local)
+        self._inval.append(("inode", local.ino))
+
     def _update(self, local: Inode, remote: wire.Node, parent: int) -> None:
         """A move or an attribute change: the same inode, so open handles follow it."""
         moved = (local.parent, local.name) != (parent, remote.name)
         old_parent, old_name = local.parent, local.name
+        shared.mark(local, remote)
         with self.cache.write() as txn:
             if moved:
                 self.cache.unlink(txn, local.parent, local.name)
@@ -684,56 +749,20 @@ class Follower:
 
     # --- the whole tree ---
 
-    async def _run_reconcile(self) -> None:
+    async def _run_reconcile(self, ns: int | None = None) -> None:
+        """Compare one namespace (`ns`) with its snapshot, or every one this account sees."""
         async with self._reconciling:
-            await self._reconcile_once()
-
-    async def _reconcile_once(self) -> None:
-        """Make the mirror match a server snapshot, leaving pending local work alone."""
-        me = await self.client.me()
-        nodes, cursor = await self._snapshot()
-        by_id = {n.id: n for n in nodes}
-        children: dict[int, list[wire.Node]] = {}
-        for n in nodes:
-            if n.parent_id is not None:
-                children.setdefault(n.parent_id, []).append(n)
-        # Parents before children, so every create finds its directory.
-        order, stack = [], [me.root_id]
-        for _ in range(len(nodes) + 1):
-            if not stack:
-                break
-            node_id = stack.pop()
-            for child in children.get(node_id, []):
-                order.append(child)
-                stack.append(child.id)
-        order.sort(key=lambda n: n.kind == "link")  # extra names once the files they name are here
-        changed = 0
-        for remote in order:
-            ino = self.cache.ino_for_node(remote.id)
-            local = self.cache.get(ino) if ino else None
-            if local is None or self._differs(local, remote):
-                self.apply(wire.Change(seq=0, op="modify", node=remote, device="reconcile"))
-                changed += 1
-        for local in list(self.cache.iter_inodes()):
-            if local.node_id and local.ino != ROOT_INO and local.parent and local.node_id not in by_id \
-                    and not local.extra.get("detached"):
-                current = self.cache.get(local.ino)
-                if current is not None and current.parent:
-                    self._delete_unless_moving(current)
-                    changed += 1
-        await self._flush_invalidations()
-        self._save_cursor(cursor)
-        self.reconciles += 1
-        log.info("reconciled the mirror with the server at cursor %d: %d node(s) repaired", cursor, changed)
+            if ns is not None:
+                await self._reconcile_ns(ns)
+            else:
+                me = await self.client.me()
+                self.user_id = me.user_id
+                visible = {int(k) for k in me.cursors} or {me.user_id}
+                for each in sorted(visible, key=lambda n: n != me.user_id):  # its own tree first: the mounts
+                    await self._reconcile_ns(each)
+                self._save_cursors({}, visible)
         done, self._reconciled = self._reconciled, trio.Event()
         done.set()
 
-    def _differs(self, local: Inode, remote: wire.Node) -> bool:
-        parent = self.cache.ino_for_node(remote.parent_id) if remote.parent_id else 0
-        if remote.kind == "link":
-            return (local.parent, local.name, local.extra.get("target")) != \
-                (parent, remote.name, self.cache.ino_for_node(remote.link_to or 0))
-        if (local.parent, local.name, local.mode, local.uid, local.gid, local.xattrs) != \
-                (parent, remote.name, remote.mode, remote.uid, remote.gid, remote.xattrs):
-            return True
-        return local.kind == "file" and (local.rev, local.size) != (remote.rev, remote.size)
+    async def _reconcile_ns(self, ns: int) -> None:
+        await mirror.reconcile_namespace(self, ns)

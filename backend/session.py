@@ -21,7 +21,7 @@ from typing import AsyncIterator
 import lmdb
 import trio
 
-from . import cache_format
+from . import cache_format, shared
 from .api_client import ApiClient
 from .cache import ROOT_INO, Cache
 from .chunkcache import ChunkCache
@@ -63,8 +63,8 @@ def default_cache_dir(base: Path, server_url: str, mountpoint: Path) -> Path:
     return base / digest
 
 
-CLI_ROUTES = ("/history/", "/trash", "/restore", "/files/", "/devices")
-"""What `cloudfs versions|restore|trash|undelete|devices` may ask through a mount."""
+CLI_ROUTES = ("/history/", "/trash", "/restore", "/files/", "/devices", "/shares", "/resolve", "/me")
+"""What `cloudfs versions|restore|trash|undelete|devices|share|shares` may ask through a mount."""
 
 
 @dataclass
@@ -95,8 +95,8 @@ class Session:
 
     async def call_api(self, method: str, path: str, *, params: dict | None = None, json: object = None) -> dict:
         """The command line's way to the server through this mount's token, for the
-        routes of the history and devices commands only (CLI_ROUTES); answers {"ok", "status", "body"}."""
-        if method not in ("GET", "POST", "DELETE") or not path.startswith(CLI_ROUTES):
+        routes of the command line only (CLI_ROUTES); answers {"ok", "status", "body"}."""
+        if method not in ("GET", "POST", "DELETE", "PATCH") or not path.startswith(CLI_ROUTES):
             return {"ok": False, "status": 0, "body": {"detail": f"{method} {path} is not a route for the command line"}}
         try:
             body = await self.client.request_json(method, path, params=params, json=json,
@@ -144,6 +144,7 @@ class Session:
             "pending_ops": len(items),
             "pending_bytes": self.pending_bytes(),
             "cursor": self.follower.cursor,
+            "cursors": {str(ns): cursor for ns, cursor in sorted(self.follower.cursors.items())},
             "cache_bytes": self.chunks.used_bytes,
             "cache_limit": self.chunks.limit,
             "conflicts": self.syncer.conflicts,
@@ -156,6 +157,9 @@ class Session:
             "streamed_bytes": self.streamer.streamed_bytes,
             "write_blocked": self.drive.room.stopped(),
             "token_refused": self.client.refused,
+            "quota_bytes": self.drive.quota[0] if self.drive.quota else None,
+            "used_bytes": self.drive.quota[1] if self.drive.quota else None,
+            "shared_folders": len(self.follower.visible - {self.follower.user_id}),
         }
 
     def pending_bytes(self) -> int:
@@ -232,8 +236,9 @@ class Session:
             if full:
                 await self.follower.reconcile()
                 full = False
-            target = (await self.client.me()).cursor
-            await self.follower.wait_for(target)
+            me = await self.client.me()
+            await self.follower.wait_for({int(ns): cursor for ns, cursor in me.cursors.items()} or
+                                         {me.user_id: me.cursor})
             await self.follower.settled()
             if not self.cache.outbox_items(limit=1):
                 return
@@ -309,6 +314,7 @@ async def open_session(options: SessionOptions, invalidate: Invalidator | None =
         follower.on_replaced = pins.replaced
         syncer.keep_local = ignore.ignored
         syncer.on_stale = follower.refresh
+        drive.server_refused = lambda ino: ino in syncer.quota_blocked and shared.namespace_of(cache, ino)[0] is not None
         syncer.forget_name = follower.invalidate_entry
         await follower.bootstrap()
         drive.recover()

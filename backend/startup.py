@@ -25,6 +25,7 @@ from typing import Iterator
 
 import httpx
 import pydantic
+import trio
 
 from . import wire
 from .api_client import ApiClient
@@ -40,10 +41,12 @@ class ServerUnreachableError(UserError):
     `cause` says what happened, `hint` what to check; callers that go on (offline) or
     stop for another reason (a first mount) compose their own line from them."""
 
-    def __init__(self, cause: str, hint: str) -> None:
+    def __init__(self, cause: str, hint: str, *, transient: bool = False) -> None:
         super().__init__(f"{cause}: {hint}")
         self.cause = cause
         self.hint = hint
+        self.transient = transient
+        """A 5xx or a connection cut short: worth asking again at once (`_get`)."""
 
 
 def writable_dir(path: Path, role: str, option: str) -> None:
@@ -123,7 +126,24 @@ async def probe_server(client: ApiClient, *, timeout: float = PROBE_TIMEOUT_S) -
                         f"(an older or newer server?)") from None
 
 
+PROBE_ATTEMPTS = 3
+
+
 async def _get(client: ApiClient, path: str, timeout: httpx.Timeout) -> httpx.Response:
+    """One probe request. A 5xx or a connection cut short is tried again twice, quickly
+    (a proxy or load balancer hiccup must not fail a first mount); nothing answering,
+    a refusal or a timeout is final at once."""
+    for attempt in range(PROBE_ATTEMPTS):
+        try:
+            return await _get_once(client, path, timeout)
+        except ServerUnreachableError as exc:
+            if attempt == PROBE_ATTEMPTS - 1 or not exc.transient:
+                raise
+        await trio.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+async def _get_once(client: ApiClient, path: str, timeout: httpx.Timeout) -> httpx.Response:
     url = client.base_url
     try:
         response = await client.http.get(path, timeout=timeout)
@@ -136,11 +156,12 @@ async def _get(client: ApiClient, path: str, timeout: httpx.Timeout) -> httpx.Re
         reason = transport_reason(exc)
         hint = ("does the server speak http:// or https://?" if reason.startswith("TLS")
                 else "is `cloudfs server` running there?")
-        raise ServerUnreachableError(f"nothing answers at {url} ({reason})", hint) from None
+        cut = isinstance(exc, (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError))
+        raise ServerUnreachableError(f"nothing answers at {url} ({reason})", hint, transient=cut) from None
     if response.status_code >= 500:
         client.reachable = False
         raise ServerUnreachableError(f"the server at {url} is not serving (GET {path}: {response.status_code} "
-                                     f"{_detail(response)})", "see the server's log")
+                                     f"{_detail(response)})", "see the server's log", transient=True)
     client.reachable = True
     return response
 

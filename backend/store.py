@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Protocol
+from typing import Iterator, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from .wire import SignedRequest

@@ -37,7 +37,7 @@ from . import wire
 from .api_client import ApiClient
 from .cache import ROOT_INO, Cache, GoneError, Inode, u64
 from .chunkcache import ChunkCache
-from . import links
+from . import links, shared
 from .conflicts import conflicted_name, conflicts_seen, count_conflict
 from .delete_guard import WINDOW_S, DeleteGuard
 from .errors import ConflictError, MissingChunksError, OfflineError, ServerError, StaleRevisionError
@@ -166,6 +166,8 @@ class Syncer:
                     self._went_offline(exc)
                 elif exc.status >= 500 or exc.status in (401, 408, 429):
                     failures.append(exc)
+                elif exc.status == 403:
+                    await self._refused(op, exc)
                 else:
                     log.error("dropping outbox entry %s: the server refused it: %s", op, exc)
 
@@ -184,6 +186,37 @@ class Syncer:
                     self.quota_blocked.add(op["ino"])
                     self.cache.enqueue(txn, {**op, "retry_at": time.time() + QUOTA_RETRY_S})
         return failures[0] if failures else None
+
+    async def _refused(self, op: dict, exc: ServerError) -> None:
+        """The server refused a change for good (403: this account became a viewer of the
+        shared folder meanwhile). Nothing is kept here that cannot be uploaded: the node
+        goes back to what the server has (pulled again), one the server never had goes."""
+        log.warning("the server refused a change to inode %s (%s): going back to the server's copy", op.get("ino"),
+                    exc.body.get("detail", exc))
+        node = self.cache.get(op.get("ino", 0))
+        root = shared.root_of(self.cache, node.parent) if node is not None and node.parent else None
+        if root is not None and root.node_id:
+            self.on_stale(root.node_id)  # the role changed: the folder's root says so once pulled
+        if op["op"] == "delete" or node is None:
+            if op.get("node_id"):
+                self.on_stale(op["node_id"])
+            return
+        parent, name = node.parent, node.name
+        with self.cache.write() as txn:
+            stack = [node]
+            for _ in range(10_000_000):
+                if not stack:
+                    break
+                here = stack.pop()
+                if here.kind == "dir":
+                    stack.extend(c for c in map(self.cache.get, (i for _, i in self.cache.entries(here.ino))) if c)
+                if here.parent:
+                    self.cache.unlink(txn, here.parent, here.name)
+                self.chunks.dirty_bytes -= self.cache.drop_blocks(txn, here.ino, from_block=0)
+                self.cache.drop(txn, here)
+        await self.forget_name(parent, name)
+        if node.node_id and not node.extra.get("detached"):
+            self.on_stale(node.node_id)
 
     def _went_offline(self, exc: BaseException) -> None:
         if isinstance(exc, ServerError) and exc.status == 507:
@@ -412,6 +445,7 @@ class Syncer:
             node.srv_parent = self.cache.ino_for_node(remote.parent_id) or 0 if remote.parent_id else 0
             node.srv_name = remote.name
             node.record_attrs(remote)
+            shared.mark(node, remote)
             if remote.kind != "file":
                 node.rev = remote.rev
             if seq:

@@ -43,7 +43,7 @@ import trio
 from . import wire
 from .api_client import ApiClient
 from .cache import BLOCK_SIZE, Cache, ChunkEntry, Inode
-from .chunker import Piece, iter_pieces
+from .chunker import iter_pieces
 from .chunkcache import ChunkCache
 from .compress import Packed, compress, skip_reason
 from .content import Content, ContentReader, Watch
@@ -260,6 +260,7 @@ class Uploader:
         refs: list[tuple[str, int]] = []
         sent_chunks = sent_bytes = 0
         budget = ByteBudget(BUDGET_BYTES)
+        hint = self._namespace_hint(node)
         send, receive = trio.open_memory_channel[_Outgoing | Reused](0)
 
         def produce() -> None:
@@ -296,7 +297,7 @@ class Uploader:
             async def flush() -> None:
                 nonlocal sent_chunks, sent_bytes, batch, batch_bytes
                 if batch:
-                    c, b = await self._send_batch(batch, budget)
+                    c, b = await self._send_batch(batch, budget, hint)
                     sent_chunks, sent_bytes, batch, batch_bytes = sent_chunks + c, sent_bytes + b, [], 0
                 if on_progress is not None:
                     on_progress(refs)
@@ -361,25 +362,33 @@ class Uploader:
         node = info.node.model_copy(update={"rev": version.rev, "size": version.size, "mtime_ns": version.mtime_ns})
         return wire.CommitResponse(node=node, version=version, cursor=info.cursor)  # ours, not what is newer
 
-    async def _send_batch(self, batch: list[_Outgoing], budget: ByteBudget) -> tuple[int, int]:
+    def _namespace_hint(self, node: Inode) -> int | None:
+        """The node whose namespace the chunks go to (a shared folder has its own): the
+        file's own, or its directory's for a file the server has not seen yet."""
+        if node.node_id and not node.extra.get("detached"):
+            return node.node_id
+        parent = self.cache.get(node.parent)
+        return parent.node_id if parent is not None and parent.node_id else None
+
+    async def _send_batch(self, batch: list[_Outgoing], budget: ByteBudget, hint: int | None) -> tuple[int, int]:
         """Prepare, compress what is missing, PUT; then release the batch's budget.
         Returns (chunks sent, bytes sent)."""
         try:
-            return await self._prepare_and_put({o.fingerprint: o for o in batch})
+            return await self._prepare_and_put({o.fingerprint: o for o in batch}, hint)
         finally:
             budget.release(sum(o.held for o in batch))
             for o in batch:
                 o.drop()
 
-    async def _prepare_and_put(self, by_fp: dict[str, _Outgoing]) -> tuple[int, int]:
-        prepared = await self.client.prepare_upload([o.describe() for o in by_fp.values()])
+    async def _prepare_and_put(self, by_fp: dict[str, _Outgoing], hint: int | None) -> tuple[int, int]:
+        prepared = await self.client.prepare_upload([o.describe() for o in by_fp.values()], node_id=hint)
         tickets = {t.fingerprint: t for t in prepared.missing}
         late = [by_fp[fp] for fp in tickets if by_fp[fp].compressible and not by_fp[fp].tried]
         if late:
             await trio.to_thread.run_sync(lambda: [o.pack() for o in late])
             packed = [o for o in late if o.packed is not None]
             if packed:  # sign again, for the compressed bodies
-                again = await self.client.prepare_upload([o.describe() for o in packed])
+                again = await self.client.prepare_upload([o.describe() for o in packed], node_id=hint)
                 tickets.update((t.fingerprint, t) for t in again.missing)
                 for fp in again.present:  # another upload finished it meanwhile
                     tickets.pop(fp, None)

@@ -38,6 +38,9 @@ Compression = Literal["none", "zstd"]
 Kind = Literal["file", "dir", "symlink", "fifo", "chr", "blk", "sock", "link"]
 """`link`: an extra name of another node (a hard link), see Node.link_to."""
 SpecialKind = Literal["fifo", "chr", "blk", "sock"]
+Role = Literal["owner", "editor", "viewer"]
+"""A member's role in a shared folder: a viewer reads, an editor also writes, the owner
+also decides who is a member."""
 """Special files: synced as metadata (kind, mode, owner, rdev), no content."""
 Op = Literal["create", "modify", "move", "delete", "attr", "exchange"]
 """`exchange`: the node took the place of the one at its new name, which moved to the node's
@@ -94,6 +97,11 @@ class Node(BaseModel):
     """Kind `link` (an alias row): the id of the node this name stands for. An alias has
     a name and a place of its own and nothing else: content, versions and attributes are
     its node's, and every content or attribute call on an alias id acts on that node."""
+    ns: int | None = None
+    """A shared folder as its member sees it (kind `dir`, the shared namespace's root
+    node placed where this member mounted it): the namespace. None everywhere else."""
+    role: Role | None = None
+    """With `ns`: this member's role in the shared folder."""
 
 
 class SignedRequest(BaseModel):
@@ -106,6 +114,9 @@ class SignedRequest(BaseModel):
 
 class PrepareUploadRequest(Strict):
     chunks: Annotated[list[ChunkUpload], Field(max_length=10_000)]
+    node_id: NodeId | None = Field(None, description="the file, or the directory a new file goes into: the chunks "
+                                                     "are prepared in its namespace (a shared folder); default the "
+                                                     "account's own tree")
 
 
 class ChunkTicket(BaseModel):
@@ -296,6 +307,13 @@ class Change(BaseModel):
     old_parent_id: int | None = None
     old_name: str | None = None
     device: str
+    user_id: int | None = None
+    """The account that made the change (None: before shared folders, always the reader's)."""
+    ns: int | None = None
+    """The namespace the entry belongs to (in a multi-namespace feed)."""
+    to_ns: int | None = None
+    """A `delete` of a node that moved to another namespace and lives on there: a device
+    that follows that namespace too ignores this entry (the move reaches it there)."""
 
 
 class ChangesResponse(BaseModel):
@@ -311,7 +329,11 @@ class Me(BaseModel):
     cursor: int
     quota_bytes: int | None
     used_bytes: int = 0
-    """Sum of the sizes of this user's live files, what the quota counts."""
+    """Sum of the sizes of this user's live files, what the quota counts (those of the
+    folders it shares with others included)."""
+    cursors: dict[str, int] = {}
+    """The newest position of every namespace the account sees (its own tree, and each
+    shared folder it has accepted), by namespace id."""
 
 
 class ErrorBody(BaseModel):

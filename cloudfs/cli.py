@@ -182,6 +182,11 @@ def _status(args: argparse.Namespace) -> int:
     print(f"  pending uploads: {reply['pending_files']} files, {reply['pending_bytes']} bytes")
     print(f"  cursor: {reply['cursor']}   conflicts: {reply['conflicts']}")
     print(f"  cache: {reply['cache_bytes']} of {reply['cache_limit']} bytes")
+    if reply.get("quota_bytes") is not None:
+        print(f"  quota: {reply['used_bytes']} of {reply['quota_bytes']} bytes used (with the folders this account "
+              f"shares; folders shared with it count against their owners)")
+    if reply.get("shared_folders"):
+        print(f"  shared folders: {reply['shared_folders']} (cloudfs shares lists them)")
     if reply.get("over_quota_files"):
         print(f"  over the account's quota: {reply['over_quota_files']} files")
     if reply.get("held_deletes"):
@@ -382,10 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also compare the whole local tree with the server's and repair any drift")
     sync.set_defaults(func=_sync)
 
-    from cloudfs import account_cli, daily_cli, devices_cli, history_cli, service
+    from cloudfs import account_cli, daily_cli, devices_cli, history_cli, service, shares_cli
 
     history_cli.add_parsers(verbs)
     devices_cli.add_parsers(verbs)
+    shares_cli.add_parsers(verbs)
     daily_cli.add_parsers(verbs)
     account_cli.add_parsers(verbs)
     service.add_parsers(verbs)

@@ -217,6 +217,8 @@ class Operations(pyfuse3.Operations):
         node = self.drive.get(inode)
         if node.kind == "dir":
             raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            self.drive.check_writable(inode)  # EROFS in a viewer's shared folder
         truncate = bool(flags & os.O_TRUNC) and node.size > 0
         if truncate:  # libfuse negotiates atomic O_TRUNC: no separate setattr comes
             self.drive.setattr(inode, size=0)

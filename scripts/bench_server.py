@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Benchmark the metadata server over real HTTP: commit throughput, /changes fan-out
-latency, and the memory an idle long-poll costs.
+latency, the memory an idle long-poll costs, and what one device that follows 200
+namespaces (a member of 200 shared folders) costs.
 
 Why a script and not a test: the figures depend on the machine and take a minute or
 two; BENCHMARKS.md records them with the machine they came from. The server is a real
@@ -59,12 +60,14 @@ class Sizes:
     fanout_waiters: int = 200
     fanout_rounds: int = 10
     idle_polls: int = 1000
+    namespaces: int = 200
+    namespace_polls: int = 200
     phase_timeout: float = 180.0   # no single phase runs longer than this
 
     @classmethod
     def quick(cls) -> "Sizes":
         return cls(creates_1=400, revisions_1=25, creates_100=60, revisions_100=5,
-                   fanout_rounds=3, idle_polls=300, phase_timeout=60.0)
+                   fanout_rounds=3, idle_polls=300, phase_timeout=60.0, namespace_polls=50)
 
 
 @dataclass
@@ -572,6 +575,81 @@ async def bench_idle_memory(server: ServerProcess, token: str, root_id: int, poo
     report.add("server RSS after they were answered", f"{after:.1f} MiB")
 
 
+# --- one device that follows many namespaces ------------------------------------------------
+
+
+async def bench_namespaces(server: ServerProcess, token: str, root_id: int, pool: list[Chunk], sizes: Sizes,
+                           report: Report) -> None:
+    """A member of `namespaces` shared folders: what one of its devices costs the server.
+    Its whole feed is one `POST /sync` carrying a cursor per namespace (plus its own
+    tree's): measured idle (answered at once), parked (the server's CPU while it waits),
+    and woken by a commit in one of the folders."""
+    pid = server.proc.pid
+    n = sizes.namespaces
+    member = f"member-{os.getpid()}"
+    member_token = server.add_user(member)
+    async with make_client(server, token, connections=8) as owner, \
+            make_client(server, member_token, connections=4) as device:
+        folders = []
+        for i in range(n):
+            folder = await call(owner, "POST", "/dirs", json={"parent_id": root_id, "name": f"team-{i:03d}"})
+            shared = await call(owner, "POST", "/shares", json={"node_id": folder["node"]["id"], "user": member})
+            await call(device, "POST", f"/shares/{shared['id']}/accept", json={})
+            folders.append(folder["node"]["id"])
+        cursors = (await call(device, "GET", "/me"))["cursors"]
+        if len(cursors) != n + 1:
+            raise BenchError(f"the member sees {len(cursors)} namespaces, not {n + 1}")
+        body = {"cursors": cursors, "wait": 0}
+        await call(device, "POST", "/sync", json=body)  # warm
+        await wait_quiet(pid)
+        rounds = sizes.namespace_polls
+        ticks, times = cpu_ticks(pid), []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            await call(device, "POST", "/sync", json=body)
+            times.append(time.perf_counter() - t)
+        per_poll = (cpu_ticks(pid) - ticks) / CLK_TCK / rounds
+        report.add(f"/sync over {n + 1} namespaces, nothing new: round trip median / p99",
+                   f"{statistics.median(times) * 1000:.1f} / {percentile(times, 99) * 1000:.1f} ms")
+        report.add(f"/sync over {n + 1} namespaces, nothing new: server CPU per call", f"{per_poll * 1000:.2f} ms")
+        single = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            await call(device, "GET", "/changes", params={"cursor": cursors[next(iter(cursors))]})
+            single.append(time.perf_counter() - t)
+        report.add("/changes of one namespace, nothing new: round trip median (for comparison)",
+                   f"{statistics.median(single) * 1000:.1f} ms")
+
+        wakes, idle_cpu = [], []
+        for r in range(sizes.fanout_rounds):
+            parked: dict[str, Any] = {}
+
+            async def park() -> None:
+                response = await device.post("/sync", json={"cursors": cursors, "wait": 30})
+                parked["at"] = time.perf_counter()
+                parked["body"] = response.json()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(park)
+                await wait_quiet(pid)
+                before = cpu_ticks(pid)
+                await trio.sleep(1.0)
+                idle_cpu.append((cpu_ticks(pid) - before) / CLK_TCK)
+                target = folders[(r * 37) % n]
+                sent, _answered, seq = await one_change(owner, target, f"wake-{r}", pool)
+            changes = parked["body"]["changes"]
+            if [c["seq"] for c in changes] != [seq]:
+                raise BenchError(f"the parked /sync answered {changes!r}, not seq {seq}")
+            cursors[str(changes[0]["ns"])] = seq
+            wakes.append(parked["at"] - sent)
+        report.add(f"one /sync parked over {n + 1} namespaces: server CPU per second idle",
+                   f"{statistics.mean(idle_cpu) * 1000:.1f} ms", "<= 10 ms", statistics.mean(idle_cpu) <= 0.010)
+        report.add(f"a commit in 1 of {n} shared folders wakes the parked /sync: median / max",
+                   f"{statistics.median(wakes) * 1000:.0f} / {max(wakes) * 1000:.0f} ms", "median <= 1000 ms",
+                   statistics.median(wakes) <= 1.0)
+        report.add(f"requests a device of a member of {n} shared folders keeps waiting", "1 (/sync)")
+
+
 # --- driver -------------------------------------------------------------------------------
 
 
@@ -631,7 +709,12 @@ async def run_all(server: ServerProcess, token: str, sizes: Sizes, report: Repor
     meter = LoadMeter(pid)
     await bench_fanout(server, token, root_id, pool, sizes, report)
     load.append(f"{meter.other_cores():.2f}")
-    report.add(f"CPU used by other processes: commits / memory / fan-out (cores of {os.cpu_count()})", " / ".join(load))
+    print("4. one device following 200 namespaces", flush=True)
+    meter = LoadMeter(pid)
+    await bench_namespaces(server, token, root_id, pool, sizes, report)
+    load.append(f"{meter.other_cores():.2f}")
+    report.add(f"CPU used by other processes: commits / memory / fan-out / namespaces (cores of {os.cpu_count()})",
+               " / ".join(load))
 
 
 def code_state() -> str:

@@ -10,6 +10,11 @@ dev-b; tests.harness), all in a temp dir. Four cases, each `--iterations` times 
   - modify, A -> B: one existing file overwritten with new unique bytes on A;
   - the same two from B to A.
 
+Then the same four between two accounts through a shared folder: A shares `shared`
+with a second account, whose device C (dev-c) mounts it at `shared`; A and C write
+into the folder (`A -> C (shared)`, `C -> A (shared)`). The propagation target is the
+same (issue 16).
+
 Each iteration is timed from just before the open on the writer to the first read on the
 reader that returns the new bytes; the reader opens and reads the file every 10 ms
 (bounded to 30 s; a miss counts as a failure). The next iteration starts once the
@@ -47,7 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.harness import MountProcess, cloudfs_mount, cloudfs_server  # noqa: E402
+from tests.harness import CLOUDFS, MountProcess, cloudfs_mount, cloudfs_server  # noqa: E402
 
 POLL_S = 0.010
 TIMEOUT_S = 30.0
@@ -157,20 +162,23 @@ def commit_times(log: str) -> list[tuple[float, int, int]]:
     return out
 
 
-def run_case(case: Case, writer: MountProcess, reader: MountProcess, iterations: int, *, modify: bool) -> None:
-    tag = case.name.replace(" ", "-").replace(">", "")
+def run_case(case: Case, writer: MountProcess, reader: MountProcess, iterations: int, *, modify: bool,
+             folder: str = "") -> None:
+    """`folder`: where in both drives the files go (a shared folder)."""
+    tag = case.name.replace(" ", "-").replace(">", "").replace("(", "").replace(")", "")
     name = f"{tag}.txt"
+    wdir, rdir = writer.path / folder, reader.path / folder
     if modify:  # the file exists on both sides before the first timed write
-        write(writer.path / name, content(tag, -1))
-        if wait_for(reader.path / name, read(writer.path / name), 60, reader.proc) is None:
+        write(wdir / name, content(tag, -1))
+        if wait_for(rdir / name, read(wdir / name), 60, reader.proc) is None:
             raise BenchError(f"{name} never arrived on the reader during setup")
     starts: list[float] = []
     for i in range(iterations):
-        path = writer.path / (name if modify else f"{tag}-{i:03d}.txt")
+        path = wdir / (name if modify else f"{tag}-{i:03d}.txt")
         data = content(tag, i)
         wall, start = time.time(), time.monotonic()
         write(path, data)
-        seen = wait_for(reader.path / path.name, data, TIMEOUT_S, reader.proc)
+        seen = wait_for(rdir / path.name, data, TIMEOUT_S, reader.proc)
         if seen is None:
             case.missed += 1
             print(f"  {case.name} #{i}: not seen on the reader after {TIMEOUT_S:.0f} s", flush=True)
@@ -186,6 +194,23 @@ def run_case(case: Case, writer: MountProcess, reader: MountProcess, iterations:
         case.commits.append(first - wall)
         first = next((t for t in prepares if t >= wall - 0.001), float("nan"))
         case.uploads.append(first - wall)
+
+
+def share_folder(owner: MountProcess, member: MountProcess, member_name: str) -> None:
+    """`shared` in the owner's drive, shared with the member and accepted at `shared`."""
+    def cloudfs(*args: str, cwd: Path | None = None) -> str:
+        done = subprocess.run([*CLOUDFS, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+        if done.returncode != 0:
+            raise BenchError(f"cloudfs {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
+    (owner.path / "shared").mkdir()
+    owner.sync()
+    cloudfs("share", str(owner.path / "shared"), member_name)
+    ns = json.loads(cloudfs("shares", "--json", cwd=member.path))[0]["id"]
+    cloudfs("shares", "accept", str(ns), "--at", str(member.path / "shared"))
+    write(owner.path / "shared" / "warm-up.txt", b"shared warm-up\n")
+    if wait_for(member.path / "shared" / "warm-up.txt", b"shared warm-up\n", 60, member.proc) is None:
+        raise BenchError("the shared folder's warm-up file never arrived on C")
 
 
 def fmt(value: float | None) -> str:
@@ -250,23 +275,30 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     print(f"cloudfs sync latency benchmark; {machine()}; load {loadavg()}; code {code_state()}", flush=True)
 
-    cases = [Case("new file, A -> B"), Case("modify, A -> B"), Case("new file, B -> A"), Case("modify, B -> A")]
+    cases = [Case("new file, A -> B"), Case("modify, A -> B"), Case("new file, B -> A"), Case("modify, B -> A"),
+             Case("new file, A -> C (shared)"), Case("modify, A -> C (shared)"), Case("new file, C -> A (shared)"),
+             Case("modify, C -> A (shared)")]
     tmp = Path(tempfile.mkdtemp(prefix="cloudfs-bench-sync-", dir=args.tmp))
     status = 2
     load_start = loadavg()
     try:
         with cloudfs_server(tmp / "server") as server:
             token = server.add_user(f"bench-{uuid.uuid4().hex[:8]}")
+            other = f"bench-{uuid.uuid4().hex[:8]}"
+            token_c = server.add_user(other)
             with cloudfs_mount(server, token, tmp / "a", tmp / "cache-a", device="dev-a") as a, \
-                    cloudfs_mount(server, token, tmp / "b", tmp / "cache-b", device="dev-b") as b:
+                    cloudfs_mount(server, token, tmp / "b", tmp / "cache-b", device="dev-b") as b, \
+                    cloudfs_mount(server, token_c, tmp / "c", tmp / "cache-c", device="dev-c") as c:
                 try:
                     write(a.path / "warm-up.txt", b"warm-up\n")  # first requests, imports, connections
                     if wait_for(b.path / "warm-up.txt", b"warm-up\n", 60, b.proc) is None:
                         raise BenchError("the warm-up file never arrived on B")
-                    for case, (writer, reader), modify in zip(cases, [(a, b), (a, b), (b, a), (b, a)],
-                                                              [False, True, False, True]):
+                    share_folder(a, c, other)
+                    pairs = [(a, b), (a, b), (b, a), (b, a), (a, c), (a, c), (c, a), (c, a)]
+                    for case, (writer, reader), modify in zip(cases, pairs, [False, True] * 4):
                         print(f"{case.name}: {iterations} iterations", flush=True)
-                        run_case(case, writer, reader, iterations, modify=modify)
+                        run_case(case, writer, reader, iterations, modify=modify,
+                                 folder="shared" if "shared" in case.name else "")
                         s = case.summary()
                         print(f"  median {fmt(s['median_s'])}, p90 {fmt(s['p90_s'])}, p99 {fmt(s['p99_s'])}, "
                               f"max {fmt(s['max_s'])}; write->upload starts "
@@ -278,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                 except (BenchError, OSError) as exc:
                     print(f"benchmark failed: {exc!r}", file=sys.stderr)
                 finally:
-                    for m in (a, b):
+                    for m in (a, b, c):
                         if "Traceback" in m.log() or " ERROR " in m.log():
                             print(f"mount log of {m.device} has errors:\n" + m.log()[-3000:], file=sys.stderr)
     except KeyboardInterrupt:

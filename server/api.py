@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Annotated
+from typing import Annotated, Callable
 
 import anyio
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel
+from sqlalchemy.engine import Connection
 
 from cloudfs.backend import wire
 from cloudfs.backend.names import split_path
 from cloudfs.backend.compress import CompressionError, plain_digest
 from cloudfs.backend.store import StoreError, chunk_key
 
-from . import commits, files, journal, tree
+from . import commits, crossing, files, journal, namespaces, shares, tree
 from .app import ServerContext, User, context_dependency, current_user, device_name
-from .errors import Invalid, NotFound, StoreUnavailable
+from .errors import Conflict, Invalid, NotEmpty, NotFound, SharedFolderConflict, StoreUnavailable
+from .sql import Row, Tx
 
 ERRORS = {
     status: {"model": wire.ErrorBody, "description": description}
@@ -54,28 +56,47 @@ async def health() -> dict[str, str]:
 
 @router.get("/me", tags=["server"])
 async def me(ctx: Ctx, user: Auth) -> wire.Me:
-    def run() -> tuple[int, int]:
+    """The account, its own tree's cursor (and every namespace's in `cursors`), and what
+    its quota counts: live files of its own tree and of the folders it shares."""
+    def run() -> tuple[dict[str, int], int]:
         with ctx.db.read() as conn:
-            used = tree.used_bytes(conn, user.id) if user.quota_bytes is not None else 0
-            return journal.cursor(conn, user.id), used
-    cursor, used = await ctx.run_db(run)
-    return wire.Me(user_id=user.id, name=user.name, root_id=user.root_id, cursor=cursor,
-                   quota_bytes=user.quota_bytes, used_bytes=used)
+            tx = Tx.of(conn)
+            used = commits.used_bytes(tx, user.id) if user.quota_bytes is not None else 0
+            cursors = {str(v.id): journal.cursor(tx, v.id) for v in namespaces.visible(tx, user.id, user.root_id)}
+            return cursors, used
+    cursors, used = await ctx.run_db(run)
+    return wire.Me(user_id=user.id, name=user.name, root_id=user.root_id, cursor=cursors[str(user.id)],
+                   quota_bytes=user.quota_bytes, used_bytes=used, cursors=cursors)
 
 
 # --- tree ------------------------------------------------------------------------------
 
 
-async def _mutate(ctx: ServerContext, user: User, fn, *args) -> wire.NodeResponse:  # noqa: ANN001
-    def run() -> wire.NodeResponse:
-        with ctx.db.write(user.id) as conn:
-            row, seq = fn(conn, user.id, *args)
-            cursor = seq if seq is not None else journal.cursor(conn, user.id)
-        return wire.NodeResponse(node=tree.to_wire(row), cursor=cursor)
+async def _mutate(ctx: ServerContext, user: User, locate: Callable[[Connection], tuple[int, ...]],
+                  fn: Callable[[Connection], tuple[Row, int | None, int]]) -> wire.NodeResponse:
+    """A tree change: `locate` names (and checks) the namespaces it writes, `fn` makes
+    it and returns (row, seq or None, namespace of the cursor) (namespaces.write_in)."""
+    def body(conn: Connection) -> wire.NodeResponse:
+        row, seq, ns_id = fn(conn)
+        cursor = seq if seq is not None else journal.cursor(conn, ns_id)
+        return wire.NodeResponse(node=namespaces.as_seen(conn, user.id, row), cursor=cursor)
 
-    response = await ctx.run_db(run)
-    ctx.notifier.notify(user.id)
+    touched, response = await ctx.run_db(namespaces.write_in, ctx.db, locate, body)
+    for ns_id in touched:
+        ctx.notifier.notify(ns_id)
     return response
+
+
+def _writable(user: User, *node_ids: tuple[int, str]) -> Callable[[Connection], tuple[int, ...]]:
+    """A `locate` for `_mutate`: the namespaces of these (node id, field) pairs, which the
+    account must be allowed to change."""
+    def locate(conn: Connection) -> tuple[int, ...]:
+        return tuple(namespaces.locate(conn, user.id, node_id, write=True, field=field) for node_id, field in node_ids)
+    return locate
+
+
+def _locked(nss: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(sorted(set(nss)))
 
 
 @router.get("/resolve", tags=["tree"])
@@ -87,20 +108,30 @@ async def resolve(ctx: Ctx, user: Auth, path: Annotated[str, Query(max_length=40
 
     def run() -> wire.NodeResponse:
         with ctx.db.read() as conn:
-            row = tree.resolve(conn, user.id, user.root_id, names)
-            return wire.NodeResponse(node=tree.to_wire(row), cursor=journal.cursor(conn, user.id))
+            ns_id, row = namespaces.resolve(conn, user.id, user.root_id, names)
+            return wire.NodeResponse(node=namespaces.as_seen(conn, user.id, row), cursor=journal.cursor(conn, ns_id))
     return await ctx.run_db(run)
 
 
 @router.get("/nodes", tags=["tree"])
 async def snapshot(ctx: Ctx, user: Auth, after_id: Annotated[int, Query(ge=0, le=wire.INT64_MAX)] = 0,
-                   limit: Annotated[int, Query(ge=1, le=10_000)] = 5000) -> wire.Snapshot:
-    """Every live node, paged by id: how a new or lost device rebuilds its mirror.
-    Take `cursor` from the first page and follow `/changes` from there afterwards."""
+                   limit: Annotated[int, Query(ge=1, le=10_000)] = 5000,
+                   ns: Annotated[int | None, Query(ge=1, le=wire.INT64_MAX, description="a shared folder's namespace; "
+                                                  "default the account's own tree")] = None) -> wire.Snapshot:
+    """Every live node of one namespace, paged by id: how a new or lost device rebuilds
+    its mirror. Take `cursor` from the first page and follow `/changes` (or that
+    namespace's cursor in `/sync`) from there afterwards. A shared folder's root comes
+    first, where this account mounted it."""
+    ns_id = user.id if ns is None else ns
+
     def run() -> wire.Snapshot:
         with ctx.db.read() as conn:
-            cursor = journal.cursor(conn, user.id)
-            page, next_after = tree.snapshot(conn, user.id, after_id=after_id, limit=limit)
+            namespaces.check_role(conn, user.id, ns_id, write=False, what="shared folder", field="ns")
+            cursor = journal.cursor(conn, ns_id)
+            page, next_after = tree.snapshot(conn, ns_id, after_id=after_id, limit=limit)
+            if ns_id != user.id:
+                page = [namespaces.as_seen(conn, user.id, tree.get(conn, ns_id, n.id)) if n.parent_id is None else n
+                        for n in page]
         return wire.Snapshot(nodes=page, next_after_id=next_after, cursor=cursor)
     return await ctx.run_db(run)
 
@@ -109,7 +140,9 @@ async def snapshot(ctx: Ctx, user: Auth, after_id: Annotated[int, Query(ge=0, le
 async def get_node(ctx: Ctx, user: Auth, node_id: NodeIdPath) -> wire.NodeResponse:
     def run() -> wire.NodeResponse:
         with ctx.db.read() as conn:
-            return wire.NodeResponse(node=tree.to_wire(tree.get(conn, user.id, node_id)), cursor=journal.cursor(conn, user.id))
+            ns_id = namespaces.locate(conn, user.id, node_id)
+            return wire.NodeResponse(node=namespaces.as_seen(conn, user.id, tree.get(conn, ns_id, node_id)),
+                                     cursor=journal.cursor(conn, ns_id))
     return await ctx.run_db(run)
 
 
@@ -126,26 +159,40 @@ async def list_dir(ctx: Ctx, user: Auth, node_id: NodeIdPath,
 
     def run() -> wire.Listing:
         with ctx.db.read() as conn:
-            entries, next_after = tree.list_children(conn, user.id, node_id, after=after, limit=limit)
-            more = tree.linked(conn, user.id, entries) if linked else []
+            try:
+                ns_id = namespaces.locate(conn, user.id, node_id)
+            except NotFound:
+                raise NotFound(f"no directory with id {node_id}", field="id") from None
+            entries, next_after = tree.list_children(conn, ns_id, node_id, after=after, limit=limit)
+            more = tree.linked(conn, ns_id, entries) if linked else []
         return wire.Listing(entries=entries, next_after=next_after, linked=more)
     return await ctx.run_db(run)
 
 
+def _create(user: User, fn: Callable[..., tuple[Row, int | None]], req, device: str):  # noqa: ANN001, ANN202
+    """mkdir, symlink, mknod: in the parent's namespace."""
+    locate = _writable(user, (req.parent_id, "parent_id"))
+
+    def run(conn: Connection) -> tuple[Row, int | None, int]:
+        (ns_id,) = locate(conn)
+        return (*fn(conn, ns_id, req, device), ns_id)
+    return locate, run
+
+
 @router.post("/dirs", status_code=201, tags=["tree"])
 async def mkdir(ctx: Ctx, user: Auth, device: Device, req: wire.MkdirRequest) -> wire.NodeResponse:
-    return await _mutate(ctx, user, tree.mkdir, req, device)
+    return await _mutate(ctx, user, *_create(user, tree.mkdir, req, device))
 
 
 @router.post("/symlinks", status_code=201, tags=["tree"])
 async def symlink(ctx: Ctx, user: Auth, device: Device, req: wire.SymlinkRequest) -> wire.NodeResponse:
-    return await _mutate(ctx, user, tree.symlink, req, device)
+    return await _mutate(ctx, user, *_create(user, tree.symlink, req, device))
 
 
 @router.post("/special", status_code=201, tags=["tree"])
 async def mknod(ctx: Ctx, user: Auth, device: Device, req: wire.MknodRequest) -> wire.NodeResponse:
     """A FIFO, unix socket, or character or block device node: metadata only."""
-    return await _mutate(ctx, user, tree.mknod, req, device)
+    return await _mutate(ctx, user, *_create(user, tree.mknod, req, device))
 
 
 @router.post("/links", status_code=201, tags=["tree"])
@@ -153,19 +200,70 @@ async def link(ctx: Ctx, user: Auth, device: Device, req: wire.LinkRequest) -> w
     """A hard link: one more name for a file, symlink or special file (an *alias*, kind
     `link`, whose `link_to` is the node). An alias moves, is renamed over and is deleted
     like any node; content and attribute calls on its id act on its node. Deleting a
-    node's own name while it has aliases moves it to the oldest one instead."""
-    return await _mutate(ctx, user, tree.link, req, device)
+    node's own name while it has aliases moves it to the oldest one instead. A file's
+    names stay in one namespace: a link across a shared folder's boundary is 409."""
+    locate = _writable(user, (req.parent_id, "parent_id"))
+
+    def run(conn: Connection) -> tuple[Row, int | None, int]:
+        (ns_id,) = locate(conn)
+        other = namespaces.ns_of(conn, req.node_id)
+        if other not in (ns_id, None) and namespaces.role_in(conn, user.id, other) is not None:
+            raise SharedFolderConflict("a file's names stay on one side of a shared folder's boundary",
+                                       field="node_id", errno="EXDEV")
+        return (*tree.link(conn, ns_id, req, device), ns_id)
+    return await _mutate(ctx, user, locate, run)
 
 
 @router.post("/nodes/{node_id}/move", tags=["tree"])
 async def move(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath, req: wire.MoveRequest) -> wire.NodeResponse:
-    """Rename or move a node; a directory moves with its whole subtree in one step."""
-    return await _mutate(ctx, user, tree.move, node_id, req, device)
+    """Rename or move a node; a directory moves with its whole subtree in one step. Into
+    or out of a shared folder, the node changes namespace (a delete for the members who
+    see only one side, crossing.py); a shared folder itself moves in this account's tree
+    alone (its mount)."""
+    def nodes_of(conn: Connection) -> tuple[int, int, bool]:
+        from_ns, mount = _node_ns(conn, user, node_id)
+        return from_ns, namespaces.locate(conn, user.id, req.parent_id, write=True, field="parent_id"), mount
+
+    def locate(conn: Connection) -> tuple[int, ...]:
+        from_ns, to_ns, mount = nodes_of(conn)
+        return _locked((user.id, from_ns) if mount else (from_ns, to_ns))
+
+    def run(conn: Connection) -> tuple[Row, int | None, int]:
+        from_ns, to_ns, mount = nodes_of(conn)
+        if mount:
+            return (*shares.move_mount(conn, user, from_ns, req, device), user.id)
+        row = tree.get(conn, from_ns, node_id)
+        if row["kind"] == "mount":
+            return (*shares.move_mount(conn, user, row["mount_ns"], req, device), user.id)
+        if from_ns != to_ns:
+            return (*crossing.move_across(conn, from_ns, to_ns, row, req, device), to_ns)
+        return (*tree.move(conn, from_ns, node_id, req, device), from_ns)
+    return await _mutate(ctx, user, locate, run)
+
+
+def _node_ns(conn: Connection, user: User, node_id: int) -> tuple[int, bool]:
+    """The namespace of a node to move or delete, and whether it is a shared folder's
+    root: that one is the caller's to move or delete (leave) whatever their role."""
+    ns_id = namespaces.locate(conn, user.id, node_id)
+    if _shared_root(conn, ns_id, node_id):
+        return ns_id, True
+    namespaces.check_role(conn, user.id, ns_id, write=True)
+    return ns_id, False
+
+
+def _shared_root(conn: Connection, ns_id: int, node_id: int) -> bool:
+    row = tree.get_or_none(conn, ns_id, node_id)
+    return row is not None and row["parent_id"] is None and ns_id != namespaces.owner_root(conn, ns_id)
 
 
 @router.patch("/nodes/{node_id}", tags=["tree"])
 async def set_attr(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath, req: wire.AttrRequest) -> wire.NodeResponse:
-    return await _mutate(ctx, user, tree.set_attr, node_id, req, device)
+    locate = _writable(user, (node_id, "id"))
+
+    def run(conn: Connection) -> tuple[Row, int | None, int]:
+        (ns_id,) = locate(conn)
+        return (*tree.set_attr(conn, ns_id, node_id, req, device), ns_id)
+    return await _mutate(ctx, user, locate, run)
 
 
 @router.delete("/nodes/{node_id}", tags=["tree"])
@@ -173,9 +271,35 @@ async def delete(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath, recu
                  rev: Annotated[int | None, Query(ge=0, description="delete a file only if it is still at this revision")] = None,
                  ) -> wire.NodeResponse:
     """Tombstone a node; a non-empty directory needs `recursive=true`. A file deleted with
-    a `rev` it no longer has answers 409 stale_revision, like a commit would."""
-    return await _mutate(ctx, user, lambda conn, owner: tree.delete(conn, owner, node_id, recursive=recursive,
-                                                                   device=device, rev=rev))
+    a `rev` it no longer has answers 409 stale_revision, like a commit would. A shared
+    folder deleted by a member: they leave it; by its owner: only once nobody else is a
+    member (it becomes a folder of theirs again, and goes to their trash)."""
+    def locate(conn: Connection) -> tuple[int, ...]:
+        ns_id, mount = _node_ns(conn, user, node_id)
+        if mount:
+            return _locked((user.id, ns_id))
+        if ns_id == user.id:
+            row = tree.get_or_none(conn, ns_id, node_id)
+            below = shares.mounts_below(conn, user.id, node_id) if row is not None and row["kind"] == "dir" else []
+            mounts = [row["mount_ns"]] if row is not None and row["kind"] == "mount" else []
+            return _locked((ns_id, *mounts, *(m["mount_ns"] for m in below)))
+        return (ns_id,)
+
+    def run(conn: Connection) -> tuple[Row, int | None, int]:
+        ns_id, mount = _node_ns(conn, user, node_id)
+        if mount:
+            return (*shares.delete_root(conn, user, ns_id, device), user.id)
+        row = tree.get(conn, ns_id, node_id)
+        if row["kind"] == "mount":
+            return (*shares.delete_root(conn, user, row["mount_ns"], device), user.id)
+        if row["kind"] == "dir" and ns_id == user.id:
+            below = shares.mounts_below(conn, user.id, node_id)
+            if below and not recursive:
+                raise NotEmpty(f"directory {node_id} ({row['name']!r}) is not empty", field="id")
+            for mount in below:  # the shared folders in it: left, or dissolved (their owner, alone in them)
+                shares.delete_root(conn, user, mount["mount_ns"], device)
+        return (*tree.delete(conn, ns_id, node_id, recursive=recursive, device=device, rev=rev), ns_id)
+    return await _mutate(ctx, user, locate, run)
 
 
 # --- files -----------------------------------------------------------------------------
@@ -183,50 +307,92 @@ async def delete(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath, recu
 
 @router.post("/uploads/prepare", tags=["files"])
 async def prepare_upload(ctx: Ctx, user: Auth, request: Request, req: wire.PrepareUploadRequest) -> wire.PrepareUploadResponse:
-    """Which of these chunks this account lacks, with a signed PUT for each."""
-    return await ctx.run_db(files.prepare_upload, ctx.db, _signer(ctx, request), user.id, req)
+    """Which of these chunks the namespace lacks, with a signed PUT for each: the
+    namespace of `node_id` (the file, or the directory a new file goes into), by default
+    the account's own tree."""
+    ns_id = user.id
+    if req.node_id is not None:
+        ns_id = await ctx.run_db(_locate, ctx, user, req.node_id, True, "node_id")
+    return await ctx.run_db(files.prepare_upload, ctx.db, _signer(ctx, request), ns_id, req)
+
+
+def _locate(ctx: ServerContext, user: User, node_id: int, write: bool, field: str) -> int:
+    with ctx.db.read() as conn:
+        return namespaces.locate(conn, user.id, node_id, write=write, field=field)
+
+
+def _visible(ctx: ServerContext, user: User) -> list[int]:
+    with ctx.db.read() as conn:
+        return [v.id for v in namespaces.visible(conn, user.id, user.root_id)]
 
 
 @router.post("/downloads/prepare", tags=["files"])
 async def prepare_download(ctx: Ctx, user: Auth, request: Request, req: wire.PrepareDownloadRequest) -> wire.PrepareDownloadResponse:
-    """Fresh signed GET URLs for chunks of this account. A chunk uploaded but not yet
-    named by a commit (a file streamed while written) is looked at in the store first."""
+    """Fresh signed GET URLs for chunks of this account's namespaces (its own tree and
+    the shared folders it has). A chunk uploaded but not yet named by a commit (a file
+    streamed while written) is looked at in the store first."""
+    visible = await ctx.run_db(_visible, ctx, user)
     try:
-        return await ctx.run_db(files.prepare_download, ctx.db, _signer(ctx, request), user.id, req)
+        return await ctx.run_db(files.prepare_download, ctx.db, _signer(ctx, request), visible, req)
     except NotFound:
-        pending = await ctx.run_db(files.pending_rows, ctx.db, user.id, req.fingerprints)
-        if not pending:
+        found = False
+        for ns_id in visible:
+            pending = await ctx.run_db(files.pending_rows, ctx.db, ns_id, req.fingerprints)
+            if pending:
+                verified, _ = await _check_in_store(ctx, ns_id, commits.Unverified({}, pending))
+                if verified:
+                    await ctx.run_db(files.record_verified, ctx.db, ns_id, verified)
+                    found = True
+        if not found:
             raise
-    verified, _ = await _check_in_store(ctx, user.id, commits.Unverified({}, pending))
-    if verified:
-        await ctx.run_db(files.record_verified, ctx.db, user.id, verified)
-    return await ctx.run_db(files.prepare_download, ctx.db, _signer(ctx, request), user.id, req)
+    return await ctx.run_db(files.prepare_download, ctx.db, _signer(ctx, request), visible, req)
 
 
 @router.post("/files", tags=["files"], response_model=wire.CommitResponse)
 async def commit(ctx: Ctx, user: Auth, device: Device, req: wire.CommitRequest) -> Response:
     """Commit a version. Every chunk must be uploaded first (422 names the missing ones);
-    a stale `base_rev` is 409 with the current revision."""
+    a stale `base_rev` is 409 with the current revision. In a shared folder, chunks the
+    account uploaded to another of its namespaces are given to the folder, not asked for."""
     return await commit_version(ctx, user, device, req)
 
 
 async def commit_version(ctx: ServerContext, user: User, device: str, req: wire.CommitRequest) -> Response:
     """The commit route's work; `commit_route.py` calls it too, for well-formed requests
-    that it serves without FastAPI's per-request machinery."""
+    that it serves without FastAPI's per-request machinery. The job runs in the
+    namespace of the file (or its directory): guessed (the account's own tree, or
+    where this node was last seen), and submitted again where the job finds it is."""
     commits.check_size(req)
+    hint = req.node_id or req.parent_id
+    ns_id = ctx.ns_guess.get(hint, user.id) if hint else user.id
+    for _ in range(4):
+        try:
+            response = await _commit_in(ctx, ns_id, user, device, req)
+        except commits.Elsewhere as elsewhere:
+            ns_id = elsewhere.ns_id
+            if hint:
+                ctx.guess_ns(hint, ns_id)
+            continue
+        if ns_id != user.id:
+            ctx.guess_ns(response.node.id, ns_id)
+        return _json(response)
+    raise Conflict("the file kept moving between shared folders during the commit; commit again", field="node_id")
+
+
+async def _commit_in(ctx: ServerContext, ns_id: int, user: User, device: str, req: wire.CommitRequest) -> BaseModel:
     if req.inline:
-        stored = await _store_inline(ctx, user.id, req)
-        return _json(await ctx.writer.submit(user.id, commits.stored_then_commit, user.id, user.root_id, req, device,
-                                             stored))
+        stored = await _store_inline(ctx, ns_id, req)
+        return await ctx.writer.submit(ns_id, commits.stored_then_commit, ns_id, user, req, device, stored)
     try:
-        response = await ctx.writer.submit(user.id, commits.commit, user.id, user.root_id, req, device)
+        return await ctx.writer.submit(ns_id, commits.commit, ns_id, user, req, device)
     except commits.Unverified as unverified:
         # Chunks uploaded straight to the store (S3) have not been looked at yet: look
         # now, outside any transaction, then write what was found and the commit together.
-        verified, problems = await _check_in_store(ctx, user.id, unverified)
-        response = await ctx.writer.submit(user.id, commits.verify_then_commit, user.id, user.root_id, req, device,
-                                           verified, problems)
-    return _json(response)
+        verified, problems = await _check_in_store(ctx, ns_id, unverified)
+        by_ns: dict[int, list[str]] = {}
+        for row in unverified.pending:
+            if row["fingerprint"] in verified:
+                by_ns.setdefault(row["owner_id"], []).append(row["fingerprint"])
+        return await ctx.writer.submit(ns_id, commits.verify_then_commit, ns_id, user, req, device, by_ns, problems)
 
 
 async def _store_inline(ctx: ServerContext, owner_id: int, req: wire.CommitRequest) -> list[files.Stored]:
@@ -307,18 +473,34 @@ def _json(model: BaseModel) -> Response:
 async def file_info(ctx: Ctx, user: Auth, request: Request, node_id: NodeIdPath,
                     rev: Annotated[int | None, Query(ge=1, le=wire.INT64_MAX)] = None, urls: bool = True) -> wire.FileInfo:
     """Metadata, ordered chunk list and signed GET URLs of the current (or `rev`) version."""
-    return await ctx.run_db(files.file_info, ctx.db, _signer(ctx, request), user.id, node_id, rev=rev, urls=urls)
+    ns_id = await ctx.run_db(_locate, ctx, user, node_id, False, "id")
+    info = await ctx.run_db(files.file_info, ctx.db, _signer(ctx, request), ns_id, node_id, rev=rev, urls=urls)
+    if info.node.parent_id is None and ns_id != user.id:
+        info.node = await ctx.run_db(_seen, ctx, user, ns_id, info.node.id)
+    return info
+
+
+def _seen(ctx: ServerContext, user: User, ns_id: int, node_id: int) -> wire.Node:
+    with ctx.db.read() as conn:
+        return namespaces.as_seen(conn, user.id, tree.get(conn, ns_id, node_id))
 
 
 @router.get("/files/{node_id}/versions", tags=["files"])
 async def versions(ctx: Ctx, user: Auth, node_id: NodeIdPath, limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> wire.VersionList:
-    return await ctx.run_db(files.list_versions, ctx.db, user.id, node_id, limit=limit)
+    ns_id = await ctx.run_db(_locate, ctx, user, node_id, False, "id")
+    return await ctx.run_db(files.list_versions, ctx.db, ns_id, node_id, limit=limit)
 
 
 @router.post("/files/{node_id}/restore", tags=["files"], response_model=wire.CommitResponse)
 async def restore(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath, req: wire.RestoreRequest) -> Response:
     """Make an old revision current again, as a new commit."""
-    return _json(await ctx.writer.submit(user.id, commits.restore, user.id, node_id, req, device))
+    ns_id = await ctx.run_db(_locate, ctx, user, node_id, True, "id")
+    for _ in range(4):
+        try:
+            return _json(await ctx.writer.submit(ns_id, commits.restore, ns_id, user, node_id, req, device))
+        except commits.Elsewhere as elsewhere:
+            ns_id = elsewhere.ns_id
+    raise Conflict("the file kept moving between shared folders during the restore; try again", field="id")
 
 
 # --- change feed -----------------------------------------------------------------------

@@ -27,6 +27,7 @@ from cloudfs.backend.names import DEVICE_RE, DEVICE_RULE
 from cloudfs.backend.store import NoSuchKeyError, ObjectStore, StoreError
 
 from . import auth
+from . import journal
 from .db import Database
 from .errors import ApiError, Forbidden, Invalid, StoreUnavailable, Unauthorized
 from .notifier import ChangeNotifier
@@ -70,6 +71,14 @@ class ServerContext:
     draining: bool = False
     readiness: Readiness = field(default_factory=Readiness)
     """SIGTERM with `--drain`: /ready says 503 while requests are still served."""
+    ns_guess: dict[int, int] = field(default_factory=dict)
+    """Node id -> the namespace it was last seen in: where a commit naming it is tried
+    first (the job checks, and says where it really is: api.commit_version)."""
+
+    def guess_ns(self, node_id: int, ns_id: int) -> None:
+        if len(self.ns_guess) > 100_000:
+            self.ns_guess.clear()
+        self.ns_guess[node_id] = ns_id
 
     def __post_init__(self) -> None:
         self.writer = Writer(self.db, self.notifier, self.db_limiter)
@@ -144,6 +153,7 @@ async def current_user(
     user = await context(request).authenticate(token, device=request.headers.get("x-cloudfs-device"))
     if user is None:
         raise Unauthorized("unknown token", field="Authorization")
+    journal.ACTOR.set(user.id)  # every journal entry this request makes names the account
     return user
 
 
@@ -309,11 +319,11 @@ class AccessLog:
 
     @staticmethod
     def _quiet_kind(scope: dict, status: int, empty: bool) -> str | None:
-        if scope["method"] != "GET" or status != 200:
+        if status != 200:
             return None
-        if scope["path"] in ("/health", "/me", "/ready", "/metrics"):
+        if scope["method"] == "GET" and scope["path"] in ("/health", "/me", "/ready", "/metrics"):
             return "heartbeats"
-        if scope["path"] == "/changes" and empty:
+        if (scope["method"], scope["path"]) in (("GET", "/changes"), ("POST", "/sync")) and empty:
             return "idle long-polls"
         return None
 

@@ -26,6 +26,7 @@ from typing import Any, Callable
 from cloudfs.backend import wire
 
 from .api import commit_version
+from . import journal
 from .app import DEVICE_RE, ServerContext, error_response, user_of_header
 from .errors import ApiError
 
@@ -70,6 +71,7 @@ class CommitRoute:
         if req is None:
             return await self.app(scope, _replay(messages, receive), send)
 
+        journal.ACTOR.set(user.id)
         try:
             response = await commit_version(self.ctx, user, device_name, req)
         except ApiError as exc:

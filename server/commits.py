@@ -17,28 +17,48 @@ submits `verify_then_commit`.
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from cloudfs.backend import wire
 from cloudfs.backend.names import split_path
 
-from . import files, journal, tree
+from . import crossing, files, journal, namespaces, tree
 from .errors import Invalid, IsADirectory, NameExists, NotADirectory, NotFound, QuotaExceeded, StaleRevision
 from .sql import Row, Stmt, Tx
 from .writer import Refused
+
+
+class Actor(Protocol):
+    """The account a job acts for (app.User)."""
+
+    id: int
+    root_id: int
 
 _VERSION = Stmt("""INSERT INTO versions (node_id, rev, size, mtime_ns, device, created_at)
                    VALUES (:node_id, :rev, :size, :mtime_ns, :device, :created_at) RETURNING id""")
 _VERSION_CHUNK = Stmt("""INSERT INTO version_chunks (version_id, idx, fingerprint, length)
                          VALUES (:version_id, :idx, :fingerprint, :length)""")
-_QUOTA = Stmt("SELECT quota_bytes FROM users WHERE id = :owner_id")
+_QUOTA = Stmt("""SELECT u.id, u.quota_bytes FROM namespaces n JOIN users u ON u.id = n.owner_id
+                 WHERE n.id = :owner_id""")
 _USED = Stmt("""SELECT COALESCE(SUM(size), 0) FROM nodes
-                WHERE owner_id = :owner_id AND kind = 'file' AND deleted = {false}""")
+                WHERE owner_id IN (SELECT id FROM namespaces WHERE owner_id = :user_id)
+                  AND kind = 'file' AND deleted = {false}""")
 _NODE_UPDATE = Stmt("""UPDATE nodes SET size = :size, mtime_ns = :mtime_ns, rev = :rev, deleted = {false},
                          deleted_at = NULL, deleted_by = NULL
                        WHERE id = :id RETURNING *""")
 _NODE_UPDATE_MODE = Stmt("""UPDATE nodes SET size = :size, mtime_ns = :mtime_ns, rev = :rev, deleted = {false},
                               deleted_at = NULL, deleted_by = NULL,
                             mode = :mode WHERE id = :id RETURNING *""")
+
+
+class Elsewhere(Exception):
+    """The commit's file (or directory) is in another namespace than the one its job was
+    submitted for (the route guessed the account's own tree, or the node moved
+    meanwhile): submit it again there. Not an API error; the route catches it."""
+
+    def __init__(self, ns_id: int) -> None:
+        super().__init__(f"in namespace {ns_id}")
+        self.ns_id = ns_id
 
 
 class Unverified(Exception):
@@ -58,35 +78,43 @@ def check_size(req: wire.CommitRequest) -> None:
         raise Invalid(f"size is {req.size} but the chunks add up to {total}", field="size")
 
 
-def commit(tx: Tx, owner_id: int, root_id: int, req: wire.CommitRequest, device: str) -> wire.CommitResponse:
-    """A new version of a file: refused (MissingChunks, Unverified) unless every chunk is
-    verified, then refused (404/409) unless the target and base revision still hold."""
-    _check_chunks(tx, owner_id, req.chunks)
-    node, parent_id, name = _target(tx, owner_id, root_id, req)
+def commit(tx: Tx, owner_id: int, user: Actor, req: wire.CommitRequest, device: str) -> wire.CommitResponse:
+    """A new version of a file in namespace `owner_id`: refused (Elsewhere) unless the file
+    is there, (ReadOnly) unless `user` may write there, (MissingChunks, Unverified)
+    unless every chunk is verified, then (404/409) unless the target and base revision
+    still hold."""
+    node, parent_id, name = _target(tx, owner_id, user, req)
+    if owner_id != user.id:
+        namespaces.check_role(tx, user.id, owner_id, write=True, field="node_id")
+    _check_chunks(tx, owner_id, user, req.chunks)
     return write_version(tx, owner_id, node, parent_id, name, size=req.size, mtime_ns=req.mtime_ns, mode=req.mode,
                           refs=[(c.fingerprint, c.length) for c in req.chunks], base_rev=req.base_rev, device=device)
 
 
-def verify_then_commit(tx: Tx, owner_id: int, root_id: int, req: wire.CommitRequest, device: str,
-                       verified: list[str], problems: dict[str, str]) -> wire.CommitResponse | Refused:
-    """After the store was asked about the pending chunks: remember the good ones even
-    when the commit is refused for the others, hence `Refused` instead of raising."""
-    files.mark_verified(tx, owner_id, verified)
+def verify_then_commit(tx: Tx, owner_id: int, user: Actor, req: wire.CommitRequest, device: str,
+                       verified: dict[int, list[str]], problems: dict[str, str]) -> wire.CommitResponse | Refused:
+    """After the store was asked about the pending chunks (by namespace: some may be the
+    account's in another namespace): remember the good ones even when the commit is
+    refused for the others, hence `Refused` instead of raising."""
+    for ns_id, fingerprints in verified.items():
+        files.mark_verified(tx, ns_id, fingerprints)
     if problems:
         return Refused(files.missing_chunks(problems))
-    return commit(tx, owner_id, root_id, req, device)
+    return commit(tx, owner_id, user, req, device)
 
 
-def stored_then_commit(tx: Tx, owner_id: int, root_id: int, req: wire.CommitRequest, device: str,
+def stored_then_commit(tx: Tx, owner_id: int, user: Actor, req: wire.CommitRequest, device: str,
                        stored: list[files.Stored]) -> wire.CommitResponse:
     """After the route stored the commit's inline chunks: record them verified, commit."""
     files.record_stored(tx, owner_id, stored)
-    return commit(tx, owner_id, root_id, req, device)
+    return commit(tx, owner_id, user, req, device)
 
 
-def restore(tx: Tx, owner_id: int, node_id: int, req: wire.RestoreRequest, device: str) -> wire.CommitResponse:
+def restore(tx: Tx, owner_id: int, user: Actor, node_id: int, req: wire.RestoreRequest,
+            device: str) -> wire.CommitResponse:
     """Make an old revision current again, as a new commit (history only grows).
     A deleted file comes back at its old place if that name is still free."""
+    _here(tx, owner_id, user, node_id, "id")
     node = tree.inode(tx, owner_id, tree.get(tx, owner_id, node_id, allow_deleted=True), allow_deleted=True)
     node_id = node["id"]
     if node["kind"] != "file":
@@ -106,15 +134,40 @@ def restore(tx: Tx, owner_id: int, node_id: int, req: wire.RestoreRequest, devic
                           base_rev=base, device=device)
 
 
-def _check_chunks(tx: Tx, owner_id: int, refs: list[wire.ChunkRef]) -> None:
+def _here(tx: Tx, owner_id: int, user: Actor, node_id: int, field: str, what: str = "node") -> None:
+    """Raise Elsewhere (or NotFound, ReadOnly) unless `node_id` is in this namespace and
+    `user` may write there."""
+    try:
+        ns_id = namespaces.locate(tx, user.id, node_id, write=True, field=field)
+    except NotFound:
+        raise NotFound(f"no {what} with id {node_id}", field=field) from None
+    if ns_id != owner_id:
+        raise Elsewhere(ns_id)
+
+
+def _check_chunks(tx: Tx, owner_id: int, user: Actor, refs: list[wire.ChunkRef]) -> None:
     distinct = {r.fingerprint: r.length for r in refs}
     if not distinct:
         return
     rows = files.chunk_rows(tx, owner_id, list(distinct))
-    problems: dict[str, str] = {}
+    lacking = [fp for fp in distinct if rows.get(fp) is None or rows[fp]["state"] == "bad"]
     pending: list[Row] = []
+    if lacking:  # uploaded to another namespace of this account (a file moved meanwhile): given, not sent again
+        visible = [v.id for v in namespaces.visible(tx, user.id, user.root_id) if v.id != owner_id]
+        if crossing.give_chunks(tx, owner_id, lacking, visible):
+            rows = files.chunk_rows(tx, owner_id, list(distinct))
+        elsewhere = [fp for fp in lacking if rows.get(fp) is None]
+        for ns_id in visible:  # ... and not verified there yet: looked at first, then given
+            if not elsewhere:
+                break
+            found = [r for r in files.chunk_rows(tx, ns_id, elsewhere).values() if r["state"] == "pending"]
+            pending += [r for r in found if r["length"] == distinct[r["fingerprint"]]]
+            elsewhere = [fp for fp in elsewhere if fp not in {r["fingerprint"] for r in found}]
+    problems: dict[str, str] = {}
     for fp, length in distinct.items():
         row = rows.get(fp)
+        if row is None and any(r["fingerprint"] == fp for r in pending):
+            continue
         if row is None or row["state"] == "bad":
             problems[fp] = "not uploaded"
         elif row["state"] == "purging":
@@ -129,12 +182,15 @@ def _check_chunks(tx: Tx, owner_id: int, refs: list[wire.ChunkRef]) -> None:
         raise files.missing_chunks(problems)
 
 
-def _target(tx: Tx, owner_id: int, root_id: int, req: wire.CommitRequest) -> tuple[Row | None, int, str]:
-    """The existing file the commit updates (or None) and the parent + name it lives at."""
+def _target(tx: Tx, owner_id: int, user: Actor, req: wire.CommitRequest) -> tuple[Row | None, int, str]:
+    """The existing file the commit updates (or None) and the parent + name it lives at.
+    Raises Elsewhere when those are in another namespace than `owner_id`."""
     ways = sum(x is not None for x in (req.node_id, req.path, req.parent_id))
     if ways != 1 or (req.parent_id is None) != (req.name is None):
         raise Invalid("name the file by exactly one of: node_id, path, or parent_id + name", field="node_id")
     if req.node_id is not None:
+        if owner_id != user.id or tree.get_or_none(tx, owner_id, req.node_id) is None:
+            _here(tx, owner_id, user, req.node_id, "node_id", "file")
         try:
             row = tree.inode(tx, owner_id, tree.get(tx, owner_id, req.node_id))  # an alias: its file
         except NotFound:
@@ -149,12 +205,16 @@ def _target(tx: Tx, owner_id: int, root_id: int, req: wire.CommitRequest) -> tup
             raise Invalid(f"path {req.path!r}: {exc}", field="path") from None
         if not names:
             raise IsADirectory("the root is a directory, not a file", field="path")
-        parent = tree.resolve(tx, owner_id, root_id, names[:-1])
+        parent_ns, parent = namespaces.resolve(tx, user.id, user.root_id, names[:-1])
+        if parent_ns != owner_id:
+            raise Elsewhere(parent_ns)
         if parent["kind"] != "dir":
             raise NotADirectory(f"/{'/'.join(names[:-1])} is not a directory", field="path")
         parent_id, name = parent["id"], names[-1]
     else:
         assert req.parent_id is not None and req.name is not None
+        if owner_id != user.id or tree.get_or_none(tx, owner_id, req.parent_id) is None:
+            _here(tx, owner_id, user, req.parent_id, "parent_id", "directory")
         parent_id, name = tree.get_dir(tx, owner_id, req.parent_id)["id"], req.name
     existing = tree.child(tx, owner_id, parent_id, name)
     if existing is not None:
@@ -172,7 +232,7 @@ def _target(tx: Tx, owner_id: int, root_id: int, req: wire.CommitRequest) -> tup
 def write_version(tx: Tx, owner_id: int, node: Row | None, parent_id: int, name: str,
                    *, size: int, mtime_ns: int, mode: int | None, refs: list[tuple[str, int]],
                    base_rev: int, device: str) -> wire.CommitResponse:
-    _check_quota(tx, owner_id, size - (node["size"] if node is not None and not node["deleted"] else 0))
+    check_quota(tx, owner_id, size - (node["size"] if node is not None and not node["deleted"] else 0))
     if node is None:
         if base_rev != 0:
             raise NotFound(f"{name!r} does not exist in directory {parent_id} (base_rev {base_rev})", field="base_rev")
@@ -204,16 +264,30 @@ def write_version(tx: Tx, owner_id: int, node: Row | None, parent_id: int, name:
                                cursor=seq)
 
 
-def _check_quota(tx: Tx, owner_id: int, growth: int) -> None:
-    """The quota counts the sizes of live files. Only an account with a quota pays for
-    the sum, and only a commit that grows the account is refused (507, EDQUOT on the
-    device): shrinking or replacing a file always works, so room can be made."""
+def quota_owner(tx: Tx, ns_id: int) -> int | None:
+    """The account whose quota a namespace's bytes count against: its owner's (a shared
+    folder's bytes are its owner's, whoever writes them)."""
+    row = tx.one(_QUOTA, {"owner_id": ns_id})
+    return None if row is None else row["id"]
+
+
+def used_bytes(tx: Tx, user_id: int) -> int:
+    """What an account's quota counts: live files of every namespace it owns."""
+    return int(tx.scalar(_USED, {"user_id": user_id}) or 0)
+
+
+def check_quota(tx: Tx, owner_id: int, growth: int) -> None:
+    """The quota counts the sizes of live files, of the account's own tree and of every
+    folder it shares. Only an account with a quota pays for the sum, and only a commit
+    that grows the account is refused (507, EDQUOT on the device): shrinking or
+    replacing a file always works, so room can be made."""
     if growth <= 0:
         return
-    quota = tx.scalar(_QUOTA, {"owner_id": owner_id})
+    row = tx.one(_QUOTA, {"owner_id": owner_id})
+    quota = None if row is None else row["quota_bytes"]
     if quota is None:
         return
-    used = int(tx.scalar(_USED, {"owner_id": owner_id}) or 0)
+    used = used_bytes(tx, row["id"])
     if used + growth > quota:
         raise QuotaExceeded(f"this commit needs {growth} more bytes; {used} of the quota's {quota} are used",
                             field="size", quota_bytes=quota, used_bytes=used)

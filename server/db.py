@@ -4,8 +4,10 @@ Both engines run the same statements: SQLAlchemy Core, and for the few that ever
 commit runs, plain SQL on the driver's connection (sql.py). The engine-specific part is
 only how a *write* transaction serialises: SQLite takes the database write lock up
 front (BEGIN IMMEDIATE, so a read-then-write transaction can never fail half way with
-SQLITE_BUSY), PostgreSQL locks the owners' rows (SELECT ... FOR UPDATE). Either way one
-user's writes commit in journal order, which is what makes a cursor safe to resume from.
+SQLITE_BUSY), PostgreSQL locks the namespaces' rows (SELECT ... FOR UPDATE). Either way
+one namespace's writes commit in journal order, which is what makes a cursor safe to
+resume from. An "owner" throughout the server is a namespace: an account's own tree
+(the namespace with the account's id) or a shared folder (shares.py).
 """
 
 from __future__ import annotations
@@ -51,6 +53,39 @@ users = sa.Table(
     sa.Column("password_hash", sa.Text, nullable=True),  # argon2id (auth.py), migration 0006
 )
 
+namespaces = sa.Table(
+    "namespaces", metadata,
+    # An account's own tree is its root namespace, with the account's id (migration 0007);
+    # a shared folder is a namespace of its own. Ids come from this table alone
+    # (`shares.new_namespace_id`), so a new account and a new shared folder never collide.
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(8), nullable=False),  # root | shared
+    sa.Column("owner_id", sa.BigInteger, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("root_id", sa.BigInteger, nullable=True),
+    sa.Column("name", sa.Text, nullable=False, server_default=""),
+    sa.Column("journal_floor", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+sa.Index("namespaces_owner", namespaces.c.owner_id)
+
+members = sa.Table(
+    "members", metadata,
+    # Who may see a shared namespace: role owner | editor | viewer; state invited |
+    # accepted | declined | left | removed. `mount_id`: the member's mount node (kind
+    # "mount", in the member's root namespace) while accepted.
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("ns_id", sa.BigInteger, sa.ForeignKey("namespaces.id"), nullable=False),
+    sa.Column("user_id", sa.BigInteger, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("role", sa.String(8), nullable=False),
+    sa.Column("state", sa.String(8), nullable=False),
+    sa.Column("mount_id", sa.BigInteger, nullable=True),
+    sa.Column("invited_by", sa.BigInteger, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("ns_id", "user_id", name="members_ns_user"),
+)
+sa.Index("members_user", members.c.user_id, members.c.state)
+
 tokens = sa.Table(
     "tokens", metadata,
     sa.Column("token_hash", sa.String(64), primary_key=True),
@@ -90,7 +125,7 @@ sa.Index("share_links_owner", share_links.c.owner_id, share_links.c.created_at)
 nodes = sa.Table(
     "nodes", metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("owner_id", sa.BigInteger, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("owner_id", sa.BigInteger, sa.ForeignKey("namespaces.id"), nullable=False),  # the namespace
     sa.Column("parent_id", sa.BigInteger, nullable=True),
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("kind", sa.String(8), nullable=False),
@@ -107,6 +142,9 @@ nodes = sa.Table(
     # everything that went with it (migration 0003).
     sa.Column("delete_seq", sa.BigInteger, nullable=True),
     sa.Column("link_to", sa.BigInteger, nullable=True),  # an alias row: the node this name stands for (0004)
+    # A mount row (kind "mount", 0007): a shared namespace's place in a member's tree;
+    # `link_to` is the namespace's root node, `target` the member's role.
+    sa.Column("mount_ns", sa.BigInteger, nullable=True),
 )
 sa.Index(
     "nodes_live_name", nodes.c.owner_id, nodes.c.parent_id, nodes.c.name, unique=True,
@@ -140,7 +178,7 @@ sa.Index("version_chunks_fingerprint", version_chunks.c.fingerprint)
 
 chunks = sa.Table(
     "chunks", metadata,
-    sa.Column("owner_id", sa.BigInteger, sa.ForeignKey("users.id"), primary_key=True),
+    sa.Column("owner_id", sa.BigInteger, sa.ForeignKey("namespaces.id"), primary_key=True),  # the namespace
     sa.Column("fingerprint", sa.String(64), primary_key=True),
     sa.Column("length", sa.Integer, nullable=False),
     sa.Column("stored_length", sa.Integer, nullable=False),
@@ -148,8 +186,13 @@ chunks = sa.Table(
     sa.Column("compression", sa.String(8), nullable=False),
     sa.Column("state", sa.String(8), nullable=False),  # pending | verified | bad | purging (retention.py)
     sa.Column("created_at", sa.Float, nullable=False),
+    # Where the bytes are: the namespace whose store key holds them, when it is not this
+    # row's own (a chunk given to a shared folder by the server, 0007; shares.py).
+    sa.Column("store_ns", sa.BigInteger, nullable=True),
 )
 sa.Index("chunks_state", chunks.c.owner_id, chunks.c.state)
+sa.Index("chunks_store", chunks.c.store_ns, chunks.c.fingerprint, sqlite_where=chunks.c.store_ns.isnot(None),
+         postgresql_where=chunks.c.store_ns.isnot(None))
 
 journal = sa.Table(
     "journal", metadata,
@@ -171,6 +214,10 @@ journal = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     *posix_columns(),
     sa.Column("link_to", sa.BigInteger, nullable=True),
+    # 0007: the namespace a mount entry mounts, or the one a node left this namespace for
+    # (a `delete` entry whose node lives on there).
+    sa.Column("other_ns", sa.BigInteger, nullable=True),
+    sa.Column("user_id", sa.BigInteger, nullable=True),  # 0007: the account that made the change
 )
 sa.Index("journal_owner_seq", journal.c.owner_id, journal.c.seq)
 
@@ -191,9 +238,9 @@ settings = sa.Table(
 )
 
 
-_LOCK_OWNERS = (sa.select(users.c.id).where(users.c.id.in_(sa.bindparam("owner_ids", expanding=True)))
-                .order_by(users.c.id).with_for_update())
-"""One round trip for a batch's owners; rows are locked in the order they are returned."""
+_LOCK_OWNERS = (sa.select(namespaces.c.id).where(namespaces.c.id.in_(sa.bindparam("owner_ids", expanding=True)))
+                .order_by(namespaces.c.id).with_for_update())
+"""One round trip for a batch's namespaces; rows are locked in the order they are returned."""
 DEFAULT_POOL = 12
 
 

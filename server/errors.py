@@ -32,7 +32,14 @@ class Unauthorized(ApiError):
 
 
 class Forbidden(ApiError):
+    """The caller may see this but not change it: a viewer of a shared folder, or a
+    member doing what only its owner may."""
+
     status, code = 403, "forbidden"
+
+
+class ReadOnly(Forbidden):
+    code = "read_only"
 
 
 class NotFound(ApiError):
@@ -67,6 +74,13 @@ class IsADirectory(Conflict):
 
 class InvalidMove(Conflict):
     code = "invalid_move"
+
+
+class SharedFolderConflict(Conflict):
+    """Sharing inside a shared folder, a shared folder inside another, deleting a
+    shared folder others still have ... (shares.py)."""
+
+    code = "shared_folder"
 
 
 class Gone(ApiError):

@@ -45,8 +45,15 @@ class Signer:
             expires=URL_TTL, base_url=self.base_url, compression=c.compression, plain_length=c.length,
         )
 
-    def get(self, owner_id: int, fingerprint: str) -> wire.SignedRequest:
-        return self.store.presign_get(chunk_key(owner_id, fingerprint), expires=URL_TTL, base_url=self.base_url)
+    def get(self, row: Row) -> wire.SignedRequest:
+        """A GET of a chunk row's bytes, wherever they are stored (`key_of`)."""
+        return self.store.presign_get(key_of(row), expires=URL_TTL, base_url=self.base_url)
+
+
+def key_of(row: Row) -> str:
+    """The store key of a chunk row's bytes: its namespace's, or the namespace the server
+    gave it from (`store_ns`, crossing.py)."""
+    return chunk_key(row["store_ns"] if row.get("store_ns") is not None else row["owner_id"], row["fingerprint"])
 
 
 def _batched(items: list[str]) -> Iterable[list[str]]:
@@ -103,7 +110,7 @@ def prepare_upload(db: Database, signer: Signer, owner_id: int, req: wire.Prepar
                 present.append(fp)
                 continue
             values = dict(length=c.length, stored_length=c.stored_length, stored_sha256=c.stored_sha256,
-                          compression=c.compression, state="pending", created_at=time.time())
+                          compression=c.compression, state="pending", created_at=time.time(), store_ns=None)
             if row is None:
                 conn.execute(chunks.insert().values(owner_id=owner_id, fingerprint=fp, **values))
             else:
@@ -129,7 +136,7 @@ def check_stored(store: ObjectStore, owner_id: int, row: Row) -> str | None:
     """Step 2, one pending chunk: None if the store holds exactly its bytes, else why not.
     Blocking (a HEAD, or a streamed hash on stores that keep no checksum)."""
     try:
-        info = store.head(chunk_key(owner_id, row["fingerprint"]))
+        info = store.head(key_of(row))
     except NoSuchKeyError:
         return "not in the store"
     except TransientError as exc:
@@ -150,7 +157,7 @@ def _check_plain(store: ObjectStore, owner_id: int, row: Row) -> str | None:
     only the compressed bytes, against the hash the device claimed for them. Streams
     the object once, capped at the chunk's length (compress.plain_digest)."""
     try:
-        digest, length = plain_digest(store.stream(chunk_key(owner_id, row["fingerprint"])), row["compression"],
+        digest, length = plain_digest(store.stream(key_of(row)), row["compression"],
                                       max_length=row["length"])
     except CompressionError as exc:
         return f"stored bytes are not a valid {row['compression']} body: {exc}"
@@ -178,7 +185,7 @@ _STORED = Stmt("""INSERT INTO chunks (owner_id, fingerprint, length, stored_leng
                    ON CONFLICT (owner_id, fingerprint) DO UPDATE SET
                      length = excluded.length, stored_length = excluded.stored_length,
                      stored_sha256 = excluded.stored_sha256, compression = excluded.compression,
-                     state = 'verified'""")
+                     state = 'verified', store_ns = NULL""")
 
 
 class Stored(NamedTuple):
@@ -234,26 +241,35 @@ def file_info(db: Database, signer: Signer, owner_id: int, node_id: int, *, rev:
         if vrow is None:
             raise NotFound(f"node {node_id} has no revision {rev}", field="rev")
         refs = version_chunks(conn, vrow["id"])
-        compression = {fp: row["compression"] for fp, row in chunk_rows(conn, owner_id, list({fp for fp, _ in refs})).items()}
+        rows = chunk_rows(conn, owner_id, list({fp for fp, _ in refs}))
     out, offset = [], 0
     for fp, length in refs:
-        out.append(wire.VersionChunk(fingerprint=fp, length=length, offset=offset, compression=compression.get(fp, "none"),
-                                     download=signer.get(owner_id, fp) if urls else None))
+        row = rows.get(fp) or {"owner_id": owner_id, "fingerprint": fp, "compression": "none"}
+        out.append(wire.VersionChunk(fingerprint=fp, length=length, offset=offset, compression=row["compression"],
+                                     download=signer.get(row) if urls else None))
         offset += length
     return wire.FileInfo(node=tree.to_wire(node), version=version_row(vrow), chunks=out, cursor=cursor)
 
 
-def prepare_download(db: Database, signer: Signer, owner_id: int, req: wire.PrepareDownloadRequest) -> wire.PrepareDownloadResponse:
-    """Fresh signed GET URLs for chunks this user owns (others are simply unknown)."""
+def prepare_download(db: Database, signer: Signer, owner_ids: list[int],
+                     req: wire.PrepareDownloadRequest) -> wire.PrepareDownloadResponse:
+    """Fresh signed GET URLs for chunks of the namespaces this account can see (tried in
+    the order given; a chunk of no namespace of theirs is simply unknown)."""
+    wanted = list(dict.fromkeys(req.fingerprints))
+    rows: dict[str, Row] = {}
     with db.read() as conn:
-        rows = chunk_rows(conn, owner_id, list(dict.fromkeys(req.fingerprints)))
-    unknown = [fp for fp in req.fingerprints if fp not in rows or rows[fp]["state"] != "verified"]
+        for owner_id in owner_ids:
+            lacking = [fp for fp in wanted if fp not in rows]
+            if not lacking:
+                break
+            rows.update((fp, row) for fp, row in chunk_rows(conn, owner_id, lacking).items() if row["state"] == "verified")
+    unknown = [fp for fp in req.fingerprints if fp not in rows]
     if unknown:
         raise NotFound(f"{len(unknown)} chunk(s) unknown to this account", field="fingerprints", chunks=unknown[:100])
     return wire.PrepareDownloadResponse(chunks=[
         wire.ChunkDownload(fingerprint=fp, length=rows[fp]["length"], compression=rows[fp]["compression"],
-                           download=signer.get(owner_id, fp))
-        for fp in dict.fromkeys(req.fingerprints)
+                           download=signer.get(rows[fp]))
+        for fp in wanted
     ])
 
 

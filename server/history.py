@@ -29,9 +29,10 @@ from sqlalchemy.engine import Connection
 
 from cloudfs.backend import wire
 
-from . import commits, files, journal, tree
+from . import commits, files, journal, namespaces, tree
 from .db import journal as journal_table
-from .db import deleted_with, nodes, users, version_chunks, versions
+from .db import deleted_with, nodes, version_chunks, versions
+from .db import namespaces as namespace_table
 from .errors import Invalid, NotFound
 from .sql import Row, Tx, as_tx
 
@@ -63,21 +64,22 @@ def _is_below(conn: Connection, owner_id: int, row: Row, top_id: int) -> bool:
     return False
 
 
-def resolve_any(conn: Connection, owner_id: int, root_id: int, names: list[str]) -> Row:
-    """Like tree.resolve, but the last name may be a deleted node (the newest deleted
-    one of that name, when nothing live has it): what `versions` and `undelete` need."""
+def resolve_any(conn: Connection, user_id: int, root_id: int, names: list[str]) -> tuple[int, Row]:
+    """Like namespaces.resolve, but the last name may be a deleted node (the newest
+    deleted one of that name, when nothing live has it): what `versions` and `undelete`
+    need. Returns the namespace and the row."""
     try:
-        return tree.resolve(conn, owner_id, root_id, names)
+        return namespaces.resolve(conn, user_id, root_id, names)
     except NotFound:
         if not names:
             raise
-    parent = resolve_any(conn, owner_id, root_id, names[:-1])
-    row = conn.execute(sa.select(nodes).where(nodes.c.owner_id == owner_id, nodes.c.parent_id == parent["id"],
-                                              nodes.c.name == names[-1])
+    ns_id, parent = resolve_any(conn, user_id, root_id, names[:-1])
+    row = conn.execute(sa.select(nodes).where(nodes.c.owner_id == ns_id, nodes.c.parent_id == parent["id"],
+                                              nodes.c.name == names[-1], nodes.c.kind != "mount")
                        .order_by(nodes.c.deleted_at.desc().nulls_last(), nodes.c.id.desc()).limit(1)).mappings().first()
     if row is None:
         raise NotFound(f"/{'/'.join(names)} does not exist and was never deleted here", field="path")
-    return dict(row)
+    return ns_id, dict(row)
 
 
 # --- the trash ---
@@ -89,7 +91,8 @@ def trash(conn: Connection, owner_id: int, top: Row, *, limit: int) -> list[wire
     deleted_directly = sa.exists().where(journal_table.c.seq == nodes.c.delete_seq,
                                          journal_table.c.node_id == nodes.c.id)
     rows = conn.execute(
-        sa.select(nodes).where(nodes.c.owner_id == owner_id, nodes.c.deleted == sa.true(), nodes.c.kind != "link",
+        sa.select(nodes).where(nodes.c.owner_id == owner_id, nodes.c.deleted == sa.true(),
+                               nodes.c.kind.not_in(("link", "mount")),
                                sa.or_(deleted_directly, nodes.c.delete_seq.is_(None)))
         .order_by(nodes.c.deleted_at.desc().nulls_last(), nodes.c.id.desc())
     ).mappings().all()
@@ -241,7 +244,8 @@ class _Past:
 def oldest_restorable(conn: Connection, owner_id: int) -> float:
     """The earliest moment the journal still reaches back to (its first retained entry,
     or the account's creation when nothing was pruned)."""
-    floor = conn.execute(sa.select(users.c.journal_floor, users.c.created_at).where(users.c.id == owner_id)).one()
+    floor = conn.execute(sa.select(namespace_table.c.journal_floor, namespace_table.c.created_at)
+                         .where(namespace_table.c.id == owner_id)).one()
     if not floor.journal_floor:
         return floor.created_at
     first = conn.execute(sa.select(sa.func.min(journal_table.c.created_at)).where(
@@ -337,8 +341,8 @@ def _walk_back(conn: Connection, owner_id: int, at: float) -> dict[int, _Past]:
         if node_id not in past:
             row = conn.execute(sa.select(nodes).where(nodes.c.id == node_id, nodes.c.owner_id == owner_id)
                                ).mappings().first()
-            if row is None:
-                return None  # purged since
+            if row is None or row["kind"] == "mount":
+                return None  # purged since, or moved to another namespace; a shared folder is not restored
             row = dict(row)
             past[node_id] = _Past(row, not row["deleted"], row["parent_id"], row["name"], row["rev"])
         return past[node_id]
@@ -378,7 +382,9 @@ def _walk_back(conn: Connection, owner_id: int, at: float) -> dict[int, _Past]:
 
 def _in_scope(conn: Connection, owner_id: int, top_id: int, past: dict[int, _Past]) -> set[int]:
     """Nodes below `top` then or now (the top itself included)."""
-    now_below = {top_id} | set(conn.execute(sa.select(tree.live_subtree(owner_id, top_id).c.id)).scalars())
+    below = tree.live_subtree(owner_id, top_id)
+    now_below = {top_id} | set(conn.execute(sa.select(nodes.c.id).where(
+        nodes.c.id.in_(sa.select(below.c.id)), nodes.c.kind != "mount")).scalars())
     for node_id in now_below:
         if node_id not in past:
             row = dict(tree.get(conn, owner_id, node_id))

@@ -6,14 +6,16 @@ from __future__ import annotations
 from typing import Annotated, Callable, TypeVar
 
 from fastapi import APIRouter, Depends, Query
+from sqlalchemy.engine import Connection
 
 from cloudfs.backend import wire
 from cloudfs.backend.names import split_path
 
-from . import history, journal, tree
+from . import history, journal, namespaces
 from .api import ERRORS, NodeIdPath
 from .app import ServerContext, User, context_dependency, current_user, device_name
 from .errors import Invalid
+from .sql import Row
 
 router = APIRouter(responses=ERRORS, tags=["history"])
 Ctx = Annotated[ServerContext, Depends(context_dependency)]
@@ -30,12 +32,22 @@ def _names(path: str) -> list[str]:
         raise Invalid(f"path {path!r}: {exc}", field="path") from None
 
 
-async def _write(ctx: ServerContext, user: User, fn: Callable[..., T]) -> T:
-    def run() -> T:
-        with ctx.db.write(user.id) as conn:
-            return fn(conn)
-    result = await ctx.run_db(run)
-    ctx.notifier.notify(user.id)
+def _at_path(user: User, path: str, *, deleted: bool = False) -> Callable[[Connection], tuple[int, Row]]:
+    """The namespace and node at `path` (through shared folders; with `deleted`, also a
+    deleted one), which the account must be allowed to change."""
+    names = _names(path)
+
+    def find(conn: Connection) -> tuple[int, Row]:
+        ns_id, row = (history.resolve_any if deleted else namespaces.resolve)(conn, user.id, user.root_id, names)
+        namespaces.check_role(conn, user.id, ns_id, write=True, field="path")
+        return ns_id, row
+    return find
+
+
+async def _write(ctx: ServerContext, locate: Callable[[Connection], tuple[int, ...]], fn: Callable[..., T]) -> T:
+    touched, result = await ctx.run_db(namespaces.write_in, ctx.db, locate, fn)
+    for ns_id in touched:
+        ctx.notifier.notify(ns_id)
     return result
 
 
@@ -45,8 +57,8 @@ async def list_trash(ctx: Ctx, user: Auth, path: PathQuery = "/",
     """What was deleted below `path`, newest first; a deleted directory is one entry."""
     def run() -> wire.TrashList:
         with ctx.db.read() as conn:
-            top = tree.resolve(conn, user.id, user.root_id, _names(path))
-            return wire.TrashList(entries=history.trash(conn, user.id, top, limit=limit))
+            ns_id, top = namespaces.resolve(conn, user.id, user.root_id, _names(path))
+            return wire.TrashList(entries=history.trash(conn, ns_id, top, limit=limit))
     return await ctx.run_db(run)
 
 
@@ -54,10 +66,14 @@ async def list_trash(ctx: Ctx, user: Auth, path: PathQuery = "/",
 async def undelete(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath) -> wire.NodeResponse:
     """Bring a deleted node back where it was (beside, as `NAME (restored)`, if the name is
     taken), with everything its delete took and the deleted directories above it."""
-    def run(conn) -> wire.NodeResponse:  # noqa: ANN001
-        row, seq = history.undelete(conn, user.id, node_id, device)
-        return wire.NodeResponse(node=tree.to_wire(row), cursor=seq)
-    return await _write(ctx, user, run)
+    def locate(conn: Connection) -> tuple[int, ...]:
+        return (namespaces.locate(conn, user.id, node_id, write=True),)
+
+    def run(conn: Connection) -> wire.NodeResponse:
+        (ns_id,) = locate(conn)
+        row, seq = history.undelete(conn, ns_id, node_id, device)
+        return wire.NodeResponse(node=namespaces.as_seen(conn, user.id, row), cursor=seq)
+    return await _write(ctx, locate, run)
 
 
 @router.get("/history/lookup")
@@ -65,26 +81,31 @@ async def lookup(ctx: Ctx, user: Auth, path: PathQuery) -> wire.NodeResponse:
     """The node at `path`, or the newest deleted node that had that path."""
     def run() -> wire.NodeResponse:
         with ctx.db.read() as conn:
-            row = history.resolve_any(conn, user.id, user.root_id, _names(path))
-            return wire.NodeResponse(node=tree.to_wire(row), cursor=journal.cursor(conn, user.id))
+            ns_id, row = history.resolve_any(conn, user.id, user.root_id, _names(path))
+            return wire.NodeResponse(node=namespaces.as_seen(conn, user.id, row), cursor=journal.cursor(conn, ns_id))
     return await ctx.run_db(run)
 
 
 @router.delete("/trash")
 async def empty_trash(ctx: Ctx, user: Auth, path: PathQuery = "/") -> wire.PurgeReport:
     """Purge what was deleted below `path` now; its chunks are collected afterwards."""
-    def run(conn) -> wire.PurgeReport:  # noqa: ANN001
-        top = tree.resolve(conn, user.id, user.root_id, _names(path))
-        return wire.PurgeReport(purged=history.empty_trash(conn, user.id, top))
-    return await _write(ctx, user, run)
+    find = _at_path(user, path)
+
+    def run(conn: Connection) -> wire.PurgeReport:
+        ns_id, top = find(conn)
+        return wire.PurgeReport(purged=history.empty_trash(conn, ns_id, top))
+    return await _write(ctx, lambda conn: (find(conn)[0],), run)
 
 
 @router.post("/restore")
 async def restore_at(ctx: Ctx, user: Auth, device: Device, req: wire.RestoreAtRequest) -> wire.RestoreReport:
     """Put a directory (or a file) back as it was at `at`: old content, deleted nodes
     back, moves undone, what was made since into the trash. One transaction; undo it
-    with another restore to just before this one."""
-    def run(conn) -> wire.RestoreReport:  # noqa: ANN001
-        top = history.resolve_any(conn, user.id, user.root_id, _names(req.path))
-        return history.restore_at(conn, user.id, top, req.at, device)
-    return await _write(ctx, user, run)
+    with another restore to just before this one. Within one namespace: a shared folder
+    is restored on its own, as it is not part of its members' trees' history."""
+    find = _at_path(user, req.path, deleted=True)
+
+    def run(conn: Connection) -> wire.RestoreReport:
+        ns_id, top = find(conn)
+        return history.restore_at(conn, ns_id, top, req.at, device)
+    return await _write(ctx, lambda conn: (find(conn)[0],), run)

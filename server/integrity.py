@@ -21,12 +21,14 @@ from fastapi import APIRouter, Depends, Path
 from sqlalchemy.engine import RowMapping
 
 from cloudfs.backend import wire
-from cloudfs.backend.store import NoSuchKeyError, ObjectStore, StoreError, TransientError, chunk_key
+from cloudfs.backend.store import NoSuchKeyError, ObjectStore, StoreError, TransientError
 
 from .api import ERRORS
 from .app import ServerContext, User, context_dependency, current_user
 from .db import Database, chunks, nodes, version_chunks, versions
 from .errors import NotFound, StoreUnavailable
+from .files import key_of
+from .namespaces import visible
 
 router = APIRouter(tags=["integrity"], responses=ERRORS)
 Ctx = Annotated[ServerContext, Depends(context_dependency)]
@@ -40,7 +42,7 @@ def verify_stored(store: ObjectStore, owner_id: int, row: RowMapping) -> str | N
     """None if the store holds exactly this chunk's bytes, else what is wrong.
     Reads the whole object (a chunk is at most a few MiB)."""
     try:
-        data = store.get(chunk_key(owner_id, row["fingerprint"]))
+        data = store.get(key_of(row))
     except NoSuchKeyError:
         return "not in the store"
     except TransientError as exc:
@@ -124,21 +126,36 @@ async def report_chunk(ctx: Ctx, user: Auth, fingerprint: Fingerprint) -> wire.C
     """A device downloaded bytes that do not hash to `fingerprint`. The server checks
     the stored object itself; `state` is `bad` if it agrees (the next upload of those
     bytes then replaces it), `verified` if the object is fine."""
-    rows = await ctx.run_db(_rows, ctx.db, user.id, [fingerprint])
-    if not rows:
+    problem: str | None = None
+    found = False
+    for ns_id in await ctx.run_db(_visible, ctx.db, user):
+        rows = await ctx.run_db(_rows, ctx.db, ns_id, [fingerprint])
+        if rows:
+            found = True
+            problem = problem or (await _check(ctx, ns_id, rows))[fingerprint]
+    if not found:
         raise NotFound(f"no chunk {fingerprint} in this account", field="fingerprint")
-    problem = (await _check(ctx, user.id, rows))[fingerprint]
     return wire.ChunkReport(fingerprint=fingerprint, state="bad" if problem else "verified", problem=problem)
+
+
+def _visible(db: Database, user: User) -> list[int]:
+    with db.read() as conn:
+        return [v.id for v in visible(conn, user.id, user.root_id)]
 
 
 @router.post("/fsck")
 async def fsck(ctx: Ctx, user: Auth) -> wire.FsckReport:
-    """Check every chunk of every live file of this account in the store; mark the bad
-    ones (their next upload replaces them) and name the files that need them."""
-    rows = await ctx.run_db(_rows, ctx.db, user.id, None)
-    verdicts = await _check(ctx, user.id, rows)
-    bad = sorted(fp for fp, problem in verdicts.items() if problem)
-    using = await ctx.run_db(_files_using, ctx.db, user.id, bad)
-    return wire.FsckReport(checked=len(rows), bad=[
-        wire.BadChunk(fingerprint=fp, problem=verdicts[fp] or "", node_ids=sorted(using.get(fp, [])))
-        for fp in bad])
+    """Check every chunk of every live file this account sees (its own tree and its
+    shared folders) in the store; mark the bad ones (their next upload replaces them)
+    and name the files that need them."""
+    checked = 0
+    bad: list[wire.BadChunk] = []
+    for ns_id in await ctx.run_db(_visible, ctx.db, user):
+        rows = await ctx.run_db(_rows, ctx.db, ns_id, None)
+        verdicts = await _check(ctx, ns_id, rows)
+        checked += len(rows)
+        wrong = sorted(fp for fp, problem in verdicts.items() if problem)
+        using = await ctx.run_db(_files_using, ctx.db, ns_id, wrong)
+        bad += [wire.BadChunk(fingerprint=fp, problem=verdicts[fp] or "", node_ids=sorted(using.get(fp, [])))
+                for fp in wrong]
+    return wire.FsckReport(checked=checked, bad=bad)

@@ -24,7 +24,7 @@ import uvicorn
 
 from . import journal
 from .app import ServerContext, create_app
-from .db import DEFAULT_POOL, Database, users
+from .db import DEFAULT_POOL, Database, namespaces
 from .notifier import listen_postgres
 from .ops import configure_logging, probe_forever
 from .retention import collect_forever
@@ -59,10 +59,10 @@ class ServerOptions:
 
 
 async def prune_journal(db: Database, retain: int, interval: float) -> None:
-    """Bound the journal: keep each user's newest `retain` entries."""
+    """Bound the journal: keep each namespace's newest `retain` entries."""
     def run() -> int:
         with db.read() as conn:
-            owner_ids = [r.id for r in conn.execute(users.select().with_only_columns(users.c.id))]
+            owner_ids = [r.id for r in conn.execute(namespaces.select().with_only_columns(namespaces.c.id))]
         pruned = 0
         for owner_id in owner_ids:
             with db.write(owner_id) as conn:

@@ -6,7 +6,9 @@ delivered at commit time, and `listen_postgres` relays those into `notify`, so a
 long-poll held by any replica wakes for a commit made on any other.
 
 Concurrency: all methods run on the event-loop thread; an idle waiter costs one shared
-`anyio.Event` per owner and no thread.
+`anyio.Event` per owner and no thread. An owner is a namespace (an account's tree or a
+shared folder); a long-poll over several of them (`listen`) holds one event of its own,
+registered under each.
 
 Known-empty pages: once a journal read found nothing after an owner's cursor, the
 same question gets the same answer until the owner's next notify (which forgets
@@ -36,6 +38,7 @@ class ChangeNotifier:
         self._generation: dict[int, int] = {}
         self._empty: dict[int, tuple[int, bytes]] = {}
         """owner -> (cursor, the rendered empty page) found since its last notify."""
+        self._listeners: dict[int, set[anyio.Event]] = {}
         self.closing = False
 
     def known_empty(self, owner_id: int, cursor: int) -> bytes | None:
@@ -64,12 +67,33 @@ class ChangeNotifier:
             event.set()
         return event
 
+    def listen(self, owner_ids: list[int]) -> anyio.Event:
+        """One event set on the next change of any of these owners (a device following
+        all its namespaces with one long-poll: one event, however many namespaces).
+        Take it before reading, like `waiter`; give it back with `unlisten`."""
+        event = anyio.Event()
+        for owner_id in owner_ids:
+            self._listeners.setdefault(owner_id, set()).add(event)
+        if self.closing:
+            event.set()
+        return event
+
+    def unlisten(self, owner_ids: list[int], event: anyio.Event) -> None:
+        for owner_id in owner_ids:
+            listeners = self._listeners.get(owner_id)
+            if listeners is not None:
+                listeners.discard(event)
+                if not listeners:
+                    del self._listeners[owner_id]
+
     def notify(self, owner_id: int) -> None:
         self._generation[owner_id] = self._generation.get(owner_id, 0) + 1
         self._empty.pop(owner_id, None)
         event = self._events.pop(owner_id, None)
         if event is not None:
             event.set()
+        for listener in self._listeners.get(owner_id, ()):
+            listener.set()
 
     def notify_all(self) -> None:
         for owner_id in self._events:
@@ -78,6 +102,9 @@ class ChangeNotifier:
         events, self._events = self._events, {}
         for event in events.values():
             event.set()
+        for listeners in self._listeners.values():
+            for listener in listeners:
+                listener.set()
 
     def close(self) -> None:
         """Server shutdown: every long-poll answers now with what it has."""

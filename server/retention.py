@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from cloudfs.backend.store import DELETE_BATCH, ObjectStore, chunk_key
 
 from . import history
-from .db import Database, chunks, nodes, users, version_chunks, versions
+from .db import Database, chunks, namespaces, nodes, users, version_chunks, versions
 
 log = logging.getLogger("cloudfs.retention")
 
@@ -57,8 +57,10 @@ class Collected:
 
 
 def retain_seconds(db: Database, owner_id: int, default_days: float) -> float:
+    """The retention period of a namespace: its owner's (a shared folder's is its owner's)."""
     with db.read() as conn:
-        days = conn.execute(sa.select(users.c.retain_days).where(users.c.id == owner_id)).scalar()
+        days = conn.execute(sa.select(users.c.retain_days).join(namespaces, namespaces.c.owner_id == users.c.id)
+                            .where(namespaces.c.id == owner_id)).scalar()
     return (days if days is not None else default_days) * DAY_S
 
 
@@ -108,27 +110,40 @@ def delete_purging(db: Database, store: ObjectStore, owner_id: int) -> tuple[int
     deleted = freed = 0
     while True:
         with db.read() as conn:
-            rows = conn.execute(sa.select(chunks.c.fingerprint, chunks.c.stored_length).where(
+            rows = conn.execute(sa.select(chunks.c.fingerprint, chunks.c.stored_length, chunks.c.store_ns).where(
                 chunks.c.owner_id == owner_id, chunks.c.state == "purging").limit(DELETE_BATCH)).all()
+            # An object another namespace's row points at stays (a shared folder's chunk):
+            # only the row goes. Rows are given from verified rows only, never purging ones.
+            kept = {fp for fp, _, store_ns in rows if _pointed_at(conn, owner_id, store_ns or owner_id, fp)}
         if not rows:
             return deleted, freed
-        keys = [chunk_key(owner_id, fingerprint) for fingerprint, _ in rows]  # idempotent: a crashed run's too
+        keys = [chunk_key(store_ns or owner_id, fp) for fp, _, store_ns in rows  # idempotent: a crashed run's too
+                if fp not in kept]
         with ThreadPoolExecutor(DELETERS) as pool:  # a local store's unlinks wait on the disk, not the GIL
             list(pool.map(store.delete_many, [keys[i::DELETERS] for i in range(DELETERS)]))
-        freed += sum(stored_length for _, stored_length in rows)
+        freed += sum(stored_length for fp, stored_length, _ in rows if fp not in kept)
         with db.write(owner_id) as conn:
             conn.execute(chunks.delete().where(chunks.c.owner_id == owner_id, chunks.c.state == "purging",
                                                chunks.c.fingerprint.in_([r[0] for r in rows])))
         deleted += len(rows)
 
 
+def _pointed_at(conn: sa.Connection, owner_id: int, store_ns: int, fingerprint: str) -> bool:
+    """Does a row of another namespace point at the object (`store_ns`, `fingerprint`)?"""
+    return conn.execute(sa.select(chunks.c.owner_id).where(
+        chunks.c.fingerprint == fingerprint, chunks.c.owner_id != owner_id,
+        sa.or_(chunks.c.store_ns == store_ns, sa.and_(chunks.c.store_ns.is_(None), chunks.c.owner_id == store_ns)),
+    ).limit(1)).first() is not None
+
+
 def collect(db: Database, store: ObjectStore, *, retain_days: float, now: float | None = None) -> Collected:
-    """One pass over every account. Blocking: run it in a worker thread."""
+    """One pass over every namespace (accounts' trees and shared folders). Blocking: run
+    it in a worker thread."""
     started = time.monotonic()
     now = time.time() if now is None else now
     result = Collected()
     with db.read() as conn:
-        owner_ids = list(conn.execute(sa.select(users.c.id)).scalars())
+        owner_ids = list(conn.execute(sa.select(namespaces.c.id).order_by(namespaces.c.id)).scalars())
     for owner_id in owner_ids:
         v, n = purge_history(db, owner_id, now - retain_seconds(db, owner_id, retain_days))
         deleted, freed = delete_purging(db, store, owner_id)  # what a crashed run left

@@ -1,209 +1,395 @@
-"""Share links: a file or folder of one account, readable by whoever has the link.
+"""Shared folders: sharing, invitations, accepting, leaving, members and roles.
 
-What a link may reach is decided here and nowhere else: the node it was made for and,
-for a folder, what is live below it now. Every node a public request names is walked
-up to the link's node (`node_below`); anything else is 'not found', exactly as a node
-that does not exist, so a link tells nothing about the rest of the drive. A link hands
-out no signed chunk URL: its bytes are streamed by the server (content.py), so nothing
-outside the shared subtree can be fetched with anything it gives.
+Sharing a folder of one's own tree makes it a namespace (namespaces.py) in one
+transaction: the folder and everything below it (tombstones and versions included)
+change namespace, keeping their ids, so every device's mirror stays valid; the new
+namespace is given the chunks of their versions (crossing.py: no byte is uploaded
+again); and a mount row takes the folder's place in the owner's tree. An invitation is
+a member row in state `invited`; accepting it puts a mount row in the member's tree,
+at the path they chose. Leaving, or being removed, takes the mount row away: its
+journal entry (a `delete` of the shared folder where that member had it) makes their
+devices drop the folder, keeping any file they had not uploaded yet as a folder of
+their own (follower.py).
 
-A link id is 192 random bits (secrets.token_urlsafe(24)). Revoked or unknown: 404;
-past its expiry or its download limit: 410. A password is kept as an argon2id hash and
-checked with the sign-in brake (auth.py); once given, the browser holds a cookie valid
-for that link only, derived from the hash (a new password ends it).
+Every function takes an open write transaction that holds the locks of the namespaces
+it writes: the shared namespace, and the root namespaces of the accounts whose mounts
+it adds, moves or takes away (`shares_api.py` takes them).
 """
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 import time
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloudfs.backend import wire
+from cloudfs.backend import wire_shares
+from cloudfs.backend.names import split_path
 
-from . import history, tree
-from .db import Database, share_links
-from .errors import ApiError, NotFound
+from . import crossing, history, journal, namespaces, tree
+from .db import members, nodes, users
+from .db import namespaces as namespace_table
+from .errors import Conflict, Forbidden, Invalid, NameExists, NotADirectory, NotFound, SharedFolderConflict
+from .sql import Row, Stmt, as_tx
 
-MAX_LINKS = 10_000
-"""Per account: a bound on what one account can make."""
-LINK_ID_BYTES = 24
-PUBLIC_LIST_MAX = 10_000
-"""Entries a shared folder's page lists (a zip has them all)."""
+ROLES = ("editor", "viewer")
 
-
-class LinkGone(ApiError):
-    status, code = 410, "link_expired"
-
-
-class LinkExhausted(ApiError):
-    status, code = 410, "download_limit_reached"
+_MOUNT = Stmt("""INSERT INTO nodes (owner_id, parent_id, name, kind, mode, mtime_ns, size, rev, target, deleted, uid, gid,
+                                    link_to, mount_ns)
+                 VALUES (:owner_id, :parent_id, :name, 'mount', :mode, :mtime_ns, 0, 1, :role, {false}, :uid, :gid,
+                         :link_to, :mount_ns)
+                 RETURNING *""")
 
 
-class PasswordNeeded(ApiError):
-    status, code = 401, "password_required"
+class Account(Protocol):
+    id: int
+    name: str
+    root_id: int
 
 
-def new_id() -> str:
-    return secrets.token_urlsafe(LINK_ID_BYTES)
+class AlreadyMember(Conflict):
+    code = "already_member"
 
 
-def create(db: Database, owner_id: int, node_id: int, *, expires_at: float | None, password_hash: str | None,
-           max_downloads: int | None) -> dict:
-    with db.write(owner_id) as conn:
-        # A hard link's name shares its file: the link follows the file wherever its
-        # names go (the file keeps its id when the name it was shared by is deleted).
-        node = tree.inode(conn, owner_id, tree.get(conn, owner_id, node_id))
-        node_id = node["id"]
-        if node["parent_id"] is None:
-            raise ApiError("the whole drive cannot be shared: share a folder in it", field="node_id")
-        count = conn.execute(sa.select(sa.func.count()).select_from(share_links)
-                             .where(share_links.c.owner_id == owner_id)).scalar()
-        if count >= MAX_LINKS:
-            raise ApiError(f"an account has at most {MAX_LINKS} links: revoke some", field="node_id")
-        row = dict(id=new_id(), owner_id=owner_id, node_id=node_id, created_at=time.time(), expires_at=expires_at,
-                   password_hash=password_hash, max_downloads=max_downloads, downloads=0, revoked_at=None)
-        conn.execute(share_links.insert().values(**row))
-        return describe(conn, owner_id, row)
+class Withdrawn(Conflict):
+    code = "withdrawn"
 
 
-def describe(conn: Connection, owner_id: int, row: dict) -> dict:
-    """A link as its owner sees it: what it shares, where, and how much is left."""
-    node = tree.get(conn, owner_id, row["node_id"], allow_deleted=True)
-    return {"id": row["id"], "node_id": row["node_id"], "name": node["name"], "kind": node["kind"],
-            "path": history.path_of(conn, owner_id, node), "node_deleted": bool(node["deleted"]),
-            "created_at": row["created_at"], "expires_at": row["expires_at"],
-            "has_password": row["password_hash"] is not None, "max_downloads": row["max_downloads"],
-            "downloads": row["downloads"], "expired": _expired(row)}
+def check_role_name(role: str) -> str:
+    if role not in ROLES:
+        raise Invalid(f"role {role!r} does not exist: give editor or viewer", field="role")
+    return role
 
 
-def owned(db: Database, owner_id: int) -> list[dict]:
-    with db.read() as conn:
-        rows = conn.execute(sa.select(share_links).where(share_links.c.owner_id == owner_id,
-                                                         share_links.c.revoked_at.is_(None))
-                            .order_by(share_links.c.created_at.desc())).mappings().all()
-        return [describe(conn, owner_id, dict(r)) for r in rows]
+def account(conn: Connection, name: str, *, field: str = "user") -> Row:
+    row = conn.execute(sa.select(users).where(users.c.name == name)).mappings().first()
+    if row is None:
+        raise NotFound(f"no account named {name!r}", field=field)
+    return dict(row)
 
 
-def revoke(db: Database, owner_id: int, link_id: str) -> None:
-    with db.write(owner_id) as conn:
-        done = conn.execute(share_links.update().where(share_links.c.id == link_id,
-                                                       share_links.c.owner_id == owner_id,
-                                                       share_links.c.revoked_at.is_(None))
-                            .values(revoked_at=time.time())).rowcount
-    if not done:
-        raise NotFound(f"no link {link_id!r} of yours", field="id")
+def member(conn: Connection, ns_id: int, user_id: int) -> Row | None:
+    row = conn.execute(sa.select(members).where(members.c.ns_id == ns_id, members.c.user_id == user_id)).mappings().first()
+    return None if row is None else dict(row)
 
 
-def _expired(row: dict) -> bool:
-    return row["expires_at"] is not None and row["expires_at"] <= time.time()
+def shared(conn: Connection, ns_id: int, *, field: str = "id") -> Row:
+    ns = namespaces.get(conn, ns_id)
+    if ns is None or ns["kind"] != "shared":
+        raise NotFound(f"no shared folder {ns_id}", field=field)
+    return ns
 
 
-def _exhausted(row: dict) -> bool:
-    return row["max_downloads"] is not None and row["downloads"] >= row["max_downloads"]
+def _owner_only(conn: Connection, user: Account, ns_id: int) -> Row:
+    ns = shared(conn, ns_id)
+    role = namespaces.role_in(conn, user.id, ns_id)
+    if role is None:
+        raise NotFound(f"no shared folder {ns_id}", field="id")
+    if role != "owner":
+        raise Forbidden(f"only the owner of {ns['name']!r} decides who is a member", field="id")
+    return ns
 
 
-def opened(db: Database, link_id: str) -> dict:
-    """The link's row, if it may be used now: 404 revoked or unknown, 410 expired or
-    used up (its node deleted since: 404, like any node the link cannot reach)."""
-    if not 16 <= len(link_id) <= 64:
-        raise NotFound("no such link", field="link")
-    with db.read() as conn:
-        row = conn.execute(sa.select(share_links).where(share_links.c.id == link_id)).mappings().first()
-        if row is None or row["revoked_at"] is not None:
-            raise NotFound("no such link (it may have been revoked)", field="link")
-        row = dict(row)
-        if _expired(row):
-            raise LinkGone("this link has expired", field="link")
-        if _exhausted(row):
-            raise LinkExhausted("this link has been downloaded as often as its owner allowed", field="link")
-        try:
-            tree.get(conn, row["owner_id"], row["node_id"])
-        except NotFound:
-            raise NotFound("what this link shared is no longer there", field="link") from None
+# --- sharing ---
+
+
+def share(conn: Connection, user: Account, ns_id: int, folder: Row, invitee: str, role: str, device: str) -> int:
+    """Share `folder` (in namespace `ns_id`, which the caller can see) with `invitee`;
+    returns the shared namespace. A folder of the caller's own tree becomes a namespace;
+    an already shared folder takes one more member (its owner only)."""
+    check_role_name(role)
+    target = account(conn, invitee)
+    if target["id"] == user.id:
+        raise Invalid("a folder cannot be shared with its own owner", field="user")
+    if ns_id == user.id:
+        if folder["kind"] != "dir":
+            raise NotADirectory(f"{folder['name']!r} is a {folder['kind']}: only a folder can be shared", field="path")
+        if folder["parent_id"] is None:
+            raise Invalid("the drive's root cannot be shared: share a folder in it", field="path")
+        ns_id = _make_namespace(conn, user, folder, device)
+    else:
+        ns = shared(conn, ns_id, field="path")
+        if folder["id"] != ns["root_id"]:
+            raise SharedFolderConflict(f"{folder['name']!r} is inside the shared folder {ns['name']!r}: a shared folder "
+                                       "cannot hold another; share the folder itself", field="path")
+        if namespaces.role_in(conn, user.id, ns_id) != "owner":
+            raise Forbidden(f"only the owner of {ns['name']!r} invites", field="path")
+    invite(conn, ns_id, target, role, user.id)
+    return ns_id
+
+
+def _make_namespace(conn: Connection, user: Account, folder: Row, device: str) -> int:
+    try:
+        crossing.check_movable(conn, user.id, folder)
+    except SharedFolderConflict as exc:
+        raise SharedFolderConflict(str(exc).replace("go inside another", "be shared inside another"), field="path",
+                                   **exc.extra) from None
+    ns_id = namespaces.new_id(conn)
+    namespaces.insert(conn, ns_id, kind="shared", owner_id=user.id, root_id=folder["id"], name=folder["name"])
+    crossing.move_subtree(conn, user.id, ns_id, folder["id"])
+    conn.execute(nodes.update().where(nodes.c.id == folder["id"]).values(parent_id=None))
+    mount = insert_mount(conn, user.id, parent_id=folder["parent_id"], name=folder["name"], root=folder, ns_id=ns_id,
+                         role="owner")
+    now = time.time()
+    conn.execute(members.insert().values(ns_id=ns_id, user_id=user.id, role="owner", state="accepted",
+                                         mount_id=mount["id"], invited_by=user.id, created_at=now, updated_at=now))
+    journal.append(conn, user.id, "create", mount, device=device)
+    return ns_id
+
+
+def insert_mount(conn: Connection, user_id: int, *, parent_id: int, name: str, root: Row, ns_id: int,
+                 role: str) -> Row:
+    row = as_tx(conn).one(_MOUNT, dict(owner_id=user_id, parent_id=parent_id, name=name, mode=root["mode"],
+                                       mtime_ns=root["mtime_ns"], role=role, uid=root["uid"], gid=root["gid"],
+                                       link_to=root["id"], mount_ns=ns_id))
+    assert row is not None
     return row
 
 
-def unlock_value(row: dict) -> str:
-    """The cookie value that proves the link's password was given."""
-    return hashlib.sha256(f"cloudfs-share:{row['id']}:{row['password_hash']}".encode()).hexdigest()
+def invite(conn: Connection, ns_id: int, target: Row, role: str, by: int) -> None:
+    check_role_name(role)
+    row = member(conn, ns_id, target["id"])
+    now = time.time()
+    if row is None:
+        conn.execute(members.insert().values(ns_id=ns_id, user_id=target["id"], role=role, state="invited",
+                                             invited_by=by, created_at=now, updated_at=now))
+        return
+    if row["state"] in ("invited", "accepted"):
+        raise AlreadyMember(f"{target['name']} is already {row['state']} ({row['role']})", field="user")
+    conn.execute(members.update().where(members.c.id == row["id"]).values(
+        role=role, state="invited", invited_by=by, mount_id=None, updated_at=now))
 
 
-def unlocked(row: dict, cookie: str | None) -> bool:
-    return row["password_hash"] is None or (
-        cookie is not None and secrets.compare_digest(cookie.encode("ascii", "replace"), unlock_value(row).encode()))
+# --- the member's side ---
 
 
-def node_below(db: Database, row: dict, node_id: int | None) -> dict:
-    """The live node `node_id` (default: the shared one) if the link reaches it; else
-    404 with the same words as for a node that does not exist."""
-    owner_id, top_id = row["owner_id"], row["node_id"]
-    wanted = top_id if node_id is None else node_id
-    with db.read() as conn:
-        try:
-            node = walk = tree.get(conn, owner_id, wanted)
-            for _ in range(tree.MAX_DEPTH):
-                if walk["id"] == top_id:
-                    return dict(node)
-                if walk["parent_id"] is None:
-                    break
-                walk = tree.get(conn, owner_id, walk["parent_id"])
-        except NotFound:
-            pass
-    raise NotFound("no such file in this link", field="node")
+def accept(conn: Connection, user: Account, ns_id: int, path: str | None, device: str) -> None:
+    """Mount the shared folder in the caller's tree: at `path`, or /NAME (numbered if taken)."""
+    ns = shared(conn, ns_id)
+    row = member(conn, ns_id, user.id)
+    if row is None:
+        raise NotFound(f"no invitation to shared folder {ns_id}", field="id")
+    if row["state"] == "accepted":
+        raise AlreadyMember(f"you have already accepted {ns['name']!r}", field="id")
+    if row["state"] != "invited":
+        why = {"removed": "was withdrawn by its owner", "left": "ended when you left the folder",
+               "declined": "was declined"}[row["state"]]
+        raise Withdrawn(f"the invitation to {ns['name']!r} {why}; ask its owner for a new one", field="id")
+    if path is None:
+        parent_id, name = user.root_id, free_name(conn, user.id, user.root_id, ns["name"])
+    else:
+        parent_id, name = place_for(conn, user, path)
+    root = tree.get(conn, ns_id, ns["root_id"])
+    mount = insert_mount(conn, user.id, parent_id=parent_id, name=name, root=root, ns_id=ns_id, role=row["role"])
+    conn.execute(members.update().where(members.c.id == row["id"]).values(
+        state="accepted", mount_id=mount["id"], updated_at=time.time()))
+    journal.append(conn, user.id, "create", mount, device=device)
 
 
-def public_entries(db: Database, row: dict, dir_id: int) -> list[wire.Node]:
-    """A shared folder's files and folders as an anonymous viewer sees them: no owner,
-    no attributes, and a hard link shown as a file of its own (its name, its file's
-    bytes; the file itself may live outside what the link covers: its id stays hidden)."""
-    owner_id = row["owner_id"]
-    out = []
-    with db.read() as conn:
-        entries, _ = tree.list_children(conn, owner_id, dir_id, after=None, limit=PUBLIC_LIST_MAX)
-        for e in entries:
-            if e.kind == "link" and e.link_to is not None:
-                try:
-                    file = tree.to_wire(tree.get(conn, owner_id, e.link_to))
-                except NotFound:
-                    continue
-                e = file.model_copy(update={"id": e.id, "parent_id": e.parent_id, "name": e.name, "link_to": None})
-            if e.kind in ("file", "dir"):
-                out.append(e.model_copy(update={"xattrs": {}, "uid": -1, "gid": -1}))
-    return out
+def place_for(conn: Connection, user: Account, path: str, *, field: str = "path") -> tuple[int, str]:
+    """The parent and name of a new mount: a free name in a directory of the caller's own
+    tree (not inside a shared folder)."""
+    try:
+        names = split_path(path)
+    except ValueError as exc:
+        raise Invalid(f"path {path!r}: {exc}", field=field) from None
+    if not names:
+        raise Invalid("the drive's root is taken: give a path inside it", field=field)
+    parent_ns, parent = namespaces.resolve(conn, user.id, user.root_id, names[:-1])
+    if parent_ns != user.id:
+        raise SharedFolderConflict(f"{path} is inside a shared folder: a shared folder cannot hold another", field=field)
+    if parent["kind"] != "dir":
+        raise NotADirectory(f"/{'/'.join(names[:-1])} is not a directory", field=field)
+    taken = tree.child(conn, user.id, parent["id"], names[-1])
+    if taken is not None:
+        raise NameExists(f"{path} already exists", field=field, node=tree.to_wire(taken).model_dump())
+    return parent["id"], names[-1]
 
 
-def file_below(db: Database, row: dict, node_id: int) -> tuple[str, dict]:
-    """A file the link reaches, by the name it was asked for (a hard link's own name)."""
-    node = node_below(db, row, node_id)
-    if node["kind"] != "link":
-        return node["name"], node
-    with db.read() as conn:
-        return node["name"], dict(tree.inode(conn, row["owner_id"], node))
+def free_name(conn: Connection, ns_id: int, parent_id: int, name: str) -> str:
+    """`name`, or `NAME (N)` for the first N from 2 that is free in the directory."""
+    if tree.child(conn, ns_id, parent_id, name) is None:
+        return name
+    for n in range(2, 10_000):
+        candidate = f"{name} ({n})".encode()[:255].decode("utf-8", "ignore")
+        if tree.child(conn, ns_id, parent_id, candidate) is None:
+            return candidate
+    raise Invalid(f"no free name for {name!r}", field="path")
 
 
-def count_download(db: Database, link_id: str) -> None:
-    """One more download; refused (410) when the limit was reached meanwhile."""
-    with db.write() as conn:
-        done = conn.execute(share_links.update().where(
-            share_links.c.id == link_id,
-            sa.or_(share_links.c.max_downloads.is_(None), share_links.c.downloads < share_links.c.max_downloads),
-        ).values(downloads=share_links.c.downloads + 1)).rowcount
-    if not done:
-        raise LinkExhausted("this link has been downloaded as often as its owner allowed", field="link")
+def decline(conn: Connection, user: Account, ns_id: int) -> None:
+    ns = shared(conn, ns_id)
+    row = member(conn, ns_id, user.id)
+    if row is None or row["state"] != "invited":
+        raise NotFound(f"no open invitation to {ns['name']!r}", field="id")
+    conn.execute(members.update().where(members.c.id == row["id"]).values(state="declined", updated_at=time.time()))
 
 
-def path_in_link(db: Database, row: dict, node: dict) -> list[dict]:
-    """Breadcrumbs from the shared node down to `node` (the owner's tree above stays hidden)."""
-    crumbs = []
-    with db.read() as conn:
-        walk = node
-        for _ in range(tree.MAX_DEPTH):
-            crumbs.append({"id": walk["id"], "name": walk["name"]})
-            if walk["id"] == row["node_id"] or walk["parent_id"] is None:
-                break
-            walk = tree.get(conn, row["owner_id"], walk["parent_id"])
-    return list(reversed(crumbs))
+def leave(conn: Connection, user: Account, ns_id: int, device: str) -> None:
+    """The caller stops being a member: the folder leaves their tree (their devices drop
+    it). The owner cannot leave (`delete_root` dissolves a folder nobody else has)."""
+    ns = shared(conn, ns_id)
+    row = member(conn, ns_id, user.id)
+    if row is None or row["state"] not in ("invited", "accepted"):
+        raise NotFound(f"you are not a member of {ns['name']!r}", field="id")
+    if row["role"] == "owner":
+        raise SharedFolderConflict(f"you own {ns['name']!r}: remove its members (or delete the folder) instead of "
+                                   "leaving it", field="id")
+    conn.execute(members.update().where(members.c.id == row["id"]).values(state="left", mount_id=None,
+                                                                          updated_at=time.time()))
+    if row["mount_id"] is not None:
+        drop_mount(conn, user.id, row["mount_id"], device)
+
+
+def drop_mount(conn: Connection, user_id: int, mount_id: int, device: str) -> None:
+    """Take a mount row out of an account's tree; its `delete` entry makes that account's
+    devices drop the folder. The row itself goes (a mount is no history to restore)."""
+    mount = tree.get_or_none(conn, user_id, mount_id)
+    if mount is None or mount["kind"] != "mount":
+        return
+    journal.append(conn, user_id, "delete", mount, device=device)
+    conn.execute(nodes.delete().where(nodes.c.id == mount_id))
+
+
+# --- the owner's side ---
+
+
+def remove(conn: Connection, user: Account, ns_id: int, name: str, device: str) -> None:
+    """The owner withdraws an invitation or removes a member."""
+    ns = _owner_only(conn, user, ns_id)
+    target = account(conn, name)
+    row = member(conn, ns_id, target["id"])
+    if row is None or row["state"] not in ("invited", "accepted"):
+        raise NotFound(f"{name} is not a member of {ns['name']!r}", field="user")
+    if row["role"] == "owner":
+        raise Invalid(f"{name} owns {ns['name']!r}: the owner is always a member", field="user")
+    conn.execute(members.update().where(members.c.id == row["id"]).values(state="removed", mount_id=None,
+                                                                          updated_at=time.time()))
+    if row["mount_id"] is not None:
+        drop_mount(conn, target["id"], row["mount_id"], device)
+
+
+def set_role(conn: Connection, user: Account, ns_id: int, name: str, role: str, device: str) -> None:
+    ns = _owner_only(conn, user, ns_id)
+    check_role_name(role)
+    target = account(conn, name)
+    row = member(conn, ns_id, target["id"])
+    if row is None or row["state"] not in ("invited", "accepted"):
+        raise NotFound(f"{name} is not a member of {ns['name']!r}", field="user")
+    if row["role"] == "owner":
+        raise Invalid(f"{name} owns {ns['name']!r}: the owner's role does not change", field="user")
+    if row["role"] == role:
+        return
+    conn.execute(members.update().where(members.c.id == row["id"]).values(role=role, updated_at=time.time()))
+    if row["mount_id"] is not None:
+        conn.execute(nodes.update().where(nodes.c.id == row["mount_id"]).values(target=role))
+        mount = tree.get(conn, target["id"], row["mount_id"])
+        journal.append(conn, target["id"], "attr", mount, device=device)
+
+
+def lock_set(conn: Connection, ns_id: int, *names: str) -> tuple[int, ...]:
+    """The namespaces an operation on `ns_id` that touches these accounts writes: the
+    shared one and their root namespaces (for their mounts)."""
+    ids = [ns_id]
+    for name in names:
+        row = conn.execute(sa.select(users.c.id).where(users.c.name == name)).scalar()
+        if row is not None:
+            ids.append(row)
+    return tuple(sorted(set(ids)))
+
+
+# --- a shared folder's root, moved or deleted from a member's tree ---
+
+
+def move_mount(conn: Connection, user: Account, ns_id: int, req, device: str):  # noqa: ANN001, ANN201
+    """A member renames or moves the shared folder in their own tree: its mount moves,
+    nothing changes for the others."""
+    mount = namespaces.mount_of(conn, user.id, ns_id)
+    if mount is None:
+        raise NotFound(f"shared folder {ns_id} is not in your tree", field="id")
+    if namespaces.ns_of(conn, req.parent_id) != user.id:
+        raise SharedFolderConflict("a shared folder cannot go inside another shared folder", field="parent_id",
+                                   errno="EXDEV")
+    if req.exchange:
+        raise SharedFolderConflict("a shared folder cannot be exchanged with another node", field="exchange",
+                                   errno="EXDEV")
+    return tree.move(conn, user.id, mount["id"], req, device)
+
+
+def delete_root(conn: Connection, user: Account, ns_id: int, device: str) -> tuple[Row, int]:
+    """The shared folder deleted from a member's tree: a member leaves it; its owner, when
+    nobody else is a member any more, dissolves the namespace back into their tree and
+    deletes the folder there (it goes to their trash, as any folder). Returns the row
+    and seq of the delete."""
+    ns = shared(conn, ns_id)
+    role = namespaces.role_in(conn, user.id, ns_id)
+    if role != "owner":
+        mount = namespaces.mount_of(conn, user.id, ns_id) or tree.get(conn, ns_id, ns["root_id"])
+        leave(conn, user, ns_id, device)
+        return {**mount, "deleted": True}, journal.cursor(conn, user.id)
+    others = conn.execute(sa.select(sa.func.count()).where(
+        members.c.ns_id == ns_id, members.c.user_id != user.id,
+        members.c.state.in_(("invited", "accepted")))).scalar() or 0
+    if others:
+        raise SharedFolderConflict(f"{ns['name']!r} is shared with {others} other account(s): remove them "
+                                   "(cloudfs shares remove) before deleting it", field="id")
+    root = dissolve(conn, user, ns_id, device)
+    seq = tree.tombstone(conn, user.id, root, device)
+    return tree.get(conn, user.id, root["id"], allow_deleted=True), seq
+
+
+def dissolve(conn: Connection, user: Account, ns_id: int, device: str) -> Row:
+    """Turn a shared folder nobody else has back into a folder of its owner's tree, where
+    the owner's mount was. Returns the folder's row."""
+    ns = shared(conn, ns_id)
+    mount = namespaces.mount_of(conn, user.id, ns_id)
+    if mount is None:
+        raise NotFound(f"shared folder {ns_id} is not in your tree", field="id")
+    crossing.move_subtree(conn, ns_id, user.id, ns["root_id"])
+    conn.execute(nodes.delete().where(nodes.c.id == mount["id"]))
+    conn.execute(nodes.update().where(nodes.c.id == ns["root_id"]).values(parent_id=mount["parent_id"],
+                                                                          name=mount["name"]))
+    conn.execute(members.update().where(members.c.ns_id == ns_id).values(state="left", mount_id=None,
+                                                                         updated_at=time.time()))
+    conn.execute(namespace_table.update().where(namespace_table.c.id == ns_id).values(kind="gone"))
+    root = tree.get(conn, user.id, ns["root_id"])
+    journal.append(conn, user.id, "create", root, device=device)  # a folder of theirs again: no longer shared
+    return root
+
+
+def mounts_below(conn: Connection, user_id: int, dir_id: int) -> list[Row]:
+    """Live mount rows below a directory of an account's own tree."""
+    inside = tree.live_subtree(user_id, dir_id)
+    return [dict(r) for r in conn.execute(sa.select(nodes).where(
+        nodes.c.id.in_(sa.select(inside.c.id)), nodes.c.kind == "mount", nodes.c.deleted == sa.false())).mappings()]
+
+
+# --- what an account sees ---
+
+
+def info(conn: Connection, user: Account, ns_id: int) -> wire_shares.Share:
+    ns = shared(conn, ns_id)
+    row = member(conn, ns_id, user.id)
+    if row is None:
+        raise NotFound(f"no shared folder {ns_id}", field="id")
+    owner = conn.execute(sa.select(users.c.name).where(users.c.id == ns["owner_id"])).scalar()
+    path = None
+    if row["state"] == "accepted" and row["mount_id"] is not None:
+        mount = tree.get_or_none(conn, user.id, row["mount_id"])
+        path = history.path_of(conn, user.id, mount) if mount is not None else None
+    listed = []
+    if row["state"] == "accepted":
+        listed = [wire_shares.Member(user=r["name"], role=r["role"], state=r["state"]) for r in conn.execute(
+            sa.select(users.c.name, members.c.role, members.c.state).join(users, users.c.id == members.c.user_id)
+            .where(members.c.ns_id == ns_id, members.c.state.in_(("invited", "accepted")))
+            .order_by(members.c.id)).mappings()]
+    return wire_shares.Share(id=ns_id, name=ns["name"], owner=owner or "?", role=row["role"], state=row["state"],
+                             path=path, root_id=ns["root_id"], members=listed)
+
+
+def listing(conn: Connection, user: Account) -> list[wire_shares.Share]:
+    """Every shared folder the account has or is invited to."""
+    ids = conn.execute(sa.select(members.c.ns_id).where(
+        members.c.user_id == user.id, members.c.state.in_(("invited", "accepted"))).order_by(members.c.ns_id)).scalars()
+    return [info(conn, user, ns_id) for ns_id in list(ids)]

@@ -1,185 +1,189 @@
-"""HTTP routes of share links: the owner's (`/shares`, signed in) and the public ones
-under `/s/{link}` that the link's page calls without any account. What a public
-request may reach is checked by shares.py on every call."""
+"""HTTP routes for shared folders (shares.py) and the feed over several namespaces.
+
+`POST /sync` is how a device follows everything its account sees with one request: a
+cursor per namespace in, the entries of all of them after those cursors out (merged in
+seq order), long-polling while there are none. A namespace whose cursor is out of its
+retained journal is listed in `gone` (the 410 of `/changes`, for that one alone) while
+the others are served. The answer also lists the namespaces the account sees now, so
+a device learns of a folder it was given or lost even before the journal says so; it
+comes back at once when they differ from the cursors it sent.
+"""
 
 from __future__ import annotations
 
-import time
-from typing import Annotated
+from typing import Annotated, Callable
 
-from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, Field
+import anyio
+from fastapi import APIRouter, Depends, Path, Response
+from sqlalchemy.engine import Connection
 
-from cloudfs.backend import wire
+from cloudfs.backend import wire_shares
+from cloudfs.backend.names import split_path
 
-from . import auth, content, shares, tree
-from .api import ERRORS, NodeIdPath
-from .app import ServerContext, User, context_dependency, current_user
-from .errors import Invalid, IsADirectory, NotADirectory
+from . import journal, namespaces, shares, tree
+from .api import ERRORS, held_for
+from .app import ServerContext, User, context_dependency, current_user, device_name
+from .errors import Invalid
 
-router = APIRouter(responses={**ERRORS, 429: {"model": wire.ErrorBody, "description": "too many wrong passwords"}},
-                   tags=["shares"])
+router = APIRouter(responses=ERRORS)
 Ctx = Annotated[ServerContext, Depends(context_dependency)]
 Auth = Annotated[User, Depends(current_user)]
-LinkId = Annotated[str, Field(min_length=16, max_length=64)]
-UNLOCK_COOKIE = "cloudfs_share"
+Device = Annotated[str, Depends(device_name)]
+NsPath = Annotated[int, Path(ge=1, le=2**63 - 1, description="the shared folder (its namespace id)")]
+UserPath = Annotated[str, Path(min_length=1, max_length=64, description="an account name")]
 
 
-class NewLink(BaseModel):
-    node_id: Annotated[int, Field(ge=1, le=wire.INT64_MAX)]
-    expires_at: Annotated[float, Field(ge=0, le=1e11, description="unix seconds; none: never")] | None = None
-    password: Annotated[str, Field(min_length=1, max_length=auth.PASSWORD_MAX)] | None = None
-    max_downloads: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+async def _write(ctx: ServerContext, locate: Callable[[Connection], tuple[int, ...]],
+                 fn: Callable[[Connection], None], user: User, ns_id: Callable[[Connection], int] | int,
+                 ) -> wire_shares.Share:
+    def body(conn: Connection) -> wire_shares.Share:
+        fn(conn)
+        return shares.info(conn, user, ns_id(conn) if callable(ns_id) else ns_id)
+    touched, share = await ctx.run_db(namespaces.write_in, ctx.db, locate, body)
+    for touched_ns in touched:
+        ctx.notifier.notify(touched_ns)
+    return share
 
 
-class Link(BaseModel):
-    id: str
-    url: str
-    node_id: int
-    name: str
-    kind: str
-    path: str
-    node_deleted: bool
-    created_at: float
-    expires_at: float | None
-    has_password: bool
-    max_downloads: int | None
-    downloads: int
-    expired: bool
+@router.post("/shares", status_code=201, tags=["shares"])
+async def share(ctx: Ctx, user: Auth, device: Device, req: wire_shares.ShareRequest) -> wire_shares.Share:
+    """Share a folder (by `node_id` or `path`) with another account as `editor` or
+    `viewer`: the folder becomes a shared folder (if it is not one yet) and the account
+    is invited. Refused for a file, for the drive's root, for a folder inside a shared
+    folder or holding one, and for an account that is already a member."""
+    if (req.node_id is None) == (req.path is None):
+        raise Invalid("name the folder by exactly one of node_id or path", field="path")
+    shares.check_role_name(req.role)
+    names: list[str] = []
+    if req.path is not None:
+        try:
+            names = split_path(req.path)
+        except ValueError as exc:
+            raise Invalid(f"path {req.path!r}: {exc}", field="path") from None
+    made: list[int] = []
+
+    def folder(conn: Connection) -> tuple[int, dict]:
+        if req.node_id is not None:
+            ns_id = namespaces.locate(conn, user.id, req.node_id, field="node_id")
+            return ns_id, tree.get(conn, ns_id, req.node_id)
+        return namespaces.resolve(conn, user.id, user.root_id, names)
+
+    def locate(conn: Connection) -> tuple[int, ...]:
+        return tuple(sorted({user.id, folder(conn)[0]}))
+
+    def run(conn: Connection) -> None:
+        ns_id, row = folder(conn)
+        made.append(shares.share(conn, user, ns_id, row, req.user, req.role, device))
+    return await _write(ctx, locate, run, user, lambda conn: made[-1])
 
 
-class LinkList(BaseModel):
-    links: list[Link]
-
-
-class PublicInfo(BaseModel):
-    name: str
-    kind: str
-    size: int
-    mtime_ns: int
-    node_id: int
-    expires_at: float | None
-    needs_password: bool
-    downloads_left: int | None
-
-
-class PublicListing(BaseModel):
-    dir: wire.Node
-    crumbs: list[dict]
-    entries: list[wire.Node]
-
-
-class Unlock(BaseModel):
-    password: Annotated[str, Field(min_length=1, max_length=auth.PASSWORD_MAX)]
-
-
-def _link(request: Request, d: dict) -> Link:
-    return Link(url=f"{str(request.base_url).rstrip('/')}/s/{d['id']}", **d)
-
-
-@router.post("/shares", status_code=201)
-async def create_link(ctx: Ctx, user: Auth, request: Request, req: NewLink) -> Link:
-    """A read-only link to a file or folder; optional expiry, password, download limit."""
-    if req.expires_at is not None and req.expires_at <= time.time():
-        raise Invalid("the expiry is in the past", field="expires_at")
-    hashed = None
-    if req.password is not None:
-        hashed = await auth.make_password_hash(req.password)
-    d = await ctx.run_db(shares.create, ctx.db, user.id, req.node_id, expires_at=req.expires_at,
-                         password_hash=hashed, max_downloads=req.max_downloads)
-    return _link(request, d)
-
-
-@router.get("/shares")
-async def list_links(ctx: Ctx, user: Auth, request: Request) -> LinkList:
-    return LinkList(links=[_link(request, d) for d in await ctx.run_db(shares.owned, ctx.db, user.id)])
-
-
-@router.delete("/shares/{link_id}")
-async def revoke_link(ctx: Ctx, user: Auth, link_id: str) -> dict[str, bool]:
-    """The link answers 404 from now on."""
-    await ctx.run_db(shares.revoke, ctx.db, user.id, link_id)
-    return {"revoked": True}
-
-
-# --- public: no account, only the link ---
-
-
-async def _open(ctx: ServerContext, request: Request, link_id: str) -> dict:
-    row = await ctx.run_db(shares.opened, ctx.db, link_id)
-    if not shares.unlocked(row, request.cookies.get(UNLOCK_COOKIE)):
-        raise shares.PasswordNeeded("this link needs its password", field="password")
-    return row
-
-
-@router.get("/s/{link_id}/info")
-async def public_info(ctx: Ctx, request: Request, link_id: str) -> PublicInfo:
-    row = await ctx.run_db(shares.opened, ctx.db, link_id)
-    node = await ctx.run_db(shares.node_below, ctx.db, row, None)
-    locked = not shares.unlocked(row, request.cookies.get(UNLOCK_COOKIE))
-    left = None if row["max_downloads"] is None else row["max_downloads"] - row["downloads"]
-    return PublicInfo(name=node["name"], kind=node["kind"], size=0 if locked else node["size"],
-                      mtime_ns=0 if locked else node["mtime_ns"], node_id=node["id"], expires_at=row["expires_at"],
-                      needs_password=locked, downloads_left=left)
-
-
-@router.post("/s/{link_id}/unlock")
-async def unlock(ctx: Ctx, request: Request, response: Response, link_id: str, req: Unlock) -> dict[str, bool]:
-    """Give the link's password; a cookie for this link alone keeps it open."""
-    row = await ctx.run_db(shares.opened, ctx.db, link_id)
-    if row["password_hash"] is None:
-        return {"unlocked": True}
-    address = request.client.host if request.client else "-"
-
-    async def attempt() -> bool:
-        return await auth.check_password(row["password_hash"], req.password)
-
-    if not await auth.guarded(ctx, auth.throttle_keys(f"share:{link_id}", address), attempt):
-        raise shares.PasswordNeeded("wrong password for this link", field="password")
-    response.set_cookie(UNLOCK_COOKIE, shares.unlock_value(row), path=f"/s/{link_id}", httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https")
-    return {"unlocked": True}
-
-
-@router.get("/s/{link_id}/list")
-async def public_list(ctx: Ctx, request: Request, link_id: str,
-                      dir: Annotated[int | None, Query(ge=1, le=wire.INT64_MAX)] = None) -> PublicListing:
-    row = await _open(ctx, request, link_id)
-    node = await ctx.run_db(shares.node_below, ctx.db, row, dir)
-    if node["kind"] != "dir":
-        raise NotADirectory(f"{node['name']!r} is not a folder", field="dir")
-
-    crumbs = await ctx.run_db(shares.path_in_link, ctx.db, row, node)
-    return PublicListing(dir=tree.to_wire(node).model_copy(update={"xattrs": {}}), crumbs=crumbs,
-                         entries=await ctx.run_db(shares.public_entries, ctx.db, row, node["id"]))
-
-
-@router.api_route("/s/{link_id}/file/{node_id}", methods=["GET", "HEAD"], responses=content.FILE_RESPONSES)
-async def public_file(ctx: Ctx, request: Request, link_id: str, node_id: NodeIdPath,
-                      inline: bool = False) -> Response:
-    row = await _open(ctx, request, link_id)
-    name, node = await ctx.run_db(shares.file_below, ctx.db, row, node_id)
-    if node["kind"] != "file":
-        raise IsADirectory(f"{node['name']!r} is a folder: download it as a zip", field="node")
-    starts_at_zero = request.headers.get("range", "bytes=0-").replace(" ", "").startswith("bytes=0-")
-    if request.method == "GET" and starts_at_zero:  # a preview counts too: it is the whole file
-        await ctx.run_db(shares.count_download, ctx.db, link_id)
-
-    def load() -> content.Version:
+@router.get("/shares", tags=["shares"])
+async def list_shares(ctx: Ctx, user: Auth) -> wire_shares.ShareList:
+    """The shared folders this account has, or is invited to, with their members."""
+    def run() -> wire_shares.ShareList:
         with ctx.db.read() as conn:
-            return content.load_version(conn, row["owner_id"], node, None)
-
-    version = await ctx.run_db(load)
-    return content.file_response(ctx.store, row["owner_id"], version, request, name=name, inline=inline)
+            return wire_shares.ShareList(shares=shares.listing(conn, user))
+    return await ctx.run_db(run)
 
 
-@router.get("/s/{link_id}/zip", responses=content.ZIP_RESPONSES)
-async def public_zip(ctx: Ctx, request: Request, link_id: str,
-                     dir: Annotated[int | None, Query(ge=1, le=wire.INT64_MAX)] = None) -> Response:
-    row = await _open(ctx, request, link_id)
-    node = await ctx.run_db(shares.node_below, ctx.db, row, dir)
-    if node["kind"] != "dir":
-        raise NotADirectory(f"{node['name']!r} is not a folder", field="dir")
-    plan = await ctx.run_db(content.zip_plan, ctx.db, row["owner_id"], node["id"])
-    await ctx.run_db(shares.count_download, ctx.db, link_id)
-    return content.zip_response(ctx.store, row["owner_id"], plan, node["name"])
+@router.get("/shares/{ns_id}", tags=["shares"])
+async def get_share(ctx: Ctx, user: Auth, ns_id: NsPath) -> wire_shares.Share:
+    def run() -> wire_shares.Share:
+        with ctx.db.read() as conn:
+            return shares.info(conn, user, ns_id)
+    return await ctx.run_db(run)
+
+
+@router.post("/shares/{ns_id}/accept", tags=["shares"])
+async def accept(ctx: Ctx, user: Auth, device: Device, ns_id: NsPath,
+                 req: wire_shares.AcceptRequest | None = None) -> wire_shares.Share:
+    """Accept an invitation: the folder appears at `path` (default /NAME) in this
+    account's drive, on all its devices."""
+    path = req.path if req is not None else None
+    return await _write(ctx, lambda conn: tuple(sorted({user.id, ns_id})),
+                        lambda conn: shares.accept(conn, user, ns_id, path, device), user, ns_id)
+
+
+@router.post("/shares/{ns_id}/decline", tags=["shares"])
+async def decline(ctx: Ctx, user: Auth, ns_id: NsPath) -> wire_shares.Share:
+    return await _write(ctx, lambda conn: (ns_id,), lambda conn: shares.decline(conn, user, ns_id), user, ns_id)
+
+
+@router.post("/shares/{ns_id}/leave", tags=["shares"])
+async def leave(ctx: Ctx, user: Auth, device: Device, ns_id: NsPath) -> wire_shares.Share:
+    """Stop being a member: the folder leaves this account's drive (its devices keep,
+    as a folder of their own, whatever they had not uploaded yet)."""
+    return await _write(ctx, lambda conn: tuple(sorted({user.id, ns_id})),
+                        lambda conn: shares.leave(conn, user, ns_id, device), user, ns_id)
+
+
+@router.post("/shares/{ns_id}/members", status_code=201, tags=["shares"])
+async def invite(ctx: Ctx, user: Auth, ns_id: NsPath, req: wire_shares.MemberRequest) -> wire_shares.Share:
+    """The owner invites one more account."""
+    def run(conn: Connection) -> None:
+        ns = shares._owner_only(conn, user, ns_id)
+        target = shares.account(conn, req.user)
+        if target["id"] == ns["owner_id"]:
+            raise Invalid(f"{req.user} owns this folder", field="user")
+        shares.invite(conn, ns_id, target, req.role, user.id)
+    return await _write(ctx, lambda conn: (ns_id,), run, user, ns_id)
+
+
+@router.patch("/shares/{ns_id}/members/{name}", tags=["shares"])
+async def set_role(ctx: Ctx, user: Auth, device: Device, ns_id: NsPath, name: UserPath,
+                   req: wire_shares.RoleRequest) -> wire_shares.Share:
+    """The owner makes a member an editor or a viewer."""
+    return await _write(ctx, lambda conn: shares.lock_set(conn, ns_id, name),
+                        lambda conn: shares.set_role(conn, user, ns_id, name, req.role, device), user, ns_id)
+
+
+@router.delete("/shares/{ns_id}/members/{name}", tags=["shares"])
+async def remove(ctx: Ctx, user: Auth, device: Device, ns_id: NsPath, name: UserPath) -> wire_shares.Share:
+    """The owner withdraws an invitation or removes a member: the folder leaves their
+    drive and their devices."""
+    return await _write(ctx, lambda conn: shares.lock_set(conn, ns_id, name),
+                        lambda conn: shares.remove(conn, user, ns_id, name, device), user, ns_id)
+
+
+# --- the feed over every namespace ---
+
+
+@router.post("/sync", tags=["sync"], response_model=wire_shares.SyncResponse)
+async def sync(ctx: Ctx, user: Auth, req: wire_shares.SyncRequest) -> Response:
+    """Journal entries of every namespace after its cursor, in seq order; with `wait`,
+    long-polls until one of them has something (one request however many namespaces)."""
+    cursors: dict[int, int] = {}
+    for key, value in req.cursors.items():
+        if not key.isdigit() or not 0 < int(key) < 2**63:
+            raise Invalid(f"cursors: {key!r} is not a namespace id", field="cursors")
+        cursors[int(key)] = value
+
+    def read() -> tuple[wire_shares.SyncResponse, bool]:
+        with ctx.db.read() as conn:
+            seen = namespaces.visible(conn, user.id, user.root_id)
+            mine = {v.id for v in seen}
+            followed = {ns: c for ns, c in cursors.items() if ns in mine}
+            changes, new, more, gone = journal.read_many(conn, followed, req.limit)
+        answer = wire_shares.SyncResponse(
+            changes=changes, cursors={str(ns): c for ns, c in new.items()}, has_more=more, gone=gone,
+            namespaces=[wire_shares.NamespaceInfo(id=v.id, root_id=v.root_id, role=v.role, kind=v.kind) for v in seen])
+        return answer, mine != set(cursors)
+
+    watched = sorted({user.id, *cursors})
+    deadline = anyio.current_time() + held_for(req.wait)
+    while True:
+        woken = ctx.notifier.listen(watched)
+        try:
+            answer, differs = await ctx.run_db(read)
+            remaining = deadline - anyio.current_time()
+            if answer.changes or answer.gone or differs or remaining <= 0 or ctx.notifier.closing:
+                return Response(content=answer.model_dump_json(), media_type="application/json")
+            ctx.metrics.long_polls.inc()
+            try:
+                with anyio.move_on_after(remaining):
+                    await woken.wait()
+            finally:
+                ctx.metrics.long_polls.dec()
+        finally:
+            ctx.notifier.unlisten(watched, woken)
+

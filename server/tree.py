@@ -35,6 +35,11 @@ directory counts as part of the directory's delete (rm -r, one file at a time)."
 
 
 def to_wire(row: Row) -> wire.Node:
+    if row["kind"] == "mount":  # a shared folder where a member mounted it (namespaces.py)
+        return wire.Node(
+            id=row["link_to"], parent_id=row["parent_id"], name=row["name"], kind="dir", mode=row["mode"],
+            mtime_ns=row["mtime_ns"], size=0, rev=row["rev"], deleted=bool(row["deleted"]), ns=row["mount_ns"],
+            role=row["target"], **posix_attrs(row))
     return wire.Node(
         id=row["id"], parent_id=row["parent_id"], name=row["name"], kind=row["kind"], mode=row["mode"],
         mtime_ns=row["mtime_ns"], size=row["size"], rev=row["rev"], target=row["target"], deleted=bool(row["deleted"]),
@@ -60,6 +65,11 @@ def get(conn: Connection | Tx, owner_id: int, node_id: int, *, allow_deleted: bo
     if row is None or (row["deleted"] and not allow_deleted):
         raise NotFound(f"no node with id {node_id}", field="id")
     return row
+
+
+def get_or_none(conn: Connection | Tx, owner_id: int, node_id: int) -> Row | None:
+    """The node, live or deleted, if it is in this namespace."""
+    return as_tx(conn).one(_GET, {"node_id": node_id, "owner_id": owner_id})
 
 
 def inode(conn: Connection | Tx, owner_id: int, row: Row, *, allow_deleted: bool = False) -> Row:
@@ -255,6 +265,8 @@ def move(conn: Connection, owner_id: int, node_id: int, req: wire.MoveRequest, d
             raise IsADirectory(f"{req.name!r} is a directory; a {row['kind']} cannot replace it", field="name")
         if existing["kind"] != "dir" and row["kind"] == "dir":
             raise NotADirectory(f"{req.name!r} is not a directory; a directory cannot replace it", field="name")
+        if existing["kind"] == "mount":
+            raise NotEmpty(f"{req.name!r} is a shared folder: leave it (or move it away) first", field="name")
         if existing["kind"] == "dir" and has_children(conn, owner_id, existing["id"]):
             raise NotEmpty(f"{req.name!r} is a non-empty directory", field="name")
         tombstone(conn, owner_id, existing, device)
@@ -305,12 +317,6 @@ def set_attr(conn: Connection, owner_id: int, node_id: int, req: wire.AttrReques
     conn.execute(nodes.update().where(nodes.c.id == node_id).values(**values))
     row = get(conn, owner_id, node_id)
     return row, journal.append(conn, owner_id, "attr", row, device=device)
-
-
-def used_bytes(conn: Connection, owner_id: int) -> int:
-    """What a quota counts: the sizes of the owner's live files."""
-    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(nodes.c.size), 0)).where(
-        nodes.c.owner_id == owner_id, nodes.c.kind == "file", nodes.c.deleted == sa.false())).scalar() or 0)
 
 
 def delete(conn: Connection, owner_id: int, node_id: int, *, recursive: bool, device: str,

@@ -11,8 +11,9 @@ import time
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from . import tree
+from . import namespaces, tree
 from .db import Database, tokens, users
+from .db import namespaces as namespace_table
 
 USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
@@ -44,14 +45,19 @@ def add_user(db: Database, name: str, *, quota_bytes: int | None = None, retain_
     with db.write() as conn:
         if conn.execute(sa.select(users.c.id).where(users.c.name == name)).first() is not None:
             raise UserExistsError(f"user {name!r} already exists")
-        user_id = conn.execute(
-            users.insert().values(name=name, quota_bytes=quota_bytes, journal_floor=0, created_at=time.time(),
-                                  retain_days=retain_days)
-        ).inserted_primary_key[0]
+        user_id = namespaces.new_id(conn)  # the account's id is its root namespace's
+        conn.execute(users.insert().values(id=user_id, name=name, quota_bytes=quota_bytes, journal_floor=0,
+                                           created_at=time.time(), retain_days=retain_days))
+        namespaces.insert(conn, user_id, kind="root", owner_id=user_id, root_id=None)
         root_id = tree.create_root(conn, user_id)
         conn.execute(users.update().where(users.c.id == user_id).values(root_id=root_id))
+        conn.execute(namespace_table.update().where(namespace_table.c.id == user_id).values(root_id=root_id))
         conn.execute(tokens.insert().values(token_hash=hash_token(token), user_id=user_id, created_at=time.time()))
     return token
+
+
+def by_name(conn: Connection, name: str) -> sa.RowMapping | None:
+    return conn.execute(sa.select(users).where(users.c.name == name)).mappings().first()
 
 
 def user_for_token(conn: Connection, token: str) -> sa.RowMapping | None:

@@ -109,7 +109,7 @@ async def asset(name: str) -> Response:
 
 @pages.get("/s/{link_id}")
 async def share_page(ctx: Ctx, link_id: str) -> Response:
-    """A share link's public page; what it may show is decided by shares.py."""
+    """A share link's public page; what it may show is decided by share_links.py."""
     return _static(PAGES["share"], "text/html; charset=utf-8", page_csp(ctx.store))
 
 

@@ -32,6 +32,7 @@ What a caller can rely on:
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -85,7 +86,8 @@ class Writer:
 
     async def submit(self, owner_id: int, fn: Callable[[Tx], T], *args: Any, **kwargs: Any) -> T:
         """Run `fn(tx, *args, **kwargs)` in the next batch; its value, or its exception."""
-        job = _Job(owner_id, (lambda tx: fn(tx, *args, **kwargs)) if args or kwargs else fn)
+        context = contextvars.copy_context()  # the request's (journal.ACTOR), in the batch's thread too
+        job = _Job(owner_id, lambda tx: context.run(fn, tx, *args, **kwargs))
         self._queue.append(job)
         with anyio.CancelScope(shield=True):
             if self._leading:

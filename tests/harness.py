@@ -93,8 +93,10 @@ class ServerProcess:
     log_path: Path
     tokens: dict[str, str] = field(default_factory=dict)
 
-    def add_user(self, name: str) -> str:
+    def add_user(self, name: str, *, quota: str | None = None) -> str:
         where = ["--db", self.db_url] if self.db_url else ["--data", str(self.data_dir)]
+        if quota is not None:
+            where += ["--quota", quota]
         out = subprocess.run([*CLOUDFS, "user", "add", name, *where], capture_output=True, text=True, timeout=60)
         if out.returncode != 0:
             raise RuntimeError(f"cloudfs user add {name}: {out.stderr}")

@@ -43,15 +43,31 @@ def current(conn: Connection) -> str | None:
 
 def upgrade(engine: Engine, to: str = "head") -> tuple[str | None, str]:
     """Bring the schema to the newest revision (or `to`); returns (revision before, after)."""
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({_UPGRADE_LOCK})"))
-        before = current(conn)
-        if before is None and sa.inspect(conn).has_table("users"):
-            command.stamp(_config(conn), FIRST)  # made by the release before migrations
-            before = FIRST
-        command.upgrade(_config(conn), to)
-        after = current(conn) or ""
+    with engine.connect() as conn:
+        sqlite = engine.dialect.name == "sqlite"
+        if sqlite:
+            # A migration that rebuilds a table others refer to (0007 re-points the
+            # owner columns at namespaces) must not run with foreign keys enforced: the
+            # rebuild drops the old table. SQLite takes this pragma only outside a
+            # transaction; the keys are checked before the upgrade commits.
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                if engine.dialect.name == "postgresql":
+                    conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({_UPGRADE_LOCK})"))
+                before = current(conn)
+                if before is None and sa.inspect(conn).has_table("users"):
+                    command.stamp(_config(conn), FIRST)  # made by the release before migrations
+                    before = FIRST
+                command.upgrade(_config(conn), to)
+                after = current(conn) or ""
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"the upgrade would leave rows pointing nowhere: {broken[:5]}")
+        finally:
+            if sqlite:
+                conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
     if before is None:
         log.debug("database schema created at revision %s", after)
     elif before != after:

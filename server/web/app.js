@@ -386,7 +386,7 @@
     ], "Create link", h("p", {}, "Anyone with the link can download it (read-only)."));
     if (!values) return;
     try {
-      const link = await api("POST", "/shares", {
+      const link = await api("POST", "/share-links", {
         node_id: node.id,
         expires_at: values.expires ? Date.now() / 1000 + Number(values.expires) : null,
         password: values.password || null,
@@ -406,14 +406,14 @@
 
   async function showLinks() {
     try {
-      const { links } = await api("GET", "/shares");
+      const { links } = await api("GET", "/share-links");
       const rows = links.map((l) => h("tr", { dataset: { id: l.id } },
         h("td", {}, h("a", { href: l.url, target: "_blank", rel: "noopener noreferrer" }, l.path)),
         h("td", {}, l.expired ? "expired" : l.expires_at ? "until " + date(l.expires_at) : "never expires"),
         h("td", {}, (l.has_password ? "password · " : "") + (l.max_downloads ? `${l.downloads}/${l.max_downloads} downloads` : `${l.downloads} downloads`)),
         h("td", {}, h("button", { type: "button", class: "link", on: { click: () => copy(l.url) } }, "Copy"),
           h("button", { type: "button", class: "link danger revoke", on: { click: async () => {
-            try { await api("DELETE", `/shares/${encodeURIComponent(l.id)}`); toast("Link revoked"); showLinks(); } catch (err) { failed(err); }
+            try { await api("DELETE", `/share-links/${encodeURIComponent(l.id)}`); toast("Link revoked"); showLinks(); } catch (err) { failed(err); }
           } } }, "Revoke"))));
       show(h("h1", {}, "Share links"),
         h("table", { class: "listing", id: "links" }, h("thead", {}, h("tr", {}, ["Shared", "Expiry", "Use", ""].map((t) => h("th", {}, t)))),

@@ -1,7 +1,7 @@
 // A share link's public page (/s/LINK): no account, only what the link covers.
 // Asks for the password when the link has one, then downloads the file, or browses
 // the folder and downloads any file or the whole folder as a zip. The server checks
-// every request against the link (shares.py); this page only shows what it is given.
+// every request against the link (share_links.py); this page only shows what it is given.
 "use strict";
 
 (() => {

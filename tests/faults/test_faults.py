@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import errno
 import filecmp
-import os
 import time
 import uuid
 from pathlib import Path
 
-import pytest
 
 from tests.harness import cloudfs_mount, cloudfs_server
 from tests.proxy import Faults, Proxy

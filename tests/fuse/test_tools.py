@@ -19,7 +19,6 @@ import subprocess
 from pathlib import Path
 from typing import Iterator
 
-import pytest
 
 from tests.harness import MountProcess, cloudfs_mount
 

@@ -461,7 +461,7 @@ def test_a_body_just_under_the_limit_is_parsed(carol):
 PUBLIC_ROUTES = ("/health", "/auth/login", "/auth/token", "/s/")
 """What answers without a token: the health check, signing in (a browser, or a script
 trading a password for a device token) and a share link's public side, which the link
-itself opens (tests/web/test_shares.py)."""
+itself opens (tests/web/test_share_links.py)."""
 
 
 def test_missing_token_is_401_on_every_operation(server, carol):

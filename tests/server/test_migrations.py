@@ -159,8 +159,7 @@ def test_accounts_and_tokens_of_revision_0005_survive_the_web_migration(engine: 
             conn.execute(sa.text("INSERT INTO users (name, root_id, journal_floor, created_at) "
                                  "VALUES ('dave', 1, 0, 0)"))
             conn.execute(sa.text("INSERT INTO tokens (token_hash, user_id, created_at) VALUES ('ab12', 1, 7)"))
-        assert head() == "0006"
-        assert upgrade(db.engine) == ("0005", "0006")
+        assert upgrade(db.engine, to="0006") == ("0005", "0006")
         with db.engine.connect() as conn:
             user = conn.execute(sa.text("SELECT name, password_hash FROM users")).one()
             token = conn.execute(sa.text("SELECT token_hash, user_id, created_at, kind, label, last_seen_at, "
@@ -174,3 +173,51 @@ def test_accounts_and_tokens_of_revision_0005_survive_the_web_migration(engine: 
         assert tuple(token) == ("ab12", 1, 7, "device", None, None, None, None)
         assert {"auth_failures", "share_links"} <= tables and "tokens_user" in indexes
         assert empty == [0, 0]
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_accounts_of_revision_0006_become_root_namespaces(engine: str, tmp_path: Path,
+                                                          request: pytest.FixtureRequest) -> None:
+    """0007 makes each account's tree its root namespace, with the account's id and its
+    journal floor; node and chunk rows stay as they are (their owner is now a namespace,
+    same number), every index comes back as it was, and a new account or shared folder
+    takes an id no account had."""
+    with empty_database(engine, tmp_path, request) as db:
+        assert upgrade(db.engine, to="0006") == (None, "0006")
+        with db.engine.begin() as conn:
+            for name, root in (("dora", 1), ("emil", 3)):
+                conn.execute(sa.text("INSERT INTO users (name, root_id, journal_floor, created_at) "
+                                     "VALUES (:n, :r, 7, 5)").bindparams(n=name, r=root))
+            conn.execute(sa.text("INSERT INTO nodes (owner_id, parent_id, name, kind, mode, mtime_ns, size, rev, "
+                                 "deleted) VALUES (1, NULL, '', 'dir', 493, 5, 0, 1, false), "
+                                 "(1, 1, 'f', 'file', 420, 5, 3, 1, false), (2, NULL, '', 'dir', 493, 5, 0, 1, false)"))
+            conn.execute(sa.text("INSERT INTO versions (node_id, rev, size, mtime_ns, device, created_at) "
+                                 "VALUES (2, 1, 3, 5, 'd', 0)"))
+            conn.execute(sa.text("INSERT INTO chunks (owner_id, fingerprint, length, stored_length, stored_sha256, "
+                                 "compression, state, created_at) VALUES (1, :fp, 3, 3, :fp, 'none', 'verified', 0)"
+                                 ).bindparams(fp="ab" * 32))
+            conn.execute(sa.text("INSERT INTO journal (owner_id, node_id, op, rev, kind, name, mode, mtime_ns, "
+                                 "size, device, created_at) VALUES (1, 2, 'create', 1, 'file', 'f', 420, 5, 3, 'd', 0)"))
+        assert upgrade(db.engine) == ("0006", head())
+        with db.engine.connect() as conn:
+            spaces = conn.execute(sa.text("SELECT id, kind, owner_id, root_id, journal_floor, created_at "
+                                          "FROM namespaces ORDER BY id")).all()
+            chunk = conn.execute(sa.text("SELECT owner_id, state, store_ns FROM chunks")).one()
+            entry = conn.execute(sa.text("SELECT owner_id, other_ns, user_id FROM journal")).one()
+            indexes = {ix["name"] for ix in sa.inspect(conn).get_indexes("nodes")}
+            keys = {(fk["referred_table"], tuple(fk["constrained_columns"]))
+                    for fk in sa.inspect(conn).get_foreign_keys("nodes")}
+        assert [tuple(r) for r in spaces] == [(1, "root", 1, 1, 7, 5.0), (2, "root", 2, 3, 7, 5.0)]
+        assert tuple(chunk) == (1, "verified", None) and tuple(entry) == (1, None, None)
+        assert {"nodes_live_name", "nodes_owner_id", "nodes_delete_seq", "nodes_link_to"} <= indexes
+        assert ("namespaces", ("owner_id",)) in keys
+        from cloudfs.server import users as accounts
+        accounts.add_user(db, "fred")
+        with db.engine.connect() as conn:
+            fred = conn.execute(sa.text("SELECT id FROM users WHERE name = 'fred'")).scalar()
+            assert fred > 2 and conn.execute(sa.text("SELECT kind FROM namespaces WHERE id = :i")
+                                             .bindparams(i=fred)).scalar() == "root"
+        if engine == "sqlite":
+            with db.engine.connect() as conn:
+                live = conn.execute(sa.text("SELECT sql FROM sqlite_master WHERE name = 'nodes_live_name'")).scalar()
+            assert "WHERE deleted = 0" in live  # the partial index, as 0001 made it

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from tests.harness import cloudfs_mount, wait_until
-from tests.sync.conftest import two_devices
 from tests.proxy import Proxy
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+from cloudfs.backend import shared
 from cloudfs.backend.cache import ROOT_INO, Cache
 from tests.harness import cloudfs_mount, cloudfs_server, wait_until
 
@@ -74,7 +75,8 @@ def test_sync_full_repairs_a_mirror_that_drifted(sync_server, tmp_path):
                 x = cache.get(cache.lookup(ROOT_INO, "x.txt"))
                 cache.unlink(txn, ROOT_INO, "x.txt")
                 cache.drop(txn, x)
-                cache.set_meta(txn, "cursor", str(cursor))  # as if y's delete had been seen
+                # as if y's delete had been seen
+                shared.save_cursors(cache, txn, {int(cache.get_meta("user_id")): cursor})
         finally:
             cache.close()
         with cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:

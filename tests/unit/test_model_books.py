@@ -87,7 +87,7 @@ def test_names_linked_on_one_device_must_stay_one_file(tmp_path):
 
 def test_an_extended_attribute_nobody_set_is_invented(tmp_path):
     ledger, _ = settled(tmp_path, {"x.txt": C})
-    final = tree(tmp_path, "final", {"x.txt": C})
+    tree(tmp_path, "final", {"x.txt": C})
     os.setxattr(tmp_path / "final" / "x.txt", "user.k0", b"<b#9>never set")
     assert "content or names nobody made" in whats(ledger, view(tmp_path / "final"), {})
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import anyio
 import httpx
-import pytest
 
 from tests.harness import CLOUDFS, ServerProcess
 from tests.web.conftest import PASSWORD, Account, make_account, set_password

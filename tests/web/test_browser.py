@@ -273,12 +273,12 @@ def test_share_links_as_an_anonymous_browser(page, browser, acct: Account, web_s
         assert anon.evaluate("fetch('/me').then(r => r.status)") == 401
         # Expired: the page says so (410).
         photos = acct.api.get("/resolve", params={"path": "/Photos"}).json()["node"]["id"]
-        brief = acct.api.post("/shares", json={"node_id": photos, "expires_at": time.time() + 1}).json()
+        brief = acct.api.post("/share-links", json={"node_id": photos, "expires_at": time.time() + 1}).json()
         time.sleep(1.5)
         anon.goto(brief["url"])
         anon.wait_for_selector("#share-error[data-status='410']")
         # Password: wrong, then right.
-        locked = acct.api.post("/shares", json={"node_id": photos, "password": "open sesame"}).json()
+        locked = acct.api.post("/share-links", json={"node_id": photos, "password": "open sesame"}).json()
         anon.goto(locked["url"])
         anon.fill("#share-password", "wrong guess")
         anon.press("#share-password", "Enter")

@@ -102,7 +102,7 @@ def test_a_share_of_a_hard_link_shares_its_file_and_follows_it(server: ServerPro
     data = b"shared through a second name"
     f = put_file(alice, "/share-src/original.txt", data)
     alias = link(alice, d["id"], "alias.txt", f["id"])
-    r = alice.post("/shares", json={"node_id": alias["id"]})
+    r = alice.post("/share-links", json={"node_id": alias["id"]})
     assert r.status_code == 201, r.text
     shared = r.json()
     assert (shared["node_id"], shared["kind"]) == (f["id"], "file")
@@ -122,7 +122,7 @@ def test_a_shared_folder_shows_a_hard_link_as_a_file_and_nothing_more(server: Se
     data = b"kept in a private folder, linked into the shared one"
     private = put_file(alice, "/private-notes.txt", data)
     alias = link(alice, folder["id"], "notes.txt", private["id"])
-    shared = alice.post("/shares", json={"node_id": folder["id"]}).json()
+    shared = alice.post("/share-links", json={"node_id": folder["id"]}).json()
     anon = httpx.Client(base_url=server.url, timeout=30)
     entries = anon.get(f"/s/{shared['id']}/list").json()["entries"]
     assert [(e["id"], e["name"], e["kind"], e["size"], e["link_to"]) for e in entries] == [

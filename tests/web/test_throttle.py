@@ -57,7 +57,7 @@ def test_guessing_from_one_address_is_slowed_for_every_account(lonely_server: Se
 def test_share_link_password_is_slowed(lonely_server: ServerProcess) -> None:
     owner = make_account(lonely_server, "owner")
     r = owner.api.post("/dirs", json={"parent_id": owner.api.root_id, "name": "secret"})
-    link = owner.api.post("/shares", json={"node_id": r.json()["node"]["id"], "password": "open sesame"}).json()
+    link = owner.api.post("/share-links", json={"node_id": r.json()["node"]["id"], "password": "open sesame"}).json()
     anon = client_from(lonely_server, "127.0.0.6")
     assert anon.get(f"/s/{link['id']}/list").status_code == 401
     for _ in range(FREE_FAILURES):

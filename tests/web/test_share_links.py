@@ -23,7 +23,7 @@ def test_a_folder_link_reaches_its_subtree_only(server: ServerProcess, alice: Ap
     sub = mkdir(alice, shared["id"], "sub")
     inside = put_file(alice, "/shared/sub/in.txt", b"inside")
     outside = put_file(alice, "/private.txt", b"private")
-    r = alice.post("/shares", json={"node_id": shared["id"]})
+    r = alice.post("/share-links", json={"node_id": shared["id"]})
     assert r.status_code == 201, r.text
     link = r.json()
     assert link["url"].endswith("/s/" + link["id"])
@@ -51,32 +51,32 @@ def test_a_folder_link_reaches_its_subtree_only(server: ServerProcess, alice: Ap
     assert "blobs" not in anon.get(f"/s/{link['id']}/list").text
     assert anon.get(f"/nodes/{shared['id']}").status_code == 401
     # Listed, and revoked by its owner only.
-    assert [x["id"] for x in alice.get("/shares").json()["links"]] == [link["id"]]
-    assert bob.delete(f"/shares/{link['id']}").status_code == 404
-    assert alice.delete(f"/shares/{link['id']}").status_code == 200
+    assert [x["id"] for x in alice.get("/share-links").json()["links"]] == [link["id"]]
+    assert bob.delete(f"/share-links/{link['id']}").status_code == 404
+    assert alice.delete(f"/share-links/{link['id']}").status_code == 200
     assert anon.get(f"/s/{link['id']}/info").status_code == 404
     assert anon.get(f"/s/{link['id']}/zip").status_code == 404
-    assert alice.get("/shares").json()["links"] == []
+    assert alice.get("/share-links").json()["links"] == []
 
 
 def test_expiry_limit_password(server: ServerProcess, alice: Api) -> None:
     node = put_file(alice, "/photo.jpg", b"\xff\xd8 not really a jpeg")
     anon = anonymous(server)
-    soon = alice.post("/shares", json={"node_id": node["id"], "expires_at": time.time() + 1}).json()
+    soon = alice.post("/share-links", json={"node_id": node["id"], "expires_at": time.time() + 1}).json()
     assert anon.get(f"/s/{soon['id']}/file/{node['id']}").status_code == 200
     time.sleep(1.2)
     gone = anon.get(f"/s/{soon['id']}/info")
     assert gone.status_code == 410 and gone.json()["error"] == "link_expired"
-    assert alice.post("/shares", json={"node_id": node["id"], "expires_at": time.time() - 5}).status_code == 422
+    assert alice.post("/share-links", json={"node_id": node["id"], "expires_at": time.time() - 5}).status_code == 422
 
-    twice = alice.post("/shares", json={"node_id": node["id"], "max_downloads": 2}).json()
+    twice = alice.post("/share-links", json={"node_id": node["id"], "max_downloads": 2}).json()
     assert anon.get(f"/s/{twice['id']}/info").json()["downloads_left"] == 2
     for _ in range(2):
         assert anon.get(f"/s/{twice['id']}/file/{node['id']}").status_code == 200
     used = anon.get(f"/s/{twice['id']}/file/{node['id']}")
     assert used.status_code == 410 and used.json()["error"] == "download_limit_reached"
 
-    locked = alice.post("/shares", json={"node_id": node["id"], "password": "s3same s3same"}).json()
+    locked = alice.post("/share-links", json={"node_id": node["id"], "password": "s3same s3same"}).json()
     assert locked["has_password"]
     info = anon.get(f"/s/{locked['id']}/info").json()
     assert info["needs_password"] and info["size"] == 0
@@ -86,7 +86,7 @@ def test_expiry_limit_password(server: ServerProcess, alice: Api) -> None:
     assert ok.status_code == 200 and f"Path=/s/{locked['id']}" in ok.headers["set-cookie"]
     assert anon.get(f"/s/{locked['id']}/file/{node['id']}").content == b"\xff\xd8 not really a jpeg"
     # The cookie opens that link only.
-    other = alice.post("/shares", json={"node_id": node["id"], "password": "s3same s3same"}).json()
+    other = alice.post("/share-links", json={"node_id": node["id"], "password": "s3same s3same"}).json()
     cookie = anon.cookies.get("cloudfs_share")
     assert httpx.get(f"{server.url}/s/{other['id']}/file/{node['id']}", cookies={"cloudfs_share": cookie}).status_code == 401
 

@@ -1,0 +1,172 @@
+"""The two-device model (test_model_two.py) with two accounts sharing a folder: dev-a is
+one account's device, dev-b the other's. The first shares `s`, the second mounts it at
+`s`. Operations run on paths inside the folder and outside it (each account's own
+tree), and move files and directories across the boundary (a rename into or out of the
+folder changes namespace on the server; a hard link across it is EXDEV).
+
+After each settle the model's rules hold over both drives seen as one tree: the shared
+folder (`s/...`, the same on both mounts) beside each account's own tree (`a:...`,
+`b:...`). So: the folder converges; nothing written is lost, wherever it was moved;
+nothing is invented or resurrected; and where one device acted alone (always the case
+in an account's own tree, which only its one device sees) the result is exactly what
+that device made. Conflicted copies inside the folder name the account as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import subprocess
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.stateful import initialize, rule
+
+from tests.harness import CLOUDFS, MountProcess, cloudfs_mount, wait_until
+from tests.sync.test_model_two import EXAMPLES, EXPLORE, NAMES, ROUNDS, SEEDS, SIZES, Pick, TwoDevices, picks
+
+pytestmark = pytest.mark.timeout(360 if not EXPLORE else 120 + 90 * EXPLORE)
+
+SHARED = "s"
+FILE_POOL = ("s/x.txt", "s/y", "s/d/x.txt", "s/d/e/x.txt", "x.txt", "d/y", "e/x.txt")
+DIR_POOL = ("s/d", "s/e", "s/d/e", "d", "e")
+POOL = FILE_POOL + DIR_POOL
+DEVICES = st.sampled_from("ab")
+FILES = st.one_of(st.sampled_from(FILE_POOL), picks("file"))
+DIRS = st.one_of(st.sampled_from(DIR_POOL), picks("dir"))
+ANY = st.one_of(st.sampled_from(POOL), picks("file"), picks("dir"))
+OPS = st.one_of(
+    *[st.tuples(st.just("write"), DEVICES, FILES, SIZES, SEEDS)] * 3,
+    *[st.tuples(st.just("append"), DEVICES, FILES, st.integers(1, 2000), SEEDS)] * 2,
+    st.tuples(st.just("truncate"), DEVICES, FILES, st.integers(0, 4000)),
+    st.tuples(st.just("unlink"), DEVICES, FILES),
+    st.tuples(st.just("mkdir"), DEVICES, DIRS),
+    st.tuples(st.just("rm_r"), DEVICES, st.one_of(DIRS, FILES)),
+    *[st.tuples(st.just("rename"), DEVICES, ANY, ANY)] * 3,
+    *[st.tuples(st.just("link"), DEVICES, FILES, st.sampled_from(FILE_POOL))] * 2,
+)
+
+
+def inside(path: str) -> bool:
+    return path == SHARED or path.startswith(SHARED + "/")
+
+
+def cli(*args: str, cwd: Path | None = None) -> None:
+    done = subprocess.run([*CLOUDFS, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+    assert done.returncode == 0, f"cloudfs {' '.join(args)}: {done.stderr}"
+
+
+class SharedFolder(TwoDevices):
+    names_allowed = NAMES + (SHARED,)
+
+    def open_mounts(self) -> dict[str, MountProcess]:
+        owner, member = f"ms-{uuid.uuid4().hex[:8]}", f"ms-{uuid.uuid4().hex[:8]}"
+        tokens = self.server.add_user(owner), self.server.add_user(member)
+        a = self.stack.enter_context(cloudfs_mount(self.server, tokens[0], self.tmp / "a", self.tmp / "cache-a",
+                                                   device="dev-a"))
+        b = self.stack.enter_context(cloudfs_mount(self.server, tokens[1], self.tmp / "b", self.tmp / "cache-b",
+                                                   device="dev-b"))
+        os.mkdir(a.path / SHARED)
+        a.sync()
+        cli("share", str(a.path / SHARED), member)
+        listed = subprocess.run([*CLOUDFS, "shares", "--json"], capture_output=True, text=True, timeout=60,
+                                cwd=b.path)
+        ns = json.loads(listed.stdout)[0]["id"]
+        cli("shares", "accept", str(ns), "--at", str(b.path / SHARED))
+        wait_until(lambda: (b.path / SHARED).is_dir(), timeout=30, what="the shared folder on dev-b")
+        return {"a": a, "b": b}
+
+    # --- the compared tree: the folder once, each account's own tree beside it ---
+
+    def view(self, dev: str, path: str) -> str:
+        return path if inside(path) else f"{dev}:{path}"
+
+    def bare(self, path: str) -> str:
+        return path[2:] if path[:2] in ("a:", "b:") else path
+
+    def compared(self, raw: dict[str, dict[str, bytes | None]]) -> tuple[dict, dict]:
+        own = {self.view(dev, p): v for dev in "ab" for p, v in raw[dev].items() if not inside(p)}
+        return ({**own, **{p: v for p, v in raw["a"].items() if inside(p)}},
+                {**own, **{p: v for p, v in raw["b"].items() if inside(p)}})
+
+    def counted(self) -> tuple[tuple[Counter[bytes], set], tuple[Counter[bytes], set]]:
+        parts = {(dev, part): self._inodes(dev, part) for dev in "ab" for part in ("own", "shared")}
+        own = (parts["a", "own"][0] + parts["b", "own"][0], parts["a", "own"][1] | parts["b", "own"][1])
+        return tuple((own[0] + parts[dev, "shared"][0], own[1] | parts[dev, "shared"][1]) for dev in "ab")  # type: ignore[return-value]
+
+    def _inodes(self, dev: str, part: str) -> tuple[Counter[bytes], set[frozenset[str]]]:
+        root = self.mounts[dev].path
+        names: dict[int, list[str]] = {}
+        content: dict[int, bytes] = {}
+        for dirpath, dirnames, filenames in os.walk(root):
+            if Path(dirpath) == root and part == "own":
+                dirnames[:] = [d for d in dirnames if d != SHARED]
+            for f in filenames:
+                rel = os.path.relpath(os.path.join(dirpath, f), root)
+                if inside(rel) != (part == "shared"):
+                    continue
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    ino = os.lstat(os.path.join(dirpath, f)).st_ino
+                    names.setdefault(ino, []).append(self.view(dev, rel))
+                    if ino not in content:
+                        content[ino] = Path(dirpath, f).read_bytes()
+        return (Counter(c for c in content.values() if c),
+                {frozenset(n) for n in names.values() if len(n) > 1})
+
+    def resolve(self, dev: str, path: str | Pick) -> str:
+        if isinstance(path, str):
+            return path
+        root = self.mounts[dev].path
+        existing = sorted(p for p in (os.path.relpath(os.path.join(d, n), root) for d, dirs, files in os.walk(root)
+                                      for n in (dirs if path.kind == "dir" else files)) if p != SHARED)
+        pool = DIR_POOL if path.kind == "dir" else FILE_POOL
+        return existing[path.index % len(existing)] if existing else pool[path.index % len(pool)]
+
+    @contextlib.contextmanager
+    def op(self, dev: str, what: str, also: frozenset[int] = frozenset()):  # noqa: ANN201
+        with super().op(dev, what, also | {errno.EXDEV}) as outcome:  # a hard link across the boundary
+            yield outcome
+
+    @initialize(dev=DEVICES, files=st.lists(st.sampled_from(FILE_POOL), min_size=3, unique=True), seed=SEEDS)
+    def start(self, dev: str, files: list[str], seed: int) -> None:
+        self.busy = True
+        self.touched(dev, SHARED)  # made when the example opened its mounts
+        for d in ("s/d", "s/d/e", "s/e"):
+            os.mkdir(self.mounts[dev].path / d)
+            self.touched(dev, d)
+        for each in "ab":  # each account's own tree
+            for d in ("d", "e"):
+                os.mkdir(self.mounts[each].path / d)
+                self.touched(each, d)
+        for i, path in enumerate(files):
+            data = self.new_content(dev, 200 + 100 * i, seed + i)
+            (self.mounts[dev].path / path).write_bytes(data)
+            self.produce(dev, b"", data)
+            self.touched(dev, path)
+        self.note(dev, f"start: directories s/d, s/d/e, s/e and each account's d, e; files {', '.join(files)}")
+        self.ops += 1
+        self.check_round()
+        self.busy = False
+
+    @rule(ops=st.lists(OPS, min_size=1, max_size=8))
+    def round(self, ops: list[tuple]) -> None:
+        TwoDevices.round(self, ops)
+
+
+def test_two_accounts_share_a_folder_random_operations(sync_server, tmp_path):
+    SharedFolder.server = sync_server
+    SharedFolder.base_dir = tmp_path
+    phases = [Phase.explicit, Phase.reuse, Phase.generate]
+    runner = settings(max_examples=EXAMPLES, stateful_step_count=ROUNDS + 1, deadline=None, derandomize=not EXPLORE,
+                      database=None, phases=phases, suppress_health_check=list(HealthCheck),
+                      print_blob=False)(SharedFolder).TestCase
+    SharedFolder.stats.clear()
+    runner().runTest()
+    print(f"shared-folder model: {dict(SharedFolder.stats)}")
+    assert "Traceback" not in sync_server.log(), sync_server.log()[-5000:]
