@@ -12,7 +12,8 @@ settled tree against the books:
 
 1. Nothing invented: every file holds bytes some operation produced, every symlink a
    target some operation made; every name is from the pool or a conflicted copy of one
-   (`NAME (conflicted copy, dev-X, DAY[ N]).EXT`).
+   (`NAME (conflicted copy, dev-X, DAY[ N]).EXT`; in a shared folder the device is
+   `ACCOUNT on dev-X`).
 2. Nothing lost: `live` is the multiset of contents that must exist: the files of the
    previous settle, plus every content produced since, minus every content an operation
    observed and then destroyed (overwrite, append, truncate, unlink, rename over, rm -r).
@@ -63,10 +64,10 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 TAG = re.compile(rb"<([a-z])#(\d+)>")
-COPY = re.compile(r"^(.*) \(conflicted copy, dev-[a-z], \d{4}-\d{2}-\d{2}(?: \d+)?\)(\.[^.]*)?$")
+COPY = re.compile(r"^(.*) \(conflicted copy, (?:[\w.@-]+ on )?dev-[a-z], \d{4}-\d{2}-\d{2}(?: \d+)?\)(\.[^.]*)?$")
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,33 @@ class View:
                     for p in sorted(set(self.xattrs) | set(other.xattrs)) if self.xattrs.get(p) != other.xattrs.get(p)]
         return out
 
+    def mapped(self, place: Callable[[str], str | None]) -> "View":
+        """This view with every path moved to `place(path)`, the paths placed at None
+        left out: a part of a device's tree, or a tree put beside others in a compared
+        tree (shared folders: each account's own tree beside the folder). The contents
+        are counted again per file: a file is one path, or one group of `linked` names
+        (a group split by `place` counts once in each part it lands in)."""
+        tree = {q: v for p, v in self.tree.items() if (q := place(p)) is not None}
+        contents: Counter[bytes] = Counter()
+        linked: set[frozenset[str]] = set()
+        grouped: set[str] = set()
+        for group in self.linked:
+            kept = frozenset(q for p in group if (q := place(p)) is not None)
+            if kept:
+                grouped |= kept
+                contents[tree[next(iter(kept))]] += 1  # type: ignore[index]
+            if len(kept) > 1:
+                linked.add(kept)
+        contents.update(v for p, v in tree.items() if isinstance(v, bytes) and p not in grouped)
+        xattrs = {q: v for p, v in self.xattrs.items() if (q := place(p)) is not None}
+        return View(tree, Counter({c: n for c, n in contents.items() if c}), linked, xattrs)
+
+
+def merged(*views: View) -> View:
+    """Views of trees with no path in common as one view (see View.mapped)."""
+    return View({p: v for one in views for p, v in one.tree.items()}, sum((one.contents for one in views), Counter()),
+                set().union(*(one.linked for one in views)), {p: v for one in views for p, v in one.xattrs.items()})
+
 
 def _xattrs_of(path: Path) -> dict[str, bytes]:
     """The user.* attributes of a file or directory (never through a symlink)."""
@@ -254,7 +282,9 @@ def diff(x: dict[str, Entry], y: dict[str, Entry], nx: str, ny: str) -> str:
 @dataclass
 class Ledger:
     """What the operations since the last settle did; thread-safe (the soak runs every
-    device's operations at once)."""
+    device's operations at once). `place(dev, path)` is where a device's path lies in
+    the compared tree, the tree the books keep: the path itself where every device shows
+    one tree; with a shared folder, each account's own tree has a place of its own."""
 
     settled: dict[str, Entry] = field(default_factory=dict)
     live: Counter[bytes] = field(default_factory=Counter)
@@ -278,6 +308,7 @@ class Ledger:
     groups: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     counter: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    place: Callable[[str, str], str] = lambda dev, path: path
 
     def new_content(self, dev: str, size: int, seed: int) -> bytes:
         with self.lock:
@@ -315,7 +346,7 @@ class Ledger:
             if nlink > 1:
                 self.spared.add(old)
             self.destroyed.setdefault(old, set()).add(dev)
-            self.destroyed_at.setdefault(old, []).append((dev, path))
+            self.destroyed_at.setdefault(old, []).append((dev, self.place(dev, path)))
             if self.live[old] > 0:
                 self.live[old] -= 1
 
@@ -329,15 +360,15 @@ class Ledger:
         with self.lock:
             self.moved.setdefault(content, set()).add(dev)
             for name in names:
-                self.linked_from.setdefault(name, set()).add(dev)
+                self.linked_from.setdefault(self.place(dev, name), set()).add(dev)
 
     def move_dir(self, dev: str, path: str) -> None:
         with self.lock:
-            self.moved_dirs.append((dev, path))
+            self.moved_dirs.append((dev, self.place(dev, path)))
 
     def touched(self, dev: str, *paths: str) -> None:
         with self.lock:
-            self.groups.append((dev, paths))
+            self.groups.append((dev, tuple(self.place(dev, p) for p in paths)))
 
     # --- the checks ---
 

@@ -56,7 +56,10 @@ class Actor:
     """Runs operations on the devices' mounts and books them in `ledger`. `note` gets
     one line per operation; `excused(dev, since)` says whether an EIO is explained (a
     fault kept the device from the server since `since`, so uncached bytes could not
-    be read)."""
+    be read). `also`: more errnos that are outcomes (EXDEV, where a hard link may not
+    cross into a shared folder); `fixed`: paths a Pick never resolves to (a shared
+    folder's root); `pools`: kind -> the paths a Pick falls back on when nothing of
+    that kind exists (FILE_POOL, DIR_POOL, LINK_POOL unless given)."""
 
     ledger: Ledger
     roots: dict[str, Path]
@@ -65,6 +68,10 @@ class Actor:
     outcomes: Counter[str] = field(default_factory=Counter)
     succeeded: Counter[str] = field(default_factory=Counter)
     """operation kind -> how many ended "ok" (the figures say what the runs exercised)"""
+    also: frozenset[int] = frozenset()
+    fixed: frozenset[str] = frozenset()
+    pools: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: {"file": FILE_POOL, "dir": DIR_POOL, "link": LINK_POOL})
 
     def run(self, kind: str, dev: str, *args: object) -> str:
         """One operation of OPERATIONS; returns its outcome ("ok..." or an errno name)."""
@@ -76,8 +83,8 @@ class Actor:
     def resolve(self, dev: str, path: str | Pick) -> str:
         if isinstance(path, str):
             return path
-        existing = sorted(p for p, kind in walk(self.roots[dev]) if kind == path.kind)
-        pool = {"dir": DIR_POOL, "link": LINK_POOL}.get(path.kind, FILE_POOL)
+        existing = sorted(p for p, kind in walk(self.roots[dev]) if kind == path.kind and p not in self.fixed)
+        pool = self.pools[path.kind]
         return existing[path.index % len(existing)] if existing else pool[path.index % len(pool)]
 
     def names(self, dev: str, path: str) -> list[str]:
@@ -106,7 +113,7 @@ class Actor:
         try:
             yield outcome
         except OSError as exc:
-            if exc.errno not in ALLOWED_ERRNOS | also and not (exc.errno == errno.EIO and self.excused(dev, since)):
+            if exc.errno not in ALLOWED_ERRNOS | self.also | also and not (exc.errno == errno.EIO and self.excused(dev, since)):
                 self.note(dev, f"{what} -> {exc!r}")
                 raise Unexpected(f"{what} on dev-{dev}: {exc!r}") from exc
             outcome[0] = errno.errorcode[exc.errno]

@@ -4,23 +4,24 @@ one account's device, dev-b the other's. The first shares `s`, the second mounts
 tree), and move files and directories across the boundary (a rename into or out of the
 folder changes namespace on the server; a hard link across it is EXDEV).
 
-After each settle the model's rules hold over both drives seen as one tree: the shared
-folder (`s/...`, the same on both mounts) beside each account's own tree (`a:...`,
-`b:...`). So: the folder converges; nothing written is lost, wherever it was moved;
-nothing is invented or resurrected; and where one device acted alone (always the case
-in an account's own tree, which only its one device sees) the result is exactly what
-that device made. Conflicted copies inside the folder name the account as well.
+After each settle the model's rules (tests/model.py) hold over both drives seen as one
+tree: the shared folder (`s/...`, the same on both mounts) beside each account's own
+tree (`a:/...`, `b:/...`). So: the folder converges; nothing written is lost, wherever
+it was moved; nothing is invented or resurrected; and where one device acted alone
+(always the case in an account's own tree, which only its one device sees) the result
+is exactly what that device made. Conflicted copies inside the folder name the account
+as well. The hooks: the Ledger's `place` books each device's paths in that tree,
+`placed`/`compared` build its views, and the Actor takes EXDEV as an outcome and never
+picks the folder itself.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
 import subprocess
 import uuid
-from collections import Counter
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -29,7 +30,9 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import initialize, rule
 
 from tests.harness import CLOUDFS, MountProcess, cloudfs_mount, wait_until
-from tests.sync.test_model_two import EXAMPLES, EXPLORE, NAMES, ROUNDS, SEEDS, SIZES, Pick, TwoDevices, picks
+from tests.model import View, merged
+from tests.model_ops import LINK_POOL, NAMES
+from tests.sync.test_model_two import EXAMPLES, EXPLORE, ROUNDS, SEEDS, SIZES, TwoDevices, picks
 
 pytestmark = pytest.mark.timeout(360 if not EXPLORE else 120 + 90 * EXPLORE)
 
@@ -57,13 +60,26 @@ def inside(path: str) -> bool:
     return path == SHARED or path.startswith(SHARED + "/")
 
 
+def place(dev: str, path: str) -> str:
+    """Where a device's path lies in the compared tree: the folder once (`s/...`), each
+    account's own tree under a name of its own (`a:/...`, `b:/...`)."""
+    return path if inside(path) else f"{dev}:/{path}"
+
+
 def cli(*args: str, cwd: Path | None = None) -> None:
     done = subprocess.run([*CLOUDFS, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
     assert done.returncode == 0, f"cloudfs {' '.join(args)}: {done.stderr}"
 
 
 class SharedFolder(TwoDevices):
-    names_allowed = NAMES + (SHARED,)
+    names_allowed = NAMES | {SHARED, "a:", "b:"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ledger.place = place
+        self.actor.also = frozenset({errno.EXDEV})  # a hard link across the folder's boundary
+        self.actor.fixed = frozenset({SHARED})  # a Pick never renames or removes the folder itself
+        self.actor.pools = {"file": FILE_POOL, "dir": DIR_POOL, "link": LINK_POOL}
 
     def open_mounts(self) -> dict[str, MountProcess]:
         owner, member = f"ms-{uuid.uuid4().hex[:8]}", f"ms-{uuid.uuid4().hex[:8]}"
@@ -84,71 +100,31 @@ class SharedFolder(TwoDevices):
 
     # --- the compared tree: the folder once, each account's own tree beside it ---
 
-    def view(self, dev: str, path: str) -> str:
-        return path if inside(path) else f"{dev}:{path}"
+    def placed(self, dev: str, seen: View) -> View:
+        return seen.mapped(lambda p: place(dev, p))
 
-    def bare(self, path: str) -> str:
-        return path[2:] if path[:2] in ("a:", "b:") else path
-
-    def compared(self, raw: dict[str, dict[str, bytes | None]]) -> tuple[dict, dict]:
-        own = {self.view(dev, p): v for dev in "ab" for p, v in raw[dev].items() if not inside(p)}
-        return ({**own, **{p: v for p, v in raw["a"].items() if inside(p)}},
-                {**own, **{p: v for p, v in raw["b"].items() if inside(p)}})
-
-    def counted(self) -> tuple[tuple[Counter[bytes], set], tuple[Counter[bytes], set]]:
-        parts = {(dev, part): self._inodes(dev, part) for dev in "ab" for part in ("own", "shared")}
-        own = (parts["a", "own"][0] + parts["b", "own"][0], parts["a", "own"][1] | parts["b", "own"][1])
-        return tuple((own[0] + parts[dev, "shared"][0], own[1] | parts[dev, "shared"][1]) for dev in "ab")  # type: ignore[return-value]
-
-    def _inodes(self, dev: str, part: str) -> tuple[Counter[bytes], set[frozenset[str]]]:
-        root = self.mounts[dev].path
-        names: dict[int, list[str]] = {}
-        content: dict[int, bytes] = {}
-        for dirpath, dirnames, filenames in os.walk(root):
-            if Path(dirpath) == root and part == "own":
-                dirnames[:] = [d for d in dirnames if d != SHARED]
-            for f in filenames:
-                rel = os.path.relpath(os.path.join(dirpath, f), root)
-                if inside(rel) != (part == "shared"):
-                    continue
-                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                    ino = os.lstat(os.path.join(dirpath, f)).st_ino
-                    names.setdefault(ino, []).append(self.view(dev, rel))
-                    if ino not in content:
-                        content[ino] = Path(dirpath, f).read_bytes()
-        return (Counter(c for c in content.values() if c),
-                {frozenset(n) for n in names.values() if len(n) > 1})
-
-    def resolve(self, dev: str, path: str | Pick) -> str:
-        if isinstance(path, str):
-            return path
-        root = self.mounts[dev].path
-        existing = sorted(p for p in (os.path.relpath(os.path.join(d, n), root) for d, dirs, files in os.walk(root)
-                                      for n in (dirs if path.kind == "dir" else files)) if p != SHARED)
-        pool = DIR_POOL if path.kind == "dir" else FILE_POOL
-        return existing[path.index % len(existing)] if existing else pool[path.index % len(pool)]
-
-    @contextlib.contextmanager
-    def op(self, dev: str, what: str, also: frozenset[int] = frozenset()):  # noqa: ANN201
-        with super().op(dev, what, also | {errno.EXDEV}) as outcome:  # a hard link across the boundary
-            yield outcome
+    def compared(self, seen: dict[str, View]) -> dict[str, View]:
+        """Each account's own tree, which only its one device shows, beside the folder
+        as each device shows it."""
+        own = [one.mapped(lambda p, dev=dev: None if inside(p) else place(dev, p)) for dev, one in seen.items()]
+        return {dev: merged(*own, one.mapped(lambda p: p if inside(p) else None)) for dev, one in seen.items()}
 
     @initialize(dev=DEVICES, files=st.lists(st.sampled_from(FILE_POOL), min_size=3, unique=True), seed=SEEDS)
     def start(self, dev: str, files: list[str], seed: int) -> None:
         self.busy = True
-        self.touched(dev, SHARED)  # made when the example opened its mounts
+        self.ledger.touched(dev, SHARED)  # made when the example opened its mounts
         for d in ("s/d", "s/d/e", "s/e"):
             os.mkdir(self.mounts[dev].path / d)
-            self.touched(dev, d)
+            self.ledger.touched(dev, d)
         for each in "ab":  # each account's own tree
             for d in ("d", "e"):
                 os.mkdir(self.mounts[each].path / d)
-                self.touched(each, d)
+                self.ledger.touched(each, d)
         for i, path in enumerate(files):
-            data = self.new_content(dev, 200 + 100 * i, seed + i)
+            data = self.ledger.new_content(dev, 200 + 100 * i, seed + i)
             (self.mounts[dev].path / path).write_bytes(data)
-            self.produce(dev, b"", data)
-            self.touched(dev, path)
+            self.ledger.produce(dev, b"", data, path)
+            self.ledger.touched(dev, path)
         self.note(dev, f"start: directories s/d, s/d/e, s/e and each account's d, e; files {', '.join(files)}")
         self.ops += 1
         self.check_round()

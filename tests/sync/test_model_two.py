@@ -35,8 +35,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
-from tests.harness import ServerProcess
-from tests.model import Entry, Ledger, base_path, diff, label, snapshot, view
+from tests.harness import MountProcess, ServerProcess
+from tests.model import Entry, Ledger, View, base_path, diff, label, snapshot, view
 from tests.model_ops import DIR_POOL, FILE_POOL, NAMES, NEW_NAMES, Actor, Pick, Unexpected, now_stamp
 from tests.sync.conftest import two_devices
 
@@ -73,21 +73,25 @@ OPS = st.one_of(
 
 
 class TwoDevices(RuleBasedStateMachine):
+    """The hooks a variant overrides (test_model_shared.py: two accounts sharing a
+    folder): `open_mounts`, `placed` and `compared` (the tree the books keep and the
+    devices must agree on), `names_allowed` (the names nothing invents); and it sets
+    the Ledger's `place` and the Actor's `also`, `fixed` and `pools` in __init__."""
+
     server: ServerProcess
     base_dir: Path
+    names_allowed: set[str] = NAMES
     stats: Counter[str] = Counter()  # over the whole run, printed at the end (pytest -s)
 
     def __init__(self) -> None:
         super().__init__()
         self.tmp = self.base_dir / uuid.uuid4().hex[:8]
         self.stack = contextlib.ExitStack()
-        token = self.server.add_user(f"m2-{uuid.uuid4().hex[:10]}")
         try:
-            d = self.stack.enter_context(two_devices(self.server, token, self.tmp))
+            self.mounts = self.open_mounts()
         except BaseException:
             self.stack.close()
             raise
-        self.mounts = {"a": d.a, "b": d.b}
         self.history: list[str] = [f"example in {self.tmp}"]
         self.ledger = Ledger()
         self.actor = Actor(self.ledger, {dev: m.path for dev, m in self.mounts.items()}, self.note)
@@ -96,9 +100,26 @@ class TwoDevices(RuleBasedStateMachine):
         self.busy = False  # a rule is running: if teardown sees it set, that rule failed
         self.stats["examples"] += 1
 
+    def open_mounts(self) -> dict[str, MountProcess]:
+        """Two devices of one account, entered on self.stack."""
+        token = self.server.add_user(f"m2-{uuid.uuid4().hex[:10]}")
+        d = self.stack.enter_context(two_devices(self.server, token, self.tmp))
+        return {"a": d.a, "b": d.b}
+
     def note(self, dev: str, text: str) -> None:
         """One line of the story, stamped like the mount logs (local time, ms)."""
         self.history.append(f"{now_stamp()} {dev}: {text}")
+
+    # --- the compared tree: one account, so each mount's view as it is ---
+
+    def placed(self, dev: str, seen: View) -> View:
+        """A device's view (of its mount) with its paths where the books keep them."""
+        return seen
+
+    def compared(self, seen: dict[str, View]) -> dict[str, View]:
+        """The tree the devices must agree on after a settle, as each one shows it
+        (`seen`: the view of each device's mount)."""
+        return seen
 
     # --- the tree every example starts from, settled: both devices then edit one base ---
 
@@ -140,28 +161,30 @@ class TwoDevices(RuleBasedStateMachine):
     def check_round(self) -> None:
         self.rounds += 1
         self.note("--", f"settle {self.rounds}")
-        before = {dev: view(m.path) for dev, m in self.mounts.items()}
+        before = {dev: self.placed(dev, view(m.path)) for dev, m in self.mounts.items()}
         a, b = self.mounts["a"], self.mounts["b"]
         for m in (a, b, a, b):
             m.sync(timeout=60)
-        final = view(a.path)
-        other = view(b.path)
-        for dev, seen in (("a", final), ("b", other)):
+        seen = {dev: view(m.path) for dev, m in self.mounts.items()}
+        for dev, one in seen.items():
             served = snapshot(self.mounts[dev].path, uncached=True)
-            if served != seen.tree:
+            if served != one.tree:
                 self._fail(f"dev-{dev}: the kernel's page cache and the mount process disagree",
-                           diff(seen.tree, served, "page cache", "mount process"))
+                           diff(one.tree, served, "page cache", "mount process"))
+        compared = self.compared(seen)
+        final, other = compared["a"], compared["b"]
         differences = final.differences(other, "a", "b")
         if differences:
             later = "never"
             for attempt in range(3):
                 a.sync(timeout=60)
                 b.sync(timeout=60)
-                if not view(a.path).differences(view(b.path), "a", "b"):
+                again = self.compared({dev: view(m.path) for dev, m in self.mounts.items()})
+                if not again["a"].differences(again["b"], "a", "b"):
                     later = f"after {attempt + 1} more a/b syncs"
                     break
             self._fail("the mounts differ after a, b, a, b sync (converged: " + later + ")", "\n".join(differences))
-        for what, detail in self.ledger.problems(final, before, NAMES):
+        for what, detail in self.ledger.problems(final, before, self.names_allowed):
             self._fail(what, detail)
         _, contested = self.ledger.inexact(before, final)
         self.stats["rounds"] += 1

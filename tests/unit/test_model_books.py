@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.model import Ledger, View, view
+from tests.model import Ledger, View, merged, view
 from tests.model_ops import NAMES, Actor
 
 C = b"<a#1>first"
@@ -138,3 +138,54 @@ def test_a_directory_moved_takes_the_other_names_of_its_files_along(tmp_path):
     after = view(root)
     assert after.linked == {frozenset({"d/y/x.txt", "d/z.md"})}
     assert whats(ledger, after, {"a": after}) == []
+
+
+def test_a_view_split_into_parts_counts_each_file_once_per_part(tmp_path):
+    """Shared folders (test_model_shared.py): a device's view cut into its own tree and
+    the folder, each placed in the compared tree. Contents are counted again per part
+    (a file whose names fall in both parts counts in each), names of one file and
+    extended attributes go with their paths."""
+    root = tmp_path / "whole"
+    (root / "s").mkdir(parents=True)
+    (root / "s" / "x.txt").write_bytes(C)
+    os.link(root / "s" / "x.txt", root / "s" / "z.md")
+    os.link(root / "s" / "x.txt", root / "x.txt")
+    (root / "y").write_bytes(b"<a#2>y")
+    os.setxattr(root / "y", "user.k0", b"<a#3>v")
+    whole = view(root)
+    assert whole.contents[C] == 1
+    folder = whole.mapped(lambda p: p if p == "s" or p.startswith("s/") else None)
+    own = whole.mapped(lambda p: None if p == "s" or p.startswith("s/") else f"a:/{p}")
+    assert set(folder.tree) == {"s", "s/x.txt", "s/z.md"} and folder.contents == {C: 1}
+    assert folder.linked == {frozenset({"s/x.txt", "s/z.md"})} and not folder.xattrs
+    assert set(own.tree) == {"a:/x.txt", "a:/y"} and own.contents == {C: 1, b"<a#2>y": 1}
+    assert not own.linked and own.xattrs == {"a:/y": {"user.k0": b"<a#3>v"}}
+    both = merged(own, folder)
+    assert both.contents[C] == 2 and both.linked == folder.linked and set(both.tree) == set(own.tree) | set(folder.tree)
+
+
+def test_each_account_s_own_tree_is_booked_apart(tmp_path):
+    """Two accounts each write their own x.txt (outside the shared folder): with
+    `place` these are two paths one device each acted on, so each must come out exactly
+    as its device left it; without it they look like one path both devices met on."""
+    def place(dev: str, path: str) -> str:
+        return path if path.startswith("s/") else f"{dev}:/{path}"
+
+    def book(ledger: Ledger) -> None:
+        for dev in "ab":
+            ledger.produce(dev, b"", f"<{dev}#1>x".encode(), "x.txt")
+            ledger.touched(dev, "x.txt")
+
+    roots = {dev: tmp_path / dev for dev in "ab"}
+    for dev, root in roots.items():
+        root.mkdir()
+        (root / "x.txt").write_bytes(f"<{dev}#1>x".encode())
+    before = {dev: view(root).mapped(lambda p, dev=dev: place(dev, p)) for dev, root in roots.items()}
+    apart = Ledger(place=place)
+    book(apart)
+    assert apart.inexact(before, merged(*before.values())) == ([], set())
+    wrong, _ = apart.inexact(before, before["b"])  # a's file did not survive the settle
+    assert len(wrong) == 1 and wrong[0].startswith("  a:/x.txt: absent, expected <a1:")
+    together = Ledger()
+    book(together)
+    assert together.inexact({dev: view(root) for dev, root in roots.items()}, view(roots["a"]))[1] == {"x.txt"}
