@@ -322,6 +322,12 @@ class Follower:
         while any(self.cursors.get(ns, -1) < cursor for ns, cursor in targets.items() if ns in self.visible):
             await self._advanced.wait()
 
+    async def advanced(self) -> None:
+        """Until some namespace's cursor moves (an idle long-poll's answer does not)."""
+        before = dict(self.cursors)
+        while self.cursors == before:
+            await self._advanced.wait()
+
     async def settled(self) -> None:
         """Return once every deferred node that can be pulled has been."""
         for _ in range(100_000):

@@ -177,7 +177,7 @@ class Pins:
 
     async def _on_changes(self, follower: Any) -> None:
         while True:
-            await follower.wait_for(follower.cursor + 1)
+            await follower.advanced()
             if self.inos:
                 self.wake()
 

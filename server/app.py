@@ -384,7 +384,7 @@ def create_app(ctx: ServerContext, *, fast_routes: bool = True) -> FastAPI:
     """The app; `fast_routes=False` leaves out `commit_route.CommitRoute` and
     `changes_route.ChangesRoute`, so that a test can hold their answers against the
     FastAPI routes'."""
-    from . import api, auth_api, blobs, history_api, integrity, ops, shares_api, web
+    from . import api, auth_api, blobs, history_api, integrity, ops, share_links_api, shares_api, web
     from .changes_route import ChangesRoute
     from .commit_route import CommitRoute
 
@@ -442,6 +442,7 @@ def create_app(ctx: ServerContext, *, fast_routes: bool = True) -> FastAPI:
     app.include_router(auth_api.router)
     app.include_router(web.router)
     app.include_router(shares_api.router)
+    app.include_router(share_links_api.router)
     app.include_router(web.pages)
     app.include_router(ops.router)
     if fast_routes:  # innermost: the limits and the access log apply to them
