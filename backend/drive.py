@@ -410,20 +410,32 @@ class Drive:
 
     def _check_move(self, node: Inode, old_parent: int, new_parent: int) -> None:
         """A move between namespaces is fine (the server gives the chunks along), but no
-        shared folder may end up inside another."""
+        shared folder may end up inside another, and a file's names (hard links) stay
+        on one side: the server refuses both (crossing.check_movable), and EXDEV lets
+        mv(1) copy instead."""
         self.check_writable(old_parent, new_parent)
         into = shared.namespace_of(self.cache, new_parent)[0]
-        if into is None or into == shared.namespace_of(self.cache, old_parent)[0]:
+        if into == shared.namespace_of(self.cache, old_parent)[0]:
             return
+        inside: set[int] = set()
         stack = [node]
         for _ in range(10_000_000):
             if not stack:
-                return
+                break
             here = stack.pop()
-            if here.extra.get("ns"):
+            inside.add(here.ino)
+            if into is not None and here.extra.get("ns"):
                 raise CrossDeviceError(f"{here.name!r} is a shared folder: it cannot go inside another")
             if here.kind == "dir":
-                stack.extend(c for c in map(self.cache.get, (i for _, i in self.cache.children(here.ino))) if c)
+                stack.extend(c for c in map(self.cache.get, (i for _, i in self.cache.entries(here.ino))) if c)
+        for ino in inside:
+            here = self.cache.get(ino)
+            names = links.aliases(here) if here is not None and here.kind == "file" else []
+            if here is not None and here.kind == "link":
+                names = [int(here.extra.get("target", 0))]
+            if any(other not in inside for other in names):
+                raise CrossDeviceError(f"{here.name!r} has another name outside {node.name!r}: a file's names stay "
+                                       "on one side of a shared folder's boundary")
 
     def _is_ancestor(self, ancestor: int, ino: int) -> bool:
         for _ in range(4096):

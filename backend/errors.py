@@ -105,6 +105,7 @@ _BY_CODE: dict[str, tuple[type[ServerError], int]] = {
     "not_a_directory": (ConflictError, _errno.ENOTDIR),
     "is_a_directory": (ConflictError, _errno.EISDIR),
     "invalid_move": (ConflictError, _errno.EINVAL),
+    "shared_folder": (ConflictError, _errno.EXDEV),
     "missing_chunks": (MissingChunksError, _errno.EIO),
     "cursor_expired": (CursorExpiredError, _errno.EIO),
     "not_found": (ServerError, _errno.ENOENT),

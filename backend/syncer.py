@@ -555,6 +555,8 @@ class Syncer:
         try:
             answer = await self.client.move(node.node_id, parent_id, node.name)
         except ConflictError as exc:
+            if exc.code == "shared_folder" and await self._move_back(node, exc):
+                return
             if exc.code not in ("name_exists", "is_a_directory", "not_a_directory"):
                 raise
             if await self._exchange(exc, node, parent_id):
@@ -573,6 +575,47 @@ class Syncer:
                 await self._detach_gone_below(node)
             return await self._push(node, 0)
         self._record(node, answer.node, answer.cursor)
+
+    async def _move_back(self, node: Inode, exc: ServerError) -> bool:
+        """The server refused for good to move `node` where it is here: across a shared
+        folder's boundary while one of its files has a hard link on the side it leaves
+        (made on another device after this one moved it). Dropping the move would leave
+        this mirror disagreeing with the server forever; the node goes back where the
+        server has it, with everything in it, so nothing is lost (beside a name taken
+        there meanwhile, as a conflicted copy). False when that place is gone here too."""
+        home = self.cache.get(node.srv_parent) if node.srv_parent else None
+        if home is None or home.kind != "dir" or (not home.parent and home.ino != ROOT_INO) \
+                or self._below(home, node):
+            return False
+        log.warning("the server refused to move %r (%s): it goes back where it was", node.name,
+                    exc.body.get("detail", exc))
+        old_parent, old_name = node.parent, node.name
+        name = node.srv_name
+        if self.cache.lookup(home.ino, name) not in (None, node.ino):
+            name = conflicted_name(name, self.device, self.cache, home.ino)
+        with self.cache.write() as txn:
+            self.cache.unlink(txn, node.parent, node.name)
+            node.parent, node.name = home.ino, name
+            self.cache.place(txn, node)
+            self.cache.put(txn, node)
+        await self.forget_name(old_parent, old_name)
+        await self.forget_name(home.ino, name)
+        if name != node.srv_name:
+            await self._move(node)
+        return True
+
+    def _below(self, node: Inode, top: Inode) -> bool:
+        """`node` is `top` or inside it."""
+        for _ in range(10_000):
+            if node.ino == top.ino:
+                return True
+            if not node.parent or node.ino == ROOT_INO:
+                return False
+            parent = self.cache.get(node.parent)
+            if parent is None:
+                return False
+            node = parent
+        return False
 
     def _moved_meanwhile(self, node: Inode, parent_id: int) -> bool:
         """`node` is no longer in the directory `parent_id` a request in flight named:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tests.harness import CLOUDFS, MountProcess, RestartableServer, ServerProcess, cloudfs_mount, cloudfs_server, wait_until
+from tests.proxy import Proxy
 
 
 def eventually(check, what: str, timeout: float = 15):  # noqa: ANN001
@@ -296,3 +297,47 @@ def test_a_members_writes_count_against_the_owners_quota(tmp_path: Path) -> None
             os.unlink(o.path / "shared" / "first.bin")  # the owner makes room
             eventually(lambda: read(o.path / "shared" / "second.bin") == second, "the kept file uploaded", 60)
             assert m.status()["over_quota_files"] == 0
+
+
+def test_a_files_names_stay_on_one_side_of_the_boundary(sync_server: ServerProcess, tmp_path: Path) -> None:
+    """A directory holding a file with another name elsewhere in the folder cannot leave
+    it (the server refuses to split a file's names across the boundary): known here,
+    the mount says EXDEV (mv copies instead); made meanwhile on another device, the
+    server's refusal puts the directory back where it was, nothing lost, and the two
+    accounts' drives agree again (found by test_model_shared: the move was dropped and
+    the mover's tree stayed different from the server's for good)."""
+    alice, bob = f"alice-{uuid.uuid4().hex[:6]}", f"bob-{uuid.uuid4().hex[:6]}"
+    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
+    proxied = type(sync_server)(**{**sync_server.__dict__, "url": proxy.url})
+    try:
+        with mounts(sync_server, tmp_path, (sync_server.add_user(alice), "desk", "a")) as (a,), \
+                mounts(proxied, tmp_path, (sync_server.add_user(bob), "laptop", "b")) as (b,):
+            (a.path / "s" / "e").mkdir(parents=True)
+            (a.path / "s" / "k").mkdir()
+            (a.path / "s" / "e" / "x.txt").write_bytes(b"one")
+            (a.path / "s" / "k" / "z.txt").write_bytes(b"two")
+            os.link(a.path / "s" / "k" / "z.txt", a.path / "s" / "k2.txt")
+            a.sync()
+            ok("share", str(a.path / "s"), bob)
+            ok("shares", "accept", str(shares(b)[0]["id"]), cwd=b.path)
+            eventually(lambda: read(b.path / "s" / "k2.txt") == b"two", "the folder on bob's device")
+
+            assert refused(errno.EXDEV, os.rename, b.path / "s" / "k", b.path / "k")
+            assert refused(errno.EXDEV, os.rename, b.path / "s" / "k2.txt", b.path / "k2.txt")
+
+            proxy.hang()  # bob's device hears nothing of what alice does next
+            os.link(a.path / "s" / "e" / "x.txt", a.path / "s" / "y")
+            a.sync()
+            os.rename(b.path / "s" / "e", b.path / "e")  # accepted here: the link is not known yet
+            (b.path / "e" / "new.txt").write_bytes(b"written after the move")
+            proxy.resume()
+            for m in (b, a, b, a):
+                m.sync(timeout=60)
+            expected = {"s/e/x.txt": b"one", "s/y": b"one", "s/e/new.txt": b"written after the move"}
+            for m in (a, b):
+                assert {p: read(m.path / p) for p in expected} == expected, m.path
+            assert not (b.path / "e").exists()
+            assert os.stat(b.path / "s" / "y").st_ino == os.stat(b.path / "s" / "e" / "x.txt").st_ino
+            assert "refused to move 'e'" in b.log()
+    finally:
+        proxy.close()
