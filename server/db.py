@@ -256,10 +256,12 @@ def normalise_url(url: str) -> str:
 class Database:
     """An engine plus the transaction discipline described in the module docstring."""
 
-    def __init__(self, url: str, *, pool_size: int = DEFAULT_POOL) -> None:
+    def __init__(self, url: str, *, pool_size: int = DEFAULT_POOL, application_name: str = "cloudfs") -> None:
         """`pool_size` bounds the connections this process opens to PostgreSQL (the LISTEN
         relay takes one more): with R replicas, R x (pool_size + 1) must fit the server's
-        max_connections. A thread that finds the pool empty waits up to 30 s."""
+        max_connections. A thread that finds the pool empty waits up to 30 s.
+        `application_name` is what pg_stat_activity shows for them ("cloudfs server" for
+        a replica, "cloudfs" for the command line), so a DBA can tell them apart."""
         self.url = normalise_url(url)
         self.pool_size = pool_size
         self.is_sqlite = self.url.startswith("sqlite")
@@ -272,7 +274,7 @@ class Database:
             self._sqlite_writer: contextlib.AbstractContextManager = threading.Lock()
         else:
             self.engine = sa.create_engine(self.url, pool_size=pool_size, max_overflow=0, pool_timeout=30,
-                                           pool_pre_ping=True)
+                                           pool_pre_ping=True, connect_args={"application_name": application_name})
             self._sqlite_writer = contextlib.nullcontext()
 
     schema_upgraded: tuple[str | None, str] | None = None
@@ -329,10 +331,11 @@ def default_db_url(data_dir: Path) -> str:
     return str(data_dir / "cloudfs.sqlite3")
 
 
-def open_database(data_dir: Path, db_url: str | None, *, pool_size: int = DEFAULT_POOL) -> Database:
+def open_database(data_dir: Path, db_url: str | None, *, pool_size: int = DEFAULT_POOL,
+                  application_name: str = "cloudfs") -> Database:
     """The server's database, migrated to the newest schema: `db_url`, or the embedded
     SQLite file in `data_dir`."""
-    db = Database(db_url or default_db_url(data_dir), pool_size=pool_size)
+    db = Database(db_url or default_db_url(data_dir), pool_size=pool_size, application_name=application_name)
     db.schema_upgraded = db.upgrade_schema()
     return db
 

@@ -88,7 +88,8 @@ async def serve_forever(options: ServerOptions) -> None:
     """Start-up refusals (port taken, data dir, database, store) raise UserError."""
     with contextlib.ExitStack() as stack:
         sock = stack.enter_context(listen(options.host, options.port))  # first: the commonest mistake, the cheapest
-        db = await anyio.to_thread.run_sync(partial(open_db, options.data_dir, options.db_url, pool_size=options.db_pool))
+        db = await anyio.to_thread.run_sync(partial(open_db, options.data_dir, options.db_url, pool_size=options.db_pool,
+                                                    application_name="cloudfs server"))
         stack.callback(db.dispose)
         secret = await anyio.to_thread.run_sync(db.signing_secret)
         store = await anyio.to_thread.run_sync(open_checked_store, options.store_url, options.data_dir, secret)

@@ -158,7 +158,8 @@ async def listen_postgres(dsn: str, notifier: ChangeNotifier, *, ping_s: float =
 
 
 async def _listening(dsn: str) -> psycopg.AsyncConnection:
-    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=5)
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=5,
+                                                 application_name="cloudfs server")
     try:
         await conn.execute(f"LISTEN {CHANNEL}")
     except BaseException:

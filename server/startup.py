@@ -25,13 +25,14 @@ def check_data_dir(data_dir: Path) -> None:
     writable_dir(data_dir, "the data directory", "--data DIR")
 
 
-def open_db(data_dir: Path, db_url: str | None, *, pool_size: int = DEFAULT_POOL) -> Database:
+def open_db(data_dir: Path, db_url: str | None, *, pool_size: int = DEFAULT_POOL,
+            application_name: str = "cloudfs") -> Database:
     """`open_database`, with a refusal in one line that names the URL (password hidden)."""
     if db_url is None:
         check_data_dir(data_dir)
     shown = redact(db_url) if db_url else str(data_dir / "cloudfs.sqlite3")
     try:
-        return open_database(data_dir, db_url, pool_size=pool_size)
+        return open_database(data_dir, db_url, pool_size=pool_size, application_name=application_name)
     except sa.exc.NoSuchModuleError:
         scheme = db_url.split("://", 1)[0] if db_url else "?"
         raise UserError(f"--db {shown}: unknown database kind {scheme!r} (use postgresql://USER:PASSWORD@HOST/DB "

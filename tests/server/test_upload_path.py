@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import time
+import types
 
 import trio
 
@@ -150,13 +151,14 @@ def test_a_retried_commit_that_meets_a_deleted_file_keeps_its_conflict(server, a
     async def main() -> None:
         async with ApiClient(server.url, alice.token, device="dev-a") as client:
             commit, _ = await upload_file(client, "/doc.txt", data)
-            uploader = Uploader(client, cache=None, chunks=None, content=None)  # type: ignore[arg-type]
+            mirror = types.SimpleNamespace(ino_for_node=lambda node_id: None)  # no other inode stands for it here
+            uploader = Uploader(client, cache=mirror, chunks=None, content=None)  # type: ignore[arg-type]
             stale = StaleRevisionError(409, {"error": "stale_revision", "current_rev": 2,
                                              "node": commit.node.model_dump()})
             refs = [(hashlib.sha256(data).hexdigest(), len(data))]
-            assert await uploader._landed_already(stale, refs, len(data), 1, 0) is None  # not from this mtime
+            assert await uploader._landed_already(stale, 7, refs, len(data), 1, 0) is None  # not from this mtime
             await client.delete(commit.node.id)
-            assert await uploader._landed_already(stale, refs, len(data), 1, 0) is None
+            assert await uploader._landed_already(stale, 7, refs, len(data), 1, 0) is None
 
     trio.run(main)
 
