@@ -70,8 +70,9 @@ class Version:
     rev: int
     size: int
     mtime_ns: int
-    chunks: list[tuple[str, int, str]]
-    """(fingerprint, plain length, compression), in file order."""
+    chunks: list[tuple[str, int, str, str]]
+    """(fingerprint, plain length, compression, store key), in file order: the key is
+    the namespace's own, or the one the server gave the chunk from (files.key_of)."""
     name: str
     """The name it was asked for by: a hard link's own, not its file's first name."""
 
@@ -83,9 +84,10 @@ def load_version(conn: Connection, owner_id: int, node: dict, rev: int | None) -
     if vrow is None:
         raise NotFound(f"node {node['id']} has no revision {rev}", field="rev")
     refs = files.version_chunks(conn, vrow["id"])
-    kinds = {fp: row["compression"] for fp, row in files.chunk_rows(conn, owner_id, list({fp for fp, _ in refs})).items()}
-    return Version(dict(node), vrow["rev"], vrow["size"], vrow["mtime_ns"],
-                   [(fp, length, kinds.get(fp, "none")) for fp, length in refs], node["name"])
+    rows = files.chunk_rows(conn, owner_id, list({fp for fp, _ in refs}))
+    chunks = [(fp, length, rows[fp]["compression"], files.key_of(rows[fp])) if fp in rows
+              else (fp, length, "none", chunk_key(owner_id, fp)) for fp, length in refs]
+    return Version(dict(node), vrow["rev"], vrow["size"], vrow["mtime_ns"], chunks, node["name"])
 
 
 def file_version(db: Database, owner_id: int, node_id: int, rev: int | None) -> Version:
@@ -98,27 +100,24 @@ def file_version(db: Database, owner_id: int, node_id: int, rev: int | None) -> 
 
 
 class ChunkReader:
-    """Reads plain chunks of one owner from the store, each checked; remembers the last
-    one (a zip of a file made of one repeated chunk, or Range requests within a chunk)."""
+    """Reads plain chunks from the store, each checked; remembers the last one (a zip of
+    a file made of one repeated chunk, or Range requests within a chunk)."""
 
-    def __init__(self, store: ObjectStore, owner_id: int) -> None:
+    def __init__(self, store: ObjectStore) -> None:
         self.store = store
-        self.owner_id = owner_id
         self._last: tuple[str, bytes] | None = None
 
-    def read(self, fingerprint: str, length: int, compression: str) -> bytes:
+    def read(self, fingerprint: str, length: int, compression: str, key: str) -> bytes:
         if self._last is not None and self._last[0] == fingerprint:
             return self._last[1]
-        key = chunk_key(self.owner_id, fingerprint)
         try:
             body = self.store.get(key)
         except StoreError as exc:
-            log.error("chunk %s of owner %d could not be read from the store: %s", fingerprint, self.owner_id, exc)
+            log.error("chunk %s could not be read from the store: %s", key, exc)
             raise
         plain = body if compression == "none" else decode(body, compression, fingerprint, max_length=length)
         if plain is None or len(plain) != length or hashlib.sha256(plain).hexdigest() != fingerprint:
-            log.error("chunk %s of owner %d is damaged in the store: the answer is cut short", fingerprint,
-                      self.owner_id)
+            log.error("chunk %s is damaged in the store: the answer is cut short", key)
             raise StoreError(f"chunk {fingerprint} does not match its fingerprint")
         self._last = (fingerprint, plain)
         return plain
@@ -128,11 +127,11 @@ def iter_bytes(reader: ChunkReader, version: Version, start: int = 0, end: int |
     """The bytes [start, end) of a version, chunk by chunk."""
     end = version.size if end is None else end
     offset = 0
-    for fingerprint, length, compression in version.chunks:
+    for fingerprint, length, compression, key in version.chunks:
         if offset >= end:
             break
         if offset + length > start:
-            plain = reader.read(fingerprint, length, compression)
+            plain = reader.read(fingerprint, length, compression, key)
             lo, hi = max(start - offset, 0), min(end - offset, length)
             yield plain[lo:hi] if (lo, hi) != (0, length) else plain
         offset += length
@@ -180,8 +179,7 @@ def disposition(kind: str, name: str) -> str:
     return f'{kind}; filename="{fallback}"; filename*=UTF-8\'\'{quote(name, safe="")}'
 
 
-def file_response(store: ObjectStore, owner_id: int, version: Version, request: Request, *, name: str,
-                  inline: bool) -> Response:
+def file_response(store: ObjectStore, version: Version, request: Request, *, name: str, inline: bool) -> Response:
     """The version's bytes with its name, Range support, and headers that keep the
     bytes from ever being run as part of the page."""
     kind = media_type(name)
@@ -208,7 +206,7 @@ def file_response(store: ObjectStore, owner_id: int, version: Version, request: 
     media = kind if show else "application/octet-stream"
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=media)
-    reader = ChunkReader(store, owner_id)
+    reader = ChunkReader(store)
     return StreamingResponse(iter_bytes(reader, version, start, end), status_code=status, headers=headers,
                              media_type=media)
 
@@ -252,10 +250,9 @@ def zip_plan(db: Database, owner_id: int, top_id: int) -> list[tuple[str, Versio
     return plan
 
 
-def zip_response(store: ObjectStore, owner_id: int, plan: list[tuple[str, Version | None, int]],
-                 name: str) -> Response:
+def zip_response(store: ObjectStore, plan: list[tuple[str, Version | None, int]], name: str) -> Response:
     stream = ZipStream(compress_type=ZIP_STORED, sized=True)
-    reader = ChunkReader(store, owner_id)
+    reader = ChunkReader(store)
     for path, version, _mtime_ns in plan:
         if version is None:
             stream.mkdir(path)

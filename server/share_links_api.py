@@ -170,7 +170,7 @@ async def public_file(ctx: Ctx, request: Request, link_id: str, node_id: NodeIdP
             return content.load_version(conn, row["owner_id"], node, None)
 
     version = await ctx.run_db(load)
-    return content.file_response(ctx.store, row["owner_id"], version, request, name=name, inline=inline)
+    return content.file_response(ctx.store, version, request, name=name, inline=inline)
 
 
 @router.get("/s/{link_id}/zip", responses=content.ZIP_RESPONSES)
@@ -182,4 +182,4 @@ async def public_zip(ctx: Ctx, request: Request, link_id: str,
         raise NotADirectory(f"{node['name']!r} is not a folder", field="dir")
     plan = await ctx.run_db(content.zip_plan, ctx.db, row["owner_id"], node["id"])
     await ctx.run_db(share_links.count_download, ctx.db, link_id)
-    return content.zip_response(ctx.store, row["owner_id"], plan, node["name"])
+    return content.zip_response(ctx.store, plan, node["name"])

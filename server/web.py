@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from cloudfs.backend import wire
 
-from . import content, history, tree
+from . import content, history, namespaces, tree
 from .api import ERRORS, NodeIdPath
 from .app import ServerContext, User, context_dependency, current_user
 from .db import nodes
@@ -122,25 +122,35 @@ async def file_content(ctx: Ctx, user: Auth, request: Request, node_id: NodeIdPa
                        inline: bool = False) -> Response:
     """The file's bytes (or an old revision's), named, with Range support. `inline`
     shows images, audio, video and PDF in the page; anything else is an attachment."""
-    version = await ctx.run_db(content.file_version, ctx.db, user.id, node_id, rev)
+    version = await ctx.run_db(content.file_version, ctx.db, await _namespace(ctx, user, node_id), node_id, rev)
     name = version.name
     if rev is not None and rev != version.node["rev"]:
         stem, dot, ext = name.rpartition(".")
         name = f"{stem} (rev {rev}).{ext}" if dot and stem else f"{name} (rev {rev})"
-    return content.file_response(ctx.store, user.id, version, request, name=name, inline=inline)
+    return content.file_response(ctx.store, version, request, name=name, inline=inline)
 
 
 @router.get("/dirs/{node_id}/zip", tags=["web"], responses=content.ZIP_RESPONSES)
 async def dir_zip(ctx: Ctx, user: Auth, node_id: NodeIdPath) -> Response:
     """The folder and everything in it as one zip, streamed as it is read."""
-    plan = await ctx.run_db(content.zip_plan, ctx.db, user.id, node_id)
-    name = await ctx.run_db(_name_of, ctx, user, node_id)
-    return content.zip_response(ctx.store, user.id, plan, name)
+    ns_id = await _namespace(ctx, user, node_id)
+    plan = await ctx.run_db(content.zip_plan, ctx.db, ns_id, node_id)
+    name = await ctx.run_db(_name_of, ctx, user, ns_id, node_id)
+    return content.zip_response(ctx.store, plan, name)
 
 
-def _name_of(ctx: ServerContext, user: User, node_id: int) -> str:
+async def _namespace(ctx: ServerContext, user: User, node_id: int) -> int:
+    """Where `node_id` lives: the account's own tree or a shared folder it is a member
+    of (404 otherwise, as for a node that does not exist)."""
+    def locate() -> int:
+        with ctx.db.read() as conn:
+            return namespaces.locate(conn, user.id, node_id)
+    return await ctx.run_db(locate)
+
+
+def _name_of(ctx: ServerContext, user: User, ns_id: int, node_id: int) -> str:
     with ctx.db.read() as conn:
-        row = tree.get(conn, user.id, node_id)
+        row = tree.get(conn, ns_id, node_id)
     return row["name"] or user.name
 
 

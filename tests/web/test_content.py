@@ -121,3 +121,26 @@ def test_search_by_name(server: ServerProcess, alice: Api) -> None:
     assert [h["path"] for h in literal] == ["/Docs/100% done.txt"]
     assert alice.get("/search", params={"q": "%"}).json()["hits"][0]["node"]["name"] == "100% done.txt"
     assert alice.get("/search", params={"q": "docs"}).json()["hits"][0]["node"]["id"] == docs["id"]
+
+
+def test_files_of_a_shared_folder_and_chunks_given_across_namespaces(alice: Api, bob: Api) -> None:
+    """The browser reads a shared folder's files as any member, and a file whose chunks
+    the server gave from another namespace (moved out of a shared folder: nothing was
+    uploaded again, its bytes stay under the folder's keys) downloads whole, alone and
+    in a zip; a non-member gets 404 as for a node that does not exist."""
+    from tests.server.test_shares import accept, share
+
+    box = mkdir(alice, alice.root_id, "box")
+    ns = share(alice, "/box", bob)["id"]
+    accept(bob, ns)
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    inside = put_file(alice, "/box/in.bin", data)
+    assert bob.get(f"/files/{inside['id']}/content").content == data
+    zipped = zipfile.ZipFile(io.BytesIO(bob.get(f"/dirs/{box['id']}/zip").content))
+    assert zipped.read("in.bin") == data
+    out = bob.post(f"/nodes/{inside['id']}/move", json={"parent_id": bob.root_id, "name": "mine.bin"})
+    assert out.status_code == 200, out.text
+    assert bob.get(f"/files/{inside['id']}/content").content == data
+    assert bob.get(f"/files/{inside['id']}/content", headers={"Range": "bytes=10-19"}).content == data[10:20]
+    assert alice.get(f"/files/{inside['id']}/content").status_code == 404
+    assert alice.get(f"/dirs/{box['id']}/zip").status_code == 200
