@@ -331,7 +331,7 @@ def test_an_older_change_from_elsewhere_does_not_undo_ours(sync_server, tmp_path
         (a.path / "photos").mkdir()
         (a.path / "photos" / "cat.jpg").write_bytes(b"cat\n")
         settle(d)
-        proxy.hold(rb"^GET /changes")
+        proxy.hold(rb"^POST /sync ")
         proxy.set_faults(proxy.faults)  # the long-poll in flight goes; its successor is held
         if change == "move":
             (b.path / "photos").rename(b.path / "pics")
@@ -364,7 +364,7 @@ def test_our_own_older_entries_do_not_undo_our_later_change(sync_server, tmp_pat
         a, b = d.a, d.b
         (a.path / "x.txt").write_text("v0\n")
         settle(d)
-        proxy.hold(rb"^GET /changes")
+        proxy.hold(rb"^POST /sync ")
         proxy.set_faults(proxy.faults)  # the long-poll in flight goes; its successor is held
         (a.path / "x.txt").write_text("v1\n")
         wait_until_pushed(a)
