@@ -314,6 +314,7 @@ async def open_session(options: SessionOptions, invalidate: Invalidator | None =
         follower.on_replaced = pins.replaced
         syncer.keep_local = ignore.ignored
         syncer.on_stale = follower.refresh
+        uploader.account = lambda: follower.user_id or None
         drive.server_refused = lambda ino: ino in syncer.quota_blocked and shared.namespace_of(cache, ino)[0] is not None
         syncer.forget_name = follower.invalidate_entry
         await follower.bootstrap()

@@ -726,7 +726,7 @@ class Syncer:
             if missing.status == 404:
                 return False
             raise
-        if info.version is None or info.version.rev != expected or info.version.device != self.client.device:
+        if info.version is None or info.version.rev != expected or not self.uploader.made_here(info.version):
             return False
         log.info("the commit of node %d rev %d had landed before its answer was lost; %r changed since: "
                  "building on it", node_id, expected, node.name)

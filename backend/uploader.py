@@ -172,6 +172,9 @@ class Uploader:
         self.cache = cache
         self.chunks = chunks
         self.content = content
+        self.account: Callable[[], int | None] = lambda: None
+        """This device's account id once known (the follower's): a version is ours only
+        if this account made it, since two accounts may each have a device of one name."""
         self.sent_chunks = 0
         self.sent_bytes = 0
         """Bytes PUT to the store (compressed bodies count as stored)."""
@@ -345,12 +348,13 @@ class Uploader:
         version = info.version
         if version is None:
             return None
-        if (version.device, version.size, version.mtime_ns) == ours:
+        if (version.device, version.size, version.mtime_ns) == ours and self.made_here(version):
             if [(c.fingerprint, c.length) for c in info.chunks] != refs:
                 return None
         else:
             candidates = [v for v in (await self.client.versions(node_id)).versions
-                          if base_rev < v.rev < version.rev and (v.device, v.size, v.mtime_ns) == ours]
+                          if base_rev < v.rev < version.rev and (v.device, v.size, v.mtime_ns) == ours
+                          and self.made_here(v)]
             for candidate in candidates:
                 old = await self.client.file_info(node_id, rev=candidate.rev, urls=False)
                 if [(c.fingerprint, c.length) for c in old.chunks] == refs:
@@ -361,6 +365,10 @@ class Uploader:
         log.info("the commit of node %d rev %d had landed before its answer was lost", node_id, version.rev)
         node = info.node.model_copy(update={"rev": version.rev, "size": version.size, "mtime_ns": version.mtime_ns})
         return wire.CommitResponse(node=node, version=version, cursor=info.cursor)  # ours, not what is newer
+
+    def made_here(self, version: wire.Version) -> bool:
+        """This device (its name, and its account where the server says) made `version`."""
+        return version.device == self.client.device and version.user_id in (None, self.account())
 
     def _namespace_hint(self, node: Inode) -> int | None:
         """The node whose namespace the chunks go to (a shared folder has its own): the

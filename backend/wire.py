@@ -194,6 +194,9 @@ class Version(BaseModel):
     mtime_ns: int
     device: str
     created_at: float
+    user_id: int | None = None
+    """The account that made it (None on a server before shared folders): in a shared
+    folder two accounts may each have a device of the same name."""
 
 
 class FileInfo(BaseModel):

@@ -34,8 +34,8 @@ class Actor(Protocol):
     id: int
     root_id: int
 
-_VERSION = Stmt("""INSERT INTO versions (node_id, rev, size, mtime_ns, device, created_at)
-                   VALUES (:node_id, :rev, :size, :mtime_ns, :device, :created_at) RETURNING id""")
+_VERSION = Stmt("""INSERT INTO versions (node_id, rev, size, mtime_ns, device, created_at, user_id)
+                   VALUES (:node_id, :rev, :size, :mtime_ns, :device, :created_at, :user_id) RETURNING id""")
 _VERSION_CHUNK = Stmt("""INSERT INTO version_chunks (version_id, idx, fingerprint, length)
                          VALUES (:version_id, :idx, :fingerprint, :length)""")
 _QUOTA = Stmt("""SELECT u.id, u.quota_bytes FROM namespaces n JOIN users u ON u.id = n.owner_id
@@ -253,14 +253,15 @@ def write_version(tx: Tx, owner_id: int, node: Row | None, parent_id: int, name:
         assert node is not None
     created = time.time()
     version_id = tx.scalar(_VERSION, dict(node_id=node["id"], rev=rev, size=size, mtime_ns=mtime_ns, device=device,
-                                          created_at=created))
+                                          created_at=created, user_id=journal.ACTOR.get()))
     if refs:
         tx.many(_VERSION_CHUNK, [{"version_id": version_id, "idx": i, "fingerprint": fp, "length": length}
                                  for i, (fp, length) in enumerate(refs)])
     # The writer wakes other replicas once per batch (writer.py), not per entry.
     seq = journal.append(tx, owner_id, op, node, device=device, wake_replicas=False)
     return wire.CommitResponse(node=tree.to_wire(node), version=wire.Version(rev=rev, size=size, mtime_ns=mtime_ns,
-                                                                            device=device, created_at=created),
+                                                                            device=device, created_at=created,
+                                                                            user_id=journal.ACTOR.get()),
                                cursor=seq)
 
 

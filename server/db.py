@@ -164,6 +164,7 @@ versions = sa.Table(
     sa.Column("mtime_ns", sa.BigInteger, nullable=False),
     sa.Column("device", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("user_id", sa.BigInteger, nullable=True),  # 0007: the account that made it (None: before 0007)
     sa.UniqueConstraint("node_id", "rev", name="versions_node_rev"),
 )
 

@@ -218,7 +218,7 @@ def missing_chunks(problems: dict[str, str]) -> MissingChunks:
 
 def version_row(row: Row) -> wire.Version:
     return wire.Version(rev=row["rev"], size=row["size"], mtime_ns=row["mtime_ns"], device=row["device"],
-                        created_at=row["created_at"])
+                        created_at=row["created_at"], user_id=row.get("user_id"))
 
 
 def load_version(conn: Connection | Tx, node_id: int, rev: int | None, node_rev: int) -> Row | None:

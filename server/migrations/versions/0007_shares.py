@@ -6,7 +6,7 @@ so no row moves; a shared folder is a namespace of its own (shares.py). The owne
 columns of nodes and chunks now refer to namespaces (SQLite rebuilds those two tables
 for it; their indexes are made again as they were). New columns: the namespace a
 mount row mounts (nodes; `other_ns` in the journal, which also names where a node
-moved to), the account that made a journal entry, and where a
+moved to), the account that made a journal entry or a version, and where a
 chunk's bytes are when the server gave the chunk to another namespace (store_ns).
 
 Revision ID: 0007
@@ -59,6 +59,8 @@ def upgrade() -> None:
 
     with op.batch_alter_table("journal") as batch:
         batch.add_column(sa.Column("other_ns", sa.BigInteger, nullable=True))
+        batch.add_column(sa.Column("user_id", sa.BigInteger, nullable=True))
+    with op.batch_alter_table("versions") as batch:  # who made a version: two accounts may name a device alike
         batch.add_column(sa.Column("user_id", sa.BigInteger, nullable=True))
 
     false = sa.text("deleted = false") if pg else sa.text("deleted = 0")
