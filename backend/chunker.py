@@ -43,7 +43,7 @@ from typing import BinaryIO, Callable, Iterator
 
 from pyfastcdc import FastCDC
 
-from .wire import MAX_CHUNK_BYTES
+from .protocol.wire import MAX_CHUNK_BYTES
 
 MiB = 1024 * 1024
 MIN_AVG = 4 * MiB

@@ -21,22 +21,23 @@ from typing import AsyncIterator
 import lmdb
 import trio
 
-from . import cache_format, shared
-from .api_client import ApiClient
-from .cache import ROOT_INO, Cache
-from .chunkcache import ChunkCache
-from .content import Content
-from .drive import Drive
+from .daily.ignore import IGNORE_FILE, IgnoreRules
+from .daily.pins import Pins
+from .daily.transfers import Transfers
 from .errors import OfflineError, ServerError, UserError
-from .fetcher import Fetcher
-from .follower import Follower, Invalidator
-from .ignore import IGNORE_FILE, IgnoreRules
-from .pins import Pins
+from .local import cache_format
+from .local.cache import ROOT_INO, Cache
+from .local.chunkcache import ChunkCache
+from .model.content import Content
+from .model.drive import Drive
+from .model.fetcher import Fetcher
+from .protocol.api_client import ApiClient
 from .startup import ServerUnreachableError, check_account, claim_cache, over_quota, probe_server
-from .streamer import Streamer
-from .syncer import Syncer
-from .transfers import Transfers
-from .uploader import Uploader
+from .sync import shared
+from .sync.follower import Follower, Invalidator
+from .sync.streamer import Streamer
+from .sync.syncer import Syncer
+from .sync.uploader import Uploader
 
 log = logging.getLogger("cloudfs.session")
 HEARTBEAT_S = 2.0

@@ -27,10 +27,10 @@ import httpx
 import pydantic
 import trio
 
-from . import wire
-from .api_client import ApiClient
-from .cache import Cache
 from .errors import UserError
+from .local.cache import Cache
+from .protocol import wire
+from .protocol.api_client import ApiClient
 
 CACHE_LOCK = "mount.lock"
 PROBE_TIMEOUT_S = 10.0

@@ -64,7 +64,7 @@ def resolve_mount(args: argparse.Namespace, default_device: Callable[[], str]) -
 def login(args: argparse.Namespace) -> int:
     import trio
 
-    from cloudfs.backend.api_client import ApiClient
+    from cloudfs.backend.protocol.api_client import ApiClient
     from cloudfs.backend.startup import probe_server
 
     url = args.server_url

@@ -129,7 +129,7 @@ def _mount_in_background(args: argparse.Namespace, token: str, mountpoint: Path,
     mount process finds besides is relayed by `spawn`."""
     import trio
 
-    from cloudfs.backend.api_client import ApiClient
+    from cloudfs.backend.protocol.api_client import ApiClient
     from cloudfs.backend.startup import ServerUnreachableError, claim_cache, probe_server
     from cloudfs.fs.mount import spawn
 
@@ -163,8 +163,7 @@ def _target(path: Path) -> Path:
 
 
 def _control(mountpoint: Path, payload: dict, timeout: float) -> dict:
-    from cloudfs.backend import control
-
+    from cloudfs.backend.daily import control
     reply = control.request(mountpoint, payload, timeout=timeout)
     if reply.get("error"):
         raise UserError(f"{mountpoint}: {reply['error']}")
@@ -262,8 +261,7 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _umount(args: argparse.Namespace) -> int:
-    from cloudfs.backend import control
-
+    from cloudfs.backend.daily import control
     mountpoint = _target(args.mountpoint)
     dead = control.is_dead_mount(mountpoint) and control.mount_type(mountpoint) == control.FS_TYPE
     if not args.force:

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cloudfs.backend import control
+from cloudfs.backend.daily import control
 from cloudfs.backend.errors import UserError
 
 from . import history_cli, progress

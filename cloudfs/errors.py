@@ -29,7 +29,7 @@ from typing import Callable, NoReturn
 import platformdirs
 import trio
 
-from cloudfs.backend import control
+from cloudfs.backend.daily import control
 from cloudfs.backend.errors import UserError
 
 USAGE = 2

@@ -17,9 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cloudfs.backend import control
-
-
+from cloudfs.backend.daily import control
 class HistoryError(Exception):
     """A message for the user; the command exits 1."""
 

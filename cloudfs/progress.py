@@ -15,8 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from cloudfs.backend import control
-
+from cloudfs.backend.daily import control
 POLL_S = 0.2
 
 

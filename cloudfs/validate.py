@@ -10,9 +10,9 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from cloudfs.backend import control
+from cloudfs.backend.daily import control
 from cloudfs.backend.errors import UserError
-from cloudfs.backend.names import DEVICE_RE, DEVICE_RULE
+from cloudfs.backend.protocol.names import DEVICE_RE, DEVICE_RULE
 
 from .errors import UsageError
 

@@ -30,10 +30,10 @@ from typing import Any, Awaitable, Callable
 import pyfuse3
 import trio
 
-from cloudfs.backend import control, filestate
+from cloudfs.backend.daily import control, filestate
 from cloudfs.backend.errors import OfflineError, UserError, one_error
-from cloudfs.backend.follower import Invalidator
-from cloudfs.backend.fsck import run_fsck
+from cloudfs.backend.sync.follower import Invalidator
+from cloudfs.backend.local.fsck import run_fsck
 from cloudfs.backend.session import Session, SessionOptions, open_session
 from cloudfs.backend.startup import ServerUnreachableError, probe_server
 

@@ -7,7 +7,7 @@ otherwise end the whole mount).
 Owners: the mount runs with `default_permissions`, so the kernel checks every access
 against the modes and owners reported here. Nodes carry owners in the wire's convention
 (-1 is the drive's owner, whoever mounts it); `_owner` and `attrs` translate at this
-boundary and nowhere else. A hard link's names all show one inode (backend/links.py):
+boundary and nowhere else. A hard link's names all show one inode (backend/model/links.py):
 st_nlink counts them.
 """
 
@@ -23,10 +23,10 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import pyfuse3
 
-from cloudfs.backend.cache import ROOT_INO, Inode
-from cloudfs.backend.drive import Drive, Owner
+from cloudfs.backend.local.cache import ROOT_INO, Inode
+from cloudfs.backend.model.drive import Drive, Owner
 from cloudfs.backend.errors import CloudFsError
-from cloudfs.backend.links import nlink
+from cloudfs.backend.model.links import nlink
 
 log = logging.getLogger("cloudfs.fs")
 T = TypeVar("T")

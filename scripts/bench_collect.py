@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cloudfs.backend.store import chunk_key, open_store  # noqa: E402
+from cloudfs.backend.stores.store import chunk_key, open_store  # noqa: E402
 from cloudfs.server.db import Database, chunks, nodes, version_chunks, versions  # noqa: E402
 from cloudfs.server.retention import collect  # noqa: E402
 from cloudfs.server.users import add_user  # noqa: E402

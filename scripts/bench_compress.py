@@ -48,7 +48,7 @@ if str(REPO) not in sys.path:
 import zstandard  # noqa: E402
 
 from cloudfs.backend.chunker import iter_pieces  # noqa: E402
-from cloudfs.backend.compress import LEVEL, compress, skip_reason  # noqa: E402
+from cloudfs.backend.stores.compress import LEVEL, compress, skip_reason  # noqa: E402
 
 MiB = 1 << 20
 JPEG_HEAD = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"

@@ -16,7 +16,7 @@ on a fresh embedded server (SQLite, local chunk store; tests.harness) and a fres
 
 With `--cache-ratio N` (the issue-20 case: 8), every size runs a second time with the
 mounts' cache at 1/N of the file, so the file streams out while it is written
-(backend/streamer.py): the table then compares both runs, and adds the peak cache use
+(backend/sync/streamer.py): the table then compares both runs, and adds the peak cache use
 (`cloudfs status` cache_bytes, polled every 0.25 s) against the limit and the bytes
 streamed before the close. `--no-read` skips the cold read (a run whose store alone
 fills most of the disk).

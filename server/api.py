@@ -18,10 +18,10 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel
 from sqlalchemy.engine import Connection
 
-from cloudfs.backend import wire
-from cloudfs.backend.names import split_path
-from cloudfs.backend.compress import CompressionError, plain_digest
-from cloudfs.backend.store import StoreError, chunk_key
+from cloudfs.backend.protocol import wire
+from cloudfs.backend.protocol.names import split_path
+from cloudfs.backend.stores.compress import CompressionError, plain_digest
+from cloudfs.backend.stores.store import StoreError, chunk_key
 
 from . import commits, crossing, files, journal, namespaces, shares, tree
 from .app import ServerContext, User, context_dependency, current_user, device_name

@@ -23,8 +23,8 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cloudfs.backend.names import DEVICE_RE, DEVICE_RULE
-from cloudfs.backend.store import NoSuchKeyError, ObjectStore, StoreError
+from cloudfs.backend.protocol.names import DEVICE_RE, DEVICE_RULE
+from cloudfs.backend.stores.store import NoSuchKeyError, ObjectStore, StoreError
 
 from . import auth
 from . import journal

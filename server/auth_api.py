@@ -17,8 +17,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
-from cloudfs.backend import wire
-from cloudfs.backend.names import DEVICE_RE, DEVICE_RULE
+from cloudfs.backend.protocol import wire
+from cloudfs.backend.protocol.names import DEVICE_RE, DEVICE_RULE
 
 from . import auth
 from .api import ERRORS

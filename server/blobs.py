@@ -16,8 +16,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 from starlette.requests import ClientDisconnect
 
-from cloudfs.backend.localstore import BlobWriter, LocalStore
-from cloudfs.backend.store import CorruptChunkError, NoSuchKeyError
+from cloudfs.backend.stores.localstore import BlobWriter, LocalStore
+from cloudfs.backend.stores.store import CorruptChunkError, NoSuchKeyError
 
 from . import files
 from .app import context

@@ -21,8 +21,7 @@ import re
 from typing import Any, Callable
 from urllib.parse import parse_qsl
 
-from cloudfs.backend import wire
-
+from cloudfs.backend.protocol import wire
 from .api import DEFAULT_CHANGES, MAX_CHANGES, MAX_WAIT_S, long_poll
 from .app import ServerContext, error_response, user_of_header
 from .errors import ApiError

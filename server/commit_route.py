@@ -23,8 +23,7 @@ import re
 from collections import deque
 from typing import Any, Callable
 
-from cloudfs.backend import wire
-
+from cloudfs.backend.protocol import wire
 from .api import commit_version
 from . import journal
 from .app import DEVICE_RE, ServerContext, error_response, user_of_header

@@ -19,8 +19,8 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from cloudfs.backend import wire
-from cloudfs.backend.names import split_path
+from cloudfs.backend.protocol import wire
+from cloudfs.backend.protocol.names import split_path
 
 from . import crossing, files, journal, namespaces, tree
 from .errors import Invalid, IsADirectory, NameExists, NotADirectory, NotFound, QuotaExceeded, StaleRevision

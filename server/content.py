@@ -33,8 +33,8 @@ from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.engine import Connection
 from zipstream import ZIP_STORED, ZipStream
 
-from cloudfs.backend.compress import decode
-from cloudfs.backend.store import ObjectStore, StoreError, chunk_key
+from cloudfs.backend.stores.compress import decode
+from cloudfs.backend.stores.store import ObjectStore, StoreError, chunk_key
 
 from . import files, tree
 from .db import Database, nodes

@@ -26,8 +26,7 @@ import time
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloudfs.backend import wire
-
+from cloudfs.backend.protocol import wire
 from . import commits, journal, tree
 from .db import chunks, nodes, version_chunks, versions
 from .errors import IsADirectory, NameExists, NotADirectory, NotEmpty, SharedFolderConflict

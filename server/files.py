@@ -19,9 +19,9 @@ from typing import Iterable, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloudfs.backend import wire
-from cloudfs.backend.compress import CompressionError, plain_digest
-from cloudfs.backend.store import NoSuchKeyError, ObjectStore, StoreError, TransientError, chunk_key
+from cloudfs.backend.protocol import wire
+from cloudfs.backend.stores.compress import CompressionError, plain_digest
+from cloudfs.backend.stores.store import NoSuchKeyError, ObjectStore, StoreError, TransientError, chunk_key
 
 from . import journal, tree
 from .db import Database, chunks, versions

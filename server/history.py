@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloudfs.backend import wire
-
+from cloudfs.backend.protocol import wire
 from . import commits, files, journal, namespaces, tree
 from .db import journal as journal_table
 from .db import deleted_with, nodes, version_chunks, versions

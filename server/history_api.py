@@ -8,8 +8,8 @@ from typing import Annotated, Callable, TypeVar
 from fastapi import APIRouter, Depends, Query
 from sqlalchemy.engine import Connection
 
-from cloudfs.backend import wire
-from cloudfs.backend.names import split_path
+from cloudfs.backend.protocol import wire
+from cloudfs.backend.protocol.names import split_path
 
 from . import history, journal, namespaces
 from .api import ERRORS, NodeIdPath

@@ -20,8 +20,8 @@ import zstandard
 from fastapi import APIRouter, Depends, Path
 from sqlalchemy.engine import RowMapping
 
-from cloudfs.backend import wire
-from cloudfs.backend.store import NoSuchKeyError, ObjectStore, StoreError, TransientError
+from cloudfs.backend.protocol import wire
+from cloudfs.backend.stores.store import NoSuchKeyError, ObjectStore, StoreError, TransientError
 
 from .api import ERRORS
 from .app import ServerContext, User, context_dependency, current_user

@@ -20,8 +20,7 @@ from contextvars import ContextVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloudfs.backend import wire
-
+from cloudfs.backend.protocol import wire
 from .db import journal, namespaces
 from .errors import Gone
 from .notifier import CHANNEL

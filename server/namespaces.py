@@ -28,8 +28,7 @@ from typing import Callable, TypeVar
 
 from sqlalchemy.engine import Connection
 
-from cloudfs.backend import wire
-
+from cloudfs.backend.protocol import wire
 from . import tree
 from .db import Database
 from .errors import Conflict, NotADirectory, NotFound, ReadOnly

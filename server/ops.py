@@ -39,7 +39,7 @@ from prometheus_client import ProcessCollector, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from cloudfs.backend.store import NoSuchKeyError
+from cloudfs.backend.stores.store import NoSuchKeyError
 
 if TYPE_CHECKING:
     from .app import ServerContext

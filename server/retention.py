@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import anyio
 import sqlalchemy as sa
 
-from cloudfs.backend.store import DELETE_BATCH, ObjectStore, chunk_key
+from cloudfs.backend.stores.store import DELETE_BATCH, ObjectStore, chunk_key
 
 from . import history
 from .db import Database, chunks, namespaces, nodes, users, version_chunks, versions

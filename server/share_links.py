@@ -22,8 +22,7 @@ import time
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloudfs.backend import wire
-
+from cloudfs.backend.protocol import wire
 from . import history, tree
 from .db import Database, share_links
 from .errors import ApiError, NotFound

@@ -10,8 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from cloudfs.backend import wire
-
+from cloudfs.backend.protocol import wire
 from . import auth, content, share_links, tree
 from .api import ERRORS, NodeIdPath
 from .app import ServerContext, User, context_dependency, current_user

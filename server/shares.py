@@ -24,8 +24,8 @@ from typing import Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloudfs.backend import wire_shares
-from cloudfs.backend.names import split_path
+from cloudfs.backend.protocol import wire_shares
+from cloudfs.backend.protocol.names import split_path
 
 from . import crossing, history, journal, namespaces, tree
 from .db import members, nodes, users

@@ -17,8 +17,8 @@ import anyio
 from fastapi import APIRouter, Depends, Path, Response
 from sqlalchemy.engine import Connection
 
-from cloudfs.backend import wire_shares
-from cloudfs.backend.names import split_path
+from cloudfs.backend.protocol import wire_shares
+from cloudfs.backend.protocol.names import split_path
 
 from . import journal, namespaces, shares, tree
 from .api import ERRORS, held_for

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from cloudfs.backend.errors import UserError
 from cloudfs.backend.startup import writable_dir
-from cloudfs.backend.store import ObjectStore, open_store
+from cloudfs.backend.stores.store import ObjectStore, open_store
 
 from .db import DEFAULT_POOL, Database, open_database
 

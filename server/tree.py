@@ -20,8 +20,7 @@ import time
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloudfs.backend import wire
-
+from cloudfs.backend.protocol import wire
 from . import journal
 from .db import deleted_with, nodes
 from .errors import InvalidMove, IsADirectory, NameExists, NotADirectory, NotEmpty, NotFound, StaleRevision

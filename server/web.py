@@ -23,8 +23,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from cloudfs.backend import wire
-
+from cloudfs.backend.protocol import wire
 from . import content, history, namespaces, tree
 from .api import ERRORS, NodeIdPath
 from .app import ServerContext, User, context_dependency, current_user

@@ -193,7 +193,7 @@ def test_server_that_cannot_start(cli, server, tmp_path):
 PEER = """
 import json, socket, sys
 from pathlib import Path
-from cloudfs.backend import control
+from cloudfs.backend.daily import control
 path = control.socket_path(Path(sys.argv[1]))
 path.unlink(missing_ok=True)
 listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cloudfs.backend import control
+from cloudfs.backend.daily import control
 from tests.crash.workloads import WORKLOADS, make_sources
 from tests.harness import MountProcess, ServerProcess, spawn_mount, unmount
 

@@ -34,7 +34,7 @@ from typing import Any, Callable
 import httpx
 import zstandard
 
-from cloudfs.backend import control
+from cloudfs.backend.daily import control
 from tests.harness import RestartableServer, postgres_database, spawn_mount, unmount
 from tests.model import snapshot
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cloudfs.backend.cache import Cache
-from cloudfs.backend.chunkcache import SUM
+from cloudfs.backend.local.cache import Cache
+from cloudfs.backend.local.chunkcache import SUM
 from tests.harness import cloudfs_mount, cloudfs_server, wait_until
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from cloudfs.backend import control
+from cloudfs.backend.daily import control
 from tests.harness import MountProcess, RestartableServer, ServerProcess, cloudfs_mount, wait_until
 
 MiB = 1 << 20

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import run_async
 
-from cloudfs.backend.store import open_store
+from cloudfs.backend.stores.store import open_store
 from cloudfs.server import users
 from cloudfs.server.app import ServerContext, create_app
 from cloudfs.server.changes_route import parse_query

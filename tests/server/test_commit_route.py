@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cloudfs.backend.store import open_store
+from cloudfs.backend.stores.store import open_store
 from cloudfs.server import users
 from cloudfs.server.app import ServerContext, create_app
 from cloudfs.server.db import open_database

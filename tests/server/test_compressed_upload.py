@@ -14,8 +14,8 @@ import httpx
 import trio
 import zstandard
 
-from cloudfs.backend.api_client import ApiClient
-from cloudfs.backend.compress import compress
+from cloudfs.backend.protocol.api_client import ApiClient
+from cloudfs.backend.stores.compress import compress
 
 
 def sha(data: bytes) -> str:
@@ -75,8 +75,7 @@ def test_compressed_chunk_round_trip(server, alice):
 
 
 def _signed(download: dict):  # noqa: ANN202
-    from cloudfs.backend import wire
-
+    from cloudfs.backend.protocol import wire
     return wire.SignedRequest.model_validate(download)
 
 

@@ -10,9 +10,7 @@ import os
 
 import zstandard
 
-from cloudfs.backend import wire
-
-
+from cloudfs.backend.protocol import wire
 def _commit(path: str, data: bytes, *, inline: bytes | None = None, fingerprint: str | None = None,
             base_rev: int = 0) -> dict:
     fp = fingerprint or hashlib.sha256(data).hexdigest()

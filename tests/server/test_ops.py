@@ -19,7 +19,7 @@ import httpx
 import pytest
 import trio
 
-from cloudfs.backend.api_client import ApiClient
+from cloudfs.backend.protocol.api_client import ApiClient
 from cloudfs.backend.errors import OfflineError, ServerError
 from tests.conftest import Api
 from tests.harness import cloudfs_server, moto_server, postgres_database, wait_until

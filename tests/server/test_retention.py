@@ -15,7 +15,7 @@ from typing import Iterator
 import boto3
 import pytest
 
-from cloudfs.backend.store import open_store
+from cloudfs.backend.stores.store import open_store
 from tests.conftest import ENGINES, Api
 from tests.harness import S3_ENV, ServerProcess, cloudfs_server, postgres_database
 from tests.server.test_history import read

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import run_async
 
-from cloudfs.backend.store import open_store
+from cloudfs.backend.stores.store import open_store
 from cloudfs.server import app as server_app
 from cloudfs.server import auth
 from cloudfs.server import users

@@ -11,11 +11,11 @@ import types
 
 import trio
 
-from cloudfs.backend import wire
-from cloudfs.backend.api_client import ApiClient
+from cloudfs.backend.protocol import wire
+from cloudfs.backend.protocol.api_client import ApiClient
 from cloudfs.backend.chunker import iter_pieces
 from cloudfs.backend.errors import MissingChunksError, StaleRevisionError
-from cloudfs.backend.uploader import Uploader
+from cloudfs.backend.sync.uploader import Uploader
 
 SIZE = 20 * 1024 * 1024
 
@@ -164,7 +164,7 @@ def test_a_retried_commit_that_meets_a_deleted_file_keeps_its_conflict(server, a
 
 
 def test_uploaded_chunk_is_readable_before_any_commit_names_it(server, alice):
-    """A file streamed while it is written (backend/streamer.py) has chunks in the store
+    """A file streamed while it is written (backend/sync/streamer.py) has chunks in the store
     that no commit names yet; a write behind the streaming window fetches one back. S3
     leaves such a chunk unchecked until a commit: the download prepare looks at it then.
     Bytes never uploaded stay unknown."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from cloudfs.backend.api_client import ApiClient
+from cloudfs.backend.protocol.api_client import ApiClient
 from tests.server.helpers import changes, cursor, put_file
 from tests.server.test_upload_path import download_file
 

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloudfs.backend import control
+from cloudfs.backend.daily import control
 from tests.harness import MountProcess, RestartableServer, ServerProcess, is_mounted, spawn_mount, unmount
 from tests.proxy import Faults, Proxy
 

@@ -10,8 +10,8 @@ import shutil
 import stat
 from pathlib import Path
 
-from cloudfs.backend.cache import Cache
-from cloudfs.backend.cache_format import FORMAT
+from cloudfs.backend.local.cache import Cache
+from cloudfs.backend.local.cache_format import FORMAT
 from tests.harness import cloudfs_mount, cloudfs_server
 from tests.server.test_migrations import unpack_fixture
 

@@ -194,8 +194,7 @@ def test_pending_bytes_fall_part_way_through_a_1_gib_upload(tmp_path):
     """The issue's own check: a 1 GiB file, written and closed on a real mount against a
     server of its own (the 2 GiB of store and cache go with the test), reports its pending
     bytes falling on the way to zero, never rising, with the upload as a transfer."""
-    from cloudfs.backend import control
-
+    from cloudfs.backend.daily import control
     size = 1 << 30
     try:
         with cloudfs_server(tmp_path / "srv") as srv, \
@@ -231,7 +230,7 @@ def test_pending_bytes_fall_chunk_by_chunk_while_a_file_uploads(sync_server: Ser
     way (before, they dropped only at the commit), the transfer with a speed and time
     left, and `ls` the bytes sent so far. Asked over the control socket, as the CLI
     does, to poll often."""
-    from cloudfs.backend import control
+    from cloudfs.backend.daily import control
     from tests.proxy import Faults, Proxy
 
     monkeypatch.setenv("CLOUDFS_CHUNK_AVG_MIB", "1")
@@ -269,7 +268,7 @@ def test_pinned_files_download_chunk_by_chunk_as_a_transfer(sync_server: ServerP
     """Downloads of pinned files count as progress too: behind a 2 MB/s link, the bytes
     still to fetch fall chunk by chunk (not per batch of chunks) and `status` shows the
     download with a speed and the time left."""
-    from cloudfs.backend import control
+    from cloudfs.backend.daily import control
     from tests.proxy import Faults, Proxy
 
     monkeypatch.setenv("CLOUDFS_CHUNK_AVG_MIB", "1")

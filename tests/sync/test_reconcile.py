@@ -7,8 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
-from cloudfs.backend import shared
-from cloudfs.backend.cache import ROOT_INO, Cache
+from cloudfs.backend.sync import shared
+from cloudfs.backend.local.cache import ROOT_INO, Cache
 from tests.harness import cloudfs_mount, cloudfs_server, wait_until
 
 

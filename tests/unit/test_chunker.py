@@ -15,7 +15,7 @@ from pyfastcdc import FastCDC
 
 from cloudfs.backend.chunker import (CDC_MAX_AVG, MAX_AVG, MIN_AVG, MiB, average_at, average_size, fingerprint,
                                      iter_pieces, max_size)
-from cloudfs.backend.wire import MAX_CHUNK_BYTES, MAX_CHUNKS_PER_VERSION
+from cloudfs.backend.protocol.wire import MAX_CHUNK_BYTES, MAX_CHUNKS_PER_VERSION
 
 GB = 10**9
 

@@ -15,10 +15,10 @@ import pytest
 import trio
 import zstandard
 
-from cloudfs.backend import compress as cz
-from cloudfs.backend.compress import (CompressionError, compress, decode, inflate, plain_digest, skip_reason,
+from cloudfs.backend.stores import compress as cz
+from cloudfs.backend.stores.compress import (CompressionError, compress, decode, inflate, plain_digest, skip_reason,
                                       worth_compressing)
-from cloudfs.backend.uploader import ByteBudget
+from cloudfs.backend.sync.uploader import ByteBudget
 
 MiB = 1024 * 1024
 

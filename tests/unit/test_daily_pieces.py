@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cloudfs import config, mount_helper, service, validate
-from cloudfs.backend.ignore import DEFAULTS, _parse
+from cloudfs.backend.daily.ignore import DEFAULTS, _parse
 from cloudfs.errors import UsageError
 
 

@@ -1,6 +1,6 @@
 """The mass-delete guard's arithmetic: what counts as one burst, when it holds."""
 
-from cloudfs.backend.delete_guard import FRACTION_FLOOR, SETTLE_S, WINDOW_S, DeleteGuard
+from cloudfs.backend.sync.delete_guard import FRACTION_FLOOR, SETTLE_S, WINDOW_S, DeleteGuard
 
 
 def test_ordinary_deletes_go_and_a_burst_is_held() -> None:

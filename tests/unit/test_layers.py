@@ -123,7 +123,7 @@ def test_every_layer_is_walked() -> None:
     files = {p.as_posix() for p in layer_files()}
     for layer in LAYERS:
         assert f"{layer}/__init__.py" in files
-    assert {"backend/store.py", "backend/localstore.py", "server/blobs.py"} <= files
+    assert {"backend/stores/store.py", "backend/stores/localstore.py", "server/blobs.py"} <= files
 
 
 def test_walker_sees_real_imports() -> None:
@@ -131,11 +131,11 @@ def test_walker_sees_real_imports() -> None:
     rel_path = Path("server/blobs.py")
     tree = ast.parse((REPO / rel_path).read_text(encoding="utf-8"))
     modules = {module for _, module in imported_modules(tree, package_of(rel_path))}
-    assert {"cloudfs.backend.localstore", "cloudfs.server.files", "cloudfs.server.app", "anyio"} <= modules
-    rel_path = Path("backend/store.py")
+    assert {"cloudfs.backend.stores.localstore", "cloudfs.server.files", "cloudfs.server.app", "anyio"} <= modules
+    rel_path = Path("backend/stores/store.py")
     tree = ast.parse((REPO / rel_path).read_text(encoding="utf-8"))
     modules = {module for _, module in imported_modules(tree, package_of(rel_path))}
-    assert {"cloudfs.backend.wire", "cloudfs.backend.localstore", "cloudfs.backend.s3store"} <= modules
+    assert {"cloudfs.backend.protocol.wire", "cloudfs.backend.stores.localstore", "cloudfs.backend.stores.s3store"} <= modules
 
 
 @pytest.mark.parametrize(("path", "source", "module"), [
@@ -167,8 +167,8 @@ def test_checker_catches(path: str, source: str, module: str) -> None:
 
 @pytest.mark.parametrize(("path", "source"), [
     ("fs/x.py", "import pyfuse3\nfrom pyfuse3 import FUSEError"),
-    ("fs/x.py", "from ..backend import store\nfrom cloudfs.backend.store import NoSuchKeyError"),
-    ("backend/x.py", "from .store import ObjectStore\nfrom . import wire\nimport cloudfs.backend.names"),
+    ("fs/x.py", "from ..backend import store\nfrom cloudfs.backend.stores.store import NoSuchKeyError"),
+    ("backend/x.py", "from .store import ObjectStore\nfrom . import wire\nimport cloudfs.backend.protocol.names"),
     ("backend/x.py", "import fsspec\nimport serverless\nfrom cloudfs import backend\nimport pyfuse3x"),
     ("server/x.py", "from cloudfs.backend import wire\nfrom ..backend.store import chunk_key\nfrom . import files"),
     ("server/x.py", "import cloudfs.fsck\nfrom cloudfs import backend"),

@@ -1,12 +1,14 @@
-"""Hard links in the device cache (backend/links.py): alias records, directory entries
+"""Hard links in the device cache (backend/model/links.py): alias records, directory entries
 that carry them, promotion of the oldest alias, and a format-2 cache read as format 3."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cloudfs.backend import cache_format, links
-from cloudfs.backend.cache import ROOT_INO, Cache, Inode
+from cloudfs.backend.local import cache_format
+
+from cloudfs.backend.model import links
+from cloudfs.backend.local.cache import ROOT_INO, Cache, Inode
 
 
 def fresh(path: Path) -> Cache:

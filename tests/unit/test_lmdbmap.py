@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cloudfs.backend.cache import Cache
-from cloudfs.backend.lmdbmap import map_range, release_map_pages
+from cloudfs.backend.local.cache import Cache
+from cloudfs.backend.local.lmdbmap import map_range, release_map_pages
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 MiB = 1024 * 1024
@@ -49,8 +49,8 @@ def test_release_gives_back_what_reads_mapped(tmp_path: Path) -> None:
 def test_finish_upload_drops_every_block_in_slices(tmp_path: Path) -> None:
     """The uploader drops a committed file's blocks from the end in UNMAP_BYTES slices;
     every block goes (also a stray past the size), and no other file's."""
-    from cloudfs.backend.cache import BLOCK_SIZE, Inode
-    from cloudfs.backend.uploader import UNMAP_BYTES, _drop_blocks_unmapping
+    from cloudfs.backend.local.cache import BLOCK_SIZE, Inode
+    from cloudfs.backend.sync.uploader import UNMAP_BYTES, _drop_blocks_unmapping
 
     cache = Cache(tmp_path / "cache")
     blocks = 2 * UNMAP_BYTES // BLOCK_SIZE + 7

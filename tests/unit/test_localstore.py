@@ -15,8 +15,8 @@ import zstandard
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from cloudfs.backend.localstore import BlobWriter, LocalStore, check_key
-from cloudfs.backend.store import CorruptChunkError, NoSuchKeyError, StoreError, chunk_key, open_store
+from cloudfs.backend.stores.localstore import BlobWriter, LocalStore, check_key
+from cloudfs.backend.stores.store import CorruptChunkError, NoSuchKeyError, StoreError, chunk_key, open_store
 
 SECRET = b"unit-test-secret"
 FP = hashlib.sha256(b"chunk").hexdigest()

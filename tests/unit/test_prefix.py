@@ -1,4 +1,4 @@
-"""The streamed prefix (backend/prefix.py): stale ranges merge, prefixes survive LMDB,
+"""The streamed prefix (backend/sync/prefix.py): stale ranges merge, prefixes survive LMDB,
 and `walk` names every chunk that still holds the file's bytes, reads only around the
 changes, and finds the same chunks as cutting the whole file would."""
 
@@ -10,9 +10,9 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloudfs.backend.cache import ChunkEntry
+from cloudfs.backend.local.cache import ChunkEntry
 from cloudfs.backend.chunker import MiB, iter_pieces
-from cloudfs.backend.prefix import NO_CLIP, Prefix, Ranges, Reused, walk
+from cloudfs.backend.sync.prefix import NO_CLIP, Prefix, Ranges, Reused, walk
 
 
 @given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 40)), max_size=30))

@@ -20,8 +20,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from cloudfs.backend.s3store import S3Store, _translate
-from cloudfs.backend.store import NoSuchKeyError, StoreError, TransientError, chunk_key, open_store
+from cloudfs.backend.stores.s3store import S3Store, _translate
+from cloudfs.backend.stores.store import NoSuchKeyError, StoreError, TransientError, chunk_key, open_store
 from tests.harness import S3_ENV, moto_server
 
 

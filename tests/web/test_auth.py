@@ -74,7 +74,7 @@ def test_wrong_password_and_unknown_user_look_alike(web_server: ServerProcess, a
 
 def test_cookie_is_secure_over_tls(tmp_path: Path) -> None:
     """`Secure` when the request came over TLS: the app called with an https scope."""
-    from cloudfs.backend.store import open_store
+    from cloudfs.backend.stores.store import open_store
     from cloudfs.server.app import ServerContext, create_app
     from cloudfs.server.auth import set_password as set_pw
     from cloudfs.server.db import open_database

@@ -1,0 +1,473 @@
+"""The device's LMDB cache: metadata mirror, dirty blocks, clean chunks, outbox.
+
+One LMDB environment, several named databases, each owned by one concern:
+
+    inodes     ino → Inode (JSON)            the local mirror of the tree
+    dirents    parent ino + name → ino       lookups and sorted readdir; a hard link's
+                                             extra name adds its alias record's ino (links.py)
+    node_ids   server node id → ino          applying server answers and changes
+    chunklists ino → base chunk list         the committed version a file overlays
+    blocks     ino + block_no → bytes        write-back data not yet committed
+    streams    ino → streamed prefix         chunks of a file being written, already in the store (prefix.py)
+    chunks     fingerprint → plain bytes     clean chunk cache (LRU, see chunkcache.py)
+    outbox     seq → JSON op                 local changes the server has not seen, in order
+    meta       key → value                   cursor, counters, identity
+    pins       ino → b""                     files kept offline (opened and owned by pins.py)
+
+Concurrency rules: every write transaction runs on the trio thread and never spans an
+`await`, so each one is atomic with respect to every FUSE request and background task.
+Worker threads only open read transactions. The environment is opened without fsync
+on commit (a killed process loses nothing: committed pages are in the OS page cache);
+`sync()` makes everything durable and is what fsync(2) on the mount calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import lmdb
+
+from ..errors import NotFoundError
+
+
+class GoneError(NotFoundError):
+    """An inode disappeared while someone was still working on it."""
+
+ROOT_INO = 1
+BLOCK_SIZE = 128 * 1024
+_Q = struct.Struct(">Q")
+_QQ = struct.Struct(">QQ")
+_CHUNK = struct.Struct(">32sI")
+
+
+def u64(n: int) -> bytes:
+    return _Q.pack(n)
+
+
+def from_u64(b: bytes) -> int:
+    return _Q.unpack(b)[0]
+
+
+@dataclass
+class Inode:
+    """One node of the local mirror.
+
+    `srv_*` remember what the server last acknowledged, so the syncer can tell what
+    to push. `base_len` is how much of the committed version still shows through
+    (truncation hides the rest); `gen` bumps on every content change so the uploader
+    can tell whether a file changed while it was being uploaded.
+    """
+
+    ino: int
+    parent: int
+    name: str
+    kind: str  # file | dir | symlink | fifo | chr | blk | sock
+    mode: int
+    size: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    target: str = ""
+    node_id: int = 0
+    rev: int = 0
+    base_len: int = 0
+    dirty: bool = False
+    gen: int = 0
+    min_trunc: int = -1
+    srv_parent: int = 0
+    srv_name: str = ""
+    srv_mode: int = 0
+    srv_mtime_ns: int = 0
+    extra: dict = field(default_factory=dict)
+    uid: int = -1
+    """-1 is the drive's owner: shown as the mounting user (the wire's convention)."""
+    gid: int = -1
+    rdev: int = 0
+    atime_ns: int = 0
+    """Moved by reads here (relatime), sent to the server only when set explicitly
+    (`extra["atime_set"]`): reading on one device is not a change for all the others."""
+    xattrs: dict = field(default_factory=dict)
+    """name -> base64 value, as on the wire."""
+    srv_uid: int = -1
+    srv_gid: int = -1
+    srv_xattrs: dict = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return json.dumps(self.__dict__, separators=(",", ":")).encode()  # asdict() deep-copies
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "Inode":
+        return cls(**json.loads(raw))
+
+    # The attributes a PATCH carries (wire.AttrRequest), local and as the server has them.
+    _ATTRS = ("mode", "mtime_ns", "uid", "gid", "xattrs")
+
+    def attrs_pending(self) -> dict:
+        """Attributes changed here that the server has not acknowledged: the PATCH to send.
+        An alias record (a hard link's extra name) has none: they are its inode's."""
+        if self.kind == "link":
+            return {}
+        pending = {name: getattr(self, name) for name in self._ATTRS
+                   if getattr(self, name) != getattr(self, "srv_" + name)}
+        if self.extra.get("atime_set"):
+            pending["atime_ns"] = self.atime_ns
+        return pending
+
+    def record_attrs(self, remote: Any) -> None:
+        """The server acknowledged `remote` (a wire.Node): remember its attributes."""
+        for name in self._ATTRS:
+            setattr(self, "srv_" + name, getattr(remote, name))
+        if remote.atime_ns == self.atime_ns:
+            self.extra.pop("atime_set", None)
+
+    def adopt_attrs(self, remote: Any) -> None:
+        """Take another device's attributes (a wire.Node) as ours and the server's."""
+        for name in self._ATTRS:
+            value = getattr(remote, name)
+            setattr(self, name, dict(value) if name == "xattrs" else value)
+            setattr(self, "srv_" + name, value)
+        self.rdev = remote.rdev
+        self.atime_ns = remote.atime_ns or remote.mtime_ns
+        self.extra.pop("atime_set", None)
+
+
+@dataclass(frozen=True)
+class ChunkEntry:
+    fingerprint: str
+    length: int
+    offset: int
+
+
+def pack_chunklist(rev: int, chunks: list[tuple[str, int]]) -> bytes:
+    return u64(rev) + b"".join(_CHUNK.pack(bytes.fromhex(fp), length) for fp, length in chunks)
+
+
+def unpack_chunklist(raw: bytes) -> tuple[int, list[ChunkEntry]]:
+    rev = from_u64(raw[:8])
+    out, offset = [], 0
+    for fp, length in _CHUNK.iter_unpack(raw[8:]):
+        out.append(ChunkEntry(fp.hex(), length, offset))
+        offset += length
+    return rev, out
+
+
+class Cache:
+    """The LMDB environment and the metadata mirror's primitive operations."""
+
+    def __init__(self, path: Path, *, map_size: int = 1 << 40) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # readahead stays on: py-lmdb touches every page of a value it returns (so that
+        # page faults happen without the GIL), and a 4 KiB read out of a 1 MiB cached
+        # chunk then faulted 256 pages one by one (random 4 KiB reads of a 1 GiB file
+        # whose cache was cold: 46 -> 9,300 per second with readahead).
+        self.env = lmdb.open(str(path / "cache.lmdb"), map_size=map_size, max_dbs=16, subdir=True,
+                             sync=False, metasync=False, writemap=False, readahead=True, max_readers=256)
+        self.inodes = self.env.open_db(b"inodes")
+        self.dirents = self.env.open_db(b"dirents")
+        self.node_ids = self.env.open_db(b"node_ids")
+        self.chunklists = self.env.open_db(b"chunklists")
+        self.blocks = self.env.open_db(b"blocks")
+        self.chunks = self.env.open_db(b"chunks")
+        self.outbox = self.env.open_db(b"outbox")
+        self.meta = self.env.open_db(b"meta")
+        self.streams = self.env.open_db(b"streams")
+        self._memo: dict[int, Inode] = {}
+        self._subdirs: dict[int, int] = {}
+        """Directories in each directory, counted on demand and forgotten when an entry of
+        that directory changes (link/unlink): a directory's st_nlink is 2 + this."""
+        self.on_abort: list = []
+        """Callables run when a write transaction fails: memos of other modules forget too."""
+        self.unreleased_bytes = 0
+        """Bytes read through the map by uploads since its pages were last given back (lmdbmap.py)."""
+
+    def close(self) -> None:
+        self.env.sync(True)
+        self.env.close()
+
+    def sync(self) -> None:
+        """Make every committed transaction durable (fsync)."""
+        self.env.sync(True)
+
+    @contextlib.contextmanager
+    def write(self, *, buffers: bool = False) -> Iterator[lmdb.Transaction]:
+        """A write transaction. If it fails, decoded inodes (which callers may have
+        changed in place) are forgotten, so nothing ahead of LMDB is served later.
+        With `buffers`, gets return memoryviews into the map (valid inside only)."""
+        txn = self.env.begin(write=True, buffers=buffers)
+        try:
+            yield txn
+        except BaseException:
+            txn.abort()
+            self._memo.clear()
+            self._subdirs.clear()
+            for forget in self.on_abort:
+                forget()
+            raise
+        txn.commit()
+
+    def read(self, *, buffers: bool = False) -> lmdb.Transaction:
+        return self.env.begin(buffers=buffers)
+
+    # --- meta ---
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        with self.read() as txn:
+            raw = txn.get(key.encode(), db=self.meta)
+        return raw.decode() if raw is not None else default
+
+    def set_meta(self, txn: lmdb.Transaction, key: str, value: str) -> None:
+        txn.put(key.encode(), value.encode(), db=self.meta)
+
+    def next_counter(self, txn: lmdb.Transaction, key: str, start: int) -> int:
+        raw = txn.get(key.encode(), db=self.meta)
+        value = int(bytes(raw)) if raw is not None else start
+        txn.put(key.encode(), str(value + 1).encode(), db=self.meta)
+        return value
+
+    # --- inodes ---
+
+    def get(self, ino: int, txn: lmdb.Transaction | None = None) -> Inode | None:
+        """The inode, as committed, or as `txn` (a write transaction) has it so far."""
+        node = self._memo.get(ino)
+        if node is not None:
+            return node
+        if txn is not None:
+            raw = txn.get(u64(ino), db=self.inodes)
+        else:
+            with self.read() as own:
+                raw = own.get(u64(ino), db=self.inodes)
+        if raw is None:
+            return None
+        node = Inode.decode(raw)
+        if len(self._memo) > 200_000:
+            self._memo.clear()
+        self._memo[ino] = node
+        return node
+
+    def names_to(self, ino: int) -> list[str]:
+        """The names leading from the root to `ino` (as far as its ancestors are linked)."""
+        names: list[str] = []
+        for _ in range(4096):
+            node = self.get(ino)
+            if node is None or node.ino == ROOT_INO or not node.parent:
+                break
+            names.append(node.name)
+            ino = node.parent
+        return names[::-1]
+
+    def put(self, txn: lmdb.Transaction, node: Inode, *, create: bool = False) -> None:
+        """Store `node`. Unless `create`, the inode must still exist: a task holding an
+        Inode across an await must never bring back one that was deleted meanwhile."""
+        key = u64(node.ino)
+        if not create and txn.get(key, db=self.inodes) is None:
+            self._memo.pop(node.ino, None)
+            raise GoneError(f"inode {node.ino} ({node.name!r}) was removed meanwhile")
+        txn.put(key, node.encode(), db=self.inodes)
+        self._memo[node.ino] = node
+
+    def drop(self, txn: lmdb.Transaction, node: Inode) -> None:
+        """Remove an inode and everything keyed by it."""
+        txn.delete(u64(node.ino), db=self.inodes)
+        if node.node_id and txn.get(u64(node.node_id), db=self.node_ids) == u64(node.ino):
+            txn.delete(u64(node.node_id), db=self.node_ids)  # unless the id moved on to a newer inode
+        txn.delete(u64(node.ino), db=self.chunklists)
+        txn.delete(u64(node.ino), db=self.streams)
+        self.drop_blocks(txn, node.ino, from_block=0)
+        self._memo.pop(node.ino, None)
+
+    def new_ino(self, txn: lmdb.Transaction) -> int:
+        return self.next_counter(txn, "next_ino", ROOT_INO + 1)
+
+    def ino_for_node(self, node_id: int) -> int | None:
+        with self.read() as txn:
+            raw = txn.get(u64(node_id), db=self.node_ids)
+        return from_u64(raw) if raw is not None else None
+
+    def bind_node_id(self, txn: lmdb.Transaction, node: Inode, node_id: int) -> None:
+        node.node_id = node_id
+        txn.put(u64(node_id), u64(node.ino), db=self.node_ids)
+
+    def unbind_node_id(self, txn: lmdb.Transaction, node_id: int) -> None:
+        txn.delete(u64(node_id), db=self.node_ids)
+
+    def detach(self, txn: lmdb.Transaction, node: Inode, *, queue: bool) -> None:
+        """The server no longer has `node`: forget its id so it is created anew (queued
+        for the syncer when `queue`). A file keeps its node id and rev, which its
+        unchanged bytes are read from until then."""
+        if node.node_id and txn.get(u64(node.node_id), db=self.node_ids) == u64(node.ino):
+            self.unbind_node_id(txn, node.node_id)  # unless the id moved on to a newer inode
+        node.srv_parent, node.srv_name = 0, ""
+        if node.kind == "file":
+            node.extra["detached"] = True
+            node.dirty = True
+        else:
+            node.node_id = 0
+        if queue:
+            self.enqueue(txn, {"op": "upload" if node.kind == "file" else "push", "ino": node.ino})
+        self.put(txn, node)
+
+    # --- directory entries ---
+
+    @staticmethod
+    def _dirent_key(parent: int, name: str) -> bytes:
+        return u64(parent) + name.encode("utf-8", "surrogateescape")
+
+    def _dirent(self, parent: int, name: str, txn: lmdb.Transaction | None) -> bytes | None:
+        if txn is not None:
+            return txn.get(self._dirent_key(parent, name), db=self.dirents)
+        with self.read() as own:
+            return own.get(self._dirent_key(parent, name), db=self.dirents)
+
+    def lookup(self, parent: int, name: str, txn: lmdb.Transaction | None = None) -> int | None:
+        """The inode a name stands for: what the kernel sees."""
+        raw = self._dirent(parent, name, txn)
+        return from_u64(raw[:8]) if raw is not None else None
+
+    def record_at(self, parent: int, name: str, txn: lmdb.Transaction | None = None) -> int | None:
+        """The record of a name: the inode itself, or the alias record of a hard link's
+        extra name (links.py). Name-level operations (rename, unlink, sync) act on it."""
+        raw = self._dirent(parent, name, txn)
+        return from_u64(raw[-8:]) if raw is not None else None
+
+    def link(self, txn: lmdb.Transaction, parent: int, name: str, ino: int, record: int = 0) -> None:
+        """Name `ino` in `parent`; `record` is the alias record when the name is an extra one."""
+        txn.put(self._dirent_key(parent, name), u64(ino) + (u64(record) if record else b""), db=self.dirents)
+        self._subdirs.pop(parent, None)
+
+    def place(self, txn: lmdb.Transaction, node: Inode) -> None:
+        """The directory entry of a record at its (parent, name): an alias record's entry
+        names its target inode and carries the record."""
+        if node.kind == "link":
+            self.link(txn, node.parent, node.name, node.extra["target"], node.ino)
+        else:
+            self.link(txn, node.parent, node.name, node.ino)
+
+    def unlink(self, txn: lmdb.Transaction, parent: int, name: str) -> None:
+        txn.delete(self._dirent_key(parent, name), db=self.dirents)
+        self._subdirs.pop(parent, None)
+
+    def subdir_count(self, ino: int) -> int:
+        count = self._subdirs.get(ino)
+        if count is None:
+            count = 0
+            for _, child_ino in self.children(ino):
+                child = self.get(child_ino)
+                count += child is not None and child.kind == "dir"
+            self._subdirs[ino] = count
+        return count
+
+    def children(self, parent: int) -> list[tuple[str, int]]:
+        """(name, inode) of every entry: what readdir shows."""
+        return [(name, from_u64(value[:8])) for name, value in self._entries(parent)]
+
+    def entries(self, parent: int) -> list[tuple[str, int]]:
+        """(name, record) of every entry: what walks of the tree work on (`record_at`)."""
+        return [(name, from_u64(value[-8:])) for name, value in self._entries(parent)]
+
+    def _entries(self, parent: int) -> list[tuple[str, bytes]]:
+        prefix = u64(parent)
+        out = []
+        with self.read() as txn:
+            cursor = txn.cursor(db=self.dirents)
+            if cursor.set_range(prefix):
+                for key, value in cursor:
+                    if not key.startswith(prefix):
+                        break
+                    out.append((key[8:].decode("utf-8", "surrogateescape"), value))
+        return out
+
+    def has_children(self, parent: int) -> bool:
+        prefix = u64(parent)
+        with self.read() as txn:
+            cursor = txn.cursor(db=self.dirents)
+            return cursor.set_range(prefix) and cursor.key().startswith(prefix)
+
+    # --- base chunk lists ---
+
+    def chunklist(self, ino: int) -> tuple[int, list[ChunkEntry]] | None:
+        with self.read() as txn:
+            raw = txn.get(u64(ino), db=self.chunklists)
+        return unpack_chunklist(raw) if raw is not None else None
+
+    def set_chunklist(self, txn: lmdb.Transaction, ino: int, rev: int, chunks: list[tuple[str, int]]) -> None:
+        txn.put(u64(ino), pack_chunklist(rev, chunks), db=self.chunklists)
+
+    # --- dirty blocks ---
+
+    def get_block(self, txn: lmdb.Transaction, ino: int, block_no: int) -> bytes | None:
+        return txn.get(_QQ.pack(ino, block_no), db=self.blocks)
+
+    def put_block(self, txn: lmdb.Transaction, ino: int, block_no: int, data: bytes) -> None:
+        txn.put(_QQ.pack(ino, block_no), data, db=self.blocks)
+
+    def drop_blocks(self, txn: lmdb.Transaction, ino: int, *, from_block: int) -> int:
+        """Delete blocks >= from_block of one file; returns the bytes freed."""
+        freed = 0
+        cursor = txn.cursor(db=self.blocks)
+        if cursor.set_range(_QQ.pack(ino, from_block)):
+            while True:
+                key = cursor.key()
+                if len(key) != 16 or _QQ.unpack(key)[0] != ino:
+                    break
+                freed += len(cursor.value())
+                if not cursor.delete():
+                    break
+        return freed
+
+    def file_dirty_bytes(self, ino: int) -> int:
+        """Bytes in one file's dirty blocks (measured, not copied)."""
+        total = 0
+        with self.read(buffers=True) as txn:
+            cursor = txn.cursor(db=self.blocks)
+            if cursor.set_range(_QQ.pack(ino, 0)):
+                for key, value in cursor:
+                    if len(key) != 16 or _QQ.unpack(key)[0] != ino:
+                        break
+                    total += len(value)
+        return total
+
+    def dirty_bytes(self) -> int:
+        with self.read(buffers=True) as txn:
+            return sum(len(v) for _, v in txn.cursor(db=self.blocks))
+
+    # --- outbox ---
+
+    def enqueue(self, txn: lmdb.Transaction, op: dict) -> int:
+        seq = self.next_counter(txn, "next_outbox", 1)
+        txn.put(u64(seq), json.dumps(op, separators=(",", ":")).encode(), db=self.outbox)
+        return seq
+
+    def outbox_items(self, limit: int = 1000, *, start: int = 0) -> list[tuple[int, dict]]:
+        """The first `limit` entries from seq `start` on, in order."""
+        out = []
+        with self.read() as txn:
+            cursor = txn.cursor(db=self.outbox)
+            if not cursor.set_range(u64(start)):
+                return out
+            for key, value in cursor:
+                out.append((from_u64(key), json.loads(value)))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def outbox_len(self) -> int:
+        with self.read() as txn:
+            return txn.stat(self.outbox)["entries"]
+
+    def dequeue(self, seq: int) -> None:
+        with self.write() as txn:
+            txn.delete(u64(seq), db=self.outbox)
+
+    def inode_count(self) -> int:
+        with self.read() as txn:
+            return txn.stat(self.inodes)["entries"]
+
+    def iter_inodes(self) -> Iterator[Inode]:
+        with self.read() as txn:
+            for _, raw in txn.cursor(db=self.inodes):
+                yield Inode.decode(raw)

@@ -1,0 +1,85 @@
+"""The device cache's format version, and the migrations that bring an older cache up
+to it in place: pending uploads, dirty blocks and the cursor are never thrown away.
+
+Format 1 is the first release's (no version recorded). Format 2 adds POSIX attributes
+to every inode (owner, device number, access time, extended attributes, each also as
+the server last acknowledged it); an inode of format 1 had none of them, which is
+exactly "the drive's owner, no xattrs", so it is rewritten with those values. Format 3
+adds hard links (links.py): alias records of kind "link", and directory entries that
+carry an alias record's ino after the inode's. A cache of format 2 has neither, so it
+is only marked; the number tells an older release to keep its hands off. Format 4
+adds shared folders (shared.py): a cursor per namespace (meta `cursors`), into which
+the one cursor of format 3 moves under the account's own namespace (its id), and
+shared folders' roots marked in their inode's `extra`. A cache whose account is not
+recorded yet keeps its cursor where it was; the follower moves it once it knows the
+account (`Follower.__init__`).
+
+A cache written by a newer cloudfs is refused with an error naming it, never
+guessed at.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Callable
+
+import lmdb
+
+from ..errors import CloudFsError
+from .cache import Cache, Inode
+
+log = logging.getLogger("cloudfs.cache")
+
+FORMAT = 4
+_KEY = "format"
+
+
+class CacheFormatError(CloudFsError):
+    """The cache was written by a newer release than this one."""
+
+
+def _to_2(cache: Cache, txn: lmdb.Transaction) -> int:
+    rewritten = 0
+    for key, raw in list(txn.cursor(db=cache.inodes)):
+        txn.put(key, Inode.decode(raw).encode(), db=cache.inodes)  # the new fields, at their defaults
+        rewritten += 1
+    return rewritten
+
+
+def _to_3(cache: Cache, txn: lmdb.Transaction) -> int:
+    return 0  # nothing of format 2 changes meaning; see the module docstring
+
+
+def _to_4(cache: Cache, txn: lmdb.Transaction) -> int:
+    cursor, user_id = txn.get(b"cursor", db=cache.meta), txn.get(b"user_id", db=cache.meta)
+    if cursor is not None and user_id is not None:
+        cache.set_meta(txn, "cursors", json.dumps({bytes(user_id).decode(): int(bytes(cursor))}))
+        txn.delete(b"cursor", db=cache.meta)
+    return 0
+
+
+_MIGRATIONS: dict[int, Callable[[Cache, lmdb.Transaction], int]] = {2: _to_2, 3: _to_3, 4: _to_4}
+
+
+def upgrade(cache: Cache) -> tuple[int, int]:
+    """Bring `cache` to FORMAT, each step in its own transaction; returns (before, after)."""
+    with cache.read() as txn:
+        raw = txn.get(_KEY.encode(), db=cache.meta)
+        empty = txn.stat(cache.inodes)["entries"] == 0
+    version = int(raw) if raw is not None else (FORMAT if empty else 1)
+    if version > FORMAT:
+        raise CacheFormatError(f"the cache in {cache.path} has format {version}, written by a newer cloudfs "
+                               f"(this one reads up to {FORMAT}); upgrade cloudfs or use another --cache")
+    before = version
+    while version < FORMAT:
+        with cache.write() as txn:
+            count = _MIGRATIONS[version + 1](cache, txn)
+            version += 1
+            cache.set_meta(txn, _KEY, str(version))
+        log.info("cache %s migrated to format %d (%d inodes rewritten)", cache.path, version, count)
+    if raw is None and before == FORMAT:
+        with cache.write() as txn:
+            cache.set_meta(txn, _KEY, str(FORMAT))
+    cache.sync()
+    return before, version

@@ -1,0 +1,776 @@
+"""Follows the server's change journal and applies other devices' changes locally.
+
+The cursor is persisted in LMDB with every applied batch, so a remount resumes where it
+stopped. Our own changes are skipped (the mirror made them first), unless another
+device's older change was applied over one of them since (`_echo`).
+
+A remote change never overwrites local work that is not on the server yet. A change to
+a node with pending local changes (dirty content, a move or attribute change not pushed,
+a file open for writing) is *deferred*: its node id is kept (in LMDB too) and the node is
+pulled from the server again once the local work has settled; if the local work meets
+the remote change on the server first, the syncer turns it into a conflicted copy. A
+remote create that lands on a name taken by a local node the server has never seen
+renames the local node to a conflicted copy (two new directories are merged instead).
+A remote delete keeps whatever inside it still has local changes; those are created on
+the server again.
+
+The kernel caches file sizes and mtimes itself (writeback cache), and ignores those the
+filesystem reports for a regular file it already knows. A file whose content changed
+remotely therefore gets a new inode number: the kernel looks the name up again and sees
+the new size, while a handle still open on the old inode keeps reading the old version,
+as after a local atomic replace. The kernel is told through `invalidate` callbacks given
+by the mount (this module knows nothing of FUSE); they run in a worker thread, because
+an invalidation may wait for the kernel to write back pages, which this loop serves.
+
+`reconcile` compares the whole mirror with a server snapshot: after a 410 from
+`/changes` (the journal no longer reaches our cursor), on `cloudfs sync --full`, and
+every RECONCILE_EVERY_S.
+
+Shared folders (shared.py): the account's own tree and every shared folder it has are
+namespaces, each with its own journal and cursor; one long-poll (`POST /sync`) follows
+all of them, and its answer is applied in seq order. A namespace the device has not
+followed yet (a folder shared with this account, or just shared by it) is compared
+with its snapshot first; so is one whose cursor the server no longer reaches (410 for
+that namespace alone). A shared folder's root arrives placed where this account mounted
+it, marked with its namespace and role; the folder's own entries about its root carry
+attributes only. A folder that leaves this account's tree (left, removed) is a delete
+of its root: what was not uploaded yet stays, as a folder of the account's own. A node
+that moved to another namespace is a delete there marked `to_ns`: skipped when this
+device follows that namespace too, where the move arrives (a directory moved in from a
+namespace this device does not follow is pulled with everything in it). Our own
+changes are those of this device *and* account (another account's device may have the
+same name).
+
+Hard links (links.py): an alias row becomes an alias record whose entry names the local
+inode of the node it links to (deferred while that node is not here). A file that gets
+a new inode for new content takes its aliases along. A deleted directory never takes
+a file with names outside it: the server moved such a file out first (its promotion
+entries come before the delete). A deleted file (or one in a deleted directory) that
+was given a name here which the server has not seen yet moves to that name, as the
+server would have done had the name arrived first, and is created there again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import trio
+
+from ..errors import OfflineError, ServerError
+from ..local.cache import ROOT_INO, Cache, Inode
+from ..local.chunkcache import ChunkCache
+from ..model import links
+from ..protocol import wire
+from ..protocol.api_client import ApiClient
+from . import mirror, shared
+from .conflicts import conflicted_name, count_conflict
+
+log = logging.getLogger("cloudfs.follower")
+
+RECONCILE_EVERY_S = 3600.0
+SETTLE_EVERY_S = 0.25
+MAX_PULL_DEPTH = 4096
+
+
+@dataclass
+class Invalidator:
+    inode: Callable[[int], None] = lambda ino: None
+    entry: Callable[[int, str], None] = lambda parent, name: None
+
+
+class Follower:
+    def __init__(self, client: ApiClient, cache: Cache, chunks: ChunkCache, *, device: str,
+                 open_count: dict[int, int], lookups: dict[int, int] | None = None,
+                 writers: dict[int, int] | None = None, invalidate: Invalidator | None = None) -> None:
+        self.client = client
+        self.cache = cache
+        self.chunks = chunks
+        self.device = device
+        self.open_count = open_count
+        self.lookups = lookups if lookups is not None else {}
+        self.writers = writers if writers is not None else {}
+        self.invalidate = invalidate or Invalidator()
+        self.user_id = int(cache.get_meta("user_id") or 0)
+        self.cursors: dict[int, int] = shared.load_cursors(cache)
+        self._adopt_legacy_cursor()
+        self._moved_in: set[int] = set()
+        self.visible: set[int] = set(self.cursors)
+        """The namespaces the server last said this account sees."""
+        self.deferred: set[int] = set(json.loads(cache.get_meta("deferred", "[]") or "[]"))
+        self._pulling = 0
+        """Deferred pulls under way (_pull_deferred)."""
+        self.online = True
+        self._advanced = trio.Event()
+        self._inval: list[tuple[Any, ...]] = []
+        self._reconcile_now = trio.Event()
+        self._reconciled = trio.Event()
+        self._reconciling = trio.Lock()
+        self.reconciles = 0
+        self.on_replaced: Callable[[int, int], None] = lambda old_ino, new_ino: None
+        """Told when a file gets a new inode for new content (pins.py moves its pin)."""
+
+    # --- the first mount ---
+
+    async def bootstrap(self) -> None:
+        """First mount with an empty cache: mirror the whole tree from a snapshot."""
+        await mirror.bootstrap(self)
+
+    def _adopt_legacy_cursor(self) -> None:
+        """A cache of format 3 whose account was not recorded (cache_format.py): its one
+        cursor is the account's own tree's, once the account is known."""
+        legacy = self.cache.get_meta("cursor")
+        if legacy is not None and self.user_id:
+            with self.cache.write() as txn:
+                self.cursors.setdefault(self.user_id, int(legacy))
+                shared.save_cursors(self.cache, txn, self.cursors)
+                txn.delete(b"cursor", db=self.cache.meta)
+
+    @property
+    def cursor(self) -> int:
+        """The cursor of the account's own tree (`cursors` has every namespace's)."""
+        return self.cursors.get(self.user_id, 0)
+
+    def _inode_from(self, node: wire.Node, ino: int, parent: int) -> Inode:
+        local = Inode(ino=ino, parent=parent, name=node.name, kind=node.kind, mode=node.mode, size=node.size,
+                      mtime_ns=node.mtime_ns, ctime_ns=node.mtime_ns, target=node.target or "", node_id=node.id,
+                      rev=node.rev, base_len=node.size if node.kind == "file" else 0,
+                      srv_parent=parent, srv_name=node.name, extra={"srv_size": node.size} if node.kind == "file" else {})
+        local.adopt_attrs(node)
+        shared.mark(local, node)
+        return local
+
+    # --- the loops ---
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow)
+            nursery.start_soon(self._settle)
+            nursery.start_soon(self._reconcile_loop)
+            task_status.started()
+
+    async def _follow(self) -> None:
+        backoff = 0.2
+        while True:
+            if not self.user_id:
+                try:
+                    self.user_id = (await self.client.me()).user_id
+                    self._adopt_legacy_cursor()
+                except (OfflineError, ServerError):
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, 10)
+                    continue
+            try:
+                answer = await self.client.sync(self.cursors or {self.user_id: 0}, wait=25)
+            except (OfflineError, ServerError) as exc:
+                if self.online:
+                    log.warning("change feed unavailable: %s", exc)
+                self.online = False
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 10)
+                continue
+            self.online, backoff = True, 0.2
+            gone = set(answer.gone)
+            try:
+                for ns in sorted(gone):
+                    log.warning("the journal of namespace %d no longer reaches cursor %d: comparing the whole tree "
+                                "of that namespace", ns, self.cursors.get(ns, 0))
+                    await self._run_reconcile(ns)
+            except (OfflineError, ServerError) as exc:
+                log.warning("comparing with the server postponed: %s", exc)
+                continue
+            for change in answer.changes:
+                if change.ns in gone:
+                    continue
+                if self._own(change):
+                    self._echo(change)
+                else:
+                    self.apply(change)
+            await self._flush_invalidations()
+            try:
+                await self._pull_moved_in()
+            except (OfflineError, ServerError) as exc:
+                log.warning("pulling what moved in postponed: %s", exc)
+            visible = {n.id for n in answer.namespaces}
+            self._save_cursors({int(ns): c for ns, c in answer.cursors.items() if int(ns) not in gone}, visible)
+            for ns in sorted(visible - set(self.cursors)):
+                log.info("following the shared folder of namespace %d", ns)
+                try:
+                    await self._run_reconcile(ns)
+                except (OfflineError, ServerError) as exc:
+                    log.warning("following namespace %d postponed: %s", ns, exc)
+
+    def _own(self, change: wire.Change) -> bool:
+        """Made by this device (of this account: another account's may have its name)."""
+        return change.device == self.device and change.user_id in (None, self.user_id)
+
+    async def _pull_moved_in(self) -> None:
+        """Directories that moved into a namespace from one this device does not follow:
+        the move entry named the directory alone; its contents are pulled."""
+        while self._moved_in:
+            node_id = self._moved_in.pop()
+            try:
+                for child in await self.client.list_dir(node_id):
+                    await self.pull(child.id, 1)
+            except ServerError as exc:
+                if exc.status != 404:
+                    raise
+        await self._flush_invalidations()
+
+    def _echo(self, change: wire.Change) -> None:
+        """Our own change, back through the journal: the mirror made it first, so it is
+        skipped, unless an older change of another device was applied over it after it
+        reached the server (that entry came to us later than our answer did): then the
+        mirror no longer shows what the server has, and ours is applied again. An entry
+        older than our last acknowledged change of the node (`srv_seq`, recorded by the
+        syncer) is skipped always: applying it would only undo ours for a moment."""
+        ino = self.cache.ino_for_node(change.node.id)
+        local = self.cache.get(ino) if ino else None
+        if local is None or change.node.parent_id is None or self._pending(local):
+            return
+        if change.seq < local.extra.get("srv_seq", 0):
+            return
+        remote = change.node
+        if change.op == "delete" or remote.deleted or mirror.differs(self.cache, local, remote) \
+                or (local.kind != "dir" and local.mtime_ns != remote.mtime_ns):  # a directory's mtime is local
+            self.apply(change)
+
+    async def _settle(self) -> None:
+        """Pull deferred nodes again once their local work is done."""
+        while True:
+            await trio.sleep(SETTLE_EVERY_S)
+            if not self.deferred:
+                continue
+            try:
+                await self._pull_deferred()
+            except (OfflineError, ServerError) as exc:
+                log.debug("deferred changes wait: %s", exc)
+
+    async def _pull_deferred(self) -> None:
+        """Counted in `_pulling` until the kernel was told: `settled` (cloudfs sync) waits
+        for a pull under way, not only for what is still deferred. A pull that fails
+        leaves its node deferred, to be tried again."""
+        self._pulling += 1
+        try:
+            for node_id in sorted(self.deferred):
+                if self._blocked(node_id):
+                    continue
+                self._undefer(node_id)
+                try:
+                    await self.pull(node_id)
+                except BaseException:
+                    self._defer(node_id)
+                    raise
+            await self._flush_invalidations()
+        finally:
+            self._pulling -= 1
+
+    async def pull(self, node_id: int, depth: int = 0) -> None:
+        """Make the mirror agree with the server about one node (and, for a directory
+        the mirror did not know, everything in it)."""
+        remote = await self.client.node(node_id)
+        if remote is None:
+            ino = self.cache.ino_for_node(node_id)
+            local = self.cache.get(ino) if ino else None
+            if local is not None:
+                self._apply_delete(local)
+            return
+        known = self.cache.ino_for_node(node_id) is not None
+        self.apply(wire.Change(seq=0, op="modify", node=remote, device="pull"))
+        if remote.kind == "dir" and not known and depth < MAX_PULL_DEPTH:
+            for child in await self.client.list_dir(node_id):
+                await self.pull(child.id, depth + 1)
+
+    def refresh(self, node_id: int) -> None:
+        """The syncer learnt that the server's version of `node_id` differs from ours
+        (a conflict): pull it once nothing local is pending on it."""
+        self._defer(node_id)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            with trio.move_on_after(RECONCILE_EVERY_S):
+                await self._reconcile_now.wait()
+            self._reconcile_now = trio.Event()  # here, not after each run: this loop waits on it
+            try:
+                await self._run_reconcile()
+            except (OfflineError, ServerError) as exc:
+                log.warning("reconciliation postponed: %s", exc)
+
+    async def reconcile(self) -> None:
+        """On demand (`cloudfs sync --full`): compare now and wait for it."""
+        done = self._reconciled
+        self._reconcile_now.set()
+        await done.wait()
+
+    def _save_cursors(self, cursors: dict[int, int], visible: set[int] | None = None) -> None:
+        """Record applied positions; with `visible`, forget namespaces no longer seen."""
+        merged = {**self.cursors, **cursors}
+        if visible is not None:
+            merged = {ns: c for ns, c in merged.items() if ns in visible}
+            self.visible = visible
+        if merged != self.cursors:
+            with self.cache.write() as txn:
+                shared.save_cursors(self.cache, txn, merged)
+            self.cursors = merged
+        self._advanced.set()
+        self._advanced = trio.Event()
+
+    async def wait_for(self, targets: dict[int, int]) -> None:
+        """Until every namespace of `targets` is applied up to its position (a namespace
+        this device does not follow yet: until it does, and is)."""
+        while any(self.cursors.get(ns, -1) < cursor for ns, cursor in targets.items() if ns in self.visible):
+            await self._advanced.wait()
+
+    async def advanced(self) -> None:
+        """Until some namespace's cursor moves (an idle long-poll's answer does not)."""
+        before = dict(self.cursors)
+        while self.cursors == before:
+            await self._advanced.wait()
+
+    async def settled(self) -> None:
+        """Return once every deferred node that can be pulled has been."""
+        for _ in range(100_000):
+            waiting = [i for i in self.deferred if not self._blocked(i)]
+            if not waiting and not self._pulling:
+                return
+            await trio.sleep(SETTLE_EVERY_S / 5)
+
+    def _blocked(self, node_id: int) -> bool:
+        ino = self.cache.ino_for_node(node_id)
+        local = self.cache.get(ino) if ino else None
+        return local is not None and (self._pending(local) or self._move_queued(local))
+
+    # --- what counts as local work ---
+
+    def _pending(self, local: Inode) -> bool:
+        """True while `local` has changes the server has not acknowledged, or is open for
+        writing (replacing it would pull the bytes from under a writer)."""
+        return bool(self.writers.get(local.ino)) or self._changed(local)
+
+    def _changed(self, local: Inode) -> bool:
+        """True while `local` has changes the server has not acknowledged."""
+        if local.ino == ROOT_INO:
+            return False
+        if not local.node_id or local.extra.get("detached"):
+            return True
+        if (local.parent, local.name) != (local.srv_parent, local.srv_name):
+            return True
+        pending = local.attrs_pending()
+        if pending.keys() - {"mtime_ns"}:
+            return True
+        return local.kind != "dir" and (local.dirty or "mtime_ns" in pending)  # a directory's mtime is local
+
+    def _move_queued(self, local: Inode) -> bool:
+        """True while a directory at or above `local` has a move (or its creation) that
+        the server has not seen: where `local` lives on the server is then about to
+        change, and a remote delete of it waits for that (`_delete_unless_moving`)."""
+        node = local if local.kind == "dir" else self.cache.get(local.parent)
+        for _ in range(MAX_PULL_DEPTH):
+            if node is None or node.ino == ROOT_INO or node.parent == 0:
+                return False
+            if not node.node_id or (node.parent, node.name) != (node.srv_parent, node.srv_name):
+                return True
+            node = self.cache.get(node.parent)
+        return False
+
+    def _delete_unless_moving(self, local: Inode) -> None:
+        """Apply the server's delete of `local`, unless a queued move of a directory at or
+        above it is still on its way: that move decides. Applied now, the delete would
+        take files the move needs (another device's rm -r of the directory `local` was
+        moved out of here: its per-file deletes arrive before our move reaches the
+        server, which then finds the tree gone and creates it again, with whatever is
+        still in it here). Deferred, the node is pulled again once the move is pushed,
+        and goes only if the server still says it is gone."""
+        if self._move_queued(local):
+            self._defer(local.node_id)
+        else:
+            self._apply_delete(local)
+
+    def _deleting(self, node_id: int) -> bool:
+        """A delete of `node_id` is queued in the outbox (usually empty, so cheap)."""
+        return any(op.get("op") == "delete" and op.get("node_id") == node_id
+                   for _, op in self.cache.outbox_items(limit=100_000))
+
+    def _in_use(self, ino: int) -> bool:
+        return bool(self.open_count.get(ino) or self.lookups.get(ino))
+
+    def _defer(self, node_id: int) -> None:
+        if node_id not in self.deferred:
+            self.deferred.add(node_id)
+            with self.cache.write() as txn:
+                self.cache.set_meta(txn, "deferred", json.dumps(sorted(self.deferred)))
+
+    def _undefer(self, node_id: int) -> None:
+        self.deferred.discard(node_id)
+        with self.cache.write() as txn:
+            self.cache.set_meta(txn, "deferred", json.dumps(sorted(self.deferred)))
+
+    # --- applying one change ---
+
+    def apply(self, change: wire.Change) -> None:
+        remote = change.node
+        if change.op == "delete" and change.to_ns is not None and change.to_ns in self.cursors:
+            return  # it moved to a namespace this device follows: the move arrives there
+        ino = self.cache.ino_for_node(remote.id)
+        local = self.cache.get(ino) if ino else None
+        if change.op == "delete" or remote.deleted:
+            if local is not None:
+                self._delete_unless_moving(local)
+            return
+        if remote.parent_id is None:
+            if local is not None and local.extra.get("ns") and not self._pending(local):
+                self._root_attrs(local, remote)  # a shared folder's root, as its own journal has it
+            return  # the root: nothing of it is mirrored but its children
+        if local is not None and self._pending(local):
+            self._defer(remote.id)
+            return
+        target = self._link_target(remote) if remote.kind == "link" else None
+        if remote.kind == "link" and target is None:
+            self._defer(remote.id)  # the file it names is not here (yet): pulled once it is
+            return
+        if change.op == "exchange" and local is not None and self._exchange(local, remote):
+            return
+        parent_ino = self.cache.ino_for_node(remote.parent_id)
+        parent = self.cache.get(parent_ino) if parent_ino else None
+        if parent is None or parent.parent == 0 and parent.ino != ROOT_INO:
+            self._defer(remote.id)  # its directory is not here (yet): pulled once it is
+            return
+        room = self._make_room(parent.ino, remote, local)
+        if room == "wait":
+            self._defer(remote.id)
+            return
+        if room == "merged":
+            return
+        if target is not None:
+            self._apply_link(local, remote, parent.ino, target)
+        elif local is None:
+            if self._deleting(remote.id):
+                return  # deleted here, the delete is on its way: it must not come back
+            self._create(remote, parent.ino)
+            if change.op == "move" and remote.kind == "dir":
+                self._moved_in.add(remote.id)  # from a namespace we do not follow: what is in it, too
+        elif local.kind == "file" and (remote.rev, remote.size, remote.mtime_ns) != (local.rev, local.size, local.mtime_ns):
+            self._replace(local, remote, parent.ino)
+        else:
+            self._update(local, remote, parent.ino)
+
+    def _exchange(self, local: Inode, remote: wire.Node) -> bool:
+        """RENAME_EXCHANGE elsewhere: `local` takes the place of the node there, which takes
+        `local`'s (its own `move` entry follows and finds it done). False when the node
+        there has local work, or is not where the server had it: the usual way then."""
+        parent = self.cache.ino_for_node(remote.parent_id or 0)
+        other_ino = self.cache.record_at(parent, remote.name) if parent else None
+        other = self.cache.get(other_ino) if other_ino else None
+        if other is None or other.ino == local.ino or self._pending(other) or self._changed(local):
+            return False
+        with self.cache.write() as txn:
+            (local.parent, local.name), (other.parent, other.name) = (other.parent, other.name), (local.parent, local.name)
+            for node in (local, other):
+                node.srv_parent, node.srv_name = node.parent, node.name
+                node.ctime_ns = time.time_ns()
+                self.cache.place(txn, node)
+                self.cache.put(txn, node)
+        for node in (local, other):
+            self._inval.append(("entry", node.parent, node.name))
+            self._inval.append(("inode", links.kernel_ino(node)))
+        return True
+
+    def _make_room(self, parent: int, remote: wire.Node, local: Inode | None) -> str:
+        """Free the name `remote` takes in `parent` ("free"), or say why not ("wait":
+        a clean node is there, which a later change moves away; "merged": a new local
+        directory of that name became `remote`). The server got there first, so a
+        local node there that the server has not seen becomes a conflicted copy."""
+        occupant_ino = self.cache.record_at(parent, remote.name)
+        if occupant_ino is None or (local is not None and occupant_ino == local.ino):
+            return "free"
+        occupant = self.cache.get(occupant_ino)
+        if occupant is None:
+            return "free"
+        if not self._pending(occupant):
+            return "wait"  # a clean node: the journal moves or deletes it too
+        if occupant.kind == "dir" and remote.kind == "dir" and not occupant.node_id and local is None:
+            with self.cache.write() as txn:  # two new directories of one name: merge them
+                self.cache.bind_node_id(txn, occupant, remote.id)
+                occupant.rev, occupant.srv_parent, occupant.srv_name = remote.rev, parent, remote.name
+                occupant.record_attrs(remote)
+                self.cache.put(txn, occupant)
+            return "merged"
+        name = conflicted_name(occupant.name, self.device, self.cache, parent)
+        log.warning("%r arrived from another device where a local change is pending: keeping ours as %r",
+                    remote.name, name)
+        with self.cache.write() as txn:
+            self.cache.unlink(txn, parent, occupant.name)
+            occupant.name = name
+            self.cache.place(txn, occupant)
+            self.cache.put(txn, occupant)
+            self.cache.enqueue(txn, {"op": "upload" if occupant.kind == "file" else "push", "ino": occupant.ino})
+            count_conflict(self.cache, txn)
+        self._inval.append(("entry", parent, remote.name))
+        return "free"
+
+    def _create(self, remote: wire.Node, parent: int) -> None:
+        with self.cache.write() as txn:
+            node = self._inode_from(remote, self.cache.new_ino(txn), parent)
+            self.cache.put(txn, node, create=True)
+            self.cache.bind_node_id(txn, node, remote.id)
+            self.cache.link(txn, parent, remote.name, node.ino)
+        self._inval.append(("entry", parent, remote.name))
+
+    def _replace(self, local: Inode, remote: wire.Node, parent: int) -> None:
+        """New content: a new inode under the name, so the kernel forgets the old size.
+        Its other names (hard links) go with it."""
+        with self.cache.write() as txn:
+            self.cache.unlink(txn, local.parent, local.name)
+            node = self._inode_from(remote, self.cache.new_ino(txn), parent)
+            self.cache.put(txn, node, create=True)
+            moved = links.move_aliases(self.cache, txn, local, node)
+            if self._in_use(local.ino):
+                path = self.cache.names_to(local.ino)  # the entry is gone, the parent chain is not
+                local.parent = 0  # an orphan, readable through open handles until released
+                if local.kind == "file" and path:  # written through one, it becomes a conflicted copy
+                    local.extra["orphaned_from"] = path
+                self.cache.put(txn, local)
+            else:
+                self.cache.drop(txn, local)
+            self.cache.bind_node_id(txn, node, remote.id)
+            self.cache.link(txn, parent, remote.name, node.ino)
+        self.on_replaced(local.ino, node.ino)
+        self._inval.append(("entry", local.parent or parent, local.name))
+        if (local.parent, local.name) != (parent, remote.name):
+            self._inval.append(("entry", parent, remote.name))
+        self._inval.extend(("entry", alias.parent, alias.name) for alias in moved)
+
+    def _link_target(self, remote: wire.Node) -> Inode | None:
+        """The local inode an alias row names, if it is here and has a name."""
+        ino = self.cache.ino_for_node(remote.link_to or 0)
+        target = self.cache.get(ino) if ino else None
+        if target is None or target.kind in ("link", "dir") or target.parent == 0:
+            return None
+        return target
+
+    def _apply_link(self, local: Inode | None, remote: wire.Node, parent: int, target: Inode) -> None:
+        """An alias row: a new name of `target`, or a known one moved or naming a file that
+        has another inode here now (the winner of a conflict)."""
+        if local is None:
+            if self._deleting(remote.id):
+                return
+            with self.cache.write() as txn:
+                links.add_alias(self.cache, txn, target, parent, remote.name, node_id=remote.id)
+            self._inval += [("entry", parent, remote.name), ("inode", target.ino)]
+            return
+        old_parent, old_name, old_target = local.parent, local.name, local.extra.get("target", 0)
+        with self.cache.write() as txn:
+            if (old_parent, old_name) != (parent, remote.name):
+                links.unplace(self.cache, txn, local)
+                local.parent, local.name = parent, remote.name
+            local.srv_parent, local.srv_name = parent, remote.name
+            links.repoint(self.cache, txn, local, target)
+            self.cache.place(txn, local)
+            self.cache.put(txn, local)
+        self._inval += [("entry", old_parent, old_name), ("entry", parent, remote.name), ("inode", target.ino)]
+        if old_target and old_target != target.ino:
+            self._inval.append(("inode", old_target))
+
+    def _root_attrs(self, local: Inode, remote: wire.Node) -> None:
+        """A shared folder's root changed in its own namespace (mode, times, xattrs): its
+        place is this account's, from the mount."""
+        with self.cache.write() as txn:
+            local.adopt_attrs(remote)
+            local.ctime_ns = time.time_ns()
+            self.cache.put(txn, local)
+        self._inval.append(("inode", local.ino))
+
+    def _update(self, local: Inode, remote: wire.Node, parent: int) -> None:
+        """A move or an attribute change: the same inode, so open handles follow it."""
+        moved = (local.parent, local.name) != (parent, remote.name)
+        old_parent, old_name = local.parent, local.name
+        shared.mark(local, remote)
+        with self.cache.write() as txn:
+            if moved:
+                self.cache.unlink(txn, local.parent, local.name)
+                self.cache.link(txn, parent, remote.name, local.ino)
+                local.parent, local.name = parent, remote.name
+            local.srv_parent, local.srv_name = parent, remote.name
+            local.adopt_attrs(remote)
+            local.ctime_ns = time.time_ns()
+            local.rev = remote.rev
+            if local.kind == "symlink":
+                local.target, local.size = remote.target or "", remote.size
+            self.cache.put(txn, local)
+        if moved:
+            self._inval.append(("entry", old_parent, old_name))
+            self._inval.append(("entry", local.parent, local.name))
+        self._inval.append(("inode", local.ino))
+
+    def _apply_delete(self, local: Inode) -> None:
+        """Drop a node and its subtree (the server tombstoned them as one entry), except
+        what still has local work: that, and the directories leading to it, stay and are
+        created on the server again. Nodes moved in here whose move has not reached the
+        server yet were not part of what the server deleted: they stay as they are."""
+        if local.kind == "link":
+            self._apply_alias_delete(local)
+            return
+        keep, alive, promote = self._with_local_work(local)
+        parent, name = local.parent, local.name
+        with self.cache.write() as txn:
+            stack = [(local, self.cache.names_to(local.ino))]
+            for _ in range(10_000_000):
+                if not stack:
+                    break
+                node, path = stack.pop()
+                if node.ino in alive:
+                    continue  # its queued move brings it (and all below it) here again
+                if node.ino in keep:
+                    self.cache.detach(txn, node, queue=True)
+                    if node.kind == "dir":
+                        stack.extend((c, path + [c.name]) for c in map(
+                            self.cache.get, (i for _, i in self.cache.entries(node.ino))) if c is not None)
+                    continue
+                if node.kind == "link":  # an extra name inside: the file it names lives on elsewhere
+                    target = links.drop_alias(self.cache, txn, node)
+                    if target is not None:
+                        self._inval.append(("inode", target.ino))
+                    continue
+                if node.ino in promote:  # it has a name outside, made here: it lives on there
+                    self.cache.unlink(txn, node.parent, node.name)
+                    links.promote(self.cache, txn, node, promote[node.ino])
+                    self.cache.detach(txn, node, queue=True)
+                    log.warning("%r was deleted on another device: it lives on as %r, a name it was given here",
+                                path[-1] if path else node.name, "/".join(self.cache.names_to(node.ino)))
+                    self._inval += [("entry", node.parent, node.name), ("inode", node.ino)]
+                    continue
+                self.cache.unlink(txn, node.parent, node.name)
+                if node.kind == "dir":
+                    for child_name, child_ino in self.cache.entries(node.ino):
+                        child = self.cache.get(child_ino)
+                        self.cache.unlink(txn, node.ino, child_name)
+                        if child is not None:
+                            stack.append((child, path + [child_name]))
+                if self._in_use(node.ino):
+                    if node.kind == "file" and path:  # a write or truncate through it revives it
+                        node.extra["orphaned_from"] = path  # (Drive._revive_if_orphaned)
+                    node.parent = 0
+                    self.cache.put(txn, node)
+                else:
+                    self.chunks.dirty_bytes -= self.cache.drop_blocks(txn, node.ino, from_block=0)
+                    self.cache.drop(txn, node)
+        if local.ino in keep:
+            log.warning("%r was deleted on another device but has local changes here: keeping it", name)
+        else:
+            self._inval.append(("entry", parent, name))
+
+    def _apply_alias_delete(self, alias: Inode) -> None:
+        """One extra name of a file went; moved here meanwhile, it is created again."""
+        if self._changed(alias):
+            with self.cache.write() as txn:
+                self.cache.detach(txn, alias, queue=True)
+            return
+        with self.cache.write() as txn:
+            target = links.drop_alias(self.cache, txn, alias)
+        self._inval.append(("entry", alias.parent, alias.name))
+        if target is not None:
+            self._inval.append(("inode", target.ino))
+
+    def _with_local_work(self, top: Inode) -> tuple[set[int], set[int], dict[int, int]]:
+        """What of `top`'s subtree must survive its remote deletion: `keep`, inodes with
+        local work and the directories leading to them; `alive`, nodes moved into the
+        subtree here from outside it (the server still has them where they were); and
+        `promote`, files that have a name outside it made here, which the server has not
+        seen (those it has, it moved the file to before this delete): each moves to its
+        oldest such name (alias record), as the server does, instead of coming back."""
+        below: dict[int, Inode] = {}
+        path: dict[int, int] = {top.ino: 0}
+        stack = [top]
+        for _ in range(10_000_000):
+            if not stack:
+                break
+            node = stack.pop()
+            below[node.ino] = node
+            if node.kind == "dir":
+                for _, child_ino in self.cache.entries(node.ino):
+                    child = self.cache.get(child_ino)
+                    if child is not None:
+                        path[child.ino] = node.ino
+                        stack.append(child)
+        keep: set[int] = set()
+        alive: set[int] = set()
+
+        def moved_in(node: Inode) -> bool:
+            return (node.ino != top.ino and bool(node.node_id) and not node.extra.get("detached")
+                    and node.srv_parent != node.parent and node.srv_parent not in below)
+
+        def under_alive(ino: int) -> bool:
+            while ino:
+                if ino in alive:
+                    return True
+                ino = path.get(ino, 0)
+            return False
+
+        def keep_up_from(ino: int) -> None:
+            while ino and ino not in keep:
+                keep.add(ino)
+                ino = path.get(ino, 0)
+
+        alive.update(node.ino for node in below.values() if moved_in(node))
+        for node in below.values():
+            if under_alive(node.ino):
+                if node.ino in alive:
+                    keep_up_from(path.get(node.ino, 0))  # the directories it was moved into
+            elif not node.node_id or (node.kind != "dir" and self._changed(node)):
+                keep_up_from(node.ino)  # merely open for writing is not work: a write revives it
+        # Hard links: a kept name keeps the file it names where it is.
+        for node in below.values():
+            if node.kind == "link" and node.ino in keep and node.extra.get("target") in below:
+                keep_up_from(node.extra["target"])
+        promote = {}
+        for node in below.values():
+            outside = [a for a in links.aliases(node) if a not in below]
+            if outside and node.ino not in keep:
+                promote[node.ino] = outside[0]
+        return keep, alive, promote
+
+
+    # --- the kernel ---
+
+    async def invalidate_entry(self, parent: int, name: str) -> None:
+        """Make the kernel forget a name this mount changed on its own (the syncer's
+        conflicted copies), now rather than with the next batch of changes."""
+        self._inval.append(("entry", parent, name))
+        await self._flush_invalidations()
+
+    async def _flush_invalidations(self) -> None:
+        if not self._inval:
+            return
+        batch, self._inval = self._inval, []
+
+        def run() -> None:
+            for what, *args in batch:
+                if what == "entry":
+                    self.invalidate.entry(*args)
+                else:
+                    self.invalidate.inode(*args)
+
+        await trio.to_thread.run_sync(run)
+
+    # --- the whole tree ---
+
+    async def _run_reconcile(self, ns: int | None = None) -> None:
+        """Compare one namespace (`ns`) with its snapshot, or every one this account sees."""
+        async with self._reconciling:
+            if ns is not None:
+                await self._reconcile_ns(ns)
+            else:
+                me = await self.client.me()
+                self.user_id = me.user_id
+                visible = {int(k) for k in me.cursors} or {me.user_id}
+                for each in sorted(visible, key=lambda n: n != me.user_id):  # its own tree first: the mounts
+                    await self._reconcile_ns(each)
+                self._save_cursors({}, visible)
+        done, self._reconciled = self._reconciled, trio.Event()
+        done.set()
+
+    async def _reconcile_ns(self, ns: int) -> None:
+        await mirror.reconcile_namespace(self, ns)

@@ -1,0 +1,878 @@
+"""Pushes the outbox to the server, in order, until it is empty; then waits.
+
+Outbox entries name *what* changed, not how: `push` (make the server's location and
+attributes of an inode match the mirror, creating it if the server has never seen
+it), `upload` (commit its content) and `delete` (tombstone a node). Applying the
+mirror's current state makes every entry idempotent, so an entry that is retried after
+a crash or an outage does no harm, and later entries for the same inode become no-ops.
+
+Failures: network trouble and 5xx keep the entry at the head of the queue and retry
+with backoff (the drive is offline meanwhile); a 409 from a stale base revision turns
+the local edit into a conflicted copy; anything else is logged and the entry dropped,
+so one bad entry never wedges the queue.
+
+Conflicts never lose bytes. A name taken on the server by a node this device has not
+seen yet makes ours a conflicted copy (two new directories merge). A file deleted on
+the server while edited here is created again (the edit survives); so is a directory
+deleted there while something new was put in it here. A delete sent from here names
+the revision it saw, so it fails, and the node comes back, if someone committed since.
+Whenever the server's state of a node turns out to differ, `on_stale` asks the follower
+to pull that node.
+
+Hard links (links.py): an alias record is pushed like any node, created through POST
+/links once its inode has a node id (the inode is pushed first). When the inode loses
+an edit conflict, its aliases stay with the winner: the follower re-points them once
+the winner is here (`_aliases_follow_winner`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import trio
+
+from ..errors import ConflictError, MissingChunksError, OfflineError, ServerError, StaleRevisionError
+from ..local.cache import ROOT_INO, Cache, GoneError, Inode, u64
+from ..local.chunkcache import ChunkCache
+from ..model import links
+from ..protocol import wire
+from ..protocol.api_client import ApiClient
+from . import shared
+from .conflicts import conflicted_name, conflicts_seen, count_conflict
+from .delete_guard import WINDOW_S, DeleteGuard
+from .uploader import Uploader, finish_upload
+
+log = logging.getLogger("cloudfs.syncer")
+
+QUIET_S = 0.03
+"""Silence that ends a burst of local changes (tar x, cp -r: well under 1 ms between files)."""
+MAX_DELAY_S = 2.0
+PARALLEL_UPLOADS = 16
+MAX_BACKOFF_S = 10.0
+QUOTA_RETRY_S = 5.0
+
+
+class Syncer:
+    def __init__(self, client: ApiClient, cache: Cache, chunks: ChunkCache, uploader: Uploader, *,
+                 device: str, open_count: dict[int, int]) -> None:
+        self.client = client
+        self.cache = cache
+        self.chunks = chunks
+        self.uploader = uploader
+        self.device = device
+        self.open_count = open_count
+        self.online = True
+        self.on_stale: Callable[[int], None] = lambda node_id: None  # the follower's refresh
+        self.forget_name: Callable[[int, str], Awaitable[None]] = _nothing_to_forget
+        """Make the kernel drop a name (the follower's invalidate_entry)."""
+        self.keep_local: Callable[[Inode], Awaitable[bool]] = _send_everything
+        """Whether a node the server has not seen stays on this device (ignore.py)."""
+        self.quota_blocked: set[int] = set()
+        """Files whose upload the server refused for the quota; retried every QUOTA_RETRY_S."""
+        self.last_error = ""
+        self._wake = trio.Event()
+        self._locks: dict[int, trio.Lock] = {}
+        self._last_activity = 0.0
+        self._burst_start = 0.0
+        self.guard = DeleteGuard()
+        self._cleared_upto = 0
+        """Deletes up to this outbox seq were judged by the guard and may go."""
+        self._held_len = 0
+        self._stuck_at: int | None = None
+        """The first entry waiting for a withheld delete (it and what follows wait)."""
+        self._withheld_len = -1
+
+    @property
+    def conflicts(self) -> int:
+        return conflicts_seen(self.cache)
+
+    def wake(self) -> None:
+        now = time.monotonic()
+        if now - self._last_activity >= QUIET_S:
+            self._burst_start = now
+        self._last_activity = now
+        self._wake.set()
+
+    async def _quiet_period(self, head: dict, due: int) -> None:
+        """Debounce: let a burst of local changes (cp -r, tar x) finish before pushing,
+        so the burst is not slowed by uploads competing for the CPU. Bounded by
+        MAX_DELAY_S. Goes at once for an fsync'ed file (`force`) and for a lone change
+        that came after a silence (a saved document: what other devices wait for)."""
+        if head.get("force"):
+            return
+        if due == 1 and self._last_activity - self._burst_start < QUIET_S:
+            return
+        deadline = time.monotonic() + MAX_DELAY_S
+        while time.monotonic() < deadline and time.monotonic() - self._last_activity < QUIET_S:
+            await trio.sleep(QUIET_S / 4)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Drain the outbox in order. Consecutive uploads of different files run
+        concurrently (up to PARALLEL_UPLOADS); every other entry waits for them."""
+        task_status.started()
+        backoff = 0.2
+        while True:
+            items = _due(self.cache.outbox_items(limit=200))
+            if not items:
+                self._wake = trio.Event()
+                with trio.move_on_after(1.0):
+                    await self._wake.wait()
+                continue
+            await self._quiet_period(items[0][1], len(items))
+            items = self._unguarded(_due(self.cache.outbox_items(limit=500)))
+            if not items:
+                self._wake = trio.Event()
+                with trio.move_on_after(0.1):  # deletes settling or held (delete_guard.py)
+                    await self._wake.wait()
+                continue
+            failed: BaseException | None = None
+            for group in _groups(items):
+                failed = await self._apply_group(group)
+                if failed is not None:
+                    break
+                for seq, _ in group:
+                    self.cache.dequeue(seq)
+                self.guard.record_sent(sum(op["op"] == "delete" for _, op in group))
+                self.online, backoff = True, 0.2
+                if time.monotonic() - self._last_activity < QUIET_S:
+                    break  # a burst is on again: one group per quiet period, so it keeps the CPU
+            if failed is not None:
+                if isinstance(failed, _Retry):
+                    log.info("retrying shortly: %s", failed)  # the server answered: not offline
+                else:
+                    self._went_offline(failed)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def _apply_group(self, group: list[tuple[int, dict]]) -> BaseException | None:
+        """Apply entries concurrently; return the first transient failure (the whole
+        group is retried later, which is safe because every entry is idempotent)."""
+        failures: list[BaseException] = []
+        over_quota: list[dict] = []
+
+        async def one(op: dict) -> None:
+            try:
+                await self._apply(op)
+                if op["op"] == "upload":
+                    self.quota_blocked.discard(op["ino"])
+            except GoneError:
+                pass  # removed locally while we worked on it; its delete entry follows
+            except (OfflineError, MissingChunksError, _Retry) as exc:
+                failures.append(exc)  # missing chunks: a PUT was lost; the retry sends it again
+            except ServerError as exc:
+                if exc.status == 507:
+                    over_quota.append(op)
+                    self._went_offline(exc)
+                elif exc.status >= 500 or exc.status in (401, 408, 429):
+                    failures.append(exc)
+                elif exc.status == 403:
+                    await self._refused(op, exc)
+                else:
+                    log.error("dropping outbox entry %s: the server refused it: %s", op, exc)
+
+        distinct: dict[Any, dict] = {}
+        for _, op in group:
+            key = (op["op"], op["ino"]) if op["op"] in ("upload", "delete") else id(op)
+            distinct[key] = {**distinct.get(key, {}), **op}  # the latest entry wins, "force" sticks
+        async with trio.open_nursery() as nursery:
+            for op in distinct.values():
+                nursery.start_soon(one, op)
+        if over_quota:
+            # To the back of the queue, tried again later: the deletes behind it may be
+            # what makes room, so it must not hold them up.
+            with self.cache.write() as txn:
+                for op in over_quota:
+                    self.quota_blocked.add(op["ino"])
+                    self.cache.enqueue(txn, {**op, "retry_at": time.time() + QUOTA_RETRY_S})
+        return failures[0] if failures else None
+
+    async def _refused(self, op: dict, exc: ServerError) -> None:
+        """The server refused a change for good (403: this account became a viewer of the
+        shared folder meanwhile). Nothing is kept here that cannot be uploaded: the node
+        goes back to what the server has (pulled again), one the server never had goes."""
+        log.warning("the server refused a change to inode %s (%s): going back to the server's copy", op.get("ino"),
+                    exc.body.get("detail", exc))
+        node = self.cache.get(op.get("ino", 0))
+        root = shared.root_of(self.cache, node.parent) if node is not None and node.parent else None
+        if root is not None and root.node_id:
+            self.on_stale(root.node_id)  # the role changed: the folder's root says so once pulled
+        if op["op"] == "delete" or node is None:
+            if op.get("node_id"):
+                self.on_stale(op["node_id"])
+            return
+        parent, name = node.parent, node.name
+        with self.cache.write() as txn:
+            stack = [node]
+            for _ in range(10_000_000):
+                if not stack:
+                    break
+                here = stack.pop()
+                if here.kind == "dir":
+                    stack.extend(c for c in map(self.cache.get, (i for _, i in self.cache.entries(here.ino))) if c)
+                if here.parent:
+                    self.cache.unlink(txn, here.parent, here.name)
+                self.chunks.dirty_bytes -= self.cache.drop_blocks(txn, here.ino, from_block=0)
+                self.cache.drop(txn, here)
+        await self.forget_name(parent, name)
+        if node.node_id and not node.extra.get("detached"):
+            self.on_stale(node.node_id)
+
+    def _went_offline(self, exc: BaseException) -> None:
+        if isinstance(exc, ServerError) and exc.status == 507:
+            if self.last_error != str(exc):
+                log.warning("over quota, changes stay queued until room is made: %s", exc)
+            self.last_error = str(exc)
+            return
+        if self.online:
+            log.warning("server unreachable, changes stay queued: %s", exc)
+        self.online = False
+        self.last_error = str(exc)
+
+    def _unguarded(self, items: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+        """The entries that may go now. A delete still settling, or held by the
+        mass-delete guard, stays queued, and so does each entry after it that needs it
+        gone first (something put at the name it frees); every other change passes it,
+        so a held `rm -rf` never stops the rest of the drive from syncing."""
+        first = next((i for i, (_, op) in enumerate(items) if op["op"] == "delete"), None)
+        if first is None:
+            self.guard.drained()
+            self._stuck_at = None
+            return items
+        if items[first][0] <= self._cleared_upto:
+            return items  # judged with its burst already
+        if self.guard.due(items[first][1]) and self._burst_may_go():
+            self._stuck_at = None
+            return items
+        return items[:first] + _due(self._past_withheld(items[first][0]))
+
+    def _burst_may_go(self) -> bool:
+        """Judge the queued deletes with the guard (once per change of the outbox)."""
+        if self.guard.held and self.cache.outbox_len() == self._held_len:
+            return False  # still held, nothing new: no need to count again
+        queued = [(seq, op.get("t", 0.0)) for seq, op in self.cache.outbox_items(limit=10_000_000)
+                  if op["op"] == "delete"]
+        newest = max(t for _, t in queued)
+        burst = sum(1 for _, t in queued if t >= newest - WINDOW_S)
+        was_held = self.guard.held
+        if self.guard.check(burst, self.cache.inode_count()):
+            self._cleared_upto = queued[-1][0]
+            return True
+        if not was_held:
+            log.warning("holding %d deletes made here within a minute (a mass delete?): other devices keep the files "
+                        "until `cloudfs deletes confirm` (or `cloudfs deletes undo` brings them back here)", len(queued))
+        self.guard.held = len(queued)
+        self._held_len = self.cache.outbox_len()
+        return False
+
+    def _past_withheld(self, start: int) -> list[tuple[int, dict]]:
+        """The entries from seq `start` on that need none of the withheld deletes, up to
+        the first that does (it and what follows wait, in order)."""
+        length = self.cache.outbox_len()
+        if length == self._withheld_len:
+            return []  # nothing passed last time, and nothing changed since
+        freed: set[tuple[int | None, str]] = set()
+        out: list[tuple[int, dict]] = []
+        self._stuck_at = None
+        for seq, op in self.cache.outbox_items(limit=10_000_000, start=start):
+            if op["op"] == "delete" and seq > self._cleared_upto:
+                if "name" not in op:  # queued by an older release: where it was is unknown
+                    self._stuck_at = seq
+                    break
+                freed.add((op.get("parent_node"), op["name"]))
+                continue
+            if self._puts_at(op, freed):
+                self._stuck_at = seq
+                break
+            out.append((seq, op))
+            if len(out) >= 500:
+                break
+        self._withheld_len = -1 if out else length
+        return out
+
+    def _puts_at(self, op: dict, freed: set[tuple[int | None, str]]) -> bool:
+        node = self.cache.get(op["ino"])
+        if node is None or not freed:
+            return False
+        parent = self.cache.get(node.parent)
+        return parent is not None and (parent.node_id, node.name) in freed
+
+    def take_held_deletes(self) -> list[int]:
+        """`cloudfs deletes undo`: drop every queued delete; the node ids the server still has."""
+        node_ids = []
+        with self.cache.write() as txn:
+            for seq, op in self.cache.outbox_items(limit=10_000_000):
+                if op["op"] == "delete":
+                    txn.delete(u64(seq), db=self.cache.outbox)
+                    node_ids.append(op["node_id"])
+        self.guard.drained()
+        return node_ids
+
+    async def wait_idle(self, upto_seq: int) -> None:
+        """Return once every outbox entry up to `upto_seq` has been applied, except the
+        deletes the mass-delete guard holds and what waits for them (nothing more can
+        happen to those until the user says)."""
+        while True:
+            items = self.cache.outbox_items(limit=1)
+            if not items or items[0][0] > upto_seq:
+                return
+            if self.guard.held and items[0][1]["op"] == "delete" and not any(
+                    op["op"] != "delete" and (self._stuck_at is None or seq < self._stuck_at)
+                    for seq, op in self.cache.outbox_items(limit=10_000_000) if seq <= upto_seq):
+                return
+            self._wake.set()  # not wake(): waiting is not local activity, no debounce
+            await trio.sleep(0.05)
+
+    # --- applying one entry ---
+
+    async def _apply(self, op: dict) -> None:
+        kind = op["op"]
+        if kind == "delete":
+            await self._delete_entry(op)
+            return
+        node = self.cache.get(op["ino"])
+        if node is None or (node.parent == 0 and node.ino != ROOT_INO):
+            return  # gone or orphaned since: a later delete entry (if any) handles the server
+        if kind == "upload":
+            if not node.dirty or (self.open_count.get(node.ino) and not op.get("force")):
+                return  # clean already, or still open: release() queues another upload
+        if not node.node_id and await self.keep_local(node):
+            return  # an ignore rule keeps it here; what the server has already keeps syncing
+        async with self._lock(node.ino):
+            await self._push(node, depth=0)
+
+    async def _delete(self, node_id: int) -> None:
+        try:
+            await self.client.delete(node_id, recursive=True)
+        except ServerError as exc:
+            if exc.status != 404:
+                raise
+
+    async def _delete_entry(self, op: dict) -> bool:
+        """A local unlink or rmdir. Not recursive and guarded by the revision we saw:
+        what another device put there meanwhile survives and is pulled back here.
+        True when the node is gone from the server."""
+        try:
+            answer = await self.client.delete(op["node_id"], rev=op.get("rev"))
+        except ConflictError as exc:
+            log.warning("not deleting node %d: changed on another device meanwhile (%s); pulling it back",
+                        op["node_id"], exc.code)
+            self.on_stale(op["node_id"])
+            return False
+        except ServerError as exc:
+            if exc.status != 404:
+                raise
+            return True
+        if not answer.node.deleted:  # it has names we did not know of: it moved to one (a hard link)
+            self.on_stale(answer.node.id)
+        return True
+
+    def _queued_delete(self, node_id: int) -> dict | None:
+        for _, op in self.cache.outbox_items(limit=100_000):
+            if op.get("op") == "delete" and op.get("node_id") == node_id:
+                return op
+        return None
+
+    def lock(self, ino: int) -> trio.Lock:
+        """The per-file lock: one upload (or streaming round, streamer.py) at a time."""
+        return self._lock(ino)
+
+    def _lock(self, ino: int) -> trio.Lock:
+        lock = self._locks.get(ino)
+        if lock is None:
+            lock = self._locks[ino] = trio.Lock()
+        return lock
+
+    async def _ensure_parent(self, node: Inode, depth: int) -> int:
+        """Create missing ancestors first. Locks are taken child before parent, so
+        concurrent uploads into one new directory create it once, without deadlock."""
+        parent = self.cache.get(node.parent)
+        if parent is None:
+            raise _Retry(f"parent inode {node.parent} of {node.name!r} vanished")
+        if not parent.node_id:
+            async with self._lock(parent.ino):
+                if not parent.node_id:
+                    await self._push(parent, depth + 1)
+        return parent.node_id
+
+    async def _push(self, node: Inode, depth: int) -> None:
+        """Make the server agree with the mirror about `node`."""
+        if depth > 64:
+            raise _Retry("directory chain too deep to create in one go")
+        if node.ino == ROOT_INO:
+            return
+        parent_id = await self._ensure_parent(node, depth)
+        if node.kind == "file" and (node.dirty or not node.node_id or node.extra.get("detached")):
+            await self._upload(node, parent_id)
+        elif not node.node_id:
+            await self._create(node, parent_id, depth)
+        if node.node_id and (node.srv_parent != node.parent or node.srv_name != node.name):
+            await self._move(node)
+        if node.node_id and not node.dirty:
+            changes = node.attrs_pending()
+            if changes:
+                try:
+                    answer = await self.client.set_attr(node.node_id, **changes)
+                except ServerError as exc:
+                    if exc.status != 404:
+                        raise
+                    return await self._attrs_of_a_deleted_node(node)
+                self._record(node, answer.node, answer.cursor)
+
+    async def _attrs_of_a_deleted_node(self, node: Inode) -> None:
+        """Another device deleted the node whose attributes (mode, xattrs...) changed here
+        before the change reached the server. What the follower does with that delete
+        decides: a directory goes (but for what below it has local work); anything else
+        is kept with its new attributes and created again (follower._with_local_work).
+        If the follower has not seen the delete yet, the same is done here."""
+        current = self.cache.get(node.ino)
+        if node.kind == "dir" or current is None or current.node_id != node.node_id or current.extra.get("detached"):
+            log.info("%r was deleted on the server before its attribute change arrived: the follower "
+                     "applies the delete (the journal brings it)", node.name)
+            return
+        log.info("%r was deleted on the server before its attribute change arrived: creating it again", node.name)
+        self._detach(current)
+        await self._push(current, 0)
+
+    def _record(self, node: Inode, remote: wire.Node, seq: int = 0) -> None:
+        """The server acknowledged `node` as `remote`, by the journal entry `seq` (0: none
+        of ours, as when two new directories merge)."""
+        if self.cache.get(node.ino) is None:
+            return  # dropped locally meanwhile; a delete entry follows if it had a node id
+        with self.cache.write() as txn:
+            if not node.node_id:
+                self.cache.bind_node_id(txn, node, remote.id)
+            node.srv_parent = self.cache.ino_for_node(remote.parent_id) or 0 if remote.parent_id else 0
+            node.srv_name = remote.name
+            node.record_attrs(remote)
+            shared.mark(node, remote)
+            if remote.kind != "file":
+                node.rev = remote.rev
+            if seq:
+                node.extra["srv_seq"] = seq  # follower.py: our own entries older than this are stale
+            node.extra.pop("winner", None)
+            self.cache.put(txn, node)
+
+    def _still_here(self, node: Inode) -> bool:
+        """False when the inode left the tree while a request about it was in flight."""
+        current = self.cache.get(node.ino)
+        return current is not None and (current.parent != 0 or current.ino == ROOT_INO)
+
+    async def _create(self, node: Inode, parent_id: int, depth: int = 0) -> None:
+        if depth > 64:
+            raise _Retry(f"could not create {node.name!r} in one go")
+        link_to = 0
+        try:
+            if node.kind == "dir":
+                answer = await self.client.mkdir(parent_id, node.name, mode=node.mode, mtime_ns=node.mtime_ns)
+            elif node.kind == "symlink":
+                answer = await self.client.symlink(parent_id, node.name, node.target, mtime_ns=node.mtime_ns)
+            elif node.kind == "link":
+                link_to = await self._link_target(node, depth)
+                answer = await self.client.link(parent_id, node.name, link_to)
+            else:
+                answer = await self.client.mknod(parent_id, node.name, node.kind, mode=node.mode, rdev=node.rdev,
+                                                 mtime_ns=node.mtime_ns)
+        except ConflictError as exc:
+            if exc.code not in ("name_exists", "is_a_directory"):
+                raise
+            occupant = wire.Node.model_validate(exc.body["node"])
+            if self.cache.ino_for_node(occupant.id) == node.ino:
+                return  # the follower merged ours into theirs while our request was in flight
+            if _renamed_meanwhile(exc, node) or self._moved_meanwhile(node, parent_id):
+                return await self._create(node, await self._ensure_parent(node, depth), depth + 1)
+            if await self._clear_the_way(exc, node):
+                return await self._create(node, parent_id, depth + 1)
+            if node.kind == "dir" and occupant.kind == "dir" and self.cache.ino_for_node(occupant.id) is None:
+                self._record(node, occupant)  # two new directories of one name: one directory
+                self.on_stale(occupant.id)  # and pull in what the other device put there
+                return
+            if node.kind == "symlink" and occupant.kind == "symlink" and occupant.target == node.target \
+                    and self.cache.ino_for_node(occupant.id) is None:
+                # Our own first attempt, whose answer was lost (or another device's
+                # identical link): one symlink, not a conflicted copy of itself.
+                self._record(node, occupant)
+                return
+            if node.kind == "link" and occupant.kind == "link" and occupant.link_to == link_to \
+                    and self.cache.ino_for_node(occupant.id) is None:
+                # The same for a hard link: our own name for that file (or another device's
+                # of the same file under the same name), not a conflicted copy of it.
+                self._record(node, occupant)
+                return
+            await self._rename_conflicted(node, exc)
+            return await self._create(node, parent_id, depth + 1)
+        except ServerError as exc:
+            if exc.status == 404 and exc.body.get("field") == "parent_id":
+                self._detach_parent(node)
+                raise _Retry(f"the directory of {node.name!r} was deleted on the server: creating it again")
+            if exc.status == 404 and exc.body.get("field") == "node_id" and node.kind == "link":
+                self._link_target_gone(node)
+                return await self._create(node, parent_id, depth + 1)  # the winner went: to the file here
+            raise
+        if not self._still_here(node):
+            await self._delete(answer.node.id)  # removed locally meanwhile
+            return
+        self._record(node, answer.node, answer.cursor)
+        if node.kind == "link":
+            target = self.cache.get(node.extra["target"])
+            if target is None or target.node_id != answer.node.link_to or target.extra.get("detached"):
+                self.on_stale(answer.node.id)  # it names the winner of a conflict: re-pointed once it is here
+
+    async def _link_target(self, alias: Inode, depth: int) -> int:
+        """The node id an alias record names on the server: its inode's, pushed first if the
+        server has not seen it; the winner's if the inode lost a conflict meanwhile."""
+        if alias.extra.get("winner"):
+            return alias.extra["winner"]
+        target = self.cache.get(alias.extra["target"])
+        if target is None:
+            raise GoneError(f"the inode of {alias.name!r} was removed meanwhile")
+        if not target.node_id or target.extra.get("detached"):
+            async with self._lock(target.ino):
+                if not target.node_id or target.extra.get("detached"):
+                    await self._push(target, depth + 1)
+            if not target.node_id or target.extra.get("detached"):
+                raise _Retry(f"{target.name!r} is not on the server yet")
+        return target.node_id
+
+    def _link_target_gone(self, alias: Inode) -> None:
+        """The node an alias was to name is gone from the server. The winner of a conflict:
+        the alias names the file here instead (returns). Its own file, deleted on another
+        device while linked here: the follower applies that delete, which keeps the file
+        under the name made here (follower._apply_delete); this entry waits for it."""
+        if alias.extra.pop("winner", None) is not None:
+            with self.cache.write() as txn:
+                self.cache.put(txn, alias)
+            return
+        target = self.cache.get(alias.extra["target"])
+        if target is not None and target.node_id and not target.extra.get("detached"):
+            self.on_stale(target.node_id)
+        raise _Retry(f"the file {alias.name!r} names was deleted on the server: waiting for the follower")
+
+    async def _move(self, node: Inode) -> None:
+        """Move the server's node to where `node` is now (asked here, not by the caller:
+        an upload before it may have taken long enough for another local move)."""
+        parent_id = await self._ensure_parent(node, 0)
+        try:
+            answer = await self.client.move(node.node_id, parent_id, node.name)
+        except ConflictError as exc:
+            if exc.code == "shared_folder" and await self._move_back(node, exc):
+                return
+            if exc.code not in ("name_exists", "is_a_directory", "not_a_directory"):
+                raise
+            if await self._exchange(exc, node, parent_id):
+                return
+            if not await self._clear_the_way(exc, node):
+                await self._rename_conflicted(node, exc)
+            return await self._move(node)
+        except ServerError as exc:
+            if exc.status != 404:
+                raise
+            if exc.body.get("field") == "parent_id":
+                self._detach_parent(node)
+                raise _Retry(f"the directory of {node.name!r} was deleted on the server: creating it again") from None
+            self._detach(node)  # deleted on the server while moved here: create it again
+            if node.kind == "dir":
+                await self._detach_gone_below(node)
+            return await self._push(node, 0)
+        self._record(node, answer.node, answer.cursor)
+
+    async def _move_back(self, node: Inode, exc: ServerError) -> bool:
+        """The server refused for good to move `node` where it is here: across a shared
+        folder's boundary while one of its files has a hard link on the side it leaves
+        (made on another device after this one moved it). Dropping the move would leave
+        this mirror disagreeing with the server forever; the node goes back where the
+        server has it, with everything in it, so nothing is lost (beside a name taken
+        there meanwhile, as a conflicted copy). False when that place is gone here too."""
+        home = self.cache.get(node.srv_parent) if node.srv_parent else None
+        if home is None or home.kind != "dir" or (not home.parent and home.ino != ROOT_INO) \
+                or self._below(home, node):
+            return False
+        log.warning("the server refused to move %r (%s): it goes back where it was", node.name,
+                    exc.body.get("detail", exc))
+        old_parent, old_name = node.parent, node.name
+        name = node.srv_name
+        if self.cache.lookup(home.ino, name) not in (None, node.ino):
+            name = conflicted_name(name, self.device, self.cache, home.ino)
+        with self.cache.write() as txn:
+            self.cache.unlink(txn, node.parent, node.name)
+            node.parent, node.name = home.ino, name
+            self.cache.place(txn, node)
+            self.cache.put(txn, node)
+        await self.forget_name(old_parent, old_name)
+        await self.forget_name(home.ino, name)
+        if name != node.srv_name:
+            await self._move(node)
+        return True
+
+    def _below(self, node: Inode, top: Inode) -> bool:
+        """`node` is `top` or inside it."""
+        for _ in range(10_000):
+            if node.ino == top.ino:
+                return True
+            if not node.parent or node.ino == ROOT_INO:
+                return False
+            parent = self.cache.get(node.parent)
+            if parent is None:
+                return False
+            node = parent
+        return False
+
+    def _moved_meanwhile(self, node: Inode, parent_id: int) -> bool:
+        """`node` is no longer in the directory `parent_id` a request in flight named:
+        a conflict there is not about where it is now."""
+        parent = self.cache.get(node.parent)
+        return parent is None or parent.node_id != parent_id
+
+    async def _exchange(self, exc: ConflictError, node: Inode, parent_id: int) -> bool:
+        """The node in our way went to our old place here: the two were exchanged
+        (RENAME_EXCHANGE), which the server does in one step. True when done."""
+        occupant_ino = self.cache.ino_for_node(int((exc.body.get("node") or {}).get("id", 0)))
+        other = self.cache.get(occupant_ino) if occupant_ino else None
+        if other is None or other.ino == node.ino or \
+                (other.parent, other.name, node.parent, node.name) != (node.srv_parent, node.srv_name,
+                                                                      other.srv_parent, other.srv_name):
+            return False
+        answer = await self.client.move(node.node_id, parent_id, node.name, exchange=True)
+        self._record(node, answer.node, answer.cursor)
+        with self.cache.write() as txn:
+            if self.cache.get(other.ino) is not None:
+                other.srv_parent, other.srv_name = other.parent, other.name
+                self.cache.put(txn, other)
+        return True
+
+    async def _clear_the_way(self, exc: ConflictError, node: Inode) -> bool:
+        """The server has another node where `node` belongs. If the mirror moved or
+        deleted that node, apply that first and say so (the caller retries)."""
+        occupant = exc.body.get("node") or {}
+        occupant_id = int(occupant.get("id", 0))
+        occupant_ino = self.cache.ino_for_node(occupant_id)
+        local = self.cache.get(occupant_ino) if occupant_ino else None
+        if local is None or local.parent == 0:
+            queued = self._queued_delete(occupant_id)
+            if queued is None:
+                self.on_stale(occupant_id)  # another device's node that we have not seen yet
+                return False
+            return await self._delete_entry(queued)  # we removed it here; its delete is still queued
+        if local.ino != node.ino and (local.parent, local.name) != (node.parent, node.name):
+            if (local.parent, local.name) == (local.srv_parent, local.srv_name):
+                return False
+            await self._push(local, 1)
+            return True
+        return False
+
+    async def _upload(self, node: Inode, parent_id: int) -> None:
+        with self.cache.write() as txn:
+            node.min_trunc = -1
+            self.cache.put(txn, node)
+        try:
+            result = await self.uploader.upload(node, parent_node_id=parent_id)
+        except StaleRevisionError as exc:
+            if await self._adopt_own_lost_commit(node, exc):
+                return await self._upload(node, parent_id)
+            await self._conflicted_copy(node, exc)
+            return
+        except ConflictError as exc:
+            if _renamed_meanwhile(exc, node) or self._moved_meanwhile(node, parent_id):
+                return await self._upload(node, await self._ensure_parent(node, 0))
+            if exc.code == "name_exists" and await self._adopt_own_lost_commit(node, exc):
+                return await self._upload(node, parent_id)
+            if exc.code in ("name_exists", "is_a_directory") and await self._clear_the_way(exc, node):
+                return await self._upload(node, parent_id)
+            # Never drop content the server refused: keep it under a conflicted name.
+            await self._conflicted_copy(node, exc)
+            return
+        except ServerError as exc:
+            if exc.status != 404:
+                raise
+            if exc.body.get("field") == "parent_id":
+                self._detach_parent(node)
+                raise _Retry(f"the directory of {node.name!r} was deleted on the server: creating it again") from None
+            if exc.body.get("field") != "node_id":
+                raise
+            log.warning("%r was deleted on another device while edited here: keeping the edit", node.name)
+            self._detach(node)
+            return await self._upload(node, parent_id)
+        if not self._still_here(node):
+            # Deleted locally while uploading: the server must not keep it.
+            self.uploader.content.watches.pop(node.ino, None)
+            await self._delete(result.response.node.id)
+            return
+        finish_upload(self.cache, self.uploader.content, node, result)
+
+    async def _adopt_own_lost_commit(self, node: Inode, exc: ConflictError) -> bool:
+        """The newer revision the server has (stale_revision), or the new file under our
+        name (name_exists), is our own earlier commit of `node` whose answer was lost,
+        and the file changed here before that could be found out (the uploader's
+        `_landed_already` knows only the very same bytes). Build on it: it becomes the
+        base the next commit names, instead of our later bytes becoming a conflicted
+        copy of our earlier ones. The base chunk list moves to it too; that reads the
+        same bytes wherever no dirty block covers them, as both came from the old base
+        overlaid with blocks that are all still dirty. True when adopted."""
+        occupant = exc.body.get("node") or {}
+        node_id = int(occupant.get("id", 0))
+        detached = bool(node.extra.get("detached"))
+        if exc.code == "stale_revision":
+            expected = node.rev + 1
+            if detached or not node.node_id or node_id != node.node_id or exc.body.get("current_rev") != expected:
+                return False
+        else:
+            expected = 1
+            if (node.node_id and not detached) or occupant.get("kind") != "file" or occupant.get("rev") != 1 \
+                    or self.cache.ino_for_node(node_id) is not None or self._queued_delete(node_id) is not None:
+                return False  # known here, or a file replaced or removed here whose delete is queued
+        try:
+            info = await self.client.file_info(node_id, urls=False)
+        except ServerError as missing:
+            if missing.status == 404:
+                return False
+            raise
+        if info.version is None or info.version.rev != expected or not self.uploader.made_here(info.version):
+            return False
+        log.info("the commit of node %d rev %d had landed before its answer was lost; %r changed since: "
+                 "building on it", node_id, expected, node.name)
+        with self.cache.write() as txn:
+            if exc.code != "stale_revision":
+                self.cache.bind_node_id(txn, node, node_id)
+                node.extra.pop("detached", None)
+            node.rev = expected
+            self.cache.set_chunklist(txn, node.ino, expected, [(c.fingerprint, c.length) for c in info.chunks])
+            self.cache.put(txn, node)
+        return True
+
+    async def _conflicted_copy(self, node: Inode, exc: ServerError) -> None:
+        """Someone else committed first: keep their version under the name, ours beside it."""
+        node_id = node.node_id if not node.extra.get("detached") else 0
+        await self._rename_conflicted(node, exc)
+        if node_id:
+            self._detach(node)
+            self.on_stale(node_id)  # bring the winner in under the name
+            self._aliases_follow_winner(node, node_id)
+        await self._push(node, 0)
+
+    def _aliases_follow_winner(self, loser: Inode, winner_id: int) -> None:
+        """The loser of a conflict is a single-name conflicted copy: its other names stay
+        with the winner. Those the server has are pulled again once the winner is here
+        (their ids are younger: `_pull_deferred` takes them after it) and re-pointed then;
+        those it has not seen yet are created as names of the winner."""
+        known = []
+        with self.cache.write() as txn:
+            for ino in links.aliases(loser):
+                alias = self.cache.get(ino)
+                if alias is None:
+                    continue
+                if alias.node_id:
+                    known.append(alias.node_id)
+                else:
+                    alias.extra["winner"] = winner_id
+                    self.cache.put(txn, alias)
+        for node_id in known:
+            self.on_stale(node_id)
+
+    async def _rename_conflicted(self, node: Inode, exc: ServerError) -> None:
+        name = conflicted_name(node.name, self.device, self.cache, node.parent)
+        log.warning("conflict on %r (%s): keeping this device's version as %r", node.name, exc.code, name)
+        occupant = (exc.body.get("node") or {}).get("id")
+        old_name = node.name
+        with self.cache.write() as txn:
+            self.cache.unlink(txn, node.parent, node.name)
+            node.name = name
+            self.cache.place(txn, node)
+            self.cache.put(txn, node)
+            count_conflict(self.cache, txn)
+        # The kernel still maps the old name to this inode (entries live 300 s): a program
+        # writing to that name next would write into our conflicted copy.
+        await self.forget_name(node.parent, old_name)
+        if occupant and self.cache.ino_for_node(int(occupant)) is None:
+            self.on_stale(int(occupant))
+
+    def _detach(self, node: Inode) -> None:
+        """The server's node is gone (or someone else's now): create ours anew."""
+        with self.cache.write() as txn:
+            self.cache.detach(txn, node, queue=False)
+
+    async def _detach_gone_below(self, top: Inode) -> None:
+        """`top`, a directory moved here, was deleted on the server, most likely with
+        everything below it: what below it the server no longer has is created again
+        (queued, node by node). Each node is asked about, because one that another
+        device moved elsewhere first is alive, and the follower brings its move."""
+        inside = {top.ino}
+        stack = [top]
+        for _ in range(10_000_000):
+            if not stack:
+                break
+            for _, ino in self.cache.entries(stack.pop().ino):
+                child = self.cache.get(ino)
+                if child is None or (child.node_id and child.srv_parent not in inside):
+                    continue  # moved in from elsewhere: its own queued move brings it
+                if child.node_id and not child.extra.get("detached") and await self.client.node(child.node_id):
+                    continue  # alive elsewhere on the server
+                inside.add(child.ino)
+                with self.cache.write() as txn:
+                    self.cache.detach(txn, child, queue=True)
+                if child.kind == "dir":
+                    stack.append(child)
+
+    def _detach_parent(self, node: Inode) -> None:
+        """The server deleted `node`'s directory: the follower applies that delete, which
+        keeps (and detaches) whatever has local work in it; then the retry creates it."""
+        parent = self.cache.get(node.parent)
+        if parent is not None and parent.node_id:
+            self.on_stale(parent.node_id)
+
+
+def _groups(items: list[tuple[int, dict]]) -> list[list[tuple[int, dict]]]:
+    """Split the outbox into runs that may be applied concurrently: uploads of
+    distinct inodes together, deletes together, everything else alone, order kept
+    between runs."""
+    groups: list[list[tuple[int, dict]]] = []
+    current: list[tuple[int, dict]] = []
+    inos: set[int] = set()
+    kind = ""
+    for seq, op in items:
+        if op["op"] in ("upload", "delete") and op["op"] == kind and not _deletes_dir(op) and (op["ino"] in inos or len(inos) < PARALLEL_UPLOADS):
+            current.append((seq, op))  # a repeat of an inode in the group is applied once
+            inos.add(op["ino"])
+            continue
+        if current:
+            groups.append(current)
+            current, inos, kind = [], set(), ""
+        if op["op"] in ("upload", "delete") and not _deletes_dir(op):
+            current, inos, kind = [(seq, op)], {op["ino"]}, op["op"]
+        else:
+            groups.append([(seq, op)])
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _due(items: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+    """Entries that are not waiting for a later retry (an upload over quota)."""
+    now = time.time()
+    return [item for item in items if item[1].get("retry_at", 0) <= now]
+
+
+def _deletes_dir(op: dict) -> bool:
+    """A directory's delete waits for the deletes before it (of what was inside)."""
+    return op["op"] == "delete" and op.get("rev") is None
+
+
+class _Retry(Exception):
+    """Transient: leave the entry at the head of the queue and try again later."""
+
+
+def _renamed_meanwhile(exc: ConflictError, node: Inode) -> bool:
+    """The name the server refused is no longer `node`'s: it was renamed here (by the
+    user, or by the follower making room for another device's file) while the request
+    was being retried. Not a conflict: the request goes again under the new name."""
+    occupant = exc.body.get("node") or {}
+    return exc.code == "name_exists" and occupant.get("name") not in (None, node.name)
+
+
+async def _send_everything(node: Inode) -> bool:
+    """Without ignore rules (tests of the syncer alone) every node is sent."""
+    return False
+
+
+async def _nothing_to_forget(parent: int, name: str) -> None:
+    """Without a kernel (tests of the syncer alone) there is nothing to invalidate."""

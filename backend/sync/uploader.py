@@ -1,0 +1,533 @@
+"""Uploading one file's content: chunk, ask what is missing, compress, PUT it, commit.
+
+The file is streamed through the chunker in a worker thread (`ContentReader`), so
+memory holds only the chunks in flight, whatever the file size: a byte budget
+(BUDGET_BYTES) bounds the pieces between the chunker and the end of their batch, so
+the bound holds for 64 MiB chunks as well as for 1 MiB ones. Pieces flow through an
+unbuffered channel to the batch loop; the server is asked in batches which chunks it
+lacks, and only those are sent. The commit names the base revision the device
+started from; the dirty blocks are dropped only after the commit succeeded, and only
+if the file did not change meanwhile (its `gen` is unchanged); if it did, only the
+blocks written during the upload (`Content.watch`) are kept.
+
+A file whose first chunks were streamed while it was being written (prefix.py,
+streamer.py) is walked (`prefix.walk`): the streamed chunks still valid are named, not
+read again; the rest is cut and sent as usual. Streaming rounds use the same pipeline
+(`send_walk`), with the last piece held back and their progress recorded batch by batch.
+
+Compression (compress.py) is decided once per file from its name and first bytes,
+then per chunk by a probe. Only chunks the server lacks are compressed: a batch is
+prepared as plain chunks first, the missing ones that compress are prepared again
+with their zstd length and hash (the server then signs URLs for the compressed
+bodies), so re-uploading a large edited text file compresses only what changed.
+Chunks of at most EAGER_BYTES are compressed before the first prepare instead (the
+CPU is negligible and a small file then costs one prepare, not two).
+
+Concurrency: the producer thread only reads (LMDB read transactions, and fetches of
+base chunks through `trio.from_thread`) and gives the LMDB map's pages back every
+UNMAP_BYTES (lmdbmap.py: harmless to readers in other threads); everything else runs
+on the trio thread. The budget's waiters are the producer alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextvars
+import io
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import trio
+
+from ..chunker import iter_pieces
+from ..daily.transfers import Transfer, Transfers
+from ..errors import ConflictError, ServerError, one_error
+from ..local.cache import BLOCK_SIZE, Cache, ChunkEntry, Inode
+from ..local.chunkcache import ChunkCache
+from ..local.lmdbmap import release_map_pages
+from ..model.content import Content, ContentReader, Watch
+from ..protocol import wire
+from ..protocol.api_client import ApiClient
+from ..stores.compress import Packed, compress, skip_reason
+from .prefix import Prefix, Ranges, Reused, walk
+
+if TYPE_CHECKING:
+    import lmdb
+
+log = logging.getLogger("cloudfs.uploader")
+
+MiB = 1024 * 1024
+BATCH = 16
+BATCH_BYTES = 32 * MiB
+BUDGET_BYTES = 64 * MiB
+"""Plain bytes of pieces held between the chunker and the end of their batch. Each piece
+counts at most BUDGET_BYTES - BATCH_BYTES, so an unfinished batch (< BATCH_BYTES)
+always leaves room for the next piece: the loop cannot deadlock."""
+PARALLEL_PUTS = 8
+EAGER_BYTES = 256 * 1024
+UNMAP_BYTES = 32 * MiB
+"""The producer gives back the LMDB map's pages after reading this much (lmdbmap.py):
+otherwise streaming a file's dirty blocks maps all of them into the mount's RSS."""
+_TRANSFER: contextvars.ContextVar[Transfer | None] = contextvars.ContextVar("cloudfs_upload", default=None)
+"""The upload a task works for: trio's child tasks and worker threads inherit it, so a
+PUT deep in a batch counts towards its file's progress without being told which."""
+
+
+@dataclass
+class UploadResult:
+    response: wire.CommitResponse
+    refs: list[tuple[str, int]]
+    gen: int
+    size: int
+    sent_chunks: int
+    sent_bytes: int
+    watch: Watch
+
+
+@dataclass
+class _Outgoing:
+    """A piece on its way: may it be compressed, and its compressed body once made."""
+
+    fingerprint: str
+    length: int
+    data: bytes | memoryview
+    """The plain bytes; b"" once its batch is done (`drop`)."""
+    compressible: bool
+    held: int
+    """Bytes of the budget it holds."""
+    packed: Packed | None = None
+    tried: bool = False
+    """Compression was tried (`packed` None then means: it did not pay)."""
+
+    def pack(self) -> None:
+        self.packed, self.tried = compress(self.data), True
+
+    def drop(self) -> None:
+        """Forget the bytes once the batch is done. trio's tasks and thread calls can
+        keep this object alive in reference cycles until the cyclic GC runs, and large
+        bytes objects never trigger it: without this, a 1 GiB upload at 16 MiB chunks
+        left ~120 MiB of finished chunks in memory (gc.collect() freed them)."""
+        self.data, self.packed = b"", None
+
+    def describe(self) -> wire.ChunkUpload:
+        if self.packed is None:
+            return wire.ChunkUpload(fingerprint=self.fingerprint, length=self.length)
+        return wire.ChunkUpload(fingerprint=self.fingerprint, length=self.length, compression=self.packed.compression,
+                                stored_length=len(self.packed.body), stored_sha256=self.packed.sha256)
+
+    @property
+    def body(self) -> bytes | memoryview:
+        return self.packed.body if self.packed is not None else self.data
+
+
+class _Unmapping:
+    """Reads through `reader`, giving back the LMDB map's pages every UNMAP_BYTES."""
+
+    def __init__(self, reader: ContentReader, cache: Cache) -> None:
+        self.reader = reader
+        self.cache = cache
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.reader.read(n)
+        self.cache.unreleased_bytes += len(data)
+        if self.cache.unreleased_bytes >= UNMAP_BYTES:
+            self.release()
+        return data
+
+    def release(self) -> None:
+        """Counted across uploads: a release reads /proc/self/maps, too dear per small file."""
+        if self.cache.unreleased_bytes >= UNMAP_BYTES:
+            release_map_pages(self.cache.env)
+            self.cache.unreleased_bytes = 0
+
+
+class ByteBudget:
+    """A counting semaphore over bytes (trio's count units, and one unit per byte
+    would mean one acquire per byte)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._freed = trio.Event()
+
+    async def acquire(self, n: int) -> int:
+        """Take `n` bytes (at most the whole limit); returns what was taken."""
+        n = min(n, self.limit)
+        while self.used + n > self.limit:
+            if self._freed.is_set():
+                self._freed = trio.Event()
+            await self._freed.wait()
+        self.used += n
+        return n
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._freed.set()
+
+
+class Uploader:
+    def __init__(self, client: ApiClient, cache: Cache, chunks: ChunkCache, content: Content) -> None:
+        self.client = client
+        self.cache = cache
+        self.chunks = chunks
+        self.content = content
+        self.account: Callable[[], int | None] = lambda: None
+        """This device's account id once known (the follower's): a version is ours only
+        if this account made it, since two accounts may each have a device of one name."""
+        self.sent_chunks = 0
+        self.sent_bytes = 0
+        """Bytes PUT to the store (compressed bodies count as stored)."""
+        self.sent_plain_bytes = 0
+        self.compressed_chunks = 0
+        self.transfers = Transfers()
+        """Uploads under way, chunk by chunk (`cloudfs status`; the session shares it)."""
+
+    async def upload(self, node: Inode, *, parent_node_id: int) -> UploadResult:
+        """Commit `node`'s current content as a new version; raises the server's error
+        (StaleRevisionError, MissingChunksError ...) untouched for the caller to handle.
+        The caller holds the file's upload lock and passes the result to `finish_upload`.
+        Its progress is a transfer ("up") from the first PUT to the commit's answer."""
+        transfer = self.transfers.start("up", "/" + "/".join(self.cache.names_to(node.ino)), node.size, key=node.ino)
+        reset = _TRANSFER.set(transfer)
+        try:
+            return await self._upload(node, parent_node_id=parent_node_id)
+        finally:
+            _TRANSFER.reset(reset)
+            self.transfers.finish(transfer)
+
+    async def _upload(self, node: Inode, *, parent_node_id: int) -> UploadResult:
+        gen, size, mtime_ns = node.gen, node.size, node.mtime_ns
+        base = await self.content.base_chunks(node)
+        watch = self.content.watches[node.ino] = Watch()
+        try:
+            inline: list[wire.InlineChunk] | None = None
+            if size <= wire.INLINE_MAX_BYTES:
+                refs, inline = await self._inline(node, size)
+                sent_chunks, sent_bytes = len(inline), sum(len(c.data) for c in inline)
+            else:
+                refs, sent_chunks, sent_bytes = await self.send_walk(node, base, self.content.walk_prefix(node, base),
+                                                                     size, final=True)
+            existing = node.node_id if not node.extra.get("detached") else 0  # detached: its node is gone
+            request = wire.CommitRequest(
+                node_id=existing or None,
+                parent_id=None if existing else parent_node_id,
+                name=None if existing else node.name,
+                base_rev=node.rev if existing else 0,
+                size=size, mtime_ns=mtime_ns, mode=node.mode,
+                chunks=[wire.ChunkRef(fingerprint=fp, length=length) for fp, length in refs],
+                inline=inline or None,
+            )
+            try:
+                response = await self.client.commit(request)
+            except ConflictError as exc:
+                response = await self._landed_already(exc, node.ino, refs, size, mtime_ns, request.base_rev)
+                if response is None:
+                    raise
+        except BaseException:
+            self.content.watches.pop(node.ino, None)
+            raise
+        self.sent_chunks += sent_chunks
+        self.sent_bytes += sent_bytes
+        return UploadResult(response, refs, gen, size, sent_chunks, sent_bytes, watch)
+
+    async def _inline(self, node: Inode, size: int) -> tuple[list[tuple[str, int]], list[wire.InlineChunk]]:
+        """A small file travels inside its commit: one round trip instead of prepare, PUT
+        and commit, and no worker thread (what a saved document waits for elsewhere)."""
+        data = await self.content.read(node, 0, size)
+        refs, inline, kept = [], {}, []
+        compressible = skip_reason(node.name, data[:16]) is None
+        for piece in iter_pieces(io.BytesIO(data), size):
+            refs.append((piece.fingerprint, piece.length))
+            if piece.fingerprint in inline:
+                continue
+            out = _Outgoing(piece.fingerprint, piece.length, piece.data, compressible, 0)
+            if compressible:
+                out.pack()
+            inline[piece.fingerprint] = wire.InlineChunk(
+                fingerprint=out.fingerprint, compression=out.packed.compression if out.packed else "none",
+                data=base64.b64encode(out.body))
+            kept.append(out)
+            self.sent_plain_bytes += out.length
+            self.compressed_chunks += out.packed is not None
+        self._keep(kept)
+        return refs, list(inline.values())
+
+    async def send_walk(self, node: Inode, base: list[ChunkEntry], prefix: Prefix | None, end: int, *, final: bool,
+                        on_progress: Callable[[list[tuple[str, int]]], None] | None = None,
+                        ) -> tuple[list[tuple[str, int]], int, int]:
+        """Walk the file's bytes [0, end) (`prefix.walk`) in a worker thread and PUT what
+        the server lacks, batch by batch, holding at most BUDGET_BYTES of it in memory.
+        After each batch, `on_progress(refs so far)` (all of them in the store by then)
+        runs on the trio thread. Returns (chunk refs, chunks sent, bytes sent)."""
+        refs: list[tuple[str, int]] = []
+        sent_chunks = sent_bytes = 0
+        budget = ByteBudget(BUDGET_BYTES)
+        hint = self._namespace_hint(node)
+        send, receive = trio.open_memory_channel[_Outgoing | Reused](0)
+
+        def produce() -> None:
+            readers: list[_Unmapping] = []
+
+            def open_at(start: int, stop: int) -> _Unmapping:
+                readers.append(_Unmapping(ContentReader(self.content, node, base, stop, start), self.cache))
+                return readers[-1]
+
+            compressible = None
+            for item in walk(prefix, open_at, end, final=final):
+                if isinstance(item, Reused):
+                    trio.from_thread.run(send.send, item)
+                    continue
+                if compressible is None:
+                    reason = skip_reason(node.name, item.data[:16])
+                    if reason:
+                        log.debug("inode %d (%s): not compressed, %s", node.ino, node.name, reason)
+                    compressible = reason is None
+                held = trio.from_thread.run(budget.acquire, min(item.length, BUDGET_BYTES - BATCH_BYTES))
+                out = _Outgoing(item.fingerprint, item.length, item.data, compressible, held)
+                if compressible and item.length <= EAGER_BYTES:
+                    out.pack()
+                trio.from_thread.run(send.send, out)
+            if readers:
+                readers[-1].release()
+            trio.from_thread.run(send.aclose)
+
+        async def consume() -> None:
+            nonlocal sent_chunks, sent_bytes
+            batch: list[_Outgoing] = []
+            batch_bytes = 0
+
+            async def flush() -> None:
+                nonlocal sent_chunks, sent_bytes, batch, batch_bytes
+                if batch:
+                    c, b = await self._send_batch(batch, budget, hint)
+                    sent_chunks, sent_bytes, batch, batch_bytes = sent_chunks + c, sent_bytes + b, [], 0
+                if on_progress is not None:
+                    on_progress(refs)
+
+            async with receive:
+                async for out in receive:
+                    refs.append((out.fingerprint, out.length))
+                    if isinstance(out, Reused):
+                        continue
+                    batch.append(out)
+                    batch_bytes += out.length
+                    if len(batch) >= BATCH or batch_bytes >= BATCH_BYTES:
+                        await flush()
+                await flush()
+
+        async with one_error(), trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            await trio.to_thread.run_sync(produce)
+        return refs, sent_chunks, sent_bytes
+
+    async def _landed_already(self, exc: ConflictError, ino: int, refs: list[tuple[str, int]], size: int,
+                              mtime_ns: int, base_rev: int) -> wire.CommitResponse | None:
+        """A commit retried after its answer was lost meets its own first attempt (a stale
+        base revision, or its own new file under the name). If a version after our base
+        is exactly what we sent, from this device, it was ours: success. Usually it is
+        the current one; it may be an older one, when another device saw ours and
+        committed over it before we found out (a mount killed mid-upload, back later):
+        then ours landed all the same, and theirs, newer, reaches us as a change. Never a
+        node another inode than `ino` stands for here."""
+        if exc.code not in ("stale_revision", "name_exists"):
+            return None
+        node_id = int((exc.body.get("node") or {}).get("id", 0))
+        if not node_id or self.cache.ino_for_node(node_id) not in (None, ino):
+            # Another inode here stands for that node by now: the follower brought it in
+            # as another device's file (our create's answer was lost, so it did not know
+            # the node was ours) and kept ours beside it. Ours goes up as a file of its own.
+            return None
+        try:
+            info = await self.client.file_info(node_id, urls=False)
+        except ServerError as missing:
+            if missing.status == 404:
+                return None  # deleted since by another device: not ours, the conflict stands
+            raise
+        ours = (self.client.device, size, mtime_ns)
+        version = info.version
+        if version is None:
+            return None
+        if (version.device, version.size, version.mtime_ns) == ours and self.made_here(version):
+            if [(c.fingerprint, c.length) for c in info.chunks] != refs:
+                return None
+        else:
+            candidates = [v for v in (await self.client.versions(node_id)).versions
+                          if base_rev < v.rev < version.rev and (v.device, v.size, v.mtime_ns) == ours
+                          and self.made_here(v)]
+            for candidate in candidates:
+                old = await self.client.file_info(node_id, rev=candidate.rev, urls=False)
+                if [(c.fingerprint, c.length) for c in old.chunks] == refs:
+                    version = candidate
+                    break
+            else:
+                return None
+        log.info("the commit of node %d rev %d had landed before its answer was lost", node_id, version.rev)
+        node = info.node.model_copy(update={"rev": version.rev, "size": version.size, "mtime_ns": version.mtime_ns})
+        return wire.CommitResponse(node=node, version=version, cursor=info.cursor)  # ours, not what is newer
+
+    def made_here(self, version: wire.Version) -> bool:
+        """This device (its name, and its account where the server says) made `version`."""
+        return version.device == self.client.device and version.user_id in (None, self.account())
+
+    def _namespace_hint(self, node: Inode) -> int | None:
+        """The node whose namespace the chunks go to (a shared folder has its own): the
+        file's own, or its directory's for a file the server has not seen yet."""
+        if node.node_id and not node.extra.get("detached"):
+            return node.node_id
+        parent = self.cache.get(node.parent)
+        return parent.node_id if parent is not None and parent.node_id else None
+
+    async def _send_batch(self, batch: list[_Outgoing], budget: ByteBudget, hint: int | None) -> tuple[int, int]:
+        """Prepare, compress what is missing, PUT; then release the batch's budget.
+        Returns (chunks sent, bytes sent)."""
+        try:
+            return await self._prepare_and_put({o.fingerprint: o for o in batch}, hint)
+        finally:
+            budget.release(sum(o.held for o in batch))
+            for o in batch:
+                o.drop()
+
+    async def _prepare_and_put(self, by_fp: dict[str, _Outgoing], hint: int | None) -> tuple[int, int]:
+        prepared = await self.client.prepare_upload([o.describe() for o in by_fp.values()], node_id=hint)
+        tickets = {t.fingerprint: t for t in prepared.missing}
+        late = [by_fp[fp] for fp in tickets if by_fp[fp].compressible and not by_fp[fp].tried]
+        if late:
+            await trio.to_thread.run_sync(lambda: [o.pack() for o in late])
+            packed = [o for o in late if o.packed is not None]
+            if packed:  # sign again, for the compressed bodies
+                again = await self.client.prepare_upload([o.describe() for o in packed], node_id=hint)
+                tickets.update((t.fingerprint, t) for t in again.missing)
+                for fp in again.present:  # another upload finished it meanwhile
+                    tickets.pop(fp, None)
+        limiter = trio.CapacityLimiter(PARALLEL_PUTS)
+        sent = 0
+
+        async def put(ticket: wire.ChunkTicket) -> None:
+            nonlocal sent
+            async with limiter:
+                out = by_fp[ticket.fingerprint]
+                await self.client.put_chunk(ticket, out.body)
+                sent += len(out.body)
+                self.sent_plain_bytes += out.length
+                _progress(out.length, sent=True)
+                self.compressed_chunks += out.packed is not None
+
+        async with one_error(), trio.open_nursery() as nursery:
+            for ticket in tickets.values():
+                nursery.start_soon(put, ticket)
+        _progress(sum(o.length for fp, o in by_fp.items() if fp not in tickets), sent=False)  # the store had them
+        self._keep(list(by_fp.values()))
+        return len(tickets), sent
+
+    def _keep(self, sent: list[_Outgoing]) -> None:
+        """Keep what we just uploaded: the next read of this file is then local."""
+        for o in sent:
+            if o.fingerprint not in self.chunks and self.chunks.used_bytes + o.length < self.chunks.limit:
+                self.chunks.put(o.fingerprint, o.data)
+
+
+def _progress(nbytes: int, *, sent: bool) -> None:
+    transfer = _TRANSFER.get()
+    if transfer is not None and nbytes:
+        transfer.advance(nbytes, sent=sent)
+
+
+def finish_upload(cache: Cache, content: Content, node: Inode, result: UploadResult) -> bool:
+    """Record a successful commit; drop the dirty blocks if nothing changed since (if
+    something did, those not written during the upload). Returns True when the file is
+    now clean. Runs in one write transaction, with buffers: dropping the blocks then
+    only measures them, instead of copying every dirty byte out of the map (a 1 GiB
+    file: 1 GiB copied, on the trio thread)."""
+    chunks = content.chunks
+    watch = content.watches.pop(node.ino, None) or result.watch
+    with cache.write(buffers=True) as txn:
+        current = cache.get(node.ino)
+        if current is None:
+            return True
+        detached = current.extra.pop("detached", False)  # popped always: a stuck flag keeps the file "pending"
+        if not current.node_id or detached:
+            cache.bind_node_id(txn, current, result.response.node.id)
+        remote = result.response.node
+        current.srv_parent = (cache.ino_for_node(remote.parent_id) or 0) if remote.parent_id else 0
+        current.srv_name = remote.name
+        current.rev = result.response.version.rev
+        current.record_attrs(remote)
+        cache.set_chunklist(txn, current.ino, current.rev, result.refs)
+        content.prefixes.drop(txn, current.ino)  # the new base holds every streamed chunk
+        current.extra["srv_size"] = result.size  # what the server counts against a quota
+        current.extra["srv_seq"] = result.response.cursor  # follower.py: our own older entries are stale
+        clean = current.gen == result.gen
+        if clean:
+            chunks.dirty_bytes -= _drop_blocks_unmapping(cache, txn, current)
+            current.base_len = result.size
+            current.dirty = False
+            current.min_trunc = -1
+        else:
+            trunc = current.min_trunc
+            current.base_len = result.size if trunc < 0 else min(result.size, trunc)
+            chunks.dirty_bytes -= drop_settled_blocks(cache, txn, current.ino, 0, current.base_len, watch.written)
+        cache.put(txn, current)
+    log.info("committed inode %d as node %d rev %d (%d bytes, %s)", node.ino, result.response.node.id,
+             result.response.version.rev, result.size, "clean" if clean else "changed meanwhile")
+    return clean
+
+
+def drop_settled_blocks(cache: Cache, txn: "lmdb.Transaction", ino: int, start: int, end: int, keep: Ranges) -> int:
+    """Drop the dirty blocks lying wholly in [start, end) that no range of `keep`
+    touches: the store has their bytes now. Gives the LMDB map's pages back every
+    UNMAP_BYTES (see `_drop_blocks_unmapping`). Returns the bytes freed."""
+    first, stop = -(-start // BLOCK_SIZE), end // BLOCK_SIZE
+    if first >= stop:
+        return 0
+    freed = 0
+    cursor = txn.cursor(db=cache.blocks)
+    key = _block_key(ino, first)
+    if not cursor.set_range(key):
+        return 0
+    while True:
+        raw = bytes(cursor.key())
+        if len(raw) != 16:
+            break
+        key_ino, block_no = _unpack_block_key(raw)
+        if key_ino != ino or block_no >= stop:
+            break
+        lo = block_no * BLOCK_SIZE
+        if keep.intersects(lo, lo + BLOCK_SIZE):
+            if not cursor.next():
+                break
+            continue
+        size = len(cursor.value())
+        freed += size
+        cache.unreleased_bytes += size  # counted across calls: a streaming round drops a batch at a time
+        if not cursor.delete():
+            break
+        if cache.unreleased_bytes >= UNMAP_BYTES:
+            release_map_pages(cache.env)
+            cache.unreleased_bytes = 0
+    return freed
+
+
+def _block_key(ino: int, block_no: int) -> bytes:
+    return ino.to_bytes(8, "big") + block_no.to_bytes(8, "big")
+
+
+def _unpack_block_key(raw: bytes) -> tuple[int, int]:
+    return int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big")
+
+
+def _drop_blocks_unmapping(cache: Cache, txn: "lmdb.Transaction", node: Inode) -> int:
+    """Drop all of a file's dirty blocks, giving back the LMDB map's pages every
+    UNMAP_BYTES: deleting a block maps it (LMDB reads the first page of the record, and
+    the kernel maps the page cache's whole folio), so one `drop_blocks` of a 1 GiB file
+    would map 1 GiB into the mount. `drop_blocks` deletes from a block to the end, so
+    slices are taken from the end backwards. Returns the bytes freed."""
+    step = UNMAP_BYTES // BLOCK_SIZE
+    start = max(0, -(-node.size // BLOCK_SIZE) - step)
+    freed = 0
+    while True:
+        freed += cache.drop_blocks(txn, node.ino, from_block=start)
+        if start == 0:
+            return freed
+        release_map_pages(cache.env)
+        start = max(0, start - step)
