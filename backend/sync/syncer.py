@@ -15,7 +15,10 @@ Conflicts never lose bytes. A name taken on the server by a node this device has
 seen yet makes ours a conflicted copy (two new directories merge). A file deleted on
 the server while edited here is created again (the edit survives); so is a directory
 deleted there while something new was put in it here. A delete sent from here names
-the revision it saw, so it fails, and the node comes back, if someone committed since.
+the revision it saw, so it fails, and the node comes back, if someone committed since;
+a directory's delete refused as not empty brings it back too, unless all the server
+still has in it is what was removed here with deletes queued behind it (a move out of
+it skipped because the node was removed before the move went: `_empty_of_our_deletes`).
 Whenever the server's state of a node turns out to differ, `on_stale` asks the follower
 to pull that node.
 
@@ -349,13 +352,15 @@ class Syncer:
             if exc.status != 404:
                 raise
 
-    async def _delete_entry(self, op: dict) -> bool:
+    async def _delete_entry(self, op: dict, depth: int = 0) -> bool:
         """A local unlink or rmdir. Not recursive and guarded by the revision we saw:
         what another device put there meanwhile survives and is pulled back here.
         True when the node is gone from the server."""
         try:
             answer = await self.client.delete(op["node_id"], rev=op.get("rev"))
         except ConflictError as exc:
+            if exc.code == "not_empty" and depth < 64 and await self._empty_of_our_deletes(op["node_id"], depth):
+                return await self._delete_entry(op, depth + 1)
             log.warning("not deleting node %d: changed on another device meanwhile (%s); pulling it back",
                         op["node_id"], exc.code)
             self.on_stale(op["node_id"])
@@ -366,6 +371,36 @@ class Syncer:
             return True
         if not answer.node.deleted:  # it has names we did not know of: it moved to one (a hard link)
             self.on_stale(answer.node.id)
+        return True
+
+    async def _empty_of_our_deletes(self, dir_id: int, depth: int) -> bool:
+        """The server refused to delete directory `dir_id` as not empty. When all it still
+        has there is what this device removed too, with deletes queued behind this one,
+        send those first and say so (the caller tries again). That happens when a node
+        left the directory here (a move, or the removal of a file's own name while it had
+        another, links.promote) and was then removed before its move was sent: the move
+        is skipped (the node is gone here), so the server still has it in the directory.
+        False if anything there is another device's (it is pulled back, with the
+        directory), or a delete the mass-delete guard holds."""
+        try:
+            children = await self.client.list_dir(dir_id)
+        except ServerError as exc:
+            if exc.status != 404:
+                raise
+            return True  # deleted meanwhile: the retry is answered 404, which is done
+        queued = {op["node_id"]: (seq, op) for seq, op in self.cache.outbox_items(limit=10_000_000)
+                  if op["op"] == "delete"}
+        ours: list[dict] = []
+        for child in children:
+            seq, op = queued.get(child.id, (0, None))
+            if op is None or (self.guard.held and seq > self._cleared_upto):
+                return False
+            ours.append(op)
+        log.info("deleting directory node %d: first the %d nodes in it on the server that were removed here",
+                 dir_id, len(ours))
+        for op in ours:
+            if not await self._delete_entry(op, depth + 1):
+                return False
         return True
 
     def _queued_delete(self, node_id: int) -> dict | None:

@@ -1,0 +1,105 @@
+"""A directory one device removes stays removed, even when what was in it left it first
+by a change the server never saw: a file moved out of it (or made to leave it by the
+removal of its own name while it had another, a hard link) and then removed too. Both
+changes are queued before the syncer gets to them, so the move is skipped (the file is
+gone here) and the file's delete comes after the directory's in the outbox: the server
+still has the file in the directory when the directory's delete arrives, and answers
+not_empty. That must not bring the directory back (found by the two-device model test,
+tests/sync/test_model_two.py: `rm -r` of a directory holding both names of a file left
+it and its subdirectory on both devices, empty). A not_empty caused by another device's
+file still brings the directory back, with the file."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from tests.harness import MountProcess
+from tests.proxy import Proxy
+from tests.sync.test_conflicts import a_behind_a_proxy, settle, snapshot
+
+
+def moved_out_then_removed(root: Path) -> None:
+    (root / "d" / "e" / "x.txt").rename(root / "d" / "x.txt")
+    os.rmdir(root / "d" / "e")
+    (root / "d" / "x.txt").unlink()
+    os.rmdir(root / "d")
+
+
+def own_name_removed_first(root: Path) -> None:
+    """As the model's rm -r (deepest first): x.txt's own name goes while z.md is another
+    name of it, so the file takes z.md's place in d/ (links.promote), out of d/e."""
+    (root / "d" / "e" / "x.txt").unlink()
+    os.rmdir(root / "d" / "e")
+    (root / "d" / "z.md").unlink()
+    os.rmdir(root / "d")
+
+
+CASES: dict[str, tuple[bool, Callable[[Path], None]]] = {
+    "a file moved out, then removed": (False, moved_out_then_removed),
+    "a hard link's own name removed first": (True, own_name_removed_first),
+}
+
+
+def make_tree(root: Path, *, link: bool) -> dict[str, bytes | None]:
+    """d/e/x.txt, and with `link` d/z.md as another name of it; returns the snapshot."""
+    (root / "d" / "e").mkdir(parents=True)
+    (root / "d" / "e" / "x.txt").write_bytes(b"x\n")
+    if link:
+        os.link(root / "d" / "e" / "x.txt", root / "d" / "z.md")
+    (root / "keep.txt").write_bytes(b"keep\n")
+    return {"keep.txt": b"keep\n", "d": None, "d/e": None, "d/e/x.txt": b"x\n",
+            **({"d/z.md": b"x\n"} if link else {})}
+
+
+def hold_the_syncer(mount: MountProcess, proxy: Proxy) -> None:
+    """Keep `mount`'s syncer busy until `proxy.release()`: a chmod of keep.txt, whose
+    PATCH the proxy holds; the outbox entries made meanwhile wait behind it."""
+    proxy.hold(rb"^PATCH /nodes/")
+    (mount.path / "keep.txt").chmod(0o600)
+    deadline = time.monotonic() + 30
+    while not proxy.holding:
+        assert time.monotonic() < deadline, f"{mount.device}'s chmod should reach the proxy"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_directory_removed_on_one_device_stays_removed(sync_server, tmp_path, case):
+    """a's syncer is kept busy (an attribute change of another file held at the proxy)
+    while the changes are made, so all of them are queued before it gets to them."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        link, remove = CASES[case]
+        tree = make_tree(a.path, link=link)
+        settle(d)
+        assert snapshot(b.path) == tree
+        hold_the_syncer(a, proxy)
+        remove(a.path)
+        proxy.release()
+        settle(d)
+        kept = {"keep.txt": b"keep\n"}
+        assert (snapshot(a.path), snapshot(b.path)) == (kept, kept), a.log()[-4000:]
+        for m in (a, b):
+            assert "not deleting" not in m.log(), m.log()[-4000:]
+            assert " ERROR " not in m.log() and "Traceback" not in m.log(), m.log()[-3000:]
+
+
+def test_a_directory_another_device_put_a_file_in_comes_back(sync_server, tmp_path):
+    """The same removal on a, but b puts a file of its own into d/e first: the server's
+    not_empty is then about b's file, and d/e comes back on a with it (d too)."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        make_tree(a.path, link=True)
+        settle(d)
+        hold_the_syncer(a, proxy)
+        own_name_removed_first(a.path)
+        (b.path / "d" / "e" / "new.txt").write_bytes(b"b's\n")
+        b.sync(timeout=60)
+        proxy.release()
+        settle(d)
+        expected = {"keep.txt": b"keep\n", "d": None, "d/e": None, "d/e/new.txt": b"b's\n"}
+        assert (snapshot(a.path), snapshot(b.path)) == (expected, expected), a.log()[-4000:]
