@@ -24,7 +24,7 @@ from . import auth
 from .api import ERRORS
 from .app import ServerContext, User, context_dependency, current_user
 from .errors import Invalid, Unauthorized
-from .users import hash_token
+from .users import USER_NAME_RE, hash_token
 
 router = APIRouter(responses={**ERRORS, 429: {"model": wire.ErrorBody, "description": "too many failed attempts: "
                                                                                      "wait Retry-After seconds"}},
@@ -34,7 +34,8 @@ Auth = Annotated[User, Depends(current_user)]
 
 
 class Credentials(BaseModel):
-    name: Annotated[str, Field(min_length=1, max_length=64)]
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=USER_NAME_RE.pattern,
+                               description="an account name (`cloudfs user add`)")]
     password: Annotated[str, Field(min_length=1, max_length=auth.PASSWORD_MAX)]
 
 

@@ -291,7 +291,7 @@ def test_pinned_files_download_chunk_by_chunk_as_a_transfer(sync_server: ServerP
                 progress = control.request(b.path, {"command": "progress"}, timeout=10)
                 seen.append(progress["pinned_missing_bytes"])
                 downs += [t for t in progress["transfers"] if t["direction"] == "down"]
-                if downs and not any(map(told, said)) and len(seen) % 10 == 0 and len(said) < 4:
+                if downs and not any(map(told, said)) and len(seen) % 10 == 0 and len(said) < 12:
                     said += [line for line in b.cli("status", str(b.path), timeout=30).stdout.splitlines()
                              if "downloading pinned files" in line]  # what a person reads
                 if downs and progress["pinned_missing_bytes"] == 0:
