@@ -28,6 +28,9 @@ from typing import Callable, Iterator
 from peers import System, cpu_seconds, drop_caches, io_bytes, profiled
 
 MIB = 1 << 20
+BARE_PARALLEL = 8
+"""GETs in flight for the bare HTTP client the cold read is measured against (as many
+as the mount's read-ahead keeps in flight)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class Metric:
     label: str
     unit: str
     better: str  # "higher" | "lower"
+    compare: bool = True
+    """False: a reference figure (the bare HTTP client), not a row cloudfs must win."""
 
 
 def metrics(s: Sizes, tar_files: int) -> dict[str, Metric]:
@@ -74,6 +79,9 @@ def metrics(s: Sizes, tar_files: int) -> dict[str, Metric]:
         "write": Metric(f"sequential write, {s.file_label}, until close returns", "MB/s", "higher"),
         "write-durable": Metric(f"sequential write, {s.file_label}, until durable in the store", "MB/s", "higher"),
         "read-cold": Metric("sequential read, cold (new mount, empty cache, page cache dropped)", "MB/s", "higher"),
+        "read-cold-bare": Metric(f"  the same chunks from the same store, bare parallel HTTP client (httpx, "
+                                 f"{BARE_PARALLEL} GETs in flight)", "MB/s", "higher", compare=False),
+        "read-cold-vs-bare": Metric("  cold read / bare client, same run", "ratio", "higher", compare=False),
         "read-warm": Metric("sequential read, warm (read again)", "MB/s", "higher"),
         "randread": Metric(f"random 4 KiB reads in the file (fio, QD1, {s.fio_s} s)", "IOPS", "higher"),
         "randwrite": Metric(f"random 4 KiB writes in the file (fio, QD1, {s.fio_s} s + fsync)", "IOPS", "higher"),
@@ -289,6 +297,12 @@ def sequential(b: Bench, fs: System, dl: Deadline) -> None:
             read_all(target, size, dl)
             seconds = time.perf_counter() - start
         b.record(key, fs, size / seconds / 1e6)
+        if key == "read-cold" and hasattr(fs, "bare_read"):
+            cold = size / seconds / 1e6
+            with b.phase(fs, "read-cold-bare"):
+                nbytes, bare_s = fs.bare_read("seq.bin", BARE_PARALLEL, dl.remaining())
+            b.record("read-cold-bare", fs, nbytes / bare_s / 1e6)
+            b.record("read-cold-vs-bare", fs, cold / (nbytes / bare_s / 1e6))
     if not same_blocks(b.source, target, size):
         raise BenchError(f"{fs.name}: seq.bin does not read back as written")
 
