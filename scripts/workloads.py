@@ -90,6 +90,7 @@ def metrics(s: Sizes, tar_files: int) -> dict[str, Metric]:
         "small-stat": Metric(f"{n}: stat all (page cache dropped)", "files/s", "higher"),
         "small-read": Metric(f"{n}: read all (page cache dropped)", "files/s", "higher"),
         "small-delete": Metric(f"{n}: delete all", "files/s", "higher"),
+        "fresh-delete": Metric(f"{n}: delete files just created (rm -rf of a fresh build dir)", "files/s", "higher"),
         "ls-lR": Metric(f"{s.tree_entries:,}-entry tree: ls -lR (page cache dropped)", "s", "lower"),
         "find": Metric(f"{s.tree_entries:,}-entry tree: find (page cache dropped)", "s", "lower"),
         "tar": Metric(f"extract a source tarball ({tar_files:,} files)", "s", "lower"),
@@ -394,6 +395,35 @@ def small_files(b: Bench, fs: System, dl: Deadline) -> None:
     fs.settle(b.sizes.settle_timeout)
 
 
+def fresh_delete(b: Bench, fs: System, dl: Deadline) -> None:
+    """Files created and deleted at once, as a build's temporary files are (`rm -rf` of
+    a fresh build directory): a system that has not sent them yet need not send them at
+    all. Timed: the unlinks and the rmdir; the settling after is not."""
+    n, nbytes = b.sizes.small_files, b.sizes.small_bytes
+    blob = os.urandom(nbytes)
+    directory = fs.root / "fresh"
+    directory.mkdir()
+    paths = [directory / f"f{i:05d}.o" for i in range(n)]
+    for i, path in enumerate(paths):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, blob)
+        finally:
+            os.close(fd)
+        if i % 50 == 0:
+            dl.check("creating fresh files")
+    with b.phase(fs, "fresh-delete"):
+        start = time.perf_counter()
+        for i, path in enumerate(paths):
+            os.unlink(path)
+            if i % 100 == 0:
+                dl.check("deleting fresh files")
+        directory.rmdir()
+        seconds = time.perf_counter() - start
+    b.record("fresh-delete", fs, n / seconds)
+    fs.settle(b.sizes.settle_timeout)
+
+
 def _run(args: list[str], cwd: Path, dl: Deadline, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=dl.remaining(), env=env)
     if done.returncode != 0:
@@ -505,6 +535,7 @@ WORKLOADS: list[tuple[str, Callable[[Bench, System, Deadline], None]]] = [
     ("sequential", sequential),
     ("random", random_io),
     ("small files", small_files),
+    ("fresh delete", fresh_delete),
     ("metadata", metadata_tree),
     ("source tree", source_tree),
     ("propagation", propagation),
