@@ -32,7 +32,9 @@ log = logging.getLogger("cloudfs.fs")
 T = TypeVar("T")
 
 TIMEOUT_S = 300.0  # metadata is local; remote changes invalidate explicitly
-READAHEAD = 16 * 1024 * 1024
+READAHEAD = 64 * 1024 * 1024
+"""Bytes a sequential read downloads ahead at most (content.py's WINDOW of chunks, and a
+quarter of the cache, bound it further): the memory chunks in flight may hold."""
 KIND_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "fifo": stat.S_IFIFO,
              "chr": stat.S_IFCHR, "blk": stat.S_IFBLK, "sock": stat.S_IFSOCK}
 SPECIAL_KIND = {stat.S_IFIFO: "fifo", stat.S_IFCHR: "chr", stat.S_IFBLK: "blk", stat.S_IFSOCK: "sock"}

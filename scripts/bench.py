@@ -18,7 +18,8 @@ the best peer; on the sequential write and warm read rows it must also reach hal
 bindfs figure.
 
     .venv/bin/python scripts/bench.py [--quick] [--json FILE] [--systems cloudfs,s3fs,...]
-                                      [--profile DIR] [--tmp DIR]
+                                      [--profile DIR] [--tmp DIR] [--workloads sequential,...]
+                                      [--file-mib N] [--small-files N] [--repeat N]
 
 Needs root (drop_caches, allow_other); installs s3fs, rclone, bindfs and fio with
 apt-get when they are missing. Every step is bounded in time; everything started is
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -87,11 +89,11 @@ def run_bounded(fn, timeout: float, dl: Deadline) -> None:  # noqa: ANN001
         raise failure[0]
 
 
-def run_system(name: str, bench: Bench, work: Path, failures: dict[str, list[str]]) -> None:
+def run_system(name: str, bench: Bench, work: Path, failures: dict[str, list[str]], chosen: list[str]) -> None:
     sizes = bench.sizes
     print(f"\n== {name} (load {' '.join(f'{x:.1f}' for x in loadavg())})", flush=True)
     with SYSTEMS[name](work) as fs:
-        for label, workload in WORKLOADS:
+        for label, workload in [(w, f) for w, f in WORKLOADS if w in chosen]:
             dl = Deadline(sizes.workload_timeout)
             start = time.monotonic()
             try:
@@ -128,8 +130,12 @@ def better(m: Metric, a: float, b: float) -> bool:
 
 
 def summarise(bench: Bench, table: dict[str, Metric], systems: list[str]) -> tuple[list[list[str]], list[str]]:
-    """Table cells per row, and the rows cloudfs loses (with why)."""
-    by = {(r.key, r.system): r for r in bench.rows}
+    """Table cells per row, and the rows cloudfs loses (with why). A row measured more
+    than once (`--repeat`) shows the median of its figures."""
+    by = {}
+    for r in bench.rows:
+        by.setdefault((r.key, r.system), []).append(r)
+    by = {k: _median_row(rs) for k, rs in by.items()}
     lines, losses = [], []
     for key, m in table.items():
         cells = {s: by.get((key, s)) for s in systems}
@@ -151,7 +157,9 @@ def summarise(bench: Bench, table: dict[str, Metric], systems: list[str]) -> tup
         vs_best = f"{cv / best[1]:.2f} ({best[0]})" if cv is not None and best and best[1] else "–"
         vs_local = f"{cv / local.value:.2f}" if cv is not None and local and local.value else "–"
         verdict = ""
-        if cloud:
+        if not m.compare:
+            verdict = "reference"
+        elif cloud:
             why = []
             if cv is None:
                 why.append("no figure")
@@ -166,6 +174,17 @@ def summarise(bench: Bench, table: dict[str, Metric], systems: list[str]) -> tup
         arrow = "↑" if m.better == "higher" else "↓"
         lines.append([m.label, f"{m.unit} {arrow}", *shown, vs_best, vs_local, verdict])
     return lines, losses
+
+
+def _median_row(rows: list[Row]) -> Row:
+    measured = sorted((r for r in rows if r.value is not None), key=lambda r: r.value)
+    if not measured:
+        return rows[-1]
+    middle = measured[len(measured) // 2]
+    if len(measured) % 2 == 0:
+        low = measured[len(measured) // 2 - 1]
+        return Row(middle.key, middle.system, (low.value + middle.value) / 2, middle.note, middle.load)
+    return middle
 
 
 def render(lines: list[list[str]], systems: list[str]) -> str:
@@ -226,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="record every cloudfs phase with py-spy (mount and server) into DIR/*.svg")
     parser.add_argument("--tmp", type=Path, default=None, help="where the temp dir goes (default: the system's)")
+    parser.add_argument("--workloads", default=None,
+                        help=f"comma-separated workloads to run (default all: {','.join(w for w, _ in WORKLOADS)})")
+    parser.add_argument("--file-mib", type=int, default=None, help="size of the sequential file in MiB")
+    parser.add_argument("--small-files", type=int, default=None, help="how many small files")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every system this many times, in turns; the table shows medians")
     args = parser.parse_args(argv)
     run = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(run) - set(SYSTEMS)
@@ -234,6 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         parser.error("run as root (drop_caches, allow_other, apt-get)")
     sizes = Sizes.quick() if args.quick else Sizes()
+    if args.file_mib:
+        sizes = dataclasses.replace(sizes, file_mib=args.file_mib)
+    if args.small_files:
+        sizes = dataclasses.replace(sizes, small_files=args.small_files)
+    names = [w for w, _ in WORKLOADS]
+    chosen = names if args.workloads is None else [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if set(chosen) - set(names):
+        parser.error(f"unknown workloads: {', '.join(sorted(set(chosen) - set(names)))} (have {', '.join(names)})")
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _sigterm)
@@ -257,10 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"inputs: {sizes.file_label} of random bytes; tarball of {tar_files:,} files, "
               f"{tarball.stat().st_size / MIB:.0f} MiB", flush=True)
         bench = Bench(sizes, source, tarball, tar_files, tmp / "home", args.profile)
-        for name in run:
+        for name in [n for _ in range(max(1, args.repeat)) for n in run]:
             before = loadavg()[0]
             try:
-                run_system(name, bench, tmp / name, failures)
+                run_system(name, bench, tmp / name, failures, chosen)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # noqa: BLE001 - a system that does not start is a result too

@@ -382,6 +382,42 @@ class Cloudfs(System):
         self._mount()
         drop_caches()
 
+    def bare_read(self, rel: str, parallel: int, timeout: float) -> tuple[int, float]:
+        """What a bare parallel HTTP client gets from this store: the chunks of the file
+        at `rel`, on the URLs the server signs (one GET /files/{id}?urls=true, untimed),
+        downloaded with httpx, `parallel` GETs in flight, bodies counted and dropped (no
+        checksum, no cache, no FUSE). The reference a cold read through the mount is
+        measured against. Returns (bytes, seconds)."""
+        import anyio
+
+        node = self.http.get("/resolve", params={"path": "/" + rel}).json()["node"]
+        chunks = self.http.get(f"/files/{node['id']}", params={"urls": "true"}).json()["chunks"]
+        got = [0]
+
+        async def main() -> None:
+            limiter = anyio.Semaphore(parallel)
+            async with httpx.AsyncClient(timeout=timeout,
+                                         limits=httpx.Limits(max_connections=parallel)) as client:
+                async def one(chunk: dict) -> None:
+                    async with limiter:
+                        download = chunk["download"]
+                        async with client.stream(download["method"], download["url"],
+                                                 headers=download.get("headers") or {}) as response:
+                            response.raise_for_status()
+                            async for piece in response.aiter_raw():
+                                got[0] += len(piece)
+
+                async with anyio.create_task_group() as group:
+                    for chunk in chunks:
+                        group.start_soon(one, chunk)
+
+        start = time.perf_counter()
+        anyio.run(main)  # each GET is bounded by the client's timeout
+        seconds = time.perf_counter() - start
+        if got[0] < node["size"] * 0.9:  # compressed chunks would be smaller; random bytes are not
+            raise PeerError(f"bare client: {got[0]} bytes of {rel}'s {node['size']}")
+        return got[0], seconds
+
     def status(self) -> dict:
         return json.loads(self.mount.cli("status", str(self.root), "--json", timeout=30).stdout or "{}")
 

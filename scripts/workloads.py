@@ -28,6 +28,9 @@ from typing import Callable, Iterator
 from peers import System, cpu_seconds, drop_caches, io_bytes, profiled
 
 MIB = 1 << 20
+BARE_PARALLEL = 8
+"""GETs in flight for the bare HTTP client the cold read is measured against (as many
+as the mount's read-ahead keeps in flight)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class Metric:
     label: str
     unit: str
     better: str  # "higher" | "lower"
+    compare: bool = True
+    """False: a reference figure (the bare HTTP client), not a row cloudfs must win."""
 
 
 def metrics(s: Sizes, tar_files: int) -> dict[str, Metric]:
@@ -74,6 +79,9 @@ def metrics(s: Sizes, tar_files: int) -> dict[str, Metric]:
         "write": Metric(f"sequential write, {s.file_label}, until close returns", "MB/s", "higher"),
         "write-durable": Metric(f"sequential write, {s.file_label}, until durable in the store", "MB/s", "higher"),
         "read-cold": Metric("sequential read, cold (new mount, empty cache, page cache dropped)", "MB/s", "higher"),
+        "read-cold-bare": Metric(f"  the same chunks from the same store, bare parallel HTTP client (httpx, "
+                                 f"{BARE_PARALLEL} GETs in flight)", "MB/s", "higher", compare=False),
+        "read-cold-vs-bare": Metric("  cold read / bare client, same run", "ratio", "higher", compare=False),
         "read-warm": Metric("sequential read, warm (read again)", "MB/s", "higher"),
         "randread": Metric(f"random 4 KiB reads in the file (fio, QD1, {s.fio_s} s)", "IOPS", "higher"),
         "randwrite": Metric(f"random 4 KiB writes in the file (fio, QD1, {s.fio_s} s + fsync)", "IOPS", "higher"),
@@ -82,6 +90,7 @@ def metrics(s: Sizes, tar_files: int) -> dict[str, Metric]:
         "small-stat": Metric(f"{n}: stat all (page cache dropped)", "files/s", "higher"),
         "small-read": Metric(f"{n}: read all (page cache dropped)", "files/s", "higher"),
         "small-delete": Metric(f"{n}: delete all", "files/s", "higher"),
+        "fresh-delete": Metric(f"{n}: delete files just created (rm -rf of a fresh build dir)", "files/s", "higher"),
         "ls-lR": Metric(f"{s.tree_entries:,}-entry tree: ls -lR (page cache dropped)", "s", "lower"),
         "find": Metric(f"{s.tree_entries:,}-entry tree: find (page cache dropped)", "s", "lower"),
         "tar": Metric(f"extract a source tarball ({tar_files:,} files)", "s", "lower"),
@@ -289,6 +298,12 @@ def sequential(b: Bench, fs: System, dl: Deadline) -> None:
             read_all(target, size, dl)
             seconds = time.perf_counter() - start
         b.record(key, fs, size / seconds / 1e6)
+        if key == "read-cold" and hasattr(fs, "bare_read"):
+            cold = size / seconds / 1e6
+            with b.phase(fs, "read-cold-bare"):
+                nbytes, bare_s = fs.bare_read("seq.bin", BARE_PARALLEL, dl.remaining())
+            b.record("read-cold-bare", fs, nbytes / bare_s / 1e6)
+            b.record("read-cold-vs-bare", fs, cold / (nbytes / bare_s / 1e6))
     if not same_blocks(b.source, target, size):
         raise BenchError(f"{fs.name}: seq.bin does not read back as written")
 
@@ -377,6 +392,35 @@ def small_files(b: Bench, fs: System, dl: Deadline) -> None:
                 dl.check("delete")
         seconds = time.perf_counter() - start
     b.record("small-delete", fs, n / seconds)
+    fs.settle(b.sizes.settle_timeout)
+
+
+def fresh_delete(b: Bench, fs: System, dl: Deadline) -> None:
+    """Files created and deleted at once, as a build's temporary files are (`rm -rf` of
+    a fresh build directory): a system that has not sent them yet need not send them at
+    all. Timed: the unlinks and the rmdir; the settling after is not."""
+    n, nbytes = b.sizes.small_files, b.sizes.small_bytes
+    blob = os.urandom(nbytes)
+    directory = fs.root / "fresh"
+    directory.mkdir()
+    paths = [directory / f"f{i:05d}.o" for i in range(n)]
+    for i, path in enumerate(paths):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, blob)
+        finally:
+            os.close(fd)
+        if i % 50 == 0:
+            dl.check("creating fresh files")
+    with b.phase(fs, "fresh-delete"):
+        start = time.perf_counter()
+        for i, path in enumerate(paths):
+            os.unlink(path)
+            if i % 100 == 0:
+                dl.check("deleting fresh files")
+        directory.rmdir()
+        seconds = time.perf_counter() - start
+    b.record("fresh-delete", fs, n / seconds)
     fs.settle(b.sizes.settle_timeout)
 
 
@@ -491,6 +535,7 @@ WORKLOADS: list[tuple[str, Callable[[Bench, System, Deadline], None]]] = [
     ("sequential", sequential),
     ("random", random_io),
     ("small files", small_files),
+    ("fresh delete", fresh_delete),
     ("metadata", metadata_tree),
     ("source tree", source_tree),
     ("propagation", propagation),

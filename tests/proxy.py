@@ -5,7 +5,9 @@ through a transfer, or be slow, at random but from a seed. It can also hold back
 the requests whose first line matches a pattern (`hold`), so a test decides which of a
 device's requests reach the server first (its change feed before its queued move)),
 and lose the answers of requests it did forward (`lose_answers`: the server acted, the
-device never hears so, as when a connection breaks at the worst moment)."""
+device never hears so, as when a connection breaks at the worst moment). `delay` gives
+the requests matching a pattern a round trip's latency each and counts how many wait at
+once: how many of them a client keeps in flight."""
 
 from __future__ import annotations
 
@@ -67,6 +69,10 @@ class Proxy:
         self._then_fail = False
         self.lost = 0
         """Answers dropped by `lose_answers` so far."""
+        self._delayed: re.Pattern[bytes] | None = None
+        self._delay_s = 0.0
+        self.delayed: list[tuple[bytes, float, float]] = []
+        """(first line, start, end of the wait) of the requests that waited out a `delay`."""
         threading.Thread(target=self._accept, daemon=True).start()
 
     def hang(self) -> None:
@@ -94,6 +100,25 @@ class Proxy:
         retries) are answered 503, as by `fail`, until `release`."""
         with self._lock:
             self._lose, self._lose_left, self._then_fail = re.compile(request_line), count, then_fail
+
+    def delay(self, request_line: bytes, seconds: float) -> None:
+        """Every request whose first line matches the regex `request_line` waits `seconds`
+        before it is passed on (a slow store's latency, per request, not per connection);
+        `most_at_once` tells how many a client had in flight at once."""
+        with self._lock:
+            self._delayed, self._delay_s = re.compile(request_line), seconds
+            self.delayed = []
+
+    def most_at_once(self, line_prefix: bytes) -> int:
+        """The most delayed requests starting with `line_prefix` that waited at the same time."""
+        with self._lock:
+            spans = [(start, end) for line, start, end in self.delayed if line.startswith(line_prefix)]
+        events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+        most = now = 0
+        for _, step in events:  # an end before a start at the same instant: -1 sorts first
+            now += step
+            most = max(most, now)
+        return most
 
     def fail(self, request_line: bytes) -> None:
         """Answer 503 to every request whose first line matches the regex `request_line`,
@@ -185,6 +210,7 @@ class Proxy:
                 self._flowing.wait(0.1)  # hung: hold the bytes, answer nothing
             if outbound:
                 self._wait_if_held(data)
+                self._wait_if_delayed(data)
                 if self._fails(data):
                     with contextlib.suppress(OSError):
                         src.sendall(ANSWER_503)
@@ -238,6 +264,15 @@ class Proxy:
             if not self._lose_left and self._then_fail:
                 self._failing = self._lose
             return 1
+
+    def _wait_if_delayed(self, data: bytes) -> None:
+        delayed, line = self._delayed, data.split(b"\r\n", 1)[0]
+        if delayed is None or not delayed.search(line):
+            return
+        start = time.monotonic()
+        self._closed.wait(self._delay_s)
+        with self._lock:
+            self.delayed.append((line, start, time.monotonic()))
 
     def _wait_if_held(self, data: bytes) -> None:
         """A request head (httpx sends it in one piece) matching the held pattern waits."""

@@ -29,12 +29,15 @@ from ..local.cache import _QQ, BLOCK_SIZE, Cache, ChunkEntry, Inode
 from ..local.chunkcache import ChunkCache
 from ..local.lmdbmap import release_map_pages
 from ..sync.prefix import NO_CLIP, Prefix, Prefixes, Ranges
-from .fetcher import Fetcher
+from .fetcher import URL_BATCH, Fetcher
 
 if TYPE_CHECKING:
     import lmdb
 
 SCAN_RELEASE_BYTES = 32 << 20
+WINDOW = 8
+"""Chunks a sequential read keeps downloading ahead of itself (bounded in bytes by the
+caller's `readahead` and by a quarter of the cache): one round trip per window."""
 URLS_WITH_LIST_BYTES = 16 << 20
 """Files up to this size get their chunks' signed URLs with the chunk list."""
 
@@ -110,16 +113,23 @@ class Content:
             i += 1
         return out
 
-    def _ahead(self, chunks: list[ChunkEntry], start: int, end: int) -> list[str]:
-        """The chunks to read ahead over [start, end), as many as fill a quarter of the
-        cache at most: read-ahead into a small cache would evict what is being read."""
+    def _ahead(self, chunks: list[ChunkEntry], start: int, end: int) -> tuple[list[str], Callable[[], list[str]]]:
+        """The window to read ahead over [start, end): WINDOW chunks at most, as many as
+        fill a quarter of the cache at most (read-ahead into a small cache would evict
+        what is being read); and a callable naming the chunks after it, whose signed URLs
+        are asked for with the window's."""
         room, out = self.chunks.limit // 4, []
-        for c in self._covering(chunks, start, end):
-            room -= c.length
+        if start >= end or not chunks:
+            return out, list
+        i = max(bisect.bisect_right(chunks, start, key=lambda c: c.offset) - 1, 0)
+        first = i
+        while i < len(chunks) and chunks[i].offset < end and i - first < WINDOW:
+            room -= chunks[i].length
             if room < 0:
                 break
-            out.append(c.fingerprint)
-        return out
+            out.append(chunks[i].fingerprint)
+            i += 1
+        return out, lambda: [c.fingerprint for c in chunks[i:i + URL_BATCH]]
 
     def _segments(self, node: Inode, base: list[ChunkEntry], start: int, end: int) -> list[Segment]:
         """Where bytes [start, end) come from under the dirty blocks (rules 2-4)."""
@@ -252,10 +262,12 @@ class Content:
             return b""
         chunks = await self.base_chunks(node)
         needed = [c.fingerprint for c, _, _ in self._segments(node, chunks, off, end) if c is not None]
+        upcoming = None
         if readahead:
-            self.fetcher.prefetch(self._ahead(chunks, end, min(end + readahead, node.base_len)))
+            ahead, upcoming = self._ahead(chunks, end, min(end + readahead, node.base_len))
+            self.fetcher.prefetch(ahead, upcoming=upcoming)
         if needed:
-            await self.fetcher.ensure(needed)
+            await self.fetcher.ensure(needed, upcoming=upcoming)
         parts = []
         pos = off
         while pos < end:

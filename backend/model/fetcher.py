@@ -4,6 +4,11 @@ Each chunk is fetched once however many readers want it (in-flight requests are
 shared), several chunks download in parallel, and every chunk is verified against
 its fingerprint (in `ApiClient.fetch_chunk`) before it is cached or returned.
 Signed URLs are asked for in batches and reused until shortly before they expire.
+
+A sequential reader keeps a window of chunks downloading ahead of it (`prefetch`, sized
+by content.py: WINDOW chunks, at most a fixed number of bytes and a quarter of the
+cache), so a cold read costs one round trip per window, not one per chunk; the URLs of
+the chunks after the window come in the same batch as the window's (`upcoming`).
 """
 
 from __future__ import annotations
@@ -22,13 +27,16 @@ from ..protocol.api_client import ApiClient
 
 log = logging.getLogger("cloudfs.fetcher")
 URL_REUSE_S = 45 * 60
+URL_BATCH = 256
+"""Signed URLs asked for at once when a read-ahead needs some: the chunks it will want
+next come along, so a sequential read asks the server once per this many chunks."""
 SPARE_BYTES = 32 << 20
 """Chunks downloaded while the cache had no room for them (full of changes not uploaded
 yet) are kept in memory up to this much, newest first, for the reader that asked."""
 
 
 class Fetcher:
-    def __init__(self, client: ApiClient, chunks: ChunkCache, *, parallel: int = 8) -> None:
+    def __init__(self, client: ApiClient, chunks: ChunkCache, *, parallel: int = 12) -> None:
         self.client = client
         self.chunks = chunks
         self._limiter = trio.CapacityLimiter(parallel)
@@ -48,7 +56,14 @@ class Fetcher:
                 self._urls[c.fingerprint] = (expires, wire.ChunkDownload(
                     fingerprint=c.fingerprint, length=c.length, compression=c.compression, download=c.download))
 
-    async def _urls_for(self, fingerprints: list[str]) -> dict[str, wire.ChunkDownload]:
+    def has_url(self, fingerprint: str) -> bool:
+        hit = self._urls.get(fingerprint)
+        return hit is not None and hit[0] > time.monotonic()
+
+    async def _urls_for(self, fingerprints: list[str],
+                        upcoming: Callable[[], list[str]] | None = None) -> dict[str, wire.ChunkDownload]:
+        """Signed URLs of `fingerprints`; when some must be asked for, those of
+        `upcoming()` (chunks wanted soon) that lack one are asked for in the same request."""
         now = time.monotonic()
         out, wanted = {}, []
         for fp in fingerprints:
@@ -57,6 +72,14 @@ class Fetcher:
                 out[fp] = hit[1]
             else:
                 wanted.append(fp)
+        if wanted and upcoming is not None:
+            asked = set(wanted)
+            for fp in upcoming():
+                if len(wanted) >= URL_BATCH:
+                    break
+                if fp not in asked and not self.has_url(fp) and fp not in self.chunks:
+                    asked.add(fp)
+                    wanted.append(fp)
         for i in range(0, len(wanted), 1000):
             answer = await self.client.prepare_download(wanted[i:i + 1000])
             for chunk in answer.chunks:
@@ -64,10 +87,12 @@ class Fetcher:
                 out[chunk.fingerprint] = chunk
         return out
 
-    async def ensure(self, fingerprints: list[str], *, on_fetched: Callable[[str], None] | None = None) -> None:
+    async def ensure(self, fingerprints: list[str], *, on_fetched: Callable[[str], None] | None = None,
+                     upcoming: Callable[[], list[str]] | None = None) -> None:
         """Make sure every chunk is in the cache, downloading the missing ones in parallel.
         `on_fetched` is told of each chunk this call downloaded, as it lands (the
-        progress of pinned files: pins.py)."""
+        progress of pinned files: pins.py); `upcoming` names chunks wanted soon, whose
+        URLs come along if any must be asked for (`_urls_for`)."""
         missing = [fp for fp in dict.fromkeys(fingerprints) if fp not in self.chunks and fp not in self._spare]
         if not missing:
             return
@@ -75,7 +100,7 @@ class Fetcher:
         for fp in mine:
             self._inflight[fp] = trio.Event()
         try:
-            urls = await self._urls_for(mine) if mine else {}
+            urls = await self._urls_for(mine, upcoming) if mine else {}
         except BaseException as exc:
             for fp in mine:
                 self._errors[fp] = exc
@@ -150,17 +175,19 @@ class Fetcher:
         except (OfflineError, ServerError) as exc:
             log.warning("could not report chunk %s: %s", fingerprint, exc)
 
-    def prefetch(self, fingerprints: list[str]) -> None:
-        """Read-ahead: fetch these in the background (in the session's nursery); a failure
-        only means the later read fetches again."""
-        wanted = [fp for fp in fingerprints if fp not in self.chunks and fp not in self._inflight
-                  and self.chunks.dirty_bytes + self.chunks.limit // 4 <= self.chunks.limit]
-        if wanted and self.nursery is not None:
-            self.nursery.start_soon(self._prefetch, wanted)
+    def prefetch(self, fingerprints: list[str], *, upcoming: Callable[[], list[str]] | None = None) -> None:
+        """Read-ahead: fetch these in the background (in the session's nursery), all at
+        once (the caller bounds the window); a failure only means the later read fetches
+        again. Nothing while changes not uploaded yet fill three quarters of the cache."""
+        if self.nursery is None or self.chunks.dirty_bytes + self.chunks.limit // 4 > self.chunks.limit:
+            return
+        wanted = [fp for fp in fingerprints if fp not in self._inflight and fp not in self.chunks]
+        if wanted:
+            self.nursery.start_soon(self._prefetch, wanted, upcoming)
 
-    async def _prefetch(self, fingerprints: list[str]) -> None:
+    async def _prefetch(self, fingerprints: list[str], upcoming: Callable[[], list[str]] | None) -> None:
         try:
-            await self.ensure(fingerprints)
+            await self.ensure(fingerprints, upcoming=upcoming)
         except Exception as exc:  # noqa: BLE001 - read-ahead is best effort
             log.debug("read-ahead failed: %s", exc)
 

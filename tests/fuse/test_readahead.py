@@ -1,0 +1,57 @@
+"""A cold sequential read keeps a window of chunk downloads in flight: through a store
+with a round trip's latency per request, reading N chunks costs about N / window round
+trips, not N. Counted at the proxy (how many chunk GETs wait there at once, how many
+URL batches were asked for), not timed, so a loaded machine does not make it flaky."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+from tests.harness import ServerProcess, cloudfs_mount, cloudfs_server
+from tests.proxy import Proxy
+
+MiB = 1 << 20
+LATENCY_S = 0.4
+
+
+def via(server: ServerProcess, url: str) -> ServerProcess:
+    """The same server, reached through `url` (the local store signs its chunk URLs on
+    the address the request came to, so chunk GETs pass the proxy too)."""
+    return type(server)(**{**server.__dict__, "url": url})
+
+
+def test_cold_sequential_read_keeps_a_window_of_chunks_in_flight(tmp_path: Path) -> None:
+    data = os.urandom(72 * MiB)  # default chunking: a dozen or more chunks of 4-8 MiB
+    with cloudfs_server(tmp_path / "srv") as srv:
+        token = srv.add_user(f"u-{uuid.uuid4().hex[:8]}")
+        with cloudfs_mount(srv, token, tmp_path / "a", tmp_path / "cache-a") as a:
+            (a.path / "big.bin").write_bytes(data)
+            a.sync(timeout=300)
+        proxy = Proxy(int(srv.url.rsplit(":", 1)[1]))
+        try:
+            with cloudfs_mount(via(srv, proxy.url), token, tmp_path / "b", tmp_path / "cache-b",
+                               device="dev-b") as b:
+                proxy.delay(rb"^(GET /blobs/|POST /downloads/prepare )", LATENCY_S)
+                digest = hashlib.sha256()
+                with open(b.path / "big.bin", "rb", buffering=0) as f:
+                    while piece := f.read(MiB):
+                        digest.update(piece)
+                assert digest.digest() == hashlib.sha256(data).digest()
+                log = b.log()
+            assert "Traceback" not in log, log[-5000:]
+        finally:
+            proxy.close()
+    chunks = sum(1 for line, _, _ in proxy.delayed if line.startswith(b"GET /blobs/"))
+    in_flight = proxy.most_at_once(b"GET /blobs/")
+    url_requests = len(proxy.delayed) - chunks
+    assert chunks >= 10, f"{chunks} chunk downloads: the file is too small to show a window"
+    # A read that fetched one chunk at a time (or a 16 MiB window: 2-3 chunks) never has
+    # more than a few waiting at once; a window of 8 has them all waiting together.
+    assert in_flight >= 6, (f"at most {in_flight} chunk downloads in flight at once "
+                            f"({chunks} chunk GETs, {url_requests} URL requests)")
+    # Signed URLs come in batches, not one server round trip per chunk ahead: the first
+    # chunk's, then the window's and the reader's next chunk's (at once) for all the rest.
+    assert url_requests <= 3, f"{url_requests} POST /downloads/prepare for {chunks} chunks"
