@@ -39,6 +39,9 @@ class ChangeNotifier:
         self._empty: dict[int, tuple[int, bytes]] = {}
         """owner -> (cursor, the rendered empty page) found since its last notify."""
         self._listeners: dict[int, set[anyio.Event]] = {}
+        self._empty_sync: dict[int, tuple[object, tuple[int, ...], bytes]] = {}
+        """account -> (its cursors, the generations of its namespaces, the rendered empty
+        answer) of its devices' last POST /sync that found nothing: one per account."""
         self.closing = False
 
     def known_empty(self, owner_id: int, cursor: int) -> bytes | None:
@@ -51,6 +54,18 @@ class ChangeNotifier:
         kept only if no change has been notified since."""
         if generation == self.generation(owner_id):
             self._empty[owner_id] = (cursor, page)
+
+    def known_empty_sync(self, account_id: int, cursors: object, generations: tuple[int, ...]) -> bytes | None:
+        """`known_empty` for a long-poll over several namespaces (POST /sync): the empty
+        answer found for these cursors, if none of the namespaces changed since
+        (`generations`, in the order they were taken)."""
+        hit = self._empty_sync.get(account_id)
+        return hit[2] if hit is not None and hit[0] == cursors and hit[1] == generations else None
+
+    def remember_empty_sync(self, account_id: int, cursors: object, generations: tuple[int, ...],
+                            page: bytes) -> None:
+        """A read that began at `generations` found nothing after `cursors`."""
+        self._empty_sync[account_id] = (cursors, generations, page)
 
     def generation(self, owner_id: int) -> int:
         """Bumped by every notify: two readers that took their waiter in the same
@@ -99,6 +114,7 @@ class ChangeNotifier:
         for owner_id in self._events:
             self._generation[owner_id] = self._generation.get(owner_id, 0) + 1
         self._empty.clear()
+        self._empty_sync.clear()
         events, self._events = self._events, {}
         for event in events.values():
             event.set()

@@ -170,20 +170,32 @@ async def sync(ctx: Ctx, user: Auth, req: wire_shares.SyncRequest) -> Response:
         return answer, mine != set(cursors)
 
     watched = sorted({user.id, *cursors})
+    asked = (tuple(sorted(cursors.items())), req.limit)
     deadline = anyio.current_time() + held_for(req.wait)
     while True:
         woken = ctx.notifier.listen(watched)
         try:
-            answer, differs = await ctx.run_db(read)
+            generations = tuple(ctx.notifier.generation(ns) for ns in watched)
+            body = ctx.notifier.known_empty_sync(user.id, asked, generations) if req.wait > 0 else None
+            if body is None:  # not an idle device's next long-poll (notifier.py, "Known-empty pages")
+                answer, differs = await ctx.run_db(read)
+                body = answer.model_dump_json().encode()
+                if answer.changes or answer.gone or differs:
+                    return Response(content=body, media_type="application/json")
+                ctx.notifier.remember_empty_sync(user.id, asked, generations, body)
             remaining = deadline - anyio.current_time()
-            if answer.changes or answer.gone or differs or remaining <= 0 or ctx.notifier.closing:
-                return Response(content=answer.model_dump_json(), media_type="application/json")
+            if remaining <= 0 or ctx.notifier.closing:
+                return Response(content=body, media_type="application/json")
             ctx.metrics.long_polls.inc()
             try:
-                with anyio.move_on_after(remaining):
+                with anyio.move_on_after(remaining) as timer:
                     await woken.wait()
             finally:
                 ctx.metrics.long_polls.dec()
+            if timer.cancelled_caught:
+                # Not woken: nothing changed in any of these namespaces since the read
+                # (the event was taken before it), so its empty answer still holds.
+                return Response(content=body, media_type="application/json")
         finally:
             ctx.notifier.unlisten(watched, woken)
 

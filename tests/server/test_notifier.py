@@ -109,3 +109,28 @@ def test_a_known_empty_page_lasts_until_the_owners_next_change() -> None:
         assert notifier.known_empty(1, 8) is None
 
     run_async(main)
+
+
+def test_a_known_empty_sync_answer_lasts_until_one_of_its_namespaces_changes() -> None:
+    """The same for a long-poll over several namespaces: kept per account, for one set
+    of cursors, valid while the generations of every namespace it watches are those its
+    read began at; a wake-up of everyone forgets it."""
+    async def main() -> None:
+        notifier = ChangeNotifier()
+        page = b'{"changes":[]}'
+        asked = (((1, 5), (9, 3)), 1000)
+        began = (notifier.generation(1), notifier.generation(9))
+        notifier.remember_empty_sync(1, asked, began, page)
+        assert notifier.known_empty_sync(1, asked, began) == page
+        assert notifier.known_empty_sync(1, (((1, 5), (9, 4)), 1000), began) is None  # other cursors
+        assert notifier.known_empty_sync(2, asked, began) is None  # another account
+        notifier.notify(7)
+        assert notifier.known_empty_sync(1, asked, (notifier.generation(1), notifier.generation(9))) == page
+        notifier.notify(9)  # the shared folder changed
+        assert notifier.known_empty_sync(1, asked, (notifier.generation(1), notifier.generation(9))) is None
+        now = (notifier.generation(1), notifier.generation(9))
+        notifier.remember_empty_sync(1, asked, now, page)
+        notifier.notify_all()
+        assert notifier.known_empty_sync(1, asked, now) is None
+
+    run_async(main)

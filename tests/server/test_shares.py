@@ -362,3 +362,30 @@ def test_a_shared_folders_bytes_count_against_its_owner(server: ServerProcess) -
         over = commit(guest, os.urandom(6000), path="/q/b.bin")
         assert over.status_code == 507 and over.json()["error"] == "quota_exceeded", over.text
         assert commit(guest, os.urandom(6000), path="/b.bin").status_code == 200  # the guest's own tree is theirs
+
+
+def test_an_idle_long_poll_answered_from_memory_still_sees_every_change(alice: Api, bob: Api, carol: Api) -> None:
+    """An idle device's next POST /sync from the same cursors parks without reading the
+    database (the empty answer is kept per account until one of its namespaces changes:
+    notifier.known_empty_sync). Whatever changes next is still seen at once: a file in a
+    shared folder, one in the account's own tree, and a folder newly shared with it."""
+    mkdir(alice, alice.root_id, "kept")
+    ns = share(alice, "/kept", bob)["id"]
+    accept(bob, ns)
+    cursors = {int(k): v for k, v in bob.get("/me").json()["cursors"].items()}
+    for _ in range(2):  # the second answer comes from memory
+        idle = sync(bob, cursors, wait=0.3)
+        assert idle["changes"] == [] and {n["id"] for n in idle["namespaces"]} == {bob.me["user_id"], ns}
+    put_file(alice, "/kept/a.txt", b"a")
+    seen = sync(bob, cursors, wait=5)
+    assert [(c["ns"], c["node"]["name"]) for c in seen["changes"]] == [(ns, "a.txt")]
+    cursors = {int(k): v for k, v in seen["cursors"].items()}
+    assert sync(bob, cursors, wait=0.3)["changes"] == []
+    put_file(bob, "/own.txt", b"own")
+    assert [c["node"]["name"] for c in sync(bob, cursors, wait=5)["changes"]] == ["own.txt"]
+    cursors = {int(k): v for k, v in sync(bob, cursors)["cursors"].items()}
+    assert sync(bob, cursors, wait=0.3)["changes"] == []
+    mkdir(carol, carol.root_id, "news")
+    accept(bob, share(carol, "/news", bob)["id"])
+    newly = sync(bob, cursors, wait=5)
+    assert len(newly["namespaces"]) == 3, newly
