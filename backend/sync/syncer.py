@@ -37,14 +37,15 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from ..errors import ConflictError, MissingChunksError, OfflineError, ServerError, StaleRevisionError
-from ..local.cache import ROOT_INO, Cache, GoneError, Inode, u64
+from ..local.cache import ROOT_INO, Cache, GoneError, Inode
 from ..local.chunkcache import ChunkCache
 from ..model import links
 from ..protocol import wire
 from ..protocol.api_client import ApiClient
 from . import shared
 from .conflicts import conflicted_name, conflicts_seen, count_conflict
-from .delete_guard import WINDOW_S, DeleteGuard
+from .delete_guard import DeleteGuard
+from .outbox_order import OutboxOrder, due, runs
 from .uploader import Uploader, finish_upload
 
 log = logging.getLogger("cloudfs.syncer")
@@ -52,7 +53,6 @@ log = logging.getLogger("cloudfs.syncer")
 QUIET_S = 0.03
 """Silence that ends a burst of local changes (tar x, cp -r: well under 1 ms between files)."""
 MAX_DELAY_S = 2.0
-PARALLEL_UPLOADS = 16
 MAX_BACKOFF_S = 10.0
 QUOTA_RETRY_S = 5.0
 
@@ -79,13 +79,15 @@ class Syncer:
         self._locks: dict[int, trio.Lock] = {}
         self._last_activity = 0.0
         self._burst_start = 0.0
-        self.guard = DeleteGuard()
-        self._cleared_upto = 0
-        """Deletes up to this outbox seq were judged by the guard and may go."""
-        self._held_len = 0
-        self._stuck_at: int | None = None
-        """The first entry waiting for a withheld delete (it and what follows wait)."""
-        self._withheld_len = -1
+        self.order = OutboxOrder(cache)
+
+    @property
+    def guard(self) -> DeleteGuard:
+        return self.order.guard
+
+    def take_held_deletes(self) -> list[int]:
+        """`cloudfs deletes undo`: drop every queued delete; the node ids the server still has."""
+        return self.order.take_held_deletes()
 
     @property
     def conflicts(self) -> int:
@@ -113,25 +115,25 @@ class Syncer:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Drain the outbox in order. Consecutive uploads of different files run
-        concurrently (up to PARALLEL_UPLOADS); every other entry waits for them."""
+        concurrently (up to outbox_order.PARALLEL_UPLOADS); every other entry waits for them."""
         task_status.started()
         backoff = 0.2
         while True:
-            items = _due(self.cache.outbox_items(limit=200))
+            items = due(self.cache.outbox_items(limit=200))
             if not items:
                 self._wake = trio.Event()
                 with trio.move_on_after(1.0):
                     await self._wake.wait()
                 continue
             await self._quiet_period(items[0][1], len(items))
-            items = self._unguarded(_due(self.cache.outbox_items(limit=500)))
+            items = self.order.passable(due(self.cache.outbox_items(limit=500)))
             if not items:
                 self._wake = trio.Event()
                 with trio.move_on_after(0.1):  # deletes settling or held (delete_guard.py)
                     await self._wake.wait()
                 continue
             failed: BaseException | None = None
-            for group in _groups(items):
+            for group in runs(items):
                 failed = await self._apply_group(group)
                 if failed is not None:
                     break
@@ -233,85 +235,6 @@ class Syncer:
         self.online = False
         self.last_error = str(exc)
 
-    def _unguarded(self, items: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
-        """The entries that may go now. A delete still settling, or held by the
-        mass-delete guard, stays queued, and so does each entry after it that needs it
-        gone first (something put at the name it frees); every other change passes it,
-        so a held `rm -rf` never stops the rest of the drive from syncing."""
-        first = next((i for i, (_, op) in enumerate(items) if op["op"] == "delete"), None)
-        if first is None:
-            self.guard.drained()
-            self._stuck_at = None
-            return items
-        if items[first][0] <= self._cleared_upto:
-            return items  # judged with its burst already
-        if self.guard.due(items[first][1]) and self._burst_may_go():
-            self._stuck_at = None
-            return items
-        return items[:first] + _due(self._past_withheld(items[first][0]))
-
-    def _burst_may_go(self) -> bool:
-        """Judge the queued deletes with the guard (once per change of the outbox)."""
-        if self.guard.held and self.cache.outbox_len() == self._held_len:
-            return False  # still held, nothing new: no need to count again
-        queued = [(seq, op.get("t", 0.0)) for seq, op in self.cache.outbox_items(limit=10_000_000)
-                  if op["op"] == "delete"]
-        newest = max(t for _, t in queued)
-        burst = sum(1 for _, t in queued if t >= newest - WINDOW_S)
-        was_held = self.guard.held
-        if self.guard.check(burst, self.cache.inode_count()):
-            self._cleared_upto = queued[-1][0]
-            return True
-        if not was_held:
-            log.warning("holding %d deletes made here within a minute (a mass delete?): other devices keep the files "
-                        "until `cloudfs deletes confirm` (or `cloudfs deletes undo` brings them back here)", len(queued))
-        self.guard.held = len(queued)
-        self._held_len = self.cache.outbox_len()
-        return False
-
-    def _past_withheld(self, start: int) -> list[tuple[int, dict]]:
-        """The entries from seq `start` on that need none of the withheld deletes, up to
-        the first that does (it and what follows wait, in order)."""
-        length = self.cache.outbox_len()
-        if length == self._withheld_len:
-            return []  # nothing passed last time, and nothing changed since
-        freed: set[tuple[int | None, str]] = set()
-        out: list[tuple[int, dict]] = []
-        self._stuck_at = None
-        for seq, op in self.cache.outbox_items(limit=10_000_000, start=start):
-            if op["op"] == "delete" and seq > self._cleared_upto:
-                if "name" not in op:  # queued by an older release: where it was is unknown
-                    self._stuck_at = seq
-                    break
-                freed.add((op.get("parent_node"), op["name"]))
-                continue
-            if self._puts_at(op, freed):
-                self._stuck_at = seq
-                break
-            out.append((seq, op))
-            if len(out) >= 500:
-                break
-        self._withheld_len = -1 if out else length
-        return out
-
-    def _puts_at(self, op: dict, freed: set[tuple[int | None, str]]) -> bool:
-        node = self.cache.get(op["ino"])
-        if node is None or not freed:
-            return False
-        parent = self.cache.get(node.parent)
-        return parent is not None and (parent.node_id, node.name) in freed
-
-    def take_held_deletes(self) -> list[int]:
-        """`cloudfs deletes undo`: drop every queued delete; the node ids the server still has."""
-        node_ids = []
-        with self.cache.write() as txn:
-            for seq, op in self.cache.outbox_items(limit=10_000_000):
-                if op["op"] == "delete":
-                    txn.delete(u64(seq), db=self.cache.outbox)
-                    node_ids.append(op["node_id"])
-        self.guard.drained()
-        return node_ids
-
     async def wait_idle(self, upto_seq: int) -> None:
         """Return once every outbox entry up to `upto_seq` has been applied, except the
         deletes the mass-delete guard holds and what waits for them (nothing more can
@@ -321,7 +244,7 @@ class Syncer:
             if not items or items[0][0] > upto_seq:
                 return
             if self.guard.held and items[0][1]["op"] == "delete" and not any(
-                    op["op"] != "delete" and (self._stuck_at is None or seq < self._stuck_at)
+                    op["op"] != "delete" and (self.order.stuck_at is None or seq < self.order.stuck_at)
                     for seq, op in self.cache.outbox_items(limit=10_000_000) if seq <= upto_seq):
                 return
             self._wake.set()  # not wake(): waiting is not local activity, no debounce
@@ -393,7 +316,7 @@ class Syncer:
         ours: list[dict] = []
         for child in children:
             seq, op = queued.get(child.id, (0, None))
-            if op is None or (self.guard.held and seq > self._cleared_upto):
+            if op is None or self.order.withholds(seq):
                 return False
             ours.append(op)
         log.info("deleting directory node %d: first the %d nodes in it on the server that were removed here",
@@ -854,42 +777,6 @@ class Syncer:
         parent = self.cache.get(node.parent)
         if parent is not None and parent.node_id:
             self.on_stale(parent.node_id)
-
-
-def _groups(items: list[tuple[int, dict]]) -> list[list[tuple[int, dict]]]:
-    """Split the outbox into runs that may be applied concurrently: uploads of
-    distinct inodes together, deletes together, everything else alone, order kept
-    between runs."""
-    groups: list[list[tuple[int, dict]]] = []
-    current: list[tuple[int, dict]] = []
-    inos: set[int] = set()
-    kind = ""
-    for seq, op in items:
-        if op["op"] in ("upload", "delete") and op["op"] == kind and not _deletes_dir(op) and (op["ino"] in inos or len(inos) < PARALLEL_UPLOADS):
-            current.append((seq, op))  # a repeat of an inode in the group is applied once
-            inos.add(op["ino"])
-            continue
-        if current:
-            groups.append(current)
-            current, inos, kind = [], set(), ""
-        if op["op"] in ("upload", "delete") and not _deletes_dir(op):
-            current, inos, kind = [(seq, op)], {op["ino"]}, op["op"]
-        else:
-            groups.append([(seq, op)])
-    if current:
-        groups.append(current)
-    return groups
-
-
-def _due(items: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
-    """Entries that are not waiting for a later retry (an upload over quota)."""
-    now = time.time()
-    return [item for item in items if item[1].get("retry_at", 0) <= now]
-
-
-def _deletes_dir(op: dict) -> bool:
-    """A directory's delete waits for the deletes before it (of what was inside)."""
-    return op["op"] == "delete" and op.get("rev") is None
 
 
 class _Retry(Exception):
