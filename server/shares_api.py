@@ -21,7 +21,7 @@ from cloudfs.backend.protocol import wire_shares
 from cloudfs.backend.protocol.names import split_path
 
 from . import journal, namespaces, shares, tree
-from .api import ERRORS, held_for
+from .api import ERRORS, held_for, park
 from .app import ServerContext, User, context_dependency, current_user, device_name
 from .errors import Invalid
 
@@ -186,13 +186,7 @@ async def sync(ctx: Ctx, user: Auth, req: wire_shares.SyncRequest) -> Response:
             remaining = deadline - anyio.current_time()
             if remaining <= 0 or ctx.notifier.closing:
                 return Response(content=body, media_type="application/json")
-            ctx.metrics.long_polls.inc()
-            try:
-                with anyio.move_on_after(remaining) as timer:
-                    await woken.wait()
-            finally:
-                ctx.metrics.long_polls.dec()
-            if timer.cancelled_caught:
+            if not await park(ctx, woken, remaining):
                 # Not woken: nothing changed in any of these namespaces since the read
                 # (the event was taken before it), so its empty answer still holds.
                 return Response(content=body, media_type="application/json")
