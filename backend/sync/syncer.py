@@ -526,9 +526,7 @@ class Syncer:
         except ServerError as exc:
             if exc.status != 404:
                 raise
-            if exc.body.get("field") == "parent_id":
-                self._detach_parent(node)
-                raise _Retry(f"the directory of {node.name!r} was deleted on the server: creating it again") from None
+            self._retry_if_parent_gone(exc, node)
             self._detach(node)  # deleted on the server while moved here: create it again
             if node.kind == "dir":
                 await self._detach_gone_below(node)
@@ -643,9 +641,7 @@ class Syncer:
         except ServerError as exc:
             if exc.status != 404:
                 raise
-            if exc.body.get("field") == "parent_id":
-                self._detach_parent(node)
-                raise _Retry(f"the directory of {node.name!r} was deleted on the server: creating it again") from None
+            self._retry_if_parent_gone(exc, node)
             if exc.body.get("field") != "node_id":
                 raise
             log.warning("%r was deleted on another device while edited here: keeping the edit", node.name)
@@ -770,6 +766,14 @@ class Syncer:
                     self.cache.detach(txn, child, queue=True)
                 if child.kind == "dir":
                     stack.append(child)
+
+    def _retry_if_parent_gone(self, exc: ServerError, node: Inode) -> None:
+        """A 404 naming `parent_id`: `node`'s directory was deleted on the server. The
+        follower applies that delete (keeping what has local work), then the retry
+        creates the directory again."""
+        if exc.body.get("field") == "parent_id":
+            self._detach_parent(node)
+            raise _Retry(f"the directory of {node.name!r} was deleted on the server: creating it again") from None
 
     def _detach_parent(self, node: Inode) -> None:
         """The server deleted `node`'s directory: the follower applies that delete, which
