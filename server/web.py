@@ -14,6 +14,7 @@ only ever sets names as text).
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 from typing import Annotated, Any, Callable
 from urllib.parse import urlsplit
@@ -177,12 +178,31 @@ async def search(ctx: Ctx, user: Auth, q: Annotated[str, Query(min_length=1, max
 
     def run() -> SearchResult:
         with ctx.db.read() as conn:
+            # The account's own tree and every shared folder it has mounted. A shared
+            # folder is found by the name it has here (its mount row), not its owner's.
+            mounted = {v.id: namespaces.mount_of(conn, user.id, v.id) for v in namespaces.visible(conn, user.id,
+                                                                                               user.root_id)[1:]}
+            where = {user.id} | {ns for ns, mount in mounted.items() if mount is not None}
             rows = conn.execute(
-                sa.select(nodes).where(nodes.c.owner_id == user.id, nodes.c.deleted == sa.false(),
+                sa.select(nodes).where(nodes.c.owner_id.in_(sorted(where)), nodes.c.deleted == sa.false(),
                                        nodes.c.parent_id.is_not(None),
                                        sa.func.lower(nodes.c.name).contains(q.lower(), autoescape=True))
                 .order_by(nodes.c.name, nodes.c.id).limit(limit + 1)).mappings().all()
-            hits = [SearchHit(node=tree.to_wire(r), path=history.path_of(conn, user.id, dict(r))) for r in rows[:limit]]
-            linked = tree.linked(conn, user.id, [hit.node for hit in hits])
+            hits, by_ns = [], defaultdict(list)
+            for r in rows[:limit]:
+                row, ns = dict(r), r["owner_id"]
+                if row["kind"] == "mount":  # the shared folder's root, where this account has it
+                    if row["mount_ns"] not in where:
+                        continue
+                    path = history.path_of(conn, user.id, row)
+                    ns, row = namespaces.enter(conn, user.id, row)
+                    row = dict(row)
+                else:
+                    mount = mounted.get(ns)
+                    path = (history.path_of(conn, user.id, mount) if mount is not None else "") + \
+                        history.path_of(conn, ns, row)
+                hits.append(SearchHit(node=namespaces.as_seen(conn, user.id, row), path=path))
+                by_ns[ns].append(hits[-1].node)
+            linked = [each for ns, found in by_ns.items() for each in tree.linked(conn, ns, found)]
         return SearchResult(hits=hits, more=len(rows) > limit, linked=linked)
     return await ctx.run_db(run)

@@ -144,3 +144,23 @@ def test_files_of_a_shared_folder_and_chunks_given_across_namespaces(alice: Api,
     assert bob.get(f"/files/{inside['id']}/content", headers={"Range": "bytes=10-19"}).content == data[10:20]
     assert alice.get(f"/files/{inside['id']}/content").status_code == 404
     assert alice.get(f"/dirs/{box['id']}/zip").status_code == 200
+
+
+def test_search_reaches_into_shared_folders_where_they_are_mounted(alice: Api, bob: Api) -> None:
+    """A member finds a shared folder's files by name, at the path where they mounted
+    the folder (not the owner's); the folder itself is found by its name there too, and
+    a folder nobody shared stays out of the other account's results."""
+    from tests.server.test_shares import accept, share
+
+    mkdir(alice, alice.root_id, "plans")
+    put_file(alice, "/plans/budget-2027.ods", b"numbers")
+    mkdir(alice, alice.root_id, "private")
+    put_file(alice, "/private/budget-secret.txt", b"no")
+    accept(bob, share(alice, "/plans", bob)["id"], "/From Alice")
+    put_file(bob, "/budget-mine.txt", b"mine")
+    paths = sorted(h["path"] for h in bob.get("/search", params={"q": "budget"}).json()["hits"])
+    assert paths == ["/From Alice/budget-2027.ods", "/budget-mine.txt"]
+    folder = bob.get("/search", params={"q": "from al"}).json()["hits"]
+    assert [(h["path"], h["node"]["name"]) for h in folder] == [("/From Alice", "From Alice")]
+    assert sorted(h["path"] for h in alice.get("/search", params={"q": "budget"}).json()["hits"]) == \
+        ["/plans/budget-2027.ods", "/private/budget-secret.txt"]
