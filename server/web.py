@@ -180,27 +180,26 @@ async def search(ctx: Ctx, user: Auth, q: Annotated[str, Query(min_length=1, max
         with ctx.db.read() as conn:
             # The account's own tree and every shared folder it has mounted. A shared
             # folder is found by the name it has here (its mount row), not its owner's.
-            mounted = {v.id: namespaces.mount_of(conn, user.id, v.id) for v in namespaces.visible(conn, user.id,
-                                                                                               user.root_id)[1:]}
-            where = {user.id} | {ns for ns, mount in mounted.items() if mount is not None}
+            mounted = {m["mount_ns"]: dict(m) for m in conn.execute(sa.select(nodes).where(
+                nodes.c.owner_id == user.id, nodes.c.kind == "mount", nodes.c.deleted == sa.false())).mappings()}
+            where = {user.id, *mounted}
             rows = conn.execute(
                 sa.select(nodes).where(nodes.c.owner_id.in_(sorted(where)), nodes.c.deleted == sa.false(),
                                        nodes.c.parent_id.is_not(None),
                                        sa.func.lower(nodes.c.name).contains(q.lower(), autoescape=True))
                 .order_by(nodes.c.name, nodes.c.id).limit(limit + 1)).mappings().all()
             hits, by_ns = [], defaultdict(list)
+            at: dict[int, str] = {user.id: ""}  # where each namespace is in this account's tree
             for r in rows[:limit]:
                 row, ns = dict(r), r["owner_id"]
                 if row["kind"] == "mount":  # the shared folder's root, where this account has it
-                    if row["mount_ns"] not in where:
-                        continue
                     path = history.path_of(conn, user.id, row)
-                    ns, row = namespaces.enter(conn, user.id, row)
-                    row = dict(row)
+                    ns, root = namespaces.enter(conn, user.id, row)
+                    row = dict(root)
                 else:
-                    mount = mounted.get(ns)
-                    path = (history.path_of(conn, user.id, mount) if mount is not None else "") + \
-                        history.path_of(conn, ns, row)
+                    if ns not in at:
+                        at[ns] = history.path_of(conn, user.id, mounted[ns])
+                    path = at[ns] + history.path_of(conn, ns, row)
                 hits.append(SearchHit(node=namespaces.as_seen(conn, user.id, row), path=path))
                 by_ns[ns].append(hits[-1].node)
             linked = [each for ns, found in by_ns.items() for each in tree.linked(conn, ns, found)]

@@ -18,7 +18,10 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+S = TypeVar("S")
 
 
 @dataclass
@@ -140,6 +143,10 @@ class Proxy:
             open_now, self._sockets = self._sockets, []
         for s in open_now:
             _close(s)
+
+    def front(self, server: S) -> S:
+        """`server` (a harness ServerProcess) as a device behind this proxy reaches it."""
+        return replace(server, url=self.url)
 
     def close(self) -> None:
         self._closed.set()

@@ -47,9 +47,6 @@ def check_same(src: Path, root: Path) -> None:
             assert read_retrying(root / path.relative_to(src)) == path.read_bytes(), path
 
 
-def via(server, url: str):  # noqa: ANN001, ANN201
-    return type(server)(**{**server.__dict__, "url": url})
-
 
 FAULTS = Faults(error=0.15, reset=0.15, slow=0.1, slow_s=0.3, seed=11)
 
@@ -60,12 +57,12 @@ def test_faulty_network_between_device_and_server(tmp_path, monkeypatch):
         token = srv.add_user("owner")
         proxy = Proxy(int(srv.url.rsplit(":", 1)[1]), FAULTS)
         try:
-            with cloudfs_mount(via(srv, proxy.url), token, tmp_path / "a", tmp_path / "cache-a") as a:
+            with cloudfs_mount(proxy.front(srv), token, tmp_path / "a", tmp_path / "cache-a") as a:
                 write_sample(a.path, tmp_path / "src")
                 a.sync(timeout=300)
                 assert a.status()["pending_ops"] == 0
                 # Read back through the same faults, from an empty cache.
-            with cloudfs_mount(via(srv, proxy.url), token, tmp_path / "a", tmp_path / "cache-a2") as a2:
+            with cloudfs_mount(proxy.front(srv), token, tmp_path / "a", tmp_path / "cache-a2") as a2:
                 check_same(tmp_path / "src", a2.path)
             assert sum(proxy.injected.values()) > 10, proxy.injected
         finally:

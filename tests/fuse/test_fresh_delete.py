@@ -11,12 +11,9 @@ import shutil
 import uuid
 from pathlib import Path
 
-from tests.harness import ServerProcess, cloudfs_mount, cloudfs_server
+from tests.harness import cloudfs_mount, cloudfs_server
 from tests.proxy import Proxy
 
-
-def via(server: ServerProcess, url: str) -> ServerProcess:
-    return type(server)(**{**server.__dict__, "url": url})
 
 
 def test_files_created_and_deleted_before_upload_never_reach_the_server(tmp_path: Path) -> None:
@@ -24,7 +21,7 @@ def test_files_created_and_deleted_before_upload_never_reach_the_server(tmp_path
         token = srv.add_user(f"u-{uuid.uuid4().hex[:8]}")
         proxy = Proxy(int(srv.url.rsplit(":", 1)[1]))
         try:
-            with cloudfs_mount(via(srv, proxy.url), token, tmp_path / "a", tmp_path / "cache-a") as a:
+            with cloudfs_mount(proxy.front(srv), token, tmp_path / "a", tmp_path / "cache-a") as a:
                 (a.path / "keep.txt").write_text("kept")
                 a.sync(timeout=120)
                 proxy.delay(rb"^(POST|PUT|DELETE|PATCH) ", 0.0)  # count every change sent from here on

@@ -57,7 +57,7 @@ class Device:
         return self.cache.parent / f"{self.cache.name}-mount.log"
 
     def start(self) -> None:
-        via = ServerProcess(**{**self.server.__dict__, "url": self.proxy.url})
+        via = self.proxy.front(self.server)
         self.mount = spawn_mount(via, self.token, self.path, self.cache, device=f"dev-{self.name}",
                                  timeout=MOUNT_TIMEOUT_S)
 

@@ -136,7 +136,7 @@ def a_behind_a_proxy(server: ServerProcess, tmp_path: Path) -> Iterator[tuple[De
     hang, so that b's changes land first while a's wait."""
     token = server.add_user(f"u-{uuid.uuid4().hex[:10]}")
     proxy = Proxy(int(server.url.rsplit(":", 1)[1]))
-    proxied = type(server)(**{**server.__dict__, "url": proxy.url})
+    proxied = proxy.front(server)
     try:
         with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
                 cloudfs_mount(server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:

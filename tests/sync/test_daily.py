@@ -236,7 +236,7 @@ def test_pending_bytes_fall_chunk_by_chunk_while_a_file_uploads(sync_server: Ser
     monkeypatch.setenv("CLOUDFS_CHUNK_AVG_MIB", "1")
     token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
     proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]), Faults(rate=4e6))
-    proxied = type(sync_server)(**{**sync_server.__dict__, "url": proxy.url})
+    proxied = proxy.front(sync_server)
     size = 16 << 20
     try:
         with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a") as a:
@@ -278,7 +278,7 @@ def test_pinned_files_download_chunk_by_chunk_as_a_transfer(sync_server: ServerP
         (a.path / "big.bin").write_bytes(os.urandom(size))
         a.sync()
     proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]), Faults(rate=2e6))  # 6 s, polled under any load
-    proxied = type(sync_server)(**{**sync_server.__dict__, "url": proxy.url})
+    proxied = proxy.front(sync_server)
     try:
         with cloudfs_mount(proxied, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
             pin(b, b.path / "big.bin", wait=False)

@@ -70,7 +70,7 @@ def test_a_request_whose_answer_was_lost_is_retried_as_itself(sync_server, tmp_p
     request, change = CASES[case]
     token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
     proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
-    proxied = type(sync_server)(**{**sync_server.__dict__, "url": proxy.url})
+    proxied = proxy.front(sync_server)
     try:
         with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
                 cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
@@ -107,7 +107,7 @@ def test_a_commit_whose_answer_was_lost_is_built_on_by_the_next(sync_server, tmp
     soak, seed 40044: a server that hung, then stopped)."""
     token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
     proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
-    proxied = type(sync_server)(**{**sync_server.__dict__, "url": proxy.url})
+    proxied = proxy.front(sync_server)
     try:
         with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
                 cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
@@ -141,7 +141,7 @@ def test_a_commit_whose_answer_was_lost_and_that_another_device_overwrote_stays_
     copy (found by the soak, seed 70117: a mount killed mid-upload)."""
     token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
     proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
-    proxied = type(sync_server)(**{**sync_server.__dict__, "url": proxy.url})
+    proxied = proxy.front(sync_server)
     try:
         with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
                 cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
@@ -186,7 +186,7 @@ def test_a_file_replaced_here_is_not_taken_for_our_own_lost_create(sync_server, 
     name, as a loaded machine did."""
     token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
     proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
-    proxied = type(sync_server)(**{**sync_server.__dict__, "url": proxy.url})
+    proxied = proxy.front(sync_server)
     try:
         with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
                 cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
@@ -235,7 +235,7 @@ def test_a_lost_create_overwritten_elsewhere_and_known_here_by_then_is_not_taken
     no other device (found by the soak, seed 100182: a 503 storm with lost answers)."""
     token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
     proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
-    proxied = type(sync_server)(**{**sync_server.__dict__, "url": proxy.url})
+    proxied = proxy.front(sync_server)
     copy = f"x (conflicted copy, dev-a, {datetime.date.today().isoformat()}).txt"
     try:
         with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \

@@ -80,7 +80,7 @@ def test_connection_that_hangs(fuse_free_server, tmp_path):
     proxy = Proxy(int(server.url.rsplit(":", 1)[1]))
     try:
         with cloudfs_mount(server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
-            proxied = type(server)(**{**server.__dict__, "url": proxy.url})
+            proxied = proxy.front(server)
             with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a:
                 prepare(a, b)
                 proxy.hang()

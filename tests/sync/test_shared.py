@@ -308,7 +308,7 @@ def test_a_files_names_stay_on_one_side_of_the_boundary(sync_server: ServerProce
     the mover's tree stayed different from the server's for good)."""
     alice, bob = f"alice-{uuid.uuid4().hex[:6]}", f"bob-{uuid.uuid4().hex[:6]}"
     proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
-    proxied = type(sync_server)(**{**sync_server.__dict__, "url": proxy.url})
+    proxied = proxy.front(sync_server)
     try:
         with mounts(sync_server, tmp_path, (sync_server.add_user(alice), "desk", "a")) as (a,), \
                 mounts(proxied, tmp_path, (sync_server.add_user(bob), "laptop", "b")) as (b,):
