@@ -260,6 +260,20 @@ class Cache:
             ino = node.parent
         return names[::-1]
 
+    def within(self, ino: int, top: int) -> bool:
+        """`ino` is `top` or below it. A chain deeper than any tree may be (a cycle a bug
+        made) counts as inside: callers refuse a move into it rather than loop."""
+        for _ in range(4096):
+            if ino == top:
+                return True
+            if ino in (ROOT_INO, 0):
+                return False
+            node = self.get(ino)
+            if node is None:
+                return False
+            ino = node.parent
+        return True
+
     def put(self, txn: lmdb.Transaction, node: Inode, *, create: bool = False) -> None:
         """Store `node`. Unless `create`, the inode must still exist: a task holding an
         Inode across an await must never bring back one that was deleted meanwhile."""

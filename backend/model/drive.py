@@ -351,7 +351,7 @@ class Drive:
         node = self.lookup(old_parent, old_name)
         record = self.cache.get(self.cache.record_at(old_parent, old_name) or 0) or node
         self._dir(new_parent)
-        if node.kind == "dir" and self._is_ancestor(node.ino, new_parent):
+        if node.kind == "dir" and self.cache.within(new_parent, node.ino):
             raise InvalidError(f"cannot move {old_name!r} into its own subtree")
         self._check_move(node, old_parent, new_parent)
         victim_ino = self.cache.lookup(new_parent, new_name)
@@ -391,8 +391,8 @@ class Drive:
         if a.extra.get("ns") or b.extra.get("ns") or \
                 shared.namespace_of(self.cache, old_parent)[0] != shared.namespace_of(self.cache, new_parent)[0]:
             raise CrossDeviceError(f"{old_name!r} and {new_name!r} cannot be exchanged across a shared folder's boundary")
-        if a.kind == "dir" and self._is_ancestor(a.ino, new_parent) or \
-                b.kind == "dir" and self._is_ancestor(b.ino, old_parent):
+        if a.kind == "dir" and self.cache.within(new_parent, a.ino) or \
+                b.kind == "dir" and self.cache.within(old_parent, b.ino):
             raise InvalidError(f"cannot exchange {old_name!r} and {new_name!r}: one contains the other")
         ra = self.cache.get(self.cache.record_at(old_parent, old_name) or 0) or a
         rb = self.cache.get(self.cache.record_at(new_parent, new_name) or 0) or b
@@ -445,18 +445,6 @@ class Drive:
             if any(other not in inside for other in names):
                 raise CrossDeviceError(f"{here.name!r} has another name outside {node.name!r}: a file's names stay "
                                        "on one side of a shared folder's boundary")
-
-    def _is_ancestor(self, ancestor: int, ino: int) -> bool:
-        for _ in range(4096):
-            if ino == ancestor:
-                return True
-            if ino in (ROOT_INO, 0):
-                return False
-            node = self.cache.get(ino)
-            if node is None:
-                return False
-            ino = node.parent
-        return True
 
     # --- attributes and content ---
 

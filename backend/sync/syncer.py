@@ -542,7 +542,7 @@ class Syncer:
         there meanwhile, as a conflicted copy). False when that place is gone here too."""
         home = self.cache.get(node.srv_parent) if node.srv_parent else None
         if home is None or home.kind != "dir" or (not home.parent and home.ino != ROOT_INO) \
-                or self._below(home, node):
+                or self.cache.within(home.ino, node.ino):
             return False
         log.warning("the server refused to move %r (%s): it goes back where it was", node.name,
                     exc.body.get("detail", exc))
@@ -560,19 +560,6 @@ class Syncer:
         if name != node.srv_name:
             await self._move(node)
         return True
-
-    def _below(self, node: Inode, top: Inode) -> bool:
-        """`node` is `top` or inside it."""
-        for _ in range(10_000):
-            if node.ino == top.ino:
-                return True
-            if not node.parent or node.ino == ROOT_INO:
-                return False
-            parent = self.cache.get(node.parent)
-            if parent is None:
-                return False
-            node = parent
-        return False
 
     def _moved_meanwhile(self, node: Inode, parent_id: int) -> bool:
         """`node` is no longer in the directory `parent_id` a request in flight named:
