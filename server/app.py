@@ -381,12 +381,13 @@ def error_response(exc: ApiError) -> JSONResponse:
 
 
 def create_app(ctx: ServerContext, *, fast_routes: bool = True) -> FastAPI:
-    """The app; `fast_routes=False` leaves out `commit_route.CommitRoute` and
-    `changes_route.ChangesRoute`, so that a test can hold their answers against the
-    FastAPI routes'."""
+    """The app; `fast_routes=False` leaves out `commit_route.CommitRoute`,
+    `changes_route.ChangesRoute` and `sync_route.SyncRoute`, so that a test can hold
+    their answers against the FastAPI routes'."""
     from . import api, auth_api, blobs, history_api, integrity, ops, share_links_api, shares_api, web
     from .changes_route import ChangesRoute
     from .commit_route import CommitRoute
+    from .sync_route import SyncRoute
 
     app = FastAPI(
         title="cloudfs",
@@ -448,6 +449,7 @@ def create_app(ctx: ServerContext, *, fast_routes: bool = True) -> FastAPI:
     if fast_routes:  # innermost: the limits and the access log apply to them
         app.add_middleware(CommitRoute, ctx=ctx)
         app.add_middleware(ChangesRoute, ctx=ctx)
+        app.add_middleware(SyncRoute, ctx=ctx)
     app.add_middleware(BodyLimit)
     app.add_middleware(web.SecurityHeaders)
     app.add_middleware(AccessLog, metrics=ctx.metrics, summary_s=ctx.quiet_summary_s)

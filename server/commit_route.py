@@ -18,9 +18,6 @@ and the access log apply to it as to every route.
 
 from __future__ import annotations
 
-import json
-import re
-from collections import deque
 from typing import Any, Callable
 
 from cloudfs.backend.protocol import wire
@@ -28,9 +25,9 @@ from .api import commit_version
 from . import journal
 from .app import DEVICE_RE, ServerContext, error_response, user_of_header
 from .errors import ApiError
+from .fast_route import headers, is_json, parse, read_body, replay
 
 PATH = "/files"
-_JSON_TYPE = re.compile(r"^application/([a-z0-9.!#$&^_-]+\+)?json$")
 
 
 class CommitRoute:
@@ -43,32 +40,15 @@ class CommitRoute:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        auth = device = content_type = None
-        for name, value in scope["headers"]:  # ASGI header names are lower case
-            if name == b"authorization" and auth is None:
-                auth = value
-            elif name == b"x-cloudfs-device" and device is None:
-                device = value
-            elif name == b"content-type" and content_type is None:
-                content_type = value
+        auth, device, content_type = headers(scope, b"authorization", b"x-cloudfs-device", b"content-type")
         device_name = _device(device)
-        user = await user_of_header(self.ctx, auth) if device_name is not None and _is_json(content_type) else None
+        user = await user_of_header(self.ctx, auth) if device_name is not None and is_json(content_type) else None
         if user is None:
             return await self.app(scope, receive, send)
-
-        messages: list[dict] = []
-        body = b""
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                return await self.app(scope, _replay(messages, receive), send)  # the client went away
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
-        req = _parse(body)
+        body, messages = await read_body(receive)
+        req = parse(wire.CommitRequest, body) if body is not None else None
         if req is None:
-            return await self.app(scope, _replay(messages, receive), send)
+            return await self.app(scope, replay(messages, receive), send)
 
         journal.ACTOR.set(user.id)
         try:
@@ -77,34 +57,9 @@ class CommitRoute:
             response = error_response(exc)
         await response(scope, receive, send)
 
+
 def _device(value: bytes | None) -> str | None:
     if value is None:
         return "unknown"
     name = value.decode("latin-1")
     return name if DEVICE_RE.match(name) else None
-
-
-def _is_json(content_type: bytes | None) -> bool:
-    """What FastAPI reads as a JSON body; anything unusual goes to FastAPI itself."""
-    if content_type is None:
-        return False
-    return _JSON_TYPE.match(content_type.decode("latin-1").split(";", 1)[0].strip().lower()) is not None
-
-
-def _parse(body: bytes) -> wire.CommitRequest | None:
-    """As FastAPI does it (json.loads, then the model), or None to let FastAPI say why not."""
-    try:
-        return wire.CommitRequest.model_validate(json.loads(body))
-    except Exception:  # noqa: BLE001 - any refusal is worded by the FastAPI route
-        return None
-
-
-def _replay(messages: list[dict], receive: Callable) -> Callable:
-    """A `receive` that hands out what was already read, then reads on."""
-    pending = deque(messages)
-
-    async def replay() -> dict:
-        if pending:
-            return pending.popleft()
-        return await receive()
-    return replay

@@ -152,6 +152,12 @@ async def remove(ctx: Ctx, user: Auth, device: Device, ns_id: NsPath, name: User
 async def sync(ctx: Ctx, user: Auth, req: wire_shares.SyncRequest) -> Response:
     """Journal entries of every namespace after its cursor, in seq order; with `wait`,
     long-polls until one of them has something (one request however many namespaces)."""
+    return await feed(ctx, user, req)
+
+
+async def feed(ctx: ServerContext, user: User, req: wire_shares.SyncRequest) -> Response:
+    """`POST /sync` once its body is valid: here and in sync_route.SyncRoute, which
+    serves well-formed long-polls without FastAPI. Raises ApiError (422)."""
     cursors: dict[int, int] = {}
     for key, value in req.cursors.items():
         if not key.isdigit() or not 0 < int(key) < 2**63:
