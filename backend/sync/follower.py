@@ -72,6 +72,8 @@ from .conflicts import conflicted_name, count_conflict
 log = logging.getLogger("cloudfs.follower")
 
 RECONCILE_EVERY_S = 3600.0
+UNANSWERED_KEPT = 1000
+"""Own creates remembered while their node is not bound here (`_echo`): the newest."""
 SETTLE_EVERY_S = 0.25
 MAX_PULL_DEPTH = 4096
 
@@ -101,6 +103,13 @@ class Follower:
         self.visible: set[int] = set(self.cursors)
         """The namespaces the server last said this account sees."""
         self.deferred: set[int] = set(json.loads(cache.get_meta("deferred", "[]") or "[]"))
+        self.unanswered: dict[int, tuple[int, str]] = {
+            int(k): (int(v[0]), str(v[1])) for k, v in json.loads(cache.get_meta("unanswered", "{}") or "{}").items()}
+        """Files this device created whose create came back through the journal before
+        the node was bound here (node id -> parent node id, name): usually the answer is
+        on its way; after a kill or a lost answer, it never comes (`_make_room`). Kept
+        in LMDB with the cursors, since the kill may come after the entry was applied."""
+        self._unanswered_saved = dict(self.unanswered)
         self._pulling = 0
         """Deferred pulls under way (_pull_deferred)."""
         self.online = True
@@ -229,6 +238,8 @@ class Follower:
         syncer) is skipped always: applying it would only undo ours for a moment."""
         ino = self.cache.ino_for_node(change.node.id)
         local = self.cache.get(ino) if ino else None
+        if local is None and change.op == "create" and change.node.kind == "file" and change.node.parent_id:
+            self.unanswered[change.node.id] = (change.node.parent_id, change.node.name)
         if local is None or change.node.parent_id is None or self._pending(local):
             return
         if change.seq < local.extra.get("srv_seq", 0):
@@ -311,10 +322,15 @@ class Follower:
         if visible is not None:
             merged = {ns: c for ns, c in merged.items() if ns in visible}
             self.visible = visible
-        if merged != self.cursors:
+        self.unanswered = {node_id: placed for node_id, placed in list(self.unanswered.items())[-UNANSWERED_KEPT:]
+                           if self.cache.ino_for_node(node_id) is None}
+        if merged != self.cursors or self.unanswered != self._unanswered_saved:
             with self.cache.write() as txn:
                 shared.save_cursors(self.cache, txn, merged)
+                if self.unanswered != self._unanswered_saved:
+                    self.cache.set_meta(txn, "unanswered", json.dumps({str(k): v for k, v in self.unanswered.items()}))
             self.cursors = merged
+            self._unanswered_saved = dict(self.unanswered)
         self._advanced.set()
         self._advanced = trio.Event()
 
@@ -341,7 +357,9 @@ class Follower:
     def _blocked(self, node_id: int) -> bool:
         ino = self.cache.ino_for_node(node_id)
         local = self.cache.get(ino) if ino else None
-        return local is not None and (self._pending(local) or self._move_queued(local))
+        if local is None:
+            return self._unanswered_occupant(node_id) is not None
+        return self._pending(local) or self._move_queued(local)
 
     # --- what counts as local work ---
 
@@ -491,6 +509,9 @@ class Follower:
             return "free"
         if not self._pending(occupant):
             return "wait"  # a clean node: the journal moves or deletes it too
+        mine = self._unanswered_occupant(remote.id)
+        if mine is not None and mine.ino == occupant.ino and remote.kind == "file":
+            return "wait"  # pulled again once the retry bound it (_blocked until then)
         if occupant.kind == "dir" and remote.kind == "dir" and not occupant.node_id and local is None:
             with self.cache.write() as txn:  # two new directories of one name: merge them
                 self.cache.bind_node_id(txn, occupant, remote.id)
@@ -510,6 +531,23 @@ class Follower:
             count_conflict(self.cache, txn)
         self._inval.append(("entry", parent, remote.name))
         return "free"
+
+    def _unanswered_occupant(self, node_id: int) -> Inode | None:
+        """The local file whose create made `node_id`, when its answer never came (a kill,
+        a lost answer) and it is still unbound, under the name it was created with.
+        Another device's change to that node is not a conflict by itself: the
+        uploader's retry finds its own version in the history and binds the file to the
+        node (uploader._landed_already), then the newer change is pulled over it. A
+        conflicted copy made at once brought back bytes that the other device had seen
+        and overwritten (found by the soak, seed 130006). If the file changed after that
+        create, the retry is refused as a conflict and the syncer keeps it as a copy."""
+        placed = self.unanswered.get(node_id)
+        if placed is None or self.cache.ino_for_node(node_id) is not None:
+            return None
+        parent_ino = self.cache.ino_for_node(placed[0])
+        ino = self.cache.record_at(parent_ino, placed[1]) if parent_ino else None
+        local = self.cache.get(ino) if ino else None
+        return local if local is not None and local.kind == "file" and not local.node_id else None
 
     def _create(self, remote: wire.Node, parent: int) -> None:
         with self.cache.write() as txn:
