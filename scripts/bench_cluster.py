@@ -2,8 +2,8 @@
 """Benchmark a cluster: 10,000 simulated devices against 1, 2 and 3 `cloudfs server`
 replicas behind HAProxy, on one PostgreSQL database and one S3 bucket (moto server).
 
-Each device is one account's device holding a long-poll (`GET /changes?wait=25`, what
-the device's follower asks for) on a keep-alive connection through the balancer, and
+Each device is one account's device holding a long-poll (`POST /sync` with its
+namespace's cursor and `wait` 25, what the device's follower asks for) on a keep-alive connection through the balancer, and
 taking the next one as soon as it is answered: 1,000 accounts of 10 devices. They
 connect within ~20 s, then sit idle for `idle_s` (each long-poll times out at least
 once: what idle devices cost). Then, for `steady_s` seconds, a steady rate of small
@@ -107,9 +107,10 @@ class Device:
     scripts/bench_server.py RawHttp). On a broken connection it reconnects, as a
     device's follower does, and the break counts as an error."""
 
-    def __init__(self, host: str, port: int, token: str, cursor: int, name: str) -> None:
-        self.host, self.port, self.cursor = host, port, cursor
-        self.head = (f"Host: {host}:{port}\r\nAuthorization: Bearer {token}\r\nX-Cloudfs-Device: {name}\r\n").encode()
+    def __init__(self, host: str, port: int, token: str, ns: int, cursor: int, name: str) -> None:
+        self.host, self.port, self.ns, self.cursor = host, port, ns, cursor
+        self.head = (f"Host: {host}:{port}\r\nAuthorization: Bearer {token}\r\nX-Cloudfs-Device: {name}\r\n"
+                     f"Content-Type: application/json\r\n").encode()
         self.stream: trio.SocketStream | None = None
 
     async def run(self, stats: Stats, wait_s: int, sent: trio.Event) -> None:
@@ -118,8 +119,9 @@ class Device:
             try:
                 if self.stream is None:
                     self.stream = await trio.open_tcp_stream(self.host, self.port)
-                target = f"/changes?cursor={self.cursor}&wait={wait_s}"
-                await self.stream.send_all(b"GET " + target.encode() + b" HTTP/1.1\r\n" + self.head + b"\r\n")
+                body = json.dumps({"cursors": {str(self.ns): self.cursor}, "wait": wait_s}).encode()
+                await self.stream.send_all(b"POST /sync HTTP/1.1\r\n" + self.head
+                                           + b"Content-Length: %d\r\n\r\n" % len(body) + body)
                 stats.sent_requests += 1
                 if first:
                     first = False
@@ -135,7 +137,7 @@ class Device:
                 if stats.record:
                     for change in page["changes"]:
                         stats.arrivals.setdefault(change["seq"], []).append(arrived)
-                self.cursor = page["cursor"]
+                self.cursor = page["cursors"][str(self.ns)]
             except (OSError, trio.BrokenResourceError, ConnectionError, ValueError) as exc:
                 stats.error(f"long-poll connection: {exc!r}")
                 if self.stream is not None:
@@ -233,10 +235,10 @@ async def run_against(c: Cluster, tokens: list[str], burst_tokens: list[str], si
             if r.status_code != 200:
                 raise RuntimeError(f"seed commit: {r.status_code} {r.text[:200]}")
             seeds.append((tokens[a], r.json()["node"]["id"], hashlib.sha256(data).hexdigest()))
-        cursors = []
+        cursors: list[tuple[int, int]] = []  # (namespace: the account's own tree, cursor)
         for a in range(accounts):
-            r = await api.get("/me", headers=auth(tokens[a]))
-            cursors.append(r.json()["cursor"])
+            me = (await api.get("/me", headers=auth(tokens[a]))).json()
+            cursors.append((me["user_id"], me["cursor"]))
 
         # --- the devices connect, then sit idle ---------------------------------------------
         print(f"  opening {sizes.devices} long-polls ...", flush=True)
@@ -247,7 +249,7 @@ async def run_against(c: Cluster, tokens: list[str], burst_tokens: list[str], si
                 a = d % accounts
                 sent = trio.Event()
                 events.append(sent)
-                nursery.start_soon(Device(host, port, tokens[a], cursors[a], f"dev{d}").run, stats, sizes.wait_s, sent)
+                nursery.start_soon(Device(host, port, tokens[a], *cursors[a], f"dev{d}").run, stats, sizes.wait_s, sent)
             with trio.fail_after(120):
                 for sent in events:
                     await sent.wait()
