@@ -313,7 +313,27 @@ async def prepare_upload(ctx: Ctx, user: Auth, request: Request, req: wire.Prepa
     ns_id = user.id
     if req.node_id is not None:
         ns_id = await ctx.run_db(_locate, ctx, user, req.node_id, True, "node_id")
-    return await ctx.run_db(files.prepare_upload, ctx.db, _signer(ctx, request), ns_id, req)
+    prepared = await ctx.run_db(files.prepare_upload, ctx.db, _signer(ctx, request), ns_id, req)
+    prepared.check_after_put = bool(prepared.missing) and ctx.store.reads_back
+    return prepared
+
+
+@router.post("/chunks/check", tags=["files"], response_model=wire.CheckChunksResponse)
+async def check_chunks(ctx: Ctx, user: Auth, req: wire.CheckChunksRequest) -> wire.CheckChunksResponse:
+    """Verify chunks just PUT now, not at the commit that names them. Where the store
+    keeps no checksum it checked on PUT (moto, some S3 clones), verifying reads every
+    chunk back: a device that asks after each batch of PUTs has the read-back of one
+    batch overlap the PUTs of the next, and its commit finds the chunks verified."""
+    ns_id = user.id
+    if req.node_id is not None:
+        ns_id = await ctx.run_db(_locate, ctx, user, req.node_id, True, "node_id")
+    pending = await ctx.run_db(files.pending_rows, ctx.db, ns_id, req.fingerprints)
+    verified, problems = await _check_in_store(ctx, ns_id, commits.Unverified({}, pending)) if pending else ([], {})
+    if verified:
+        await ctx.run_db(files.record_verified, ctx.db, ns_id, verified)
+    already = set(req.fingerprints) - {row["fingerprint"] for row in pending}
+    good = await ctx.run_db(files.verified_among, ctx.db, ns_id, sorted(already)) if already else []
+    return wire.CheckChunksResponse(verified=sorted(set(verified) | set(good)), problems=problems)
 
 
 def _locate(ctx: ServerContext, user: User, node_id: int, write: bool, field: str) -> int:

@@ -281,6 +281,13 @@ def pending_rows(db: Database, owner_id: int, fingerprints: list[str]) -> list[R
     return [row for row in rows.values() if row["state"] == "pending"]
 
 
+def verified_among(db: Database, owner_id: int, fingerprints: list[str]) -> list[str]:
+    """Which of these chunks this owner has, verified."""
+    with db.read() as conn:
+        rows = chunk_rows(conn, owner_id, fingerprints)
+    return [fp for fp, row in rows.items() if row["state"] == "verified"]
+
+
 def record_verified(db: Database, owner_id: int, fingerprints: list[str]) -> None:
     with db.write(owner_id) as conn:
         mark_verified(as_tx(conn), owner_id, fingerprints)

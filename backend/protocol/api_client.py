@@ -241,6 +241,16 @@ class ApiClient:
             body["node_id"] = node_id
         return wire.PrepareUploadResponse.model_validate(await self._call("POST", "/uploads/prepare", json=body))
 
+    async def check_chunks(self, fingerprints: list[str], *, node_id: int | None = None) -> wire.CheckChunksResponse:
+        """Have chunks just PUT verified now rather than by the commit that names them
+        (only worth it where the server said `check_after_put`). Not retried: the commit
+        checks whatever this did not."""
+        body: dict[str, Any] = {"fingerprints": fingerprints}
+        if node_id:
+            body["node_id"] = node_id
+        return wire.CheckChunksResponse.model_validate(
+            await self._call("POST", "/chunks/check", json=body, retry=False))
+
     async def put_chunk(self, ticket: wire.ChunkTicket, data: bytes | memoryview) -> None:
         await self._retried(self._put_once, ticket, data, interactive=False)
 

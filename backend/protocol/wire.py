@@ -127,6 +127,20 @@ class ChunkTicket(BaseModel):
 class PrepareUploadResponse(BaseModel):
     missing: list[ChunkTicket]
     present: list[str]
+    check_after_put: bool = Field(False, description="the store keeps no checksum it checked on PUT, so verifying "
+                                                     "a chunk means reading it back: ask POST /chunks/check once a "
+                                                     "batch is PUT, and the read-back overlaps the next batches")
+
+
+class CheckChunksRequest(Strict):
+    fingerprints: Annotated[list[Fingerprint], Field(max_length=1000)]
+    node_id: NodeId | None = Field(None, description="as for /uploads/prepare: the namespace the chunks went to")
+
+
+class CheckChunksResponse(BaseModel):
+    verified: list[str] = Field(description="chunks found in the store with exactly their bytes (now, or before)")
+    problems: dict[str, str] = Field(description="chunk -> why it is not good yet; PUT it again (the commit would "
+                                                 "refuse it)")
 
 
 class PrepareDownloadRequest(Strict):

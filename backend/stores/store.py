@@ -46,6 +46,11 @@ DELETE_BATCH = 1000
 
 
 class ObjectStore(Protocol):
+    reads_back: bool
+    """True while verifying an object means reading it back: the store keeps no checksum
+    it checked on PUT (moto, some S3 clones). The server then has devices ask for
+    chunks to be checked as their batches are PUT (api.check_chunks), not at commit."""
+
     def put(self, key: str, data: bytes) -> None: ...
 
     def get(self, key: str) -> bytes: ...

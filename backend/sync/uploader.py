@@ -42,7 +42,7 @@ import trio
 
 from ..chunker import iter_pieces
 from ..daily.transfers import Transfer, Transfers
-from ..errors import ConflictError, ServerError, one_error
+from ..errors import ConflictError, OfflineError, ServerError, one_error
 from ..local.cache import BLOCK_SIZE, Cache, ChunkEntry, Inode
 from ..local.chunkcache import ChunkCache
 from ..local.lmdbmap import release_map_pages
@@ -65,6 +65,8 @@ BUDGET_BYTES = 64 * MiB
 counts at most BUDGET_BYTES - BATCH_BYTES, so an unfinished batch (< BATCH_BYTES)
 always leaves room for the next piece: the loop cannot deadlock."""
 PARALLEL_PUTS = 8
+CHECKS_AT_ONCE = 2
+"""Batches the server may be reading back for one upload at once (check_after_put)."""
 EAGER_BYTES = 256 * 1024
 UNMAP_BYTES = 32 * MiB
 """The producer gives back the LMDB map's pages after reading this much (lmdbmap.py):
@@ -296,16 +298,19 @@ class Uploader:
             nonlocal sent_chunks, sent_bytes
             batch: list[_Outgoing] = []
             batch_bytes = 0
+            checking = trio.CapacityLimiter(CHECKS_AT_ONCE)
 
             async def flush() -> None:
                 nonlocal sent_chunks, sent_bytes, batch, batch_bytes
                 if batch:
-                    c, b = await self._send_batch(batch, budget, hint)
+                    c, b, check = await self._send_batch(batch, budget, hint)
                     sent_chunks, sent_bytes, batch, batch_bytes = sent_chunks + c, sent_bytes + b, [], 0
+                    if check:  # the store's read-back of this batch overlaps the PUTs of the next
+                        checks.start_soon(self._check, check, hint, checking)
                 if on_progress is not None:
                     on_progress(refs)
 
-            async with receive:
+            async with receive, trio.open_nursery() as checks:  # the commit waits for the checks
                 async for out in receive:
                     refs.append((out.fingerprint, out.length))
                     if isinstance(out, Reused):
@@ -378,9 +383,10 @@ class Uploader:
         parent = self.cache.get(node.parent)
         return parent.node_id if parent is not None and parent.node_id else None
 
-    async def _send_batch(self, batch: list[_Outgoing], budget: ByteBudget, hint: int | None) -> tuple[int, int]:
+    async def _send_batch(self, batch: list[_Outgoing], budget: ByteBudget, hint: int | None,
+                          ) -> tuple[int, int, list[str]]:
         """Prepare, compress what is missing, PUT; then release the batch's budget.
-        Returns (chunks sent, bytes sent)."""
+        Returns (chunks sent, bytes sent, chunks the server wants checked now)."""
         try:
             return await self._prepare_and_put({o.fingerprint: o for o in batch}, hint)
         finally:
@@ -388,7 +394,7 @@ class Uploader:
             for o in batch:
                 o.drop()
 
-    async def _prepare_and_put(self, by_fp: dict[str, _Outgoing], hint: int | None) -> tuple[int, int]:
+    async def _prepare_and_put(self, by_fp: dict[str, _Outgoing], hint: int | None) -> tuple[int, int, list[str]]:
         prepared = await self.client.prepare_upload([o.describe() for o in by_fp.values()], node_id=hint)
         tickets = {t.fingerprint: t for t in prepared.missing}
         late = [by_fp[fp] for fp in tickets if by_fp[fp].compressible and not by_fp[fp].tried]
@@ -418,7 +424,18 @@ class Uploader:
                 nursery.start_soon(put, ticket)
         _progress(sum(o.length for fp, o in by_fp.items() if fp not in tickets), sent=False)  # the store had them
         self._keep(list(by_fp.values()))
-        return len(tickets), sent
+        return len(tickets), sent, list(tickets) if prepared.check_after_put else []
+
+    async def _check(self, fingerprints: list[str], hint: int | None, limiter: trio.CapacityLimiter) -> None:
+        """Ask the server to verify a batch just PUT (it reads the chunks back from a
+        store that keeps no checksum), so the commit after the last PUT finds them
+        verified instead of reading the whole file back then. Best effort: whatever
+        this does not verify, the commit does."""
+        async with limiter:
+            try:
+                await self.client.check_chunks(fingerprints, node_id=hint)
+            except (ServerError, OfflineError) as exc:
+                log.debug("early check of %d chunks: %s (the commit checks them)", len(fingerprints), exc)
 
     def _keep(self, sent: list[_Outgoing]) -> None:
         """Keep what we just uploaded: the next read of this file is then local."""

@@ -16,6 +16,7 @@ from cloudfs.backend.protocol.api_client import ApiClient
 from cloudfs.backend.chunker import iter_pieces
 from cloudfs.backend.errors import MissingChunksError, StaleRevisionError
 from cloudfs.backend.sync.uploader import Uploader
+from tests.harness import cloudfs_mount
 
 SIZE = 20 * 1024 * 1024
 
@@ -188,3 +189,54 @@ def test_uploaded_chunk_is_readable_before_any_commit_names_it(server, alice):
                 raise AssertionError("a chunk never uploaded was offered for download")
 
     trio.run(main)
+
+
+def test_chunks_are_checked_as_they_are_put_where_the_store_reads_back(server, alice):
+    """Where verifying means reading a chunk back (S3 without a checksum it checked:
+    moto), /uploads/prepare says `check_after_put` and POST /chunks/check verifies what
+    was PUT before any commit names it, so the commit reads nothing back; bad bytes are
+    named, not recorded. The local store hashes every PUT as it arrives: nothing to ask."""
+    good, evil = os.urandom(5000), os.urandom(6000)
+    fps = [hashlib.sha256(good).hexdigest(), hashlib.sha256(os.urandom(6000)).hexdigest()]
+    prep = alice.post("/uploads/prepare", json={"chunks": [{"fingerprint": fps[0], "length": 5000},
+                                                           {"fingerprint": fps[1], "length": 6000}]}).json()
+    s3 = bool(server.store_url and server.store_url.startswith("s3://"))
+    assert prep["check_after_put"] is s3
+    for ticket, body in zip(prep["missing"], (good, evil)):
+        up = ticket["upload"]
+        alice.request(up["method"], up["url"], content=body, headers={**up["headers"], "Authorization": ""})
+    checked = alice.post("/chunks/check", json={"fingerprints": fps})
+    assert checked.status_code == 200, checked.text
+    if s3:
+        assert checked.json()["verified"] == [fps[0]]
+        assert list(checked.json()["problems"]) == [fps[1]]
+        assert "checksum" in checked.json()["problems"][fps[1]]
+    else:  # the store refused the bad PUT; the good one was verified as it arrived
+        assert checked.json() == {"verified": [fps[0]], "problems": {fps[1]: "not in the store"}}
+    again = alice.post("/uploads/prepare", json={"chunks": [{"fingerprint": fps[0], "length": 5000}]}).json()
+    assert again["present"] == [fps[0]] and again["check_after_put"] is False  # verified: not asked for again
+    r = alice.post("/chunks/check", json={"fingerprints": ["0" * 63]})
+    assert r.status_code == 422 and r.json()["field"] == "fingerprints[0]", r.text
+
+
+def test_a_mount_has_each_batch_checked_before_its_commit(server, alice, tmp_path):
+    """A file of several batches (32 MiB each) written through a mount: on a store that
+    reads back, the device asks for each batch to be checked as soon as it is PUT, so
+    the checks come before the commit (server access log); on the local store it never
+    asks."""
+    data = os.urandom(72 * 1024 * 1024)
+    before = len(server.log().splitlines())  # the server is the module's: earlier tests' lines come first
+    with cloudfs_mount(server, alice.token, tmp_path / "mnt", tmp_path / "cache") as m:
+        (m.path / "big.bin").write_bytes(data)
+        m.sync(timeout=120)
+    lines = server.log().splitlines()[before:]
+    checks = [i for i, line in enumerate(lines) if '"POST /chunks/check' in line]
+    commits = [i for i, line in enumerate(lines) if '"POST /files' in line]
+    if (server.store_url or "").startswith("s3://"):
+        assert len(checks) >= 2, "72 MiB is at least three batches: the first ones are checked while later ones go up"
+        assert commits and max(checks) < commits[-1]
+        assert all(" 200 " in lines[i] for i in checks)
+    else:
+        assert not checks
+    r = alice.get("/resolve", params={"path": "/big.bin"})
+    assert r.status_code == 200 and r.json()["node"]["size"] == len(data)
