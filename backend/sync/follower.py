@@ -358,7 +358,7 @@ class Follower:
         ino = self.cache.ino_for_node(node_id)
         local = self.cache.get(ino) if ino else None
         if local is None:
-            return self._unanswered_occupant(node_id) is not None
+            return self._unanswered_occupant(node_id) is not None or self._deleting(node_id)
         return self._pending(local) or self._move_queued(local)
 
     # --- what counts as local work ---
@@ -466,7 +466,13 @@ class Follower:
             self._apply_link(local, remote, parent.ino, target)
         elif local is None:
             if self._deleting(remote.id):
-                return  # deleted here, the delete is on its way: it must not come back
+                # Deleted here, the delete is on its way: it must not come back now. Pulled
+                # again once the delete is sent (_blocked until then): refused as stale,
+                # the server's newer version must come back; a pull made while the refused
+                # delete was still queued (its run waits for the others) was dropped here,
+                # and the file was missing on this device for good (soak, seed 140054).
+                self._defer(remote.id)
+                return
             self._create(remote, parent.ino)
             if change.op == "move" and remote.kind == "dir":
                 self._moved_in.add(remote.id)  # from a namespace we do not follow: what is in it, too
