@@ -462,7 +462,7 @@ class Syncer:
             return await self._create(node, parent_id, depth + 1)
         except ServerError as exc:
             if exc.status == 404 and exc.body.get("field") == "parent_id":
-                self._detach_parent(node)
+                await self._detach_parent(node)
                 raise _Retry(f"the directory of {node.name!r} was deleted on the server: creating it again")
             if exc.status == 404 and exc.body.get("field") == "node_id" and node.kind == "link":
                 self._link_target_gone(node)
@@ -526,7 +526,7 @@ class Syncer:
         except ServerError as exc:
             if exc.status != 404:
                 raise
-            self._retry_if_parent_gone(exc, node)
+            await self._retry_if_parent_gone(exc, node)
             self._detach(node)  # deleted on the server while moved here: create it again
             if node.kind == "dir":
                 await self._detach_gone_below(node)
@@ -628,7 +628,7 @@ class Syncer:
         except ServerError as exc:
             if exc.status != 404:
                 raise
-            self._retry_if_parent_gone(exc, node)
+            await self._retry_if_parent_gone(exc, node)
             if exc.body.get("field") != "node_id":
                 raise
             log.warning("%r was deleted on another device while edited here: keeping the edit", node.name)
@@ -754,20 +754,48 @@ class Syncer:
                 if child.kind == "dir":
                     stack.append(child)
 
-    def _retry_if_parent_gone(self, exc: ServerError, node: Inode) -> None:
+    async def _retry_if_parent_gone(self, exc: ServerError, node: Inode) -> None:
         """A 404 naming `parent_id`: `node`'s directory was deleted on the server. The
         follower applies that delete (keeping what has local work), then the retry
         creates the directory again."""
         if exc.body.get("field") == "parent_id":
-            self._detach_parent(node)
+            await self._detach_parent(node)
             raise _Retry(f"the directory of {node.name!r} was deleted on the server: creating it again") from None
 
-    def _detach_parent(self, node: Inode) -> None:
+    async def _detach_parent(self, node: Inode) -> None:
         """The server deleted `node`'s directory: the follower applies that delete, which
-        keeps (and detaches) whatever has local work in it; then the retry creates it."""
+        keeps (and detaches) whatever has local work in it; then the retry creates it.
+
+        Unless a move of that directory, or of one above it, is still queued here: the
+        follower then leaves the delete to the move (follower._delete_unless_moving), and
+        the move waits in the outbox behind the entry being retried, which retried for
+        ever (soak, seed 150062: an attribute change of a file in a directory that another
+        device removed while this one moved it). So that move goes now; finding its
+        directory gone from the server, it creates it again where it is here, with what
+        the server lost below it (`_move`)."""
         parent = self.cache.get(node.parent)
-        if parent is not None and parent.node_id:
+        if parent is None or not parent.node_id:
+            return
+        moved = self._moved_ancestor(parent)
+        if moved is None:
             self.on_stale(parent.node_id)
+            return
+        async with self._lock(moved.ino):
+            current = self.cache.get(moved.ino)  # as it is now: its own entry may have gone meanwhile
+            if current is not None and current.node_id and \
+                    (current.parent, current.name) != (current.srv_parent, current.srv_name):
+                await self._move(current)
+
+    def _moved_ancestor(self, directory: Inode) -> Inode | None:
+        """`directory` or the nearest directory above it with a move the server has not seen."""
+        here: Inode | None = directory
+        for _ in range(4096):
+            if here is None or here.ino == ROOT_INO or here.parent == 0:
+                return None
+            if here.node_id and (here.parent, here.name) != (here.srv_parent, here.srv_name):
+                return here
+            here = self.cache.get(here.parent)
+        return None
 
 
 class _Retry(Exception):

@@ -12,6 +12,7 @@ file still brings the directory back, with the file."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -103,3 +104,29 @@ def test_a_directory_another_device_put_a_file_in_comes_back(sync_server, tmp_pa
         settle(d)
         expected = {"keep.txt": b"keep\n", "d": None, "d/e": None, "d/e/new.txt": b"b's\n"}
         assert (snapshot(a.path), snapshot(b.path)) == (expected, expected), a.log()[-4000:]
+
+
+def test_a_directory_moved_here_and_removed_elsewhere_comes_back_with_a_changed_file(sync_server, tmp_path):
+    """a sets an attribute of e/d/y and then moves e/d to d/l, with its syncer busy; b
+    removes e/d meanwhile. a's follower leaves e/d's delete to the queued move, and
+    keeps y (local work). When a's syncer gets to y's attribute change, y and its
+    directory are gone from the server: the move must go first and create the
+    directory again at d/l, or the attribute change waits for it for ever (found by
+    the soak, seed 150062: `cloudfs sync` never returned)."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "keep.txt").write_bytes(b"keep\n")
+        (a.path / "e" / "d").mkdir(parents=True)
+        (a.path / "e" / "d" / "y").write_bytes(b"y\n")
+        (a.path / "d").mkdir()
+        settle(d)
+        hold_the_syncer(a, proxy)
+        os.setxattr(a.path / "e" / "d" / "y", "user.tag", b"kept")
+        (a.path / "e" / "d").rename(a.path / "d" / "l")
+        shutil.rmtree(b.path / "e" / "d")
+        b.sync(timeout=60)
+        proxy.release()
+        settle(d)
+        expected = {"keep.txt": b"keep\n", "e": None, "d": None, "d/l": None, "d/l/y": b"y\n"}
+        assert (snapshot(a.path), snapshot(b.path)) == (expected, expected), a.log()[-4000:]
+        assert os.getxattr(b.path / "d" / "l" / "y", "user.tag") == b"kept"
