@@ -384,7 +384,9 @@ class Cache:
                 self._subdirs.pop(parent, None)
                 return
             delta += sign * (node.kind == "dir")
-        self._subdirs[parent] += delta
+        count = self._subdirs.get(parent)
+        if count is not None:
+            self._subdirs[parent] = count + delta
 
     def subdir_count(self, ino: int) -> int:
         count = self._subdirs.get(ino)
