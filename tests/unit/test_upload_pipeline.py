@@ -17,6 +17,7 @@ from cloudfs.backend.sync.prefix import Reused
 from cloudfs.backend.sync.uploader import BUDGET_BYTES, Uploader, _Outgoing, pipeline
 
 MiB = 1 << 20
+ROOM = 24 * MiB
 
 
 def test_pipeline_holds_at_most_the_budget_of_whole_pieces() -> None:
@@ -25,9 +26,12 @@ def test_pipeline_holds_at_most_the_budget_of_whole_pieces() -> None:
     batches: list[list[int]] = []
     peak = 0
 
+    at_cut: list[int] = []
+
     def items() -> Iterator[_Outgoing | Reused]:
         yield Reused("aa" * 32, 7, 0)
         for i, n in enumerate(sizes):
+            at_cut.append(sum(o.length for o in made if o.held and o.data))  # let through, not sent yet
             made.append(_Outgoing(f"{i:064x}", n * MiB, b"x", False, 0))
             yield made[-1]
 
@@ -42,7 +46,7 @@ def test_pipeline_holds_at_most_the_budget_of_whole_pieces() -> None:
 
     async def main() -> tuple[list[tuple[str, int]], int, int]:
         with trio.fail_after(20):  # a piece that never fits would wait forever
-            return await pipeline(items, send_batch)
+            return await pipeline(items, send_batch, room=ROOM)
 
     refs, chunks, sent = trio.run(main)
     assert refs == [("aa" * 32, 7)] + [(f"{i:064x}", n * MiB) for i, n in enumerate(sizes)]
@@ -50,6 +54,8 @@ def test_pipeline_holds_at_most_the_budget_of_whole_pieces() -> None:
     assert [n for batch in batches for n in batch] == sizes
     # Counted at most 32 MiB each, two 40 MiB pieces were let through at once (80 MiB).
     assert 0 < peak <= BUDGET_BYTES, (peak // MiB, batches)
+    # A piece is cut only while `room` is free: it counts with what waits to be sent.
+    assert max(at_cut) <= BUDGET_BYTES - ROOM, [n // MiB for n in at_cut]
     assert all(not o.data for o in made)
 
 
