@@ -14,7 +14,7 @@ import trio
 from cloudfs.backend.local.cache import Cache
 from cloudfs.backend.local.chunkcache import ChunkCache
 from cloudfs.backend.sync.prefix import Reused
-from cloudfs.backend.sync.uploader import BUDGET_BYTES, Uploader, _Outgoing, pipeline
+from cloudfs.backend.sync.uploader import BUDGET_BYTES, KEEP_MAX_BYTES, Uploader, _Outgoing, pipeline
 
 MiB = 1 << 20
 ROOM = 24 * MiB
@@ -80,4 +80,19 @@ def test_keeping_what_was_sent_lets_go_of_each_piece_before_lmdb_copies_it(tmp_p
     assert seen == [[False] * (i + 1) + [True] * (3 - i) for i in range(4)]
     for i in range(4):
         assert chunks.get(f"{i:064x}") == bytes([i]) * MiB
+    cache.close()
+
+
+def test_chunks_longer_than_keep_max_are_not_kept(tmp_path: Path) -> None:
+    """A chunk past KEEP_MAX_BYTES (16 MiB averages reach 64 MiB) is sent but not kept:
+    keeping it would hold it twice more (sealed, and in LMDB's pages) beside the batch."""
+    cache = Cache(tmp_path / "cache")
+    chunks = ChunkCache(cache, 1 << 30)
+    uploader = Uploader(client=None, cache=cache, chunks=chunks, content=None)  # type: ignore[arg-type]
+    short = _Outgoing("01" * 32, KEEP_MAX_BYTES, b"s" * KEEP_MAX_BYTES, False, 0)
+    long = _Outgoing("02" * 32, KEEP_MAX_BYTES + 1, b"l" * (KEEP_MAX_BYTES + 1), False, 0)
+    uploader._keep([short, long])
+    assert chunks.get("01" * 32) == b"s" * KEEP_MAX_BYTES
+    assert chunks.get("02" * 32) is None and "02" * 32 not in chunks
+    assert not short.data and not long.data  # both let go
     cache.close()
