@@ -443,15 +443,19 @@ async def pipeline(items: Callable[[], Iterator[_Outgoing | Reused]],
     budget = ByteBudget(BUDGET_BYTES)
     send, receive = trio.open_memory_channel[_Outgoing | Reused | _Flush](0)
 
+    flushing = False
+    """The batch loop is sending a batch (not waiting for pieces): its bytes come back
+    when it is done. Otherwise the pieces holding budget are its unfinished batch, which
+    only a `_FLUSH` sends: sent while a batch is under way, it would also send the next
+    one's first piece or two on their own (smaller batches, twice the round trips)."""
+
     async def take(n: int) -> int:
-        if not budget.fits(n):
-            await send.send(_FLUSH)  # every piece holding budget is in the batch: sent, then freed
+        if not budget.fits(n) and not flushing:
+            await send.send(_FLUSH)
         return await budget.acquire(n)
 
     async def make_room() -> None:
-        if budget.used > budget.limit - room:
-            await send.send(_FLUSH)
-            budget.release(await budget.acquire(room))  # waits until the batch's bytes are back
+        budget.release(await take(room))  # waits until the bytes waiting to be sent leave room
 
     def produce() -> None:
         it = items()
@@ -476,11 +480,13 @@ async def pipeline(items: Callable[[], Iterator[_Outgoing | Reused]],
         batch_bytes = 0
 
         async def flush() -> None:
-            nonlocal sent_chunks, sent_bytes, batch, batch_bytes
+            nonlocal sent_chunks, sent_bytes, batch, batch_bytes, flushing
             if batch:
+                flushing = True
                 try:
                     c, b = await send_batch(batch)
                 finally:
+                    flushing = False
                     budget.release(sum(o.held for o in batch))
                     for o in batch:
                         o.drop()
