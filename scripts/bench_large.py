@@ -19,7 +19,8 @@ mounts' cache at 1/N of the file, so the file streams out while it is written
 (backend/sync/streamer.py): the table then compares both runs, and adds the peak cache use
 (`cloudfs status` cache_bytes, polled every 0.25 s) against the limit and the bytes
 streamed before the close. `--no-read` skips the cold read (a run whose store alone
-fills most of the disk).
+fills most of the disk). `--series FILE` appends a line a second per process (RssAnon,
+RssFile) and per polled mount (cache, streamed, uploaded, pending MiB): what grows when.
 
 First, on another fresh server and mount (`--insert-mib`, default 256), the edit test:
 write a file, sync, insert 16 bytes at offset 4096 by rewriting the file in place,
