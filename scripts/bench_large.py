@@ -19,7 +19,8 @@ mounts' cache at 1/N of the file, so the file streams out while it is written
 (backend/sync/streamer.py): the table then compares both runs, and adds the peak cache use
 (`cloudfs status` cache_bytes, polled every 0.25 s) against the limit and the bytes
 streamed before the close. `--no-read` skips the cold read (a run whose store alone
-fills most of the disk).
+fills most of the disk). `--series FILE` appends a line a second per process (RssAnon,
+RssFile) and per polled mount (cache, streamed, uploaded, pending MiB): what grows when.
 
 First, on another fresh server and mount (`--insert-mib`, default 256), the edit test:
 write a file, sync, insert 16 bytes at offset 4096 by rewriting the file in place,
@@ -66,7 +67,7 @@ if str(REPO) not in sys.path:
 
 import httpx  # noqa: E402
 
-from cloudfs.backend import control  # noqa: E402
+from cloudfs.backend.daily import control  # noqa: E402
 from tests.harness import MountProcess, ServerProcess, cloudfs_mount, cloudfs_server  # noqa: E402
 
 MiB = 1 << 20
@@ -143,8 +144,14 @@ class Sampler:
     """Samples VmRSS/RssAnon/RssFile of named processes every `interval` seconds in a
     thread, keeping the peaks; VmHWM is read directly (the kernel keeps that peak)."""
 
-    def __init__(self, interval: float = 0.1) -> None:
+    def __init__(self, interval: float = 0.1, series: Path | None = None) -> None:
         self.interval = interval
+        self.series = series.open("a") if series is not None else None
+        """`--series`: one line a second per process (RssAnon, RssFile in MiB) and per
+        polled mount (status: cache, streamed, uploaded, pending MiB), to see what grows when."""
+        self._started = time.monotonic()
+        self._written = 0.0
+        self._status: dict[str, dict] = {}
         self.pids: dict[str, int] = {}
         self.peaks: dict[str, dict[str, int]] = {}
         self.mounts: dict[str, Path] = {}
@@ -169,9 +176,11 @@ class Sampler:
             self._polled = time.monotonic()
             for name, mountpoint in list(self.mounts.items()):
                 try:
-                    used = control.request(mountpoint, {"command": "status"}, timeout=5)["cache_bytes"]
+                    status = control.request(mountpoint, {"command": "status"}, timeout=5)
+                    used = status["cache_bytes"]
                 except (OSError, KeyError, ValueError):
                     continue
+                self._status[name] = status
                 peaks = self.peaks.setdefault(name, {})
                 peaks["cache"] = max(peaks.get("cache", 0), used)
         for name, pid in list(self.pids.items()):
@@ -182,6 +191,17 @@ class Sampler:
             peaks = self.peaks[name]
             for key, value in now.items():
                 peaks[key] = max(peaks.get(key, 0), value)
+            if self.series is not None and time.monotonic() - self._written >= 1.0:
+                line = f"{time.monotonic() - self._started:8.1f} {name} anon {now.get('RssAnon', 0) / 1024:.0f} " \
+                       f"file {now.get('RssFile', 0) / 1024:.0f}"
+                status = self._status.get(name)
+                if status is not None:
+                    line += " " + " ".join(f"{key.split('_')[0]} {status.get(key, 0) / MiB:.0f}" for key in (
+                        "cache_bytes", "streamed_bytes", "uploaded_bytes", "pending_bytes"))
+                self.series.write(line + "\n")
+        if self.series is not None and time.monotonic() - self._written >= 1.0:
+            self.series.flush()
+            self._written = time.monotonic()
 
     def __enter__(self) -> "Sampler":
         self._thread.start()
@@ -190,6 +210,8 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
+        if self.series is not None:
+            self.series.close()
 
     def mib(self, name: str, key: str) -> float:
         return self.peaks.get(name, {}).get(key, 0) / 1024
@@ -291,10 +313,11 @@ def peaks(sampler: Sampler, name: str) -> dict[str, float]:
     return {key: sampler.mib(name, key) for key in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem")}
 
 
-def run_size(tmp: Path, size: int, cache_size: str, timeout: float, *, read: bool = True) -> SizeResult:
+def run_size(tmp: Path, size: int, cache_size: str, timeout: float, *, read: bool = True,
+             series: Path | None = None) -> SizeResult:
     result = SizeResult(size, parse_size(cache_size))
     data = UniqueBytes(seed=size)
-    with cloudfs_server(tmp / "server") as server, Sampler() as sampler:
+    with cloudfs_server(tmp / "server") as server, Sampler(series=series) as sampler:
         token = server.add_user(f"bench-{uuid.uuid4().hex[:8]}")
         sampler.watch("server", server.proc.pid)
         args = ["--cache-size", cache_size]
@@ -511,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-read", action="store_true", help="skip the cold read (a store that fills the disk)")
     parser.add_argument("--rss-target", type=float, default=300.0, help="MiB; exit 1 if a peak RSS passes it")
     parser.add_argument("--tmp", type=Path, default=None, help="where the temp dirs go (default: the system's)")
+    parser.add_argument("--series", type=Path, default=None,
+                        help="append a time series (one line a second: RssAnon/RssFile, cache, streamed) to this file")
     args = parser.parse_args(argv)
     sizes = args.sizes or ([256 * MiB, 1 * GiB] if args.quick else [1 * GiB, 4 * GiB, 8 * GiB])
     signal.signal(signal.SIGTERM, _sigterm)
@@ -555,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label}: df {free / GiB:.1f} GiB free; load {loadavg()}", flush=True)
                 timeout = max(900.0, size / (5 * 10**6))
                 r = run_size(base / f"{human(size)}-{cache_size}".replace(" ", ""), size, cache_size, timeout,
-                             read=not args.no_read)
+                             read=not args.no_read, series=args.series)
                 results.append(r)
                 print(f"  write {size / r.write_s / 1e6:,.0f} MB/s, sync {r.sync_s:.1f} s, committed "
                       f"{size / (r.write_s + r.sync_s) / 1e6:,.0f} MB/s, cold read {size / r.read_s / 1e6:,.0f} MB/s, "

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from cloudfs.backend import wire  # noqa: E402
+from cloudfs.backend.protocol import wire  # noqa: E402
 from cloudfs.server import commits, files  # noqa: E402
 from cloudfs.server.db import Database, open_database, users  # noqa: E402
 from cloudfs.server.notifier import ChangeNotifier  # noqa: E402

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from cloudfs.backend import control  # noqa: E402
+from cloudfs.backend.daily import control  # noqa: E402
 from tests.harness import cloudfs_mount, cloudfs_server  # noqa: E402
 from tests.proxy import Faults, Proxy  # noqa: E402
 

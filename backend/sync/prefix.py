@@ -173,7 +173,11 @@ def walk(prefix: Prefix | None, open_at: Callable[[int, int], BinaryIO], end: in
     the rest cut from the content (`open_at(start, end)` reads it from `start`). A
     stretch cut again stops as soon as a cut lands on a prefix boundary followed by a
     reusable chunk. Unless `final`, the last piece (cut by the end of the bytes, not
-    by their content) is held back: the next walk cuts it again with what follows."""
+    by their content) is left out: the next walk cuts it again with what follows.
+
+    Each piece is yielded as soon as it is cut (the last one is known by ending at
+    `end`), never held while the next is cut: at 16 MiB averages a held piece was up to
+    64 MiB more in memory, beside the one being cut and those in the uploader's budget."""
     chunks = prefix.chunks if prefix else []
     i = pos = 0
     while pos < end:
@@ -183,22 +187,21 @@ def walk(prefix: Prefix | None, open_at: Callable[[int, int], BinaryIO], end: in
             yield Reused(c.fingerprint, c.length, c.offset)
             pos, i = pos + c.length, i + 1
             continue
-        held: Piece | None = None
         pieces = iter_pieces(open_at(pos, end), end - pos, start=pos)
         try:
             for piece in pieces:
-                if held is not None:
-                    yield held
-                held = piece
                 cut = piece.offset + piece.length
+                if cut >= end:  # the last piece, cut by the end of the bytes
+                    if final:
+                        yield piece
+                    return
+                yield piece  # passed on at once, not held until the next is cut: see below
+                del piece
                 j = prefix.index_at(cut) if prefix else None
-                if cut < end and j is not None and prefix.reusable(chunks[j]):
-                    yield piece  # a content-defined cut: final; the old chunks follow from here
-                    held, pos, i = None, cut, j
+                if j is not None and prefix.reusable(chunks[j]):
+                    pos, i = cut, j  # a content-defined cut: the old chunks follow from here
                     break
             else:
-                if held is not None and final:
-                    yield held
                 return
         finally:
             pieces.close()
