@@ -18,37 +18,30 @@ AccessLog (app.py), so the access log and the request metrics count it as before
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Callable
 from urllib.parse import parse_qsl
 
 from cloudfs.backend.protocol import wire
 from .api import DEFAULT_CHANGES, MAX_CHANGES, MAX_WAIT_S, long_poll
-from .app import ServerContext, error_response, user_of_header
+from .app import error_response, user_of_header
 from .errors import ApiError
+from .fast_route import FastRoute, headers
 
 PATH = "/changes"
 _DIGITS = re.compile(r"^[0-9]{1,19}$")
 _SECONDS = re.compile(r"^[0-9]{1,2}(\.[0-9]{1,6})?$")
 
 
-class ChangesRoute:
+class ChangesRoute(FastRoute):
     """ASGI middleware: serves well-formed `GET /changes` itself, passes the rest on."""
 
-    def __init__(self, app: Any, ctx: ServerContext) -> None:
-        self.app = app
-        self.ctx = ctx
+    method, path = "GET", PATH
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "GET":
-            return await self.app(scope, receive, send)
+    async def serve(self, scope: dict, receive: Callable, send: Callable) -> None:
         query = parse_query(scope["query_string"])
         if query is None:
             return await self.app(scope, receive, send)
-        auth = None
-        for name, value in scope["headers"]:  # ASGI header names are lower case
-            if name == b"authorization":
-                auth = value
-                break
+        [auth] = headers(scope, b"authorization")
         user = await user_of_header(self.ctx, auth)
         if user is None:
             return await self.app(scope, receive, send)

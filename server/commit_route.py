@@ -18,28 +18,24 @@ and the access log apply to it as to every route.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from cloudfs.backend.protocol import wire
 from .api import commit_version
 from . import journal
-from .app import DEVICE_RE, ServerContext, error_response, user_of_header
+from .app import DEVICE_RE, error_response, user_of_header
 from .errors import ApiError
-from .fast_route import headers, is_json, parse, read_body, replay
+from .fast_route import FastRoute, headers, is_json, parse, read_body, replay
 
 PATH = "/files"
 
 
-class CommitRoute:
+class CommitRoute(FastRoute):
     """ASGI middleware: serves well-formed `POST /files` itself, passes the rest on."""
 
-    def __init__(self, app: Any, ctx: ServerContext) -> None:
-        self.app = app
-        self.ctx = ctx
+    method, path = "POST", PATH
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
+    async def serve(self, scope: dict, receive: Callable, send: Callable) -> None:
         auth, device, content_type = headers(scope, b"authorization", b"x-cloudfs-device", b"content-type")
         device_name = _device(device)
         user = await user_of_header(self.ctx, auth) if device_name is not None and is_json(content_type) else None

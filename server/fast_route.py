@@ -12,12 +12,36 @@ from __future__ import annotations
 import json
 import re
 from collections import deque
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from pydantic import BaseModel
 
+if TYPE_CHECKING:
+    from .app import ServerContext
+
 _JSON_TYPE = re.compile(r"^application/([a-z0-9.!#$&^_-]+\+)?json$")
 Model = TypeVar("Model", bound=BaseModel)
+
+
+class FastRoute:
+    """ASGI middleware that serves requests of one method and path itself (`serve`) and
+    passes every other request on to the app untouched."""
+
+    method = ""
+    path = ""
+
+    def __init__(self, app: Any, ctx: ServerContext) -> None:
+        self.app = app
+        self.ctx = ctx
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != self.method:
+            return await self.app(scope, receive, send)
+        await self.serve(scope, receive, send)
+
+    async def serve(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """Answer the request, or hand it to `self.app` (with `replay` if its body was read)."""
+        raise NotImplementedError
 
 
 def headers(scope: dict, *names: bytes) -> list[bytes | None]:

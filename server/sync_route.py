@@ -17,27 +17,23 @@ metrics apply to it as before.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from cloudfs.backend.protocol import wire_shares
-from .app import ServerContext, error_response, user_of_header
+from .app import error_response, user_of_header
 from .errors import ApiError
-from .fast_route import headers, is_json, parse, read_body, replay
+from .fast_route import FastRoute, headers, is_json, parse, read_body, replay
 from .shares_api import feed
 
 PATH = "/sync"
 
 
-class SyncRoute:
+class SyncRoute(FastRoute):
     """ASGI middleware: serves well-formed `POST /sync` itself, passes the rest on."""
 
-    def __init__(self, app: Any, ctx: ServerContext) -> None:
-        self.app = app
-        self.ctx = ctx
+    method, path = "POST", PATH
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
+    async def serve(self, scope: dict, receive: Callable, send: Callable) -> None:
         auth, content_type = headers(scope, b"authorization", b"content-type")
         user = await user_of_header(self.ctx, auth) if is_json(content_type) else None
         if user is None:

@@ -3,8 +3,9 @@ route, takes every well-formed request, and hands everything unusual to that rou
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import httpx
 import pytest
@@ -28,10 +29,11 @@ FAST = 9
 """The first nine are well formed (the ninth answers 410): served without FastAPI."""
 
 
-async def run_sequence(tmp: Path, *, fast: bool) -> tuple[list[tuple[int, Any]], list[bool]]:
-    """A fresh server in process with five journal entries; the same requests each time.
-    Also, for each request, whether FastAPI's router saw it (it puts the route it
-    matched into the scope)."""
+@contextlib.asynccontextmanager
+async def five_entries(tmp: Path, *, fast: bool, path: str) -> AsyncIterator[tuple[httpx.AsyncClient, list[bool]]]:
+    """A fresh server in process whose account has five journal entries, a client of it,
+    and, for each request to `path`, whether FastAPI's router saw it (it puts the route
+    it matched into the scope)."""
     database = open_database(tmp / "db", None)
     token = users.add_user(database, "u")
     ctx = ServerContext(db=database, store=open_store(str(tmp / "chunks"), data_dir=tmp, secret=b"s" * 32))
@@ -40,22 +42,31 @@ async def run_sequence(tmp: Path, *, fast: bool) -> tuple[list[tuple[int, Any]],
 
     async def watched(scope: dict, receive: Callable, send: Callable) -> None:
         await app(scope, receive, send)
-        if scope.get("path") == "/changes":
+        if scope.get("path") == path:
             routed.append("route" in scope)
 
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=watched), base_url="http://t",
+                                     headers={"Authorization": f"Bearer {token}"}) as c:
+            root = (await c.get("/me")).json()["root_id"]
+            for i in range(5):
+                r = await c.post("/dirs", json={"parent_id": root, "name": f"d{i}", "mtime_ns": 5})
+                assert r.status_code == 201
+            yield c, routed
+    finally:
+        database.dispose()
+
+
+async def run_sequence(tmp: Path, *, fast: bool) -> tuple[list[tuple[int, Any]], list[bool]]:
+    """The same requests each time; their answers, and whether FastAPI saw each."""
     answers: list[tuple[int, Any]] = []
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=watched), base_url="http://t",
-                                 headers={"Authorization": f"Bearer {token}"}) as c:
-        root = (await c.get("/me")).json()["root_id"]
-        for i in range(5):
-            assert (await c.post("/dirs", json={"parent_id": root, "name": f"d{i}", "mtime_ns": 5})).status_code == 201
+    async with five_entries(tmp, fast=fast, path="/changes") as (c, routed):
         for query in QUERIES:
             r = await c.get("/changes", params=query)
             answers.append((r.status_code, r.json()))
         for headers in ({"Authorization": "Bearer nobody"}, {"Authorization": "Basic x"}):
             r = await c.get("/changes", headers=headers)
             answers.append((r.status_code, r.json()))
-    database.dispose()
     return answers, routed
 
 

@@ -5,16 +5,12 @@ route."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
 from tests.conftest import run_async
-
-from cloudfs.backend.stores.store import open_store
-from cloudfs.server import users
-from cloudfs.server.app import ServerContext, create_app
-from cloudfs.server.db import open_database
+from tests.server.test_changes_route import five_entries
 
 JSON = {"Content-Type": "application/json"}
 
@@ -41,33 +37,15 @@ route's own check of namespace ids): served without FastAPI."""
 
 
 async def run_sequence(tmp: Path, *, fast: bool) -> tuple[list[tuple[int, Any]], list[bool]]:
-    """A fresh server in process with five journal entries; the same requests each time.
-    Also, for each request, whether FastAPI's router saw it (it puts the route it
-    matched into the scope)."""
-    database = open_database(tmp / "db", None)
-    token = users.add_user(database, "u")
-    ctx = ServerContext(db=database, store=open_store(str(tmp / "chunks"), data_dir=tmp, secret=b"s" * 32))
-    app = create_app(ctx, fast_routes=fast)
-    routed: list[bool] = []
-
-    async def watched(scope: dict, receive: Callable, send: Callable) -> None:
-        await app(scope, receive, send)
-        if scope.get("path") == "/sync":
-            routed.append("route" in scope)
-
+    """The same requests each time; their answers, and whether FastAPI saw each."""
     answers: list[tuple[int, Any]] = []
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=watched), base_url="http://t",
-                                 headers={"Authorization": f"Bearer {token}"}) as c:
-        root = (await c.get("/me")).json()["root_id"]
-        for i in range(5):
-            assert (await c.post("/dirs", json={"parent_id": root, "name": f"d{i}", "mtime_ns": 5})).status_code == 201
+    async with five_entries(tmp, fast=fast, path="/sync") as (c, routed):
         ns = (await c.post("/sync", json={"cursors": {}})).json()["namespaces"][0]["id"]
         routed.clear()
         for extra, body in bodies(ns):
             content = body.encode() if isinstance(body, str) else httpx.Request("POST", "/", json=body).content
             r = await c.post("/sync", content=content, headers={**JSON, **extra})
             answers.append((r.status_code, r.json()))
-    database.dispose()
     return answers, routed
 
 
