@@ -376,7 +376,7 @@ class Syncer:
                     if exc.status != 404:
                         raise
                     return await self._attrs_of_a_deleted_node(node)
-                self._record(node, answer.node, answer.cursor)
+                self._record(node, answer.node, answer.cursor, placed=False)
 
     async def _attrs_of_a_deleted_node(self, node: Inode) -> None:
         """Another device deleted the node whose attributes (mode, xattrs...) changed here
@@ -393,16 +393,23 @@ class Syncer:
         self._detach(current)
         await self._push(current, 0)
 
-    def _record(self, node: Inode, remote: wire.Node, seq: int = 0) -> None:
+    def _record(self, node: Inode, remote: wire.Node, seq: int = 0, *, placed: bool = True) -> None:
         """The server acknowledged `node` as `remote`, by the journal entry `seq` (0: none
-        of ours, as when two new directories merge)."""
+        of ours, as when two new directories merge). `placed`: our request put the node
+        where `remote` says (a create or a move). An attribute change does not: if the
+        node is elsewhere on the server, another device moved it, and the follower brings
+        that move here. Recorded as where the server has it, the node looked moved here
+        and not sent, so the follower held the move back for ever and nothing sent ours
+        (soak, seed 180156: a directory renamed elsewhere while its xattr changed here)."""
         if self.cache.get(node.ino) is None:
             return  # dropped locally meanwhile; a delete entry follows if it had a node id
+        srv_parent = self.cache.ino_for_node(remote.parent_id) or 0 if remote.parent_id else 0
+        moved_elsewhere = not placed and node.node_id and (srv_parent, remote.name) != (node.srv_parent, node.srv_name)
         with self.cache.write() as txn:
             if not node.node_id:
                 self.cache.bind_node_id(txn, node, remote.id)
-            node.srv_parent = self.cache.ino_for_node(remote.parent_id) or 0 if remote.parent_id else 0
-            node.srv_name = remote.name
+            if not moved_elsewhere:
+                node.srv_parent, node.srv_name = srv_parent, remote.name
             node.record_attrs(remote)
             shared.mark(node, remote)
             if remote.kind != "file":
@@ -411,6 +418,8 @@ class Syncer:
                 node.extra["srv_seq"] = seq  # follower.py: our own entries older than this are stale
             node.extra.pop("winner", None)
             self.cache.put(txn, node)
+        if moved_elsewhere:
+            self.on_stale(remote.id)
 
     def _still_here(self, node: Inode) -> bool:
         """False when the inode left the tree while a request about it was in flight."""

@@ -1,12 +1,16 @@
-"""A delete the server refuses because another device changed the file meanwhile
-(stale revision) brings the server's version back here: edits survive deletes. That
-must hold however the refusal and the follower meet: the refused delete stays in the
-outbox until every entry of its run is answered, and a pull of the file made in that
-time used to see "a delete of it is queued" and drop the file for good (found by the
-soak, seed 140054: a file missing on one device only, never converging)."""
+"""A change this device sends about a node another device changed meanwhile: the
+answer (or the refusal) must bring the other device's change here too.
+
+A delete refused as stale brings the server's version back (edits survive deletes),
+however the refusal and the follower meet: the refused delete stays in the outbox
+until every entry of its run is answered, and a pull of the file made in that time
+used to see "a delete of it is queued" and drop the file for good (soak, seed 140054).
+An attribute change answered with the node elsewhere brings that move here (soak,
+seed 180156)."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import httpx
@@ -53,3 +57,29 @@ def test_a_file_whose_delete_is_refused_comes_back_while_its_run_is_still_out(sy
         settle(d)
         expected = {"keep.txt": b"keep\n", "y": b"y v2 from b\n"}
         assert (snapshot(a.path), snapshot(b.path)) == (expected, expected), a.log()[-4000:]
+
+
+def test_an_attribute_change_meets_a_move_made_elsewhere(sync_server, tmp_path):
+    """a sets an xattr of directory e while b renames e to x, and b's move lands first.
+    The answer to a's change shows e at x: a must take that move in, not record x as
+    where the server has it while e stays e here (it then looked like a move of a's own
+    that nothing ever sent, and the follower held b's move back for ever; found by the
+    soak, seed 180156)."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "e").mkdir()
+        (a.path / "e" / "f").write_bytes(b"f\n")
+        settle(d)
+        proxy.hold(rb"^PATCH /nodes/")
+        os.setxattr(a.path / "e", "user.tag", b"from a")
+        deadline = time.monotonic() + 30
+        while not proxy.holding:
+            assert time.monotonic() < deadline, "a's attribute change should reach the proxy"
+            time.sleep(0.02)
+        (b.path / "e").rename(b.path / "x")
+        b.sync(timeout=60)
+        proxy.release()
+        settle(d)
+        expected = {"x": None, "x/f": b"f\n"}
+        assert (snapshot(a.path), snapshot(b.path)) == (expected, expected), a.log()[-4000:]
+        assert os.getxattr(b.path / "x", "user.tag") == os.getxattr(a.path / "x", "user.tag") == b"from a"
