@@ -16,6 +16,7 @@ import time
 import httpx
 
 from tests.sync.test_conflicts import a_behind_a_proxy, settle, snapshot
+from tests.sync.test_lost_answers import wait_until_held
 from tests.sync.test_removed_dirs import hold_the_syncer
 
 
@@ -72,10 +73,7 @@ def test_an_attribute_change_meets_a_move_made_elsewhere(sync_server, tmp_path):
         settle(d)
         proxy.hold(rb"^PATCH /nodes/")
         os.setxattr(a.path / "e", "user.tag", b"from a")
-        deadline = time.monotonic() + 30
-        while not proxy.holding:
-            assert time.monotonic() < deadline, "a's attribute change should reach the proxy"
-            time.sleep(0.02)
+        wait_until_held(proxy)
         (b.path / "e").rename(b.path / "x")
         b.sync(timeout=60)
         proxy.release()
