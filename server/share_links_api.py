@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from cloudfs.backend.protocol import wire
@@ -20,7 +20,7 @@ router = APIRouter(responses={**ERRORS, 429: {"model": wire.ErrorBody, "descript
                    tags=["share links"])
 Ctx = Annotated[ServerContext, Depends(context_dependency)]
 Auth = Annotated[User, Depends(current_user)]
-LinkId = Annotated[str, Field(min_length=16, max_length=64)]
+LinkId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{16,64}$", description="a link's id (its URL's last part)")]
 UNLOCK_COOKIE = "cloudfs_share"
 
 
@@ -95,7 +95,7 @@ async def list_links(ctx: Ctx, user: Auth, request: Request) -> LinkList:
 
 
 @router.delete("/share-links/{link_id}")
-async def revoke_link(ctx: Ctx, user: Auth, link_id: str) -> dict[str, bool]:
+async def revoke_link(ctx: Ctx, user: Auth, link_id: LinkId) -> dict[str, bool]:
     """The link answers 404 from now on."""
     await ctx.run_db(share_links.revoke, ctx.db, user.id, link_id)
     return {"revoked": True}
@@ -112,7 +112,7 @@ async def _open(ctx: ServerContext, request: Request, link_id: str) -> dict:
 
 
 @router.get("/s/{link_id}/info")
-async def public_info(ctx: Ctx, request: Request, link_id: str) -> PublicInfo:
+async def public_info(ctx: Ctx, request: Request, link_id: LinkId) -> PublicInfo:
     row = await ctx.run_db(share_links.opened, ctx.db, link_id)
     node = await ctx.run_db(share_links.node_below, ctx.db, row, None)
     locked = not share_links.unlocked(row, request.cookies.get(UNLOCK_COOKIE))
@@ -123,7 +123,7 @@ async def public_info(ctx: Ctx, request: Request, link_id: str) -> PublicInfo:
 
 
 @router.post("/s/{link_id}/unlock")
-async def unlock(ctx: Ctx, request: Request, response: Response, link_id: str, req: Unlock) -> dict[str, bool]:
+async def unlock(ctx: Ctx, request: Request, response: Response, link_id: LinkId, req: Unlock) -> dict[str, bool]:
     """Give the link's password; a cookie for this link alone keeps it open."""
     row = await ctx.run_db(share_links.opened, ctx.db, link_id)
     if row["password_hash"] is None:
@@ -141,7 +141,7 @@ async def unlock(ctx: Ctx, request: Request, response: Response, link_id: str, r
 
 
 @router.get("/s/{link_id}/list")
-async def public_list(ctx: Ctx, request: Request, link_id: str,
+async def public_list(ctx: Ctx, request: Request, link_id: LinkId,
                       dir: Annotated[int | None, Query(ge=1, le=wire.INT64_MAX)] = None) -> PublicListing:
     row = await _open(ctx, request, link_id)
     node = await ctx.run_db(share_links.node_below, ctx.db, row, dir)
@@ -154,7 +154,7 @@ async def public_list(ctx: Ctx, request: Request, link_id: str,
 
 
 @router.api_route("/s/{link_id}/file/{node_id}", methods=["GET", "HEAD"], responses=content.FILE_RESPONSES)
-async def public_file(ctx: Ctx, request: Request, link_id: str, node_id: NodeIdPath,
+async def public_file(ctx: Ctx, request: Request, link_id: LinkId, node_id: NodeIdPath,
                       inline: bool = False) -> Response:
     row = await _open(ctx, request, link_id)
     name, node = await ctx.run_db(share_links.file_below, ctx.db, row, node_id)
@@ -173,7 +173,7 @@ async def public_file(ctx: Ctx, request: Request, link_id: str, node_id: NodeIdP
 
 
 @router.get("/s/{link_id}/zip", responses=content.ZIP_RESPONSES)
-async def public_zip(ctx: Ctx, request: Request, link_id: str,
+async def public_zip(ctx: Ctx, request: Request, link_id: LinkId,
                      dir: Annotated[int | None, Query(ge=1, le=wire.INT64_MAX)] = None) -> Response:
     row = await _open(ctx, request, link_id)
     node = await ctx.run_db(share_links.node_below, ctx.db, row, dir)

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Path, Response
 from sqlalchemy.engine import Connection
 
 from cloudfs.backend.protocol import wire_shares
-from cloudfs.backend.protocol.names import split_path
+from cloudfs.backend.protocol.names import USER_NAME_RE, split_path
 
 from . import journal, namespaces, shares, tree
 from .api import ERRORS, held_for, park
@@ -30,7 +30,7 @@ Ctx = Annotated[ServerContext, Depends(context_dependency)]
 Auth = Annotated[User, Depends(current_user)]
 Device = Annotated[str, Depends(device_name)]
 NsPath = Annotated[int, Path(ge=1, le=2**63 - 1, description="the shared folder (its namespace id)")]
-UserPath = Annotated[str, Path(min_length=1, max_length=64, description="an account name")]
+UserPath = Annotated[str, Path(min_length=1, max_length=64, pattern=USER_NAME_RE.pattern, description="an account name")]
 
 
 async def _write(ctx: ServerContext, locate: Callable[[Connection], tuple[int, ...]],

@@ -4,18 +4,18 @@ is stored, so a leaked database does not leak a usable token."""
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 import time
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from cloudfs.backend.protocol.names import USER_NAME_RE
+
 from . import namespaces, tree
 from .db import Database, tokens, users
 from .db import namespaces as namespace_table
 
-USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
 
 class UserExistsError(Exception):
@@ -28,7 +28,7 @@ def hash_token(token: str) -> str:
 
 def name_problem(name: str) -> str | None:
     """Why `name` cannot be a user name, or None (also checked by the CLI's parser)."""
-    if USER_NAME_RE.match(name):
+    if USER_NAME_RE.fullmatch(name):
         return None
     return f"user name {name!r}: use 1-64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit"
 

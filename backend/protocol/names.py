@@ -15,6 +15,9 @@ DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.@()+-]{0,63}$")
 """A device name (X-Cloudfs-Device, `cloudfs mount --device`): it appears in
 conflicted copies' names, so it is short and needs no quoting."""
 DEVICE_RULE = "1-64 letters, digits, spaces or _.@()+-, starting with a letter or digit"
+USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+"""An account name (`cloudfs user add`, share invitations). Checked on the wire too, so a
+name no account can have (NUL, newlines) is refused before it reaches the database."""
 
 
 def name_problem(name: str) -> str | None:

@@ -11,11 +11,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from .names import PATH_MAX_BYTES
+from .names import PATH_MAX_BYTES, USER_NAME_RE
 from .wire import INT64_MAX, Change, NodeId, Role, Strict
 
 MemberState = Literal["invited", "accepted", "declined", "left", "removed"]
-UserName = Annotated[str, Field(min_length=1, max_length=64)]
+UserName = Annotated[str, Field(min_length=1, max_length=64, pattern=USER_NAME_RE.pattern,
+                                 description="an account name")]
 Path = Annotated[str, Field(min_length=1, max_length=PATH_MAX_BYTES)]
 NsId = Annotated[int, Field(ge=1, le=INT64_MAX)]
 Cursor = Annotated[int, Field(ge=0, le=INT64_MAX)]

@@ -356,6 +356,13 @@ CASES: dict[str, Bad] = {
                            headers={"X-Cloudfs-Device": "d" * 65}),
     "device-not-ascii": Bad("POST", "/dirs", 422, "invalid", "X-Cloudfs-Device", mkdir_body(),
                             headers={"X-Cloudfs-Device": "caf\xc3\xa9".encode("latin-1")}),
+    # Account names and link ids reach the database only when they could be real (PostgreSQL
+    # refuses NUL in text: it was a 500).
+    "share-user-nul": Bad("POST", "/shares", 422, "invalid", "user", lambda ids: {"node_id": ids["dir"], "user": "a\x00b"}),
+    "share-user-newline": Bad("POST", "/shares", 422, "invalid", "user", lambda ids: {"node_id": ids["dir"], "user": "bob\n"}),
+    "share-member-nul": Bad("DELETE", "/shares/1/members/a%00b", 422, "invalid", "name"),
+    "link-id-nul": Bad("GET", "/s/" + "A" * 20 + "%00/info", 422, "invalid", "link_id"),
+    "link-id-short": Bad("DELETE", "/share-links/abc", 422, "invalid", "link_id"),
     "route-unknown": Bad("GET", "/nodes/{root}/parents", 404, "not_found", None),
     "method-not-allowed": Bad("PUT", "/nodes/{root}", 405, "method_not_allowed", None, mkdir_body()),
 }
