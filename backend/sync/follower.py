@@ -110,6 +110,14 @@ class Follower:
         on its way; after a kill or a lost answer, it never comes (`_make_room`). Kept
         in LMDB with the cursors, since the kill may come after the entry was applied."""
         self._unanswered_saved = dict(self.unanswered)
+        self.landed: dict[int, int] = {int(k): int(v) for k, v in
+                                       json.loads(cache.get_meta("landed", "{}") or "{}").items()}
+        """Files with an upload pending here whose commit came back through the journal
+        first (node id -> the revision it made): the answer is on its way, or was lost.
+        A remote delete of such a file waits for the syncer (`_awaiting_answer`), whose
+        retry finds out whether the version the other device deleted was these bytes.
+        Kept in LMDB with the cursors, like `unanswered`."""
+        self._landed_saved = dict(self.landed)
         self._pulling = 0
         """Deferred pulls under way (_pull_deferred)."""
         self.online = True
@@ -240,6 +248,9 @@ class Follower:
         local = self.cache.get(ino) if ino else None
         if local is None and change.op == "create" and change.node.kind == "file" and change.node.parent_id:
             self.unanswered[change.node.id] = (change.node.parent_id, change.node.name)
+        if local is not None and local.kind == "file" and change.node.rev > local.rev \
+                and not local.extra.get("detached") and self._changed(local):
+            self.landed[change.node.id] = change.node.rev
         if local is None or change.node.parent_id is None or self._pending(local):
             return
         if change.seq < local.extra.get("srv_seq", 0):
@@ -324,13 +335,18 @@ class Follower:
             self.visible = visible
         self.unanswered = {node_id: placed for node_id, placed in list(self.unanswered.items())[-UNANSWERED_KEPT:]
                            if self.cache.ino_for_node(node_id) is None}
-        if merged != self.cursors or self.unanswered != self._unanswered_saved:
+        self.landed = {node_id: rev for node_id, rev in list(self.landed.items())[-UNANSWERED_KEPT:]
+                       if self._awaited(node_id, rev) is not None}
+        if merged != self.cursors or self.unanswered != self._unanswered_saved or self.landed != self._landed_saved:
             with self.cache.write() as txn:
                 shared.save_cursors(self.cache, txn, merged)
                 if self.unanswered != self._unanswered_saved:
                     self.cache.set_meta(txn, "unanswered", json.dumps({str(k): v for k, v in self.unanswered.items()}))
+                if self.landed != self._landed_saved:
+                    self.cache.set_meta(txn, "landed", json.dumps({str(k): v for k, v in self.landed.items()}))
             self.cursors = merged
             self._unanswered_saved = dict(self.unanswered)
+            self._landed_saved = dict(self.landed)
         self._advanced.set()
         self._advanced = trio.Event()
 
@@ -359,7 +375,7 @@ class Follower:
         local = self.cache.get(ino) if ino else None
         if local is None:
             return self._unanswered_occupant(node_id) is not None or self._deleting(node_id)
-        return self._pending(local) or self._move_queued(local)
+        return self._pending(local) or self._move_queued(local) or self._awaiting_answer(local)
 
     # --- what counts as local work ---
 
@@ -394,6 +410,31 @@ class Follower:
             node = self.cache.get(node.parent)
         return False
 
+    def _awaited(self, node_id: int, rev: int) -> Inode | None:
+        """The file `landed` says has its commit of `rev` out, while it still has."""
+        ino = self.cache.ino_for_node(node_id)
+        local = self.cache.get(ino) if ino else None
+        if local is None or local.rev >= rev or local.extra.get("detached") or not self._changed(local):
+            return None
+        return local
+
+    def _awaiting_answer(self, top: Inode) -> bool:
+        """True while `top` is, or is a directory above, a file whose commit came back
+        through the journal unanswered (`landed`). Applied now, a remote delete of it
+        would keep the file for the pending upload, which then comes back as a new file,
+        though the other device saw exactly those bytes and deleted them (soak, seed
+        160082). Deferred, the syncer's retry finds its version in the deleted node's
+        history, records the file as clean, and the delete then takes it."""
+        for node_id, rev in list(self.landed.items()):
+            local = self._awaited(node_id, rev)
+            for _ in range(MAX_PULL_DEPTH):
+                if local is None:
+                    break
+                if local.ino == top.ino:
+                    return True
+                local = self.cache.get(local.parent) if local.parent else None
+        return False
+
     def _delete_unless_moving(self, local: Inode) -> None:
         """Apply the server's delete of `local`, unless a queued move of a directory at or
         above it is still on its way: that move decides. Applied now, the delete would
@@ -402,7 +443,7 @@ class Follower:
         server, which then finds the tree gone and creates it again, with whatever is
         still in it here). Deferred, the node is pulled again once the move is pushed,
         and goes only if the server still says it is gone."""
-        if self._move_queued(local):
+        if self._move_queued(local) or self._awaiting_answer(local):
             self._defer(local.node_id)
         else:
             self._apply_delete(local)

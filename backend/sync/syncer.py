@@ -649,6 +649,8 @@ class Syncer:
             await self._delete(result.response.node.id)
             return
         finish_upload(self.cache, self.uploader.content, node, result)
+        if result.response.node.deleted:  # ours had landed; another device saw it and deleted the file
+            self.on_stale(result.response.node.id)
 
     async def _adopt_own_lost_commit(self, node: Inode, exc: ConflictError) -> bool:
         """The newer revision the server has (stale_revision), or the new file under our

@@ -250,8 +250,8 @@ class Uploader:
             )
             try:
                 response = await self.client.commit(request)
-            except ConflictError as exc:
-                response = await self._landed_already(exc, node.ino, refs, size, mtime_ns, request.base_rev)
+            except ServerError as exc:
+                response = await self._landed_already(exc, node.ino, request, refs)
                 if response is None:
                     raise
         except BaseException:
@@ -329,50 +329,64 @@ class Uploader:
                 return sent_chunks, sent_bytes
             return await pipeline(items, send_batch, on_progress, room=min(2 * avg, BUDGET_BYTES // 2))
 
-    async def _landed_already(self, exc: ConflictError, ino: int, refs: list[tuple[str, int]], size: int,
-                              mtime_ns: int, base_rev: int) -> wire.CommitResponse | None:
+    async def _landed_already(self, exc: ServerError, ino: int, request: wire.CommitRequest,
+                              refs: list[tuple[str, int]]) -> wire.CommitResponse | None:
         """A commit retried after its answer was lost meets its own first attempt (a stale
         base revision, or its own new file under the name). If a version after our base
         is exactly what we sent, from this device, it was ours: success. Usually it is
         the current one; it may be an older one, when another device saw ours and
         committed over it before we found out (a mount killed mid-upload, back later):
-        then ours landed all the same, and theirs, newer, reaches us as a change. Never a
-        node another inode than `ino` stands for here."""
-        if exc.code not in ("stale_revision", "name_exists"):
+        then ours landed all the same, and theirs, newer, reaches us as a change. Or the
+        node is gone (404): another device saw ours and deleted the file, and the answer
+        says so (`node.deleted`), for the delete to be applied here instead of the bytes
+        coming back as a new file. Never a node another inode than `ino` stands for here."""
+        if isinstance(exc, ConflictError) and exc.code in ("stale_revision", "name_exists"):
+            node_id = int((exc.body.get("node") or {}).get("id", 0))
+        elif exc.status == 404 and exc.body.get("field") == "node_id" and request.node_id:
+            node_id = request.node_id
+        else:
             return None
-        node_id = int((exc.body.get("node") or {}).get("id", 0))
         if not node_id or self.cache.ino_for_node(node_id) not in (None, ino):
             # Another inode here stands for that node by now: the follower brought it in
             # as another device's file (our create's answer was lost, so it did not know
             # the node was ours) and kept ours beside it. Ours goes up as a file of its own.
             return None
+        ours, base_rev = (self.client.device, request.size, request.mtime_ns), request.base_rev
         try:
-            info = await self.client.file_info(node_id, urls=False)
+            current = None if exc.status == 404 else await self.client.file_info(node_id, urls=False)
+            if current is not None and current.version is not None and self._is_ours(current, ours, refs):
+                version, info = current.version, current
+            else:
+                newest = current.version.rev if current is not None and current.version is not None else None
+                version, info = await self._older_of_ours(node_id, base_rev, newest, ours, refs)
         except ServerError as missing:
             if missing.status == 404:
-                return None  # deleted since by another device: not ours, the conflict stands
+                return None  # deleted by another device (or never there): not ours, the conflict stands
             raise
-        ours = (self.client.device, size, mtime_ns)
-        version = info.version
-        if version is None:
+        if version is None or info is None:
             return None
-        if (version.device, version.size, version.mtime_ns) == ours and self.made_here(version):
-            if [(c.fingerprint, c.length) for c in info.chunks] != refs:
-                return None
-        else:
-            candidates = [v for v in (await self.client.versions(node_id)).versions
-                          if base_rev < v.rev < version.rev and (v.device, v.size, v.mtime_ns) == ours
-                          and self.made_here(v)]
-            for candidate in candidates:
-                old = await self.client.file_info(node_id, rev=candidate.rev, urls=False)
-                if [(c.fingerprint, c.length) for c in old.chunks] == refs:
-                    version = candidate
-                    break
-            else:
-                return None
-        log.info("the commit of node %d rev %d had landed before its answer was lost", node_id, version.rev)
+        log.info("the commit of node %d rev %d had landed before its answer was lost%s", node_id, version.rev,
+                 "; another device has deleted it since" if info.node.deleted else "")
         node = info.node.model_copy(update={"rev": version.rev, "size": version.size, "mtime_ns": version.mtime_ns})
         return wire.CommitResponse(node=node, version=version, cursor=info.cursor)  # ours, not what is newer
+
+    def _is_ours(self, info: wire.FileInfo, ours: tuple[str, int, int], refs: list[tuple[str, int]]) -> bool:
+        version = info.version
+        return version is not None and (version.device, version.size, version.mtime_ns) == ours \
+            and self.made_here(version) and [(c.fingerprint, c.length) for c in info.chunks] == refs
+
+    async def _older_of_ours(self, node_id: int, base_rev: int, newest: int | None, ours: tuple[str, int, int],
+                             refs: list[tuple[str, int]]) -> tuple[wire.Version | None, wire.FileInfo | None]:
+        """The version after `base_rev` (and before `newest`) that is exactly ours, with
+        the node as it was then (a deleted node's history is still there)."""
+        candidates = [v for v in (await self.client.versions(node_id)).versions
+                      if base_rev < v.rev < (newest or v.rev + 1) and (v.device, v.size, v.mtime_ns) == ours
+                      and self.made_here(v)]
+        for candidate in candidates:
+            old = await self.client.file_info(node_id, rev=candidate.rev, urls=False)
+            if [(c.fingerprint, c.length) for c in old.chunks] == refs:
+                return candidate, old
+        return None, None
 
     def made_here(self, version: wire.Version) -> bool:
         """This device (its name, and its account where the server says) made `version`."""

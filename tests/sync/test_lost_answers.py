@@ -6,6 +6,7 @@ second node, and the other device sees exactly the change once."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -260,6 +261,53 @@ def test_a_lost_create_overwritten_elsewhere_is_not_brought_back(sync_server, tm
             expected = {"x.txt": b"b's, over a's\n"}
             assert snapshot(a.path) == expected
             assert snapshot(b.path) == expected
+            assert a.status()["conflicts"] == 0
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("removed", ["file", "dir"])
+def test_a_lost_commit_deleted_elsewhere_stays_deleted(sync_server, tmp_path, removed: str):
+    """a's commit of v2 of d/x.txt lands, its answer is lost and the retries are refused
+    for a while. b sees v2 and removes it (`rm d/x.txt`, or `rm -r d`). a's follower
+    must not keep x.txt (and d) for the pending retry, and the retry, meeting the
+    deleted node, must find its own v2 in the history: b saw those bytes and removed
+    them, so nothing comes back (found by the soak, seed 160082: a device offline 14 ms
+    after a write, the directory removed by another device)."""
+    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
+    proxied = proxy.front(sync_server)
+    try:
+        with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
+                cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+            (a.path / "d").mkdir()
+            (a.path / "d" / "x.txt").write_text("v1\n")
+            (a.path / "keep").write_text("k\n")
+            for m in (a, b):
+                m.sync(timeout=60)
+            proxy.lose_answers(rb"^POST /files ", 1, then_fail=True)
+            (a.path / "d" / "x.txt").write_text("v2 from a\n")
+            deadline = time.monotonic() + 30
+            while not proxy.lost:
+                assert time.monotonic() < deadline, "a's commit should reach the server"
+                time.sleep(0.02)
+            b.sync(timeout=60)
+            assert (b.path / "d" / "x.txt").read_text() == "v2 from a\n"
+            if removed == "dir":
+                shutil.rmtree(b.path / "d")
+            else:
+                (b.path / "d" / "x.txt").unlink()
+            b.sync(timeout=60)
+            target, deadline = b.status()["cursor"], time.monotonic() + 15
+            while a.status()["cursor"] < target:  # a's follower has had b's delete
+                assert time.monotonic() < deadline, "a's follower should reach b's delete"
+                time.sleep(0.05)
+            proxy.release()
+            for m in (a, b, a, b):
+                m.sync(timeout=60)
+            expected = snapshot(b.path)
+            assert expected == ({"keep": b"k\n"} if removed == "dir" else {"keep": b"k\n", "d": None})
+            assert snapshot(a.path) == expected
             assert a.status()["conflicts"] == 0
     finally:
         proxy.close()
