@@ -14,7 +14,7 @@ import trio
 from cloudfs.backend.protocol import wire
 from cloudfs.backend.protocol.api_client import ApiClient
 from cloudfs.backend.chunker import iter_pieces
-from cloudfs.backend.errors import MissingChunksError, StaleRevisionError
+from cloudfs.backend.errors import MissingChunksError, ServerError, StaleRevisionError
 from cloudfs.backend.sync.uploader import Uploader
 from tests.harness import cloudfs_mount
 
@@ -145,8 +145,11 @@ def test_tampered_or_unsigned_blob_urls_are_refused(server, alice):
 
 def test_a_retried_commit_that_meets_a_deleted_file_keeps_its_conflict(server, alice):
     """The uploader asks whether a refused commit had landed before its answer was lost;
-    if another device deleted the file meanwhile, the answer is "not ours" (the stale
-    revision stands and the syncer keeps the edit), not a 404 that drops the upload."""
+    if another device deleted the file meanwhile, the answer to a stale revision is "not
+    ours" (the stale revision stands and the syncer keeps the edit), not a 404 that drops
+    the upload. A retry answered 404 (the node is gone) whose version is in the deleted
+    node's history, exactly, was ours: the answer says the node is deleted, so the
+    delete is applied here instead of the bytes coming back."""
     data = b"first version\n"
 
     async def main() -> None:
@@ -154,12 +157,21 @@ def test_a_retried_commit_that_meets_a_deleted_file_keeps_its_conflict(server, a
             commit, _ = await upload_file(client, "/doc.txt", data)
             mirror = types.SimpleNamespace(ino_for_node=lambda node_id: None)  # no other inode stands for it here
             uploader = Uploader(client, cache=mirror, chunks=None, content=None)  # type: ignore[arg-type]
+            uploader.account = lambda: commit.version.user_id
             stale = StaleRevisionError(409, {"error": "stale_revision", "current_rev": 2,
                                              "node": commit.node.model_dump()})
             refs = [(hashlib.sha256(data).hexdigest(), len(data))]
-            assert await uploader._landed_already(stale, 7, refs, len(data), 1, 0) is None  # not from this mtime
+            other_mtime = types.SimpleNamespace(node_id=None, size=len(data), mtime_ns=1, base_rev=0)
+            assert await uploader._landed_already(stale, 7, other_mtime, refs) is None  # not from this mtime
             await client.delete(commit.node.id)
-            assert await uploader._landed_already(stale, 7, refs, len(data), 1, 0) is None
+            assert await uploader._landed_already(stale, 7, other_mtime, refs) is None
+            gone = ServerError(404, {"error": "not_found", "field": "node_id"})
+            retried = types.SimpleNamespace(node_id=commit.node.id, size=len(data), mtime_ns=commit.version.mtime_ns,
+                                            base_rev=0)
+            landed = await uploader._landed_already(gone, 7, retried, refs)
+            assert landed is not None and landed.node.deleted and landed.version.rev == commit.version.rev
+            other_bytes = [(hashlib.sha256(b"edited since").hexdigest(), len(data))]
+            assert await uploader._landed_already(gone, 7, retried, other_bytes) is None
 
     trio.run(main)
 
