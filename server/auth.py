@@ -24,6 +24,7 @@ Why it is shaped like this:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import time
@@ -83,12 +84,16 @@ def verify_password(stored: str | None, password: str) -> bool:
     """False for a wrong password and for an account without one; with no hash to check
     the same work is done against a dummy, so the answer's timing says nothing."""
     try:
-        return _hasher.verify(stored or _DUMMY, password) and stored is not None
+        return _hasher.verify(stored or _dummy_hash(), password) and stored is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 
 
-_DUMMY = _hasher.hash("no password is set for this account")
+@functools.cache
+def _dummy_hash() -> str:
+    """Made on first use, not at import: hashing costs a third of a second of CPU, and
+    every `cloudfs` command that imports this module would pay it."""
+    return _hasher.hash("no password is set for this account")
 
 
 async def check_password(stored: str | None, password: str) -> bool:

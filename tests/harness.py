@@ -94,13 +94,17 @@ class ServerProcess:
     tokens: dict[str, str] = field(default_factory=dict)
 
     def add_user(self, name: str, *, quota: str | None = None) -> str:
-        where = ["--db", self.db_url] if self.db_url else ["--data", str(self.data_dir)]
-        if quota is not None:
-            where += ["--quota", quota]
-        out = subprocess.run([*CLOUDFS, "user", "add", name, *where], capture_output=True, text=True, timeout=60)
-        if out.returncode != 0:
-            raise RuntimeError(f"cloudfs user add {name}: {out.stderr}")
-        self.tokens[name] = out.stdout.strip().splitlines()[-1]
+        """What `cloudfs user add` does (tests/cli tests the command itself), in this
+        process: a CLI process costs a second of CPU in imports, and most tests add one."""
+        from cloudfs import validate
+        from cloudfs.server.startup import open_db
+        from cloudfs.server.users import add_user
+
+        db = open_db(self.data_dir, self.db_url, pool_size=1)
+        try:
+            self.tokens[name] = add_user(db, name, quota_bytes=validate.quota(quota) if quota is not None else None)
+        finally:
+            db.dispose()
         return self.tokens[name]
 
     def log(self) -> str:
