@@ -135,8 +135,9 @@ def test_a_file_open_for_writing_at_a_kill_is_uploaded_after_the_remount(tmp_pat
         with cloudfs_mount(srv, token, tmp_path / "mnt", tmp_path / "cache") as m:
             fd = os.open(m.path / "open.txt", os.O_WRONLY | os.O_CREAT, 0o644)
             os.write(fd, b"written while open\n")
-            wait_until(lambda: m.status()["pending_ops"] == 0, timeout=30,
-                       what="the queued upload taken (and skipped: the file is open)")
+            os.close(os.dup(fd))  # a flush, not a release: the kernel writes the bytes back, the file stays open
+            wait_until(lambda: (st := m.status())["pending_ops"] == 0 and st["pending_bytes"] == 19, timeout=30,
+                       what="the bytes in the mount, the queued upload taken (and skipped: the file is open)")
             m.proc.send_signal(signal.SIGKILL)
             m.proc.wait(10)
             with contextlib.suppress(OSError):

@@ -259,6 +259,7 @@ def test_pending_bytes_fall_chunk_by_chunk_while_a_file_uploads(sync_server: Ser
             assert up and up[0]["total_bytes"] == size
             assert any(t["speed_bps"] > 0 and t["eta_s"] is not None and 0 < t["done_bytes"] < size for t in up), up
             assert any(0 < s < size for s in sent), sent
+            a.sync(timeout=60)  # every byte is sent; the commit may still be on its way
             assert a.status()["pending_files"] == 0 and ls(a, a.path)["big.bin"]["state"] == "cached"
     finally:
         proxy.close()
