@@ -71,7 +71,8 @@ class Proxy:
         self._lose_left = 0
         self._then_fail = False
         self.lost = 0
-        """Answers dropped by `lose_answers` so far."""
+        """Answers dropped by `lose_answers` so far: counted once the server has answered
+        (the request was carried out), as the connection is reset."""
         self._delayed: re.Pattern[bytes] | None = None
         self._delay_s = 0.0
         self.delayed: list[tuple[bytes, float, float]] = []
@@ -226,6 +227,8 @@ class Proxy:
             elif limit[1]:
                 _reset(src)  # the server answered; the device never hears it
                 _reset(dst)
+                with self._lock:
+                    self.lost += 1
                 return
             if self._closed.is_set():
                 break
@@ -267,7 +270,6 @@ class Proxy:
             if not self._lose_left or not self._lose.search(data.split(b"\r\n", 1)[0]):
                 return 0
             self._lose_left -= 1
-            self.lost += 1
             if not self._lose_left and self._then_fail:
                 self._failing = self._lose
             return 1

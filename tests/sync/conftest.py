@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Iterator
 import pytest
 
 from tests.harness import MountProcess, RestartableServer, ServerProcess, cloudfs_mount, cloudfs_server
+from tests.proxy import Proxy
 
 
 @dataclass
@@ -55,3 +57,33 @@ def offline_devices(restartable: RestartableServer, tmp_path: Path) -> Iterator[
     token = restartable.server.add_user("owner")
     with two_devices(restartable.server, token, tmp_path) as d:
         yield d
+
+
+@contextlib.contextmanager
+def a_behind_a_proxy(server: ServerProcess, tmp_path: Path) -> Iterator[tuple[Devices, Proxy]]:
+    """Two devices of a fresh user; a talks to the server through a proxy the test can
+    hang, so that b's changes land first while a's wait."""
+    token = server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    proxy = Proxy(int(server.url.rsplit(":", 1)[1]))
+    proxied = proxy.front(server)
+    try:
+        with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
+                cloudfs_mount(server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+            yield Devices(a, b), proxy
+    finally:
+        proxy.close()
+
+
+def wait_until_held(proxy: Proxy, what: str = "a request") -> None:
+    deadline = time.monotonic() + 30
+    while not proxy.holding:
+        assert time.monotonic() < deadline, f"{what} should be held by the proxy"
+        time.sleep(0.02)
+
+
+def wait_for_cursor(mount: MountProcess, cursor: int, timeout: float = 30) -> None:
+    """Until `mount`'s follower has applied the journal up to `cursor`."""
+    deadline = time.monotonic() + timeout
+    while mount.status()["cursor"] < cursor:
+        assert time.monotonic() < deadline, f"{mount.device} did not reach cursor {cursor} in {timeout}s"
+        time.sleep(0.05)

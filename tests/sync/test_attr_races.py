@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from tests.sync.test_conflicts import a_behind_a_proxy, settle, snapshot, wait_for_cursor
+from tests.sync.conftest import a_behind_a_proxy, wait_for_cursor, wait_until_held
+from tests.sync.test_conflicts import settle, snapshot
 
 
 def xattr_on_dir(root: Path) -> None:
@@ -48,10 +48,7 @@ def test_an_attribute_change_arriving_after_a_delete_elsewhere_goes_with_the_nod
         settle(d)
         proxy.hold(rb"^PATCH /nodes/")
         change(a.path)
-        deadline = time.monotonic() + 30
-        while not proxy.holding:
-            assert time.monotonic() < deadline, "a's attribute change should reach the proxy"
-            time.sleep(0.02)
+        wait_until_held(proxy, "a's attribute change")
         delete(b.path)
         b.sync(timeout=60)
         proxy.release()

@@ -3,20 +3,15 @@ device's bytes survive beside it, and both devices end up with both."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from tests.harness import ServerProcess, cloudfs_mount
-from tests.proxy import Proxy
-from tests.sync.conftest import Devices, RestartableServer
+from tests.sync.conftest import Devices, RestartableServer, a_behind_a_proxy, wait_for_cursor, wait_until_held
 
 
 def copy_name(name: str, device: str) -> str:
@@ -128,21 +123,6 @@ def test_directory_deleted_while_written_elsewhere(restartable, offline_devices,
                 "proj/NEW": b"new on b\n"}
     assert snapshot(d.b.path) == expected
     assert snapshot(d.a.path) == expected
-
-
-@contextlib.contextmanager
-def a_behind_a_proxy(server: ServerProcess, tmp_path: Path) -> Iterator[tuple[Devices, Proxy]]:
-    """Two devices of a fresh user; a talks to the server through a proxy the test can
-    hang, so that b's changes land first while a's wait."""
-    token = server.add_user(f"u-{uuid.uuid4().hex[:10]}")
-    proxy = Proxy(int(server.url.rsplit(":", 1)[1]))
-    proxied = proxy.front(server)
-    try:
-        with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
-                cloudfs_mount(server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
-            yield Devices(a, b), proxy
-    finally:
-        proxy.close()
 
 
 def test_directory_moved_into_a_directory_deleted_elsewhere(sync_server, tmp_path):
@@ -263,14 +243,6 @@ def test_a_file_written_through_a_handle_to_a_version_replaced_elsewhere(devices
     assert snapshot(d.a.path) == expected
 
 
-def wait_for_cursor(mount, cursor: int, timeout: float = 30) -> None:  # noqa: ANN001
-    """Until `mount`'s follower has applied the journal up to `cursor`."""
-    deadline = time.monotonic() + timeout
-    while mount.status()["cursor"] < cursor:
-        assert time.monotonic() < deadline, f"{mount.device} did not reach cursor {cursor} in {timeout}s"
-        time.sleep(0.1)
-
-
 @pytest.mark.parametrize("what", ["tree", "files"])
 def test_a_delete_below_a_directory_whose_move_out_is_queued_waits_for_the_move(sync_server, tmp_path, what):
     """a moves old/photos/ out to photos/; its move is held back (only the move: a's
@@ -333,6 +305,7 @@ def test_an_older_change_from_elsewhere_does_not_undo_ours(sync_server, tmp_path
         settle(d)
         proxy.hold(rb"^POST /sync ")
         proxy.set_faults(proxy.faults)  # the long-poll in flight goes; its successor is held
+        wait_until_held(proxy)
         if change == "move":
             (b.path / "photos").rename(b.path / "pics")
         else:
@@ -366,6 +339,7 @@ def test_our_own_older_entries_do_not_undo_our_later_change(sync_server, tmp_pat
         settle(d)
         proxy.hold(rb"^POST /sync ")
         proxy.set_faults(proxy.faults)  # the long-poll in flight goes; its successor is held
+        wait_until_held(proxy)
         (a.path / "x.txt").write_text("v1\n")
         wait_until_pushed(a)
         (a.path / "x.txt").write_text("v2\n")
@@ -378,13 +352,6 @@ def test_our_own_older_entries_do_not_undo_our_later_change(sync_server, tmp_pat
         assert snapshot(a.path) == {"y.txt": b"v2\n"}
         assert snapshot(b.path) == {"y.txt": b"v2\n"}
         assert os.stat(a.path / "y.txt").st_ino == ino
-
-
-def wait_for_held(proxy: Proxy, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not proxy.holding:
-        assert time.monotonic() < deadline, f"no request held after {timeout}s"
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("new", [False, True])
@@ -402,7 +369,7 @@ def test_a_file_moved_to_another_directory_while_its_upload_is_under_way(sync_se
         settle(d)
         proxy.hold(rb"^POST /files ")
         (a.path / "y").write_text("v2\n")
-        wait_for_held(proxy)
+        wait_until_held(proxy)
         (a.path / "y").rename(a.path / "e" / "x.txt")
         proxy.release()
         settle(d)

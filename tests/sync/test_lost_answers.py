@@ -8,17 +8,14 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Callable
 
 import httpx
 import pytest
 
-from tests.harness import cloudfs_mount
 from tests.model import snapshot
-from tests.proxy import Proxy
-from tests.sync.conftest import Devices
+from tests.sync.conftest import a_behind_a_proxy, wait_for_cursor, wait_until_held
 
 
 def make_symlink(root: Path) -> None:
@@ -68,34 +65,27 @@ CASES: dict[str, tuple[bytes, Callable[[Path], None]]] = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_request_whose_answer_was_lost_is_retried_as_itself(sync_server, tmp_path, case):
     request, change = CASES[case]
-    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
-    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
-    proxied = proxy.front(sync_server)
-    try:
-        with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
-                cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
-            d = Devices(a, b)
-            (a.path / "d").mkdir()
-            (a.path / "base.txt").write_text("base\n")
-            for m in (a, b):
-                m.sync(timeout=60)
-            proxy.lose_answers(request)
-            change(a.path)
-            expected = snapshot(a.path)
-            for m in (a, b, a, b):
-                m.sync(timeout=60)
-            assert proxy.lost == 1, "the answer should have been lost once"
-            assert snapshot(a.path) == expected
-            assert snapshot(b.path) == expected
-            assert a.status()["conflicts"] == 0
-            if case == "chmod":
-                assert os.stat(b.path / "base.txt").st_mode & 0o777 == 0o600
-            if case == "hard link":
-                assert os.stat(b.path / "d" / "hard.txt").st_ino == os.stat(b.path / "base.txt").st_ino
-            for m in (d.a, d.b):
-                assert "Traceback" not in m.log() and " ERROR " not in m.log(), m.log()[-3000:]
-    finally:
-        proxy.close()
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "d").mkdir()
+        (a.path / "base.txt").write_text("base\n")
+        for m in (a, b):
+            m.sync(timeout=60)
+        proxy.lose_answers(request)
+        change(a.path)
+        expected = snapshot(a.path)
+        for m in (a, b, a, b):
+            m.sync(timeout=60)
+        assert proxy.lost == 1, "the answer should have been lost once"
+        assert snapshot(a.path) == expected
+        assert snapshot(b.path) == expected
+        assert a.status()["conflicts"] == 0
+        if case == "chmod":
+            assert os.stat(b.path / "base.txt").st_mode & 0o777 == 0o600
+        if case == "hard link":
+            assert os.stat(b.path / "d" / "hard.txt").st_ino == os.stat(b.path / "base.txt").st_ino
+        for m in (a, b):
+            assert "Traceback" not in m.log() and " ERROR " not in m.log(), m.log()[-3000:]
 
 
 @pytest.mark.parametrize("new", [False, True])
@@ -105,33 +95,27 @@ def test_a_commit_whose_answer_was_lost_is_built_on_by_the_next(sync_server, tmp
     a's own lost one on the server (a newer revision, or a file of that name): it is
     built on, not turned into a conflicted copy of a's own older bytes (found by the
     soak, seed 40044: a server that hung, then stopped)."""
-    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
-    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
-    proxied = proxy.front(sync_server)
-    try:
-        with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
-                cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
-            if not new:
-                (a.path / "x.txt").write_text("v1\n")
-                for m in (a, b):
-                    m.sync(timeout=60)
-            proxy.lose_answers(rb"^POST /files ")
-            proxy.fail(rb"^GET /files/")
-            (a.path / "x.txt").write_text("v2, whose answer is lost\n")
-            deadline = time.monotonic() + 30
-            while not (proxy.lost and proxy.failed):
-                assert time.monotonic() < deadline, "the commit's answer should be lost, the check refused"
-                time.sleep(0.02)
-            (a.path / "x.txt").write_text("v3\n")
-            time.sleep(0.5)  # the upload is tried again with v3 (and refused as stale) meanwhile
-            proxy.release()
-            for m in (a, b, a, b):
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        if not new:
+            (a.path / "x.txt").write_text("v1\n")
+            for m in (a, b):
                 m.sync(timeout=60)
-            assert snapshot(a.path) == {"x.txt": b"v3\n"}
-            assert snapshot(b.path) == {"x.txt": b"v3\n"}
-            assert a.status()["conflicts"] == 0
-    finally:
-        proxy.close()
+        proxy.lose_answers(rb"^POST /files ")
+        proxy.fail(rb"^GET /files/")
+        (a.path / "x.txt").write_text("v2, whose answer is lost\n")
+        deadline = time.monotonic() + 30
+        while not (proxy.lost and proxy.failed):
+            assert time.monotonic() < deadline, "the commit's answer should be lost, the check refused"
+            time.sleep(0.02)
+        (a.path / "x.txt").write_text("v3\n")
+        time.sleep(0.5)  # the upload is tried again with v3 (and refused as stale) meanwhile
+        proxy.release()
+        for m in (a, b, a, b):
+            m.sync(timeout=60)
+        assert snapshot(a.path) == {"x.txt": b"v3\n"}
+        assert snapshot(b.path) == {"x.txt": b"v3\n"}
+        assert a.status()["conflicts"] == 0
 
 
 def test_a_commit_whose_answer_was_lost_and_that_another_device_overwrote_stays_overwritten(sync_server, tmp_path):
@@ -139,39 +123,33 @@ def test_a_commit_whose_answer_was_lost_and_that_another_device_overwrote_stays_
     b sees v2 and overwrites it with v3. a's retry meets v3: its own v2 is in the
     history, so it landed, and b's v3 stands; v2 must not come back as a conflicted
     copy (found by the soak, seed 70117: a mount killed mid-upload)."""
-    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
-    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
-    proxied = proxy.front(sync_server)
-    try:
-        with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
-                cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
-            (a.path / "x.txt").write_text("v1\n")
-            for m in (a, b):
-                m.sync(timeout=60)
-            proxy.lose_answers(rb"^POST /files ")
-            proxy.fail(rb"^GET /files/")
-            (a.path / "x.txt").write_text("v2 from a\n")
-            deadline = time.monotonic() + 30
-            while not (proxy.lost and proxy.failed):
-                assert time.monotonic() < deadline, "the commit's answer should be lost, the check refused"
-                time.sleep(0.02)
-            b.sync(timeout=60)
-            assert (b.path / "x.txt").read_text() == "v2 from a\n"
-            (b.path / "x.txt").write_text("v3 from b\n")
-            b.sync(timeout=60)
-            proxy.release()
-            for m in (a, b, a, b):
-                m.sync(timeout=60)
-            assert snapshot(a.path) == {"x.txt": b"v3 from b\n"}
-            assert snapshot(b.path) == {"x.txt": b"v3 from b\n"}
-            assert a.status()["conflicts"] == 0
-            assert os.stat(a.path / "x.txt").st_mtime_ns == os.stat(b.path / "x.txt").st_mtime_ns  # b's, untouched
-            with httpx.Client(base_url=sync_server.url, headers={"Authorization": f"Bearer {token}"}) as api:
-                node = api.get("/resolve", params={"path": "/x.txt"}).json()["node"]
-                revs = [v["device"] for v in api.get(f"/files/{node['id']}/versions").json()["versions"]]
-                assert sorted(revs) == ["dev-a", "dev-a", "dev-b"]  # v1, v2 once, v3
-    finally:
-        proxy.close()
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "x.txt").write_text("v1\n")
+        for m in (a, b):
+            m.sync(timeout=60)
+        proxy.lose_answers(rb"^POST /files ")
+        proxy.fail(rb"^GET /files/")
+        (a.path / "x.txt").write_text("v2 from a\n")
+        deadline = time.monotonic() + 30
+        while not (proxy.lost and proxy.failed):
+            assert time.monotonic() < deadline, "the commit's answer should be lost, the check refused"
+            time.sleep(0.02)
+        b.sync(timeout=60)
+        assert (b.path / "x.txt").read_text() == "v2 from a\n"
+        (b.path / "x.txt").write_text("v3 from b\n")
+        b.sync(timeout=60)
+        proxy.release()
+        for m in (a, b, a, b):
+            m.sync(timeout=60)
+        assert snapshot(a.path) == {"x.txt": b"v3 from b\n"}
+        assert snapshot(b.path) == {"x.txt": b"v3 from b\n"}
+        assert a.status()["conflicts"] == 0
+        assert os.stat(a.path / "x.txt").st_mtime_ns == os.stat(b.path / "x.txt").st_mtime_ns  # b's, untouched
+        with httpx.Client(base_url=sync_server.url, headers={"Authorization": f"Bearer {a.token}"}) as api:
+            node = api.get("/resolve", params={"path": "/x.txt"}).json()["node"]
+            revs = [v["device"] for v in api.get(f"/files/{node['id']}/versions").json()["versions"]]
+            assert sorted(revs) == ["dev-a", "dev-a", "dev-b"]  # v1, v2 once, v3
 
 
 def test_a_file_replaced_here_is_not_taken_for_our_own_lost_create(sync_server, tmp_path):
@@ -184,45 +162,32 @@ def test_a_file_replaced_here_is_not_taken_for_our_own_lost_create(sync_server, 
     crash run, kill 44 of seed 43: the write-fsync-rename loop's file was gone). The
     syncer is kept busy (a chmod held by the proxy) until the new file has its final
     name, as a loaded machine did."""
-    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
-    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
-    proxied = proxy.front(sync_server)
-    try:
-        with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
-                cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
-            (a.path / "x.txt").write_text("v1\n")
-            (a.path / "y").write_text("y\n")
-            a.sync(timeout=60)
-            proxy.hold(rb"^PATCH /nodes/")
-            (a.path / "y").chmod(0o600)
-            wait_until_held(proxy)
-            (a.path / ".x.txt.tmp").write_text("v2\n")
-            os.rename(a.path / ".x.txt.tmp", a.path / "x.txt")
-            time.sleep(0.5)  # the delete of N is due
-            proxy.release()
-            proxy.hold(rb"^DELETE /nodes/")
-            wait_until_held(proxy)
-            time.sleep(2)  # the new file's create meets N meanwhile
-            proxy.release()
-            for m in (a, b, a, b):
-                m.sync(timeout=60)
-            assert snapshot(a.path) == {"x.txt": b"v2\n", "y": b"y\n"}
-            assert snapshot(b.path) == {"x.txt": b"v2\n", "y": b"y\n"}
-            assert a.status()["conflicts"] == 0
-            assert "not deleting node" not in a.log(), a.log()[-3000:]
-            with httpx.Client(base_url=sync_server.url, headers={"Authorization": f"Bearer {token}"}) as api:
-                node = api.get("/resolve", params={"path": "/x.txt"}).json()["node"]
-                versions = api.get(f"/files/{node['id']}/versions").json()["versions"]
-                assert len(versions) == 1, f"x.txt is a new file, not a version of the one it replaced: {versions}"
-    finally:
-        proxy.close()
-
-
-def wait_until_held(proxy: Proxy) -> None:
-    deadline = time.monotonic() + 30
-    while not proxy.holding:
-        assert time.monotonic() < deadline, "a request should be held by the proxy"
-        time.sleep(0.02)
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "x.txt").write_text("v1\n")
+        (a.path / "y").write_text("y\n")
+        a.sync(timeout=60)
+        proxy.hold(rb"^PATCH /nodes/")
+        (a.path / "y").chmod(0o600)
+        wait_until_held(proxy)
+        (a.path / ".x.txt.tmp").write_text("v2\n")
+        os.rename(a.path / ".x.txt.tmp", a.path / "x.txt")
+        time.sleep(0.5)  # the delete of N is due
+        proxy.release()
+        proxy.hold(rb"^DELETE /nodes/")
+        wait_until_held(proxy)
+        time.sleep(2)  # the new file's create meets N meanwhile
+        proxy.release()
+        for m in (a, b, a, b):
+            m.sync(timeout=60)
+        assert snapshot(a.path) == {"x.txt": b"v2\n", "y": b"y\n"}
+        assert snapshot(b.path) == {"x.txt": b"v2\n", "y": b"y\n"}
+        assert a.status()["conflicts"] == 0
+        assert "not deleting node" not in a.log(), a.log()[-3000:]
+        with httpx.Client(base_url=sync_server.url, headers={"Authorization": f"Bearer {a.token}"}) as api:
+            node = api.get("/resolve", params={"path": "/x.txt"}).json()["node"]
+            versions = api.get(f"/files/{node['id']}/versions").json()["versions"]
+            assert len(versions) == 1, f"x.txt is a new file, not a version of the one it replaced: {versions}"
 
 
 def test_a_lost_create_overwritten_elsewhere_is_not_brought_back(sync_server, tmp_path):
@@ -235,35 +200,26 @@ def test_a_lost_create_overwritten_elsewhere_is_not_brought_back(sync_server, tm
     100182, a 503 storm with lost answers, took a's version back over b's; seed 130006,
     a mount killed after its create landed, kept a conflicted copy of what b had
     overwritten.)"""
-    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
-    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
-    proxied = proxy.front(sync_server)
-    try:
-        with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
-                cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
-            proxy.lose_answers(rb"^POST /files ", 1, then_fail=True)
-            (a.path / "x.txt").write_text("a's\n")
-            deadline = time.monotonic() + 30
-            while not proxy.lost:
-                assert time.monotonic() < deadline, "a's create should reach the server"
-                time.sleep(0.02)
-            b.sync(timeout=60)
-            (b.path / "x.txt").write_text("b's, over a's\n")
-            b.sync(timeout=60)
-            target, deadline = b.status()["cursor"], time.monotonic() + 15
-            while a.status()["cursor"] < target:  # a's follower has had b's change
-                assert time.monotonic() < deadline, "a's follower should reach b's change"
-                time.sleep(0.05)
-            assert snapshot(a.path) == {"x.txt": b"a's\n"}, "a's file waits for its retry, alone"
-            proxy.release()
-            for m in (a, b, a, b):
-                m.sync(timeout=60)
-            expected = {"x.txt": b"b's, over a's\n"}
-            assert snapshot(a.path) == expected
-            assert snapshot(b.path) == expected
-            assert a.status()["conflicts"] == 0
-    finally:
-        proxy.close()
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        proxy.lose_answers(rb"^POST /files ", 1, then_fail=True)
+        (a.path / "x.txt").write_text("a's\n")
+        deadline = time.monotonic() + 30
+        while not proxy.lost:
+            assert time.monotonic() < deadline, "a's create should reach the server"
+            time.sleep(0.02)
+        b.sync(timeout=60)
+        (b.path / "x.txt").write_text("b's, over a's\n")
+        b.sync(timeout=60)
+        wait_for_cursor(a, b.status()["cursor"])  # a's follower has had b's change
+        assert snapshot(a.path) == {"x.txt": b"a's\n"}, "a's file waits for its retry, alone"
+        proxy.release()
+        for m in (a, b, a, b):
+            m.sync(timeout=60)
+        expected = {"x.txt": b"b's, over a's\n"}
+        assert snapshot(a.path) == expected
+        assert snapshot(b.path) == expected
+        assert a.status()["conflicts"] == 0
 
 
 @pytest.mark.parametrize("removed", ["file", "dir"])
@@ -274,40 +230,31 @@ def test_a_lost_commit_deleted_elsewhere_stays_deleted(sync_server, tmp_path, re
     deleted node, must find its own v2 in the history: b saw those bytes and removed
     them, so nothing comes back (found by the soak, seed 160082: a device offline 14 ms
     after a write, the directory removed by another device)."""
-    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
-    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
-    proxied = proxy.front(sync_server)
-    try:
-        with cloudfs_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a") as a, \
-                cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
-            (a.path / "d").mkdir()
-            (a.path / "d" / "x.txt").write_text("v1\n")
-            (a.path / "keep").write_text("k\n")
-            for m in (a, b):
-                m.sync(timeout=60)
-            proxy.lose_answers(rb"^POST /files ", 1, then_fail=True)
-            (a.path / "d" / "x.txt").write_text("v2 from a\n")
-            deadline = time.monotonic() + 30
-            while not proxy.lost:
-                assert time.monotonic() < deadline, "a's commit should reach the server"
-                time.sleep(0.02)
-            b.sync(timeout=60)
-            assert (b.path / "d" / "x.txt").read_text() == "v2 from a\n"
-            if removed == "dir":
-                shutil.rmtree(b.path / "d")
-            else:
-                (b.path / "d" / "x.txt").unlink()
-            b.sync(timeout=60)
-            target, deadline = b.status()["cursor"], time.monotonic() + 15
-            while a.status()["cursor"] < target:  # a's follower has had b's delete
-                assert time.monotonic() < deadline, "a's follower should reach b's delete"
-                time.sleep(0.05)
-            proxy.release()
-            for m in (a, b, a, b):
-                m.sync(timeout=60)
-            expected = snapshot(b.path)
-            assert expected == ({"keep": b"k\n"} if removed == "dir" else {"keep": b"k\n", "d": None})
-            assert snapshot(a.path) == expected
-            assert a.status()["conflicts"] == 0
-    finally:
-        proxy.close()
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "d").mkdir()
+        (a.path / "d" / "x.txt").write_text("v1\n")
+        (a.path / "keep").write_text("k\n")
+        for m in (a, b):
+            m.sync(timeout=60)
+        proxy.lose_answers(rb"^POST /files ", 1, then_fail=True)
+        (a.path / "d" / "x.txt").write_text("v2 from a\n")
+        deadline = time.monotonic() + 30
+        while not proxy.lost:
+            assert time.monotonic() < deadline, "a's commit should reach the server"
+            time.sleep(0.02)
+        b.sync(timeout=60)
+        assert (b.path / "d" / "x.txt").read_text() == "v2 from a\n"
+        if removed == "dir":
+            shutil.rmtree(b.path / "d")
+        else:
+            (b.path / "d" / "x.txt").unlink()
+        b.sync(timeout=60)
+        wait_for_cursor(a, b.status()["cursor"])  # a's follower has had b's change
+        proxy.release()
+        for m in (a, b, a, b):
+            m.sync(timeout=60)
+        expected = snapshot(b.path)
+        assert expected == ({"keep": b"k\n"} if removed == "dir" else {"keep": b"k\n", "d": None})
+        assert snapshot(a.path) == expected
+        assert a.status()["conflicts"] == 0

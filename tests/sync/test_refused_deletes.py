@@ -15,8 +15,8 @@ import time
 
 import httpx
 
-from tests.sync.test_conflicts import a_behind_a_proxy, settle, snapshot
-from tests.sync.test_lost_answers import wait_until_held
+from tests.sync.conftest import a_behind_a_proxy, wait_until_held
+from tests.sync.test_conflicts import settle, snapshot
 from tests.sync.test_removed_dirs import hold_the_syncer
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +20,8 @@ import pytest
 
 from tests.harness import MountProcess
 from tests.proxy import Proxy
-from tests.sync.test_conflicts import a_behind_a_proxy, settle, snapshot
+from tests.sync.conftest import a_behind_a_proxy, wait_until_held
+from tests.sync.test_conflicts import settle, snapshot
 
 
 def moved_out_then_removed(root: Path) -> None:
@@ -62,10 +62,7 @@ def hold_the_syncer(mount: MountProcess, proxy: Proxy) -> None:
     PATCH the proxy holds; the outbox entries made meanwhile wait behind it."""
     proxy.hold(rb"^PATCH /nodes/")
     (mount.path / "keep.txt").chmod(0o600)
-    deadline = time.monotonic() + 30
-    while not proxy.holding:
-        assert time.monotonic() < deadline, f"{mount.device}'s chmod should reach the proxy"
-        time.sleep(0.02)
+    wait_until_held(proxy, f"{mount.device}'s chmod")
 
 
 @pytest.mark.parametrize("case", list(CASES))

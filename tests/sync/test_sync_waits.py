@@ -11,7 +11,7 @@ import os
 import threading
 import time
 
-from tests.sync.test_conflicts import a_behind_a_proxy, wait_for_cursor
+from tests.sync.conftest import a_behind_a_proxy, wait_for_cursor, wait_until_held
 
 
 def test_sync_waits_for_a_deferred_pull_under_way(sync_server, tmp_path):
@@ -29,10 +29,7 @@ def test_sync_waits_for_a_deferred_pull_under_way(sync_server, tmp_path):
             proxy.hold(rb"^GET /nodes/\d+ ")  # the pull of x.txt, once it is closed
         finally:
             os.close(fd)
-        deadline = time.monotonic() + 30
-        while not proxy.holding:
-            assert time.monotonic() < deadline, "the pull of x.txt should reach the proxy"
-            time.sleep(0.02)
+        wait_until_held(proxy, "the pull of x.txt")
         returned: list[float] = []
         syncing = threading.Thread(target=lambda: (a.sync(timeout=60), returned.append(time.monotonic())))
         syncing.start()
