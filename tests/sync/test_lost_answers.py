@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.model import snapshot
+from tests.proxy import Proxy
 from tests.sync.conftest import a_behind_a_proxy, wait_for_cursor, wait_until_held
 
 
@@ -62,6 +63,15 @@ CASES: dict[str, tuple[bytes, Callable[[Path], None]]] = {
 }
 
 
+def wait_until_lost(proxy: Proxy, *, then_refused: bool = False) -> None:
+    """Until a's request has been carried out by the server and its answer lost (and,
+    `then_refused`, a request after it refused by the proxy: the check whether it landed)."""
+    deadline = time.monotonic() + 30
+    while not (proxy.lost and (proxy.failed or not then_refused)):
+        assert time.monotonic() < deadline, "the answer should be lost" + (", the check refused" if then_refused else "")
+        time.sleep(0.02)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_request_whose_answer_was_lost_is_retried_as_itself(sync_server, tmp_path, case):
     request, change = CASES[case]
@@ -104,10 +114,7 @@ def test_a_commit_whose_answer_was_lost_is_built_on_by_the_next(sync_server, tmp
         proxy.lose_answers(rb"^POST /files ")
         proxy.fail(rb"^GET /files/")
         (a.path / "x.txt").write_text("v2, whose answer is lost\n")
-        deadline = time.monotonic() + 30
-        while not (proxy.lost and proxy.failed):
-            assert time.monotonic() < deadline, "the commit's answer should be lost, the check refused"
-            time.sleep(0.02)
+        wait_until_lost(proxy, then_refused=True)
         (a.path / "x.txt").write_text("v3\n")
         time.sleep(0.5)  # the upload is tried again with v3 (and refused as stale) meanwhile
         proxy.release()
@@ -131,10 +138,7 @@ def test_a_commit_whose_answer_was_lost_and_that_another_device_overwrote_stays_
         proxy.lose_answers(rb"^POST /files ")
         proxy.fail(rb"^GET /files/")
         (a.path / "x.txt").write_text("v2 from a\n")
-        deadline = time.monotonic() + 30
-        while not (proxy.lost and proxy.failed):
-            assert time.monotonic() < deadline, "the commit's answer should be lost, the check refused"
-            time.sleep(0.02)
+        wait_until_lost(proxy, then_refused=True)
         b.sync(timeout=60)
         assert (b.path / "x.txt").read_text() == "v2 from a\n"
         (b.path / "x.txt").write_text("v3 from b\n")
@@ -204,10 +208,7 @@ def test_a_lost_create_overwritten_elsewhere_is_not_brought_back(sync_server, tm
         a, b = d.a, d.b
         proxy.lose_answers(rb"^POST /files ", 1, then_fail=True)
         (a.path / "x.txt").write_text("a's\n")
-        deadline = time.monotonic() + 30
-        while not proxy.lost:
-            assert time.monotonic() < deadline, "a's create should reach the server"
-            time.sleep(0.02)
+        wait_until_lost(proxy)
         b.sync(timeout=60)
         (b.path / "x.txt").write_text("b's, over a's\n")
         b.sync(timeout=60)
@@ -239,10 +240,7 @@ def test_a_lost_commit_deleted_elsewhere_stays_deleted(sync_server, tmp_path, re
             m.sync(timeout=60)
         proxy.lose_answers(rb"^POST /files ", 1, then_fail=True)
         (a.path / "d" / "x.txt").write_text("v2 from a\n")
-        deadline = time.monotonic() + 30
-        while not proxy.lost:
-            assert time.monotonic() < deadline, "a's commit should reach the server"
-            time.sleep(0.02)
+        wait_until_lost(proxy)
         b.sync(timeout=60)
         assert (b.path / "d" / "x.txt").read_text() == "v2 from a\n"
         if removed == "dir":
