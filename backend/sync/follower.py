@@ -104,20 +104,18 @@ class Follower:
         """The namespaces the server last said this account sees."""
         self.deferred: set[int] = set(json.loads(cache.get_meta("deferred", "[]") or "[]"))
         self.unanswered: dict[int, tuple[int, str]] = {
-            int(k): (int(v[0]), str(v[1])) for k, v in json.loads(cache.get_meta("unanswered", "{}") or "{}").items()}
+            int(k): (int(v[0]), str(v[1])) for k, v in self._kept("unanswered").items()}
         """Files this device created whose create came back through the journal before
         the node was bound here (node id -> parent node id, name): usually the answer is
         on its way; after a kill or a lost answer, it never comes (`_make_room`). Kept
         in LMDB with the cursors, since the kill may come after the entry was applied."""
-        self._unanswered_saved = dict(self.unanswered)
-        self.landed: dict[int, int] = {int(k): int(v) for k, v in
-                                       json.loads(cache.get_meta("landed", "{}") or "{}").items()}
+        self.landed: dict[int, int] = {int(k): int(v) for k, v in self._kept("landed").items()}
         """Files with an upload pending here whose commit came back through the journal
         first (node id -> the revision it made): the answer is on its way, or was lost.
         A remote delete of such a file waits for the syncer (`_awaiting_answer`), whose
         retry finds out whether the version the other device deleted was these bytes.
         Kept in LMDB with the cursors, like `unanswered`."""
-        self._landed_saved = dict(self.landed)
+        self._saved = self._node_maps()
         self._pulling = 0
         """Deferred pulls under way (_pull_deferred)."""
         self.online = True
@@ -337,18 +335,24 @@ class Follower:
                            if self.cache.ino_for_node(node_id) is None}
         self.landed = {node_id: rev for node_id, rev in list(self.landed.items())[-UNANSWERED_KEPT:]
                        if self._awaited(node_id, rev) is not None}
-        if merged != self.cursors or self.unanswered != self._unanswered_saved or self.landed != self._landed_saved:
+        changed = {key: kept for key, kept in self._node_maps().items() if kept != self._saved[key]}
+        if merged != self.cursors or changed:
             with self.cache.write() as txn:
                 shared.save_cursors(self.cache, txn, merged)
-                if self.unanswered != self._unanswered_saved:
-                    self.cache.set_meta(txn, "unanswered", json.dumps({str(k): v for k, v in self.unanswered.items()}))
-                if self.landed != self._landed_saved:
-                    self.cache.set_meta(txn, "landed", json.dumps({str(k): v for k, v in self.landed.items()}))
+                for key, kept in changed.items():
+                    self.cache.set_meta(txn, key, json.dumps({str(k): v for k, v in kept.items()}))
             self.cursors = merged
-            self._unanswered_saved = dict(self.unanswered)
-            self._landed_saved = dict(self.landed)
+            self._saved.update(changed)
         self._advanced.set()
         self._advanced = trio.Event()
+
+    def _kept(self, key: str) -> dict:
+        """A node map kept in LMDB with the cursors (`unanswered`, `landed`)."""
+        return json.loads(self.cache.get_meta(key, "{}") or "{}")
+
+    def _node_maps(self) -> dict[str, dict]:
+        """Copies of the node maps saved with the cursors, by their LMDB key."""
+        return {"unanswered": dict(self.unanswered), "landed": dict(self.landed)}
 
     async def wait_for(self, targets: dict[int, int]) -> None:
         """Until every namespace of `targets` is applied up to its position (a namespace
