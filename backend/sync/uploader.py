@@ -320,7 +320,7 @@ class Uploader:
 
         avg = forced_average() or average_at(max(end - 1, 0))
         checking = trio.CapacityLimiter(CHECKS_AT_ONCE)
-        async with trio.open_nursery() as checks:  # the commit waits for the checks
+        async with one_error(), trio.open_nursery() as checks:  # the commit waits for the checks
 
             async def send_batch(batch: list[_Outgoing]) -> tuple[int, int]:
                 sent_chunks, sent_bytes, check = await self._prepare_and_put({o.fingerprint: o for o in batch}, hint)
