@@ -7,7 +7,9 @@ device's requests reach the server first (its change feed before its queued move
 and lose the answers of requests it did forward (`lose_answers`: the server acted, the
 device never hears so, as when a connection breaks at the worst moment). `delay` gives
 the requests matching a pattern a round trip's latency each and counts how many wait at
-once: how many of them a client keeps in flight."""
+once: how many of them a client keeps in flight. `hold_answers` lets matching requests
+reach the server and holds their answers back, each until the test lets it go: the
+server has acted, the device does not know yet."""
 
 from __future__ import annotations
 
@@ -18,10 +20,21 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 S = TypeVar("S")
+
+
+@dataclass
+class HeldAnswer:
+    """A request that reached the server and whose answer `hold_answers` holds back."""
+
+    request: bytes = b""
+    """What the device sent (head and body)."""
+    answered: threading.Event = field(default_factory=threading.Event)
+    """Set once the server's answer has come (and is being held)."""
+    go: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -77,6 +90,10 @@ class Proxy:
         self._delay_s = 0.0
         self.delayed: list[tuple[bytes, float, float]] = []
         """(first line, start, end of the wait) of the requests that waited out a `delay`."""
+        self._hold_answers: re.Pattern[bytes] | None = None
+        self._hold_answers_left = 0
+        self.answers_held: list[HeldAnswer] = []
+        """The requests `hold_answers` caught, in the order they came."""
         threading.Thread(target=self._accept, daemon=True).start()
 
     def hang(self) -> None:
@@ -104,6 +121,13 @@ class Proxy:
         retries) are answered 503, as by `fail`, until `release`."""
         with self._lock:
             self._lose, self._lose_left, self._then_fail = re.compile(request_line), count, then_fail
+
+    def hold_answers(self, request_line: bytes, count: int = 1) -> None:
+        """The next `count` requests whose first line matches the regex `request_line`
+        reach the server; each answer waits until the test sets its `go` (`answers_held`)
+        or the proxy closes."""
+        with self._lock:
+            self._hold_answers, self._hold_answers_left = re.compile(request_line), count
 
     def delay(self, request_line: bytes, seconds: float) -> None:
         """Every request whose first line matches the regex `request_line` waits `seconds`
@@ -200,13 +224,15 @@ class Proxy:
             return
         with self._lock:
             self._sockets.append(upstream)
-        limit = [budget if fate == "reset" else -1, 0]  # bytes both directions may pass; answer to lose
+        limit = [budget if fate == "reset" else -1, 0, None]  # bytes both directions may pass; answer to lose;
+        # the answer to hold (HeldAnswer)
         threading.Thread(target=self._pump, args=(upstream, client, limit), daemon=True).start()
         self._pump(client, upstream, limit, outbound=True)
 
-    def _pump(self, src: socket.socket, dst: socket.socket, limit: list[int], *, outbound: bool = False) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, limit: list, *, outbound: bool = False) -> None:
         """Copy src to dst; `limit` is shared by both directions of a connection: bytes
-        still allowed through (-1: no limit), and whether the answer coming is lost."""
+        still allowed through (-1: no limit), whether the answer coming is lost, and the
+        HeldAnswer waiting for it."""
         while not self._closed.is_set():
             try:
                 data = src.recv(65536)
@@ -224,7 +250,15 @@ class Proxy:
                         src.sendall(ANSWER_503)
                     break
                 limit[1] = limit[1] or self._to_lose(data)
-            elif limit[1]:
+                limit[2] = limit[2] or self._answer_to_hold(data)
+                if limit[2] is not None:
+                    limit[2].request += data
+            elif limit[2] is not None:
+                held, limit[2] = limit[2], None
+                held.answered.set()
+                while not held.go.wait(0.1) and not self._closed.is_set():
+                    pass
+            if not outbound and limit[1]:
                 _reset(src)  # the server answered; the device never hears it
                 _reset(dst)
                 with self._lock:
@@ -273,6 +307,14 @@ class Proxy:
             if not self._lose_left and self._then_fail:
                 self._failing = self._lose
             return 1
+
+    def _answer_to_hold(self, data: bytes) -> HeldAnswer | None:
+        with self._lock:
+            if not self._hold_answers_left or not self._hold_answers.search(data.split(b"\r\n", 1)[0]):
+                return None
+            self._hold_answers_left -= 1
+            self.answers_held.append(HeldAnswer())
+            return self.answers_held[-1]
 
     def _wait_if_delayed(self, data: bytes) -> None:
         delayed, line = self._delayed, data.split(b"\r\n", 1)[0]

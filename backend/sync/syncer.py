@@ -44,9 +44,10 @@ from ..protocol import wire
 from ..protocol.api_client import ApiClient
 from . import shared
 from .conflicts import conflicted_name, conflicts_seen, count_conflict
+from .creates import CreatesOut
 from .delete_guard import DeleteGuard
 from .outbox_order import OutboxOrder, due, runs
-from .uploader import Uploader, finish_upload
+from .uploader import UploadResult, Uploader, finish_upload
 
 log = logging.getLogger("cloudfs.syncer")
 
@@ -80,6 +81,7 @@ class Syncer:
         self._last_activity = 0.0
         self._burst_start = 0.0
         self.order = OutboxOrder(cache)
+        self.creates = CreatesOut()
 
     @property
     def guard(self) -> DeleteGuard:
@@ -431,16 +433,20 @@ class Syncer:
             raise _Retry(f"could not create {node.name!r} in one go")
         link_to = 0
         try:
-            if node.kind == "dir":
-                answer = await self.client.mkdir(parent_id, node.name, mode=node.mode, mtime_ns=node.mtime_ns)
-            elif node.kind == "symlink":
-                answer = await self.client.symlink(parent_id, node.name, node.target, mtime_ns=node.mtime_ns)
-            elif node.kind == "link":
-                link_to = await self._link_target(node, depth)
-                answer = await self.client.link(parent_id, node.name, link_to)
-            else:
-                answer = await self.client.mknod(parent_id, node.name, node.kind, mode=node.mode, rdev=node.rdev,
-                                                 mtime_ns=node.mtime_ns)
+            with self.creates.start(node.ino) as out:
+                if node.kind == "link":
+                    link_to = await self._link_target(node, depth)
+                out.went(parent_id, node.name)
+                if node.kind == "dir":
+                    answer = await self.client.mkdir(parent_id, node.name, mode=node.mode, mtime_ns=node.mtime_ns)
+                elif node.kind == "symlink":
+                    answer = await self.client.symlink(parent_id, node.name, node.target, mtime_ns=node.mtime_ns)
+                elif node.kind == "link":
+                    answer = await self.client.link(parent_id, node.name, link_to)
+                else:
+                    answer = await self.client.mknod(parent_id, node.name, node.kind, mode=node.mode, rdev=node.rdev,
+                                                     mtime_ns=node.mtime_ns)
+                await self._created(node, answer)
         except ConflictError as exc:
             if exc.code not in ("name_exists", "is_a_directory"):
                 raise
@@ -449,7 +455,7 @@ class Syncer:
                 return  # the follower merged ours into theirs while our request was in flight
             if _renamed_meanwhile(exc, node) or self._moved_meanwhile(node, parent_id):
                 return await self._create(node, await self._ensure_parent(node, depth), depth + 1)
-            if await self._clear_the_way(exc, node):
+            if await self._clear_the_way(exc, node, out.went_at):
                 return await self._create(node, parent_id, depth + 1)
             if node.kind == "dir" and occupant.kind == "dir" and self.cache.ino_for_node(occupant.id) is None:
                 self._record(node, occupant)  # two new directories of one name: one directory
@@ -477,6 +483,8 @@ class Syncer:
                 self._link_target_gone(node)
                 return await self._create(node, parent_id, depth + 1)  # the winner went: to the file here
             raise
+
+    async def _created(self, node: Inode, answer: wire.NodeResponse) -> None:
         if not self._still_here(node):
             await self._delete(answer.node.id)  # removed locally meanwhile
             return
@@ -520,6 +528,7 @@ class Syncer:
         """Move the server's node to where `node` is now (asked here, not by the caller:
         an upload before it may have taken long enough for another local move)."""
         parent_id = await self._ensure_parent(node, 0)
+        sent_at = trio.current_time()
         try:
             answer = await self.client.move(node.node_id, parent_id, node.name)
         except ConflictError as exc:
@@ -529,7 +538,7 @@ class Syncer:
                 raise
             if await self._exchange(exc, node, parent_id):
                 return
-            if not await self._clear_the_way(exc, node):
+            if not await self._clear_the_way(exc, node, sent_at):
                 await self._rename_conflicted(node, exc)
             return await self._move(node)
         except ServerError as exc:
@@ -593,9 +602,11 @@ class Syncer:
                 self.cache.put(txn, other)
         return True
 
-    async def _clear_the_way(self, exc: ConflictError, node: Inode) -> bool:
-        """The server has another node where `node` belongs. If the mirror moved or
-        deleted that node, apply that first and say so (the caller retries)."""
+    async def _clear_the_way(self, exc: ConflictError, node: Inode, sent_at: float) -> bool:
+        """The server has another node where `node` belongs (refusing the request sent at
+        `sent_at`). If the mirror moved or deleted that node, apply that first and say so
+        (the caller retries); so too when it may be the node of a create of ours still
+        settling (creates.py)."""
         occupant = exc.body.get("node") or {}
         occupant_id = int(occupant.get("id", 0))
         occupant_ino = self.cache.ino_for_node(occupant_id)
@@ -603,6 +614,8 @@ class Syncer:
         if local is None or local.parent == 0:
             queued = self._queued_delete(occupant_id)
             if queued is None:
+                if occupant_ino is None and await self.creates.wait_for_ours(node.ino, occupant, sent_at):
+                    return True
                 self.on_stale(occupant_id)  # another device's node that we have not seen yet
                 return False
             return await self._delete_entry(queued)  # we removed it here; its delete is still queued
@@ -618,7 +631,9 @@ class Syncer:
             node.min_trunc = -1
             self.cache.put(txn, node)
         try:
-            result = await self.uploader.upload(node, parent_node_id=parent_id)
+            with self.creates.start(node.ino) as out:
+                result = await self.uploader.upload(node, parent_node_id=parent_id, sending=out.sending)
+                await self._uploaded(node, result)
         except StaleRevisionError as exc:
             if await self._adopt_own_lost_commit(node, exc):
                 return await self._upload(node, parent_id)
@@ -627,9 +642,13 @@ class Syncer:
         except ConflictError as exc:
             if _renamed_meanwhile(exc, node) or self._moved_meanwhile(node, parent_id):
                 return await self._upload(node, await self._ensure_parent(node, 0))
+            occupant = exc.body.get("node") or {}
+            if self.cache.ino_for_node(int(occupant.get("id", 0))) is None \
+                    and await self.creates.wait_for_ours(node.ino, occupant, out.went_at):
+                return await self._upload(node, parent_id)  # before taking it for a lost commit of ours
             if exc.code == "name_exists" and await self._adopt_own_lost_commit(node, exc):
                 return await self._upload(node, parent_id)
-            if exc.code in ("name_exists", "is_a_directory") and await self._clear_the_way(exc, node):
+            if exc.code in ("name_exists", "is_a_directory") and await self._clear_the_way(exc, node, out.went_at):
                 return await self._upload(node, parent_id)
             # Never drop content the server refused: keep it under a conflicted name.
             await self._conflicted_copy(node, exc)
@@ -643,6 +662,8 @@ class Syncer:
             log.warning("%r was deleted on another device while edited here: keeping the edit", node.name)
             self._detach(node)
             return await self._upload(node, parent_id)
+
+    async def _uploaded(self, node: Inode, result: UploadResult) -> None:
         if not self._still_here(node):
             # Deleted locally while uploading: the server must not keep it.
             self.uploader.content.watches.pop(node.ino, None)

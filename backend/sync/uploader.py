@@ -213,20 +213,23 @@ class Uploader:
         self.transfers = Transfers()
         """Uploads under way, chunk by chunk (`cloudfs status`; the session shares it)."""
 
-    async def upload(self, node: Inode, *, parent_node_id: int) -> UploadResult:
+    async def upload(self, node: Inode, *, parent_node_id: int,
+                     sending: Callable[[wire.CommitRequest], None] | None = None) -> UploadResult:
         """Commit `node`'s current content as a new version; raises the server's error
         (StaleRevisionError, MissingChunksError ...) untouched for the caller to handle.
         The caller holds the file's upload lock and passes the result to `finish_upload`.
-        Its progress is a transfer ("up") from the first PUT to the commit's answer."""
+        Its progress is a transfer ("up") from the first PUT to the commit's answer.
+        `sending` hears of the commit just before it goes (syncer: creates.py)."""
         transfer = self.transfers.start("up", "/" + "/".join(self.cache.names_to(node.ino)), node.size, key=node.ino)
         reset = _TRANSFER.set(transfer)
         try:
-            return await self._upload(node, parent_node_id=parent_node_id)
+            return await self._upload(node, parent_node_id=parent_node_id, sending=sending)
         finally:
             _TRANSFER.reset(reset)
             self.transfers.finish(transfer)
 
-    async def _upload(self, node: Inode, *, parent_node_id: int) -> UploadResult:
+    async def _upload(self, node: Inode, *, parent_node_id: int,
+                      sending: Callable[[wire.CommitRequest], None] | None) -> UploadResult:
         gen, size, mtime_ns = node.gen, node.size, node.mtime_ns
         base = await self.content.base_chunks(node)
         watch = self.content.watches[node.ino] = Watch()
@@ -248,6 +251,8 @@ class Uploader:
                 chunks=[wire.ChunkRef(fingerprint=fp, length=length) for fp, length in refs],
                 inline=inline or None,
             )
+            if sending is not None:
+                sending(request)
             try:
                 response = await self.client.commit(request)
             except ServerError as exc:
