@@ -169,6 +169,27 @@ async def list_dir(ctx: Ctx, user: Auth, node_id: NodeIdPath,
     return await ctx.run_db(run)
 
 
+@router.get("/nodes/{node_id}/deleted", tags=["tree"])
+async def list_deleted(ctx: Ctx, user: Auth, node_id: NodeIdPath,
+                       name: Annotated[str, Query(min_length=1, max_length=255, description="the name they had")],
+                       limit: Annotated[int, Query(ge=1, le=100)] = 20) -> wire.Listing:
+    """The deleted nodes that were last named `name` in this directory, newest first. A
+    device retrying a create whose answer it never had asks: its first try may have
+    landed, and another device deleted that file since (then it was ours, and stays
+    deleted)."""
+    if "\0" in name or "/" in name:
+        raise Invalid("a name never contains NUL or /", field="name")
+
+    def run() -> wire.Listing:
+        with ctx.db.read() as conn:
+            try:
+                ns_id = namespaces.locate(conn, user.id, node_id)
+            except NotFound:
+                raise NotFound(f"no directory with id {node_id}", field="id") from None
+            return wire.Listing(entries=tree.deleted_named(conn, ns_id, node_id, name, limit=limit), next_after=None)
+    return await ctx.run_db(run)
+
+
 def _create(user: User, fn: Callable[..., tuple[Row, int | None]], req, device: str):  # noqa: ANN001, ANN202
     """mkdir, symlink, mknod: in the parent's namespace."""
     locate = _writable(user, (req.parent_id, "parent_id"))

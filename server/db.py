@@ -150,6 +150,10 @@ sa.Index(
     "nodes_live_name", nodes.c.owner_id, nodes.c.parent_id, nodes.c.name, unique=True,
     sqlite_where=nodes.c.deleted == sa.false(), postgresql_where=nodes.c.deleted == sa.false(),
 )
+sa.Index(  # what a device retrying a create asks (GET /nodes/{id}/deleted, 0008)
+    "nodes_deleted_name", nodes.c.owner_id, nodes.c.parent_id, nodes.c.name,
+    sqlite_where=nodes.c.deleted == sa.true(), postgresql_where=nodes.c.deleted == sa.true(),
+)
 sa.Index("nodes_owner_id", nodes.c.owner_id, nodes.c.id)
 sa.Index("nodes_delete_seq", nodes.c.owner_id, nodes.c.delete_seq)
 sa.Index("nodes_link_to", nodes.c.link_to, sqlite_where=nodes.c.link_to.isnot(None),

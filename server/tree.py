@@ -133,6 +133,16 @@ def list_children(conn: Connection, owner_id: int, dir_id: int, *, after: str | 
     return page, (page[-1].name if len(rows) > limit else None)
 
 
+def deleted_named(conn: Connection, owner_id: int, dir_id: int, name: str, *, limit: int) -> list[wire.Node]:
+    """The deleted nodes that were last named `name` in directory `dir_id`, newest first."""
+    get_dir(conn, owner_id, dir_id, field="id")
+    rows = conn.execute(sa.select(nodes).where(
+        nodes.c.owner_id == owner_id, nodes.c.parent_id == dir_id, nodes.c.name == name, nodes.c.deleted == sa.true(),
+        nodes.c.kind != "mount").order_by(nodes.c.deleted_at.desc().nulls_last(), nodes.c.id.desc()).limit(limit)
+    ).mappings().all()
+    return [to_wire(r) for r in rows]
+
+
 def linked(conn: Connection, owner_id: int, rows: list[wire.Node]) -> list[wire.Linked]:
     """The nodes among `rows` (or named by the aliases among them) that have more than
     one live name, with how many: what a listing needs to show a hard link as its file."""

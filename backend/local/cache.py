@@ -304,6 +304,7 @@ class Cache:
 
     def bind_node_id(self, txn: lmdb.Transaction, node: Inode, node_id: int) -> None:
         node.node_id = node_id
+        node.extra.pop("first_try", None)  # syncer: a create whose answer may have been lost
         txn.put(u64(node_id), u64(node.ino), db=self.node_ids)
 
     def unbind_node_id(self, txn: lmdb.Transaction, node_id: int) -> None:

@@ -269,9 +269,25 @@ class ApiClient:
             await self._call("POST", "/downloads/prepare", json={"fingerprints": fingerprints},
                              timeout=self.INTERACTIVE))
 
-    async def commit(self, req: wire.CommitRequest) -> wire.CommitResponse:
-        return wire.CommitResponse.model_validate(
-            await self._call("POST", "/files", json=req.model_dump(mode="json", exclude_none=True)))
+    async def commit(self, req: wire.CommitRequest, *,
+                     landed: Callable[[], Awaitable[wire.CommitResponse | None]] | None = None) -> wire.CommitResponse:
+        """`landed` is asked before each retry: an earlier try may have landed with its
+        answer lost, and the server may no longer say so when asked again (a new file
+        deleted meanwhile on another device: the name is free). Its answer, when it
+        has one, is the commit's."""
+        body = req.model_dump(mode="json", exclude_none=True)
+        tries = 0
+
+        async def attempt() -> wire.CommitResponse:
+            nonlocal tries
+            tries += 1
+            if tries > 1 and landed is not None:
+                found = await landed()
+                if found is not None:
+                    return found
+            return wire.CommitResponse.model_validate(
+                await self._call_once("POST", "/files", json=body, params=None, timeout=None))
+        return await self._retried(attempt, interactive=False)
 
     async def file_info(self, node_id: int, *, rev: int | None = None, urls: bool = True) -> wire.FileInfo:
         params: dict[str, Any] = {"urls": str(urls).lower()}
@@ -279,6 +295,12 @@ class ApiClient:
             params["rev"] = rev
         return wire.FileInfo.model_validate(await self._call("GET", f"/files/{node_id}", params=params,
                                                              timeout=self.INTERACTIVE))
+
+    async def deleted_named(self, dir_id: int, name: str) -> list[wire.Node]:
+        """The deleted nodes last named `name` in directory `dir_id`, newest first."""
+        listing = wire.Listing.model_validate(
+            await self._call("GET", f"/nodes/{dir_id}/deleted", params={"name": name}, timeout=self.INTERACTIVE))
+        return listing.entries
 
     async def versions(self, node_id: int) -> wire.VersionList:
         return wire.VersionList.model_validate(await self._call("GET", f"/files/{node_id}/versions"))

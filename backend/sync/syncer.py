@@ -627,12 +627,16 @@ class Syncer:
         return False
 
     async def _upload(self, node: Inode, parent_id: int) -> None:
+        tried_since = node.extra.get("first_try") if not node.node_id else None
         with self.cache.write() as txn:
             node.min_trunc = -1
+            if not node.node_id and tried_since is None:
+                node.extra["first_try"] = time.time()  # until bound: a retry may find this try landed
             self.cache.put(txn, node)
         try:
             with self.creates.start(node.ino) as out:
-                result = await self.uploader.upload(node, parent_node_id=parent_id, sending=out.sending)
+                result = await self.uploader.upload(node, parent_node_id=parent_id, sending=out.sending,
+                                                    tried_since=tried_since)
                 await self._uploaded(node, result)
         except StaleRevisionError as exc:
             if await self._adopt_own_lost_commit(node, exc):

@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import functools
 import io
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Awaitable, Callable, Iterator
 
@@ -84,6 +86,9 @@ otherwise streaming a file's dirty blocks maps all of them into the mount's RSS.
 _TRANSFER: contextvars.ContextVar[Transfer | None] = contextvars.ContextVar("cloudfs_upload", default=None)
 """The upload a task works for: trio's child tasks and worker threads inherit it, so a
 PUT deep in a batch counts towards its file's progress without being told which."""
+CLOCK_SLACK_S = 10.0
+"""How far this device's clock may run ahead of the server's: a version the server
+dated before the first try of a create by up to this is still counted as that try's."""
 
 
 @dataclass
@@ -214,22 +219,25 @@ class Uploader:
         """Uploads under way, chunk by chunk (`cloudfs status`; the session shares it)."""
 
     async def upload(self, node: Inode, *, parent_node_id: int,
-                     sending: Callable[[wire.CommitRequest], None] | None = None) -> UploadResult:
+                     sending: Callable[[wire.CommitRequest], None] | None = None,
+                     tried_since: float | None = None) -> UploadResult:
         """Commit `node`'s current content as a new version; raises the server's error
         (StaleRevisionError, MissingChunksError ...) untouched for the caller to handle.
         The caller holds the file's upload lock and passes the result to `finish_upload`.
         Its progress is a transfer ("up") from the first PUT to the commit's answer.
-        `sending` hears of the commit just before it goes (syncer: creates.py)."""
+        `sending` hears of the commit just before it goes (syncer: creates.py).
+        `tried_since`: the time of the first try of this new file's create, when this is
+        not the first (`_landed_and_deleted`)."""
         transfer = self.transfers.start("up", "/" + "/".join(self.cache.names_to(node.ino)), node.size, key=node.ino)
         reset = _TRANSFER.set(transfer)
         try:
-            return await self._upload(node, parent_node_id=parent_node_id, sending=sending)
+            return await self._upload(node, parent_node_id=parent_node_id, sending=sending, tried_since=tried_since)
         finally:
             _TRANSFER.reset(reset)
             self.transfers.finish(transfer)
 
     async def _upload(self, node: Inode, *, parent_node_id: int,
-                      sending: Callable[[wire.CommitRequest], None] | None) -> UploadResult:
+                      sending: Callable[[wire.CommitRequest], None] | None, tried_since: float | None) -> UploadResult:
         gen, size, mtime_ns = node.gen, node.size, node.mtime_ns
         base = await self.content.base_chunks(node)
         watch = self.content.watches[node.ino] = Watch()
@@ -253,8 +261,14 @@ class Uploader:
             )
             if sending is not None:
                 sending(request)
+            response, landed = None, None
+            if not existing:  # a create: each try after the first asks whether one before landed
+                landed = functools.partial(self._landed_and_deleted, request, refs,
+                                           tried_since if tried_since is not None else time.time())
+                if tried_since is not None:
+                    response = await landed()
             try:
-                response = await self.client.commit(request)
+                response = response or await self.client.commit(request, landed=landed)
             except ServerError as exc:
                 response = await self._landed_already(exc, node.ino, request, refs)
                 if response is None:
@@ -370,10 +384,32 @@ class Uploader:
             raise
         if version is None or info is None:
             return None
-        log.info("the commit of node %d rev %d had landed before its answer was lost%s", node_id, version.rev,
-                 "; another device has deleted it since" if info.node.deleted else "")
-        node = info.node.model_copy(update={"rev": version.rev, "size": version.size, "mtime_ns": version.mtime_ns})
-        return wire.CommitResponse(node=node, version=version, cursor=info.cursor)  # ours, not what is newer
+        return _as_answer(version, info)
+
+    async def _landed_and_deleted(self, request: wire.CommitRequest, refs: list[tuple[str, int]],
+                                  tried_since: float) -> wire.CommitResponse | None:
+        """An earlier try of this create may have landed with its answer lost (a kill, a
+        broken connection), and another device may have deleted that file since. The
+        name is free again, so the commit would make a second node of the same bytes:
+        the file deleted elsewhere came back (soak, seed 200011). Among the deleted nodes
+        of that name in that directory, one that holds exactly these bytes from this
+        device, made since the first try, was ours: the answer is that node, deleted
+        (as `_landed_already` answers a 404), and the delete then takes the file here."""
+        assert request.parent_id is not None and request.name is not None
+        ours = (self.client.device, request.size, request.mtime_ns)
+        try:
+            gone_here = await self.client.deleted_named(request.parent_id, request.name)
+        except ServerError as exc:
+            if exc.status == 404:
+                return None  # the directory went too: the commit is told so (404 parent_id)
+            raise
+        for gone in gone_here:
+            if gone.kind != "file":
+                continue
+            version, info = await self._older_of_ours(gone.id, 0, None, ours, refs)
+            if version is not None and info is not None and version.created_at >= tried_since - CLOCK_SLACK_S:
+                return _as_answer(version, info)
+        return None
 
     def _is_ours(self, info: wire.FileInfo, ours: tuple[str, int, int], refs: list[tuple[str, int]]) -> bool:
         version = info.version
@@ -551,6 +587,15 @@ async def pipeline(items: Callable[[], Iterator[_Outgoing | Reused]],
         nursery.start_soon(consume)
         await trio.to_thread.run_sync(produce)
     return refs, sent_chunks, sent_bytes
+
+
+def _as_answer(version: wire.Version, info: wire.FileInfo) -> wire.CommitResponse:
+    """A commit's answer for our own version found after the fact: the node as the server
+    has it (deleted, it may be), with the revision that was ours, not what is newer."""
+    log.info("the commit of node %d rev %d had landed before its answer was lost%s", info.node.id, version.rev,
+             "; another device has deleted it since" if info.node.deleted else "")
+    node = info.node.model_copy(update={"rev": version.rev, "size": version.size, "mtime_ns": version.mtime_ns})
+    return wire.CommitResponse(node=node, version=version, cursor=info.cursor)
 
 
 def _progress(nbytes: int, *, sent: bool) -> None:

@@ -201,3 +201,22 @@ def test_another_user_cannot_see_or_undelete_my_trash(alice: Api, bob: Api) -> N
     delete(alice, secret["id"])
     assert bob.get("/trash").json()["entries"] == []
     assert bob.post(f"/trash/{secret['id']}/undelete").status_code == 404
+
+
+def test_the_deleted_nodes_of_a_name_newest_first_and_only_the_owner_s(alice: Api, bob: Api) -> None:
+    d = mkdir(alice, alice.root_id, "deleted-names")
+    first = put_file(alice, "/deleted-names/f", b"one")
+    assert alice.delete(f"/nodes/{first['id']}").status_code == 200
+    second = put_file(alice, "/deleted-names/f", b"two")
+    assert alice.delete(f"/nodes/{second['id']}").status_code == 200
+    live = put_file(alice, "/deleted-names/f", b"three")
+    put_file(alice, "/deleted-names/g", b"other name")
+    answer = alice.get(f"/nodes/{d['id']}/deleted", params={"name": "f"})
+    assert answer.status_code == 200, answer.text
+    assert [e["id"] for e in answer.json()["entries"]] == [second["id"], first["id"]]
+    assert all(e["deleted"] for e in answer.json()["entries"]) and live["id"] not in {
+        e["id"] for e in answer.json()["entries"]}
+    assert alice.get(f"/nodes/{d['id']}/deleted", params={"name": "nothing"}).json()["entries"] == []
+    assert alice.get(f"/nodes/{d['id']}/deleted", params={"name": "a\0b"}).status_code == 422
+    assert alice.get(f"/nodes/{live['id']}/deleted", params={"name": "f"}).status_code in (404, 409)
+    assert bob.get(f"/nodes/{d['id']}/deleted", params={"name": "f"}).status_code == 404

@@ -256,3 +256,32 @@ def test_a_lost_commit_deleted_elsewhere_stays_deleted(sync_server, tmp_path, re
         assert expected == ({"keep": b"k\n"} if removed == "dir" else {"keep": b"k\n", "d": None})
         assert snapshot(a.path) == expected
         assert a.status()["conflicts"] == 0
+
+
+def test_a_lost_create_deleted_elsewhere_stays_deleted(sync_server, tmp_path):
+    """The create of d/new.txt lands, its answer is lost and the retries are refused for a
+    while; b sees the file and removes it. The name is free again, so nothing on the
+    server refuses a's retry: it must find its first try among the deleted nodes of that
+    name, or the file comes back as a new one (soak, seed 200011: a mount killed 150 ms
+    after a burst of creates, one of them deleted by another device)."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "d").mkdir()
+        (a.path / "keep").write_text("k\n")
+        for m in (a, b):
+            m.sync(timeout=60)
+        proxy.lose_answers(rb"^POST /files ", 1, then_fail=True)
+        (a.path / "d" / "new.txt").write_text("new from a\n")
+        wait_until_lost(proxy)
+        b.sync(timeout=60)
+        assert (b.path / "d" / "new.txt").read_text() == "new from a\n"
+        (b.path / "d" / "new.txt").unlink()
+        b.sync(timeout=60)
+        wait_for_cursor(a, b.status()["cursor"])
+        proxy.release()
+        for m in (a, b, a, b):
+            m.sync(timeout=60)
+        expected = snapshot(b.path)
+        assert expected == {"keep": b"k\n", "d": None}
+        assert snapshot(a.path) == expected
+        assert a.status()["conflicts"] == 0
