@@ -211,6 +211,9 @@ def test_a_conflict_between_two_accounts_names_the_account(tmp_path: Path) -> No
             server.stop()
             (b.path / "team" / "notes.txt").write_text("edited as an editor, offline\n")
             (b.path / "team" / "new.txt").write_text("made offline\n")
+            # Too big to travel inside its commit: refused at /uploads/prepare, in the
+            # uploader's nursery of chunk checks, which must hand the 403 on as itself.
+            (b.path / "team" / "big.bin").write_bytes(os.urandom(300_000))
             with sqlite3.connect(tmp_path / "srv" / "cloudfs.sqlite3") as db:
                 bob_id = db.execute("SELECT id FROM users WHERE name = ?", (bob,)).fetchone()[0]
                 db.execute("UPDATE members SET role = 'viewer' WHERE user_id = ?", (bob_id,))
