@@ -156,6 +156,7 @@ class Session:
             "last_error": self.syncer.last_error or self.streamer.last_error,
             "held_deletes": self.syncer.guard.held,
             "streamed_bytes": self.streamer.streamed_bytes,
+            "stream_rounds": self.streamer.rounds,
             "write_blocked": self.drive.room.stopped(),
             "token_refused": self.client.refused,
             "quota_bytes": self.drive.quota[0] if self.drive.quota else None,

@@ -56,6 +56,8 @@ class Streamer:
         self.last_error = ""
         self.streamed_bytes = 0
         """Bytes recorded into prefixes (reused chunks not counted)."""
+        self.rounds = 0
+        """Rounds that walked a file (each reads all its dirty blocks' keys)."""
         self._wanted: dict[int, bool] = {}
         self._wake = trio.Event()
         self._retry_at: dict[int, float] = {}
@@ -66,11 +68,12 @@ class Streamer:
         """After a write: worth a round once enough new bytes are there."""
         if not self.writers.get(node.ino) or node.ino in self._wanted:
             return
-        prefix = self.content.prefixes.get(node.ino)
-        done = prefix.limit if prefix is not None else 0
-        if node.size - done >= self.round_bytes:
+        if node.size - self.content.under_len(node) >= self.round_bytes:
             self.want(node.ino)  # not for writes behind the window alone: a random writer would
-            # have a chunk read back and sent again per write; they wait for pressure or the commit
+            # have a chunk read back and sent again per write; they wait for pressure or the commit.
+            # Bytes under the base count as done too: counted from 0, every write into a large
+            # file opened for writing started a round, and each walked all its dirty blocks
+            # (random 4 KiB writes into a 256 MiB file: 890 IOPS, 45% of the mount in rounds).
 
     def press(self) -> None:
         """A writer waits for room: every file open for writing gets a round."""
@@ -119,6 +122,7 @@ class Streamer:
                 or (node.parent == 0 and node.ino != ROOT_INO):
             return  # closed (the syncer commits it), gone, or clean
         base = await self.content.base_chunks(node)
+        self.rounds += 1
         prefix = self.content.walk_prefix(node, base)
         end = self.content.frontier(node)
         first = done = prefix.limit if prefix is not None else 0
