@@ -134,8 +134,11 @@ def list_children(conn: Connection, owner_id: int, dir_id: int, *, after: str | 
 
 
 def deleted_named(conn: Connection, owner_id: int, dir_id: int, name: str, *, limit: int) -> list[wire.Node]:
-    """The deleted nodes that were last named `name` in directory `dir_id`, newest first."""
-    get_dir(conn, owner_id, dir_id, field="id")
+    """The deleted nodes that were last named `name` in directory `dir_id` (deleted too,
+    it may be), newest first."""
+    directory = get(conn, owner_id, dir_id, allow_deleted=True)
+    if directory["kind"] != "dir":
+        raise NotADirectory(f"node {dir_id} ({directory['name']!r}) is not a directory", field="id")
     rows = conn.execute(sa.select(nodes).where(
         nodes.c.owner_id == owner_id, nodes.c.parent_id == dir_id, nodes.c.name == name, nodes.c.deleted == sa.true(),
         nodes.c.kind != "mount").order_by(nodes.c.deleted_at.desc().nulls_last(), nodes.c.id.desc()).limit(limit)

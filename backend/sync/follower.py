@@ -428,9 +428,19 @@ class Follower:
         would keep the file for the pending upload, which then comes back as a new file,
         though the other device saw exactly those bytes and deleted them (soak, seed
         160082). Deferred, the syncer's retry finds its version in the deleted node's
-        history, records the file as clean, and the delete then takes it."""
-        for node_id, rev in list(self.landed.items()):
-            local = self._awaited(node_id, rev)
+        history, records the file as clean, and the delete then takes it.
+
+        The same for a new file whose create came back unanswered (`unanswered`) while
+        a retry may still find it landed (`first_try`, syncer): a directory above it
+        deleted elsewhere waits too, as the retry finds the deleted node its first try
+        made (uploader._landed_and_deleted) and takes the delete; applied at once, the
+        directory was kept for the file and both came back."""
+        awaited = [self._awaited(node_id, rev) for node_id, rev in list(self.landed.items())]
+        for node_id in list(self.unanswered):
+            occupant = self._unanswered_occupant(node_id)
+            if occupant is not None and occupant.extra.get("first_try"):
+                awaited.append(occupant)
+        for local in awaited:
             for _ in range(MAX_PULL_DEPTH):
                 if local is None:
                     break

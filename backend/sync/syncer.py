@@ -660,6 +660,10 @@ class Syncer:
         except ServerError as exc:
             if exc.status != 404:
                 raise
+            if exc.body.get("field") == "parent_id" and node.extra.get("first_try"):
+                with self.cache.write() as txn:  # no try landed there (earlier ones were looked for):
+                    node.extra.pop("first_try")  # the follower need not hold the directory's delete
+                    self.cache.put(txn, node)
             await self._retry_if_parent_gone(exc, node)
             if exc.body.get("field") != "node_id":
                 raise

@@ -258,12 +258,14 @@ def test_a_lost_commit_deleted_elsewhere_stays_deleted(sync_server, tmp_path, re
         assert a.status()["conflicts"] == 0
 
 
-def test_a_lost_create_deleted_elsewhere_stays_deleted(sync_server, tmp_path):
+@pytest.mark.parametrize("removed", ["file", "dir"])
+def test_a_lost_create_deleted_elsewhere_stays_deleted(sync_server, tmp_path, removed: str):
     """The create of d/new.txt lands, its answer is lost and the retries are refused for a
-    while; b sees the file and removes it. The name is free again, so nothing on the
-    server refuses a's retry: it must find its first try among the deleted nodes of that
-    name, or the file comes back as a new one (soak, seed 200011: a mount killed 150 ms
-    after a burst of creates, one of them deleted by another device)."""
+    while; b sees the file and removes it (`rm d/new.txt`, or `rm -r d`). The name is
+    free again, so nothing on the server refuses a's retry: it must find its first try
+    among the deleted nodes of that name, or the file comes back as a new one (soak,
+    seed 200011: a mount killed 150 ms after a burst of creates, one of them deleted by
+    another device); a's follower must hold the delete of d until then."""
     with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
         a, b = d.a, d.b
         (a.path / "d").mkdir()
@@ -275,13 +277,38 @@ def test_a_lost_create_deleted_elsewhere_stays_deleted(sync_server, tmp_path):
         wait_until_lost(proxy)
         b.sync(timeout=60)
         assert (b.path / "d" / "new.txt").read_text() == "new from a\n"
-        (b.path / "d" / "new.txt").unlink()
+        if removed == "dir":
+            shutil.rmtree(b.path / "d")
+        else:
+            (b.path / "d" / "new.txt").unlink()
         b.sync(timeout=60)
         wait_for_cursor(a, b.status()["cursor"])
         proxy.release()
         for m in (a, b, a, b):
             m.sync(timeout=60)
         expected = snapshot(b.path)
-        assert expected == {"keep": b"k\n", "d": None}
+        assert expected == ({"keep": b"k\n"} if removed == "dir" else {"keep": b"k\n", "d": None})
         assert snapshot(a.path) == expected
         assert a.status()["conflicts"] == 0
+
+
+def test_a_lost_create_changed_since_survives_its_directory_deleted_elsewhere(sync_server, tmp_path):
+    """As above, but a writes the file again while the retries are refused: b deleted the
+    bytes of the first try, not these, so the file stays, and its directory with it."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "d").mkdir()
+        for m in (a, b):
+            m.sync(timeout=60)
+        proxy.lose_answers(rb"^POST /files ", 1, then_fail=True)
+        (a.path / "d" / "new.txt").write_text("new from a\n")
+        wait_until_lost(proxy)
+        (a.path / "d" / "new.txt").write_text("written again on a\n")
+        b.sync(timeout=60)
+        shutil.rmtree(b.path / "d")
+        b.sync(timeout=60)
+        wait_for_cursor(a, b.status()["cursor"])
+        proxy.release()
+        for m in (a, b, a, b):
+            m.sync(timeout=60)
+        assert snapshot(a.path) == snapshot(b.path) == {"d": None, "d/new.txt": b"written again on a\n"}
