@@ -465,14 +465,12 @@ class Syncer:
                     and self.cache.ino_for_node(occupant.id) is None:
                 # Our own first attempt, whose answer was lost (or another device's
                 # identical link): one symlink, not a conflicted copy of itself.
-                self._record(node, occupant)
-                return
+                return await self._own_first_attempt(node, occupant)
             if node.kind == "link" and occupant.kind == "link" and occupant.link_to == link_to \
                     and self.cache.ino_for_node(occupant.id) is None:
                 # The same for a hard link: our own name for that file (or another device's
                 # of the same file under the same name), not a conflicted copy of it.
-                self._record(node, occupant)
-                return
+                return await self._own_first_attempt(node, occupant)
             await self._rename_conflicted(node, exc)
             return await self._create(node, parent_id, depth + 1)
         except ServerError as exc:
@@ -483,6 +481,16 @@ class Syncer:
                 self._link_target_gone(node)
                 return await self._create(node, parent_id, depth + 1)  # the winner went: to the file here
             raise
+
+    async def _own_first_attempt(self, node: Inode, occupant: wire.Node) -> None:
+        """`occupant` is what our first try of this create made. If the node went here
+        while the retry was under way (a hard link's record, taken over by its file when
+        the file's own name was removed: links.promote), it goes from the server too: it
+        stood in the way of the file's move to that name (soak, seed 230010)."""
+        if self._still_here(node):
+            self._record(node, occupant)
+        else:
+            await self._delete(occupant.id)
 
     async def _created(self, node: Inode, answer: wire.NodeResponse) -> None:
         if not self._still_here(node):
@@ -615,6 +623,14 @@ class Syncer:
             queued = self._queued_delete(occupant_id)
             if queued is None:
                 if occupant_ino is None and await self.creates.wait_for_ours(node.ino, occupant, sent_at):
+                    return True
+                if occupant_ino is None and occupant.get("kind") == "link" and node.node_id \
+                        and occupant.get("link_to") == node.node_id and not node.extra.get("detached"):
+                    # A name of this very file that the mirror does not have: a hard link
+                    # made here whose create landed unanswered, its record since taken over
+                    # by the file (links.promote). The file has one name here, this one.
+                    log.info("%r is another name of the file moved there, unknown here: removing it", node.name)
+                    await self._delete(occupant_id)
                     return True
                 self.on_stale(occupant_id)  # another device's node that we have not seen yet
                 return False

@@ -312,3 +312,35 @@ def test_a_lost_create_changed_since_survives_its_directory_deleted_elsewhere(sy
         for m in (a, b, a, b):
             m.sync(timeout=60)
         assert snapshot(a.path) == snapshot(b.path) == {"d": None, "d/new.txt": b"written again on a\n"}
+
+
+@pytest.mark.parametrize("release", ["during the retries", "after they gave up"])
+def test_a_lost_hard_link_whose_file_lost_its_first_name_leaves_one_name(sync_server, tmp_path, release: str):
+    """`ln d/x.txt d/e/z.md`, whose create lands unanswered, then `rm d/x.txt`: the file's
+    only name here is d/e/z.md (the link's record went, the file took its place), and
+    the server must end with that one name, not the link row plus the file moved beside
+    it as a conflicted copy (soak, seed 230010). The link's retry meets its own first
+    try while the record is gone (`during the retries`), or is never sent again because
+    the record is gone, and the file's move meets the link row (`after they gave up`)."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "d" / "e").mkdir(parents=True)
+        (a.path / "d" / "x.txt").write_text("one file\n")
+        for m in (a, b):
+            m.sync(timeout=60)
+        proxy.lose_answers(rb"^POST /links ", 1, then_fail=True)
+        os.link(a.path / "d" / "x.txt", a.path / "d" / "e" / "z.md")
+        wait_until_lost(proxy, then_refused=True)
+        (a.path / "d" / "x.txt").unlink()
+        if release == "after they gave up":
+            deadline = time.monotonic() + 60
+            while "server unreachable" not in a.log():  # the syncer's own retries ended
+                assert time.monotonic() < deadline, "the link's retries should give up"
+                time.sleep(0.2)
+        proxy.release()
+        for m in (a, b, a, b):
+            m.sync(timeout=60)
+        expected = {"d": None, "d/e": None, "d/e/z.md": b"one file\n"}
+        assert snapshot(a.path) == expected
+        assert snapshot(b.path) == expected
+        assert a.status()["conflicts"] == 0
