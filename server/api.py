@@ -151,11 +151,16 @@ async def list_dir(ctx: Ctx, user: Auth, node_id: NodeIdPath,
                    after: Annotated[str | None, Query(max_length=255, description="last name of the previous page")] = None,
                    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
                    linked: Annotated[bool, Query(description="also the nodes behind hard links (`linked`)")] = False,
+                   name: Annotated[str | None, Query(min_length=1, max_length=255,
+                                                     description="only the entry of this name")] = None,
                    ) -> wire.Listing:
     """A directory's entries by name. A device wants the names only; the web page asks
-    for `linked` too, to show a hard link with its file's size and dates."""
+    for `linked` too, to show a hard link with its file's size and dates. With `name`,
+    the one entry of that name (none if there is none)."""
     if after is not None and "\0" in after:
         raise Invalid("a name never contains NUL", field="after")
+    if name is not None and "\0" in name:
+        raise Invalid("a name never contains NUL", field="name")
 
     def run() -> wire.Listing:
         with ctx.db.read() as conn:
@@ -163,7 +168,7 @@ async def list_dir(ctx: Ctx, user: Auth, node_id: NodeIdPath,
                 ns_id = namespaces.locate(conn, user.id, node_id)
             except NotFound:
                 raise NotFound(f"no directory with id {node_id}", field="id") from None
-            entries, next_after = tree.list_children(conn, ns_id, node_id, after=after, limit=limit)
+            entries, next_after = tree.list_children(conn, ns_id, node_id, after=after, limit=limit, name=name)
             more = tree.linked(conn, ns_id, entries) if linked else []
         return wire.Listing(entries=entries, next_after=next_after, linked=more)
     return await ctx.run_db(run)

@@ -121,11 +121,14 @@ def resolve(conn: Connection | Tx, owner_id: int, root_id: int, names: list[str]
     return row
 
 
-def list_children(conn: Connection, owner_id: int, dir_id: int, *, after: str | None, limit: int) -> tuple[list[wire.Node], str | None]:
+def list_children(conn: Connection, owner_id: int, dir_id: int, *, after: str | None, limit: int,
+                  name: str | None = None) -> tuple[list[wire.Node], str | None]:
     get_dir(conn, owner_id, dir_id, field="id")
     query = sa.select(nodes).where(
         nodes.c.owner_id == owner_id, nodes.c.parent_id == dir_id, nodes.c.deleted == sa.false()
     )
+    if name is not None:
+        query = query.where(nodes.c.name == name)
     if after is not None:
         query = query.where(nodes.c.name > after)
     rows = conn.execute(query.order_by(nodes.c.name).limit(limit + 1)).mappings().all()

@@ -324,6 +324,11 @@ class Drive:
             self.cache.enqueue(txn, {"op": "delete", "ino": node.ino, "node_id": node.node_id,
                                      "rev": node.rev if node.kind == "file" else None, "t": time.time(),
                                      **self._server_name(txn, node)})
+        elif node.extra.get("first_try"):
+            # A new file whose create may have landed with its answer lost: no retry of it
+            # will go now, so the syncer looks for what it made (syncer._unland).
+            tried = node.extra["first_try"]
+            self.cache.enqueue(txn, {"op": "unland", "ino": node.ino, "since": tried["at"], "places": tried["places"]})
         if self.open_count.get(node.ino) or self.lookups.get(node.ino):
             node.parent = 0
             self.cache.put(txn, node)

@@ -296,6 +296,12 @@ class ApiClient:
         return wire.FileInfo.model_validate(await self._call("GET", f"/files/{node_id}", params=params,
                                                              timeout=self.INTERACTIVE))
 
+    async def child_named(self, dir_id: int, name: str) -> wire.Node | None:
+        """The live entry `name` of directory `dir_id`, if there is one."""
+        listing = wire.Listing.model_validate(
+            await self._call("GET", f"/nodes/{dir_id}/children", params={"name": name}, timeout=self.INTERACTIVE))
+        return listing.entries[0] if listing.entries else None
+
     async def deleted_named(self, dir_id: int, name: str) -> list[wire.Node]:
         """The deleted nodes last named `name` in directory `dir_id`, newest first."""
         listing = wire.Listing.model_validate(

@@ -47,7 +47,7 @@ from .conflicts import conflicted_name, conflicts_seen, count_conflict
 from .creates import CreatesOut
 from .delete_guard import DeleteGuard
 from .outbox_order import OutboxOrder, due, runs
-from .uploader import UploadResult, Uploader, finish_upload
+from .uploader import CLOCK_SLACK_S, UploadResult, Uploader, finish_upload
 
 log = logging.getLogger("cloudfs.syncer")
 
@@ -56,6 +56,8 @@ QUIET_S = 0.03
 MAX_DELAY_S = 2.0
 MAX_BACKOFF_S = 10.0
 QUOTA_RETRY_S = 5.0
+TRIED_PLACES = 8
+"""Places (directory, name) a new file's create tried, remembered until it is bound."""
 
 
 class Syncer:
@@ -259,6 +261,9 @@ class Syncer:
         if kind == "delete":
             await self._delete_entry(op)
             return
+        if kind == "unland":
+            await self._unland(op)
+            return
         node = self.cache.get(op["ino"])
         if node is None or (node.parent == 0 and node.ino != ROOT_INO):
             return  # gone or orphaned since: a later delete entry (if any) handles the server
@@ -297,6 +302,36 @@ class Syncer:
         if not answer.node.deleted:  # it has names we did not know of: it moved to one (a hard link)
             self.on_stale(answer.node.id)
         return True
+
+    async def _unland(self, op: dict) -> None:
+        """A new file went here while a create of it may have landed with its answer lost
+        (a kill, a broken connection; drive.py queues this). No retry of it goes, so
+        nothing told the server, and every other device kept the file removed here. At
+        each place the create went to, a file this mirror does not know, all of whose
+        versions this device made since the first try, was that create: it goes (guarded
+        by its revision). A new file of that name here now, not yet on the server, is
+        left to its own retry, which finds out for itself (uploader._landed_and_deleted)."""
+        for parent_id, name in op["places"]:
+            parent_ino = self.cache.ino_for_node(parent_id)
+            here = self.cache.get(self.cache.lookup(parent_ino, name) or 0) if parent_ino else None
+            if here is not None and not here.node_id:
+                continue
+            try:
+                found = await self.client.child_named(parent_id, name)
+                if found is None or found.kind != "file" or self.cache.ino_for_node(found.id) is not None:
+                    continue
+                versions = (await self.client.versions(found.id)).versions
+                if not versions or not all(self.uploader.made_here(v) for v in versions) \
+                        or min(v.created_at for v in versions) < op["since"] - CLOCK_SLACK_S:
+                    continue
+                log.info("%r (node %d) was made by a create of a file since removed here, whose answer was lost: "
+                         "removing it", name, found.id)
+                await self.client.delete(found.id, rev=found.rev)
+            except ConflictError:
+                continue  # changed elsewhere meanwhile: that change stays
+            except ServerError as exc:
+                if exc.status != 404:
+                    raise
 
     async def _empty_of_our_deletes(self, dir_id: int, depth: int) -> bool:
         """The server refused to delete directory `dir_id` as not empty. When all it still
@@ -643,11 +678,14 @@ class Syncer:
         return False
 
     async def _upload(self, node: Inode, parent_id: int) -> None:
-        tried_since = node.extra.get("first_try") if not node.node_id else None
+        tried = node.extra.get("first_try") if not node.node_id else None
+        tried_since = tried["at"] if tried else None
         with self.cache.write() as txn:
             node.min_trunc = -1
-            if not node.node_id and tried_since is None:
-                node.extra["first_try"] = time.time()  # until bound: a retry may find this try landed
+            if not node.node_id:  # until bound: a retry may find a try landed (or drive.py its removal)
+                tried = node.extra.setdefault("first_try", {"at": time.time(), "places": []})
+                if [parent_id, node.name] not in tried["places"]:
+                    tried["places"] = (tried["places"] + [[parent_id, node.name]])[-TRIED_PLACES:]
             self.cache.put(txn, node)
         try:
             with self.creates.start(node.ino) as out:

@@ -344,3 +344,27 @@ def test_a_lost_hard_link_whose_file_lost_its_first_name_leaves_one_name(sync_se
         assert snapshot(a.path) == expected
         assert snapshot(b.path) == expected
         assert a.status()["conflicts"] == 0
+
+
+def test_a_lost_create_removed_here_before_its_retry_goes_from_the_server(sync_server, tmp_path):
+    """The create of new.txt lands unanswered, and the retries are refused until they give
+    up; then new.txt is removed here. The retry is never sent (the file is gone), so
+    nothing told the server: the file stayed there, and every other device had the file
+    this one removed."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "keep").write_text("k\n")
+        for m in (a, b):
+            m.sync(timeout=60)
+        proxy.lose_answers(rb"^POST /files ", 1, then_fail=True)
+        (a.path / "new.txt").write_text("removed before its retry\n")
+        wait_until_lost(proxy, then_refused=True)
+        deadline = time.monotonic() + 60
+        while "server unreachable" not in a.log():  # the syncer's own retries ended
+            assert time.monotonic() < deadline, "the create's retries should give up"
+            time.sleep(0.2)
+        (a.path / "new.txt").unlink()
+        proxy.release()
+        for m in (a, b, a, b):
+            m.sync(timeout=60)
+        assert snapshot(a.path) == snapshot(b.path) == {"keep": b"k\n"}
