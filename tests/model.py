@@ -305,6 +305,9 @@ class Ledger:
     settled_linked: set[frozenset[str]] = field(default_factory=set)
     moved_dirs: list[tuple[str, str]] = field(default_factory=list)
     """(device, path) of each directory renamed"""
+    moved_from: list[tuple[str, str]] = field(default_factory=list)
+    """(device, path) of each file renamed (or given an attribute) there: it keeps the
+    file, with whatever content reaches it, even content that device never saw"""
     groups: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     counter: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -350,9 +353,11 @@ class Ledger:
             if self.live[old] > 0:
                 self.live[old] -= 1
 
-    def move(self, dev: str, content: bytes) -> None:
+    def move(self, dev: str, content: bytes, path: str = "") -> None:
         with self.lock:
             self.moved.setdefault(content, set()).add(dev)
+            if path:
+                self.moved_from.append((dev, self.place(dev, path)))
 
     def link(self, dev: str, content: bytes, names: list[str]) -> None:
         """`dev` gave the file with `content`, known by `names`, another name: like a
@@ -408,6 +413,9 @@ class Ledger:
             return True
         if any(self.linked_from.get(path, set()) - destroyers for _, path in self.destroyed_at.get(content, [])):
             return True
+        if any(dev not in destroyers and path == moved
+               for _, path in self.destroyed_at.get(content, []) for dev, moved in self.moved_from):
+            return True  # the file was moved from where it was destroyed, before its content reached the mover
         return any(dev not in destroyers and (path == moved or path.startswith(moved + "/"))
                    for _, path in self.destroyed_at.get(content, []) for dev, moved in self.moved_dirs)
 
@@ -473,7 +481,7 @@ class Ledger:
         with self.lock:
             self.settled, self.settled_xattrs, self.settled_linked = settled.tree, settled.xattrs, settled.linked
             self.live = Counter(settled.contents)
-            self.destroyed, self.destroyed_at, self.moved, self.moved_dirs = {}, {}, {}, []
+            self.destroyed, self.destroyed_at, self.moved, self.moved_dirs, self.moved_from = {}, {}, {}, [], []
             self.spared, self.linked_from = set(), {}
             self.groups = []
 

@@ -307,8 +307,8 @@ def _rename(a: Actor, dev: str, src: str | Pick, dst: str | Pick) -> str:
         finally:
             if src_fd is not None:
                 os.close(src_fd)
-        if moving:
-            a.ledger.move(dev, moving)
+        if moving is not None:  # empty as this device saw it, maybe: the file still moved
+            a.ledger.move(dev, moving, src)
         if moving_dir:
             a.ledger.move_dir(dev, src)
         a.ledger.touched(dev, *names)

@@ -189,3 +189,24 @@ def test_each_account_s_own_tree_is_booked_apart(tmp_path):
     together = Ledger()
     book(together)
     assert together.inexact({dev: view(root) for dev, root in roots.items()}, view(roots["a"]))[1] == {"x.txt"}
+
+
+def test_a_file_moved_before_its_new_content_reached_the_mover_may_live_on(tmp_path):
+    """c wrote x.txt and then removed it; a, seeing it still empty, renamed it to y. The
+    file lives on at y with c's bytes (a's move kept it): not brought back from the dead
+    (soak, seed 280066). Without a's move it would be."""
+    d = b"<c#2>written"
+    ledger, _ = settled(tmp_path, {"x.txt": b""})
+    ledger.move("a", b"", "x.txt")
+    ledger.touched("a", "x.txt", "y")
+    ledger.produce("c", b"", d, "x.txt")
+    ledger.destroy("c", d, "x.txt")
+    ledger.touched("c", "x.txt")
+    final = tree(tmp_path, "final", {"y": d})
+    assert "destroyed content came back" not in whats(ledger, final, {"a": final, "c": final})
+
+    unmoved, _ = settled(tmp_path / "2", {"x.txt": b""})
+    unmoved.produce("c", b"", d, "x.txt")
+    unmoved.destroy("c", d, "x.txt")
+    unmoved.touched("c", "x.txt")
+    assert "destroyed content came back" in whats(unmoved, final, {"a": final, "c": final})
