@@ -67,19 +67,25 @@ class Room:
         self._blocked_dirty = 0
         self.reserve = min(chunks.limit // 4, RESERVE_MAX)
         self._frontiers: dict[int, tuple[float, int]] = {}
+        self.admitted = 0
+        """Bytes of writes let in that are not in the cache yet (a write fetches the bytes
+        under its blocks first): counted as if they were, or writers let in side by side
+        took the cache past its limit together, by a block or three each."""
 
     async def make_room(self, ino: int, name: str, off: int, incoming: int, frontier: Callable[[], int]) -> None:
         """Return once `incoming` bytes of dirty data for file `ino` at `off` fit;
-        `frontier()` is that file's frontier (asked only when the cache is nearly full)."""
+        `frontier()` is that file's frontier (asked only when the cache is nearly full).
+        They count as `admitted` until the caller says `written`."""
         chunks = self.chunks
         refused = self.refused.get(ino)
         if refused is not None and off > refused and ino not in self.reported:
             raise self._refuse(ino, name, off, incoming, waited=False)
 
         def fits() -> bool:
-            if chunks.dirty_bytes + incoming <= chunks.limit - self.reserve:
+            dirty = chunks.dirty_bytes + self.admitted
+            if dirty + incoming <= chunks.limit - self.reserve:
                 return True
-            if chunks.dirty_bytes + incoming > chunks.limit:
+            if dirty + incoming > chunks.limit:
                 return False
             now = trio.current_time()
             at, value = self._frontiers.get(ino, (-1.0, 0))
@@ -94,6 +100,7 @@ class Room:
             if refused is not None and ino in self.reported:
                 del self.refused[ino]  # the writer knows, and writes again: it fits now
                 self.reported.discard(ino)
+            self.admitted += incoming
             return
         chunks.evict(incoming)
         self.on_pressure()
@@ -111,6 +118,11 @@ class Room:
             await trio.sleep(POLL_S)
         chunks.evict(incoming)
         self.blocked = ""
+        self.admitted += incoming
+
+    def written(self, incoming: int) -> None:
+        """A write let in by `make_room` is in the cache now (or failed)."""
+        self.admitted -= incoming
 
     def _refuse(self, ino: int, name: str, off: int, incoming: int, *, waited: bool) -> NoSpaceError:
         self.refused[ino] = min(self.refused.get(ino, off), off)

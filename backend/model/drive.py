@@ -510,7 +510,10 @@ class Drive:
             if not node.dirty:  # clean -> dirty: queue an upload now, so it survives a crash
                 self.cache.enqueue(txn, {"op": "upload", "ino": node.ino})
 
-        await self.content.write(node, off, data, in_txn)
+        try:
+            await self.content.write(node, off, data, in_txn)
+        finally:
+            self.room.written(span)
         self.on_written(node)
         return len(data)
 
