@@ -7,7 +7,7 @@ One LMDB environment, several named databases, each owned by one concern:
                                              extra name adds its alias record's ino (links.py)
     node_ids   server node id → ino          applying server answers and changes
     chunklists ino → base chunk list         the committed version a file overlays
-    blocks     ino + block_no → bytes        write-back data not yet committed
+    blocks32   ino + block_no → bytes        write-back data not yet committed (BLOCK_SIZE blocks)
     streams    ino → streamed prefix         chunks of a file being written, already in the store (prefix.py)
     chunks     fingerprint → plain bytes     clean chunk cache (LRU, see chunkcache.py)
     outbox     seq → JSON op                 local changes the server has not seen, in order
@@ -39,7 +39,12 @@ class GoneError(NotFoundError):
     """An inode disappeared while someone was still working on it."""
 
 ROOT_INO = 1
-BLOCK_SIZE = 128 * 1024
+BLOCK_SIZE = 32 * 1024
+"""Dirty data is kept in blocks of this size (128 KiB up to cache format 4). A write into a
+block the file has not changed yet copies the block's base in first, and one into a
+changed block rewrites the whole block in LMDB, so the block is what a random writer
+pays per write: LMDB alone took 105 µs of CPU per 4 KiB write at 128 KiB, 41 at 32 KiB;
+a 128 KiB sequential write costs the same either way (50 µs)."""
 _Q = struct.Struct(">Q")
 _QQ = struct.Struct(">QQ")
 _CHUNK = struct.Struct(">32sI")
@@ -171,7 +176,7 @@ class Cache:
         self.dirents = self.env.open_db(b"dirents")
         self.node_ids = self.env.open_db(b"node_ids")
         self.chunklists = self.env.open_db(b"chunklists")
-        self.blocks = self.env.open_db(b"blocks")
+        self.blocks = self.env.open_db(b"blocks32")  # cache_format 5: BLOCK_SIZE blocks
         self.chunks = self.env.open_db(b"chunks")
         self.outbox = self.env.open_db(b"outbox")
         self.meta = self.env.open_db(b"meta")

@@ -14,6 +14,14 @@ shared folders' roots marked in their inode's `extra`. A cache whose account is 
 recorded yet keeps its cursor where it was; the follower moves it once it knows the
 account (`Follower.__init__`).
 
+Format 5 keeps dirty blocks of 32 KiB instead of 128 KiB (cache.BLOCK_SIZE: what a random
+writer pays per write) in a database of their own, `blocks32`; each block of the old
+`blocks` is split into its parts there, a batch per transaction (a full cache's dirty
+blocks in one transaction would pass LMDB's limit of dirty pages), each deleted from
+the old database in the transaction that writes its parts, so a migration cut short
+goes on where it stopped. A part past the old block's bytes but inside the file is
+written empty, as the old block said: zeros there, not the base's bytes.
+
 A cache written by a newer cloudfs is refused with an error naming it, never
 guessed at.
 """
@@ -27,11 +35,14 @@ from typing import Callable
 import lmdb
 
 from ..errors import CloudFsError
-from .cache import Cache, Inode
+from .cache import _QQ, BLOCK_SIZE, Cache, Inode
 
 log = logging.getLogger("cloudfs.cache")
 
-FORMAT = 4
+FORMAT = 5
+OLD_BLOCK_SIZE = 128 * 1024
+MOVE_BATCH = 256
+"""Old blocks moved per transaction in the step to format 5 (at most 32 MiB)."""
 _KEY = "format"
 
 
@@ -59,7 +70,38 @@ def _to_4(cache: Cache, txn: lmdb.Transaction) -> int:
     return 0
 
 
+def _to_5(cache: Cache) -> int:
+    """Split every 128 KiB dirty block into BLOCK_SIZE parts (module docstring); returns
+    the old blocks moved. Runs its own transactions, a batch each."""
+    old = cache.env.open_db(b"blocks")
+    ratio = OLD_BLOCK_SIZE // BLOCK_SIZE
+    moved = 0
+    while True:
+        with cache.write() as txn:
+            batch = []
+            for key, value in txn.cursor(db=old):
+                batch.append((bytes(key), bytes(value)))
+                if len(batch) >= MOVE_BATCH:
+                    break
+            if not batch:
+                txn.drop(old, delete=True)
+                return moved
+            for key, value in batch:
+                ino, block_no = _QQ.unpack(key)
+                node = cache.get(ino, txn)
+                start = block_no * OLD_BLOCK_SIZE
+                end = max(start + len(value), node.size if node is not None else 0)
+                for k in range(ratio):
+                    if k and start + k * BLOCK_SIZE >= end:
+                        break
+                    cache.put_block(txn, ino, block_no * ratio + k, value[k * BLOCK_SIZE:(k + 1) * BLOCK_SIZE])
+                txn.delete(key, db=old)
+            moved += len(batch)
+
+
 _MIGRATIONS: dict[int, Callable[[Cache, lmdb.Transaction], int]] = {2: _to_2, 3: _to_3, 4: _to_4}
+_BATCHED: dict[int, Callable[[Cache], int]] = {5: _to_5}
+"""Steps too big for one transaction: each runs its own, and may be cut short and run again."""
 
 
 def upgrade(cache: Cache) -> tuple[int, int]:
@@ -73,11 +115,15 @@ def upgrade(cache: Cache) -> tuple[int, int]:
                                f"(this one reads up to {FORMAT}); upgrade cloudfs or use another --cache")
     before = version
     while version < FORMAT:
+        batched = _BATCHED.get(version + 1)
+        count = batched(cache) if batched is not None else 0
         with cache.write() as txn:
-            count = _MIGRATIONS[version + 1](cache, txn)
+            if batched is None:
+                count = _MIGRATIONS[version + 1](cache, txn)
             version += 1
             cache.set_meta(txn, _KEY, str(version))
-        log.info("cache %s migrated to format %d (%d inodes rewritten)", cache.path, version, count)
+        log.info("cache %s migrated to format %d (%d %s rewritten)", cache.path, version, count,
+                 "dirty blocks" if batched is not None else "inodes")
     if raw is None and before == FORMAT:
         with cache.write() as txn:
             cache.set_meta(txn, _KEY, str(FORMAT))

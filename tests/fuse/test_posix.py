@@ -21,9 +21,10 @@ from typing import Callable, Iterator
 
 import pytest
 
+from cloudfs.backend.local.cache import BLOCK_SIZE
 from tests.harness import MountProcess, ServerProcess, cloudfs_mount
 
-BLOCK = 128 * 1024  # the cache's block size: edge cases sit around multiples of it
+BLOCK = BLOCK_SIZE  # the cache's block size: edge cases sit around multiples of it
 AT_FDCWD = -100
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2

@@ -85,7 +85,7 @@ def make_tree(root: Path, files: int, seed: int = 1) -> None:
         f.write_bytes(rnd.randbytes(size))
         f.chmod([0o644, 0o600, 0o755, 0o640][i % 4])
         os.utime(f, ns=(1_600_000_000_123_456_789 + i * 1_000_000_007,) * 2)
-    (root / "big.bin").write_bytes(rnd.randbytes(300 * 1024 + 17))  # spans three 128 KiB blocks
+    (root / "big.bin").write_bytes(rnd.randbytes(300 * 1024 + 17))  # spans several dirty blocks
     (root / "empty dir").mkdir()
     (root / "private").mkdir(mode=0o700)
     (root / "private" / "secret").write_bytes(b"shh\n")
