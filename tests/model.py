@@ -108,8 +108,8 @@ def walk(root: Path) -> Iterator[tuple[str, str]]:
             path = f"{rel}/{entry.name}" if rel else entry.name
             try:
                 mode = entry.stat(follow_symlinks=False).st_mode
-            except FileNotFoundError:
-                continue
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # gone, or its directory became a file meanwhile (soak, seed 300115)
             kind = "dir" if stat.S_ISDIR(mode) else "link" if stat.S_ISLNK(mode) else "file"
             yield path, kind
             if kind == "dir":
