@@ -253,7 +253,8 @@ class _Run:
                         self.note(name, f"{d.confirmed_deletes - confirmed} deletes held by the mass-delete guard: "
                                         f"confirmed")
                 except SyncFailed as exc:
-                    self.problem(f"cloudfs sync on dev-{name} failed", str(exc)[-3000:])
+                    why, _, log_tail = str(exc).partition("\n")  # the reply first, then the log's tail
+                    self.problem(f"cloudfs sync on dev-{name} failed", f"{why[:1000]}\n{log_tail[-3000:]}")
                     return False
         return True
 
