@@ -678,11 +678,12 @@ class Syncer:
         return False
 
     async def _upload(self, node: Inode, parent_id: int) -> None:
-        tried = node.extra.get("first_try") if not node.node_id else None
+        creating = not node.node_id or bool(node.extra.get("detached"))
+        tried = node.extra.get("first_try") if creating else None
         tried_since = tried["at"] if tried else None
         with self.cache.write() as txn:
             node.min_trunc = -1
-            if not node.node_id:  # until bound: a retry may find a try landed (or drive.py its removal)
+            if creating:  # until bound: a retry may find a try landed (or drive.py its removal)
                 tried = node.extra.setdefault("first_try", {"at": time.time(), "places": []})
                 if [parent_id, node.name] not in tried["places"]:
                     tried["places"] = (tried["places"] + [[parent_id, node.name]])[-TRIED_PLACES:]

@@ -264,7 +264,7 @@ class Uploader:
             response, landed = None, None
             if not existing:  # a create: each try after the first asks whether one before landed
                 landed = functools.partial(self._landed_and_deleted, request, refs,
-                                           tried_since if tried_since is not None else time.time())
+                                           tried_since if tried_since is not None else time.time(), node.node_id)
                 if tried_since is not None:
                     response = await landed()
             try:
@@ -387,14 +387,16 @@ class Uploader:
         return _as_answer(version, info)
 
     async def _landed_and_deleted(self, request: wire.CommitRequest, refs: list[tuple[str, int]],
-                                  tried_since: float) -> wire.CommitResponse | None:
+                                  tried_since: float, gone_before: int = 0) -> wire.CommitResponse | None:
         """An earlier try of this create may have landed with its answer lost (a kill, a
         broken connection), and another device may have deleted that file since. The
         name is free again, so the commit would make a second node of the same bytes:
         the file deleted elsewhere came back (soak, seed 200011). Among the deleted nodes
         of that name in that directory, one that holds exactly these bytes from this
         device, made since the first try, was ours: the answer is that node, deleted
-        (as `_landed_already` answers a 404), and the delete then takes the file here."""
+        (as `_landed_already` answers a 404), and the delete then takes the file here.
+        Never `gone_before`: the node a file created again (`detached`) had before, whose
+        delete elsewhere is why it is created again, with these very bytes maybe."""
         assert request.parent_id is not None and request.name is not None
         ours = (self.client.device, request.size, request.mtime_ns)
         try:
@@ -404,7 +406,7 @@ class Uploader:
                 return None  # the directory went too: the commit is told so (404 parent_id)
             raise
         for gone in gone_here:
-            if gone.kind != "file":
+            if gone.kind != "file" or gone.id == gone_before:
                 continue
             version, info = await self._older_of_ours(gone.id, 0, None, ours, refs)
             if version is not None and info is not None and version.created_at >= tried_since - CLOCK_SLACK_S:

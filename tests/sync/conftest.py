@@ -12,7 +12,7 @@ from typing import Iterator
 import pytest
 
 from tests.harness import MountProcess, RestartableServer, ServerProcess, cloudfs_mount, cloudfs_server
-from tests.proxy import Proxy
+from tests.proxy import HeldAnswer, Proxy
 
 
 @dataclass
@@ -79,6 +79,15 @@ def wait_until_held(proxy: Proxy, what: str = "a request") -> None:
     while not proxy.holding:
         assert time.monotonic() < deadline, f"{what} should be held by the proxy"
         time.sleep(0.02)
+
+
+def wait_for_answers(proxy: Proxy, count: int) -> list[HeldAnswer]:
+    """Until `count` answers are held (`Proxy.hold_answers`): the server has acted on them."""
+    deadline = time.monotonic() + 30
+    while len(proxy.answers_held) < count or not all(h.answered.is_set() for h in proxy.answers_held[:count]):
+        assert time.monotonic() < deadline, f"{count} answers should be held, got {len(proxy.answers_held)}"
+        time.sleep(0.02)
+    return proxy.answers_held
 
 
 def wait_for_cursor(mount: MountProcess, cursor: int, timeout: float = 30) -> None:

@@ -5,16 +5,7 @@ from __future__ import annotations
 
 import time
 
-from tests.proxy import HeldAnswer, Proxy
-from tests.sync.conftest import a_behind_a_proxy, wait_until_held
-
-
-def wait_for_answers(proxy: Proxy, count: int) -> list[HeldAnswer]:
-    deadline = time.monotonic() + 30
-    while len(proxy.answers_held) < count or not all(h.answered.is_set() for h in proxy.answers_held):
-        assert time.monotonic() < deadline, f"{count} answers should be held, got {len(proxy.answers_held)}"
-        time.sleep(0.02)
-    return proxy.answers_held
+from tests.sync.conftest import a_behind_a_proxy, wait_for_answers, wait_until_held
 
 
 def test_a_rename_over_a_file_whose_create_is_out_makes_no_conflicted_copy(sync_server, tmp_path):

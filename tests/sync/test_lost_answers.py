@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
 import httpx
 import pytest
 
+from tests.harness import cloudfs_mount, spawn_mount, unmount
 from tests.model import snapshot
 from tests.proxy import Proxy
-from tests.sync.conftest import a_behind_a_proxy, wait_for_cursor, wait_until_held
+from tests.sync.conftest import a_behind_a_proxy, wait_for_answers, wait_for_cursor, wait_until_held
 
 
 def make_symlink(root: Path) -> None:
@@ -338,3 +341,44 @@ def test_a_lost_create_removed_here_before_its_retry_goes_from_the_server(sync_s
         for m in (a, b, a, b):
             m.sync(timeout=60)
         assert snapshot(a.path) == snapshot(b.path) == {"keep": b"k\n"}
+
+
+def test_a_conflicted_copy_created_unanswered_then_deleted_elsewhere_stays_deleted(sync_server, tmp_path):
+    """a's edit of x.txt loses to b's, so a keeps its bytes as a conflicted copy; the
+    copy's create lands, and a's mount is killed before the answer comes. b removes the
+    copy. Mounted again, a must find its lost create among the deleted nodes of that
+    name, as for a new file: the copy is created again from the file's old node (which
+    b did not delete), and without `first_try` on it the copy came back (soak, seed 340013)."""
+    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
+    proxied = proxy.front(sync_server)
+    a = spawn_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a")
+    try:
+        with cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+            (a.path / "x.txt").write_text("base\n")
+            for m in (a, b):
+                m.sync(timeout=60)
+            proxy.fail(rb"^POST /files ")
+            (a.path / "x.txt").write_text("a's edit\n")
+            (b.path / "x.txt").write_text("b's edit\n")
+            b.sync(timeout=60)
+            proxy.hold_answers(rb"^POST /files ", 2)
+            proxy.release()
+            wait_for_answers(proxy, 1)[0].go.set()  # the edit's stale_revision: a keeps it as a copy
+            wait_for_answers(proxy, 2)  # the copy's create has landed; its answer waits
+            a.proc.send_signal(signal.SIGKILL)
+            a.proc.wait(10)
+            unmount(a.path, a.proc)
+            proxy.answers_held[1].go.set()
+            b.sync(timeout=60)
+            copies = [n for n in os.listdir(b.path) if "conflicted copy" in n]
+            assert len(copies) == 1, os.listdir(b.path)
+            (b.path / copies[0]).unlink()
+            b.sync(timeout=60)
+            a = spawn_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a")
+            for m in (a, b, a, b):
+                m.sync(timeout=60)
+            assert snapshot(a.path) == snapshot(b.path) == {"x.txt": b"b's edit\n"}
+    finally:
+        unmount(a.path, a.proc)
+        proxy.close()
