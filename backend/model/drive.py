@@ -182,12 +182,23 @@ class Drive:
             raise NotADirectoryError_(f"inode {ino} ({node.name!r}) is not a directory")
         return node
 
+    def _live_dir(self, ino: int) -> Inode:
+        """A directory a new name goes into: ENOENT once it was removed, as on a local disk
+        for a program whose working directory was deleted. The follower removes a directory
+        another device deleted while the kernel may still hold it (an open descriptor, a
+        lookup in flight); what was made in it then could never reach the server, whose
+        directory is gone, and sat there for good (soak, seed 360060)."""
+        node = self._dir(ino)
+        if node.parent == 0 and node.ino != ROOT_INO:
+            raise NotFoundError(f"directory inode {ino} ({node.name!r}) was removed")
+        return node
+
     # --- creating ---
 
     def _new(self, parent: int, name: str, kind: str, mode: int, target: str = "", *, owner: Owner = DRIVE_OWNER,
              rdev: int = 0) -> Inode:
         check_local_name(name)
-        self._dir(parent)
+        self._live_dir(parent)
         self.check_writable(parent)
         if self.cache.lookup(parent, name) is not None:
             raise ExistsError(f"{name!r} exists in directory inode {parent}")
@@ -240,7 +251,7 @@ class Drive:
             raise NotPermittedError(f"inode {ino} ({node.name!r}) is a directory: no hard links to directories")
         if node.parent == 0 and node.ino != ROOT_INO:
             raise NotFoundError(f"inode {ino} ({node.name!r}) has no name left to link to")
-        self._dir(new_parent)
+        self._live_dir(new_parent)
         self.check_writable(new_parent)
         if shared.namespace_of(self.cache, ino)[0] != shared.namespace_of(self.cache, new_parent)[0]:
             raise CrossDeviceError(f"{node.name!r} and directory inode {new_parent} are on two sides of a shared "
@@ -355,7 +366,7 @@ class Drive:
         check_local_name(new_name)
         node = self.lookup(old_parent, old_name)
         record = self.cache.get(self.cache.record_at(old_parent, old_name) or 0) or node
-        self._dir(new_parent)
+        self._live_dir(new_parent)
         if node.kind == "dir" and self.cache.within(new_parent, node.ino):
             raise InvalidError(f"cannot move {old_name!r} into its own subtree")
         self._check_move(node, old_parent, new_parent)

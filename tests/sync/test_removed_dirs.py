@@ -20,7 +20,7 @@ import pytest
 
 from tests.harness import MountProcess
 from tests.proxy import Proxy
-from tests.sync.conftest import a_behind_a_proxy, wait_until_held
+from tests.sync.conftest import a_behind_a_proxy, wait_for_cursor, wait_until_held
 from tests.sync.test_conflicts import settle, snapshot
 
 
@@ -127,3 +127,28 @@ def test_a_directory_moved_here_and_removed_elsewhere_comes_back_with_a_changed_
         expected = {"keep.txt": b"keep\n", "e": None, "d": None, "d/l": None, "d/l/y": b"y\n"}
         assert (snapshot(a.path), snapshot(b.path)) == (expected, expected), a.log()[-4000:]
         assert os.getxattr(b.path / "d" / "l" / "y", "user.tag") == b"kept"
+
+
+def test_nothing_is_made_in_a_directory_removed_elsewhere_while_held_open_here(devices):
+    """b removes d while a program on a holds d open: a's follower removes d here too, but
+    the kernel still has it, and a create through the open descriptor reached the mount.
+    The new file sat in a directory no retry could bring back, never uploaded and seen
+    nowhere (soak, seed 360060). As on a local disk it is refused (ENOENT)."""
+    a, b = devices.a, devices.b
+    (a.path / "d").mkdir()
+    a.sync(timeout=60)
+    b.sync(timeout=60)
+    fd = os.open(a.path / "d", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.rmdir(b.path / "d")
+        b.sync(timeout=60)
+        wait_for_cursor(a, b.status()["cursor"])
+        with pytest.raises(FileNotFoundError):
+            os.close(os.open("x.txt", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+        with pytest.raises(FileNotFoundError):
+            os.mkdir("sub", dir_fd=fd)
+    finally:
+        os.close(fd)
+    for m in (a, b):
+        m.sync(timeout=60)
+    assert snapshot(a.path) == snapshot(b.path) == {}
