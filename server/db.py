@@ -33,8 +33,8 @@ def posix_columns() -> list[sa.Column]:
     """Owner, device number, access time and xattrs: on nodes, and on the journal, whose
     entries carry a node's whole state (migration 0002). uid/gid -1: the drive's owner."""
     return [
-        sa.Column("uid", sa.Integer, nullable=False, server_default="-1"),
-        sa.Column("gid", sa.Integer, nullable=False, server_default="-1"),
+        sa.Column("uid", sa.BigInteger, nullable=False, server_default="-1"),  # uid_t is unsigned 32-bit (0009)
+        sa.Column("gid", sa.BigInteger, nullable=False, server_default="-1"),
         sa.Column("rdev", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("atime_ns", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("xattrs", sa.Text, nullable=True),

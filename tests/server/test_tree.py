@@ -99,6 +99,18 @@ def test_attributes(alice):
     assert [c["op"] for c in changes(alice, before)["changes"]] == ["attr"]
 
 
+def test_owners_as_wide_as_uid_t(alice):
+    """uid_t is 32-bit unsigned: ids past 2^31 fit (they did not in PostgreSQL's integer
+    columns, and a chown answered 500; schemathesis found uid 4294967293)."""
+    f = put_file(alice, "/owned")
+    before = cursor(alice)
+    r = alice.patch(f"/nodes/{f['id']}", json={"uid": 2**32 - 3, "gid": 2**31})
+    assert r.status_code == 200, r.text
+    assert (r.json()["node"]["uid"], r.json()["node"]["gid"]) == (2**32 - 3, 2**31)
+    assert [c["node"]["uid"] for c in changes(alice, before)["changes"]] == [2**32 - 3]
+    assert alice.patch(f"/nodes/{f['id']}", json={"uid": 2**32 - 1}).status_code == 422  # (uid_t)-1 means "unchanged"
+
+
 def test_delete_tombstones_subtree(alice):
     top = mkdir(alice, alice.root_id, "gone")
     inner = mkdir(alice, top["id"], "inner")
