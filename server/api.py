@@ -164,10 +164,7 @@ async def list_dir(ctx: Ctx, user: Auth, node_id: NodeIdPath,
 
     def run() -> wire.Listing:
         with ctx.db.read() as conn:
-            try:
-                ns_id = namespaces.locate(conn, user.id, node_id)
-            except NotFound:
-                raise NotFound(f"no directory with id {node_id}", field="id") from None
+            ns_id = _directory_ns(conn, user, node_id)
             entries, next_after = tree.list_children(conn, ns_id, node_id, after=after, limit=limit, name=name)
             more = tree.linked(conn, ns_id, entries) if linked else []
         return wire.Listing(entries=entries, next_after=next_after, linked=more)
@@ -187,12 +184,17 @@ async def list_deleted(ctx: Ctx, user: Auth, node_id: NodeIdPath,
 
     def run() -> wire.Listing:
         with ctx.db.read() as conn:
-            try:
-                ns_id = namespaces.locate(conn, user.id, node_id)
-            except NotFound:
-                raise NotFound(f"no directory with id {node_id}", field="id") from None
+            ns_id = _directory_ns(conn, user, node_id)
             return wire.Listing(entries=tree.deleted_named(conn, ns_id, node_id, name, limit=limit), next_after=None)
     return await ctx.run_db(run)
+
+
+def _directory_ns(conn: Connection, user: User, node_id: int) -> int:
+    """The namespace of the directory a listing is asked of, as a 404 naming it."""
+    try:
+        return namespaces.locate(conn, user.id, node_id)
+    except NotFound:
+        raise NotFound(f"no directory with id {node_id}", field="id") from None
 
 
 def _create(user: User, fn: Callable[..., tuple[Row, int | None]], req, device: str):  # noqa: ANN001, ANN202
