@@ -570,9 +570,8 @@ class Follower:
             return "free"
         if not self._pending(occupant):
             return "wait"  # a clean node: the journal moves or deletes it too
-        mine = self._unanswered_occupant(remote.id)
-        if mine is not None and mine.ino == occupant.ino and remote.kind == "file":
-            return "wait"  # pulled again once the retry bound it (_blocked until then)
+        if self._answer_due(occupant):
+            return "wait"  # pulled again once the retry has its answer
         if occupant.kind == "dir" and remote.kind == "dir" and not occupant.node_id and local is None:
             with self.cache.write() as txn:  # two new directories of one name: merge them
                 self.cache.bind_node_id(txn, occupant, remote.id)
@@ -592,6 +591,26 @@ class Follower:
             count_conflict(self.cache, txn)
         self._inval.append(("entry", parent, remote.name))
         return "free"
+
+    def _answer_due(self, occupant: Inode) -> bool:
+        """True while the file `occupant` has a create or commit that landed unanswered
+        (came back through the journal, `unanswered` and `landed`): what arrives at its
+        name may be built on exactly those bytes. Another device changed the node (the
+        retry binds to it, and the change is pulled over it), or removed it and made a
+        new file of that name (the retry finds its version among the deleted, and the
+        file goes with the delete). A conflicted copy made at once brought back bytes
+        the other device had seen and overwritten or removed (soak, seeds 130006 and
+        350172)."""
+        if occupant.kind != "file":
+            return False
+        if occupant.node_id:
+            rev = self.landed.get(occupant.node_id)
+            return rev is not None and self._awaited(occupant.node_id, rev) is not None
+        for node_id in list(self.unanswered):
+            mine = self._unanswered_occupant(node_id)
+            if mine is not None and mine.ino == occupant.ino:
+                return True
+        return False
 
     def _unanswered_occupant(self, node_id: int) -> Inode | None:
         """The local file whose create made `node_id`, when its answer never came (a kill,

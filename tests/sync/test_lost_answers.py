@@ -226,7 +226,7 @@ def test_a_lost_create_overwritten_elsewhere_is_not_brought_back(sync_server, tm
         assert a.status()["conflicts"] == 0
 
 
-@pytest.mark.parametrize("removed", ["file", "dir"])
+@pytest.mark.parametrize("removed", ["file", "dir", "file, its name taken again"])
 @pytest.mark.parametrize("lost", ["commit", "create"])
 def test_a_lost_change_deleted_elsewhere_stays_deleted(sync_server, tmp_path, lost: str, removed: str):
     """a's commit of d/x.txt (a new version of it, `commit`; its very first, `create`)
@@ -236,7 +236,10 @@ def test_a_lost_change_deleted_elsewhere_stays_deleted(sync_server, tmp_path, lo
     or, for a create, whose name is free again, among the deleted nodes of that name. b
     saw those bytes and removed them, so nothing comes back (soak, seed 160082: a device
     offline 14 ms after a write, the directory removed by another device; seed 200011: a
-    mount killed 150 ms after a burst of creates, one of them deleted elsewhere)."""
+    mount killed 150 ms after a burst of creates, one of them deleted elsewhere). With
+    the name taken again by b's new file, a's follower meets that file where a's own
+    still waits for its answer: it waits too, rather than keep a's as a conflicted copy
+    of the bytes b removed (seed 350172)."""
     with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
         a, b = d.a, d.b
         (a.path / "d").mkdir()
@@ -254,13 +257,18 @@ def test_a_lost_change_deleted_elsewhere_stays_deleted(sync_server, tmp_path, lo
             shutil.rmtree(b.path / "d")
         else:
             (b.path / "d" / "x.txt").unlink()
+        if removed == "file, its name taken again":
+            b.sync(timeout=60)
+            (b.path / "d" / "x.txt").write_text("new from b\n")
         b.sync(timeout=60)
         wait_for_cursor(a, b.status()["cursor"])  # a's follower has had b's change
         proxy.release()
         for m in (a, b, a, b):
             m.sync(timeout=60)
         expected = snapshot(b.path)
-        assert expected == ({"keep": b"k\n"} if removed == "dir" else {"keep": b"k\n", "d": None})
+        assert expected == {"dir": {"keep": b"k\n"},
+                            "file": {"keep": b"k\n", "d": None},
+                            "file, its name taken again": {"keep": b"k\n", "d": None, "d/x.txt": b"new from b\n"}}[removed]
         assert snapshot(a.path) == expected
         assert a.status()["conflicts"] == 0
 
