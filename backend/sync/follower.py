@@ -118,6 +118,13 @@ class Follower:
         self._saved = self._node_maps()
         self._pulling = 0
         """Deferred pulls under way (_pull_deferred)."""
+        self._in_flight: set[int] = set()
+        """Deferred nodes being pulled: kept in LMDB with `deferred` until pulled."""
+        self._fetching: dict[int, int] = {}
+        """Node id -> pulls of it waiting for the server's answer (`pull`)."""
+        self._journal_step = 0
+        self._overtaken: dict[int, int] = {}
+        """Node id (while fetched) -> the journal step of its latest change applied."""
         self.online = True
         self._advanced = trio.Event()
         self._inval: list[tuple[Any, ...]] = []
@@ -200,6 +207,9 @@ class Follower:
             for change in answer.changes:
                 if change.ns in gone:
                     continue
+                self._journal_step += 1
+                if change.node.id in self._fetching:
+                    self._overtaken[change.node.id] = self._journal_step
                 if self._own(change):
                     self._echo(change)
                 else:
@@ -272,26 +282,52 @@ class Follower:
     async def _pull_deferred(self) -> None:
         """Counted in `_pulling` until the kernel was told: `settled` (cloudfs sync) waits
         for a pull under way, not only for what is still deferred. A pull that fails
-        leaves its node deferred, to be tried again."""
+        leaves its node deferred, to be tried again.
+
+        A node leaves the deferred set kept in LMDB only once its pull is done: killed
+        while the answer was out, the mount pulls it again after the remount. Dropped
+        before the pull, it was never pulled again, and whatever named it (a hard link)
+        waited for it for ever (soak, seed 370059)."""
         self._pulling += 1
         try:
             for node_id in sorted(self.deferred):
                 if self._blocked(node_id):
                     continue
-                self._undefer(node_id)
+                self.deferred.discard(node_id)  # the pull may defer it again
+                self._in_flight.add(node_id)
                 try:
                     await self.pull(node_id)
                 except BaseException:
-                    self._defer(node_id)
+                    self.deferred.add(node_id)
                     raise
+                finally:
+                    self._in_flight.discard(node_id)
+                    self._save_deferred()
             await self._flush_invalidations()
         finally:
             self._pulling -= 1
 
     async def pull(self, node_id: int, depth: int = 0) -> None:
         """Make the mirror agree with the server about one node (and, for a directory
-        the mirror did not know, everything in it)."""
-        remote = await self.client.node(node_id)
+        the mirror did not know, everything in it).
+
+        The journal goes on while the answer is out: when a change of the node was
+        applied meanwhile, the answer may be older than the mirror (its next revision
+        came first), so the node is deferred and pulled again instead. Applied, an
+        older revision replaced a newer one for good (soak, seed 400014)."""
+        asked_at = self._journal_step
+        self._fetching[node_id] = self._fetching.get(node_id, 0) + 1
+        try:
+            remote = await self.client.node(node_id)
+        finally:
+            overtaken = self._overtaken.get(node_id, 0) > asked_at
+            self._fetching[node_id] -= 1
+            if not self._fetching[node_id]:
+                del self._fetching[node_id]
+                self._overtaken.pop(node_id, None)
+        if overtaken:
+            self._defer(node_id)
+            return
         if remote is None:
             ino = self.cache.ino_for_node(node_id)
             local = self.cache.get(ino) if ino else None
@@ -473,13 +509,11 @@ class Follower:
     def _defer(self, node_id: int) -> None:
         if node_id not in self.deferred:
             self.deferred.add(node_id)
-            with self.cache.write() as txn:
-                self.cache.set_meta(txn, "deferred", json.dumps(sorted(self.deferred)))
+            self._save_deferred()
 
-    def _undefer(self, node_id: int) -> None:
-        self.deferred.discard(node_id)
+    def _save_deferred(self) -> None:
         with self.cache.write() as txn:
-            self.cache.set_meta(txn, "deferred", json.dumps(sorted(self.deferred)))
+            self.cache.set_meta(txn, "deferred", json.dumps(sorted(self.deferred | self._in_flight)))
 
     # --- applying one change ---
 
@@ -498,6 +532,7 @@ class Follower:
                 self._root_attrs(local, remote)  # a shared folder's root, as its own journal has it
             return  # the root: nothing of it is mirrored but its children
         if local is not None and self._pending(local):
+            self._follow_move(local, remote)
             self._defer(remote.id)
             return
         target = self._link_target(remote) if remote.kind == "link" else None
@@ -535,6 +570,35 @@ class Follower:
             self._replace(local, remote, parent.ino)
         else:
             self._update(local, remote, parent.ino)
+
+    def _follow_move(self, local: Inode, remote: wire.Node) -> None:
+        """A file with local work (written, open for writing) that another device moved,
+        or that the server moved to its other name when its first one was taken: the
+        move is applied now, and the rest waits for the local work. Its content and its
+        place are apart: held back with the content, the move left the file's old name
+        taken here, and what the server put there next met the file (a conflicted copy
+        of the file itself), or the device kept the old name for good (soak, seed
+        330061). Not when the file was moved here too: that move is on its way."""
+        if local.kind != "file" or not local.node_id or local.extra.get("detached") or remote.parent_id is None \
+                or (local.parent, local.name) != (local.srv_parent, local.srv_name):
+            return
+        parent_ino = self.cache.ino_for_node(remote.parent_id)
+        parent = self.cache.get(parent_ino) if parent_ino else None
+        if parent is None or parent.kind != "dir" or parent.parent == 0 and parent.ino != ROOT_INO \
+                or (parent.ino, remote.name) == (local.parent, local.name):
+            return
+        if self._make_room(parent.ino, remote, local) != "free":
+            return
+        old_parent, old_name = local.parent, local.name
+        with self.cache.write() as txn:
+            local = self.cache.get(local.ino, txn) or local
+            links.unplace(self.cache, txn, local)
+            local.parent, local.name = parent.ino, remote.name
+            local.srv_parent, local.srv_name = parent.ino, remote.name
+            local.ctime_ns = time.time_ns()
+            self.cache.place(txn, local)
+            self.cache.put(txn, local)
+        self._inval += [("entry", old_parent, old_name), ("entry", parent.ino, remote.name), ("inode", local.ino)]
 
     def _exchange(self, local: Inode, remote: wire.Node) -> bool:
         """RENAME_EXCHANGE elsewhere: `local` takes the place of the node there, which takes
