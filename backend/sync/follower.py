@@ -546,6 +546,13 @@ class Follower:
         if parent is None or parent.parent == 0 and parent.ino != ROOT_INO:
             self._defer(remote.id)  # its directory is not here (yet): pulled once it is
             return
+        if local is not None and local.kind == "dir" and self.cache.within(parent.ino, local.ino):
+            # Into a directory that is inside it here: a move of ours put it there, which
+            # the server refuses (the syncer moves it back), or has yet to see. Applied
+            # now, each directory was inside the other and both fell out of the tree
+            # (soak, seed 420051).
+            self._defer(remote.id)
+            return
         room = self._make_room(parent.ino, remote, local)
         if room == "wait":
             self._defer(remote.id)

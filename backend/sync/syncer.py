@@ -575,7 +575,7 @@ class Syncer:
         try:
             answer = await self.client.move(node.node_id, parent_id, node.name)
         except ConflictError as exc:
-            if exc.code == "shared_folder" and await self._move_back(node, exc):
+            if exc.code in ("shared_folder", "invalid_move") and await self._move_back(node, exc):
                 return
             if exc.code not in ("name_exists", "is_a_directory", "not_a_directory"):
                 raise
@@ -597,7 +597,8 @@ class Syncer:
     async def _move_back(self, node: Inode, exc: ServerError) -> bool:
         """The server refused for good to move `node` where it is here: across a shared
         folder's boundary while one of its files has a hard link on the side it leaves
-        (made on another device after this one moved it). Dropping the move would leave
+        (made on another device after this one moved it), or into a directory that
+        another device moved into it first (`invalid_move`). Dropping the move would leave
         this mirror disagreeing with the server forever; the node goes back where the
         server has it, with everything in it, so nothing is lost (beside a name taken
         there meanwhile, as a conflicted copy). False when that place is gone here too."""

@@ -149,6 +149,33 @@ def test_directory_moved_into_a_directory_deleted_elsewhere(sync_server, tmp_pat
         assert snapshot(b.path) == expected
 
 
+def test_directories_moved_into_each_other_on_two_devices_end_as_the_server_took_them(sync_server, tmp_path):
+    """a moves e/ into d/ while b moves d/ into e/, and b's move lands first: a's move
+    would put e/ below itself, and the server refuses it. a's follower must not apply
+    b's move while e/ is inside d/ here (each directory would be inside the other, both
+    out of the tree: everything in them was gone from a's view), and a's e/ goes back
+    where the server has it, so both devices end with d/ inside e/ (soak, seed 420051:
+    the refused move was dropped with an ERROR, and a never saw either again)."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "d").mkdir()
+        (a.path / "d" / "in-d.txt").write_text("d\n")
+        (a.path / "e").mkdir()
+        (a.path / "e" / "in-e.txt").write_text("e\n")
+        settle(d)
+        proxy.fail(rb"^POST /nodes/\d+/move ")
+        (a.path / "e").rename(a.path / "d" / "y")
+        (b.path / "d").rename(b.path / "e" / "l")
+        b.sync(timeout=60)
+        wait_for_cursor(a, b.status()["cursor"])  # a's follower has had b's move
+        proxy.release()
+        settle(d)
+        expected = {"e": None, "e/in-e.txt": b"e\n", "e/l": None, "e/l/in-d.txt": b"d\n"}
+        assert snapshot(a.path) == expected
+        assert snapshot(b.path) == expected
+        assert " ERROR " not in a.log(), a.log()[-3000:]
+
+
 def test_directory_moved_out_of_a_directory_deleted_elsewhere(sync_server, tmp_path):
     """The other way round: a moves old/photos/ out to photos/ while b deletes old/, and
     b's delete lands first. The server deleted photos/ and its files with old/; a's
