@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 import uuid
 from dataclasses import dataclass
@@ -11,7 +12,8 @@ from typing import Iterator
 
 import pytest
 
-from tests.harness import MountProcess, RestartableServer, ServerProcess, cloudfs_mount, cloudfs_server
+from tests.harness import (MountProcess, RestartableServer, ServerProcess, cloudfs_mount, cloudfs_server,
+                           spawn_mount, unmount)
 from tests.proxy import HeldAnswer, Proxy
 
 
@@ -71,6 +73,44 @@ def a_behind_a_proxy(server: ServerProcess, tmp_path: Path) -> Iterator[tuple[De
                 cloudfs_mount(server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
             yield Devices(a, b), proxy
     finally:
+        proxy.close()
+
+
+class KillableA:
+    """Device a behind a proxy, which a test kills (-9) and mounts again on its cache,
+    and device b, straight to the server."""
+
+    def __init__(self, server: ServerProcess, proxy: Proxy, token: str, tmp_path: Path) -> None:
+        self.token, self.tmp = token, tmp_path
+        self.proxied = proxy.front(server)
+        self.a = self._spawn()
+        self.b: MountProcess | None = None
+
+    def _spawn(self) -> MountProcess:
+        return spawn_mount(self.proxied, self.token, self.tmp / "a", self.tmp / "cache-a", device="dev-a")
+
+    def kill_a(self) -> None:
+        self.a.proc.send_signal(signal.SIGKILL)
+        self.a.proc.wait(10)
+        unmount(self.a.path, self.a.proc)
+
+    def mount_a_again(self) -> MountProcess:
+        self.a = self._spawn()
+        return self.a
+
+
+@contextlib.contextmanager
+def a_killable_behind_a_proxy(server: ServerProcess, tmp_path: Path) -> Iterator[tuple[KillableA, Proxy]]:
+    """As `a_behind_a_proxy`, with a mount of a that `KillableA.kill_a` kills."""
+    token = server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    proxy = Proxy(int(server.url.rsplit(":", 1)[1]))
+    devices = KillableA(server, proxy, token, tmp_path)
+    try:
+        with cloudfs_mount(server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+            devices.b = b
+            yield devices, proxy
+    finally:
+        unmount(devices.a.path, devices.a.proc)
         proxy.close()
 
 

@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import time
-import uuid
 from pathlib import Path
 from typing import Callable
 
 import httpx
 import pytest
 
-from tests.harness import cloudfs_mount, spawn_mount, unmount
 from tests.model import snapshot
 from tests.proxy import Proxy
-from tests.sync.conftest import a_behind_a_proxy, wait_for_answers, wait_for_cursor, wait_until_held
+from tests.sync.conftest import (a_behind_a_proxy, a_killable_behind_a_proxy, wait_for_answers, wait_for_cursor,
+                                 wait_until_held)
 
 
 def make_symlink(root: Path) -> None:
@@ -357,36 +355,27 @@ def test_a_conflicted_copy_created_unanswered_then_deleted_elsewhere_stays_delet
     copy. Mounted again, a must find its lost create among the deleted nodes of that
     name, as for a new file: the copy is created again from the file's old node (which
     b did not delete), and without `first_try` on it the copy came back (soak, seed 340013)."""
-    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
-    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
-    proxied = proxy.front(sync_server)
-    a = spawn_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a")
-    try:
-        with cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
-            (a.path / "x.txt").write_text("base\n")
-            for m in (a, b):
-                m.sync(timeout=60)
-            proxy.fail(rb"^POST /files ")
-            (a.path / "x.txt").write_text("a's edit\n")
-            (b.path / "x.txt").write_text("b's edit\n")
-            b.sync(timeout=60)
-            proxy.hold_answers(rb"^POST /files ", 2)
-            proxy.release()
-            wait_for_answers(proxy, 1)[0].go.set()  # the edit's stale_revision: a keeps it as a copy
-            wait_for_answers(proxy, 2)  # the copy's create has landed; its answer waits
-            a.proc.send_signal(signal.SIGKILL)
-            a.proc.wait(10)
-            unmount(a.path, a.proc)
-            proxy.answers_held[1].go.set()
-            b.sync(timeout=60)
-            copies = [n for n in os.listdir(b.path) if "conflicted copy" in n]
-            assert len(copies) == 1, os.listdir(b.path)
-            (b.path / copies[0]).unlink()
-            b.sync(timeout=60)
-            a = spawn_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a")
-            for m in (a, b, a, b):
-                m.sync(timeout=60)
-            assert snapshot(a.path) == snapshot(b.path) == {"x.txt": b"b's edit\n"}
-    finally:
-        unmount(a.path, a.proc)
-        proxy.close()
+    with a_killable_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "x.txt").write_text("base\n")
+        for m in (a, b):
+            m.sync(timeout=60)
+        proxy.fail(rb"^POST /files ")
+        (a.path / "x.txt").write_text("a's edit\n")
+        (b.path / "x.txt").write_text("b's edit\n")
+        b.sync(timeout=60)
+        proxy.hold_answers(rb"^POST /files ", 2)
+        proxy.release()
+        wait_for_answers(proxy, 1)[0].go.set()  # the edit's stale_revision: a keeps it as a copy
+        wait_for_answers(proxy, 2)  # the copy's create has landed; its answer waits
+        d.kill_a()
+        proxy.answers_held[1].go.set()
+        b.sync(timeout=60)
+        copies = [n for n in os.listdir(b.path) if "conflicted copy" in n]
+        assert len(copies) == 1, os.listdir(b.path)
+        (b.path / copies[0]).unlink()
+        b.sync(timeout=60)
+        a = d.mount_a_again()
+        for m in (a, b, a, b):
+            m.sync(timeout=60)
+        assert snapshot(a.path) == snapshot(b.path) == {"x.txt": b"b's edit\n"}

@@ -11,16 +11,23 @@ bring here, not a place this device has already taken."""
 from __future__ import annotations
 
 import os
-import signal
-import uuid
 
 import httpx
 import pytest
 
-from tests.harness import cloudfs_mount, spawn_mount, unmount
+from tests.harness import MountProcess, ServerProcess
 from tests.model import snapshot
-from tests.proxy import Proxy
-from tests.sync.conftest import a_behind_a_proxy, wait_for_answers, wait_for_cursor, wait_until_held
+from tests.sync.conftest import (a_behind_a_proxy, a_killable_behind_a_proxy, wait_for_answers, wait_for_cursor,
+                                 wait_until_held)
+
+
+def synced_file(server: ServerProcess, a: MountProcess, b: MountProcess, text: str) -> int:
+    """x.txt written on a and synced to both; its node id."""
+    (a.path / "x.txt").write_text(text)
+    for m in (a, b):
+        m.sync(timeout=60)
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {a.token}"}) as api:
+        return api.get("/resolve", params={"path": "/x.txt"}).json()["node"]["id"]
 
 
 def test_a_pull_answered_before_a_newer_change_does_not_undo_it(sync_server, tmp_path):
@@ -31,11 +38,7 @@ def test_a_pull_answered_before_a_newer_change_does_not_undo_it(sync_server, tmp
     file's name was a hard link)."""
     with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
         a, b = d.a, d.b
-        (a.path / "x.txt").write_text("base\n")
-        for m in (a, b):
-            m.sync(timeout=60)
-        with httpx.Client(base_url=sync_server.url, headers={"Authorization": f"Bearer {a.token}"}) as api:
-            node = api.get("/resolve", params={"path": "/x.txt"}).json()["node"]["id"]
+        node = synced_file(sync_server, a, b, "base\n")
         proxy.fail(rb"^POST /files ")
         (a.path / "x.txt").write_text("a's edit\n")
         (b.path / "x.txt").write_text("b's v2\n")
@@ -96,36 +99,23 @@ def test_a_pull_cut_short_by_a_kill_is_made_after_the_remount(sync_server, tmp_p
     out. The node had left the deferred set kept in LMDB before the pull was sent, so
     after the remount nothing pulled it again: a never had the file back, and b's link
     to it waited for it for ever, and so did `cloudfs sync` (soak, seed 370059)."""
-    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
-    proxy = Proxy(int(sync_server.url.rsplit(":", 1)[1]))
-    proxied = proxy.front(sync_server)
-    a = spawn_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a")
-    try:
-        with cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
-            (a.path / "x.txt").write_text("v1\n")
-            for m in (a, b):
-                m.sync(timeout=60)
-            with httpx.Client(base_url=sync_server.url, headers={"Authorization": f"Bearer {token}"}) as api:
-                node = api.get("/resolve", params={"path": "/x.txt"}).json()["node"]["id"]
-            proxy.fail(rb"^DELETE /nodes/")
-            (a.path / "x.txt").unlink()
-            (b.path / "x.txt").write_text("v2 from b\n")
-            os.link(b.path / "x.txt", b.path / "z.md")
-            b.sync(timeout=60)
-            wait_for_cursor(a, b.status()["cursor"])
-            proxy.hold_answers(rb"^GET /nodes/%d " % node)
-            proxy.release()  # the delete is refused as stale: a pulls x.txt back
-            wait_for_answers(proxy, 1)
-            a.proc.send_signal(signal.SIGKILL)
-            a.proc.wait(10)
-            unmount(a.path, a.proc)
-            proxy.answers_held[0].go.set()
-            a = spawn_mount(proxied, token, tmp_path / "a", tmp_path / "cache-a", device="dev-a")
-            for m in (a, b, a, b):
-                m.sync(timeout=60)
-            expected = {"x.txt": b"v2 from b\n", "z.md": b"v2 from b\n"}
-            assert snapshot(a.path) == snapshot(b.path) == expected
-            assert os.stat(a.path / "x.txt").st_ino == os.stat(a.path / "z.md").st_ino
-    finally:
-        unmount(a.path, a.proc)
-        proxy.close()
+    with a_killable_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        node = synced_file(sync_server, a, b, "v1\n")
+        proxy.fail(rb"^DELETE /nodes/")
+        (a.path / "x.txt").unlink()
+        (b.path / "x.txt").write_text("v2 from b\n")
+        os.link(b.path / "x.txt", b.path / "z.md")
+        b.sync(timeout=60)
+        wait_for_cursor(a, b.status()["cursor"])
+        proxy.hold_answers(rb"^GET /nodes/%d " % node)
+        proxy.release()  # the delete is refused as stale: a pulls x.txt back
+        wait_for_answers(proxy, 1)
+        d.kill_a()
+        proxy.answers_held[0].go.set()
+        a = d.mount_a_again()
+        for m in (a, b, a, b):
+            m.sync(timeout=60)
+        expected = {"x.txt": b"v2 from b\n", "z.md": b"v2 from b\n"}
+        assert snapshot(a.path) == snapshot(b.path) == expected
+        assert os.stat(a.path / "x.txt").st_ino == os.stat(a.path / "z.md").st_ino
