@@ -121,12 +121,22 @@ class Actor:
         self.note(dev, f"{what} -> {outcome[0]}")
 
     def observe_open(self, dev: str, path: str, flags: int = 0) -> tuple[int, bytes]:
-        fd = os.open(self.roots[dev] / path, os.O_RDWR | os.O_NOFOLLOW | flags, 0o644)
-        try:
-            return fd, read_all(fd)
-        except BaseException:
+        """An open file and the bytes in it, still under `path` once read: live sync may
+        put another device's version there (a new inode) while a large file is read, and
+        an unlink or rename by path would then take bytes the model never saw go (soak
+        seed 440144: `rm -r y` counted as removing the old bytes, while the new ones
+        went). Read again then, a few times; the window left is a stat long."""
+        for attempt in range(5):
+            fd = os.open(self.roots[dev] / path, os.O_RDWR | os.O_NOFOLLOW | flags, 0o644)
+            try:
+                content = read_all(fd)
+                if attempt == 4 or os.stat(self.roots[dev] / path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                    return fd, content
+            except BaseException:
+                os.close(fd)
+                raise
             os.close(fd)
-            raise
+        raise AssertionError("unreachable: the last attempt returns")
 
 
 def _write(a: Actor, dev: str, path: str | Pick, size: int, seed: int) -> str:

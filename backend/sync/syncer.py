@@ -729,9 +729,13 @@ class Syncer:
 
     async def _uploaded(self, node: Inode, result: UploadResult) -> None:
         if not self._still_here(node):
-            # Deleted locally while uploading: the server must not keep it.
+            # Deleted locally while uploading: the server must not keep it, but only the
+            # version sent from here. Our commit's answer may come late (a lost answer,
+            # found by the retry), and another device may have built on it since: that
+            # is pulled back, as for any delete of ours that meets a newer revision
+            # (soak, seed 460189: an unguarded delete took another device's append).
             self.uploader.content.watches.pop(node.ino, None)
-            await self._delete(result.response.node.id)
+            await self._delete_entry({"node_id": result.response.node.id, "rev": result.response.version.rev})
             return
         finish_upload(self.cache, self.uploader.content, node, result)
         if result.response.node.deleted:  # ours had landed; another device saw it and deleted the file

@@ -379,3 +379,31 @@ def test_a_conflicted_copy_created_unanswered_then_deleted_elsewhere_stays_delet
         for m in (a, b, a, b):
             m.sync(timeout=60)
         assert snapshot(a.path) == snapshot(b.path) == {"x.txt": b"b's edit\n"}
+
+
+def test_a_file_removed_here_before_its_lost_commit_was_found_keeps_what_others_wrote_since(sync_server, tmp_path):
+    """a's commit of v2 lands, its answer is lost and the retries are refused for a
+    while; b sees v2 and appends to it; a removes the file. a's retry finds its v2
+    landed, and as the file is gone here it removes it from the server: guarded by v2,
+    as a delete of what a saw. Unguarded, it took b's append, which a never saw (soak,
+    seed 460189: a mount killed after its commit landed, the file renamed over)."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "x.txt").write_text("v1\n")
+        for m in (a, b):
+            m.sync(timeout=60)
+        proxy.lose_answers(rb"^POST /files ", 1, then_fail=True)
+        (a.path / "x.txt").write_text("v2 from a\n")
+        wait_until_lost(proxy)
+        b.sync(timeout=60)
+        assert (b.path / "x.txt").read_text() == "v2 from a\n"
+        with open(b.path / "x.txt", "a") as f:
+            f.write("and b's append\n")
+        b.sync(timeout=60)
+        wait_for_cursor(a, b.status()["cursor"])
+        (a.path / "x.txt").unlink()
+        proxy.release()
+        for m in (a, b, a, b):
+            m.sync(timeout=60)
+        expected = {"x.txt": b"v2 from a\nand b's append\n"}
+        assert snapshot(a.path) == snapshot(b.path) == expected
