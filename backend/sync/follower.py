@@ -541,9 +541,8 @@ class Follower:
             return
         if change.op == "exchange" and local is not None and self._exchange(local, remote):
             return
-        parent_ino = self.cache.ino_for_node(remote.parent_id)
-        parent = self.cache.get(parent_ino) if parent_ino else None
-        if parent is None or parent.parent == 0 and parent.ino != ROOT_INO:
+        parent = self._parent_here(remote)
+        if parent is None:
             self._defer(remote.id)  # its directory is not here (yet): pulled once it is
             return
         if local is not None and local.kind == "dir" and self.cache.within(parent.ino, local.ino):
@@ -578,6 +577,14 @@ class Follower:
         else:
             self._update(local, remote, parent.ino)
 
+    def _parent_here(self, remote: wire.Node) -> Inode | None:
+        """The directory `remote` is in, if the mirror has it in the tree (not removed)."""
+        parent_ino = self.cache.ino_for_node(remote.parent_id or 0)
+        parent = self.cache.get(parent_ino) if parent_ino else None
+        if parent is None or parent.parent == 0 and parent.ino != ROOT_INO:
+            return None
+        return parent
+
     def _follow_move(self, local: Inode, remote: wire.Node) -> None:
         """A file with local work (written, open for writing) that another device moved,
         or that the server moved to its other name when its first one was taken: the
@@ -589,10 +596,8 @@ class Follower:
         if local.kind != "file" or not local.node_id or local.extra.get("detached") or remote.parent_id is None \
                 or (local.parent, local.name) != (local.srv_parent, local.srv_name):
             return
-        parent_ino = self.cache.ino_for_node(remote.parent_id)
-        parent = self.cache.get(parent_ino) if parent_ino else None
-        if parent is None or parent.kind != "dir" or parent.parent == 0 and parent.ino != ROOT_INO \
-                or (parent.ino, remote.name) == (local.parent, local.name):
+        parent = self._parent_here(remote)
+        if parent is None or parent.kind != "dir" or (parent.ino, remote.name) == (local.parent, local.name):
             return
         if self._make_room(parent.ino, remote, local) != "free":
             return

@@ -619,15 +619,13 @@ def finish_upload(cache: Cache, content: Content, node: Inode, result: UploadRes
         if current is None:
             return True
         detached = current.extra.pop("detached", False)  # popped always: a stuck flag keeps the file "pending"
-        placed = not current.node_id or detached  # our create put it where the answer says
-        if placed:
-            cache.bind_node_id(txn, current, result.response.node.id)
         remote = result.response.node
-        if placed:
+        if not current.node_id or detached:  # our create put it where the answer says
+            cache.bind_node_id(txn, current, remote.id)
             current.srv_parent = (cache.ino_for_node(remote.parent_id) or 0) if remote.parent_id else 0
             current.srv_name = remote.name
-        # A commit moves nothing: elsewhere on the server, another device moved the file,
-        # and the follower brings that move. Recorded as the server's place, the file
+        # Else the commit moved nothing: elsewhere on the server, another device moved the
+        # file, and the follower brings that move. Recorded as the server's place, the file
         # looked moved here and never sent, so the follower held the move back for ever
         # (soak, seed 330061; the syncer's `_record` does the same for attributes).
         current.rev = result.response.version.rev
