@@ -153,6 +153,10 @@ class Proxy:
         without passing it on, until `release`."""
         self._failing = re.compile(request_line)
 
+    def stop_failing(self) -> None:
+        """End `fail` alone: what `hold` holds stays held."""
+        self._failing = None
+
     def release(self) -> None:
         """End `hold` (the held requests go on) and `fail`."""
         self._held = None

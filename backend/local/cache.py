@@ -28,7 +28,7 @@ import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import lmdb
 
@@ -122,9 +122,13 @@ class Inode:
             pending["atime_ns"] = self.atime_ns
         return pending
 
-    def record_attrs(self, remote: Any) -> None:
-        """The server acknowledged `remote` (a wire.Node): remember its attributes."""
-        for name in self._ATTRS:
+    def record_attrs(self, remote: Any, names: Iterable[str] = _ATTRS) -> None:
+        """The server acknowledged `remote` (a wire.Node): remember its attributes, those
+        `names` that our request set. The others may be another device's change, not yet
+        applied here: recorded as the server's, the old value here looked like a change of
+        ours and the next PATCH put it back over theirs (soak, seed 470199: a directory
+        renamed here took away the xattr another device had just set on it)."""
+        for name in set(self._ATTRS) & set(names):
             setattr(self, "srv_" + name, getattr(remote, name))
         if remote.atime_ns == self.atime_ns:
             self.extra.pop("atime_set", None)
@@ -181,7 +185,9 @@ class Cache:
         self.outbox = self.env.open_db(b"outbox")
         self.meta = self.env.open_db(b"meta")
         self.streams = self.env.open_db(b"streams")
-        self._memo: dict[int, Inode] = {}
+        self._memo: dict[int, tuple[Inode, int]] = {}
+        """Decoded inodes, one object per inode, each with the `_aborts` count it was read at."""
+        self._aborts = 0
         self._subdirs: dict[int, int] = {}
         """Directories in each directory, counted on demand and forgotten when an entry of
         that directory changes (link/unlink): a directory's st_nlink is 2 + this."""
@@ -208,7 +214,7 @@ class Cache:
             yield txn
         except BaseException:
             txn.abort()
-            self._memo.clear()
+            self._aborts += 1  # every decoded inode is read again from LMDB on its next get
             self._subdirs.clear()
             for forget in self.on_abort:
                 forget()
@@ -237,21 +243,30 @@ class Cache:
     # --- inodes ---
 
     def get(self, ino: int, txn: lmdb.Transaction | None = None) -> Inode | None:
-        """The inode, as committed, or as `txn` (a write transaction) has it so far."""
-        node = self._memo.get(ino)
-        if node is not None:
-            return node
+        """The inode, as committed, or as `txn` (a write transaction) has it so far.
+
+        After a failed write transaction a decoded inode may be ahead of LMDB (callers
+        change them in place before `put`): it is read again, into the same object. A
+        fresh object instead was a second copy of the inode beside the one a task held
+        across an await, and whichever was put last undid what the other stored."""
+        known = self._memo.get(ino)
+        if known is not None and known[1] == self._aborts:
+            return known[0]
         if txn is not None:
             raw = txn.get(u64(ino), db=self.inodes)
         else:
             with self.read() as own:
                 raw = own.get(u64(ino), db=self.inodes)
         if raw is None:
+            self._memo.pop(ino, None)
             return None
         node = Inode.decode(raw)
-        if len(self._memo) > 200_000:
+        if known is not None:
+            known[0].__dict__.update(node.__dict__)
+            node = known[0]
+        elif len(self._memo) > 200_000:
             self._memo.clear()
-        self._memo[ino] = node
+        self._memo[ino] = (node, self._aborts)
         return node
 
     def names_to(self, ino: int) -> list[str]:
@@ -287,7 +302,7 @@ class Cache:
             self._memo.pop(node.ino, None)
             raise GoneError(f"inode {node.ino} ({node.name!r}) was removed meanwhile")
         txn.put(key, node.encode(), db=self.inodes)
-        self._memo[node.ino] = node
+        self._memo[node.ino] = (node, self._aborts)
 
     def drop(self, txn: lmdb.Transaction, node: Inode) -> None:
         """Remove an inode and everything keyed by it."""

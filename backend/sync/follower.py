@@ -535,6 +535,13 @@ class Follower:
             self._follow_move(local, remote)
             self._defer(remote.id)
             return
+        if local is not None and change.seq and change.seq < local.extra.get("srv_seq", 0):
+            # Older than what the answer to a request of ours showed of the node: applied,
+            # it put the node back where it was before our change, and nothing brought ours
+            # back when the answer's cursor was past our own entry (a retried move whose
+            # first try had landed; soak, seed 470199). The server's node as it is now is.
+            self._defer(remote.id)
+            return
         target = self._link_target(remote) if remote.kind == "link" else None
         if remote.kind == "link" and target is None:
             self._defer(remote.id)  # the file it names is not here (yet): pulled once it is
@@ -552,6 +559,16 @@ class Follower:
             # (soak, seed 420051).
             self._defer(remote.id)
             return
+        if local is None and self._deleting(remote.id):
+            # Deleted here, the delete is on its way: it must not come back now. Pulled
+            # again once the delete is sent (_blocked until then): refused as stale,
+            # the server's newer version must come back; a pull made while the refused
+            # delete was still queued (its run waits for the others) was dropped here,
+            # and the file was missing on this device for good (soak, seed 140054).
+            # Nor may it take the name from a new node made here since: a new directory
+            # was merged into it, and went on the server with it (soak, seed 520025).
+            self._defer(remote.id)
+            return
         room = self._make_room(parent.ino, remote, local)
         if room == "wait":
             self._defer(remote.id)
@@ -561,14 +578,6 @@ class Follower:
         if target is not None:
             self._apply_link(local, remote, parent.ino, target)
         elif local is None:
-            if self._deleting(remote.id):
-                # Deleted here, the delete is on its way: it must not come back now. Pulled
-                # again once the delete is sent (_blocked until then): refused as stale,
-                # the server's newer version must come back; a pull made while the refused
-                # delete was still queued (its run waits for the others) was dropped here,
-                # and the file was missing on this device for good (soak, seed 140054).
-                self._defer(remote.id)
-                return
             self._create(remote, parent.ino)
             if change.op == "move" and remote.kind == "dir":
                 self._moved_in.add(remote.id)  # from a namespace we do not follow: what is in it, too

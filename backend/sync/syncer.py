@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 import trio
 
@@ -413,7 +413,7 @@ class Syncer:
                     if exc.status != 404:
                         raise
                     return await self._attrs_of_a_deleted_node(node)
-                self._record(node, answer.node, answer.cursor, placed=False)
+                self._record(node, answer.node, answer.cursor, placed=False, attrs=changes)
 
     async def _attrs_of_a_deleted_node(self, node: Inode) -> None:
         """Another device deleted the node whose attributes (mode, xattrs...) changed here
@@ -430,9 +430,11 @@ class Syncer:
         self._detach(current)
         await self._push(current, 0)
 
-    def _record(self, node: Inode, remote: wire.Node, seq: int = 0, *, placed: bool = True) -> None:
+    def _record(self, node: Inode, remote: wire.Node, seq: int = 0, *, placed: bool = True,
+                attrs: Iterable[str] = Inode._ATTRS) -> None:
         """The server acknowledged `node` as `remote`, by the journal entry `seq` (0: none
-        of ours, as when two new directories merge). `placed`: our request put the node
+        of ours, as when two new directories merge). `attrs`: those our request set (a
+        move sets none; `Inode.record_attrs`). `placed`: our request put the node
         where `remote` says (a create or a move). An attribute change does not: if the
         node is elsewhere on the server, another device moved it, and the follower brings
         that move here. Recorded as where the server has it, the node looked moved here
@@ -447,7 +449,7 @@ class Syncer:
                 self.cache.bind_node_id(txn, node, remote.id)
             if not moved_elsewhere:
                 node.srv_parent, node.srv_name = srv_parent, remote.name
-            node.record_attrs(remote)
+            node.record_attrs(remote, attrs)
             shared.mark(node, remote)
             if remote.kind != "file":
                 node.rev = remote.rev
@@ -592,7 +594,7 @@ class Syncer:
             if node.kind == "dir":
                 await self._detach_gone_below(node)
             return await self._push(node, 0)
-        self._record(node, answer.node, answer.cursor)
+        self._record(node, answer.node, answer.cursor, attrs=())
 
     async def _move_back(self, node: Inode, exc: ServerError) -> bool:
         """The server refused for good to move `node` where it is here: across a shared
@@ -639,7 +641,7 @@ class Syncer:
                                                                       other.srv_parent, other.srv_name):
             return False
         answer = await self.client.move(node.node_id, parent_id, node.name, exchange=True)
-        self._record(node, answer.node, answer.cursor)
+        self._record(node, answer.node, answer.cursor, attrs=())
         with self.cache.write() as txn:
             if self.cache.get(other.ino) is not None:
                 other.srv_parent, other.srv_name = other.parent, other.name

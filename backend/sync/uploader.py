@@ -86,6 +86,8 @@ otherwise streaming a file's dirty blocks maps all of them into the mount's RSS.
 _TRANSFER: contextvars.ContextVar[Transfer | None] = contextvars.ContextVar("cloudfs_upload", default=None)
 """The upload a task works for: trio's child tasks and worker threads inherit it, so a
 PUT deep in a batch counts towards its file's progress without being told which."""
+COMMITTED_ATTRS = ("mode", "mtime_ns")
+"""The attributes a commit of an existing file sets (wire.CommitRequest)."""
 CLOCK_SLACK_S = 10.0
 """How far this device's clock may run ahead of the server's: a version the server
 dated before the first try of a create by up to this is still counted as that try's."""
@@ -620,16 +622,17 @@ def finish_upload(cache: Cache, content: Content, node: Inode, result: UploadRes
             return True
         detached = current.extra.pop("detached", False)  # popped always: a stuck flag keeps the file "pending"
         remote = result.response.node
-        if not current.node_id or detached:  # our create put it where the answer says
+        created = not current.node_id or detached
+        if created:  # our create put it where the answer says
             cache.bind_node_id(txn, current, remote.id)
             current.srv_parent = (cache.ino_for_node(remote.parent_id) or 0) if remote.parent_id else 0
             current.srv_name = remote.name
         # Else the commit moved nothing: elsewhere on the server, another device moved the
         # file, and the follower brings that move. Recorded as the server's place, the file
         # looked moved here and never sent, so the follower held the move back for ever
-        # (soak, seed 330061; the syncer's `_record` does the same for attributes).
+        # (soak, seed 330061). So for the attributes a commit does not set (Inode.record_attrs).
         current.rev = result.response.version.rev
-        current.record_attrs(remote)
+        current.record_attrs(remote, Inode._ATTRS if created else COMMITTED_ATTRS)
         cache.set_chunklist(txn, current.ino, current.rev, result.refs)
         content.prefixes.drop(txn, current.ino)  # the new base holds every streamed chunk
         current.extra["srv_size"] = result.size  # what the server counts against a quota

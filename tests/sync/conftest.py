@@ -121,6 +121,15 @@ def wait_until_held(proxy: Proxy, what: str = "a request") -> None:
         time.sleep(0.02)
 
 
+def wait_until_lost(proxy: Proxy, *, then_refused: bool = False) -> None:
+    """Until a's request has been carried out by the server and its answer lost (and,
+    `then_refused`, a request after it refused by the proxy: the check whether it landed)."""
+    deadline = time.monotonic() + 30
+    while not (proxy.lost and (proxy.failed or not then_refused)):
+        assert time.monotonic() < deadline, "the answer should be lost" + (", the check refused" if then_refused else "")
+        time.sleep(0.02)
+
+
 def wait_for_answers(proxy: Proxy, count: int) -> list[HeldAnswer]:
     """Until `count` answers are held (`Proxy.hold_answers`): the server has acted on them."""
     deadline = time.monotonic() + 30

@@ -15,9 +15,8 @@ import httpx
 import pytest
 
 from tests.model import snapshot
-from tests.proxy import Proxy
 from tests.sync.conftest import (a_behind_a_proxy, a_killable_behind_a_proxy, wait_for_answers, wait_for_cursor,
-                                 wait_until_held)
+                                 wait_until_held, wait_until_lost)
 
 
 def make_symlink(root: Path) -> None:
@@ -62,15 +61,6 @@ CASES: dict[str, tuple[bytes, Callable[[Path], None]]] = {
     "delete": (rb"^DELETE /nodes/", delete_file),
     "chmod": (rb"^PATCH /nodes/", chmod_file),
 }
-
-
-def wait_until_lost(proxy: Proxy, *, then_refused: bool = False) -> None:
-    """Until a's request has been carried out by the server and its answer lost (and,
-    `then_refused`, a request after it refused by the proxy: the check whether it landed)."""
-    deadline = time.monotonic() + 30
-    while not (proxy.lost and (proxy.failed or not then_refused)):
-        assert time.monotonic() < deadline, "the answer should be lost" + (", the check refused" if then_refused else "")
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -152,3 +152,29 @@ def test_nothing_is_made_in_a_directory_removed_elsewhere_while_held_open_here(d
     for m in (a, b):
         m.sync(timeout=60)
     assert snapshot(a.path) == snapshot(b.path) == {}
+
+
+def test_a_directory_removed_and_made_again_here_stays_a_new_one(sync_server, tmp_path):
+    """a removes d/e and makes a new d/e, with its syncer busy; b sets an xattr on the
+    old d/e meanwhile, and a's follower sees that change at the name the new d/e has.
+    The old one is being deleted here: it must not be taken for the new one (as two new
+    directories of one name are merged). Merged, the new d/e was bound to the old node,
+    went with a's delete of it on the server, and stayed on a alone (found by the soak,
+    seed 520025)."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "keep.txt").write_bytes(b"keep\n")
+        (a.path / "d" / "e").mkdir(parents=True)
+        settle(d)
+        hold_the_syncer(a, proxy)
+        os.rmdir(a.path / "d" / "e")
+        (a.path / "d" / "e").mkdir()
+        os.setxattr(b.path / "d" / "e", "user.k0", b"on the old one")
+        b.sync(timeout=60)
+        wait_for_cursor(a, b.status()["cursor"])
+        proxy.release()
+        settle(d)
+        expected = {"keep.txt": b"keep\n", "d": None, "d/e": None}
+        assert (snapshot(a.path), snapshot(b.path)) == (expected, expected), a.log()[-4000:]
+        for m in (a, b):
+            assert os.listxattr(m.path / "d" / "e") == [], m.device
