@@ -121,6 +121,14 @@ def wait_until_held(proxy: Proxy, what: str = "a request") -> None:
         time.sleep(0.02)
 
 
+def hold_the_change_feed(proxy: Proxy) -> None:
+    """From now on the proxied device's change feed waits at `proxy` until `release`:
+    the long-poll in flight goes (its connection dropped), its successor is held."""
+    proxy.hold(rb"^POST /sync ")
+    proxy.set_faults(proxy.faults)
+    wait_until_held(proxy, "the change feed")
+
+
 def wait_until_lost(proxy: Proxy, *, then_refused: bool = False) -> None:
     """Until a's request has been carried out by the server and its answer lost (and,
     `then_refused`, a request after it refused by the proxy: the check whether it landed)."""

@@ -15,7 +15,8 @@ from typing import Callable
 
 import pytest
 
-from tests.sync.conftest import a_behind_a_proxy, wait_for_cursor, wait_until_held, wait_until_lost
+from tests.sync.conftest import (a_behind_a_proxy, hold_the_change_feed, wait_for_cursor, wait_until_held,
+                                 wait_until_lost)
 from tests.sync.test_conflicts import settle, snapshot, wait_until_pushed
 
 
@@ -79,9 +80,7 @@ def test_a_move_here_keeps_the_attributes_set_elsewhere_meanwhile(sync_server, t
         (a.path / "photos").mkdir()
         (a.path / "photos" / "cat.jpg").write_bytes(b"cat\n")
         settle(d)
-        proxy.hold(rb"^POST /sync ")
-        proxy.set_faults(proxy.faults)  # the long-poll in flight goes; its successor is held
-        wait_until_held(proxy, "a's change feed")
+        hold_the_change_feed(proxy)
         os.setxattr(b.path / "photos", "user.colour", b"blue")
         (b.path / "photos").chmod(0o700)
         b.sync(timeout=60)

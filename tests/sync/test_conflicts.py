@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.sync.conftest import Devices, RestartableServer, a_behind_a_proxy, wait_for_cursor, wait_until_held
+from tests.sync.conftest import (Devices, RestartableServer, a_behind_a_proxy, hold_the_change_feed, wait_for_cursor,
+                                 wait_until_held)
 
 
 def copy_name(name: str, device: str) -> str:
@@ -330,9 +331,7 @@ def test_an_older_change_from_elsewhere_does_not_undo_ours(sync_server, tmp_path
         (a.path / "photos").mkdir()
         (a.path / "photos" / "cat.jpg").write_bytes(b"cat\n")
         settle(d)
-        proxy.hold(rb"^POST /sync ")
-        proxy.set_faults(proxy.faults)  # the long-poll in flight goes; its successor is held
-        wait_until_held(proxy)
+        hold_the_change_feed(proxy)
         if change == "move":
             (b.path / "photos").rename(b.path / "pics")
         else:
@@ -364,9 +363,7 @@ def test_our_own_older_entries_do_not_undo_our_later_change(sync_server, tmp_pat
         a, b = d.a, d.b
         (a.path / "x.txt").write_text("v0\n")
         settle(d)
-        proxy.hold(rb"^POST /sync ")
-        proxy.set_faults(proxy.faults)  # the long-poll in flight goes; its successor is held
-        wait_until_held(proxy)
+        hold_the_change_feed(proxy)
         (a.path / "x.txt").write_text("v1\n")
         wait_until_pushed(a)
         (a.path / "x.txt").write_text("v2\n")
