@@ -55,6 +55,10 @@ async def bootstrap(f: Follower) -> None:
         f.cursors = {me.user_id: cursor}
         shared.save_cursors(f.cache, txn, f.cursors)
         f.cache.set_meta(txn, "user_id", str(me.user_id))
+    # What `cloudfs sync` waits for (Follower.wait_for). Known only from the change feed's
+    # first answer otherwise, which a quiet account's long-poll gives after 25 s: a sync
+    # until then waited for nothing and missed what another device had just done.
+    f.visible = {int(ns) for ns in me.cursors} | {me.user_id}
     log.info("mirrored %d nodes from the server at cursor %d", len(nodes), cursor)
     for ns in sorted(int(k) for k in me.cursors if int(k) != me.user_id):
         await f._run_reconcile(ns)  # the shared folders: their roots are placed, now what is in them

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 
-from tests.sync.conftest import a_behind_a_proxy, wait_for_cursor, wait_until_held
+from tests.sync.conftest import a_behind_a_proxy, hold_the_change_feed, wait_for_cursor, wait_until_held
 
 
 def test_sync_waits_for_a_deferred_pull_under_way(sync_server, tmp_path):
@@ -40,3 +40,26 @@ def test_sync_waits_for_a_deferred_pull_under_way(sync_server, tmp_path):
         assert returned, "cloudfs sync on a did not finish"
         assert returned[0] >= released, f"cloudfs sync returned {released - returned[0]:.1f} s before the pull ended"
         assert (a.path / "x.txt").read_text() == "v2 from b\n"
+
+
+def test_sync_right_after_a_first_mount_waits_for_the_change_feed(sync_server, tmp_path):
+    """A first mount (empty cache) takes the tree from a snapshot and then long-polls the
+    change feed, which stays silent while nothing happens. Until that first long-poll
+    answered, the mount did not know which namespaces it follows, and `cloudfs sync`
+    waited for none of them: it returned at once without the change another device had
+    just made (seen as a flaky test: a's listing right after a sync lacked b's file)."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        hold_the_change_feed(proxy)  # a's first long-poll, silent so far, and what follows it
+        (b.path / "x.txt").write_text("from b\n")
+        b.sync(timeout=60)
+        returned: list[float] = []
+        syncing = threading.Thread(target=lambda: (a.sync(timeout=60), returned.append(time.monotonic())))
+        syncing.start()
+        time.sleep(2)
+        released = time.monotonic()
+        proxy.release()
+        syncing.join(90)
+        assert returned, "cloudfs sync on a did not finish"
+        assert returned[0] >= released, f"cloudfs sync returned {released - returned[0]:.1f} s before the change feed answered"
+        assert (a.path / "x.txt").read_text() == "from b\n"
