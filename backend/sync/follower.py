@@ -252,8 +252,7 @@ class Follower:
         mirror no longer shows what the server has, and ours is applied again. An entry
         older than our last acknowledged change of the node (`srv_seq`, recorded by the
         syncer) is skipped always: applying it would only undo ours for a moment."""
-        ino = self.cache.ino_for_node(change.node.id)
-        local = self.cache.get(ino) if ino else None
+        local = self._mirrored(change.node.id)
         if local is None and change.op == "create" and change.node.kind == "file" and change.node.parent_id:
             self.unanswered[change.node.id] = (change.node.parent_id, change.node.name)
         if local is not None and local.kind == "file" and change.node.rev > local.rev \
@@ -411,13 +410,24 @@ class Follower:
             await trio.sleep(SETTLE_EVERY_S / 5)
 
     def _blocked(self, node_id: int) -> bool:
-        ino = self.cache.ino_for_node(node_id)
-        local = self.cache.get(ino) if ino else None
+        local = self._mirrored(node_id)
         if local is None:
             return self._unanswered_occupant(node_id) is not None or self._deleting(node_id)
         return self._pending(local) or self._move_queued(local) or self._awaiting_answer(local)
 
     # --- what counts as local work ---
+
+    def _mirrored(self, node_id: int) -> Inode | None:
+        """The inode `node_id` has here. An orphan (unlinked, kept for the handles open on
+        it or the kernel's references) counts as none unless written since: it has no
+        place to keep. Taken for the node, its place "differed" from the server's, and
+        every change of the node was held back for good (soak, seed 570330: a file held
+        open in a directory deleted elsewhere, after it had moved out of it there)."""
+        ino = self.cache.ino_for_node(node_id)
+        local = self.cache.get(ino) if ino else None
+        if local is not None and local.parent == 0 and local.ino != ROOT_INO and not local.dirty:
+            return None
+        return local
 
     def _pending(self, local: Inode) -> bool:
         """True while `local` has changes the server has not acknowledged, or is open for
@@ -452,8 +462,7 @@ class Follower:
 
     def _awaited(self, node_id: int, rev: int) -> Inode | None:
         """The file `landed` says has its commit of `rev` out, while it still has."""
-        ino = self.cache.ino_for_node(node_id)
-        local = self.cache.get(ino) if ino else None
+        local = self._mirrored(node_id)
         if local is None or local.rev >= rev or local.extra.get("detached") or not self._changed(local):
             return None
         return local
@@ -521,8 +530,7 @@ class Follower:
         remote = change.node
         if change.op == "delete" and change.to_ns is not None and change.to_ns in self.cursors:
             return  # it moved to a namespace this device follows: the move arrives there
-        ino = self.cache.ino_for_node(remote.id)
-        local = self.cache.get(ino) if ino else None
+        local = self._mirrored(remote.id)
         if change.op == "delete" or remote.deleted:
             if local is not None:
                 self._delete_unless_moving(local)

@@ -178,3 +178,34 @@ def test_a_directory_removed_and_made_again_here_stays_a_new_one(sync_server, tm
         assert (snapshot(a.path), snapshot(b.path)) == (expected, expected), a.log()[-4000:]
         for m in (a, b):
             assert os.listxattr(m.path / "d" / "e") == [], m.device
+
+
+def test_a_file_kept_open_here_follows_its_move_into_a_directory_removed_here(sync_server, tmp_path):
+    """a removes the empty d (its delete waits) while a program holds e/x.txt open; b
+    moves e/x.txt into d and removes e. a's follower holds the move back (d is going
+    here), then applies e's delete: x.txt, open, stays as an orphan. The server refuses
+    a's delete of d (b's file is in it) and a pulls d back, and x.txt with it: the
+    orphan, unlinked and unwritten, is no local work to wait for. Taken for x.txt's
+    inode here, its place "differed" from the server's, and x.txt was held back for
+    good: a had d without it (found by the soak, seed 570330)."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "keep.txt").write_bytes(b"keep\n")
+        (a.path / "d").mkdir()
+        (a.path / "e").mkdir()
+        (a.path / "e" / "x.txt").write_bytes(b"x\n")
+        settle(d)
+        fd = os.open(a.path / "e" / "x.txt", os.O_RDONLY)
+        try:
+            hold_the_syncer(a, proxy)
+            os.rmdir(a.path / "d")
+            (b.path / "e" / "x.txt").rename(b.path / "d" / "x.txt")
+            os.rmdir(b.path / "e")
+            b.sync(timeout=60)
+            wait_for_cursor(a, b.status()["cursor"])
+            proxy.release()
+            settle(d)
+            expected = {"keep.txt": b"keep\n", "d": None, "d/x.txt": b"x\n"}
+            assert (snapshot(a.path), snapshot(b.path)) == (expected, expected), a.log()[-4000:]
+        finally:
+            os.close(fd)
