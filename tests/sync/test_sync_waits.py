@@ -11,7 +11,23 @@ import os
 import threading
 import time
 
+from tests.harness import MountProcess
+from tests.proxy import Proxy
 from tests.sync.conftest import a_behind_a_proxy, hold_the_change_feed, wait_for_cursor, wait_until_held
+
+
+def sync_waits_for_the_release(mount: MountProcess, proxy: Proxy, hold_s: float, what: str) -> None:
+    """`cloudfs sync` on `mount`, with what `proxy` holds let go `hold_s` seconds later:
+    the sync must not return before that (`what`: what it waits for)."""
+    returned: list[float] = []
+    syncing = threading.Thread(target=lambda: (mount.sync(timeout=60), returned.append(time.monotonic())))
+    syncing.start()
+    time.sleep(hold_s)
+    released = time.monotonic()
+    proxy.release()
+    syncing.join(90)
+    assert returned, f"cloudfs sync on {mount.device} did not finish"
+    assert returned[0] >= released, f"cloudfs sync returned {released - returned[0]:.1f} s before {what}"
 
 
 def test_sync_waits_for_a_deferred_pull_under_way(sync_server, tmp_path):
@@ -30,15 +46,7 @@ def test_sync_waits_for_a_deferred_pull_under_way(sync_server, tmp_path):
         finally:
             os.close(fd)
         wait_until_held(proxy, "the pull of x.txt")
-        returned: list[float] = []
-        syncing = threading.Thread(target=lambda: (a.sync(timeout=60), returned.append(time.monotonic())))
-        syncing.start()
-        time.sleep(3)
-        released = time.monotonic()
-        proxy.release()
-        syncing.join(90)
-        assert returned, "cloudfs sync on a did not finish"
-        assert returned[0] >= released, f"cloudfs sync returned {released - returned[0]:.1f} s before the pull ended"
+        sync_waits_for_the_release(a, proxy, 3, "the pull ended")
         assert (a.path / "x.txt").read_text() == "v2 from b\n"
 
 
@@ -53,13 +61,5 @@ def test_sync_right_after_a_first_mount_waits_for_the_change_feed(sync_server, t
         hold_the_change_feed(proxy)  # a's first long-poll, silent so far, and what follows it
         (b.path / "x.txt").write_text("from b\n")
         b.sync(timeout=60)
-        returned: list[float] = []
-        syncing = threading.Thread(target=lambda: (a.sync(timeout=60), returned.append(time.monotonic())))
-        syncing.start()
-        time.sleep(2)
-        released = time.monotonic()
-        proxy.release()
-        syncing.join(90)
-        assert returned, "cloudfs sync on a did not finish"
-        assert returned[0] >= released, f"cloudfs sync returned {released - returned[0]:.1f} s before the change feed answered"
+        sync_waits_for_the_release(a, proxy, 2, "the change feed answered")
         assert (a.path / "x.txt").read_text() == "from b\n"
