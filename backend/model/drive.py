@@ -314,6 +314,8 @@ class Drive:
         if alias.node_id:
             self.cache.enqueue(txn, {"op": "delete", "ino": alias.ino, "node_id": alias.node_id, "rev": None,
                                      **self._server_name(txn, alias)})
+        else:
+            self._unland(txn, alias)
 
     def rmdir(self, parent: int, name: str) -> None:
         node = self.lookup(parent, name)
@@ -335,17 +337,22 @@ class Drive:
             self.cache.enqueue(txn, {"op": "delete", "ino": node.ino, "node_id": node.node_id,
                                      "rev": node.rev if node.kind == "file" else None, "t": time.time(),
                                      **self._server_name(txn, node)})
-        elif node.extra.get("first_try"):
-            # A new file whose create may have landed with its answer lost: no retry of it
-            # will go now, so the syncer looks for what it made (syncer._unland).
-            tried = node.extra["first_try"]
-            self.cache.enqueue(txn, {"op": "unland", "ino": node.ino, "since": tried["at"], "places": tried["places"]})
+        else:
+            self._unland(txn, node)
         if self.open_count.get(node.ino) or self.lookups.get(node.ino):
             node.parent = 0
             self.cache.put(txn, node)
         else:
             self.chunks.dirty_bytes -= self._dirty_size(txn, node)
             self.cache.drop(txn, node)
+
+    def _unland(self, txn: lmdb.Transaction, node: Inode) -> None:
+        """A new node whose create may have landed with its answer lost: no retry of it
+        will go now, so the syncer looks for what it made (syncer._unland)."""
+        tried = node.extra.get("first_try")
+        if tried:
+            self.cache.enqueue(txn, {"op": "unland", "ino": node.ino, "since": tried["at"], "places": tried["places"],
+                                     "shape": tried.get("shape")})
 
     def _server_name(self, txn: lmdb.Transaction, node: Inode) -> dict:
         """Where the node is on the server once the entries before its delete have gone:

@@ -304,13 +304,17 @@ class Syncer:
         return True
 
     async def _unland(self, op: dict) -> None:
-        """A new file went here while a create of it may have landed with its answer lost
+        """A new node went here while a create of it may have landed with its answer lost
         (a kill, a broken connection; drive.py queues this). No retry of it goes, so
-        nothing told the server, and every other device kept the file removed here. At
-        each place the create went to, a file this mirror does not know, all of whose
-        versions this device made since the first try, was that create: it goes (guarded
-        by its revision). A new file of that name here now, not yet on the server, is
-        left to its own retry, which finds out for itself (uploader._landed_and_deleted)."""
+        nothing told the server, and every other device kept what was removed here. At
+        each place the create went to, a node this mirror does not know that the create
+        made is removed (guarded by its revision): a file all of whose versions this
+        device made since the first try; a symlink, hard link or special file just as
+        sent; a directory while empty (soak, seed 600306: `ln -s` and `rm` 1 ms apart, the
+        symlink stayed on the other devices). A new node of that name here now, not yet
+        on the server, is left to its own retry, which finds out for itself
+        (uploader._landed_and_deleted; a symlink's or link's retry meets its own try)."""
+        shape = op.get("shape") or {"kind": "file"}  # entries queued before shapes were kept: files
         for parent_id, name in op["places"]:
             parent_ino = self.cache.ino_for_node(parent_id)
             here = self.cache.get(self.cache.lookup(parent_ino, name) or 0) if parent_ino else None
@@ -318,20 +322,26 @@ class Syncer:
                 continue
             try:
                 found = await self.client.child_named(parent_id, name)
-                if found is None or found.kind != "file" or self.cache.ino_for_node(found.id) is not None:
+                if found is None or self.cache.ino_for_node(found.id) is not None \
+                        or not await self._made_by_try(found, shape, op["since"]):
                     continue
-                versions = (await self.client.versions(found.id)).versions
-                if not versions or not all(self.uploader.made_here(v) for v in versions) \
-                        or min(v.created_at for v in versions) < op["since"] - CLOCK_SLACK_S:
-                    continue
-                log.info("%r (node %d) was made by a create of a file since removed here, whose answer was lost: "
-                         "removing it", name, found.id)
-                await self.client.delete(found.id, rev=found.rev)
+                log.info("%r (node %d) was made by a create of a %s since removed here, whose answer was lost: "
+                         "removing it", name, found.id, found.kind)
+                await self.client.delete(found.id, rev=found.rev if found.kind == "file" else None)
             except ConflictError:
                 continue  # changed elsewhere meanwhile: that change stays
             except ServerError as exc:
                 if exc.status != 404:
                     raise
+
+    async def _made_by_try(self, found: wire.Node, shape: dict, since: float) -> bool:
+        if shape["kind"] != "file":
+            return _made_as(found, shape)  # a directory: the delete is refused if anything is in it
+        if found.kind != "file":
+            return False
+        versions = (await self.client.versions(found.id)).versions
+        return bool(versions) and all(self.uploader.made_here(v) for v in versions) \
+            and min(v.created_at for v in versions) >= since - CLOCK_SLACK_S
 
     async def _empty_of_our_deletes(self, dir_id: int, depth: int) -> bool:
         """The server refused to delete directory `dir_id` as not empty. When all it still
@@ -473,6 +483,7 @@ class Syncer:
             with self.creates.start(node.ino) as out:
                 if node.kind == "link":
                     link_to = await self._link_target(node, depth)
+                self._trying(node, parent_id, _shape(node, link_to))
                 out.went(parent_id, node.name)
                 if node.kind == "dir":
                     answer = await self.client.mkdir(parent_id, node.name, mode=node.mode, mtime_ns=node.mtime_ns)
@@ -487,6 +498,8 @@ class Syncer:
         except ConflictError as exc:
             if exc.code not in ("name_exists", "is_a_directory"):
                 raise
+            if not self._still_here(node):
+                return  # removed here meanwhile: its unland entry (drive.py) looks for what a try made
             occupant = wire.Node.model_validate(exc.body["node"])
             if self.cache.ino_for_node(occupant.id) == node.ino:
                 return  # the follower merged ours into theirs while our request was in flight
@@ -518,6 +531,21 @@ class Syncer:
                 self._link_target_gone(node)
                 return await self._create(node, parent_id, depth + 1)  # the winner went: to the file here
             raise
+
+    def _trying(self, node: Inode, parent_id: int, shape: dict) -> None:
+        with self.cache.write() as txn:
+            self._note_try(node, parent_id, shape)
+            self.cache.put(txn, node)
+
+    @staticmethod
+    def _note_try(node: Inode, parent_id: int, shape: dict) -> None:
+        """A create of `node` goes to `parent_id`: until the node is bound, a retry may find
+        that a try landed with its answer lost, and a removal here must look for what it
+        made (drive.py queues `unland`; `shape` says what to look for)."""
+        tried = node.extra.setdefault("first_try", {"at": time.time(), "places": []})
+        tried["shape"] = shape
+        if [parent_id, node.name] not in tried["places"]:
+            tried["places"] = (tried["places"] + [[parent_id, node.name]])[-TRIED_PLACES:]
 
     async def _own_first_attempt(self, node: Inode, occupant: wire.Node) -> None:
         """`occupant` is what our first try of this create made. If the node went here
@@ -686,10 +714,8 @@ class Syncer:
         tried_since = tried["at"] if tried else None
         with self.cache.write() as txn:
             node.min_trunc = -1
-            if creating:  # until bound: a retry may find a try landed (or drive.py its removal)
-                tried = node.extra.setdefault("first_try", {"at": time.time(), "places": []})
-                if [parent_id, node.name] not in tried["places"]:
-                    tried["places"] = (tried["places"] + [[parent_id, node.name]])[-TRIED_PLACES:]
+            if creating:
+                self._note_try(node, parent_id, {"kind": "file"})
             self.cache.put(txn, node)
         try:
             with self.creates.start(node.ino) as out:
@@ -902,6 +928,24 @@ class Syncer:
 
 class _Retry(Exception):
     """Transient: leave the entry at the head of the queue and try again later."""
+
+
+def _shape(node: Inode, link_to: int) -> dict:
+    """What a create of `node` makes on the server, beside its place: what `_unland`
+    compares a node it finds there with."""
+    if node.kind == "symlink":
+        return {"kind": "symlink", "target": node.target}
+    if node.kind == "link":
+        return {"kind": "link", "link_to": link_to}
+    if node.kind == "dir":
+        return {"kind": "dir"}
+    return {"kind": node.kind, "rdev": node.rdev}
+
+
+def _made_as(found: wire.Node, shape: dict) -> bool:
+    """`found` is what a create of `shape` (not a file) makes: same kind, and the same
+    target, file or device number."""
+    return found.kind == shape["kind"] and all(getattr(found, k) == v for k, v in shape.items() if k != "kind")
 
 
 def _renamed_meanwhile(exc: ConflictError, node: Inode) -> bool:

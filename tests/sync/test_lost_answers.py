@@ -315,24 +315,41 @@ def test_a_lost_hard_link_whose_file_lost_its_first_name_leaves_one_name(sync_se
         assert a.status()["conflicts"] == 0
 
 
-def test_a_lost_create_removed_here_before_its_retry_goes_from_the_server(sync_server, tmp_path):
-    """The create of new.txt lands unanswered, and the retries are refused until they give
-    up; then new.txt is removed here. The retry is never sent (the file is gone), so
-    nothing told the server: the file stayed there, and every other device had the file
-    this one removed."""
+REMOVED_KINDS: dict[str, tuple[bytes, Callable[[Path], None]]] = {
+    "file": (rb"^POST /files ", lambda root: (root / "new").write_text("removed before its retry\n")),
+    "symlink": (rb"^POST /symlinks ", lambda root: os.symlink("../nowhere/a31", root / "new")),
+    "directory": (rb"^POST /dirs ", lambda root: (root / "new").mkdir()),
+    "hard link": (rb"^POST /links ", lambda root: os.link(root / "keep", root / "new")),
+    "fifo": (rb"^POST /special ", lambda root: os.mkfifo(root / "new")),
+}
+
+
+@pytest.mark.parametrize(("kind", "removed"), [(kind, "during the retries") for kind in REMOVED_KINDS]
+                         + [("file", "after they gave up"), ("symlink", "after they gave up")])
+def test_a_lost_create_removed_here_goes_from_the_server(sync_server, tmp_path, kind: str, removed: str):
+    """The create of `new` lands unanswered, and the retries are refused for a while;
+    `new` is removed here meanwhile (while the retry is still to come, or after the
+    retries gave up, when none is ever sent again). The server must not keep it: nothing
+    else tells it, and every other device had what this one removed (soak, seed 600306:
+    `ln -s` and `rm` 1 ms apart, the symlink stayed on the two other devices)."""
+    request, make = REMOVED_KINDS[kind]
     with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
         a, b = d.a, d.b
         (a.path / "keep").write_text("k\n")
         for m in (a, b):
             m.sync(timeout=60)
-        proxy.lose_answers(rb"^POST /files ", 1, then_fail=True)
-        (a.path / "new.txt").write_text("removed before its retry\n")
+        proxy.lose_answers(request, 1, then_fail=True)
+        make(a.path)
         wait_until_lost(proxy, then_refused=True)
-        deadline = time.monotonic() + 60
-        while "server unreachable" not in a.log():  # the syncer's own retries ended
-            assert time.monotonic() < deadline, "the create's retries should give up"
-            time.sleep(0.2)
-        (a.path / "new.txt").unlink()
+        if removed == "after they gave up":
+            deadline = time.monotonic() + 60
+            while "server unreachable" not in a.log():  # the syncer's own retries ended
+                assert time.monotonic() < deadline, "the create's retries should give up"
+                time.sleep(0.2)
+        if kind == "directory":
+            (a.path / "new").rmdir()
+        else:
+            (a.path / "new").unlink()
         proxy.release()
         for m in (a, b, a, b):
             m.sync(timeout=60)
