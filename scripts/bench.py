@@ -10,6 +10,8 @@ one system after the other (scripts/peers.py starts and stops them):
   s3fs      s3fs-fuse on a bucket of its own moto server, with `use_cache`;
   rclone    `rclone mount --vfs-cache-mode full` on the same kind of bucket;
   bindfs    a FUSE passthrough over a local directory (what FUSE itself costs);
+  nullfs    scripts/nullfs.py, a pyfuse3 mount that keeps nothing, on the random rows
+            only (what any pyfuse3 mount pays per request before doing any work);
   local     a plain directory on the same disk.
 
 The table has every figure, and per row the ratio of cloudfs to the best of s3fs and
@@ -52,8 +54,8 @@ from workloads import (MIB, WORKLOADS, Bench, BenchError, Deadline, Metric, Row,
                        loadavg, make_source, make_tarball, metrics)
 
 REPO = Path(__file__).resolve().parent.parent
-ORDER = ("local", "bindfs", "s3fs", "rclone", "cloudfs")
-RUN_ORDER = ("local", "bindfs", "cloudfs", "s3fs", "rclone")
+ORDER = ("local", "bindfs", "nullfs", "s3fs", "rclone", "cloudfs")
+RUN_ORDER = ("local", "bindfs", "nullfs", "cloudfs", "s3fs", "rclone")
 NEEDS_HALF_BINDFS = ("write", "read-warm")
 
 
@@ -93,7 +95,7 @@ def run_system(name: str, bench: Bench, work: Path, failures: dict[str, list[str
     sizes = bench.sizes
     print(f"\n== {name} (load {' '.join(f'{x:.1f}' for x in loadavg())})", flush=True)
     with SYSTEMS[name](work) as fs:
-        for label, workload in [(w, f) for w, f in WORKLOADS if w in chosen]:
+        for label, workload in [(w, f) for w, f in WORKLOADS if w in chosen and w in (fs.workloads or (w,))]:
             dl = Deadline(sizes.workload_timeout)
             start = time.monotonic()
             try:

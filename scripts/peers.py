@@ -117,6 +117,8 @@ class System:
 
     name = "local"
     role = "reference"
+    workloads: tuple[str, ...] | None = None
+    """The workloads this system can run (None: every one)."""
 
     def __init__(self, work: Path) -> None:
         self.work = work
@@ -192,6 +194,31 @@ class Bindfs(System):
         self.mount_stack.close()
         self._mount()
         drop_caches()
+
+
+class Nullfs(System):
+    """scripts/nullfs.py: a pyfuse3 + trio mount that keeps no bytes (reads are zeros).
+    Only the random workload runs on it: what one 4 KiB request costs any pyfuse3 mount
+    before it does any work, the floor under cloudfs's random rows (fio lays out
+    seq.bin through it, discarded)."""
+
+    name = "nullfs"
+    workloads = ("random",)
+
+    def start(self) -> None:
+        self.root = self.work / "mnt"
+        self.proc = self.stack.enter_context(fuse_process(
+            [sys.executable, str(REPO / "scripts" / "nullfs.py"), str(self.root)], self.root,
+            self.work / "nullfs.log"))
+
+    def pids(self) -> dict[str, int]:
+        return {"nullfs": self.proc.pid}
+
+    def settle(self, timeout: float) -> None:
+        pass  # nothing is kept
+
+    def wait_files_durable(self, rel_dir: str, count: int, timeout: float) -> None:
+        pass
 
 
 class S3System(System):
@@ -428,8 +455,8 @@ class Cloudfs(System):
             yield second.path
 
 
-SYSTEMS: dict[str, type[System]] = {"local": System, "bindfs": Bindfs, "s3fs": S3fs, "rclone": Rclone,
-                                    "cloudfs": Cloudfs}
+SYSTEMS: dict[str, type[System]] = {"local": System, "bindfs": Bindfs, "nullfs": Nullfs, "s3fs": S3fs,
+                                    "rclone": Rclone, "cloudfs": Cloudfs}
 
 
 def cpu_seconds(pid: int) -> float:
