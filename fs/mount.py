@@ -38,6 +38,7 @@ from cloudfs.backend.session import Session, SessionOptions, open_session
 from cloudfs.backend.startup import ServerUnreachableError, probe_server
 
 from .operations import Operations
+from .pagecache import ReadAround
 
 log = logging.getLogger("cloudfs.mount")
 FLUSH_ON_SIGNAL_S = 20.0
@@ -50,7 +51,7 @@ class MountOptions:
     mountpoint: Path
 
 
-def _invalidator(ready: threading.Event) -> Invalidator:
+def _invalidator(ready: threading.Event, around: ReadAround) -> Invalidator:
     """Invalidations for the follower. Not before the kernel's INIT has reached the mount
     (`ready`): the kernel then answers them ENOSYS (pyfuse3 logs an ERROR and a traceback
     for each), and it has cached nothing to forget yet. The follower may apply changes
@@ -59,6 +60,7 @@ def _invalidator(ready: threading.Event) -> Invalidator:
     def inode(ino: int) -> None:
         if not ready.is_set():
             return
+        around.invalidated(ino)
         try:
             pyfuse3.invalidate_inode(ino)
         except (FileNotFoundError, OSError):
@@ -180,8 +182,9 @@ async def _why_offline(session: Session) -> str | None:
 async def serve(options: MountOptions) -> None:
     mountpoint = options.mountpoint
     ready = threading.Event()
-    async with open_session(options.session, _invalidator(ready)) as session:
-        ops = Operations(session.drive, on_init=ready.set)
+    around = ReadAround()
+    async with open_session(options.session, _invalidator(ready, around)) as session:
+        ops = Operations(session.drive, around=around, on_init=ready.set)
         fuse_options = set(pyfuse3.default_options) | {"fsname=cloudfs", "subtype=cloudfs", "default_permissions"}
         if os.getuid() == 0:
             fuse_options.add("allow_other")
@@ -190,6 +193,7 @@ async def serve(options: MountOptions) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 await session.start(nursery)
+                await nursery.start(around.run, session.drive.peek, lambda ino: session.drive.writers.get(ino, 0))
                 await nursery.start(control.serve, control.socket_path(mountpoint),
                                     await _control_handler(session, mountpoint))
                 signalled: list[int] = []

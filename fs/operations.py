@@ -28,6 +28,8 @@ from cloudfs.backend.model.drive import Drive, Owner
 from cloudfs.backend.errors import CloudFsError
 from cloudfs.backend.model.links import nlink
 
+from .pagecache import ReadAround
+
 log = logging.getLogger("cloudfs.fs")
 T = TypeVar("T")
 
@@ -75,9 +77,11 @@ class Handle:
 class Operations(pyfuse3.Operations):
     enable_writeback_cache = True
 
-    def __init__(self, drive: Drive, *, on_init: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, drive: Drive, *, around: ReadAround | None = None,
+                 on_init: Callable[[], None] = lambda: None) -> None:
         super().__init__()
         self.drive = drive
+        self.around = around or ReadAround()
         self.on_init = on_init
         self.uid, self.gid = os.getuid(), os.getgid()
         self.handles: dict[int, Handle] = {}
@@ -138,6 +142,8 @@ class Operations(pyfuse3.Operations):
     @errno_of
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+        if fields.update_size:
+            await self.around.quiesce(inode)
         node = self.drive.setattr(
             inode,
             size=attr.st_size if fields.update_size else None,
@@ -216,6 +222,9 @@ class Operations(pyfuse3.Operations):
 
     @errno_of
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        writable = flags & os.O_ACCMODE != os.O_RDONLY
+        if writable or flags & os.O_TRUNC:
+            await self.around.quiesce(inode)  # its page cache is the writer's from here on
         node = self.drive.get(inode)
         if node.kind == "dir":
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -225,7 +234,6 @@ class Operations(pyfuse3.Operations):
         if truncate:  # libfuse negotiates atomic O_TRUNC: no separate setattr comes
             self.drive.setattr(inode, size=0)
         fh = self._fh()
-        writable = flags & os.O_ACCMODE != os.O_RDONLY
         self.handles[fh] = Handle(inode, wrote=truncate, writable=writable)
         self.drive.opened(inode, write=writable)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
@@ -245,6 +253,9 @@ class Operations(pyfuse3.Operations):
         sequential = off == handle.next_off and off > 0
         data = await self.drive.read(handle.ino, off, size, readahead=READAHEAD if sequential else 0)
         handle.next_off = off + len(data)
+        if not sequential:
+            self.around.after_read(handle.ino, off, len(data), self.drive.get(handle.ino).size,
+                                   self.drive.writers.get(handle.ino, 0))
         return data
 
     @errno_of

@@ -515,6 +515,11 @@ class Drive:
                       node.name, ino, node.node_id, node.rev, off)
             raise
 
+    async def peek(self, ino: int, off: int, size: int) -> bytes:
+        """The bytes a read would return, not counted as an access (the mount's
+        read-around, fs/pagecache.py)."""
+        return await self.content.read(self.get(ino), off, size)
+
     async def write(self, ino: int, off: int, data: bytes) -> int:
         node = self.get(ino)
         # A block first written in part is filled with the bytes under it: the cache grows

@@ -8,6 +8,7 @@ import threading
 
 from cloudfs.fs import mount
 from cloudfs.fs.operations import Operations
+from cloudfs.fs.pagecache import ReadAround
 
 
 def test_no_invalidation_reaches_the_kernel_before_its_init(monkeypatch):
@@ -15,7 +16,7 @@ def test_no_invalidation_reaches_the_kernel_before_its_init(monkeypatch):
     monkeypatch.setattr(mount.pyfuse3, "invalidate_entry_async", lambda *a, **k: sent.append(("entry", *a)))
     monkeypatch.setattr(mount.pyfuse3, "invalidate_inode", lambda *a, **k: sent.append(("inode", *a)))
     ready = threading.Event()
-    invalidate = mount._invalidator(ready)
+    invalidate = mount._invalidator(ready, ReadAround())
     ops = Operations(drive=None, on_init=ready.set)  # type: ignore[arg-type] - the drive is not used here
     invalidate.entry(1, "x.txt")
     invalidate.inode(7)
