@@ -46,8 +46,12 @@ class ReadAround:
         self._store = store or _store
         self._invalidate = invalidate or _invalidate
         self._send, self._receive = trio.open_memory_channel[tuple[int, int, int]](1)
-        self._generation: dict[int, int] = {}
-        self._busy: dict[int, trio.Event] = {}
+        self._pushing: int | None = None
+        """The inode whose window is being read or stored (one at a time)."""
+        self._stale = False
+        """It was invalidated since its bytes were read."""
+        self._landing: trio.Event | None = None
+        """Set once the store in flight has landed."""
 
     def after_read(self, ino: int, off: int, size: int, file_size: int, writers: int) -> None:
         """A read of [off, off + size) was answered without read-ahead (not sequential);
@@ -64,15 +68,16 @@ class ReadAround:
     def invalidated(self, ino: int) -> None:
         """The file's cached pages were just invalidated (another device changed it): a
         push that read before this does not land, or is undone once it has."""
-        self._generation[ino] = self._generation.get(ino, 0) + 1
+        if ino == self._pushing:
+            self._stale = True
 
     async def quiesce(self, ino: int) -> None:
         """Before an open for writing or a truncate: a push that read `ino` before this
         does not land, and one landing now is waited for."""
         self.invalidated(ino)
-        busy = self._busy.get(ino)
-        if busy is not None:
-            await busy.wait()
+        landing = self._landing
+        if ino == self._pushing and landing is not None:
+            await landing.wait()
 
     async def run(self, read: Callable[[int, int, int], Awaitable[bytes]], writers: Callable[[int], int], *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -80,23 +85,29 @@ class ReadAround:
         counted as an access); `writers(ino)`: the handles open for writing on it."""
         task_status.started()
         async for ino, start, end in self._receive:
-            generation = self._generation.get(ino, 0)
+            self._pushing, self._stale = ino, False
             try:
-                data = await read(ino, start, end - start)
-            except Exception as exc:  # noqa: BLE001 - a hint: the kernel asks if it needs the bytes
-                log.debug("no read-around for inode %d at %d: %r", ino, start, exc)
-                continue
-            if not data or writers(ino) or self._generation.get(ino, 0) != generation:
-                continue
-            done = self._busy[ino] = trio.Event()
-            try:
-                await trio.to_thread.run_sync(self._store, ino, start, data)
+                await self._push(ino, start, end, read, writers)
             finally:
-                del self._busy[ino]
-                done.set()
-            if self._generation.get(ino, 0) != generation:
-                await trio.to_thread.run_sync(self._invalidate, ino)
+                self._pushing = None
 
+    async def _push(self, ino: int, start: int, end: int, read: Callable[[int, int, int], Awaitable[bytes]],
+                    writers: Callable[[int], int]) -> None:
+        try:
+            data = await read(ino, start, end - start)
+        except Exception as exc:  # noqa: BLE001 - a hint: the kernel asks if it needs the bytes
+            log.debug("no read-around for inode %d at %d: %r", ino, start, exc)
+            return
+        if not data or writers(ino) or self._stale:
+            return
+        landing = self._landing = trio.Event()
+        try:
+            await trio.to_thread.run_sync(self._store, ino, start, data)
+        finally:
+            self._landing = None
+            landing.set()
+        if self._stale:
+            await trio.to_thread.run_sync(self._invalidate, ino)
 
 def _store(ino: int, off: int, data: bytes) -> None:
     try:
