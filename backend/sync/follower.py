@@ -413,7 +413,7 @@ class Follower:
         local = self._mirrored(node_id)
         if local is None:
             return self._unanswered_occupant(node_id) is not None or self._deleting(node_id)
-        return self._pending(local) or self._move_queued(local) or self._awaiting_answer(local)
+        return self._pending(local) or self._move_waits(local) or self._awaiting_answer(local)
 
     # --- what counts as local work ---
 
@@ -460,6 +460,23 @@ class Follower:
             node = self.cache.get(node.parent)
         return False
 
+    def _move_waits(self, local: Inode) -> bool:
+        """A change of `local` from the server waits for a queued move above it
+        (`_move_queued`), unless a name made here for the file waits for that change:
+        the server refused the name because the file is gone (syncer._link_target_gone),
+        and the name stays queued, with the move behind it, until the delete is applied
+        (it moves the file to the name). Deferred for the move, each waited for the other
+        and the device never synced again (soak, seed 660039)."""
+        return self._move_queued(local) and not self._named_anew(local)
+
+    def _named_anew(self, local: Inode) -> bool:
+        """`local` has a name made here that the server refused as its file was gone."""
+        for ino in links.aliases(local):
+            alias = self.cache.get(ino)
+            if alias is not None and alias.extra.get("target_gone"):
+                return True
+        return False
+
     def _awaited(self, node_id: int, rev: int) -> Inode | None:
         """The file `landed` says has its commit of `rev` out, while it still has."""
         local = self._mirrored(node_id)
@@ -502,7 +519,7 @@ class Follower:
         server, which then finds the tree gone and creates it again, with whatever is
         still in it here). Deferred, the node is pulled again once the move is pushed,
         and goes only if the server still says it is gone."""
-        if self._move_queued(local) or self._awaiting_answer(local):
+        if self._move_waits(local) or self._awaiting_answer(local):
             self._defer(local.node_id)
         else:
             self._apply_delete(local)

@@ -466,6 +466,7 @@ class Syncer:
             if seq:
                 node.extra["srv_seq"] = seq  # follower.py: our own entries older than this are stale
             node.extra.pop("winner", None)
+            node.extra.pop("target_gone", None)
             self.cache.put(txn, node)
         if moved_elsewhere:
             self.on_stale(remote.id)
@@ -587,12 +588,18 @@ class Syncer:
         """The node an alias was to name is gone from the server. The winner of a conflict:
         the alias names the file here instead (returns). Its own file, deleted on another
         device while linked here: the follower applies that delete, which keeps the file
-        under the name made here (follower._apply_delete); this entry waits for it."""
+        under the name made here (follower._apply_delete); this entry waits for it, and
+        marks the alias (`target_gone`) so that the delete does not in turn wait for a move
+        queued behind this entry (follower._move_waits)."""
         if alias.extra.pop("winner", None) is not None:
             with self.cache.write() as txn:
                 self.cache.put(txn, alias)
             return
         target = self.cache.get(alias.extra["target"])
+        if not alias.extra.get("target_gone"):
+            alias.extra["target_gone"] = True  # the follower applies that delete now (follower._named_anew)
+            with self.cache.write() as txn:
+                self.cache.put(txn, alias)
         if target is not None and target.node_id and not target.extra.get("detached"):
             self.on_stale(target.node_id)
         raise _Retry(f"the file {alias.name!r} names was deleted on the server: waiting for the follower")

@@ -237,6 +237,36 @@ def test_a_name_made_while_the_file_was_deleted_elsewhere_keeps_it(sync_server: 
         assert shape(d.b.path) == want
 
 
+@pytest.mark.parametrize("how", ["unlink", "rm -r"])
+def test_a_name_made_for_a_file_deleted_elsewhere_then_its_directory_moved(sync_server: ServerProcess,
+                                                                          tmp_path: Path, how: str) -> None:
+    """As above, and a then moves the file's directory. The server refuses the name (its
+    file is gone), so the name waits until the follower has applied the delete, which
+    moves the file to it; the delete must not in turn wait for the directory's move,
+    queued behind the name: each waited for the other, and a never synced again (soak,
+    seed 660039)."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        (d.a.path / "dir").mkdir()
+        (d.a.path / "dir" / "x.txt").write_bytes(b"content")
+        (d.a.path / "dir" / "y.txt").write_bytes(b"stays")
+        (d.a.path / "other").mkdir()
+        settle(d)
+        proxy.hang()
+        os.link(d.a.path / "dir" / "x.txt", d.a.path / "kept.txt")
+        os.rename(d.a.path / "dir", d.a.path / "other" / "moved")
+        if how == "unlink":
+            os.unlink(d.b.path / "dir" / "x.txt")
+        else:
+            shutil.rmtree(d.b.path / "dir")
+        d.b.sync(timeout=60)
+        proxy.resume()
+        settle(d)
+        want = {"kept.txt": ("-rw-r--r--", ["kept.txt"], 1, b"content"), "other": ("dir",),
+                "other/moved": ("dir",), "other/moved/y.txt": ("-rw-r--r--", ["other/moved/y.txt"], 1, b"stays")}
+        assert shape(d.a.path) == want
+        assert shape(d.b.path) == want
+
+
 def test_a_device_away_past_the_journal_finds_the_links_by_comparing(tmp_path: Path) -> None:
     """b's cursor falls out of the retained journal while a changes the links: b compares
     its whole mirror with the server's, and a second comparison finds nothing to repair."""
