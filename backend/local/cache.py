@@ -513,6 +513,11 @@ class Cache:
                     break
         return out
 
+    def outbox_present(self, seqs: Iterable[int]) -> set[int]:
+        """Which of `seqs` are still queued."""
+        with self.read() as txn:
+            return {seq for seq in seqs if txn.get(u64(seq), db=self.outbox) is not None}
+
     def outbox_len(self) -> int:
         with self.read() as txn:
             return txn.stat(self.outbox)["entries"]
