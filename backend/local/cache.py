@@ -24,13 +24,13 @@ on commit (a killed process loses nothing: committed pages are in the OS page ca
 from __future__ import annotations
 
 import contextlib
-import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import lmdb
+import orjson
 
 from ..errors import NotFoundError
 
@@ -102,11 +102,11 @@ class Inode:
     srv_xattrs: dict = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        return json.dumps(self.__dict__, separators=(",", ":")).encode()  # asdict() deep-copies
+        return orjson.dumps(self.__dict__, option=orjson.OPT_NON_STR_KEYS)  # asdict() deep-copies
 
     @classmethod
     def decode(cls, raw: bytes) -> "Inode":
-        return cls(**json.loads(raw))
+        return cls(**orjson.loads(raw))
 
     # The attributes a PATCH carries (wire.AttrRequest), local and as the server has them.
     _ATTRS = ("mode", "mtime_ns", "uid", "gid", "xattrs")
@@ -497,7 +497,7 @@ class Cache:
 
     def enqueue(self, txn: lmdb.Transaction, op: dict) -> int:
         seq = self.next_counter(txn, "next_outbox", 1)
-        txn.put(u64(seq), json.dumps(op, separators=(",", ":")).encode(), db=self.outbox)
+        txn.put(u64(seq), orjson.dumps(op, option=orjson.OPT_NON_STR_KEYS), db=self.outbox)
         return seq
 
     def outbox_items(self, limit: int = 1000, *, start: int = 0) -> list[tuple[int, dict]]:
@@ -508,7 +508,7 @@ class Cache:
             if not cursor.set_range(u64(start)):
                 return out
             for key, value in cursor:
-                out.append((from_u64(key), json.loads(value)))
+                out.append((from_u64(key), orjson.loads(value)))
                 if len(out) >= limit:
                     break
         return out
