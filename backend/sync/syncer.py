@@ -554,14 +554,30 @@ class Syncer:
         the file's own name was removed: links.promote), it goes from the server too: it
         stood in the way of the file's move to that name (soak, seed 230010)."""
         if self._still_here(node):
+            self._unland_elsewhere(node, occupant)
             self._record(node, occupant)
         else:
             await self._delete(occupant.id)
+
+    def _unland_elsewhere(self, node: Inode, landed: wire.Node) -> None:
+        """The create landed at last; a try that went to another place before it (the
+        node moved here while that try was unanswered) may have landed too, and nothing
+        else would remove it: the syncer looks for it as for a create removed here
+        (`_unland`; soak, seed 710168: a symlink, its create unanswered, renamed over a
+        file: the retry replaced the file, and the first try stayed at the symlink's old
+        name on every other device)."""
+        tried = node.extra.get("first_try")
+        others = [place for place in (tried or {}).get("places", []) if place != [landed.parent_id, landed.name]]
+        if others:
+            with self.cache.write() as txn:
+                self.cache.enqueue(txn, {"op": "unland", "ino": node.ino, "since": tried["at"], "places": others,
+                                         "shape": tried.get("shape")})
 
     async def _created(self, node: Inode, answer: wire.NodeResponse) -> None:
         if not self._still_here(node):
             await self._delete(answer.node.id)  # removed locally meanwhile
             return
+        self._unland_elsewhere(node, answer.node)
         self._record(node, answer.node, answer.cursor)
         if node.kind == "link":
             target = self.cache.get(node.extra["target"])

@@ -356,6 +356,34 @@ def test_a_lost_create_removed_here_goes_from_the_server(sync_server, tmp_path, 
         assert snapshot(a.path) == snapshot(b.path) == {"keep": b"k\n"}
 
 
+@pytest.mark.parametrize(("kind", "onto"), [("symlink", "a file"), ("directory", "a new name")])
+def test_a_lost_create_moved_here_before_its_retry_leaves_one_node(sync_server, tmp_path, kind: str, onto: str):
+    """The create of `new` lands unanswered and the retries are refused for a while; `new`
+    is renamed here meanwhile (to a new name, or over a file). The retry creates it where
+    it is now; the first try, still at the old name on the server, must go too: every
+    other device kept it there (soak, seed 710168: a symlink renamed over a file)."""
+    request, make = REMOVED_KINDS[kind]
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "keep").write_text("k\n")
+        (a.path / "x.txt").write_text("replaced\n")
+        for m in (a, b):
+            m.sync(timeout=60)
+        proxy.lose_answers(request, 1, then_fail=True)
+        make(a.path)
+        wait_until_lost(proxy, then_refused=True)
+        target = "moved" if onto == "a new name" else "x.txt"
+        if kind == "directory" and onto == "a file":
+            os.unlink(a.path / "x.txt")  # rename(2) puts a directory over an empty directory only
+        os.rename(a.path / "new", a.path / target)
+        proxy.release()
+        for m in (a, b, a, b):
+            m.sync(timeout=60)
+        got_a, got_b = snapshot(a.path), snapshot(b.path)
+        assert got_a == got_b
+        assert sorted(got_a) == sorted({"keep", "x.txt", target}), got_a
+
+
 def test_a_conflicted_copy_created_unanswered_then_deleted_elsewhere_stays_deleted(sync_server, tmp_path):
     """a's edit of x.txt loses to b's, so a keeps its bytes as a conflicted copy; the
     copy's create lands, and a's mount is killed before the answer comes. b removes the
