@@ -324,6 +324,17 @@ REMOVED_KINDS: dict[str, tuple[bytes, Callable[[Path], None]]] = {
 }
 
 
+def lose_a_create(d, proxy, kind: str) -> None:  # noqa: ANN001
+    """Once both devices have synced: `new`, of `kind`, made on a; its create lands with
+    its answer lost, and the retries are refused until `proxy.release()`."""
+    request, make = REMOVED_KINDS[kind]
+    for m in (d.a, d.b):
+        m.sync(timeout=60)
+    proxy.lose_answers(request, 1, then_fail=True)
+    make(d.a.path)
+    wait_until_lost(proxy, then_refused=True)
+
+
 @pytest.mark.parametrize(("kind", "removed"), [(kind, "during the retries") for kind in REMOVED_KINDS]
                          + [("file", "after they gave up"), ("symlink", "after they gave up")])
 def test_a_lost_create_removed_here_goes_from_the_server(sync_server, tmp_path, kind: str, removed: str):
@@ -332,15 +343,10 @@ def test_a_lost_create_removed_here_goes_from_the_server(sync_server, tmp_path, 
     retries gave up, when none is ever sent again). The server must not keep it: nothing
     else tells it, and every other device had what this one removed (soak, seed 600306:
     `ln -s` and `rm` 1 ms apart, the symlink stayed on the two other devices)."""
-    request, make = REMOVED_KINDS[kind]
     with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
         a, b = d.a, d.b
         (a.path / "keep").write_text("k\n")
-        for m in (a, b):
-            m.sync(timeout=60)
-        proxy.lose_answers(request, 1, then_fail=True)
-        make(a.path)
-        wait_until_lost(proxy, then_refused=True)
+        lose_a_create(d, proxy, kind)
         if removed == "after they gave up":
             deadline = time.monotonic() + 60
             while "server unreachable" not in a.log():  # the syncer's own retries ended
@@ -362,16 +368,11 @@ def test_a_lost_create_moved_here_before_its_retry_leaves_one_node(sync_server, 
     is renamed here meanwhile (to a new name, or over a file). The retry creates it where
     it is now; the first try, still at the old name on the server, must go too: every
     other device kept it there (soak, seed 710168: a symlink renamed over a file)."""
-    request, make = REMOVED_KINDS[kind]
     with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
         a, b = d.a, d.b
         (a.path / "keep").write_text("k\n")
         (a.path / "x.txt").write_text("replaced\n")
-        for m in (a, b):
-            m.sync(timeout=60)
-        proxy.lose_answers(request, 1, then_fail=True)
-        make(a.path)
-        wait_until_lost(proxy, then_refused=True)
+        lose_a_create(d, proxy, kind)
         target = "moved" if onto == "a new name" else "x.txt"
         if kind == "directory" and onto == "a file":
             os.unlink(a.path / "x.txt")  # rename(2) puts a directory over an empty directory only
