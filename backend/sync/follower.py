@@ -713,7 +713,7 @@ class Follower:
         350172)."""
         if occupant.kind != "file":
             return False
-        if occupant.node_id:
+        if occupant.node_id and not occupant.extra.get("detached"):
             rev = self.landed.get(occupant.node_id)
             return rev is not None and self._awaited(occupant.node_id, rev) is not None
         for node_id in list(self.unanswered):
@@ -730,14 +730,19 @@ class Follower:
         node (uploader._landed_already), then the newer change is pulled over it. A
         conflicted copy made at once brought back bytes that the other device had seen
         and overwritten (found by the soak, seed 130006). If the file changed after that
-        create, the retry is refused as a conflict and the syncer keeps it as a copy."""
+        create, the retry is refused as a conflict and the syncer keeps it as a copy.
+        A file created anew (`detached`: a conflicted copy, a file deleted elsewhere
+        and kept) still has its old node's id until then, and is unbound all the same:
+        taken for bound, its copy was kept as a conflicted copy of itself, bringing
+        back bytes the other device had overwritten (soak, seed 730266)."""
         placed = self.unanswered.get(node_id)
         if placed is None or self.cache.ino_for_node(node_id) is not None:
             return None
         parent_ino = self.cache.ino_for_node(placed[0])
         ino = self.cache.record_at(parent_ino, placed[1]) if parent_ino else None
         local = self.cache.get(ino) if ino else None
-        return local if local is not None and local.kind == "file" and not local.node_id else None
+        unbound = local is not None and (not local.node_id or local.extra.get("detached"))
+        return local if unbound and local.kind == "file" else None
 
     def _create(self, remote: wire.Node, parent: int) -> None:
         with self.cache.write() as txn:

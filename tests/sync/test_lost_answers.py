@@ -385,12 +385,19 @@ def test_a_lost_create_moved_here_before_its_retry_leaves_one_node(sync_server, 
         assert sorted(got_a) == sorted({"keep", "x.txt", target}), got_a
 
 
-def test_a_conflicted_copy_created_unanswered_then_deleted_elsewhere_stays_deleted(sync_server, tmp_path):
+@pytest.mark.parametrize("then", ["removes it", "overwrites it", "overwrites it, then removes it"])
+def test_a_conflicted_copy_created_unanswered_then_changed_elsewhere_keeps_that_change(sync_server, tmp_path,
+                                                                                     then: str):
     """a's edit of x.txt loses to b's, so a keeps its bytes as a conflicted copy; the
     copy's create lands, and a's mount is killed before the answer comes. b removes the
-    copy. Mounted again, a must find its lost create among the deleted nodes of that
-    name, as for a new file: the copy is created again from the file's old node (which
-    b did not delete), and without `first_try` on it the copy came back (soak, seed 340013)."""
+    copy, or overwrites it (and then removes it). Mounted again, a must take b's change
+    as built on its own lost create: found among the deleted nodes of that name, as for
+    a new file (the copy is created again from the file's old node, which b did not
+    delete, and without `first_try` on it the copy came back: soak, seed 340013); or
+    found in the node's history, the follower waiting for that instead of keeping a's
+    copy as a conflicted copy of itself, which brought back the bytes b overwrote (soak,
+    seed 730266: the follower knew only unbound files as lost creates, not a copy that
+    still has its old node's id)."""
     with a_killable_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
         a, b = d.a, d.b
         (a.path / "x.txt").write_text("base\n")
@@ -409,12 +416,19 @@ def test_a_conflicted_copy_created_unanswered_then_deleted_elsewhere_stays_delet
         b.sync(timeout=60)
         copies = [n for n in os.listdir(b.path) if "conflicted copy" in n]
         assert len(copies) == 1, os.listdir(b.path)
-        (b.path / copies[0]).unlink()
-        b.sync(timeout=60)
+        expected = {"x.txt": b"b's edit\n"}
+        if then.startswith("overwrites"):
+            (b.path / copies[0]).write_text("b's, over a's copy\n")
+            expected[copies[0]] = b"b's, over a's copy\n"
+            b.sync(timeout=60)
+        if then.endswith("removes it"):
+            (b.path / copies[0]).unlink()
+            expected.pop(copies[0], None)
+            b.sync(timeout=60)
         a = d.mount_a_again()
         for m in (a, b, a, b):
             m.sync(timeout=60)
-        assert snapshot(a.path) == snapshot(b.path) == {"x.txt": b"b's edit\n"}
+        assert snapshot(a.path) == snapshot(b.path) == expected
 
 
 def test_a_file_removed_here_before_its_lost_commit_was_found_keeps_what_others_wrote_since(sync_server, tmp_path):
