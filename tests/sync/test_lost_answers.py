@@ -362,7 +362,8 @@ def test_a_lost_create_removed_here_goes_from_the_server(sync_server, tmp_path, 
         assert snapshot(a.path) == snapshot(b.path) == {"keep": b"k\n"}
 
 
-@pytest.mark.parametrize(("kind", "onto"), [("symlink", "a file"), ("directory", "a new name")])
+@pytest.mark.parametrize(("kind", "onto"), [("symlink", "a file"), ("directory", "a new name"),
+                                            ("file", "a file"), ("file", "a new name")])
 def test_a_lost_create_moved_here_before_its_retry_leaves_one_node(sync_server, tmp_path, kind: str, onto: str):
     """The create of `new` lands unanswered and the retries are refused for a while; `new`
     is renamed here meanwhile (to a new name, or over a file). The retry creates it where
