@@ -123,23 +123,43 @@
       if (!listing.next_after) break;
       after = listing.next_after;
     }
-    state.linkedIds = new Set(linked.map((l) => l.node.id));  // their edits elsewhere show here too
-    return asShown(entries, linked);
+    // The files named here by hard links: their edits elsewhere show here too.
+    return { entries: asShown(entries, linked), linkedIds: new Set(linked.map((l) => l.node.id)) };
+  }
+
+  // Loads of a listing overlap: the feed's refresh of the open folder may still be out
+  // when another folder is opened. Each load takes the next turn and only the newest
+  // is shown; a late answer drawn anyway put the folder left behind under the crumbs
+  // of the one opened, until the next change there.
+  let listingTurn = 0;
+  let opening = 0;  // showFolder calls under way: a refresh waits for them (refreshSoon)
+
+  function showListing(dirId, listing) {
+    state.dirId = dirId;
+    state.entries = listing.entries;
+    state.linkedIds = listing.linkedIds;
+    state.lastListing = performance.now();
+    renderFolder();
   }
 
   async function showFolder(dirId) {
+    const turn = ++listingTurn;
+    opening++;
     try {
       const node = (await api("GET", `/nodes/${dirId}`)).node;
-      if (node.kind !== "dir") return showFolder(node.parent_id);
-      state.dirId = dirId;
+      if (node.kind !== "dir") return await showFolder(node.parent_id);
+      const crumbs = await crumbsOf(node);
+      const listing = await loadEntries(dirId);
+      if (turn !== listingTurn) return;
       state.dir = node;
-      state.crumbs = await crumbsOf(node);
-      state.entries = await loadEntries(dirId);
-      state.lastListing = performance.now();
-      renderFolder();
+      state.crumbs = crumbs;
+      showListing(dirId, listing);
     } catch (err) {
+      if (turn !== listingTurn) return;
       if (err instanceof ApiError && err.status === 404 && dirId !== state.me.root_id) { location.hash = "#/f/" + state.me.root_id; return; }
       failed(err);
+    } finally {
+      opening--;
     }
   }
 
@@ -577,8 +597,12 @@
       refreshTimer = null;
       const view = location.hash.replace(/^#\/?/, "").split("/")[0];
       if (view === "" || view === "f") {
-        if (document.querySelector("dialog[open]")) return refreshSoon();  // not under someone's feet
-        try { state.entries = await loadEntries(state.dirId); state.lastListing = performance.now(); renderFolder(); } catch (err) { /* next change */ }
+        if (opening || document.querySelector("dialog[open]")) return refreshSoon();  // not under someone's feet
+        const turn = ++listingTurn, dirId = state.dirId;
+        try {
+          const listing = await loadEntries(dirId);
+          if (turn === listingTurn) showListing(dirId, listing);
+        } catch (err) { /* next change */ }
       } else if (view === "trash") showTrash();
     }, 200);
   }

@@ -174,6 +174,29 @@ def test_the_open_folder_follows_the_device(page, device: MountProcess) -> None:
     row(page, "renamed-on-laptop.txt").locator("td.col-size:text-is('12 KB')").wait_for(timeout=15_000)
 
 
+def test_a_folder_left_while_its_refresh_was_out_stays_left(page, device: MountProcess) -> None:  # noqa: ANN001
+    """Photos is open; a change on the device sends the page to list it again, and that
+    answer is slow; meanwhile the person opens My drive. The late answer must not be
+    shown: it was drawn under My drive's crumbs, and My drive's own folders were missing
+    until the next change (the page tests' "Work" row not there for 20 s under load)."""
+    photos = page.url.rsplit("/", 1)[1]
+    held: list = []
+    page.route(f"**/nodes/{photos}/children*", lambda route: route.continue_() if held else held.append(route))
+    (device.path / "Photos" / "while-away.txt").write_text("written while the page went elsewhere\n")
+    pump_until(page, lambda: held, timeout=15, what="the refresh of Photos asked for")
+    page.click(".crumbs a.crumb:text-is('My drive')")
+    row(page, "Photos").wait_for()
+    held[0].continue_()
+    page.wait_for_timeout(1000)  # the held answer arrives, and is dropped
+    assert page.inner_text(".crumbs .crumb.current") == "My drive"
+    assert row(page, "Photos").count() == 1 and not row(page, "while-away.txt").count()
+    page.unroute(f"**/nodes/{photos}/children*")
+    row(page, "Photos").locator("a.name").click()
+    row(page, "while-away.txt").wait_for()
+    (device.path / "Photos" / "while-away.txt").unlink()
+    row(page, "while-away.txt").wait_for(state="detached")
+
+
 def test_previews(page, web_server: ServerProcess) -> None:  # noqa: ANN001
     row(page, "notes.md").locator("button.name").click()
     assert page.inner_text("#preview-text") == "# Trip\n\n<b>not bold</b> & fun\n"
