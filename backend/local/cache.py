@@ -195,6 +195,11 @@ class Cache:
         """Callables run when a write transaction fails: memos of other modules forget too."""
         self.unreleased_bytes = 0
         """Bytes read through the map by uploads since its pages were last given back (lmdbmap.py)."""
+        self._deletes: dict[int, set[int]] = {}
+        """The outbox seqs of the deletes queued for each node id (`queued_delete`)."""
+        for seq, op in self.outbox_items(limit=1 << 62):
+            if op.get("op") == "delete":
+                self._deletes.setdefault(op["node_id"], set()).add(seq)
 
     def close(self) -> None:
         self.env.sync(True)
@@ -498,7 +503,31 @@ class Cache:
     def enqueue(self, txn: lmdb.Transaction, op: dict) -> int:
         seq = self.next_counter(txn, "next_outbox", 1)
         txn.put(u64(seq), orjson.dumps(op, option=orjson.OPT_NON_STR_KEYS), db=self.outbox)
+        if op["op"] == "delete":  # if `txn` fails, a seq that names nothing: queued_delete checks
+            self._deletes.setdefault(op["node_id"], set()).add(seq)
         return seq
+
+    def queued_delete(self, node_id: int) -> tuple[int, dict] | None:
+        """The first delete of `node_id` still in the outbox, as (seq, entry). Asked for
+        every change of a node the mirror lacks (follower: is it being deleted here?) and
+        for every deferred one on each pass: a walk of the outbox each time cost as much
+        as the deletes held in it (thousands after a mass delete), so they are indexed
+        by node id when queued and the index is checked against the outbox when read."""
+        seqs = self._deletes.get(node_id)
+        if not seqs:
+            return None
+        found = None
+        with self.read() as txn:
+            for seq in sorted(seqs):
+                raw = txn.get(u64(seq), db=self.outbox)
+                op = orjson.loads(raw) if raw is not None else None
+                if op is not None and op["op"] == "delete" and op["node_id"] == node_id:
+                    found = seq, op
+                    break
+                seqs.discard(seq)  # applied, or its transaction failed
+        if not seqs:
+            del self._deletes[node_id]
+        return found
 
     def outbox_items(self, limit: int = 1000, *, start: int = 0) -> list[tuple[int, dict]]:
         """The first `limit` entries from seq `start` on, in order."""
@@ -522,9 +551,19 @@ class Cache:
         with self.read() as txn:
             return txn.stat(self.outbox)["entries"]
 
-    def dequeue(self, seq: int) -> None:
+    def dequeue(self, *seqs: int) -> None:
+        """Drop the entries `seqs` (applied, or dropped by the user), in one transaction."""
+        gone = []
         with self.write() as txn:
-            txn.delete(u64(seq), db=self.outbox)
+            for seq in seqs:
+                raw = txn.pop(u64(seq), db=self.outbox)
+                if raw is not None:
+                    gone.append((seq, orjson.loads(raw)))
+        for seq, op in gone:  # once committed: a delete forgotten before would not be seen
+            if op["op"] == "delete" and (left := self._deletes.get(op["node_id"])) is not None:
+                left.discard(seq)
+                if not left:
+                    del self._deletes[op["node_id"]]
 
     def inode_count(self) -> int:
         with self.read() as txn:

@@ -525,9 +525,8 @@ class Follower:
             self._apply_delete(local)
 
     def _deleting(self, node_id: int) -> bool:
-        """A delete of `node_id` is queued in the outbox (usually empty, so cheap)."""
-        return any(op.get("op") == "delete" and op.get("node_id") == node_id
-                   for _, op in self.cache.outbox_items(limit=100_000))
+        """A delete of `node_id` is queued in the outbox."""
+        return self.cache.queued_delete(node_id) is not None
 
     def _in_use(self, ino: int) -> bool:
         return bool(self.open_count.get(ino) or self.lookups.get(ino))

@@ -14,12 +14,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from ..local.cache import Cache, u64
+from ..local.cache import Cache
 from .delete_guard import WINDOW_S, DeleteGuard
 
 log = logging.getLogger("cloudfs.syncer")
 
 PARALLEL_UPLOADS = 16
+PAGE = 1000
+"""Outbox entries `_past_withheld` reads at a time: it stops after 500 that may go, and
+a `cp -r` of 100,000 files queued behind a held delete was read whole on every pass."""
 
 Entry = tuple[int, dict]
 """An outbox entry: (seq, op)."""
@@ -129,19 +132,22 @@ class OutboxOrder:
             out.append((seq, op))
             if len(out) >= 500:
                 return out
-        for seq, op in self.cache.outbox_items(limit=10_000_000, start=walk.upto + 1):
-            walk.upto = seq
-            if op["op"] == "delete" and seq > self._cleared_upto and "name" in op:
-                walk.freed.setdefault((op.get("parent_node"), op["name"]), seq)
-                continue
-            walk.waiting.append((seq, op))
-            if self._waits(seq, op, walk.freed):
-                self.stuck_at = seq
-                break
-            out.append((seq, op))
-            if len(out) >= 500:
-                break
-        return out
+        while True:
+            page = self.cache.outbox_items(limit=PAGE, start=walk.upto + 1)
+            for seq, op in page:
+                walk.upto = seq
+                if op["op"] == "delete" and seq > self._cleared_upto and "name" in op:
+                    walk.freed.setdefault((op.get("parent_node"), op["name"]), seq)
+                    continue
+                walk.waiting.append((seq, op))
+                if self._waits(seq, op, walk.freed):
+                    self.stuck_at = seq
+                    return out
+                out.append((seq, op))
+                if len(out) >= 500:
+                    return out
+            if len(page) < PAGE:
+                return out
 
     def _waits(self, seq: int, op: dict, freed: dict[tuple[int | None, str], int]) -> bool:
         """The entry at `seq` needs a withheld delete queued before it to go first."""
@@ -155,12 +161,9 @@ class OutboxOrder:
 
     def take_held_deletes(self) -> list[int]:
         """`cloudfs deletes undo`: drop every queued delete; the node ids the server still has."""
-        node_ids = []
-        with self.cache.write() as txn:
-            for seq, op in self.cache.outbox_items(limit=10_000_000):
-                if op["op"] == "delete":
-                    txn.delete(u64(seq), db=self.cache.outbox)
-                    node_ids.append(op["node_id"])
+        deletes = [(seq, op["node_id"]) for seq, op in self.cache.outbox_items(limit=10_000_000) if op["op"] == "delete"]
+        self.cache.dequeue(*(seq for seq, _ in deletes))
+        node_ids = [node_id for _, node_id in deletes]
         self.guard.drained()
         self._walk, self._queued = None, {}
         return node_ids

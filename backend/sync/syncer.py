@@ -374,10 +374,8 @@ class Syncer:
         return True
 
     def _queued_delete(self, node_id: int) -> dict | None:
-        for _, op in self.cache.outbox_items(limit=100_000):
-            if op.get("op") == "delete" and op.get("node_id") == node_id:
-                return op
-        return None
+        queued = self.cache.queued_delete(node_id)
+        return queued[1] if queued is not None else None
 
     def lock(self, ino: int) -> trio.Lock:
         """The per-file lock: one upload (or streaming round, streamer.py) at a time."""

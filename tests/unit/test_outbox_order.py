@@ -162,6 +162,41 @@ def test_a_held_burst_is_read_once_not_for_every_change_after_it(tmp_path: Path)
     assert order.guard.held == 3000
 
 
+def test_a_long_queue_behind_a_held_burst_is_read_a_page_at_a_time(tmp_path: Path) -> None:
+    """20,000 new files queued behind 3,000 held deletes (`cp -r` after a held `rm -rf`):
+    each pass goes on where the last stopped, reading about what it lets through, not the
+    whole rest of the queue (before: 20,000 entries decoded for every 500 let through)."""
+    cache = a_drive(tmp_path / "cache")
+    order = OutboxOrder(cache)
+    settled = time.time() - 5
+    with cache.write() as txn:
+        for i in range(3000):
+            cache.enqueue(txn, {"op": "delete", "ino": 10_000 + i, "node_id": 10_000 + i, "rev": 1,
+                                "parent_node": 100, "name": f"gone-{i}", "t": settled})
+        for i in range(20_000):
+            cache.enqueue(txn, {"op": "upload", "ino": 50_000 + i})
+    read = []
+    items_of = cache.outbox_items
+
+    def counted(limit: int = 1000, *, start: int = 0) -> list[Entry]:
+        out = items_of(limit, start=start)
+        read.append(len(out))
+        return out
+
+    cache.outbox_items = counted  # type: ignore[method-assign]
+    order.passable(due(items_of(limit=500)))  # the first pass reads the held burst
+    assert order.guard.held == 3000
+    let_through = 0
+    for _ in range(10):
+        read.clear()
+        got = order.passable(due(items_of(limit=500)))
+        assert len(got) == 500 and all(op["op"] == "upload" for _, op in got)
+        assert sum(read) <= 2_000, f"a pass read {sum(read)} outbox entries to let 500 through"
+        cache.dequeue(*(seq for seq, _ in got))
+        let_through += len(got)
+    assert let_through == 5_000
+
+
 def test_a_held_delete_of_an_older_release_holds_everything_after_it(tmp_path: Path) -> None:
     """A delete queued by a release that did not note the name it freed: nothing after
     it can tell whether it needs that name, so everything after it waits, pass after pass."""
