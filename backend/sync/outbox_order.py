@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..local.cache import Cache
@@ -125,13 +126,20 @@ class OutboxOrder:
             walk.waiting = [(seq, op) for seq, op in walk.waiting if seq in present]
         out: list[Entry] = []
         self.stuck_at = None
-        for seq, op in walk.waiting:
+        for seq, op in self._to_judge(walk):
             if self._waits(seq, op, walk.freed):
                 self.stuck_at = seq
-                return out
+                break
             out.append((seq, op))
             if len(out) >= 500:
-                return out
+                break
+        return out
+
+    def _to_judge(self, walk: _Walk) -> Iterator[Entry]:
+        """The entries the walk read before and that are still queued, then the rest of
+        the outbox, a page at a time: the withheld deletes among them only noted (the
+        names they free), the others kept as read."""
+        yield from list(walk.waiting)
         while True:
             page = self.cache.outbox_items(limit=PAGE, start=walk.upto + 1)
             for seq, op in page:
@@ -140,14 +148,9 @@ class OutboxOrder:
                     walk.freed.setdefault((op.get("parent_node"), op["name"]), seq)
                     continue
                 walk.waiting.append((seq, op))
-                if self._waits(seq, op, walk.freed):
-                    self.stuck_at = seq
-                    return out
-                out.append((seq, op))
-                if len(out) >= 500:
-                    return out
+                yield seq, op
             if len(page) < PAGE:
-                return out
+                return
 
     def _waits(self, seq: int, op: dict, freed: dict[tuple[int | None, str], int]) -> bool:
         """The entry at `seq` needs a withheld delete queued before it to go first."""

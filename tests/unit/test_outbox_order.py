@@ -127,21 +127,9 @@ def test_what_may_go_is_what_the_plain_walk_says(tmp_path_factory, steps) -> Non
                         order.guard.record_sent(1)
 
 
-def test_a_held_burst_is_read_once_not_for_every_change_after_it(tmp_path: Path) -> None:
-    """3,000 held deletes, then a file saved after them, pass after pass: each pass reads
-    the new entries only (before, two walks of the whole outbox per pass: 150 ms of the
-    mount's CPU per saved file in scripts/bench.py's propagation row)."""
-    cache = a_drive(tmp_path / "cache")
-    order = OutboxOrder(cache)
-    settled = time.time() - 5
-    with cache.write() as txn:
-        for i in range(3000):
-            cache.enqueue(txn, {"op": "delete", "ino": 10_000 + i, "node_id": 10_000 + i, "rev": 1,
-                                "parent_node": 100, "name": f"gone-{i}", "t": settled})
-    assert order.passable(due(cache.outbox_items(limit=500))) == []
-    assert order.guard.held == 3000
-
-    read = []
+def count_reads(cache: Cache) -> list[int]:
+    """From now on, how many entries each read of `cache`'s outbox returned."""
+    read: list[int] = []
     items_of = cache.outbox_items
 
     def counted(limit: int = 1000, *, start: int = 0) -> list[Entry]:
@@ -150,6 +138,30 @@ def test_a_held_burst_is_read_once_not_for_every_change_after_it(tmp_path: Path)
         return out
 
     cache.outbox_items = counted  # type: ignore[method-assign]
+    return read
+
+
+def held_burst(tmp_path: Path) -> tuple[Cache, OutboxOrder]:
+    """A drive with 3,000 deletes queued a while ago (an `rm -rf`: the guard will hold them)."""
+    cache = a_drive(tmp_path / "cache")
+    settled = time.time() - 5
+    with cache.write() as txn:
+        for i in range(3000):
+            cache.enqueue(txn, {"op": "delete", "ino": 10_000 + i, "node_id": 10_000 + i, "rev": 1,
+                                "parent_node": 100, "name": f"gone-{i}", "t": settled})
+    return cache, OutboxOrder(cache)
+
+
+def test_a_held_burst_is_read_once_not_for_every_change_after_it(tmp_path: Path) -> None:
+    """3,000 held deletes, then a file saved after them, pass after pass: each pass reads
+    the new entries only (before, two walks of the whole outbox per pass: 150 ms of the
+    mount's CPU per saved file in scripts/bench.py's propagation row)."""
+    cache, order = held_burst(tmp_path)
+    assert order.passable(due(cache.outbox_items(limit=500))) == []
+    assert order.guard.held == 3000
+
+    items_of = cache.outbox_items
+    read = count_reads(cache)
     f = cache.get(ROOT_INO + 1 + DIRS)
     for _ in range(5):
         with cache.write() as txn:
@@ -166,24 +178,12 @@ def test_a_long_queue_behind_a_held_burst_is_read_a_page_at_a_time(tmp_path: Pat
     """20,000 new files queued behind 3,000 held deletes (`cp -r` after a held `rm -rf`):
     each pass goes on where the last stopped, reading about what it lets through, not the
     whole rest of the queue (before: 20,000 entries decoded for every 500 let through)."""
-    cache = a_drive(tmp_path / "cache")
-    order = OutboxOrder(cache)
-    settled = time.time() - 5
+    cache, order = held_burst(tmp_path)
     with cache.write() as txn:
-        for i in range(3000):
-            cache.enqueue(txn, {"op": "delete", "ino": 10_000 + i, "node_id": 10_000 + i, "rev": 1,
-                                "parent_node": 100, "name": f"gone-{i}", "t": settled})
         for i in range(20_000):
             cache.enqueue(txn, {"op": "upload", "ino": 50_000 + i})
-    read = []
     items_of = cache.outbox_items
-
-    def counted(limit: int = 1000, *, start: int = 0) -> list[Entry]:
-        out = items_of(limit, start=start)
-        read.append(len(out))
-        return out
-
-    cache.outbox_items = counted  # type: ignore[method-assign]
+    read = count_reads(cache)
     order.passable(due(items_of(limit=500)))  # the first pass reads the held burst
     assert order.guard.held == 3000
     let_through = 0
