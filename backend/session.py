@@ -304,7 +304,7 @@ async def open_session(options: SessionOptions, invalidate: Invalidator | None =
         syncer = Syncer(client, cache, chunks, uploader, device=options.device, open_count=drive.open_count)
         syncer.guard.max_files, syncer.guard.fraction = options.delete_guard, options.delete_guard_fraction
         follower = Follower(client, cache, chunks, device=options.device, open_count=drive.open_count,
-                            lookups=drive.lookups, writers=drive.writers, invalidate=invalidate)
+                            lookups=drive.lookups, writers=drive.writers, invalidate=invalidate, stale=drive.stale)
         drive.on_outbox = syncer.wake
         streamer = Streamer(cache, content, uploader, writers=drive.writers, lock=syncer.lock)
         drive.on_written = streamer.written

@@ -85,7 +85,8 @@ class Operations(pyfuse3.Operations):
         self.on_init = on_init
         self.uid, self.gid = os.getuid(), os.getgid()
         self.handles: dict[int, Handle] = {}
-        self.dir_handles: dict[int, list[tuple[str, Inode]]] = {}
+        self.dir_handles: dict[int, tuple[int, list[tuple[str, Inode]]]] = {}
+        """A directory handle: the directory and its entries as they were at opendir."""
         self._next_fh = 1
 
     def init(self) -> None:
@@ -133,7 +134,7 @@ class Operations(pyfuse3.Operations):
 
     @errno_of
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        return self.entry(self.drive.lookup(parent_inode, _name(name)))
+        return self.entry(self.drive.looked_up(parent_inode, _name(name)))
 
     @errno_of
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
@@ -202,17 +203,17 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: Any) -> int:
         entries = self.drive.readdir(inode)
         fh = self._fh()
-        self.dir_handles[fh] = entries
+        self.dir_handles[fh] = (inode, entries)
         return fh
 
     @errno_of
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = self.dir_handles.get(fh, [])
+        parent, entries = self.dir_handles.get(fh, (0, []))
         for index in range(start_id, len(entries)):
             name, node = entries[index]
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attrs(node), index + 1):
                 return
-            self.drive.referenced(node.ino)  # readdirplus: the kernel keeps a reference
+            self.drive.referenced(node.ino, parent, name)  # readdirplus: the kernel keeps a reference
 
     @errno_of
     async def releasedir(self, fh: int) -> None:

@@ -44,6 +44,7 @@ from ..sync.conflicts import conflicted_name
 from . import links
 from . import xattrs as xattr_rules
 from .content import Content
+from .stale_names import StaleNames
 
 log = logging.getLogger("cloudfs.drive")
 
@@ -121,6 +122,9 @@ class Drive:
         """The kernel's references per inode (lookup/create/readdirplus minus forget): an
         inode removed from the tree lives on, as an orphan, until both this and
         open_count reach zero, so an open() racing a rename never sees ENOENT."""
+        self.stale = StaleNames()
+        """Names whose file the follower replaced with another device's version since the
+        kernel last looked them up: a removal through one is for the version shown."""
         self.on_outbox = lambda: None  # the syncer's wake-up, set when it starts
         self.room = Room(chunks)
         self.room.on_pressure = lambda: self.on_outbox()
@@ -166,6 +170,12 @@ class Drive:
         if ino is None:
             raise NotFoundError(f"{name!r} not in directory inode {parent}")
         return self.get(ino)
+
+    def looked_up(self, parent: int, name: str) -> Inode:
+        """The kernel's LOOKUP: it shows what is under the name from now on."""
+        node = self.lookup(parent, name)
+        self.stale.renewed(parent, name, node.ino)
+        return node
 
     def readdir(self, ino: int) -> list[tuple[str, Inode]]:
         self._dir(ino)
@@ -308,7 +318,7 @@ class Drive:
             self.cache.put(txn, record)
             self.cache.enqueue(txn, {"op": "push", "ino": record.ino})
         else:
-            self._forget(txn, record)
+            self._forget(txn, record, rev=self.stale.shown_rev(parent, name, record.ino))
 
     def _forget_alias(self, txn: lmdb.Transaction, alias: Inode) -> None:
         if alias.node_id:
@@ -329,13 +339,15 @@ class Drive:
             self._remove_name(txn, parent, name, now)
             self._touch_dir(txn, parent, now)
 
-    def _forget(self, txn: lmdb.Transaction, node: Inode) -> None:
-        """The node left the tree: tell the server, and drop it unless still open."""
+    def _forget(self, txn: lmdb.Transaction, node: Inode, rev: int | None = None) -> None:
+        """The node left the tree: tell the server, and drop it unless still open. `rev`:
+        the revision the removal was meant for, when older than the node's here (the
+        kernel still showed it, stale_names.py)."""
         if node.node_id and not node.extra.get("detached"):
             # `rev`: the server refuses the delete if another device committed since,
             # so an edit made elsewhere survives this delete.
             self.cache.enqueue(txn, {"op": "delete", "ino": node.ino, "node_id": node.node_id,
-                                     "rev": node.rev if node.kind == "file" else None, "t": time.time(),
+                                     "rev": (node.rev if rev is None else rev) if node.kind == "file" else None, "t": time.time(),
                                      **self._server_name(txn, node)})
         else:
             self._unland(txn, node)
@@ -623,8 +635,11 @@ class Drive:
             raise QuotaExceededError(f"{node.name if node else ino!r} goes over the account's quota; its bytes are "
                                      f"kept on this device and uploaded once room is made")
 
-    def referenced(self, ino: int) -> None:
+    def referenced(self, ino: int, parent: int = 0, name: str = "") -> None:
+        """The kernel took a reference to `ino`; under `parent`/`name` for a readdirplus."""
         self.lookups[ino] = self.lookups.get(ino, 0) + 1
+        if parent:
+            self.stale.renewed(parent, name, ino)
 
     def forgotten(self, ino: int, count: int) -> None:
         left = self.lookups.get(ino, 0) - count
@@ -632,6 +647,7 @@ class Drive:
             self.lookups[ino] = left
             return
         self.lookups.pop(ino, None)
+        self.stale.forgotten(ino)
         self._drop_if_orphan(ino)
 
     def _drop_if_orphan(self, ino: int) -> None:

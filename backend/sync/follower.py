@@ -64,6 +64,7 @@ from ..errors import OfflineError, ServerError
 from ..local.cache import ROOT_INO, Cache, Inode
 from ..local.chunkcache import ChunkCache
 from ..model import links
+from ..model.stale_names import StaleNames
 from ..protocol import wire
 from ..protocol.api_client import ApiClient
 from . import mirror, shared
@@ -87,7 +88,8 @@ class Invalidator:
 class Follower:
     def __init__(self, client: ApiClient, cache: Cache, chunks: ChunkCache, *, device: str,
                  open_count: dict[int, int], lookups: dict[int, int] | None = None,
-                 writers: dict[int, int] | None = None, invalidate: Invalidator | None = None) -> None:
+                 writers: dict[int, int] | None = None, invalidate: Invalidator | None = None,
+                 stale: StaleNames | None = None) -> None:
         self.client = client
         self.cache = cache
         self.chunks = chunks
@@ -96,6 +98,8 @@ class Follower:
         self.lookups = lookups if lookups is not None else {}
         self.writers = writers if writers is not None else {}
         self.invalidate = invalidate or Invalidator()
+        self.stale = stale if stale is not None else StaleNames()
+        """The Drive's: names whose file this replaces while the kernel may show the old one."""
         self.user_id = int(cache.get_meta("user_id") or 0)
         self.cursors: dict[int, int] = shared.load_cursors(cache)
         self._adopt_legacy_cursor()
@@ -213,6 +217,8 @@ class Follower:
                 if self._own(change):
                     self._echo(change)
                 else:
+                    log.debug("applying %s of node %d rev %d (seq %s)", change.op, change.node.id, change.node.rev,
+                              change.seq)
                     self.apply(change)
             await self._flush_invalidations()
             try:
@@ -754,6 +760,8 @@ class Follower:
     def _replace(self, local: Inode, remote: wire.Node, parent: int) -> None:
         """New content: a new inode under the name, so the kernel forgets the old size.
         Its other names (hard links) go with it."""
+        here = (local.parent, local.name) == (parent, remote.name)
+        known = self._in_use(local.ino)
         with self.cache.write() as txn:
             self.cache.unlink(txn, local.parent, local.name)
             node = self._inode_from(remote, self.cache.new_ino(txn), parent)
@@ -769,6 +777,10 @@ class Follower:
                 self.cache.drop(txn, local)
             self.cache.bind_node_id(txn, node, remote.id)
             self.cache.link(txn, parent, remote.name, node.ino)
+        if here:
+            self.stale.replaced(parent, remote.name, old_ino=local.ino, old_rev=local.rev, new_ino=node.ino, known=known)
+        log.debug("replaced inode %d (node %d rev %d) with inode %d (rev %d) at %d/%r", local.ino, remote.id,
+                  local.rev, node.ino, remote.rev, parent, remote.name)
         self.on_replaced(local.ino, node.ino)
         self._inval.append(("entry", local.parent or parent, local.name))
         if (local.parent, local.name) != (parent, remote.name):
@@ -977,6 +989,7 @@ class Follower:
         if not self._inval:
             return
         batch, self._inval = self._inval, []
+        log.debug("the kernel forgets %d names and inodes", len(batch))
 
         def run() -> None:
             for what, *args in batch:

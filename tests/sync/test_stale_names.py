@@ -1,0 +1,114 @@
+"""A name the kernel still shows with a file's old version (bug 40, soak seed 820070).
+
+b appended to y; a's follower put b's version under y as a new inode and told the kernel
+to forget the name, which it does when its notify worker gets to it. a's `rm y` came
+16 ms later, through the dentry the kernel still had: UNLINK carries the name alone, and
+the mount removed b's version, which a had never shown, with a delete guarded by b's
+revision: the server took it, and b's append was gone.
+
+The kernel's side of that race cannot be timed from outside a real mount, so device a
+here is the mount's session in this process (the real cache, follower, syncer, against
+the real server), its kernel the test: it looks y up, lets the follower apply b's
+version without forgetting anything, and unlinks the name as a stale dentry would. b
+is a real mount.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+import uuid
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import httpx
+import pytest
+import trio
+
+from cloudfs.backend.local.cache import ROOT_INO
+from cloudfs.backend.session import Session, SessionOptions, open_session
+from cloudfs.fs.operations import Operations
+from cloudfs.fs.pagecache import ReadAround
+from tests.harness import ServerProcess, cloudfs_mount
+
+
+def run_trio(main: Callable[[], Awaitable[None]]) -> None:
+    """trio.run on a thread of its own (a browser test on the same worker may leave an
+    asyncio loop marked as running on this one)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(trio.run, main).result()
+
+
+async def until(check: Callable[[], object], what: str, timeout: float = 20) -> None:
+    deadline = trio.current_time() + timeout
+    while not check():
+        if trio.current_time() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f}s")
+        await trio.sleep(0.05)
+
+
+def rev_of_y(session: Session) -> int:
+    ino = session.cache.lookup(ROOT_INO, "y")
+    node = session.cache.get(ino) if ino is not None else None
+    return node.rev if node is not None else 0
+
+
+def server_y(server: ServerProcess, token: str) -> bytes | None:
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as api:
+        found = api.get("/resolve", params={"path": "/y"})
+        if found.status_code == 404:
+            return None
+        found.raise_for_status()
+        return api.get(f"/files/{found.json()['node']['id']}/content").content
+
+
+@pytest.mark.parametrize("kernel", ["still shows the old version", "looked the name up again",
+                                    "read the directory again"])
+def test_an_unlink_through_a_name_the_kernel_has_not_renewed_keeps_the_version_it_never_showed(
+        sync_server: ServerProcess, tmp_path: Path, kernel: str) -> None:
+    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    with cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+        (b.path / "y").write_bytes(b"one\n")
+        b.sync()
+        options = SessionOptions(server_url=sync_server.url, token=token, cache_dir=tmp_path / "cache-a",
+                                 cache_size=256 * 1024 * 1024, device="dev-a")
+
+        def append_on_b() -> None:
+            with open(b.path / "y", "ab") as f:
+                f.write(b"two\n")
+            b.sync()
+
+        async def device_a() -> None:
+            async with open_session(options) as session, trio.open_nursery() as nursery:
+                await session.start(nursery)
+                ops = Operations(session.drive, around=ReadAround(), on_init=lambda: None)
+                await until(lambda: rev_of_y(session) == 1, "y on a")
+                old = (await ops.lookup(ROOT_INO, b"y")).st_ino  # the kernel's dentry
+                await trio.to_thread.run_sync(append_on_b)
+                await until(lambda: rev_of_y(session) == 2, "b's append on a")
+                new = session.cache.lookup(ROOT_INO, "y")
+                assert new != old  # new content, new inode: the kernel's dentry is stale
+                if kernel == "looked the name up again":
+                    await ops.lookup(ROOT_INO, b"y")
+                elif kernel == "read the directory again":  # readdirplus hands the kernel the new inode
+                    session.drive.referenced(new, ROOT_INO, "y")
+                await ops.unlink(ROOT_INO, b"y", None)
+                with trio.fail_after(30):
+                    await session.sync()
+                if kernel == "still shows the old version":
+                    # The delete was meant for rev 1: refused, and b's version comes back here.
+                    await until(lambda: rev_of_y(session) == 2, "y back on a")
+                    assert await session.drive.read(session.cache.lookup(ROOT_INO, "y"), 0, 100) == b"one\ntwo\n"
+                nursery.cancel_scope.cancel()
+
+        run_trio(device_a)
+        b.sync()
+        if kernel == "still shows the old version":
+            assert server_y(sync_server, token) == b"one\ntwo\n"
+            assert (b.path / "y").read_bytes() == b"one\ntwo\n"
+        else:  # the kernel showed b's version when a removed it: removed for good
+            assert server_y(sync_server, token) is None
+            deadline = time.monotonic() + 10
+            while (b.path / "y").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not (b.path / "y").exists()
