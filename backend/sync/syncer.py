@@ -786,6 +786,11 @@ class Syncer:
             self.uploader.content.watches.pop(node.ino, None)
             await self._delete_entry({"node_id": result.response.node.id, "rev": result.response.version.rev})
             return
+        if not node.node_id or node.extra.get("detached"):
+            # A create: an earlier try that went elsewhere may have landed unanswered. After a
+            # kill the retry is built anew with the name the file has then, so it never meets
+            # that try, which stayed on every other device (soak, seed 820167).
+            self._unland_elsewhere(node, result.response.node)
         finish_upload(self.cache, self.uploader.content, node, result)
         if result.response.node.deleted:  # ours had landed; another device saw it and deleted the file
             self.on_stale(result.response.node.id)

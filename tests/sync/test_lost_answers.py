@@ -458,3 +458,40 @@ def test_a_file_removed_here_before_its_lost_commit_was_found_keeps_what_others_
             m.sync(timeout=60)
         expected = {"x.txt": b"v2 from a\nand b's append\n"}
         assert snapshot(a.path) == snapshot(b.path) == expected
+
+
+@pytest.mark.parametrize("elsewhere", ["nothing", "b links it"])
+def test_a_lost_create_renamed_after_a_kill_leaves_one_node(sync_server, tmp_path, elsewhere: str):
+    """a's create of d/y lands and a is killed before the answer. Mounted again, the retry
+    is under way when d/y is renamed to d/e/x.txt, and goes there; the first try stayed at
+    d/y on the server, every other device had it, and a never removed it (soak, seed
+    820167: the retry after a kill is built anew with the file's name as it is then, so it
+    never meets its first try, as an in-memory retry does). With `b links it`, b made a
+    hard link to the first try meanwhile: the link keeps the bytes either way."""
+    with a_killable_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "d" / "e").mkdir(parents=True)
+        for m in (a, b):
+            m.sync(timeout=60)
+        data = os.urandom(300_000)  # past the inline size: prepare and PUT before the commit
+        proxy.hold_answers(rb"^POST /files ", 1)
+        (a.path / "d" / "y").write_bytes(data)
+        held = wait_for_answers(proxy, 1)
+        d.kill_a()
+        held[0].go.set()
+        if elsewhere == "b links it":
+            b.sync(timeout=60)
+            os.link(b.path / "d" / "y", b.path / "d" / "e" / "z.md")
+            b.sync(timeout=60)
+        proxy.hold(rb"^POST /uploads/prepare ")  # the retry stops before its request is built
+        a = d.mount_a_again()
+        wait_until_held(proxy, "the retry's prepare")
+        os.rename(a.path / "d" / "y", a.path / "d" / "e" / "x.txt")
+        proxy.release()
+        for m in (a, b, a, b):
+            m.sync(timeout=60)
+        got_a, got_b = snapshot(a.path), snapshot(b.path)
+        assert got_a == got_b
+        assert got_a["d/e/x.txt"] == data and "d/y" not in got_a, sorted(got_a)
+        if elsewhere == "b links it":
+            assert got_a["d/e/z.md"] == data
