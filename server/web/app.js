@@ -221,6 +221,17 @@
       } } }, "Forget them"));
   }
 
+  // The note follows the uploads as well as the listing's loads: a refresh of the listing
+  // after a batch may fail or be overtaken, and the note then said for good that an upload
+  // which had just finished did not.
+  function renderUnfinished() {
+    const old = document.getElementById("unfinished");
+    const note = unfinishedNote();
+    const listing = document.getElementById("listing");
+    if (old) { if (note) old.replaceWith(note); else old.remove(); }
+    else if (note && listing) listing.before(note);
+  }
+
   function icon(node) {
     return h("span", { class: "icon " + node.kind, "aria-hidden": "true" });
   }
@@ -575,6 +586,7 @@
           batch.active ? ` · ${size(speed)}/s · ${cfs.duration(left / speed)} left` : ""),
         batch.active ? null : h("button", { type: "button", class: "link", on: { click: () => { state.batch = null; drawUploads(); } } }, "Close")),
       h("ul", { class: "upload-list" }, items));
+    renderUnfinished();
     if (!batch.active && state.dirId) refreshSoon();
   }
 
