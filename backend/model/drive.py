@@ -123,8 +123,8 @@ class Drive:
         inode removed from the tree lives on, as an orphan, until both this and
         open_count reach zero, so an open() racing a rename never sees ENOENT."""
         self.stale = StaleNames()
-        """Names whose file the follower replaced with another device's version since the
-        kernel last looked them up: a removal through one is for the version shown."""
+        """Names the follower gave to something else since the kernel last looked them
+        up: a removal through one is meant for what the kernel showed."""
         self.on_outbox = lambda: None  # the syncer's wake-up, set when it starts
         self.room = Room(chunks)
         self.room.on_pressure = lambda: self.on_outbox()
@@ -173,7 +173,11 @@ class Drive:
 
     def looked_up(self, parent: int, name: str) -> Inode:
         """The kernel's LOOKUP: it shows what is under the name from now on."""
-        node = self.lookup(parent, name)
+        try:
+            node = self.lookup(parent, name)
+        except NotFoundError:
+            self.stale.renewed(parent, name, 0)
+            raise
         self.stale.renewed(parent, name, node.ino)
         return node
 
@@ -304,6 +308,8 @@ class Drive:
         self.cache.unlink(txn, parent, name)
         if record is None:
             return
+        shown_rev = self.stale.shown_rev(parent, name, record)
+        self.stale.removed(parent, name)
         if record.kind == "link":
             target = links.drop_alias(self.cache, txn, record)
             self._forget_alias(txn, record)
@@ -318,7 +324,7 @@ class Drive:
             self.cache.put(txn, record)
             self.cache.enqueue(txn, {"op": "push", "ino": record.ino})
         else:
-            self._forget(txn, record, rev=self.stale.shown_rev(parent, name, record.ino))
+            self._forget(txn, record, rev=shown_rev)
 
     def _forget_alias(self, txn: lmdb.Transaction, alias: Inode) -> None:
         if alias.node_id:
@@ -341,8 +347,8 @@ class Drive:
 
     def _forget(self, txn: lmdb.Transaction, node: Inode, rev: int | None = None) -> None:
         """The node left the tree: tell the server, and drop it unless still open. `rev`:
-        the revision the removal was meant for, when older than the node's here (the
-        kernel still showed it, stale_names.py)."""
+        the revision the removal was meant for, when the kernel still showed another
+        (stale_names.py)."""
         if node.node_id and not node.extra.get("detached"):
             # `rev`: the server refuses the delete if another device committed since,
             # so an edit made elsewhere survives this delete.

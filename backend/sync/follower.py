@@ -755,12 +755,14 @@ class Follower:
             self.cache.put(txn, node, create=True)
             self.cache.bind_node_id(txn, node, remote.id)
             self.cache.link(txn, parent, remote.name, node.ino)
+        self.stale.put(parent, remote.name, node.ino)
         self._inval.append(("entry", parent, remote.name))
 
     def _replace(self, local: Inode, remote: wire.Node, parent: int) -> None:
         """New content: a new inode under the name, so the kernel forgets the old size.
         Its other names (hard links) go with it."""
-        here = (local.parent, local.name) == (parent, remote.name)
+        old_parent, old_name = local.parent, local.name
+        here = (old_parent, old_name) == (parent, remote.name)
         known = self._in_use(local.ino)
         with self.cache.write() as txn:
             self.cache.unlink(txn, local.parent, local.name)
@@ -778,7 +780,10 @@ class Follower:
             self.cache.bind_node_id(txn, node, remote.id)
             self.cache.link(txn, parent, remote.name, node.ino)
         if here:
-            self.stale.replaced(parent, remote.name, old_ino=local.ino, old_rev=local.rev, new_ino=node.ino, known=known)
+            self.stale.took(parent, remote.name, gone=local, known=known, now=node.ino)
+        else:
+            self.stale.took(old_parent, old_name, gone=local, known=known)
+            self.stale.put(parent, remote.name, node.ino)
         log.debug("replaced inode %d (node %d rev %d) with inode %d (rev %d) at %d/%r", local.ino, remote.id,
                   local.rev, node.ino, remote.rev, parent, remote.name)
         self.on_replaced(local.ino, node.ino)
@@ -845,6 +850,8 @@ class Follower:
                 local.target, local.size = remote.target or "", remote.size
             self.cache.put(txn, local)
         if moved:
+            self.stale.took(old_parent, old_name, gone=local, known=self._in_use(local.ino))
+            self.stale.put(parent, remote.name, local.ino)
             self._inval.append(("entry", old_parent, old_name))
             self._inval.append(("entry", local.parent, local.name))
         self._inval.append(("inode", local.ino))
@@ -904,6 +911,8 @@ class Follower:
         if local.ino in keep:
             log.warning("%r was deleted on another device but has local changes here: keeping it", name)
         else:
+            if local.ino not in alive and local.ino not in promote:
+                self.stale.took(parent, name, gone=local, known=self._in_use(local.ino))
             self._inval.append(("entry", parent, name))
 
     def _apply_alias_delete(self, alias: Inode) -> None:

@@ -1,10 +1,11 @@
 """A name the kernel still shows with a file's old version (bug 40, soak seed 820070).
 
 b appended to y; a's follower put b's version under y as a new inode and told the kernel
-to forget the name, which it does when its notify worker gets to it. a's `rm y` came
+to forget the name, which it does when pyfuse3's notify worker gets to it. a's `rm y` came
 16 ms later, through the dentry the kernel still had: UNLINK carries the name alone, and
 the mount removed b's version, which a had never shown, with a delete guarded by b's
-revision: the server took it, and b's append was gone.
+revision: the server took it, and b's append was gone. The same for another file b
+renamed over y: a's unlink took that file.
 
 The kernel's side of that race cannot be timed from outside a real mount, so device a
 here is the mount's session in this process (the real cache, follower, syncer, against
@@ -16,6 +17,7 @@ is a real mount.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import time
 import uuid
 from pathlib import Path
@@ -25,7 +27,7 @@ import httpx
 import pytest
 import trio
 
-from cloudfs.backend.local.cache import ROOT_INO
+from cloudfs.backend.local.cache import ROOT_INO, Inode
 from cloudfs.backend.session import Session, SessionOptions, open_session
 from cloudfs.fs.operations import Operations
 from cloudfs.fs.pagecache import ReadAround
@@ -47,10 +49,9 @@ async def until(check: Callable[[], object], what: str, timeout: float = 20) -> 
         await trio.sleep(0.05)
 
 
-def rev_of_y(session: Session) -> int:
+def y_here(session: Session) -> Inode | None:
     ino = session.cache.lookup(ROOT_INO, "y")
-    node = session.cache.get(ino) if ino is not None else None
-    return node.rev if node is not None else 0
+    return session.cache.get(ino) if ino is not None else None
 
 
 def server_y(server: ServerProcess, token: str) -> bytes | None:
@@ -62,32 +63,50 @@ def server_y(server: ServerProcess, token: str) -> bytes | None:
         return api.get(f"/files/{found.json()['node']['id']}/content").content
 
 
-@pytest.mark.parametrize("kernel", ["still shows the old version", "looked the name up again",
+def append_to_y(root: Path) -> None:
+    with open(root / "y", "ab") as f:
+        f.write(b"two\n")
+
+
+def rename_z_over_y(root: Path) -> None:
+    os.rename(root / "z", root / "y")
+
+
+ELSEWHERE = {"appends to it": (append_to_y, b"one\ntwo\n"), "renames another file over it": (rename_z_over_y, b"zzz\n")}
+
+
+@pytest.mark.parametrize("kernel", ["still shows the old file", "looked the name up again",
                                     "read the directory again"])
-def test_an_unlink_through_a_name_the_kernel_has_not_renewed_keeps_the_version_it_never_showed(
-        sync_server: ServerProcess, tmp_path: Path, kernel: str) -> None:
+@pytest.mark.parametrize("elsewhere", list(ELSEWHERE))
+def test_an_unlink_through_a_name_the_kernel_has_not_renewed_keeps_what_it_never_showed(
+        sync_server: ServerProcess, tmp_path: Path, elsewhere: str, kernel: str) -> None:
+    """b `elsewhere` y; a's follower puts that under y; a unlinks y, its kernel showing
+    the old file or (renewed) what came. Only the file shown goes."""
+    change, after = ELSEWHERE[elsewhere]
     token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
     with cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
         (b.path / "y").write_bytes(b"one\n")
+        (b.path / "z").write_bytes(b"zzz\n")
         b.sync()
         options = SessionOptions(server_url=sync_server.url, token=token, cache_dir=tmp_path / "cache-a",
                                  cache_size=256 * 1024 * 1024, device="dev-a")
 
-        def append_on_b() -> None:
-            with open(b.path / "y", "ab") as f:
-                f.write(b"two\n")
+        def change_on_b() -> None:
+            change(b.path)
             b.sync()
 
         async def device_a() -> None:
             async with open_session(options) as session, trio.open_nursery() as nursery:
                 await session.start(nursery)
                 ops = Operations(session.drive, around=ReadAround(), on_init=lambda: None)
-                await until(lambda: rev_of_y(session) == 1, "y on a")
+                await until(lambda: session.cache.lookup(ROOT_INO, "z") is not None and y_here(session), "y and z on a")
                 old = (await ops.lookup(ROOT_INO, b"y")).st_ino  # the kernel's dentry
-                await trio.to_thread.run_sync(append_on_b)
-                await until(lambda: rev_of_y(session) == 2, "b's append on a")
+                old_node = y_here(session)
+                await trio.to_thread.run_sync(change_on_b)
+                await until(lambda: (y_here(session).node_id, y_here(session).rev) != (old_node.node_id, old_node.rev),
+                            "b's change on a")
                 new = session.cache.lookup(ROOT_INO, "y")
-                assert new != old  # new content, new inode: the kernel's dentry is stale
+                assert new != old  # the kernel's dentry is stale
                 if kernel == "looked the name up again":
                     await ops.lookup(ROOT_INO, b"y")
                 elif kernel == "read the directory again":  # readdirplus hands the kernel the new inode
@@ -95,18 +114,18 @@ def test_an_unlink_through_a_name_the_kernel_has_not_renewed_keeps_the_version_i
                 await ops.unlink(ROOT_INO, b"y", None)
                 with trio.fail_after(30):
                     await session.sync()
-                if kernel == "still shows the old version":
-                    # The delete was meant for rev 1: refused, and b's version comes back here.
-                    await until(lambda: rev_of_y(session) == 2, "y back on a")
-                    assert await session.drive.read(session.cache.lookup(ROOT_INO, "y"), 0, 100) == b"one\ntwo\n"
+                if kernel == "still shows the old file":
+                    # The delete was meant for what the kernel showed: refused, and b's comes back here.
+                    await until(lambda: y_here(session) is not None, "y back on a")
+                    assert await session.drive.read(y_here(session).ino, 0, 100) == after
                 nursery.cancel_scope.cancel()
 
         run_trio(device_a)
         b.sync()
-        if kernel == "still shows the old version":
-            assert server_y(sync_server, token) == b"one\ntwo\n"
-            assert (b.path / "y").read_bytes() == b"one\ntwo\n"
-        else:  # the kernel showed b's version when a removed it: removed for good
+        if kernel == "still shows the old file":
+            assert server_y(sync_server, token) == after
+            assert (b.path / "y").read_bytes() == after
+        else:  # the kernel showed b's change when a removed it: removed for good
             assert server_y(sync_server, token) is None
             deadline = time.monotonic() + 10
             while (b.path / "y").exists() and time.monotonic() < deadline:
