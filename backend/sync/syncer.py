@@ -531,20 +531,22 @@ class Syncer:
                 return await self._create(node, parent_id, depth + 1)  # the winner went: to the file here
             raise
 
-    def _trying(self, node: Inode, parent_id: int, shape: dict) -> None:
+    def _trying(self, node: Inode, parent_id: int, shape: dict, name: str | None = None) -> None:
         with self.cache.write() as txn:
-            self._note_try(node, parent_id, shape)
+            self._note_try(node, parent_id, shape, name)
             self.cache.put(txn, node)
 
     @staticmethod
-    def _note_try(node: Inode, parent_id: int, shape: dict) -> None:
-        """A create of `node` goes to `parent_id`: until the node is bound, a retry may find
-        that a try landed with its answer lost, and a removal here must look for what it
-        made (drive.py queues `unland`; `shape` says what to look for)."""
+    def _note_try(node: Inode, parent_id: int, shape: dict, name: str | None = None) -> None:
+        """A create of `node` goes to `parent_id` (under `name`, or its name now): until the
+        node is bound, a retry may find that a try landed with its answer lost, and a
+        removal here must look for what it made (drive.py queues `unland`; `shape` says
+        what to look for)."""
+        place = [parent_id, node.name if name is None else name]
         tried = node.extra.setdefault("first_try", {"at": time.time(), "places": []})
         tried["shape"] = shape
-        if [parent_id, node.name] not in tried["places"]:
-            tried["places"] = (tried["places"] + [[parent_id, node.name]])[-TRIED_PLACES:]
+        if place not in tried["places"]:
+            tried["places"] = (tried["places"] + [place])[-TRIED_PLACES:]
 
     async def _own_first_attempt(self, node: Inode, occupant: wire.Node) -> None:
         """`occupant` is what our first try of this create made. If the node went here
@@ -740,7 +742,14 @@ class Syncer:
             self.cache.put(txn, node)
         try:
             with self.creates.start(node.ino) as out:
-                result = await self.uploader.upload(node, parent_node_id=parent_id, sending=out.sending,
+                def sending(request: wire.CommitRequest) -> None:
+                    out.sending(request)
+                    if request.node_id is None and request.parent_id is not None and request.name is not None:
+                        # The place as sent: the file may have been renamed while its chunks went
+                        # (soak, seed 820167: the directory it was in, the name it had by then).
+                        self._trying(node, request.parent_id, {"kind": "file"}, request.name)
+
+                result = await self.uploader.upload(node, parent_node_id=parent_id, sending=sending,
                                                     tried_since=tried_since)
                 await self._uploaded(node, result)
         except StaleRevisionError as exc:

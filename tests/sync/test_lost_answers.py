@@ -495,3 +495,37 @@ def test_a_lost_create_renamed_after_a_kill_leaves_one_node(sync_server, tmp_pat
         assert got_a["d/e/x.txt"] == data and "d/y" not in got_a, sorted(got_a)
         if elsewhere == "b links it":
             assert got_a["d/e/z.md"] == data
+
+
+def test_a_lost_create_retried_under_a_name_given_meanwhile_and_lost_again_leaves_one_node(sync_server, tmp_path):
+    """As above, and the retry, which went under the name the file was given while its
+    chunks were sent (d/x.txt: the directory it was in then, the name it has now), lands
+    unanswered too before a second kill: that place was never noted among the tries, so
+    the third try's look for earlier ones did not see it."""
+    with a_killable_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "d" / "e").mkdir(parents=True)
+        for m in (a, b):
+            m.sync(timeout=60)
+        data = os.urandom(300_000)
+        proxy.hold_answers(rb"^POST /files ", 1)
+        (a.path / "d" / "y").write_bytes(data)
+        held = wait_for_answers(proxy, 1)
+        d.kill_a()
+        held[0].go.set()
+        proxy.hold(rb"^POST /uploads/prepare ")
+        a = d.mount_a_again()
+        wait_until_held(proxy, "the retry's prepare")
+        os.rename(a.path / "d" / "y", a.path / "d" / "e" / "x.txt")
+        proxy.answers_held.clear()
+        proxy.hold_answers(rb"^POST /files ", 1)
+        proxy.release()
+        held = wait_for_answers(proxy, 1)
+        d.kill_a()
+        held[0].go.set()
+        a = d.mount_a_again()
+        for m in (a, b, a, b):
+            m.sync(timeout=60)
+        got_a, got_b = snapshot(a.path), snapshot(b.path)
+        assert got_a == got_b
+        assert got_a == {"d": None, "d/e": None, "d/e/x.txt": data}, sorted(got_a)
