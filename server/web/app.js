@@ -603,7 +603,8 @@
   // --- the change feed: the open folder follows what devices do ---
 
   let refreshTimer = null;
-  function refreshSoon() {
+  let refreshFailures = 0;
+  function refreshSoon(delay = 200) {
     if (refreshTimer) return;
     refreshTimer = setTimeout(async () => {
       refreshTimer = null;
@@ -613,10 +614,15 @@
         const turn = ++listingTurn, dirId = state.dirId;
         try {
           const listing = await loadEntries(dirId);
+          refreshFailures = 0;
           if (turn === listingTurn) showListing(dirId, listing);
-        } catch (err) { /* next change */ }
+        } catch (err) {
+          // Tried again a few times: waiting for the next change left a folder without
+          // the file just uploaded to it for as long as nothing else changed there.
+          if (++refreshFailures <= 6) refreshSoon(500 * 2 ** refreshFailures);
+        }
       } else if (view === "trash") showTrash();
-    }, 200);
+    }, delay);
   }
 
   async function follow() {
