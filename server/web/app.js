@@ -603,9 +603,15 @@
   // --- the change feed: the open folder follows what devices do ---
 
   let refreshTimer = null;
+  let refreshDue = 0;
   let refreshFailures = 0;
   function refreshSoon(delay = 200) {
-    if (refreshTimer) return;
+    const due = performance.now() + delay;
+    if (refreshTimer) {
+      if (refreshDue <= due) return;
+      clearTimeout(refreshTimer);  // a change meanwhile does not wait for a retry's back-off
+    }
+    refreshDue = due;
     refreshTimer = setTimeout(async () => {
       refreshTimer = null;
       const view = location.hash.replace(/^#\/?/, "").split("/")[0];

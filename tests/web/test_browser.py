@@ -144,7 +144,7 @@ def test_big_upload_shows_progress_survives_a_dropped_connection_and_a_reload(
 
 
 def test_a_resumed_upload_is_no_longer_unfinished_when_the_listing_cannot_be_reloaded(
-        page, tmp_path: Path) -> None:  # noqa: ANN001
+        page, tmp_path: Path, device: MountProcess) -> None:  # noqa: ANN001
     """The note about unfinished uploads went only with the reload of the listing after
     the batch: when that failed (or was overtaken), the page kept saying an upload that
     had just finished did not (CI, stop 29), and the listing lacked the file until the next
@@ -181,6 +181,18 @@ def test_a_resumed_upload_is_no_longer_unfinished_when_the_listing_cannot_be_rel
     finally:
         page.unroute("**/children?*")
     row(page, "resumed.bin").wait_for(timeout=20_000)  # the failed reload is tried again; nothing else changes
+    # Failing again long enough for the retries to back off past 8 s: a change made on a
+    # device meanwhile shows at once, not after the back-off.
+    page.route("**/children?*", lambda route: route.abort())
+    try:
+        (device.path / "later.txt").write_text("from the laptop\n")
+        device.sync()
+        page.wait_for_timeout(8_000)
+    finally:
+        page.unroute("**/children?*")
+    (device.path / "later2.txt").write_text("and another\n")
+    device.sync()
+    row(page, "later2.txt").wait_for(timeout=5_000)
 
 
 def test_a_name_clash_makes_a_conflicted_copy(page, local: Path, device: MountProcess) -> None:  # noqa: ANN001
