@@ -352,9 +352,9 @@ class Drive:
         if node.node_id and not node.extra.get("detached"):
             # `rev`: the server refuses the delete if another device committed since,
             # so an edit made elsewhere survives this delete.
-            self.cache.enqueue(txn, {"op": "delete", "ino": node.ino, "node_id": node.node_id,
-                                     "rev": (node.rev if rev is None else rev) if node.kind == "file" else None, "t": time.time(),
-                                     **self._server_name(txn, node)})
+            guard = (node.rev if rev is None else rev) if node.kind == "file" else None
+            self.cache.enqueue(txn, {"op": "delete", "ino": node.ino, "node_id": node.node_id, "rev": guard,
+                                     "t": time.time(), **self._server_name(txn, node)})
         else:
             self._unland(txn, node)
         if self.open_count.get(node.ino) or self.lookups.get(node.ino):

@@ -99,7 +99,8 @@ class Follower:
         self.writers = writers if writers is not None else {}
         self.invalidate = invalidate or Invalidator()
         self.stale = stale if stale is not None else StaleNames()
-        """The Drive's: names whose file this replaces while the kernel may show the old one."""
+        """The Drive's: names this gives to something else while the kernel may still show
+        what they had (a removal through one is meant for that)."""
         self.user_id = int(cache.get_meta("user_id") or 0)
         self.cursors: dict[int, int] = shared.load_cursors(cache)
         self._adopt_legacy_cursor()
