@@ -26,13 +26,13 @@ from pathlib import Path
 
 import hypothesis.strategies as st
 import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import Phase
 from hypothesis.stateful import initialize, rule
 
 from tests.harness import CLOUDFS, MountProcess, cloudfs_mount, wait_until
 from tests.model import View, merged
 from tests.model_ops import LINK_POOL, NAMES
-from tests.sync.test_model_two import EXAMPLES, EXPLORE, ROUNDS, SEEDS, SIZES, TwoDevices, picks
+from tests.sync.test_model_two import EXPLORE, SEEDS, SIZES, TwoDevices, picks, run_machine
 
 pytestmark = pytest.mark.timeout(360 if not EXPLORE else 120 + 90 * EXPLORE)
 
@@ -139,10 +139,7 @@ def test_two_accounts_share_a_folder_random_operations(sync_server, tmp_path):
     SharedFolder.server = sync_server
     SharedFolder.base_dir = tmp_path
     phases = [Phase.explicit, Phase.reuse, Phase.generate]
-    runner = settings(max_examples=EXAMPLES, stateful_step_count=ROUNDS + 1, deadline=None, derandomize=not EXPLORE,
-                      database=None, phases=phases, suppress_health_check=list(HealthCheck),
-                      print_blob=False)(SharedFolder).TestCase
     SharedFolder.stats.clear()
-    runner().runTest()
+    run_machine(SharedFolder, phases)
     print(f"shared-folder model: {dict(SharedFolder.stats)}")
     assert "Traceback" not in sync_server.log(), sync_server.log()[-5000:]
