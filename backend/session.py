@@ -319,6 +319,7 @@ async def open_session(options: SessionOptions, invalidate: Invalidator | None =
         uploader.account = lambda: follower.user_id or None
         drive.server_refused = lambda ino: ino in syncer.quota_blocked and shared.namespace_of(cache, ino)[0] is not None
         syncer.forget_name = follower.invalidate_entry
+        syncer.took_name = follower.took_name
         await follower.bootstrap()
         drive.recover()
         session = Session(options, client, cache, chunks, drive, syncer, follower, fetcher, uploader, streamer, pins,

@@ -1,8 +1,10 @@
 """Names the kernel may still resolve to a file the follower took away from them.
 
 Another device's change puts something else under a name here: its new version of the
-file, as a new inode (follower._replace), or another node (a file renamed over it, or
-one created once it was deleted). The kernel is told to forget the name, which it does
+file, as a new inode (follower._replace), or another node (a file renamed over it, one
+created once it was deleted, or the one that won a name or a conflict against a file
+made or edited here, which became a conflicted copy: follower._make_room,
+syncer._rename_conflicted). The kernel is told to forget the name, which it does
 when pyfuse3's notify worker gets to it; until it looks the name up again, its dentry
 stands for the old inode. `rm y` reaches the mount as UNLINK of a name alone, and the
 mount removed what had arrived a moment ago, which the program never saw: the other

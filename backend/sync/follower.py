@@ -535,6 +535,11 @@ class Follower:
         """A delete of `node_id` is queued in the outbox."""
         return self.cache.queued_delete(node_id) is not None
 
+    def took_name(self, parent: int, name: str, gone: Inode) -> None:
+        """The syncer moved `gone` away from the name (a conflicted copy): what this puts
+        there next, the kernel never showed under it."""
+        self.stale.took(parent, name, gone=gone, known=self._in_use(gone.ino))
+
     def _in_use(self, ino: int) -> bool:
         return bool(self.open_count.get(ino) or self.lookups.get(ino))
 
@@ -705,6 +710,7 @@ class Follower:
             self.cache.put(txn, occupant)
             self.cache.enqueue(txn, {"op": "upload" if occupant.kind == "file" else "push", "ino": occupant.ino})
             count_conflict(self.cache, txn)
+        self.stale.took(parent, remote.name, gone=occupant, known=self._in_use(occupant.ino))
         self._inval.append(("entry", parent, remote.name))
         return "free"
 

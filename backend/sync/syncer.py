@@ -72,6 +72,9 @@ class Syncer:
         self.online = True
         self.on_stale: Callable[[int], None] = lambda node_id: None  # the follower's refresh
         self.forget_name: Callable[[int, str], Awaitable[None]] = _nothing_to_forget
+        self.took_name: Callable[[int, str, Inode], None] = lambda parent, name, node: None
+        """The follower's `took_name`: a conflicted copy leaves a name the kernel may still
+        show it under, and what comes there next it never showed (stale_names.py)."""
         """Make the kernel drop a name (the follower's invalidate_entry)."""
         self.keep_local: Callable[[Inode], Awaitable[bool]] = _send_everything
         """Whether a node the server has not seen stays on this device (ignore.py)."""
@@ -884,6 +887,7 @@ class Syncer:
             self.cache.place(txn, node)
             self.cache.put(txn, node)
             count_conflict(self.cache, txn)
+        self.took_name(node.parent, old_name, node)
         # The kernel still maps the old name to this inode (entries live 300 s): a program
         # writing to that name next would write into our conflicted copy.
         await self.forget_name(node.parent, old_name)

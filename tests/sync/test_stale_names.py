@@ -21,6 +21,7 @@ import os
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Awaitable, Callable
 
 import httpx
@@ -131,3 +132,86 @@ def test_an_unlink_through_a_name_the_kernel_has_not_renewed_keeps_what_it_never
             while (b.path / "y").exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert not (b.path / "y").exists()
+
+
+def test_an_unlink_of_a_file_made_here_whose_name_another_device_took_first_keeps_theirs(
+        sync_server: ServerProcess, tmp_path: Path) -> None:
+    """a made y (not sent yet) and b made y too, sent first: a's follower keeps a's as a
+    conflicted copy and puts b's under y. a's unlink of y, through the kernel's dentry of
+    its own file, must not take b's, which it never showed: refused, and b's comes back."""
+    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    with cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+        b.sync()
+        options = SessionOptions(server_url=sync_server.url, token=token, cache_dir=tmp_path / "cache-a",
+                                 cache_size=256 * 1024 * 1024, device="dev-a")
+
+        def make_y_on_b() -> None:
+            (b.path / "y").write_bytes(b"theirs\n")
+            b.sync()
+
+        async def device_a() -> None:
+            async with open_session(options) as session, trio.open_nursery() as nursery:
+                await nursery.start(session.follower.run)  # no syncer yet: a's y waits here
+                ops = Operations(session.drive, around=ReadAround(), on_init=lambda: None)
+                ctx = SimpleNamespace(uid=os.getuid(), gid=os.getgid(), umask=0o022)
+                info, _ = await ops.create(ROOT_INO, b"y", 0o100644, os.O_WRONLY, ctx)  # the kernel's dentry
+                await ops.write(info.fh, 0, b"mine\n")
+                await ops.release(info.fh)
+                await trio.to_thread.run_sync(make_y_on_b)
+                await until(lambda: y_here(session) is not None and y_here(session).node_id, "b's y under y on a")
+                await ops.unlink(ROOT_INO, b"y", None)
+                await nursery.start(session.syncer.run)
+                with trio.fail_after(30):
+                    await session.sync()
+                await until(lambda: y_here(session) is not None, "b's y back on a")
+                assert await session.drive.read(y_here(session).ino, 0, 100) == b"theirs\n"
+                nursery.cancel_scope.cancel()
+
+        run_trio(device_a)
+        b.sync()
+        assert server_y(sync_server, token) == b"theirs\n"
+        copies = [p for p in b.path.iterdir() if p.name != "y"]
+        assert [p.read_bytes() for p in copies] == [b"mine\n"], copies
+
+
+def test_an_unlink_through_the_name_of_an_edit_that_lost_a_conflict_keeps_the_winner(
+        sync_server: ServerProcess, tmp_path: Path) -> None:
+    """a edited y while b's edit of it went first: a's syncer keeps a's as a conflicted
+    copy and the follower brings b's under y. a's unlink of y through the kernel's dentry
+    (a's own version) is meant for the revision a built on: refused, b's edit stays."""
+    token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
+    with cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+        (b.path / "y").write_bytes(b"v1\n")
+        b.sync()
+        options = SessionOptions(server_url=sync_server.url, token=token, cache_dir=tmp_path / "cache-a",
+                                 cache_size=256 * 1024 * 1024, device="dev-a")
+
+        def edit_on_b() -> None:
+            (b.path / "y").write_bytes(b"b's edit\n")
+            b.sync()
+
+        async def device_a() -> None:
+            async with open_session(options) as session, trio.open_nursery() as nursery:
+                await nursery.start(session.follower.run)  # no syncer yet: a's edit waits here
+                ops = Operations(session.drive, around=ReadAround(), on_init=lambda: None)
+                await until(lambda: y_here(session) is not None and y_here(session).rev == 1, "y on a")
+                ino = (await ops.lookup(ROOT_INO, b"y")).st_ino  # the kernel's dentry
+                info = await ops.open(ino, os.O_WRONLY | os.O_TRUNC, SimpleNamespace(uid=os.getuid(), gid=os.getgid()))
+                await ops.write(info.fh, 0, b"a's edit\n")
+                await ops.release(info.fh)
+                await trio.to_thread.run_sync(edit_on_b)
+                await nursery.start(session.syncer.run)  # a's commit is refused: a conflicted copy
+                await until(lambda: y_here(session) is not None and y_here(session).ino != ino
+                            and y_here(session).rev == 2, "b's y under y on a")
+                await ops.unlink(ROOT_INO, b"y", None)
+                with trio.fail_after(30):
+                    await session.sync()
+                await until(lambda: y_here(session) is not None, "b's y back on a")
+                assert await session.drive.read(y_here(session).ino, 0, 100) == b"b's edit\n"
+                nursery.cancel_scope.cancel()
+
+        run_trio(device_a)
+        b.sync()
+        assert server_y(sync_server, token) == b"b's edit\n"
+        copies = [p for p in b.path.iterdir() if p.name != "y"]
+        assert [p.read_bytes() for p in copies] == [b"a's edit\n"], copies
