@@ -32,7 +32,7 @@ from cloudfs.backend.local.cache import ROOT_INO, Inode
 from cloudfs.backend.session import Session, SessionOptions, open_session
 from cloudfs.fs.operations import Operations
 from cloudfs.fs.pagecache import ReadAround
-from tests.harness import ServerProcess, cloudfs_mount
+from tests.harness import MountProcess, ServerProcess, cloudfs_mount
 
 
 def run_trio(main: Callable[[], Awaitable[None]]) -> None:
@@ -64,6 +64,34 @@ def server_y(server: ServerProcess, token: str) -> bytes | None:
         return api.get(f"/files/{found.json()['node']['id']}/content").content
 
 
+def options_of_a(server: ServerProcess, token: str, tmp_path: Path) -> SessionOptions:
+    return SessionOptions(server_url=server.url, token=token, cache_dir=tmp_path / "cache-a",
+                          cache_size=256 * 1024 * 1024, device="dev-a")
+
+
+async def unlink_y_and_see_it_back(session: Session, ops: Operations, winner: bytes) -> None:
+    """a's unlink of y through the kernel's stale dentry: refused by the server, and the
+    file that won the name comes back under it."""
+    await ops.unlink(ROOT_INO, b"y", None)
+    with trio.fail_after(30):
+        await session.sync()
+    await until(lambda: y_here(session) is not None, "y back on a")
+    assert await session.drive.read(y_here(session).ino, 0, 100) == winner
+
+
+def assert_both_kept(server: ServerProcess, token: str, b: Path, winner: bytes, copy: bytes) -> None:
+    assert server_y(server, token) == winner
+    copies = [p for p in b.iterdir() if p.name != "y"]
+    assert [p.read_bytes() for p in copies] == [copy], copies
+
+
+def y_written_on(b: MountProcess, content: bytes) -> Callable[[], None]:
+    def write() -> None:
+        (b.path / "y").write_bytes(content)
+        b.sync()
+    return write
+
+
 def append_to_y(root: Path) -> None:
     with open(root / "y", "ab") as f:
         f.write(b"two\n")
@@ -89,8 +117,7 @@ def test_an_unlink_through_a_name_the_kernel_has_not_renewed_keeps_what_it_never
         (b.path / "y").write_bytes(b"one\n")
         (b.path / "z").write_bytes(b"zzz\n")
         b.sync()
-        options = SessionOptions(server_url=sync_server.url, token=token, cache_dir=tmp_path / "cache-a",
-                                 cache_size=256 * 1024 * 1024, device="dev-a")
+        options = options_of_a(sync_server, token, tmp_path)
 
         def change_on_b() -> None:
             change(b.path)
@@ -112,13 +139,12 @@ def test_an_unlink_through_a_name_the_kernel_has_not_renewed_keeps_what_it_never
                     await ops.lookup(ROOT_INO, b"y")
                 elif kernel == "read the directory again":  # readdirplus hands the kernel the new inode
                     session.drive.referenced(new, ROOT_INO, "y")
-                await ops.unlink(ROOT_INO, b"y", None)
-                with trio.fail_after(30):
-                    await session.sync()
-                if kernel == "still shows the old file":
-                    # The delete was meant for what the kernel showed: refused, and b's comes back here.
-                    await until(lambda: y_here(session) is not None, "y back on a")
-                    assert await session.drive.read(y_here(session).ino, 0, 100) == after
+                if kernel == "still shows the old file":  # the delete is meant for what it showed
+                    await unlink_y_and_see_it_back(session, ops, after)
+                else:
+                    await ops.unlink(ROOT_INO, b"y", None)
+                    with trio.fail_after(30):
+                        await session.sync()
                 nursery.cancel_scope.cancel()
 
         run_trio(device_a)
@@ -142,12 +168,7 @@ def test_an_unlink_of_a_file_made_here_whose_name_another_device_took_first_keep
     token = sync_server.add_user(f"u-{uuid.uuid4().hex[:10]}")
     with cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
         b.sync()
-        options = SessionOptions(server_url=sync_server.url, token=token, cache_dir=tmp_path / "cache-a",
-                                 cache_size=256 * 1024 * 1024, device="dev-a")
-
-        def make_y_on_b() -> None:
-            (b.path / "y").write_bytes(b"theirs\n")
-            b.sync()
+        options = options_of_a(sync_server, token, tmp_path)
 
         async def device_a() -> None:
             async with open_session(options) as session, trio.open_nursery() as nursery:
@@ -157,21 +178,15 @@ def test_an_unlink_of_a_file_made_here_whose_name_another_device_took_first_keep
                 info, _ = await ops.create(ROOT_INO, b"y", 0o100644, os.O_WRONLY, ctx)  # the kernel's dentry
                 await ops.write(info.fh, 0, b"mine\n")
                 await ops.release(info.fh)
-                await trio.to_thread.run_sync(make_y_on_b)
+                await trio.to_thread.run_sync(y_written_on(b, b"theirs\n"))
                 await until(lambda: y_here(session) is not None and y_here(session).node_id, "b's y under y on a")
-                await ops.unlink(ROOT_INO, b"y", None)
                 await nursery.start(session.syncer.run)
-                with trio.fail_after(30):
-                    await session.sync()
-                await until(lambda: y_here(session) is not None, "b's y back on a")
-                assert await session.drive.read(y_here(session).ino, 0, 100) == b"theirs\n"
+                await unlink_y_and_see_it_back(session, ops, b"theirs\n")
                 nursery.cancel_scope.cancel()
 
         run_trio(device_a)
         b.sync()
-        assert server_y(sync_server, token) == b"theirs\n"
-        copies = [p for p in b.path.iterdir() if p.name != "y"]
-        assert [p.read_bytes() for p in copies] == [b"mine\n"], copies
+        assert_both_kept(sync_server, token, b.path, b"theirs\n", b"mine\n")
 
 
 def test_an_unlink_through_the_name_of_an_edit_that_lost_a_conflict_keeps_the_winner(
@@ -183,12 +198,7 @@ def test_an_unlink_through_the_name_of_an_edit_that_lost_a_conflict_keeps_the_wi
     with cloudfs_mount(sync_server, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
         (b.path / "y").write_bytes(b"v1\n")
         b.sync()
-        options = SessionOptions(server_url=sync_server.url, token=token, cache_dir=tmp_path / "cache-a",
-                                 cache_size=256 * 1024 * 1024, device="dev-a")
-
-        def edit_on_b() -> None:
-            (b.path / "y").write_bytes(b"b's edit\n")
-            b.sync()
+        options = options_of_a(sync_server, token, tmp_path)
 
         async def device_a() -> None:
             async with open_session(options) as session, trio.open_nursery() as nursery:
@@ -199,19 +209,13 @@ def test_an_unlink_through_the_name_of_an_edit_that_lost_a_conflict_keeps_the_wi
                 info = await ops.open(ino, os.O_WRONLY | os.O_TRUNC, SimpleNamespace(uid=os.getuid(), gid=os.getgid()))
                 await ops.write(info.fh, 0, b"a's edit\n")
                 await ops.release(info.fh)
-                await trio.to_thread.run_sync(edit_on_b)
+                await trio.to_thread.run_sync(y_written_on(b, b"b's edit\n"))
                 await nursery.start(session.syncer.run)  # a's commit is refused: a conflicted copy
                 await until(lambda: y_here(session) is not None and y_here(session).ino != ino
                             and y_here(session).rev == 2, "b's y under y on a")
-                await ops.unlink(ROOT_INO, b"y", None)
-                with trio.fail_after(30):
-                    await session.sync()
-                await until(lambda: y_here(session) is not None, "b's y back on a")
-                assert await session.drive.read(y_here(session).ino, 0, 100) == b"b's edit\n"
+                await unlink_y_and_see_it_back(session, ops, b"b's edit\n")
                 nursery.cancel_scope.cancel()
 
         run_trio(device_a)
         b.sync()
-        assert server_y(sync_server, token) == b"b's edit\n"
-        copies = [p for p in b.path.iterdir() if p.name != "y"]
-        assert [p.read_bytes() for p in copies] == [b"a's edit\n"], copies
+        assert_both_kept(sync_server, token, b.path, b"b's edit\n", b"a's edit\n")
