@@ -72,10 +72,10 @@ class Syncer:
         self.online = True
         self.on_stale: Callable[[int], None] = lambda node_id: None  # the follower's refresh
         self.forget_name: Callable[[int, str], Awaitable[None]] = _nothing_to_forget
+        """Make the kernel drop a name (the follower's invalidate_entry)."""
         self.took_name: Callable[[int, str, Inode], None] = lambda parent, name, node: None
         """The follower's `took_name`: a conflicted copy leaves a name the kernel may still
         show it under, and what comes there next it never showed (stale_names.py)."""
-        """Make the kernel drop a name (the follower's invalidate_entry)."""
         self.keep_local: Callable[[Inode], Awaitable[bool]] = _send_everything
         """Whether a node the server has not seen stays on this device (ignore.py)."""
         self.quota_blocked: set[int] = set()
