@@ -45,9 +45,9 @@ class StaleNames:
     def __len__(self) -> int:
         return len(self._names)
 
-    def took(self, parent: int, name: str, *, gone: Inode, known: bool, now: int = 0) -> None:
+    def took(self, parent: int, name: str, *, gone: Inode, known: bool) -> None:
         """The follower took the name from `gone` (`known`: the kernel holds a reference
-        to it) and put inode `now` there (0: nothing)."""
+        to it); nothing is under it until `put`."""
         key = (parent, name)
         shown = self._names.get(key)
         if shown is None:
@@ -55,10 +55,10 @@ class StaleNames:
                 return
             shown = _Shown(gone.ino, gone.node_id, gone.rev, 0)
             self._by_old.setdefault(gone.ino, set()).add(key)
-        self._names[key] = dataclasses.replace(shown, now_ino=now)  # the kernel still shows the first
+        self._names[key] = dataclasses.replace(shown, now_ino=0)  # the kernel still shows the first
 
     def put(self, parent: int, name: str, ino: int) -> None:
-        """The follower put inode `ino` under a name that had nothing."""
+        """The follower put inode `ino` under the name."""
         shown = self._names.get((parent, name))
         if shown is not None:
             self._names[(parent, name)] = dataclasses.replace(shown, now_ino=ino)

@@ -536,8 +536,8 @@ class Follower:
         return self.cache.queued_delete(node_id) is not None
 
     def took_name(self, parent: int, name: str, gone: Inode) -> None:
-        """The syncer moved `gone` away from the name (a conflicted copy): what this puts
-        there next, the kernel never showed under it."""
+        """`gone` left the name (moved, deleted, replaced here, or a conflicted copy of the
+        syncer's): what this puts there next, the kernel never showed under it."""
         self.stale.took(parent, name, gone=gone, known=self._in_use(gone.ino))
 
     def _in_use(self, ino: int) -> bool:
@@ -710,7 +710,7 @@ class Follower:
             self.cache.put(txn, occupant)
             self.cache.enqueue(txn, {"op": "upload" if occupant.kind == "file" else "push", "ino": occupant.ino})
             count_conflict(self.cache, txn)
-        self.stale.took(parent, remote.name, gone=occupant, known=self._in_use(occupant.ino))
+        self.took_name(parent, remote.name, occupant)
         self._inval.append(("entry", parent, remote.name))
         return "free"
 
@@ -769,8 +769,6 @@ class Follower:
         """New content: a new inode under the name, so the kernel forgets the old size.
         Its other names (hard links) go with it."""
         old_parent, old_name = local.parent, local.name
-        here = (old_parent, old_name) == (parent, remote.name)
-        known = self._in_use(local.ino)
         with self.cache.write() as txn:
             self.cache.unlink(txn, local.parent, local.name)
             node = self._inode_from(remote, self.cache.new_ino(txn), parent)
@@ -786,11 +784,8 @@ class Follower:
                 self.cache.drop(txn, local)
             self.cache.bind_node_id(txn, node, remote.id)
             self.cache.link(txn, parent, remote.name, node.ino)
-        if here:
-            self.stale.took(parent, remote.name, gone=local, known=known, now=node.ino)
-        else:
-            self.stale.took(old_parent, old_name, gone=local, known=known)
-            self.stale.put(parent, remote.name, node.ino)
+        self.took_name(old_parent, old_name, local)
+        self.stale.put(parent, remote.name, node.ino)
         log.debug("replaced inode %d (node %d rev %d) with inode %d (rev %d) at %d/%r", local.ino, remote.id,
                   local.rev, node.ino, remote.rev, parent, remote.name)
         self.on_replaced(local.ino, node.ino)
@@ -857,7 +852,7 @@ class Follower:
                 local.target, local.size = remote.target or "", remote.size
             self.cache.put(txn, local)
         if moved:
-            self.stale.took(old_parent, old_name, gone=local, known=self._in_use(local.ino))
+            self.took_name(old_parent, old_name, local)
             self.stale.put(parent, remote.name, local.ino)
             self._inval.append(("entry", old_parent, old_name))
             self._inval.append(("entry", local.parent, local.name))
@@ -919,7 +914,7 @@ class Follower:
             log.warning("%r was deleted on another device but has local changes here: keeping it", name)
         else:
             if local.ino not in alive and local.ino not in promote:
-                self.stale.took(parent, name, gone=local, known=self._in_use(local.ino))
+                self.took_name(parent, name, local)
             self._inval.append(("entry", parent, name))
 
     def _apply_alias_delete(self, alias: Inode) -> None:

@@ -13,8 +13,10 @@ def file(ino: int, node_id: int, rev: int) -> Inode:
 
 def test_the_first_version_shown_is_what_a_removal_is_for_until_the_kernel_looks_again() -> None:
     stale, v1, v2, v3 = StaleNames(), file(10, 7, 1), file(11, 7, 2), file(12, 7, 3)
-    stale.took(1, "y", gone=v1, known=True, now=v2.ino)
-    stale.took(1, "y", gone=v2, known=False, now=v3.ino)  # replaced again before the kernel looked
+    stale.took(1, "y", gone=v1, known=True)
+    stale.put(1, "y", v2.ino)
+    stale.took(1, "y", gone=v2, known=False)  # replaced again before the kernel looked
+    stale.put(1, "y", v3.ino)
     assert stale.shown_rev(1, "y", v3) == 1
     assert stale.shown_rev(1, "y", v2) is None  # not what is there now
     stale.renewed(1, "y", v2.ino)  # a readdirplus of an older listing: still stale
@@ -35,12 +37,15 @@ def test_another_node_under_the_name_is_guarded_by_no_revision() -> None:
 
 def test_names_are_kept_only_while_the_kernel_knows_the_old_inode() -> None:
     stale, v1, v2 = StaleNames(), file(10, 7, 1), file(11, 7, 2)
-    stale.took(1, "y", gone=v1, known=False, now=v2.ino)  # the kernel never had it: nothing to guard
+    stale.took(1, "y", gone=v1, known=False)  # the kernel never had it: nothing to guard
+    stale.put(1, "y", v2.ino)
     assert stale.shown_rev(1, "y", v2) is None and len(stale) == 0
-    stale.took(1, "y", gone=v1, known=True, now=v2.ino)
+    stale.took(1, "y", gone=v1, known=True)
+    stale.put(1, "y", v2.ino)
     stale.took(1, "w", gone=v1, known=True)  # its other place, moved away meanwhile
     stale.forgotten(v1.ino)
     assert len(stale) == 0
-    stale.took(1, "y", gone=v1, known=True, now=v2.ino)
+    stale.took(1, "y", gone=v1, known=True)
+    stale.put(1, "y", v2.ino)
     stale.removed(1, "y")  # unlinked through the kernel: its dentry goes with it
     assert len(stale) == 0 and stale.shown_rev(1, "y", v2) is None
