@@ -730,9 +730,39 @@ class Syncer:
         if local.ino != node.ino and (local.parent, local.name) != (node.parent, node.name):
             if (local.parent, local.name) == (local.srv_parent, local.srv_name):
                 return False
+            if self._inside_a_directory_being_made(local):
+                await self._step_aside(local, occupant_id, int(occupant.get("parent_id") or 0))
+                return True
             await self._push(local, 1)
             return True
         return False
+
+    def _inside_a_directory_being_made(self, node: Inode) -> bool:
+        """`node` is, here, inside a directory not on the server yet whose push is under
+        way (its lock taken: by this task, creating it, or by another). Pushing `node`
+        now would wait for that directory, which may wait for the name `node` holds on
+        the server (`mkdir b; mv a b/; mv b a`: the new a's create met the old a; pushing
+        the old a needed the new a's lock, held by the same task, and the mount died)."""
+        ino = node.parent
+        for _ in range(4096):
+            here = self.cache.get(ino)
+            if here is None or here.ino == ROOT_INO or here.node_id:
+                return False
+            lock = self._locks.get(ino)
+            if lock is not None and lock.locked():
+                return True
+            ino = here.parent
+        return False
+
+    async def _step_aside(self, node: Inode, node_id: int, parent_id: int) -> None:
+        """Give `node` a temporary name where the server has it, freeing the name it
+        holds there; its move to its place here is queued and goes once that place exists.
+        Other devices may see the temporary name for that long."""
+        log.info("%r steps aside on the server: its place here is in a directory not made yet", node.srv_name)
+        answer = await self.client.move(node_id, parent_id, f".cloudfs-moving-{node_id}")
+        self._record(node, answer.node, answer.cursor, attrs=())
+        with self.cache.write() as txn:
+            self.cache.enqueue(txn, {"op": "upload" if node.kind == "file" and node.dirty else "push", "ino": node.ino})
 
     async def _upload(self, node: Inode, parent_id: int) -> None:
         creating = not node.node_id or bool(node.extra.get("detached"))
