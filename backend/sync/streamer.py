@@ -11,6 +11,15 @@ the dirty blocks they came from, batch by batch, in the transaction that records
 them. Those bytes then count as clean: the cache can evict them. The commit at close
 or fsync names the prefix's chunks without reading them again.
 
+A file written in a burst is not streamed while the burst lasts: without pressure a
+round waits until the file has been written for STREAM_AFTER_S. Overlapping the upload
+with the writing makes a file durable sooner by at most the time it took to write,
+while the round's chunking, hashing and PUTs (and the server's read-back of each chunk)
+take CPU from the writer: on a 2-core machine that also ran the store, streaming during
+a 1 GiB copy halved its speed until close (BENCHMARKS.md, issue 18). A writer that goes
+on longer (a download, a recording, a file larger than the cache) streams as before,
+and pressure on the cache starts a round at once.
+
 Concurrency: a round holds the syncer's per-file lock, so a round and an upload of
 one file never overlap. The writer goes on writing during a round; `Content.watch`
 collects what it wrote, and those ranges become stale (their chunks are cut and sent
@@ -40,6 +49,9 @@ ROUND_MIN_BYTES = 16 * MiB
 """Under pressure a round needs this much (or a quarter of the cache) past the prefix:
 every round cuts its last chunk again, and reads 32 MiB ahead to find the first."""
 RETRY_S = 2.0
+STREAM_AFTER_S = 2.0
+"""A file open for writing is streamed without pressure once it has been written for
+this long (counted from its first write since it was opened)."""
 
 
 class Streamer:
@@ -61,12 +73,18 @@ class Streamer:
         self._wanted: dict[int, bool] = {}
         self._wake = trio.Event()
         self._retry_at: dict[int, float] = {}
+        self._writing_since: dict[int, float] = {}
+        """First write to each file open for writing (dropped once it is closed)."""
 
     # --- asked for by the drive ---
 
     def written(self, node: Inode) -> None:
-        """After a write: worth a round once enough new bytes are there."""
-        if not self.writers.get(node.ino) or node.ino in self._wanted:
+        """After a write: worth a round once enough new bytes are there and the file has
+        been written for STREAM_AFTER_S."""
+        if not self.writers.get(node.ino):
+            return
+        self._writing_since.setdefault(node.ino, trio.current_time())
+        if node.ino in self._wanted:
             return
         if node.size - self.content.under_len(node) >= self.round_bytes:
             self.want(node.ino)  # not for writes behind the window alone: a random writer would
@@ -90,8 +108,10 @@ class Streamer:
         task_status.started()
         while True:
             now = trio.current_time()
-            ready = [ino for ino in self._wanted if self._retry_at.get(ino, 0) <= now]
+            ready = [ino for ino, pressure in self._wanted.items()
+                     if self._retry_at.get(ino, 0) <= now and (pressure or self._written_long(ino, now))]
             if not ready:
+                self._writing_since = {ino: t for ino, t in self._writing_since.items() if self.writers.get(ino)}
                 self._wake = trio.Event()
                 with trio.move_on_after(0.5):
                     await self._wake.wait()
@@ -113,6 +133,9 @@ class Streamer:
                 self.last_error = str(exc)
                 self._retry_at[ino] = trio.current_time() + RETRY_S
                 self._wanted.setdefault(ino, pressure)
+
+    def _written_long(self, ino: int, now: float) -> bool:
+        return now - self._writing_since.get(ino, now - STREAM_AFTER_S) >= STREAM_AFTER_S
 
     # --- one round ---
 

@@ -9,6 +9,7 @@ writer told so may write again once the server is back."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
@@ -28,6 +29,7 @@ from tests.harness import MountProcess, RestartableServer, ServerProcess, cloudf
 MiB = 1 << 20
 CACHE = ["--cache-size", "32M"]
 LIMIT = 32 * MiB
+SYNC_FILE_RANGE_WRITE = 2
 
 
 def mib(seed: int, index: int) -> bytes:
@@ -118,6 +120,37 @@ def test_writes_inside_a_large_file_start_no_streaming_round(fuse_server: Server
                 f.write(b"w" * 4096)
         a.sync(timeout=120)
         assert a.status()["stream_rounds"] == before
+
+
+def test_a_burst_is_uploaded_after_its_close_and_a_long_writer_while_it_writes(
+        fuse_server: ServerProcess, account: str, tmp_path: Path) -> None:
+    """Streaming while written pays off only for a writer that goes on: a burst of more
+    than a round's worth (a round: a quarter of the cache) closed within STREAM_AFTER_S
+    is uploaded after its close, not streamed (the rounds took CPU from the copy); a
+    writer that goes on past it is streamed while it still holds the file open."""
+    size = 12 * MiB  # past a round (8 MiB at this cache size), well inside the cache: no pressure
+    with cloudfs_mount(fuse_server, account, tmp_path / "a", tmp_path / "cache-a", extra_args=CACHE) as a:
+        started = time.monotonic()
+        with open(a.path / "burst.bin", "wb") as f:
+            for i in range(size // MiB):
+                f.write(mib(11, i))
+        burst = time.monotonic() - started
+        a.sync(timeout=120)
+        assert burst < 2.0, f"the burst took {burst:.1f} s: not a burst on this machine"
+        assert a.status()["streamed_bytes"] == 0, a.status()
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        with open(a.path / "long.bin", "wb", buffering=0) as f:
+            for i in range(size // MiB):
+                f.write(mib(12, i))
+                # The kernel's writeback hands the mount the pages as it goes (it does so
+                # by itself for a large file, here after 30 s).
+                assert libc.sync_file_range(f.fileno(), ctypes.c_int64(0), ctypes.c_int64(0),
+                                            SYNC_FILE_RANGE_WRITE) == 0, os.strerror(ctypes.get_errno())
+                time.sleep(0.25)  # 3 s in all
+            wait_until(lambda: a.status()["streamed_bytes"] > 0, timeout=10, what="streamed while open")
+        a.sync(timeout=120)
+        assert sha256_of(a.path / "long.bin") == hashlib.sha256(b"".join(mib(12, i) for i in range(12))).hexdigest()
 
 
 def download_manager(path: Path, size: int, seed: int) -> None:
