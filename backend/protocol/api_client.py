@@ -21,6 +21,7 @@ import logging
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
+import httpcore
 import httpx
 import tenacity
 import trio
@@ -32,6 +33,23 @@ from . import wire, wire_shares
 T = TypeVar("T")
 RETRY_FOR_S = 20.0
 log = logging.getLogger("cloudfs.api")
+RECEIVE_BYTES = 1 << 20
+"""Bytes asked of the socket per receive of an answer. httpcore asks 64 KiB, and every
+piece then passes through h11, httpcore's and httpx's stream layers on the trio loop: in
+a cold read of 1 GiB that cost more of the mount's CPU than the bytes did (mount CPU
+6.1-6.8 s at 64 KiB, 4.2-5.3 s at 1 MiB; BENCHMARKS.md, issue 18)."""
+
+
+def receive_in_large_pieces() -> None:
+    """httpcore has no setting for its receive size but this class attribute of its
+    HTTP/1.1 connections (httpcore 1.x), so it is set once for the process. A receive
+    returns what the socket has, so small answers cost nothing more."""
+    for connection in (httpcore.AsyncHTTP11Connection, httpcore.HTTP11Connection):
+        if getattr(connection, "READ_NUM_BYTES", RECEIVE_BYTES) < RECEIVE_BYTES:
+            connection.READ_NUM_BYTES = RECEIVE_BYTES
+
+
+receive_in_large_pieces()
 
 
 def _transient(exc: BaseException) -> bool:
