@@ -468,6 +468,11 @@ class Cache:
     def put_block(self, txn: lmdb.Transaction, ino: int, block_no: int, data: bytes) -> None:
         txn.put(_QQ.pack(ino, block_no), data, db=self.blocks)
 
+    def any_block(self, txn: lmdb.Transaction, ino: int, first: int, last: int) -> bool:
+        """Whether one file has a dirty block numbered first..last (one seek)."""
+        cursor = txn.cursor(db=self.blocks)
+        return cursor.set_range(_QQ.pack(ino, first)) and bytes(cursor.key()) <= _QQ.pack(ino, last)
+
     def drop_blocks(self, txn: lmdb.Transaction, ino: int, *, from_block: int) -> int:
         """Delete blocks >= from_block of one file; returns the bytes freed."""
         freed = 0

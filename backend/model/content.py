@@ -268,6 +268,13 @@ class Content:
             self.fetcher.prefetch(ahead, upcoming=upcoming)
         if needed:
             await self.fetcher.ensure(needed, upcoming=upcoming)
+        chunks = await self.base_chunks(node)  # a commit during the awaits above moves it
+        with self.cache.read(buffers=True) as txn:
+            changed = self.cache.any_block(txn, node.ino, off // BLOCK_SIZE, (end - 1) // BLOCK_SIZE)
+        if not changed:  # most reads: pieces of cached chunks, no walk over blocks (no await since the check)
+            data = self._under_bytes(node, chunks, off, end)
+            if data is not None:
+                return data
         parts = []
         pos = off
         while pos < end:

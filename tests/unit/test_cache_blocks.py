@@ -85,3 +85,19 @@ def test_a_migration_cut_short_goes_on_where_it_stopped(tmp_path: Path, monkeypa
     with cache.read() as txn:
         assert dirty_view(cache, size, BLOCK_SIZE, lambda n: cache.get_block(txn, 7, n)) == before
     cache.close()
+
+
+def test_any_block_finds_exactly_the_blocks_of_one_file_in_a_range(tmp_path: Path) -> None:
+    """The read path skips its walk over blocks when `any_block` says none is there: a
+    block it missed would be read as the bytes under it (a write lost to the reader)."""
+    cache = Cache(tmp_path / "c")
+    with cache.write() as txn:
+        for ino, block_no in [(6, 9), (7, 3), (7, 10), (8, 0)]:
+            cache.put_block(txn, ino, block_no, b"x")
+    held = {(6, 9), (7, 3), (7, 10), (8, 0)}
+    for buffers in (False, True):  # the read path's transactions hand out memoryviews
+        with cache.read(buffers=buffers) as txn:
+            found = {(ino, first, last): cache.any_block(txn, ino, first, last)
+                     for ino in (5, 6, 7, 8, 9) for first in range(12) for last in range(first, 12)}
+        assert found == {(ino, first, last): any((ino, b) in held for b in range(first, last + 1))
+                         for ino, first, last in found}, buffers
