@@ -36,6 +36,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import mmap
 import os
 import platform
 import shutil
@@ -238,6 +239,28 @@ def _mounted_under(root: Path) -> list[str]:
         return [p for p in (line.split()[1].replace("\\040", " ") for line in mounts) if p.startswith(prefix)]
 
 
+def warm_memory(spare: int = 2 << 30) -> tuple[float, int]:
+    """Touch the machine's free memory once (all but `spare`), then give it back.
+
+    On a VM whose host backs guest memory on first touch (Firecracker here), writing into
+    a page never used before costs many times the copy: LMDB's commit of a 5 MiB chunk
+    took 1.5 ms while the kernel recycled freed pages and 25 ms of CPU once it reached
+    untouched ones (BENCHMARKS.md, issue 18). Every system writes its cache through the
+    page cache, so whoever ran first on a fresh VM paid for it. A machine in use
+    recycles its page cache all the time; this makes the run describe that one."""
+    available = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                     if line.startswith("MemAvailable:"))
+    size = max(0, available - spare)
+    piece = 64 << 20
+    start = time.monotonic()
+    with mmap.mmap(-1, size or 1) as memory, open("/dev/zero", "rb") as zeros:
+        view = memoryview(memory)
+        for off in range(0, size, piece):
+            zeros.readinto(view[off:off + piece])
+        view.release()
+    return time.monotonic() - start, size
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="reduced sizes (a few minutes; not the recorded figures)")
@@ -253,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small-files", type=int, default=None, help="how many small files")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run every system this many times, in turns; the table shows medians")
+    parser.add_argument("--cold-memory", action="store_true",
+                        help="skip touching the free memory once before the run (see warm_memory)")
     args = parser.parse_args(argv)
     run = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(run) - set(SYSTEMS)
@@ -281,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}; load {' '.join(f'{x:.2f}' for x in loadavg())}", flush=True)
     print(f"code: {code_state()}; {versions()}", flush=True)
 
+    if not args.cold_memory:
+        took, touched = warm_memory()
+        print(f"memory: {touched / (1 << 30):.1f} GiB touched once in {took:.0f} s (--cold-memory skips it)", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="cloudfs-bench-peers-", dir=args.tmp))
     failures: dict[str, list[str]] = {}
     loads: dict[str, tuple[float, float]] = {}
