@@ -160,7 +160,7 @@ async def feed(ctx: ServerContext, user: User, req: wire_shares.SyncRequest) -> 
     serves well-formed long-polls without FastAPI. Raises ApiError (422)."""
     cursors: dict[int, int] = {}
     for key, value in req.cursors.items():
-        if not key.isdigit() or not 0 < int(key) < 2**63:
+        if not (key.isascii() and key.isdigit()) or not 0 < int(key) < 2**63:  # "³7".isdigit() too
             raise Invalid(f"cursors: {key!r} is not a namespace id", field="cursors")
         cursors[int(key)] = value
 
