@@ -294,6 +294,8 @@ class Syncer:
         except ConflictError as exc:
             if exc.code == "not_empty" and depth < 64 and await self._empty_of_our_deletes(op["node_id"], depth):
                 return await self._delete_entry(op, depth + 1)
+            if exc.code == "stale_revision" and depth < 64 and await self._removed_our_own_commit(op, exc):
+                return await self._delete_entry({**op, "rev": exc.body["current_rev"]}, depth + 1)
             log.warning("not deleting node %d: changed on another device meanwhile (%s); pulling it back",
                         op["node_id"], exc.code)
             self.on_stale(op["node_id"])
@@ -305,6 +307,23 @@ class Syncer:
         if not answer.node.deleted:  # it has names we did not know of: it moved to one (a hard link)
             self.on_stale(answer.node.id)
         return True
+
+    async def _removed_our_own_commit(self, op: dict, exc: ConflictError) -> bool:
+        """The revision that refused a guarded delete of ours is the next one, made here:
+        our own commit of the file, on its way when the file was removed here, whose
+        answer was lost (a kill). That version is what was removed here (soak, seed
+        930022: an append, `rm -r` 11 ms later, the mount killed; mounted again, its
+        delete took the append for another device's and brought the file back)."""
+        rev = op.get("rev")
+        if rev is None or exc.body.get("current_rev") != rev + 1:
+            return False
+        try:
+            info = await self.client.file_info(op["node_id"], urls=False)
+        except ServerError as missing:
+            if missing.status == 404:
+                return False
+            raise
+        return info.version is not None and info.version.rev == rev + 1 and self.uploader.made_here(info.version)
 
     async def _unland(self, op: dict) -> None:
         """A new node went here while a create of it may have landed with its answer lost

@@ -529,3 +529,28 @@ def test_a_lost_create_retried_under_a_name_given_meanwhile_and_lost_again_leave
         got_a, got_b = snapshot(a.path), snapshot(b.path)
         assert got_a == got_b
         assert got_a == {"d": None, "d/e": None, "d/e/x.txt": data}, sorted(got_a)
+
+
+def test_a_file_removed_while_its_commit_was_on_its_way_stays_removed_after_a_kill(sync_server, tmp_path):
+    """a's append to x.txt is committed; a removes x.txt before the answer comes, and is
+    killed. The delete was queued guarded by the revision a showed (v1), and the server
+    has a's own v2: mounted again, a took that for another device's change and pulled the
+    file back, which a's user had removed (soak, seed 930022: `rm -r` 11 ms after an
+    append, the mount killed 0.3 s later)."""
+    with a_killable_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "keep").write_text("keep\n")
+        (a.path / "x.txt").write_text("v1\n")
+        for m in (a, b):
+            m.sync(timeout=60)
+        proxy.hold_answers(rb"^POST /files ", 1)
+        with open(a.path / "x.txt", "a") as f:
+            f.write("v2, appended on a\n")
+        held = wait_for_answers(proxy, 1)  # v2 is on the server; a has not heard
+        (a.path / "x.txt").unlink()
+        d.kill_a()
+        held[0].go.set()
+        a = d.mount_a_again()
+        for m in (a, b, a, b):
+            m.sync(timeout=60)
+        assert snapshot(a.path) == snapshot(b.path) == {"keep": b"keep\n"}
