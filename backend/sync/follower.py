@@ -895,6 +895,8 @@ class Follower:
                                 path[-1] if path else node.name, "/".join(self.cache.names_to(node.ino)))
                     self._inval += [("entry", node.parent, node.name), ("inode", node.ino)]
                     continue
+                if node.parent in keep:  # its directory stays here: the kernel must forget the name
+                    self._inval.append(("entry", node.parent, node.name))  # (below a dropped one it goes with it)
                 self.cache.unlink(txn, node.parent, node.name)
                 if node.kind == "dir":
                     for child_name, child_ino in self.cache.entries(node.ino):

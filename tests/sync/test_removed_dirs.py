@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+import httpx
 import pytest
 
 from tests.harness import MountProcess
@@ -209,3 +210,34 @@ def test_a_file_kept_open_here_follows_its_move_into_a_directory_removed_here(sy
             assert (snapshot(a.path), snapshot(b.path)) == (expected, expected), a.log()[-4000:]
         finally:
             os.close(fd)
+
+
+def test_what_a_kept_directory_loses_is_gone_from_the_kernel_too(sync_server, tmp_path):
+    """d is removed elsewhere while a has an edit queued in d/e/x.txt: a's follower keeps d and d/e
+    for the edit and drops d/x.txt. The kernel had d/x.txt looked up (entries live 300 s,
+    as the mount invalidates what changes), and nothing told it: a path lookup still found
+    the dropped file, and a truncate through it brought its old bytes back as an edit of
+    a's (the shared-folder model test, seed 110: another account moved the folder's
+    directory out of it)."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (a.path / "keep.txt").write_bytes(b"keep\n")
+        (a.path / "d" / "e").mkdir(parents=True)
+        (a.path / "d" / "e" / "x.txt").write_bytes(b"x\n")
+        (a.path / "d" / "x.txt").write_bytes(b"dropped\n")
+        settle(d)
+        assert (a.path / "d" / "x.txt").read_bytes() == b"dropped\n"  # the kernel has the entry
+        hold_the_syncer(a, proxy)
+        with open(a.path / "d" / "e" / "x.txt", "ab") as f:
+            f.write(b"a's edit\n")
+        with httpx.Client(base_url=sync_server.url, headers={"Authorization": f"Bearer {b.token}"}) as api:
+            d_id = api.get("/resolve", params={"path": "/d"}).json()["node"]["id"]
+            # In one request, as the web page removes a folder: one journal entry for d and all in it.
+            api.delete(f"/nodes/{d_id}", params={"recursive": "true"}).raise_for_status()
+        b.sync(timeout=60)
+        wait_for_cursor(a, b.status()["cursor"])
+        assert not (a.path / "d" / "x.txt").exists()
+        proxy.release()
+        settle(d)
+        expected = {"keep.txt": b"keep\n", "d": None, "d/e": None, "d/e/x.txt": b"x\na's edit\n"}
+        assert (snapshot(a.path), snapshot(b.path)) == (expected, expected), a.log()[-4000:]
