@@ -43,7 +43,8 @@ a cold read of 1 GiB that cost more of the mount's CPU than the bytes did (mount
 def receive_in_large_pieces() -> None:
     """httpcore has no setting for its receive size but this class attribute of its
     HTTP/1.1 connections (httpcore 1.x), so it is set once for the process. A receive
-    returns what the socket has, so small answers cost nothing more."""
+    returns what the socket has: a small answer is read in one piece as before, into a
+    larger buffer that is trimmed to it."""
     for connection in (httpcore.AsyncHTTP11Connection, httpcore.HTTP11Connection):
         if getattr(connection, "READ_NUM_BYTES", RECEIVE_BYTES) < RECEIVE_BYTES:
             connection.READ_NUM_BYTES = RECEIVE_BYTES
