@@ -317,13 +317,19 @@ class Syncer:
         rev = op.get("rev")
         if rev is None or exc.body.get("current_rev") != rev + 1:
             return False
+        return await self._made_here_at(op["node_id"], rev + 1) is not None
+
+    async def _made_here_at(self, node_id: int, rev: int) -> wire.FileInfo | None:
+        """The file's current version, if it is revision `rev` and this device made it."""
         try:
-            info = await self.client.file_info(op["node_id"], urls=False)
+            info = await self.client.file_info(node_id, urls=False)
         except ServerError as missing:
             if missing.status == 404:
-                return False
+                return None
             raise
-        return info.version is not None and info.version.rev == rev + 1 and self.uploader.made_here(info.version)
+        if info.version is None or info.version.rev != rev or not self.uploader.made_here(info.version):
+            return None
+        return info
 
     async def _unland(self, op: dict) -> None:
         """A new node went here while a create of it may have landed with its answer lost
@@ -877,13 +883,8 @@ class Syncer:
             if (node.node_id and not detached) or occupant.get("kind") != "file" or occupant.get("rev") != 1 \
                     or self.cache.ino_for_node(node_id) is not None or self._queued_delete(node_id) is not None:
                 return False  # known here, or a file replaced or removed here whose delete is queued
-        try:
-            info = await self.client.file_info(node_id, urls=False)
-        except ServerError as missing:
-            if missing.status == 404:
-                return False
-            raise
-        if info.version is None or info.version.rev != expected or not self.uploader.made_here(info.version):
+        info = await self._made_here_at(node_id, expected)
+        if info is None:
             return False
         log.info("the commit of node %d rev %d had landed before its answer was lost; %r changed since: "
                  "building on it", node_id, expected, node.name)
