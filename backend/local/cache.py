@@ -101,6 +101,13 @@ class Inode:
     srv_gid: int = -1
     srv_xattrs: dict = field(default_factory=dict)
 
+    @property
+    def bound(self) -> bool:
+        """Whether `node_id` is this node on the server: not before its create is answered
+        (0), nor once the server has lost it (`Cache.detach`: a file keeps its old id, its
+        unchanged bytes are read from that version, until it is created anew)."""
+        return bool(self.node_id) and not self.extra.get("detached")
+
     def encode(self) -> bytes:
         return orjson.dumps(self.__dict__, option=orjson.OPT_NON_STR_KEYS)  # asdict() deep-copies
 

@@ -349,7 +349,7 @@ class Drive:
         """The node left the tree: tell the server, and drop it unless still open. `rev`:
         the revision the removal was meant for, when the kernel still showed another
         (stale_names.py)."""
-        if node.node_id and not node.extra.get("detached"):
+        if node.bound:
             # `rev`: the server refuses the delete if another device committed since,
             # so an edit made elsewhere survives this delete.
             guard = (node.rev if rev is None else rev) if node.kind == "file" else None

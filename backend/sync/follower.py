@@ -262,8 +262,8 @@ class Follower:
         local = self._mirrored(change.node.id)
         if local is None and change.op == "create" and change.node.kind == "file" and change.node.parent_id:
             self.unanswered[change.node.id] = (change.node.parent_id, change.node.name)
-        if local is not None and local.kind == "file" and change.node.rev > local.rev \
-                and not local.extra.get("detached") and self._changed(local):
+        if local is not None and local.kind == "file" and change.node.rev > local.rev and local.bound \
+                and self._changed(local):
             self.landed[change.node.id] = change.node.rev
         if local is None or change.node.parent_id is None or self._pending(local):
             return
@@ -445,7 +445,7 @@ class Follower:
         """True while `local` has changes the server has not acknowledged."""
         if local.ino == ROOT_INO:
             return False
-        if not local.node_id or local.extra.get("detached"):
+        if not local.bound:
             return True
         if (local.parent, local.name) != (local.srv_parent, local.srv_name):
             return True
@@ -638,7 +638,7 @@ class Follower:
         taken here, and what the server put there next met the file (a conflicted copy
         of the file itself), or the device kept the old name for good (soak, seed
         330061). Not when the file was moved here too: that move is on its way."""
-        if local.kind != "file" or not local.node_id or local.extra.get("detached") or remote.parent_id is None \
+        if local.kind != "file" or not local.bound or remote.parent_id is None \
                 or (local.parent, local.name) != (local.srv_parent, local.srv_name):
             return
         parent = self._parent_here(remote)
@@ -673,7 +673,9 @@ class Follower:
                 node.ctime_ns = time.time_ns()
                 self.cache.place(txn, node)
                 self.cache.put(txn, node)
-        for node in (local, other):
+        for node, gone in ((local, other), (other, local)):  # the kernel may show `gone` there still
+            self.took_name(node.parent, node.name, gone)
+            self.stale.put(node.parent, node.name, node.ino)
             self._inval.append(("entry", node.parent, node.name))
             self._inval.append(("inode", links.kernel_ino(node)))
         return True
@@ -725,7 +727,7 @@ class Follower:
         350172)."""
         if occupant.kind != "file":
             return False
-        if occupant.node_id and not occupant.extra.get("detached"):
+        if occupant.bound:
             rev = self.landed.get(occupant.node_id)
             return rev is not None and self._awaited(occupant.node_id, rev) is not None
         for node_id in list(self.unanswered):
@@ -753,7 +755,7 @@ class Follower:
         parent_ino = self.cache.ino_for_node(placed[0])
         ino = self.cache.record_at(parent_ino, placed[1]) if parent_ino else None
         local = self.cache.get(ino) if ino else None
-        unbound = local is not None and (not local.node_id or local.extra.get("detached"))
+        unbound = local is not None and not local.bound
         return local if unbound and local.kind == "file" else None
 
     def _create(self, remote: wire.Node, parent: int) -> None:
@@ -956,7 +958,7 @@ class Follower:
         alive: set[int] = set()
 
         def moved_in(node: Inode) -> bool:
-            return (node.ino != top.ino and bool(node.node_id) and not node.extra.get("detached")
+            return (node.ino != top.ino and node.bound
                     and node.srv_parent != node.parent and node.srv_parent not in below)
 
         def under_alive(ino: int) -> bool:

@@ -112,8 +112,7 @@ async def reconcile_namespace(f: Follower, ns: int) -> None:
             changed += 1
     top_ino = ROOT_INO if own else f.cache.ino_for_node(top_id)
     for local in namespace_inodes(f.cache, top_ino) if top_ino else []:
-        if local.node_id and local.ino != ROOT_INO and local.parent and local.node_id not in by_id \
-                and not local.extra.get("detached"):
+        if local.bound and local.ino != ROOT_INO and local.parent and local.node_id not in by_id:
             current = f.cache.get(local.ino)
             if current is not None and current.parent:
                 f._delete_unless_moving(current)

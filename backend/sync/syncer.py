@@ -228,7 +228,7 @@ class Syncer:
                 self.chunks.dirty_bytes -= self.cache.drop_blocks(txn, here.ino, from_block=0)
                 self.cache.drop(txn, here)
         await self.forget_name(parent, name)
-        if node.node_id and not node.extra.get("detached"):
+        if node.bound:
             self.on_stale(node.node_id)
 
     def _went_offline(self, exc: BaseException) -> None:
@@ -434,7 +434,7 @@ class Syncer:
         if node.ino == ROOT_INO:
             return
         parent_id = await self._ensure_parent(node, depth)
-        if node.kind == "file" and (node.dirty or not node.node_id or node.extra.get("detached")):
+        if node.kind == "file" and (node.dirty or not node.bound):
             await self._upload(node, parent_id)
         elif not node.node_id:
             await self._create(node, parent_id, depth)
@@ -620,11 +620,11 @@ class Syncer:
         target = self.cache.get(alias.extra["target"])
         if target is None:
             raise GoneError(f"the inode of {alias.name!r} was removed meanwhile")
-        if not target.node_id or target.extra.get("detached"):
+        if not target.bound:
             async with self._lock(target.ino):
-                if not target.node_id or target.extra.get("detached"):
+                if not target.bound:
                     await self._push(target, depth + 1)
-            if not target.node_id or target.extra.get("detached"):
+            if not target.bound:
                 raise _Retry(f"{target.name!r} is not on the server yet")
         return target.node_id
 
@@ -644,7 +644,7 @@ class Syncer:
             alias.extra["target_gone"] = True  # the follower applies that delete now (follower._named_anew)
             with self.cache.write() as txn:
                 self.cache.put(txn, alias)
-        if target is not None and target.node_id and not target.extra.get("detached"):
+        if target is not None and target.bound:
             self.on_stale(target.node_id)
         raise _Retry(f"the file {alias.name!r} names was deleted on the server: waiting for the follower")
 
@@ -741,8 +741,8 @@ class Syncer:
             if queued is None:
                 if occupant_ino is None and await self.creates.wait_for_ours(node.ino, occupant, sent_at):
                     return True
-                if occupant_ino is None and occupant.get("kind") == "link" and node.node_id \
-                        and occupant.get("link_to") == node.node_id and not node.extra.get("detached"):
+                if occupant_ino is None and occupant.get("kind") == "link" and node.bound \
+                        and occupant.get("link_to") == node.node_id:
                     # A name of this very file that the mirror does not have: a hard link
                     # made here whose create landed unanswered, its record since taken over
                     # by the file (links.promote). The file has one name here, this one.
@@ -790,7 +790,7 @@ class Syncer:
             self.cache.enqueue(txn, {"op": "upload" if node.kind == "file" and node.dirty else "push", "ino": node.ino})
 
     async def _upload(self, node: Inode, parent_id: int) -> None:
-        creating = not node.node_id or bool(node.extra.get("detached"))
+        creating = not node.bound
         tried = node.extra.get("first_try") if creating else None
         tried_since = tried["at"] if tried else None
         with self.cache.write() as txn:
@@ -853,7 +853,7 @@ class Syncer:
             self.uploader.content.watches.pop(node.ino, None)
             await self._delete_entry({"node_id": result.response.node.id, "rev": result.response.version.rev})
             return
-        if not node.node_id or node.extra.get("detached"):
+        if not node.bound:
             # A create: an earlier try that went elsewhere may have landed unanswered. After a
             # kill the retry is built anew with the name the file has then, so it never meets
             # that try, which stayed on every other device (soak, seed 820167).
@@ -899,7 +899,7 @@ class Syncer:
 
     async def _conflicted_copy(self, node: Inode, exc: ServerError) -> None:
         """Someone else committed first: keep their version under the name, ours beside it."""
-        node_id = node.node_id if not node.extra.get("detached") else 0
+        node_id = node.node_id if node.bound else 0
         await self._rename_conflicted(node, exc)
         if node_id:
             self._detach(node)
@@ -963,7 +963,7 @@ class Syncer:
                 child = self.cache.get(ino)
                 if child is None or (child.node_id and child.srv_parent not in inside):
                     continue  # moved in from elsewhere: its own queued move brings it
-                if child.node_id and not child.extra.get("detached") and await self.client.node(child.node_id):
+                if child.bound and await self.client.node(child.node_id):
                     continue  # alive elsewhere on the server
                 inside.add(child.ino)
                 with self.cache.write() as txn:

@@ -251,7 +251,7 @@ class Uploader:
             else:
                 refs, sent_chunks, sent_bytes = await self.send_walk(node, base, self.content.walk_prefix(node, base),
                                                                      size, final=True)
-            existing = node.node_id if not node.extra.get("detached") else 0  # detached: its node is gone
+            existing = node.node_id if node.bound else 0  # detached: its node is gone
             request = wire.CommitRequest(
                 node_id=existing or None,
                 parent_id=None if existing else parent_node_id,
@@ -440,7 +440,7 @@ class Uploader:
     def _namespace_hint(self, node: Inode) -> int | None:
         """The node whose namespace the chunks go to (a shared folder has its own): the
         file's own, or its directory's for a file the server has not seen yet."""
-        if node.node_id and not node.extra.get("detached"):
+        if node.bound:
             return node.node_id
         parent = self.cache.get(node.parent)
         return parent.node_id if parent is not None and parent.node_id else None

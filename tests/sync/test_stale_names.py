@@ -5,7 +5,8 @@ to forget the name, which it does when pyfuse3's notify worker gets to it. a's `
 16 ms later, through the dentry the kernel still had: UNLINK carries the name alone, and
 the mount removed b's version, which a had never shown, with a delete guarded by b's
 revision: the server took it, and b's append was gone. The same for another file b
-renamed over y: a's unlink took that file.
+renamed over y: a's unlink took that file, and for a file b exchanged with y
+(RENAME_EXCHANGE) the other file, which a still showed under z.
 
 The kernel's side of that race cannot be timed from outside a real mount, so device a
 here is the mount's session in this process (the real cache, follower, syncer, against
@@ -32,6 +33,7 @@ from cloudfs.backend.local.cache import ROOT_INO, Inode
 from cloudfs.backend.session import Session, SessionOptions, open_session
 from cloudfs.fs.operations import Operations
 from cloudfs.fs.pagecache import ReadAround
+from tests.fuse.test_posix import RENAME_EXCHANGE, renameat2
 from tests.harness import MountProcess, ServerProcess, cloudfs_mount
 
 
@@ -107,7 +109,12 @@ def rename_z_over_y(root: Path) -> None:
     os.rename(root / "z", root / "y")
 
 
-ELSEWHERE = {"appends to it": (append_to_y, b"one\ntwo\n"), "renames another file over it": (rename_z_over_y, b"zzz\n")}
+def exchange_y_and_z(root: Path) -> None:
+    renameat2(root / "z", root / "y", RENAME_EXCHANGE)
+
+
+ELSEWHERE = {"appends to it": (append_to_y, b"one\ntwo\n"), "renames another file over it": (rename_z_over_y, b"zzz\n"),
+             "exchanges it with another file": (exchange_y_and_z, b"zzz\n")}
 
 
 @pytest.mark.parametrize("kernel", ["still shows the old file", "looked the name up again",
