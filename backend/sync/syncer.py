@@ -873,14 +873,13 @@ class Syncer:
         overlaid with blocks that are all still dirty. True when adopted."""
         occupant = exc.body.get("node") or {}
         node_id = int(occupant.get("id", 0))
-        detached = bool(node.extra.get("detached"))
         if exc.code == "stale_revision":
             expected = node.rev + 1
-            if detached or not node.node_id or node_id != node.node_id or exc.body.get("current_rev") != expected:
+            if not node.bound or node_id != node.node_id or exc.body.get("current_rev") != expected:
                 return False
         else:
             expected = 1
-            if (node.node_id and not detached) or occupant.get("kind") != "file" or occupant.get("rev") != 1 \
+            if node.bound or occupant.get("kind") != "file" or occupant.get("rev") != 1 \
                     or self.cache.ino_for_node(node_id) is not None or self._queued_delete(node_id) is not None:
                 return False  # known here, or a file replaced or removed here whose delete is queued
         info = await self._made_here_at(node_id, expected)
