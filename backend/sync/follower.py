@@ -755,8 +755,7 @@ class Follower:
         parent_ino = self.cache.ino_for_node(placed[0])
         ino = self.cache.record_at(parent_ino, placed[1]) if parent_ino else None
         local = self.cache.get(ino) if ino else None
-        unbound = local is not None and not local.bound
-        return local if unbound and local.kind == "file" else None
+        return local if local is not None and local.kind == "file" and not local.bound else None
 
     def _create(self, remote: wire.Node, parent: int) -> None:
         with self.cache.write() as txn:
