@@ -51,9 +51,12 @@ def resolve(session: "Session", inside: str, shown: str | None = None) -> Inode:
 
 
 def _cached_bytes(session: "Session", node: Inode) -> int:
-    """Bytes of the committed version in the chunk cache (dirty blocks come on top)."""
+    """Bytes of the committed version in the chunk cache (dirty blocks come on top), or
+    in a settled file's blocks (`Cache.settle`: all of it)."""
     if node.base_len == 0:
         return 0
+    if node.ino in session.cache.settled:
+        return node.base_len
     held = session.cache.chunklist(node.ino)
     if held is None or held[0] != node.rev:
         return 0

@@ -27,7 +27,7 @@ import trio
 
 from ..errors import OfflineError, ServerError, UserError
 from ..local.cache import ROOT_INO, Cache, Inode, from_u64, u64
-from ..local.chunkcache import ChunkCache
+from ..local.chunkcache import ChunkCache, settled_key
 from ..model import links
 from ..model.content import Content
 from ..model.fetcher import Fetcher
@@ -188,12 +188,16 @@ class Pins:
             self.pinned_bytes = self.missing_bytes = 0
             return
         needed: dict[str, int] = {}
+        settled: set[bytes] = set()
         total = 0
         failure: BaseException | None = None
         for node in list(self.files()):
             total += node.size
             if node.rev == 0 or node.base_len == 0:
                 continue  # nothing committed yet: its bytes are all local
+            if node.ino in self.cache.settled:
+                settled.add(settled_key(node.ino))  # its blocks are its bytes: they stay
+                continue
             try:
                 chunk_list = await self.content.base_chunks(node)
             except (OfflineError, ServerError) as exc:
@@ -202,7 +206,7 @@ class Pins:
             for entry in chunk_list:
                 if entry.offset < node.base_len:
                     needed[entry.fingerprint] = entry.length
-        self.chunks.pinned = {bytes.fromhex(fp) for fp in needed} | self._cached_pins_of_failures(failure)
+        self.chunks.pinned = {bytes.fromhex(fp) for fp in needed} | settled | self._cached_pins_of_failures(failure)
         self.pinned_bytes = total
         missing = [fp for fp in needed if fp not in self.chunks]
         self.missing_bytes = sum(needed[fp] for fp in missing)

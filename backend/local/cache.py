@@ -9,6 +9,8 @@ One LMDB environment, several named databases, each owned by one concern:
     chunklists ino → base chunk list         the committed version a file overlays
     blocks32   ino + block_no → bytes        write-back data not yet committed (BLOCK_SIZE blocks)
     streams    ino → streamed prefix         chunks of a file being written, already in the store (prefix.py)
+    settled    ino → bytes of its blocks     files whose blocks are their committed version's
+                                             bytes, kept as its cached copy (`settle`)
     chunks     fingerprint → plain bytes     clean chunk cache (LRU, see chunkcache.py)
     outbox     seq → JSON op                 local changes the server has not seen, in order
     meta       key → value                   cursor, counters, identity
@@ -33,6 +35,7 @@ import lmdb
 import orjson
 
 from ..errors import NotFoundError
+from .lmdbmap import release_map_pages
 
 
 class GoneError(NotFoundError):
@@ -45,6 +48,8 @@ block the file has not changed yet copies the block's base in first, and one int
 changed block rewrites the whole block in LMDB, so the block is what a random writer
 pays per write: LMDB alone took 105 µs of CPU per 4 KiB write at 128 KiB, 41 at 32 KiB;
 a 128 KiB sequential write costs the same either way (50 µs)."""
+RELEASE_BYTES = 32 << 20
+"""Bytes stepped over in the map between releases of its pages (`mapped`, lmdbmap.py)."""
 _Q = struct.Struct(">Q")
 _QQ = struct.Struct(">QQ")
 _CHUNK = struct.Struct(">32sI")
@@ -192,6 +197,11 @@ class Cache:
         self.outbox = self.env.open_db(b"outbox")
         self.meta = self.env.open_db(b"meta")
         self.streams = self.env.open_db(b"streams")
+        self.settled_files = self.env.open_db(b"settled")  # cache_format 6
+        self.settled: dict[int, int] = {}
+        """Settled files (`settle`) and the bytes of their blocks, as LMDB has them."""
+        self.settled_bytes = 0
+        self._load_settled()
         self._memo: dict[int, tuple[Inode, int]] = {}
         """Decoded inodes, one object per inode, each with the `_aborts` count it was read at."""
         self._aborts = 0
@@ -228,6 +238,7 @@ class Cache:
             txn.abort()
             self._aborts += 1  # every decoded inode is read again from LMDB on its next get
             self._subdirs.clear()
+            self._load_settled()
             for forget in self.on_abort:
                 forget()
             raise
@@ -481,34 +492,100 @@ class Cache:
         return cursor.set_range(_QQ.pack(ino, first)) and bytes(cursor.key()) <= _QQ.pack(ino, last)
 
     def drop_blocks(self, txn: lmdb.Transaction, ino: int, *, from_block: int) -> int:
-        """Delete blocks >= from_block of one file; returns the bytes freed."""
-        freed = 0
+        """Delete blocks >= from_block of one file; returns the dirty bytes freed. A
+        settled file's blocks were not dirty: it is unsettled first (`unsettle`), so
+        what is returned is the change in dirty bytes either way (negative when blocks
+        of a settled file stay: they count as dirty now)."""
+        freed = -self.unsettle(txn, ino)
         cursor = txn.cursor(db=self.blocks)
         if cursor.set_range(_QQ.pack(ino, from_block)):
             while True:
                 key = cursor.key()
                 if len(key) != 16 or _QQ.unpack(key)[0] != ino:
                     break
-                freed += len(cursor.value())
+                size = len(cursor.value())
+                freed += size
+                self.mapped(size)
                 if not cursor.delete():
                     break
         return freed
 
+    def drop_blocks_from_end(self, txn: lmdb.Transaction, node: Inode) -> int:
+        """`drop_blocks` of all of a file's blocks, giving back the map's pages as it
+        goes (`mapped`): deleting a block maps it (LMDB reads the first page of the
+        record, and the kernel maps the page cache's whole folio). Slices are taken from
+        the end backwards, as `drop_blocks` deletes from a block to the end."""
+        step = RELEASE_BYTES // BLOCK_SIZE
+        start = max(0, -(-node.size // BLOCK_SIZE) - step)
+        freed = 0
+        while True:
+            freed += self.drop_blocks(txn, node.ino, from_block=start)
+            if start == 0:
+                return freed
+            start = max(0, start - step)
+
+    def mapped(self, nbytes: int) -> None:
+        """`nbytes` of the map were just stepped over: py-lmdb faults in every page of each
+        value it returns or a cursor steps on, keys-only included, and they stay mapped
+        (counted in RSS) until given back: a walk over a 256 MiB file's dirty blocks left
+        256 MiB of RssFile at its close. Counted across callers (many short walks
+        included, an upload's reads in another thread too), they go back every
+        RELEASE_BYTES (lmdbmap.py: harmless to readers in other threads)."""
+        self.unreleased_bytes += nbytes
+        if self.unreleased_bytes >= RELEASE_BYTES:
+            release_map_pages(self.env)
+            self.unreleased_bytes = 0
+
+    # --- settled files ---
+
+    def settle(self, txn: lmdb.Transaction, ino: int) -> int:
+        """A commit of `ino` that holds exactly what its blocks hold landed: the blocks
+        stay as the cached copy of that version, clean (evictable, chunkcache.py), so a
+        first upload writes each byte into the cache once instead of twice (blocks,
+        then the sent chunks). Until a write or truncation unsettles it, a settled file
+        is clean and its blocks are its committed bytes. Returns the bytes settled."""
+        nbytes = self._block_bytes(txn, ino)
+        self.unsettle(txn, ino)
+        txn.put(u64(ino), u64(nbytes), db=self.settled_files)
+        self.settled[ino] = nbytes
+        self.settled_bytes += nbytes
+        return nbytes
+
+    def unsettle(self, txn: lmdb.Transaction, ino: int) -> int:
+        """Its blocks count as dirty again (a write, a truncation, a drop); returns their bytes."""
+        nbytes = self.settled.pop(ino, None)
+        if nbytes is None:
+            return 0
+        txn.delete(u64(ino), db=self.settled_files)
+        self.settled_bytes -= nbytes
+        return nbytes
+
+    def _load_settled(self) -> None:
+        with self.read() as txn:
+            self.settled = {from_u64(k): from_u64(v) for k, v in txn.cursor(db=self.settled_files)}
+        self.settled_bytes = sum(self.settled.values())
+
+    def _block_bytes(self, txn: lmdb.Transaction, ino: int) -> int:
+        total = 0
+        cursor = txn.cursor(db=self.blocks)
+        if cursor.set_range(_QQ.pack(ino, 0)):
+            for key, value in cursor:
+                if len(key) != 16 or _QQ.unpack(key)[0] != ino:
+                    break
+                total += len(value)
+                self.mapped(len(value))
+        return total
+
     def file_dirty_bytes(self, ino: int) -> int:
         """Bytes in one file's dirty blocks (measured, not copied)."""
-        total = 0
+        if ino in self.settled:
+            return 0
         with self.read(buffers=True) as txn:
-            cursor = txn.cursor(db=self.blocks)
-            if cursor.set_range(_QQ.pack(ino, 0)):
-                for key, value in cursor:
-                    if len(key) != 16 or _QQ.unpack(key)[0] != ino:
-                        break
-                    total += len(value)
-        return total
+            return self._block_bytes(txn, ino)
 
     def dirty_bytes(self) -> int:
         with self.read(buffers=True) as txn:
-            return sum(len(v) for _, v in txn.cursor(db=self.blocks))
+            return sum(len(v) for _, v in txn.cursor(db=self.blocks)) - self.settled_bytes
 
     # --- outbox ---
 

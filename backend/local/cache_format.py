@@ -22,6 +22,11 @@ the old database in the transaction that writes its parts, so a migration cut sh
 goes on where it stopped. A part past the old block's bytes but inside the file is
 written empty, as the old block said: zeros there, not the base's bytes.
 
+Format 6 adds settled files (`Cache.settle`, database `settled`): blocks kept after their
+file's commit as the cached copy of that version, clean. A cache of format 5 has none, so
+it is only marked; an older release must not open one that has some, as it would count
+their blocks as changes not uploaded, for ever.
+
 A cache written by a newer cloudfs is refused with an error naming it, never
 guessed at.
 """
@@ -39,7 +44,7 @@ from .cache import _QQ, BLOCK_SIZE, Cache, Inode
 
 log = logging.getLogger("cloudfs.cache")
 
-FORMAT = 5
+FORMAT = 6
 OLD_BLOCK_SIZE = 128 * 1024
 MOVE_BATCH = 256
 """Old blocks moved per transaction in the step to format 5 (at most 32 MiB)."""
@@ -58,8 +63,9 @@ def _to_2(cache: Cache, txn: lmdb.Transaction) -> int:
     return rewritten
 
 
-def _to_3(cache: Cache, txn: lmdb.Transaction) -> int:
-    return 0  # nothing of format 2 changes meaning; see the module docstring
+def _marked_only(cache: Cache, txn: lmdb.Transaction) -> int:
+    """Formats 3 and 6: nothing of the format before changes meaning (module docstring)."""
+    return 0
 
 
 def _to_4(cache: Cache, txn: lmdb.Transaction) -> int:
@@ -99,7 +105,8 @@ def _to_5(cache: Cache) -> int:
             moved += len(batch)
 
 
-_MIGRATIONS: dict[int, Callable[[Cache, lmdb.Transaction], int]] = {2: _to_2, 3: _to_3, 4: _to_4}
+_MIGRATIONS: dict[int, Callable[[Cache, lmdb.Transaction], int]] = {2: _to_2, 3: _marked_only, 4: _to_4,
+                                                                  6: _marked_only}
 _BATCHED: dict[int, Callable[[Cache], int]] = {5: _to_5}
 """Steps too big for one transaction: each runs its own, and may be cut short and run again."""
 

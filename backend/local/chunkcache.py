@@ -5,6 +5,11 @@ file changed elsewhere simply stops referencing it. Only clean chunks are evicte
 never those of pinned files (`pinned`, kept by pins.py); dirty blocks (write-back
 data) count towards the limit but are never dropped here.
 
+Settled files (`Cache.settle`: blocks kept as the cached copy of the version their
+commit made) are evicted here too, a whole file at a time, in the same LRU order as
+chunks (`touch_settled`), except while a write to one is under way (`writing`): the
+bytes under a partly written block are its blocks until the write's transaction.
+
 The LRU order lives in memory (rebuilt from LMDB at start, oldest first by key order,
 which is good enough after a restart); it is touched on every hit without a write
 transaction, so reads stay cheap.
@@ -17,14 +22,15 @@ reads cheap (a 4 MiB chunk read in 128 KiB pieces is hashed once, not 32 times).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, Iterator
 
 import xxhash
 
-from .cache import Cache
+from .cache import Cache, u64
 from .lmdbmap import release_map_pages
 
 log = logging.getLogger("cloudfs.cache")
@@ -34,6 +40,15 @@ SUM = 8  # bytes of xxh3-64 in front of each entry
 RELEASE_EVERY = 32 << 20
 """Bytes read through the LMDB map between releases of its pages (lmdbmap.py): without
 them a cold read of a large file leaves the whole file mapped, and counted in RSS."""
+
+
+def settled_key(ino: int) -> bytes:
+    """A settled file's place in the LRU order (9 bytes: never a fingerprint's 32)."""
+    return b"s" + u64(ino)
+
+
+def _settled_ino(key: bytes) -> int | None:
+    return int.from_bytes(key[1:], "big") if len(key) == 9 else None
 
 
 def _seal(data: bytes) -> bytes:
@@ -56,11 +71,15 @@ class ChunkCache:
         self.corrupt_dropped = 0
         self._touched = 0
         self.pinned: set[bytes] = set()
-        """Chunks of pinned files (pins.py): never evicted."""
+        """Chunks of pinned files (pins.py), and their `settled_key` if settled: never evicted."""
+        self.writing: dict[int, int] = {}
+        """Settled files with writes under way (`hold`), which eviction passes over."""
         if cache.get_meta("chunk_format") != FORMAT:
             with cache.write() as txn:  # a cache from before checksums: clean chunks are only a cache
                 txn.drop(cache.chunks, delete=False)
                 cache.set_meta(txn, "chunk_format", FORMAT)
+        for ino in cache.settled:  # oldest first, before every chunk: their order is not kept
+            self._lru[settled_key(ino)] = cache.settled[ino]
         with cache.read(buffers=True) as txn:
             for key, value in txn.cursor(db=cache.chunks):
                 self._lru[bytes(key)] = len(value) - SUM
@@ -156,33 +175,67 @@ class ChunkCache:
         return True
 
     def evict(self, incoming: int = 0) -> None:
-        """Drop least recently used clean chunks until `incoming` more bytes fit. Chunks
-        of pinned files are passed over (and moved to the recent end, so the next
-        eviction does not walk them again)."""
-        excess = self.clean_bytes + self.dirty_bytes + incoming - self.limit
+        """Drop least recently used clean chunks and settled files until `incoming` more
+        bytes fit. Those of pinned files are passed over, and settled files being written
+        (moved to the recent end, so the next eviction does not walk them again)."""
+        excess = self.used_bytes + incoming - self.limit
         if excess <= 0 or not self._lru:
             return
-        victims, passed = [], []
+        victims, settled, passed = [], [], []
         for _ in range(len(self._lru)):
             if excess <= 0:
                 break
             key, size = self._lru.popitem(last=False)
-            if key in self.pinned:
+            ino = _settled_ino(key)
+            if ino is None:
+                if key in self.pinned:
+                    passed.append((key, size))
+                    continue
+                victims.append(key)
+                excess -= size
+                self.clean_bytes -= size
+                continue
+            if ino not in self.cache.settled:
+                continue  # written or dropped since it settled
+            if key in self.pinned or ino in self.writing:
                 passed.append((key, size))
                 continue
-            victims.append(key)
-            excess -= size
-            self.clean_bytes -= size
+            settled.append(ino)
+            excess -= self.cache.settled[ino]
         for key, size in passed:
             self._lru[key] = size
-        if victims:
+        if victims or settled:
             with self.cache.write() as txn:
                 for key in victims:
                     txn.delete(key, db=self.cache.chunks)
-        log.debug("evicted %d clean chunks", len(victims))
+                for ino in settled:
+                    node = self.cache.get(ino, txn)
+                    if node is not None:
+                        self.dirty_bytes -= self.cache.drop_blocks_from_end(txn, node)
+                    else:
+                        self.dirty_bytes -= self.cache.drop_blocks(txn, ino, from_block=0)
+        log.debug("evicted %d clean chunks and %d settled files", len(victims), len(settled))
+
+    def touch_settled(self, ino: int) -> None:
+        """A settled file was just settled or read: the most recently used."""
+        key = settled_key(ino)
+        if ino in self.cache.settled:
+            self._lru[key] = self.cache.settled[ino]
+            self._lru.move_to_end(key)
+
+    @contextlib.contextmanager
+    def hold(self, ino: int) -> Iterator[None]:
+        """Around a write to `ino`: if settled, it is not evicted meanwhile."""
+        self.writing[ino] = self.writing.get(ino, 0) + 1
+        try:
+            yield
+        finally:
+            self.writing[ino] -= 1
+            if not self.writing[ino]:
+                del self.writing[ino]
 
     def keys(self) -> list[str]:
-        return [k.hex() for k in self._lru]
+        return [k.hex() for k in self._lru if _settled_ino(k) is None]
 
     def verify_entry(self, fingerprint: str) -> bool:
         """fsck, one entry: its sum and its fingerprint (SHA-256) must both match; a bad
@@ -201,4 +254,4 @@ class ChunkCache:
 
     @property
     def used_bytes(self) -> int:
-        return self.clean_bytes + self.dirty_bytes
+        return self.clean_bytes + self.cache.settled_bytes + self.dirty_bytes

@@ -27,14 +27,12 @@ import trio
 
 from ..local.cache import _QQ, BLOCK_SIZE, Cache, ChunkEntry, Inode
 from ..local.chunkcache import ChunkCache
-from ..local.lmdbmap import release_map_pages
 from ..sync.prefix import NO_CLIP, Prefix, Prefixes, Ranges
 from .fetcher import URL_BATCH, Fetcher
 
 if TYPE_CHECKING:
     import lmdb
 
-SCAN_RELEASE_BYTES = 32 << 20
 WINDOW = 8
 """Chunks a sequential read keeps downloading ahead of itself (bounded in bytes by the
 caller's `readahead` and by a quarter of the cache): one round trip per window."""
@@ -210,7 +208,7 @@ class Content:
                     if ino != node.ino:
                         break
                     stale.add(block_no * BLOCK_SIZE, (block_no + 1) * BLOCK_SIZE)
-                    self.scanned(BLOCK_SIZE)
+                    self.cache.mapped(BLOCK_SIZE)
         return Prefix(chunks, node.base_len, stale)
 
     def frontier(self, node: Inode) -> int:
@@ -234,20 +232,10 @@ class Content:
                     if ino != node.ino or block_no != expected:
                         break
                     expected += 1
-                    self.scanned(BLOCK_SIZE)
+                    self.cache.mapped(BLOCK_SIZE)
         reach = max(known, expected * BLOCK_SIZE)
         self._frontiers[node.ino] = (reach, truncations)
         return min(node.size, reach)
-
-    def scanned(self, nbytes: int) -> None:
-        """py-lmdb faults in every page of each value a cursor steps on, keys-only
-        included: a walk over a file's dirty blocks maps them all (a 256 MiB file: 256 MiB
-        of RssFile at its close). Counted across walks, many short ones included (the
-        frontier's), the pages go back every SCAN_RELEASE_BYTES (lmdbmap.py)."""
-        self.cache.unreleased_bytes += nbytes
-        if self.cache.unreleased_bytes >= SCAN_RELEASE_BYTES:
-            release_map_pages(self.cache.env)
-            self.cache.unreleased_bytes = 0
 
     def under_len(self, node: Inode) -> int:
         """Where the bytes under the blocks turn to zeros."""
@@ -260,6 +248,10 @@ class Content:
         end = min(off + size, node.size)
         if off >= end:
             return b""
+        if node.ino in self.cache.settled:
+            settled = self._settled_bytes(node, off, end)
+            if settled is not None:
+                return settled
         chunks = await self.base_chunks(node)
         needed = [c.fingerprint for c, _, _ in self._segments(node, chunks, off, end) if c is not None]
         upcoming = None
@@ -291,12 +283,36 @@ class Content:
             pos = stop
         return b"".join(parts)
 
+    def _settled_bytes(self, node: Inode, off: int, end: int) -> bytes | None:
+        """Bytes [off, end) of a settled file from its blocks alone, nothing fetched nor
+        read ahead; None where one is missing (evicted since: the base is fetched)."""
+        parts = []
+        with self.cache.read(buffers=True) as txn:
+            for block_no in range(off // BLOCK_SIZE, (end - 1) // BLOCK_SIZE + 1):
+                view = self.cache.get_block(txn, node.ino, block_no)
+                if view is None:
+                    return None
+                start = block_no * BLOCK_SIZE
+                lo, hi = max(off, start), min(end, start + BLOCK_SIZE)
+                part = bytes(view[lo - start:hi - start])
+                parts.append(part + bytes(hi - lo - len(part)))
+        self.chunks.touch_settled(node.ino)
+        self.cache.mapped(end - off)
+        return b"".join(parts)
+
     # --- writes ---
 
     async def write(self, node: Inode, off: int, data: bytes,
                     in_txn: Callable[["lmdb.Transaction"], None] = lambda txn: None) -> None:
         """Overlay `data` at `off`. Base chunks under partially written blocks are fetched
-        first; then one write transaction updates blocks and inode (and runs `in_txn`)."""
+        first; then one write transaction updates blocks and inode (and runs `in_txn`).
+        A settled file (`Cache.settle`) is not evicted meanwhile: its blocks may be what
+        lies under the written ones."""
+        with self.chunks.hold(node.ino):
+            await self._write(node, off, data, in_txn)
+
+    async def _write(self, node: Inode, off: int, data: bytes,
+                     in_txn: Callable[["lmdb.Transaction"], None]) -> None:
         end = off + len(data)
         first, last = off // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
         chunks = await self.base_chunks(node)
@@ -321,6 +337,7 @@ class Content:
         self.chunks.evict((last - first + 1) * BLOCK_SIZE)
         with self.cache.write(buffers=True) as txn:  # no copies of blocks we only measure
             in_txn(txn)
+            self.chunks.dirty_bytes += self.cache.unsettle(txn, node.ino)  # every block of it is a change now
             self._written(txn, node.ino, off, end)
             for block_no in range(first, last + 1):
                 start = block_no * BLOCK_SIZE
@@ -375,6 +392,7 @@ class Content:
 
     def truncate(self, txn: "lmdb.Transaction", node: Inode, length: int) -> None:
         self._truncations[node.ino] = self._truncations.get(node.ino, 0) + 1
+        self.chunks.dirty_bytes += self.cache.unsettle(txn, node.ino)
         if length < node.size:
             self.chunks.dirty_bytes -= self.cache.drop_blocks(txn, node.ino, from_block=-(-length // BLOCK_SIZE))
             block_no = length // BLOCK_SIZE

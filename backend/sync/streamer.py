@@ -39,7 +39,7 @@ from ..errors import CloudFsError, OfflineError, ServerError
 from ..local.cache import BLOCK_SIZE, ROOT_INO, Cache, ChunkEntry, GoneError, Inode
 from ..model.content import Content, Watch
 from .prefix import NO_CLIP, Prefix, Ranges
-from .uploader import Uploader, drop_settled_blocks
+from .uploader import Uploader, drop_stored_blocks
 
 log = logging.getLogger("cloudfs.streamer")
 
@@ -208,7 +208,7 @@ class _Recorder:
             for a, b in self.watch.written.clipped(0, prefix.end):
                 stale.add(a, b)
             content.prefixes.put(txn, self.node.ino, prefix)
-            freed = drop_settled_blocks(cache, txn, self.node.ino, self.freed_from, offset, stale)
+            freed = drop_stored_blocks(cache, txn, self.node.ino, self.freed_from, offset, stale)
             self.streamer.chunks.dirty_bytes -= freed
         self.streamer.streamed_bytes += offset - self.recorded
         self.recorded = offset

@@ -24,9 +24,8 @@ Chunks of at most EAGER_BYTES are compressed before the first prepare instead (t
 CPU is negligible and a small file then costs one prepare, not two).
 
 Concurrency: the producer thread only reads (LMDB read transactions, and fetches of
-base chunks through `trio.from_thread`) and gives the LMDB map's pages back every
-UNMAP_BYTES (lmdbmap.py: harmless to readers in other threads); everything else runs
-on the trio thread. The budget's waiters are the producer alone.
+base chunks through `trio.from_thread`) and gives the LMDB map's pages back as it goes
+(`Cache.mapped`); everything else runs on the trio thread. The budget's waiters are the producer alone.
 """
 
 from __future__ import annotations
@@ -47,7 +46,6 @@ from ..daily.transfers import Transfer, Transfers
 from ..errors import ConflictError, OfflineError, ServerError, one_error
 from ..local.cache import BLOCK_SIZE, Cache, ChunkEntry, Inode
 from ..local.chunkcache import ChunkCache, seal
-from ..local.lmdbmap import release_map_pages
 from ..model.content import Content, ContentReader, Watch
 from ..protocol import wire
 from ..protocol.api_client import ApiClient
@@ -80,9 +78,6 @@ for a moment (sealed, and in LMDB's dirty pages until the commit); at 16 MiB ave
 anonymous. The chunks of a file past 16 GiB are kept only when short: such a file does
 not fit in the default cache anyway, and a read fetches the others back."""
 EAGER_BYTES = 256 * 1024
-UNMAP_BYTES = 32 * MiB
-"""The producer gives back the LMDB map's pages after reading this much (lmdbmap.py):
-otherwise streaming a file's dirty blocks maps all of them into the mount's RSS."""
 _TRANSFER: contextvars.ContextVar[Transfer | None] = contextvars.ContextVar("cloudfs_upload", default=None)
 """The upload a task works for: trio's child tasks and worker threads inherit it, so a
 PUT deep in a batch counts towards its file's progress without being told which."""
@@ -102,6 +97,9 @@ class UploadResult:
     sent_chunks: int
     sent_bytes: int
     watch: Watch
+    settles: bool = False
+    """The file's blocks held all of it and no sent chunk was kept: if the commit finds it
+    unchanged, the blocks stay as the cached copy of the new version (`Cache.settle`)."""
 
 
 @dataclass
@@ -155,7 +153,7 @@ _FLUSH = _Flush()
 
 
 class _Unmapping:
-    """Reads through `reader`, giving back the LMDB map's pages every UNMAP_BYTES."""
+    """Reads through `reader`, giving back the LMDB map's pages as it goes (`Cache.mapped`)."""
 
     def __init__(self, reader: ContentReader, cache: Cache) -> None:
         self.reader = reader
@@ -163,16 +161,8 @@ class _Unmapping:
 
     def read(self, n: int = -1) -> bytes:
         data = self.reader.read(n)
-        self.cache.unreleased_bytes += len(data)
-        if self.cache.unreleased_bytes >= UNMAP_BYTES:
-            self.release()
+        self.cache.mapped(len(data))
         return data
-
-    def release(self) -> None:
-        """Counted across uploads: a release reads /proc/self/maps, too dear per small file."""
-        if self.cache.unreleased_bytes >= UNMAP_BYTES:
-            release_map_pages(self.cache.env)
-            self.cache.unreleased_bytes = 0
 
 
 class ByteBudget:
@@ -241,6 +231,7 @@ class Uploader:
     async def _upload(self, node: Inode, *, parent_node_id: int,
                       sending: Callable[[wire.CommitRequest], None] | None, tried_since: float | None) -> UploadResult:
         gen, size, mtime_ns = node.gen, node.size, node.mtime_ns
+        settles = False
         base = await self.content.base_chunks(node)
         watch = self.content.watches[node.ino] = Watch()
         try:
@@ -249,8 +240,10 @@ class Uploader:
                 refs, inline = await self._inline(node, size)
                 sent_chunks, sent_bytes = len(inline), sum(len(c.data) for c in inline)
             else:
-                refs, sent_chunks, sent_bytes = await self.send_walk(node, base, self.content.walk_prefix(node, base),
-                                                                     size, final=True)
+                prefix = self.content.walk_prefix(node, base)
+                settles = prefix is None and node.base_len == 0 and self.content.frontier(node) >= size
+                refs, sent_chunks, sent_bytes = await self.send_walk(node, base, prefix, size, final=True,
+                                                                     keep=not settles)
             existing = node.node_id if node.bound else 0  # detached: its node is gone
             request = wire.CommitRequest(
                 node_id=existing or None,
@@ -280,7 +273,7 @@ class Uploader:
             raise
         self.sent_chunks += sent_chunks
         self.sent_bytes += sent_bytes
-        return UploadResult(response, refs, gen, size, sent_chunks, sent_bytes, watch)
+        return UploadResult(response, refs, gen, size, sent_chunks, sent_bytes, watch, settles)
 
     async def _inline(self, node: Inode, size: int) -> tuple[list[tuple[str, int]], list[wire.InlineChunk]]:
         """A small file travels inside its commit: one round trip instead of prepare, PUT
@@ -305,20 +298,18 @@ class Uploader:
         return refs, list(inline.values())
 
     async def send_walk(self, node: Inode, base: list[ChunkEntry], prefix: Prefix | None, end: int, *, final: bool,
-                        on_progress: Callable[[list[tuple[str, int]]], None] | None = None,
+                        on_progress: Callable[[list[tuple[str, int]]], None] | None = None, keep: bool = True,
                         ) -> tuple[list[tuple[str, int]], int, int]:
         """Walk the file's bytes [0, end) (`prefix.walk`) in a worker thread and PUT what
         the server lacks, batch by batch, holding at most BUDGET_BYTES of it in memory.
         After each batch, `on_progress(refs so far)` (all of them in the store by then)
-        runs on the trio thread. Returns (chunk refs, chunks sent, bytes sent)."""
+        runs on the trio thread. `keep`: a clean copy of each sent chunk goes into the
+        chunk cache (`_keep`). Returns (chunk refs, chunks sent, bytes sent)."""
         hint = self._namespace_hint(node)
 
         def items() -> Iterator[_Outgoing | Reused]:
-            readers: list[_Unmapping] = []
-
             def open_at(start: int, stop: int) -> _Unmapping:
-                readers.append(_Unmapping(ContentReader(self.content, node, base, stop, start), self.cache))
-                return readers[-1]
+                return _Unmapping(ContentReader(self.content, node, base, stop, start), self.cache)
 
             compressible = None
             for item in walk(prefix, open_at, end, final=final):
@@ -336,15 +327,14 @@ class Uploader:
                     out.pack()
                 yield out
                 del out  # let go once its batch is sent, not when the next piece is cut
-            if readers:
-                readers[-1].release()
 
         avg = forced_average() or average_at(max(end - 1, 0))
         checking = trio.CapacityLimiter(CHECKS_AT_ONCE)
         async with one_error(), trio.open_nursery() as checks:  # the commit waits for the checks
 
             async def send_batch(batch: list[_Outgoing]) -> tuple[int, int]:
-                sent_chunks, sent_bytes, check = await self._prepare_and_put({o.fingerprint: o for o in batch}, hint)
+                sent_chunks, sent_bytes, check = await self._prepare_and_put({o.fingerprint: o for o in batch}, hint,
+                                                                             keep)
                 if check:  # the store's read-back of this batch overlaps the PUTs of the next
                     checks.start_soon(self._check, check, hint, checking)
                 return sent_chunks, sent_bytes
@@ -445,7 +435,8 @@ class Uploader:
         parent = self.cache.get(node.parent)
         return parent.node_id if parent is not None and parent.node_id else None
 
-    async def _prepare_and_put(self, by_fp: dict[str, _Outgoing], hint: int | None) -> tuple[int, int, list[str]]:
+    async def _prepare_and_put(self, by_fp: dict[str, _Outgoing], hint: int | None,
+                               keep: bool) -> tuple[int, int, list[str]]:
         prepared = await self.client.prepare_upload([o.describe() for o in by_fp.values()], node_id=hint)
         tickets = {t.fingerprint: t for t in prepared.missing}
         late = [by_fp[fp] for fp in tickets if by_fp[fp].compressible and not by_fp[fp].tried]
@@ -474,7 +465,7 @@ class Uploader:
             for ticket in tickets.values():
                 nursery.start_soon(put, ticket)
         _progress(sum(o.length for fp, o in by_fp.items() if fp not in tickets), sent=False)  # the store had them
-        self._keep(list(by_fp.values()))
+        self._keep(list(by_fp.values()) if keep else [])
         return len(tickets), sent, list(tickets) if prepared.check_after_put else []
 
     async def _check(self, fingerprints: list[str], hint: int | None, limiter: trio.CapacityLimiter) -> None:
@@ -639,24 +630,30 @@ def finish_upload(cache: Cache, content: Content, node: Inode, result: UploadRes
         current.extra["srv_seq"] = result.response.cursor  # follower.py: our own older entries are stale
         clean = current.gen == result.gen
         if clean:
-            chunks.dirty_bytes -= _drop_blocks_unmapping(cache, txn, current)
+            if result.settles:
+                chunks.dirty_bytes -= cache.settle(txn, current.ino)
+            else:
+                chunks.dirty_bytes -= cache.drop_blocks_from_end(txn, current)
             current.base_len = result.size
             current.dirty = False
             current.min_trunc = -1
         else:
             trunc = current.min_trunc
             current.base_len = result.size if trunc < 0 else min(result.size, trunc)
-            chunks.dirty_bytes -= drop_settled_blocks(cache, txn, current.ino, 0, current.base_len, watch.written)
+            chunks.dirty_bytes -= drop_stored_blocks(cache, txn, current.ino, 0, current.base_len, watch.written)
         cache.put(txn, current)
+    if clean and result.settles:
+        chunks.touch_settled(current.ino)
     log.info("committed inode %d as node %d rev %d (%d bytes, %s)", node.ino, result.response.node.id,
-             result.response.version.rev, result.size, "clean" if clean else "changed meanwhile")
+             result.response.version.rev, result.size,
+             ("settled" if result.settles else "clean") if clean else "changed meanwhile")
     return clean
 
 
-def drop_settled_blocks(cache: Cache, txn: "lmdb.Transaction", ino: int, start: int, end: int, keep: Ranges) -> int:
+def drop_stored_blocks(cache: Cache, txn: "lmdb.Transaction", ino: int, start: int, end: int, keep: Ranges) -> int:
     """Drop the dirty blocks lying wholly in [start, end) that no range of `keep`
-    touches: the store has their bytes now. Gives the LMDB map's pages back every
-    UNMAP_BYTES (see `_drop_blocks_unmapping`). Returns the bytes freed."""
+    touches: the store has their bytes now. Gives the LMDB map's pages back as it goes
+    (`Cache.mapped`). Returns the bytes freed."""
     first, stop = -(-start // BLOCK_SIZE), end // BLOCK_SIZE
     if first >= stop:
         return 0
@@ -679,12 +676,9 @@ def drop_settled_blocks(cache: Cache, txn: "lmdb.Transaction", ino: int, start: 
             continue
         size = len(cursor.value())
         freed += size
-        cache.unreleased_bytes += size  # counted across calls: a streaming round drops a batch at a time
+        cache.mapped(size)  # counted across calls: a streaming round drops a batch at a time
         if not cursor.delete():
             break
-        if cache.unreleased_bytes >= UNMAP_BYTES:
-            release_map_pages(cache.env)
-            cache.unreleased_bytes = 0
     return freed
 
 
@@ -694,20 +688,3 @@ def _block_key(ino: int, block_no: int) -> bytes:
 
 def _unpack_block_key(raw: bytes) -> tuple[int, int]:
     return int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big")
-
-
-def _drop_blocks_unmapping(cache: Cache, txn: "lmdb.Transaction", node: Inode) -> int:
-    """Drop all of a file's dirty blocks, giving back the LMDB map's pages every
-    UNMAP_BYTES: deleting a block maps it (LMDB reads the first page of the record, and
-    the kernel maps the page cache's whole folio), so one `drop_blocks` of a 1 GiB file
-    would map 1 GiB into the mount. `drop_blocks` deletes from a block to the end, so
-    slices are taken from the end backwards. Returns the bytes freed."""
-    step = UNMAP_BYTES // BLOCK_SIZE
-    start = max(0, -(-node.size // BLOCK_SIZE) - step)
-    freed = 0
-    while True:
-        freed += cache.drop_blocks(txn, node.ino, from_block=start)
-        if start == 0:
-            return freed
-        release_map_pages(cache.env)
-        start = max(0, start - step)

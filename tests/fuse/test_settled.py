@@ -1,0 +1,118 @@
+"""A new file's first upload keeps its blocks as the cached copy of the version it made
+(`Cache.settle`): each byte goes into the cache once, not a second time as the chunks
+sent. What a user must not notice is anything but the speed: the file reads back from
+the blocks without a download, across a restart too; written, truncated or replaced
+elsewhere afterwards, it shows the newest bytes; and its blocks give way like any
+cached chunk when room is needed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tests.harness import MountProcess, ServerProcess, cloudfs_mount, wait_until
+
+MiB = 1024 * 1024
+
+
+def dropped_from_page_cache(path: Path) -> Path:
+    """So the next read reaches the mount, not the kernel's copy."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return path
+
+
+def settled_lines(m: MountProcess) -> int:
+    return m.log().count(", settled)")
+
+
+def test_a_new_file_reads_back_from_its_blocks_across_a_restart(fuse_server: ServerProcess, account: str,
+                                                                  tmp_path: Path) -> None:
+    data = os.urandom(12 * MiB)
+    with cloudfs_mount(fuse_server, account, tmp_path / "mnt", tmp_path / "cache") as m:
+        (m.path / "f.bin").write_bytes(data)
+        m.sync()
+        status = m.status()
+        assert settled_lines(m) == 1, m.log()[-3000:]
+        assert status["pending_bytes"] == 0, "settled blocks are not changes waiting for upload"
+        assert 12 * MiB <= status["cache_bytes"] < 13 * MiB, "the blocks alone: no second copy as chunks"
+        assert dropped_from_page_cache(m.path / "f.bin").read_bytes() == data
+        assert m.status()["downloaded_bytes"] == 0
+    with cloudfs_mount(fuse_server, account, tmp_path / "mnt", tmp_path / "cache") as m:
+        status = m.status()
+        assert status["pending_bytes"] == 0 and 12 * MiB <= status["cache_bytes"] < 13 * MiB, status
+        assert (m.path / "f.bin").read_bytes() == data
+        assert m.status()["downloaded_bytes"] == 0
+        assert "Traceback" not in m.log()
+
+
+def test_a_settled_file_written_and_truncated_syncs_its_new_bytes(fuse_server: ServerProcess, account: str,
+                                                                   tmp_path: Path) -> None:
+    data = bytearray(os.urandom(12 * MiB))
+    with cloudfs_mount(fuse_server, account, tmp_path / "a", tmp_path / "cache-a") as a:
+        path = a.path / "f.bin"
+        path.write_bytes(data)
+        a.sync()
+        assert settled_lines(a) == 1
+        patch = os.urandom(100_000)
+        with open(path, "r+b") as f:
+            f.seek(5 * MiB + 123)
+            f.write(patch)
+            f.truncate(10 * MiB)
+        data[5 * MiB + 123:5 * MiB + 123 + len(patch)] = patch
+        del data[10 * MiB:]
+        a.sync()
+        assert a.status()["pending_bytes"] == 0
+        assert dropped_from_page_cache(path).read_bytes() == data
+        with cloudfs_mount(fuse_server, account, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+            assert (b.path / "f.bin").read_bytes() == data
+        assert "Traceback" not in a.log()
+
+
+def test_a_settled_file_replaced_on_another_device_shows_the_new_bytes(fuse_server: ServerProcess, account: str,
+                                                                        tmp_path: Path) -> None:
+    first, second = os.urandom(12 * MiB), os.urandom(9 * MiB)
+    with cloudfs_mount(fuse_server, account, tmp_path / "a", tmp_path / "cache-a") as a, \
+            cloudfs_mount(fuse_server, account, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+        (a.path / "f.bin").write_bytes(first)
+        a.sync()
+        assert settled_lines(a) == 1
+        wait_until(lambda: (b.path / "f.bin").exists() and (b.path / "f.bin").stat().st_size == len(first),
+                   timeout=30, what="f.bin on b")
+        (b.path / "f.bin").write_bytes(second)
+        b.sync()
+        wait_until(lambda: (a.path / "f.bin").stat().st_size == len(second), timeout=30, what="b's version on a")
+        assert (a.path / "f.bin").read_bytes() == second
+        assert a.status()["cache_bytes"] < 2 * len(first), "the old version's blocks went with their inode"
+        assert "Traceback" not in a.log()
+
+
+def test_settled_files_give_way_to_new_writes(fuse_server: ServerProcess, account: str, tmp_path: Path) -> None:
+    first, second = os.urandom(20 * MiB), os.urandom(20 * MiB)
+    with cloudfs_mount(fuse_server, account, tmp_path / "mnt", tmp_path / "cache",
+                       extra_args=["--cache-size", "32M"]) as m:
+        (m.path / "first.bin").write_bytes(first)
+        m.sync()
+        assert settled_lines(m) == 1
+        (m.path / "second.bin").write_bytes(second)  # room: the first file's blocks are evicted
+        m.sync()
+        assert m.status()["cache_bytes"] <= 32 * MiB
+        assert dropped_from_page_cache(m.path / "first.bin").read_bytes() == first
+        assert m.status()["downloaded_bytes"] >= len(first) // 2, "fetched again once evicted"
+        assert "Traceback" not in m.log()
+
+
+def test_pinning_a_settled_file_downloads_nothing(fuse_server: ServerProcess, account: str, tmp_path: Path) -> None:
+    data = os.urandom(12 * MiB)
+    with cloudfs_mount(fuse_server, account, tmp_path / "mnt", tmp_path / "cache") as m:
+        (m.path / "f.bin").write_bytes(data)
+        m.sync()
+        assert settled_lines(m) == 1
+        out = m.cli("pin", str(m.path / "f.bin"), "--wait")
+        assert out.returncode == 0, out.stderr
+        assert m.status()["downloaded_bytes"] == 0
+        assert dropped_from_page_cache(m.path / "f.bin").read_bytes() == data
+        assert m.status()["downloaded_bytes"] == 0
