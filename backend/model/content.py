@@ -20,6 +20,8 @@ outlive the upload, whose chunks hold the older bytes.
 from __future__ import annotations
 
 import bisect
+import hashlib
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -32,6 +34,8 @@ from .fetcher import URL_BATCH, Fetcher
 
 if TYPE_CHECKING:
     import lmdb
+
+log = logging.getLogger("cloudfs.cache")
 
 WINDOW = 8
 """Chunks a sequential read keeps downloading ahead of itself (bounded in bytes by the
@@ -64,6 +68,10 @@ class Content:
         self.fetcher = fetcher
         self.prefixes = Prefixes(cache)
         self.watches: dict[int, Watch] = {}
+        self._settled_checked: dict[int, set[int] | None] = {}
+        """Per settled file, the offsets of its version's chunks checked in this process
+        (`_read_settled`); None: all of them (`settled_here`)."""
+        self.settled_damaged = 0
         self._frontiers: dict[int, tuple[int, int]] = {}
         """(frontier not clipped by the size, truncations then) per inode, for `frontier`."""
         self._truncations: dict[int, int] = {}
@@ -249,7 +257,7 @@ class Content:
         if off >= end:
             return b""
         if node.ino in self.cache.settled:
-            settled = self._settled_bytes(node, off, end)
+            settled = await self._read_settled(node, off, end)
             if settled is not None:
                 return settled
         chunks = await self.base_chunks(node)
@@ -283,9 +291,47 @@ class Content:
             pos = stop
         return b"".join(parts)
 
-    def _settled_bytes(self, node: Inode, off: int, end: int) -> bytes | None:
-        """Bytes [off, end) of a settled file from its blocks alone, nothing fetched nor
-        read ahead; None where one is missing (evicted since: the base is fetched)."""
+    async def _read_settled(self, node: Inode, off: int, end: int) -> bytes | None:
+        """Bytes [off, end) of a settled file from its blocks alone: nothing fetched nor
+        read ahead. Each chunk of its version is checked against its fingerprint the first
+        time this process reads it (`verify_settled`), as cached chunks are against their
+        sums: blocks damaged on disk are never served. None when the blocks are gone
+        (evicted, damaged) or the file changed meanwhile: the caller reads it as any file."""
+        checked = self._settled_checked.setdefault(node.ino, set())
+        if checked is not None:
+            for chunk in self._covering(await self.base_chunks(node), off, end):
+                if chunk.offset not in checked:
+                    if not self.verify_settled(node, chunk):
+                        return None
+                    checked.add(chunk.offset)
+        data = self.settled_bytes(node, off, end) if node.ino in self.cache.settled else None
+        if data is not None:
+            self.chunks.touch_settled(node.ino)
+        return data
+
+    def settled_here(self, ino: int) -> None:
+        """`ino` was just settled by this process: its blocks are what it sent, checked."""
+        self._settled_checked[ino] = None
+
+    def verify_settled(self, node: Inode, chunk: ChunkEntry) -> bool:
+        """Whether a settled file's blocks still hold `chunk` of its version (their bytes
+        hash to its fingerprint). If they do not, they are dropped: the file is read as
+        any other from then on, its chunks fetched. False too when it is not settled (any
+        more): its blocks are not that version's bytes then."""
+        if node.ino not in self.cache.settled:
+            return False
+        data = self.settled_bytes(node, chunk.offset, chunk.offset + chunk.length)
+        if data is not None and hashlib.sha256(data).hexdigest() == chunk.fingerprint:
+            return True
+        log.error("the cached blocks of inode %d (%s) do not hold chunk %s of its version: damaged on disk, "
+                  "dropped; it will be fetched again", node.ino, node.name, chunk.fingerprint)
+        with self.cache.write() as txn:
+            self.chunks.dirty_bytes -= self.cache.drop_blocks_from_end(txn, node)
+        self.settled_damaged += 1
+        return False
+
+    def settled_bytes(self, node: Inode, off: int, end: int) -> bytes | None:
+        """Bytes [off, end) of a settled file's blocks; None where one is missing."""
         parts = []
         with self.cache.read(buffers=True) as txn:
             for block_no in range(off // BLOCK_SIZE, (end - 1) // BLOCK_SIZE + 1):
@@ -296,7 +342,6 @@ class Content:
                 lo, hi = max(off, start), min(end, start + BLOCK_SIZE)
                 part = bytes(view[lo - start:hi - start])
                 parts.append(part + bytes(hi - lo - len(part)))
-        self.chunks.touch_settled(node.ino)
         self.cache.mapped(end - off)
         return b"".join(parts)
 

@@ -644,6 +644,7 @@ def finish_upload(cache: Cache, content: Content, node: Inode, result: UploadRes
         cache.put(txn, current)
     if clean and result.settles:
         chunks.touch_settled(current.ino)
+        content.settled_here(current.ino)
     log.info("committed inode %d as node %d rev %d (%d bytes, %s)", node.ino, result.response.node.id,
              result.response.version.rev, result.size,
              ("settled" if result.settles else "clean") if clean else "changed meanwhile")

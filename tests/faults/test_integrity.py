@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudfs.backend.local.cache import Cache
+from cloudfs.backend.local.cache import _QQ, Cache
 from cloudfs.backend.local.chunkcache import SUM
 from tests.harness import cloudfs_mount, cloudfs_server, wait_until
 
@@ -61,9 +61,11 @@ def test_damaged_cache_entry_is_fetched_again(tmp_path):
     data = os.urandom(200_000)
     with cloudfs_server(tmp_path / "srv") as srv:
         token = srv.add_user("owner")
+        with cloudfs_mount(srv, token, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+            (b.path / "doc.bin").write_bytes(data)
+            b.sync()
         with cloudfs_mount(srv, token, tmp_path / "a", tmp_path / "cache-a") as a:
-            (a.path / "doc.bin").write_bytes(data)
-            a.sync()
+            assert (a.path / "doc.bin").read_bytes() == data  # into a's chunk cache
         damage_every_cached_chunk(tmp_path / "cache-a")
         with cloudfs_mount(srv, token, tmp_path / "a", tmp_path / "cache-a") as a:
             assert (a.path / "doc.bin").read_bytes() == data
@@ -76,6 +78,28 @@ def test_damaged_cache_entry_is_fetched_again(tmp_path):
             assert (a.path / "doc.bin").read_bytes() == data
 
 
+def test_damaged_blocks_of_a_settled_file_are_fetched_again(tmp_path):
+    """A file's first upload keeps its blocks as its cached copy (Cache.settle): a block
+    damaged on disk is caught by the chunk's fingerprint on the first read after a
+    mount, or by fsck, and the chunk fetched instead."""
+    with cloudfs_server(tmp_path / "srv") as srv:
+        token = srv.add_user("owner")
+        for how in ("read", "fsck"):
+            data = os.urandom(3 * 1024 * 1024)
+            with cloudfs_mount(srv, token, tmp_path / "a", tmp_path / "cache-a") as a:
+                (a.path / "doc.bin").write_bytes(data)
+                a.sync()
+                assert ", settled)" in a.log()
+            damage_every_settled_file(tmp_path / "cache-a")
+            with cloudfs_mount(srv, token, tmp_path / "a", tmp_path / "cache-a") as a:
+                if how == "fsck":
+                    code, report = fsck(a)
+                    assert code == 0 and report["device"]["damaged_settled_files"] == 1, report
+                assert (a.path / "doc.bin").read_bytes() == data
+                assert "damaged on disk" in a.log()
+                assert a.status()["downloaded_bytes"] >= len(data) // 2
+
+
 def damage_every_cached_chunk(cache_dir: Path) -> None:
     cache = Cache(cache_dir)
     try:
@@ -86,5 +110,20 @@ def damage_every_cached_chunk(cache_dir: Path) -> None:
                 raw = bytearray(value)
                 raw[SUM + 10] ^= 0xFF
                 txn.put(bytes(key), bytes(raw), db=cache.chunks)
+    finally:
+        cache.close()
+
+
+def damage_every_settled_file(cache_dir: Path) -> None:
+    """One byte of one block of each settled file, flipped in LMDB."""
+    cache = Cache(cache_dir)
+    try:
+        assert cache.settled, "no settled file to damage"
+        with cache.write() as txn:
+            for ino in cache.settled:
+                key = _QQ.pack(ino, 40)
+                raw = bytearray(txn.get(key, db=cache.blocks))
+                raw[10] ^= 0xFF
+                txn.put(key, bytes(raw), db=cache.blocks)
     finally:
         cache.close()

@@ -46,14 +46,14 @@ def test_release_gives_back_what_reads_mapped(tmp_path: Path) -> None:
     cache.close()
 
 
-def test_finish_upload_drops_every_block_in_slices(tmp_path: Path) -> None:
-    """The uploader drops a committed file's blocks from the end in UNMAP_BYTES slices;
-    every block goes (also a stray past the size), and no other file's."""
-    from cloudfs.backend.local.cache import BLOCK_SIZE, Inode
-    from cloudfs.backend.sync.uploader import UNMAP_BYTES, _drop_blocks_unmapping
+def test_dropping_a_files_blocks_goes_from_the_end_in_slices(tmp_path: Path) -> None:
+    """A committed file's blocks are dropped from the end in RELEASE_BYTES slices
+    (`Cache.drop_blocks_from_end`); every block goes (also a stray past the size), and
+    no other file's."""
+    from cloudfs.backend.local.cache import BLOCK_SIZE, RELEASE_BYTES, Inode
 
     cache = Cache(tmp_path / "cache")
-    blocks = 2 * UNMAP_BYTES // BLOCK_SIZE + 7
+    blocks = 2 * RELEASE_BYTES // BLOCK_SIZE + 7
     node = Inode(ino=5, parent=1, name="f", kind="file", mode=0o644, size=blocks * BLOCK_SIZE - 100)
     with cache.write() as txn:
         for i in range(blocks + 1):  # one stray block past the end
@@ -62,7 +62,7 @@ def test_finish_upload_drops_every_block_in_slices(tmp_path: Path) -> None:
             cache.put_block(txn, 6, i, b"y" * 10)
             cache.put_block(txn, 4, i, b"z" * 10)
     with cache.write(buffers=True) as txn:
-        freed = _drop_blocks_unmapping(cache, txn, node)
+        freed = cache.drop_blocks_from_end(txn, node)
     assert freed == (blocks - 1) * BLOCK_SIZE + 2 * 1000
     with cache.read() as txn:
         assert all(cache.get_block(txn, 5, i) is None for i in range(blocks + 1))
