@@ -219,6 +219,29 @@ class Content:
                     self.cache.mapped(BLOCK_SIZE)
         return Prefix(chunks, node.base_len, stale)
 
+    async def blocks_cover(self, node: Inode, size: int) -> bool:
+        """Whether the file's blocks hold every byte of [0, `size`): a commit of those
+        bytes can leave them as its cached copy (`Cache.settle`), and its upload need not
+        keep what it sends. A walk over block keys, in a worker thread (it faults in the
+        blocks' pages: a 1 GiB file's in 0.1 s)."""
+        last = -(-size // BLOCK_SIZE)
+
+        def walk() -> bool:
+            expected = 0
+            with self.cache.read() as txn:
+                cursor = txn.cursor(db=self.cache.blocks)
+                if cursor.set_range(_QQ.pack(node.ino, 0)):
+                    for key in cursor.iternext(keys=True, values=False):
+                        if len(key) != 16 or _QQ.unpack(key) != (node.ino, expected):
+                            break
+                        expected += 1
+                        self.cache.mapped(BLOCK_SIZE)
+                        if expected == last:
+                            break
+            return expected == last
+
+        return size > 0 and await trio.to_thread.run_sync(walk)
+
     def frontier(self, node: Inode) -> int:
         """The end of the bytes known from 0 on: the streamed prefix and the base, then
         the run of dirty blocks after them (a hole nobody wrote yet ends it). It only

@@ -241,7 +241,7 @@ class Uploader:
                 sent_chunks, sent_bytes = len(inline), sum(len(c.data) for c in inline)
             else:
                 prefix = self.content.walk_prefix(node, base)
-                settles = prefix is None and node.base_len == 0 and self.content.frontier(node) >= size
+                settles = await self.content.blocks_cover(node, size)
                 refs, sent_chunks, sent_bytes = await self.send_walk(node, base, prefix, size, final=True,
                                                                      keep=not settles)
             existing = node.node_id if node.bound else 0  # detached: its node is gone

@@ -65,8 +65,11 @@ def test_a_settled_file_written_and_truncated_syncs_its_new_bytes(fuse_server: S
         data[5 * MiB + 123:5 * MiB + 123 + len(patch)] = patch
         del data[10 * MiB:]
         a.sync()
-        assert a.status()["pending_bytes"] == 0
+        status = a.status()
+        assert status["pending_bytes"] == 0
+        assert settled_lines(a) == 2, "its blocks still hold all of it: settled again"
         assert dropped_from_page_cache(path).read_bytes() == data
+        assert a.status()["downloaded_bytes"] == 0
         with cloudfs_mount(fuse_server, account, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
             assert (b.path / "f.bin").read_bytes() == data
         assert "Traceback" not in a.log()
