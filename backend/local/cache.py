@@ -543,13 +543,14 @@ class Cache:
         stay as the cached copy of that version, clean (evictable, chunkcache.py), so a
         first upload writes each byte into the cache once instead of twice (blocks,
         then the sent chunks). Until a write or truncation unsettles it, a settled file
-        is clean and its blocks are its committed bytes. Returns the bytes settled."""
+        is clean and its blocks are its committed bytes. Returns the dirty bytes that
+        became clean."""
         nbytes = self._block_bytes(txn, ino)
-        self.unsettle(txn, ino)
+        already = self.unsettle(txn, ino)
         txn.put(u64(ino), u64(nbytes), db=self.settled_files)
         self.settled[ino] = nbytes
         self.settled_bytes += nbytes
-        return nbytes
+        return nbytes - already
 
     def unsettle(self, txn: lmdb.Transaction, ino: int) -> int:
         """Its blocks count as dirty again (a write, a truncation, a drop); returns their bytes."""
