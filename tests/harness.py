@@ -31,6 +31,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def dropped_from_page_cache(path: Path) -> Path:
+    """So the next read of `path` reaches the filesystem, not the kernel's copy."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return path
+
+
 def wait_until(check, *, timeout: float, what: str, proc: subprocess.Popen | None = None, interval: float = 0.05):  # noqa: ANN001
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

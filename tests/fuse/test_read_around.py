@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.harness import MountProcess, ServerProcess, cloudfs_mount, wait_until
+from tests.harness import MountProcess, ServerProcess, cloudfs_mount, dropped_from_page_cache, wait_until
 
 KiB = 1024
 AROUND = 128 * KiB
@@ -27,12 +27,7 @@ def written_and_dropped(mount: MountProcess, name: str, data: bytes) -> Path:
     path = mount.path / name
     path.write_bytes(data)
     mount.sync(timeout=60)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    return path
+    return dropped_from_page_cache(path)
 
 
 def random_read(path: Path, off: int, size: int = 4 * KiB) -> bytes:

@@ -10,19 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.harness import MountProcess, ServerProcess, cloudfs_mount, wait_until
+from tests.harness import MountProcess, ServerProcess, cloudfs_mount, dropped_from_page_cache, wait_until
 
 MiB = 1024 * 1024
-
-
-def dropped_from_page_cache(path: Path) -> Path:
-    """So the next read reaches the mount, not the kernel's copy."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    return path
 
 
 def settled_lines(m: MountProcess) -> int:
