@@ -557,29 +557,36 @@ def test_a_file_removed_while_its_commit_was_on_its_way_stays_removed_after_a_ki
 
 
 @pytest.mark.xfail(strict=True, reason="bug 45 (RELIABILITY.md), open: the retry looks among deleted nodes only")
-def test_a_lost_create_overwritten_and_moved_elsewhere_is_not_brought_back(sync_server, tmp_path):
-    """a's create of x.txt lands and a is killed before the answer. b sees a's bytes,
-    writes over them and renames the file to d/l. a, mounted again, retries the create
-    before its follower has read the journal (its change feed is held here; in the soak
-    its first long-poll failed): the name is free, the first try is not among the
-    deleted nodes of that name, and the retry made a second node with the bytes b had
-    overwritten (soak run 44, seed 1060113)."""
+@pytest.mark.parametrize("how", ["a killed", "the answer lost"])
+def test_a_lost_create_overwritten_and_moved_elsewhere_is_not_brought_back(sync_server, tmp_path, how: str):
+    """a's create of x.txt lands and its answer never reaches a (`a killed` before it; or
+    `the answer lost`, the retries refused for a while). b sees a's bytes, writes over
+    them and renames the file to d/l. a's retry finds the name free and its first try
+    not among the deleted nodes of that name, and makes a second node with the bytes b
+    had overwritten (soak run 44, seed 1060113, after a kill: a retried before its
+    follower had read the journal, here its change feed is held; with the answer lost,
+    a's follower has seen everything and the retry still does it)."""
+    if how == "the answer lost":
+        with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+            a, b = d.a, d.b
+            data = _with_a_directory(a, b)
+            proxy.lose_answers(rb"^POST /files ", 1, then_fail=True)
+            (a.path / "x.txt").write_bytes(data)
+            wait_until_lost(proxy)
+            _overwritten_and_moved(b, data)
+            wait_for_cursor(a, b.status()["cursor"])  # a's follower has had b's change
+            proxy.release()
+            _nothing_came_back(a, b)
+        return
     with a_killable_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
         a, b = d.a, d.b
-        (a.path / "d").mkdir()
-        for m in (a, b):
-            m.sync(timeout=60)
-        data = os.urandom(300_000)  # past the inline size: prepare and PUT before the commit
+        data = _with_a_directory(a, b)
         proxy.hold_answers(rb"^POST /files ", 1)
         (a.path / "x.txt").write_bytes(data)
         held = wait_for_answers(proxy, 1)
         d.kill_a()
         held[0].go.set()
-        b.sync(timeout=60)
-        assert (b.path / "x.txt").read_bytes() == data
-        (b.path / "x.txt").write_bytes(b"b's, over a's\n")
-        os.rename(b.path / "x.txt", b.path / "d" / "l")
-        b.sync(timeout=60)
+        _overwritten_and_moved(b, data)
         proxy.hold(rb"^POST /sync ")
         a = d.mount_a_again()
         deadline = time.monotonic() + 60
@@ -587,8 +594,29 @@ def test_a_lost_create_overwritten_and_moved_elsewhere_is_not_brought_back(sync_
             assert time.monotonic() < deadline, "a's retry should have gone"
             time.sleep(0.1)
         proxy.release()
-        for m in (a, b, a, b):
-            m.sync(timeout=60)
-        expected = {"d": None, "d/l": b"b's, over a's\n"}
-        assert snapshot(b.path) == expected
-        assert snapshot(a.path) == expected
+        _nothing_came_back(a, b)
+
+
+def _with_a_directory(a, b) -> bytes:  # noqa: ANN001
+    """d/ on both devices; the bytes a writes next (past the inline size: prepare and PUT
+    before the commit)."""
+    (a.path / "d").mkdir()
+    for m in (a, b):
+        m.sync(timeout=60)
+    return os.urandom(300_000)
+
+
+def _overwritten_and_moved(b, data: bytes) -> None:  # noqa: ANN001
+    b.sync(timeout=60)
+    assert (b.path / "x.txt").read_bytes() == data
+    (b.path / "x.txt").write_bytes(b"b's, over a's\n")
+    os.rename(b.path / "x.txt", b.path / "d" / "l")
+    b.sync(timeout=60)
+
+
+def _nothing_came_back(a, b) -> None:  # noqa: ANN001
+    for m in (a, b, a, b):
+        m.sync(timeout=60)
+    expected = {"d": None, "d/l": b"b's, over a's\n"}
+    assert snapshot(b.path) == expected
+    assert snapshot(a.path) == expected
