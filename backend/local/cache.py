@@ -495,7 +495,10 @@ class Cache:
         """Delete blocks >= from_block of one file; returns the dirty bytes freed. A
         settled file's blocks were not dirty: it is unsettled first (`unsettle`), so
         what is returned is the change in dirty bytes either way (negative when blocks
-        of a settled file stay: they count as dirty now)."""
+        of a settled file stay: they count as dirty now). Deleting a block maps it (LMDB
+        reads the first page of the record, and the kernel maps the page cache's whole
+        folio): the pages go back as it goes (`mapped`), so dropping a 1 GiB file does not
+        map 1 GiB into the mount."""
         freed = -self.unsettle(txn, ino)
         cursor = txn.cursor(db=self.blocks)
         if cursor.set_range(_QQ.pack(ino, from_block)):
@@ -509,20 +512,6 @@ class Cache:
                 if not cursor.delete():
                     break
         return freed
-
-    def drop_blocks_from_end(self, txn: lmdb.Transaction, node: Inode) -> int:
-        """`drop_blocks` of all of a file's blocks, giving back the map's pages as it
-        goes (`mapped`): deleting a block maps it (LMDB reads the first page of the
-        record, and the kernel maps the page cache's whole folio). Slices are taken from
-        the end backwards, as `drop_blocks` deletes from a block to the end."""
-        step = RELEASE_BYTES // BLOCK_SIZE
-        start = max(0, -(-node.size // BLOCK_SIZE) - step)
-        freed = 0
-        while True:
-            freed += self.drop_blocks(txn, node.ino, from_block=start)
-            if start == 0:
-                return freed
-            start = max(0, start - step)
 
     def mapped(self, nbytes: int) -> None:
         """`nbytes` of the map were just stepped over: py-lmdb faults in every page of each

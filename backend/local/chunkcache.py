@@ -31,15 +31,12 @@ from typing import Callable, Iterator
 import xxhash
 
 from .cache import Cache, u64
-from .lmdbmap import release_map_pages
 
 log = logging.getLogger("cloudfs.cache")
 
 FORMAT = "xxh3-prefix-1"
 SUM = 8  # bytes of xxh3-64 in front of each entry
-RELEASE_EVERY = 32 << 20
-"""Bytes read through the LMDB map between releases of its pages (lmdbmap.py): without
-them a cold read of a large file leaves the whole file mapped, and counted in RSS."""
+
 
 
 def settled_key(ino: int) -> bytes:
@@ -69,7 +66,6 @@ class ChunkCache:
         self._checked: set[bytes] = set()
         self.clean_bytes = 0
         self.corrupt_dropped = 0
-        self._touched = 0
         self.pinned: set[bytes] = set()
         """Chunks of pinned files (pins.py), and their `settled_key` if settled: never evicted."""
         self.writing: dict[int, int] = {}
@@ -86,17 +82,11 @@ class ChunkCache:
                 self.clean_bytes += len(value) - SUM
         self.dirty_bytes = cache.dirty_bytes()
 
-    def _touch(self, nbytes: int) -> None:
-        self._touched += nbytes
-        if self._touched >= RELEASE_EVERY:
-            self._touched = 0
-            release_map_pages(self.cache.env)
-
     def _intact(self, key: bytes, view: memoryview | bytes) -> bool:
         """First read of `key` in this process: do the bytes still match their sum?"""
         if key in self._checked:
             return True
-        self._touch(len(view))
+        self.cache.mapped(len(view))
         if len(view) >= SUM and xxhash.xxh3_64_digest(view[SUM:]) == bytes(view[:SUM]):
             self._checked.add(key)
             return True
@@ -138,7 +128,7 @@ class ChunkCache:
             if view is not None and not self._intact(key, view):
                 corrupt, view = True, None
             data = bytes(view[SUM + start:SUM + end]) if view is not None else None
-        self._touch(end - start)
+        self.cache.mapped(end - start)
         if corrupt:
             self._drop_corrupt(key)
             return None
@@ -209,11 +199,7 @@ class ChunkCache:
                 for key in victims:
                     txn.delete(key, db=self.cache.chunks)
                 for ino in settled:
-                    node = self.cache.get(ino, txn)
-                    if node is not None:
-                        self.dirty_bytes -= self.cache.drop_blocks_from_end(txn, node)
-                    else:
-                        self.dirty_bytes -= self.cache.drop_blocks(txn, ino, from_block=0)
+                    self.dirty_bytes -= self.cache.drop_blocks(txn, ino, from_block=0)
         log.debug("evicted %d clean chunks and %d settled files", len(victims), len(settled))
 
     def touch_settled(self, ino: int) -> None:

@@ -3,8 +3,9 @@ repair what can be repaired, report the rest.
 
 Device side: every cached chunk must match its checksum and its fingerprint (a bad one
 is dropped and fetched again when needed), and so must the blocks of every settled
-file (`Cache.settle`), chunk by chunk against its version's list; every file with local changes must have an
-upload queued (one is queued if not); dirty blocks must belong to a file. Server side:
+file (`Cache.settle`), chunk by chunk against its version's list; every file with local
+changes must have an upload queued (one is queued if not); dirty blocks must belong to
+a file. Server side:
 the server reads every chunk of every live file back from the store; a bad one this
 device still has intact in its cache is uploaded again, which replaces it. What cannot
 be repaired is listed with the files it affects, and fsck exits non-zero.

@@ -71,7 +71,6 @@ class Content:
         self._settled_checked: dict[int, set[int] | None] = {}
         """Per settled file, the offsets of its version's chunks checked in this process
         (`_read_settled`); None: all of them (`settled_here`)."""
-        self.settled_damaged = 0
         self._frontiers: dict[int, tuple[int, int]] = {}
         """(frontier not clipped by the size, truncations then) per inode, for `frontier`."""
         self._truncations: dict[int, int] = {}
@@ -225,22 +224,7 @@ class Content:
         keep what it sends. A walk over block keys, in a worker thread (it faults in the
         blocks' pages: a 1 GiB file's in 0.1 s)."""
         last = -(-size // BLOCK_SIZE)
-
-        def walk() -> bool:
-            expected = 0
-            with self.cache.read() as txn:
-                cursor = txn.cursor(db=self.cache.blocks)
-                if cursor.set_range(_QQ.pack(node.ino, 0)):
-                    for key in cursor.iternext(keys=True, values=False):
-                        if len(key) != 16 or _QQ.unpack(key) != (node.ino, expected):
-                            break
-                        expected += 1
-                        self.cache.mapped(BLOCK_SIZE)
-                        if expected == last:
-                            break
-            return expected == last
-
-        return size > 0 and await trio.to_thread.run_sync(walk)
+        return size > 0 and await trio.to_thread.run_sync(self._end_of_run, node.ino, 0, last) == last
 
     def frontier(self, node: Inode) -> int:
         """The end of the bytes known from 0 on: the streamed prefix and the base, then
@@ -254,19 +238,23 @@ class Content:
         held = self._frontiers.get(node.ino)
         if held is not None and held[1] == truncations and held[0] > known:
             start = held[0]  # only a truncation moves it back: blocks below it leave only into the prefix
-        expected = start // BLOCK_SIZE
+        reach = max(known, self._end_of_run(node.ino, start // BLOCK_SIZE) * BLOCK_SIZE)
+        self._frontiers[node.ino] = (reach, truncations)
+        return min(node.size, reach)
+
+    def _end_of_run(self, ino: int, first: int, stop: int | None = None) -> int:
+        """The first block number from `first` on (up to `stop`) that the file has no
+        block of: the end of the run of blocks starting at `first`."""
+        expected = first
         with self.cache.read() as txn:
             cursor = txn.cursor(db=self.cache.blocks)
-            if cursor.set_range(_QQ.pack(node.ino, expected)):
+            if cursor.set_range(_QQ.pack(ino, first)):
                 for key in cursor.iternext(keys=True, values=False):
-                    ino, block_no = _QQ.unpack(key) if len(key) == 16 else (-1, 0)
-                    if ino != node.ino or block_no != expected:
+                    if expected == stop or len(key) != 16 or _QQ.unpack(key) != (ino, expected):
                         break
                     expected += 1
                     self.cache.mapped(BLOCK_SIZE)
-        reach = max(known, expected * BLOCK_SIZE)
-        self._frontiers[node.ino] = (reach, truncations)
-        return min(node.size, reach)
+        return expected
 
     def under_len(self, node: Inode) -> int:
         """Where the bytes under the blocks turn to zeros."""
@@ -349,8 +337,7 @@ class Content:
         log.error("the cached blocks of inode %d (%s) do not hold chunk %s of its version: damaged on disk, "
                   "dropped; it will be fetched again", node.ino, node.name, chunk.fingerprint)
         with self.cache.write() as txn:
-            self.chunks.dirty_bytes -= self.cache.drop_blocks_from_end(txn, node)
-        self.settled_damaged += 1
+            self.chunks.dirty_bytes -= self.cache.drop_blocks(txn, node.ino, from_block=0)
         return False
 
     def settled_bytes(self, node: Inode, off: int, end: int) -> bytes | None:

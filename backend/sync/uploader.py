@@ -633,7 +633,7 @@ def finish_upload(cache: Cache, content: Content, node: Inode, result: UploadRes
             if result.settles:
                 chunks.dirty_bytes -= cache.settle(txn, current.ino)
             else:
-                chunks.dirty_bytes -= cache.drop_blocks_from_end(txn, current)
+                chunks.dirty_bytes -= cache.drop_blocks(txn, current.ino, from_block=0)
             current.base_len = result.size
             current.dirty = False
             current.min_trunc = -1

@@ -46,10 +46,10 @@ def test_release_gives_back_what_reads_mapped(tmp_path: Path) -> None:
     cache.close()
 
 
-def test_dropping_a_files_blocks_goes_from_the_end_in_slices(tmp_path: Path) -> None:
-    """A committed file's blocks are dropped from the end in RELEASE_BYTES slices
-    (`Cache.drop_blocks_from_end`); every block goes (also a stray past the size), and
-    no other file's."""
+def test_dropping_a_files_blocks_releases_pages_as_it_goes(tmp_path: Path) -> None:
+    """A committed file's blocks, more than RELEASE_BYTES of them, are dropped in one
+    `drop_blocks` that gives back the map's pages as it goes; every block goes (also a
+    stray past the size), and no other file's."""
     from cloudfs.backend.local.cache import BLOCK_SIZE, RELEASE_BYTES, Inode
 
     cache = Cache(tmp_path / "cache")
@@ -62,7 +62,7 @@ def test_dropping_a_files_blocks_goes_from_the_end_in_slices(tmp_path: Path) -> 
             cache.put_block(txn, 6, i, b"y" * 10)
             cache.put_block(txn, 4, i, b"z" * 10)
     with cache.write(buffers=True) as txn:
-        freed = cache.drop_blocks_from_end(txn, node)
+        freed = cache.drop_blocks(txn, node.ino, from_block=0)
     assert freed == (blocks - 1) * BLOCK_SIZE + 2 * 1000
     with cache.read() as txn:
         assert all(cache.get_block(txn, 5, i) is None for i in range(blocks + 1))
