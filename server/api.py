@@ -189,6 +189,27 @@ async def list_deleted(ctx: Ctx, user: Auth, node_id: NodeIdPath,
     return await ctx.run_db(run)
 
 
+@router.get("/nodes/{node_id}/created", tags=["tree"])
+async def list_created(ctx: Ctx, user: Auth, node_id: NodeIdPath,
+                       name: Annotated[str, Query(min_length=1, max_length=255, description="the name they were given")],
+                       after: Annotated[int, Query(ge=0, description="a journal position before the create")],
+                       limit: Annotated[int, Query(ge=1, le=100)] = 20) -> wire.Listing:
+    """The nodes created under `name` in this directory after journal position `after`,
+    as they are now (moved, changed or deleted since), oldest first. A device retrying a
+    create whose answer it never had asks: its first try may have landed, and another
+    device may have moved that file away since, so the name alone no longer finds it."""
+    if "\0" in name or "/" in name:
+        raise Invalid("a name never contains NUL or /", field="name")
+
+    def run() -> wire.Listing:
+        with ctx.db.read() as conn:
+            ns_id = _directory_ns(conn, user, node_id)
+            rows = (tree.get_or_none(conn, ns_id, made) for made in
+                    journal.created_at(conn, ns_id, node_id, name, after=after, limit=limit))
+            return wire.Listing(entries=[tree.to_wire(r) for r in rows if r is not None], next_after=None)
+    return await ctx.run_db(run)
+
+
 def _directory_ns(conn: Connection, user: User, node_id: int) -> int:
     """The namespace of the directory a listing is asked of, as a 404 naming it."""
     try:

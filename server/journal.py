@@ -100,6 +100,23 @@ def read(conn: Connection | Tx, owner_id: int, after: int, limit: int) -> tuple[
     return changes, (changes[-1].seq if changes else after), len(rows) > limit
 
 
+_CREATED_AT = Stmt("""SELECT node_id, min(seq) AS first FROM journal
+                       WHERE owner_id = :owner_id AND seq > :after AND op = 'create' AND parent_id = :dir_id
+                         AND name = :name AND kind != 'mount'
+                       GROUP BY node_id ORDER BY first LIMIT :lim""")
+
+
+def created_at(conn: Connection | Tx, owner_id: int, dir_id: int, name: str, *, after: int, limit: int) -> list[int]:
+    """The nodes that entries after `after` created as `name` in directory `dir_id`,
+    oldest first, wherever they are now. A create retried with its first answer lost
+    asks this: a node it made may have been moved away since, where the name alone no
+    longer finds it. Only what the retained journal holds (an `after` below the floor
+    finds what is left)."""
+    rows = as_tx(conn).all(_CREATED_AT, {"owner_id": owner_id, "after": after, "dir_id": dir_id, "name": name,
+                                         "lim": limit})
+    return [r["node_id"] for r in rows]
+
+
 def _to_change(row: Row, ns: int | None = None) -> wire.Change:
     to_ns = None
     if row["kind"] == "mount":  # shown as the shared folder's root where it is mounted (namespaces.py)

@@ -327,6 +327,13 @@ class ApiClient:
             await self._call("GET", f"/nodes/{dir_id}/deleted", params={"name": name}, timeout=self.INTERACTIVE))
         return listing.entries
 
+    async def created_named(self, dir_id: int, name: str, *, after: int) -> list[wire.Node]:
+        """The nodes created as `name` in directory `dir_id` after journal position
+        `after`, as they are now (moved or deleted since, they may be), oldest first."""
+        listing = wire.Listing.model_validate(await self._call(
+            "GET", f"/nodes/{dir_id}/created", params={"name": name, "after": after}, timeout=self.INTERACTIVE))
+        return listing.entries
+
     async def versions(self, node_id: int) -> wire.VersionList:
         return wire.VersionList.model_validate(await self._call("GET", f"/files/{node_id}/versions"))
 

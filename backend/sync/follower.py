@@ -502,7 +502,7 @@ class Follower:
         The same for a new file whose create came back unanswered (`unanswered`) while
         a retry may still find it landed (`first_try`, syncer): a directory above it
         deleted elsewhere waits too, as the retry finds the deleted node its first try
-        made (uploader._landed_and_deleted) and takes the delete; applied at once, the
+        made (uploader._landed_before) and takes the delete; applied at once, the
         directory was kept for the file and both came back."""
         awaited = [self._awaited(node_id, rev) for node_id, rev in list(self.landed.items())]
         for node_id in list(self.unanswered):
@@ -569,6 +569,15 @@ class Follower:
             return  # the root: nothing of it is mirrored but its children
         if local is not None and self._pending(local):
             self._follow_move(local, remote)
+            self._defer(remote.id)
+            return
+        if local is None and self._unanswered_occupant(remote.id) is not None:
+            # Our own create, its answer lost, its retry still to go: another device's
+            # version or move of the node waits for the retry, which binds the file here to
+            # the node where the create put it (uploader._landed_before), and is pulled
+            # over it then. Applied now, a move made the node here a second time, and the
+            # retry, finding it another inode's, sent the bytes the other device had
+            # overwritten as a new file (soak, seed 1060113).
             self._defer(remote.id)
             return
         if local is not None and change.seq and change.seq < local.extra.get("srv_seq", 0):

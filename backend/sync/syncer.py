@@ -47,7 +47,7 @@ from .conflicts import conflicted_name, conflicts_seen, count_conflict
 from .creates import CreatesOut
 from .delete_guard import DeleteGuard
 from .outbox_order import OutboxOrder, due, runs
-from .uploader import CLOCK_SLACK_S, UploadResult, Uploader, finish_upload
+from .uploader import CLOCK_SLACK_S, FirstTry, UploadResult, Uploader, finish_upload
 
 log = logging.getLogger("cloudfs.syncer")
 
@@ -341,7 +341,7 @@ class Syncer:
         sent; a directory while empty (soak, seed 600306: `ln -s` and `rm` 1 ms apart, the
         symlink stayed on the other devices). A new node of that name here now, not yet
         on the server, is left to its own retry, which finds out for itself
-        (uploader._landed_and_deleted; a symlink's or link's retry meets its own try)."""
+        (uploader._landed_before; a symlink's or link's retry meets its own try)."""
         shape = op.get("shape") or {"kind": "file"}  # entries queued before shapes were kept: files
         for parent_id, name in op["places"]:
             parent_ino = self.cache.ino_for_node(parent_id)
@@ -560,18 +560,22 @@ class Syncer:
             raise
 
     def _trying(self, node: Inode, parent_id: int, shape: dict, name: str | None = None) -> None:
+        after = self._journal_position()
         with self.cache.write() as txn:
-            self._note_try(node, parent_id, shape, name)
+            self._note_try(node, parent_id, shape, after, name)
             self.cache.put(txn, node)
 
     @staticmethod
-    def _note_try(node: Inode, parent_id: int, shape: dict, name: str | None = None) -> None:
+    def _note_try(node: Inode, parent_id: int, shape: dict, after: int, name: str | None = None) -> None:
         """A create of `node` goes to `parent_id` (under `name`, or its name now): until the
         node is bound, a retry may find that a try landed with its answer lost, and a
         removal here must look for what it made (drive.py queues `unland`; `shape` says
-        what to look for)."""
+        what to look for). `after`: the journal position read here before the first try
+        (`_journal_position`), below every entry a try makes."""
         place = [parent_id, node.name if name is None else name]
-        tried = node.extra.setdefault("first_try", {"at": time.time(), "places": []})
+        tried = node.extra.get("first_try")
+        if tried is None:
+            tried = node.extra["first_try"] = {"at": time.time(), "after": after, "places": []}
         tried["shape"] = shape
         if place not in tried["places"]:
             tried["places"] = (tried["places"] + [place])[-TRIED_PLACES:]
@@ -586,6 +590,12 @@ class Syncer:
             self._record(node, occupant)
         else:
             await self._delete(occupant.id)
+
+    def _journal_position(self) -> int:
+        """The newest journal position the follower has read, in any namespace. Seqs are one
+        sequence over every namespace, handed out as entries are made, so each entry a
+        request sent after this is read makes lies past it, whichever namespace it is in."""
+        return max(shared.load_cursors(self.cache).values(), default=0)
 
     def _unland_elsewhere(self, node: Inode, landed: wire.Node) -> None:
         """The create landed at last; a try that went to another place before it (the
@@ -791,13 +801,15 @@ class Syncer:
 
     async def _upload(self, node: Inode, parent_id: int) -> None:
         creating = not node.bound
-        tried = node.extra.get("first_try") if creating else None
-        tried_since = tried["at"] if tried else None
+        retrying = creating and "first_try" in node.extra
+        after = self._journal_position() if creating else 0
         with self.cache.write() as txn:
             node.min_trunc = -1
             if creating:
-                self._note_try(node, parent_id, {"kind": "file"})
+                self._note_try(node, parent_id, {"kind": "file"}, after)
             self.cache.put(txn, node)
+        tried = node.extra["first_try"] if creating else None
+        first_try = FirstTry(tried["at"], tried.get("after")) if tried else None
         try:
             with self.creates.start(node.ino) as out:
                 def sending(request: wire.CommitRequest) -> None:
@@ -808,7 +820,7 @@ class Syncer:
                         self._trying(node, request.parent_id, {"kind": "file"}, request.name)
 
                 result = await self.uploader.upload(node, parent_node_id=parent_id, sending=sending,
-                                                    tried_since=tried_since)
+                                                    first_try=first_try, retrying=retrying)
                 await self._uploaded(node, result)
         except StaleRevisionError as exc:
             if await self._adopt_own_lost_commit(node, exc):
@@ -859,7 +871,9 @@ class Syncer:
             # that try, which stayed on every other device (soak, seed 820167).
             self._unland_elsewhere(node, result.response.node)
         finish_upload(self.cache, self.uploader.content, node, result)
-        if result.response.node.deleted:  # ours had landed; another device saw it and deleted the file
+        if result.response.node.deleted or result.landed_before:
+            # Ours had landed: another device saw it and deleted the file, or may have
+            # changed or moved it since; the follower brings that as it would have.
             self.on_stale(result.response.node.id)
 
     async def _adopt_own_lost_commit(self, node: Inode, exc: ConflictError) -> bool:

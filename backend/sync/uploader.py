@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import base64
 import contextvars
-import functools
 import io
 import logging
 import time
@@ -88,6 +87,15 @@ CLOCK_SLACK_S = 10.0
 dated before the first try of a create by up to this is still counted as that try's."""
 
 
+@dataclass(frozen=True)
+class FirstTry:
+    """When a new file's create was first tried (unix time), and the journal position this
+    device had read before it (`Syncer._journal_position`; None in a try noted before
+    positions were kept): every entry a try made lies past it."""
+    at: float
+    after: int | None
+
+
 @dataclass
 class UploadResult:
     response: wire.CommitResponse
@@ -100,6 +108,9 @@ class UploadResult:
     settles: bool = False
     """The file's blocks held all of it and no sent chunk was kept: if the commit finds it
     unchanged, the blocks stay as the cached copy of the new version (`Cache.settle`)."""
+    landed_before: bool = False
+    """The answer is an earlier try of this create, found after the fact
+    (`Uploader._landed_before`): the node may have changed, moved or gone since."""
 
 
 @dataclass
@@ -212,24 +223,26 @@ class Uploader:
 
     async def upload(self, node: Inode, *, parent_node_id: int,
                      sending: Callable[[wire.CommitRequest], None] | None = None,
-                     tried_since: float | None = None) -> UploadResult:
+                     first_try: FirstTry | None = None, retrying: bool = False) -> UploadResult:
         """Commit `node`'s current content as a new version; raises the server's error
         (StaleRevisionError, MissingChunksError ...) untouched for the caller to handle.
         The caller holds the file's upload lock and passes the result to `finish_upload`.
         Its progress is a transfer ("up") from the first PUT to the commit's answer.
         `sending` hears of the commit just before it goes (syncer: creates.py).
-        `tried_since`: the time of the first try of this new file's create, when this is
-        not the first (`_landed_and_deleted`)."""
+        `first_try`: of this new file's create (`_landed_before`); `retrying`: this try is
+        not the first, so an earlier one is looked for before anything is sent."""
         transfer = self.transfers.start("up", "/" + "/".join(self.cache.names_to(node.ino)), node.size, key=node.ino)
         reset = _TRANSFER.set(transfer)
         try:
-            return await self._upload(node, parent_node_id=parent_node_id, sending=sending, tried_since=tried_since)
+            return await self._upload(node, parent_node_id=parent_node_id, sending=sending, first_try=first_try,
+                                      retrying=retrying)
         finally:
             _TRANSFER.reset(reset)
             self.transfers.finish(transfer)
 
     async def _upload(self, node: Inode, *, parent_node_id: int,
-                      sending: Callable[[wire.CommitRequest], None] | None, tried_since: float | None) -> UploadResult:
+                      sending: Callable[[wire.CommitRequest], None] | None, first_try: FirstTry | None,
+                      retrying: bool) -> UploadResult:
         gen, size, mtime_ns = node.gen, node.size, node.mtime_ns
         settles = False
         base = await self.content.base_chunks(node)
@@ -256,11 +269,19 @@ class Uploader:
             )
             if sending is not None:
                 sending(request)
-            response, landed = None, None
+            response: wire.CommitResponse | None = None
+            landed: Callable[[], Awaitable[wire.CommitResponse | None]] | None = None
+            found: list[wire.CommitResponse] = []
             if not existing:  # a create: each try after the first asks whether one before landed
-                landed = functools.partial(self._landed_and_deleted, request, refs,
-                                           tried_since if tried_since is not None else time.time(), node.node_id)
-                if tried_since is not None:
+                tried = first_try or FirstTry(time.time(), None)
+
+                async def landed_before() -> wire.CommitResponse | None:
+                    answer = await self._landed_before(request, refs, tried, node.ino, node.node_id)
+                    if answer is not None:
+                        found.append(answer)
+                    return answer
+                landed = landed_before
+                if retrying:
                     response = await landed()
             try:
                 response = response or await self.client.commit(request, landed=landed)
@@ -273,7 +294,8 @@ class Uploader:
             raise
         self.sent_chunks += sent_chunks
         self.sent_bytes += sent_bytes
-        return UploadResult(response, refs, gen, size, sent_chunks, sent_bytes, watch, settles)
+        return UploadResult(response, refs, gen, size, sent_chunks, sent_bytes, watch, settles,
+                            landed_before=any(answer is response for answer in found))
 
     async def _inline(self, node: Inode, size: int) -> tuple[list[tuple[str, int]], list[wire.InlineChunk]]:
         """A small file travels inside its commit: one round trip instead of prepare, PUT
@@ -378,31 +400,40 @@ class Uploader:
             return None
         return _as_answer(version, info)
 
-    async def _landed_and_deleted(self, request: wire.CommitRequest, refs: list[tuple[str, int]],
-                                  tried_since: float, gone_before: int = 0) -> wire.CommitResponse | None:
+    async def _landed_before(self, request: wire.CommitRequest, refs: list[tuple[str, int]], tried: FirstTry,
+                             ino: int, gone_before: int = 0) -> wire.CommitResponse | None:
         """An earlier try of this create may have landed with its answer lost (a kill, a
-        broken connection), and another device may have deleted that file since. The
-        name is free again, so the commit would make a second node of the same bytes:
-        the file deleted elsewhere came back (soak, seed 200011). Among the deleted nodes
-        of that name in that directory, one that holds exactly these bytes from this
-        device, made since the first try, was ours: the answer is that node, deleted
-        (as `_landed_already` answers a 404), and the delete then takes the file here.
+        broken connection), and the name be free again since: another device deleted
+        that file (soak, seed 200011), or wrote over it and moved it away (seed 1060113).
+        The commit would make a second node of the same bytes, and what the other device
+        deleted or overwrote came back. A node made at this place since the first try
+        (the journal says which, `created_named`; and the deleted nodes of the name, for
+        a try noted before journal positions were kept) that holds exactly these bytes
+        from this device, made since then, was ours: the answer is that node at that
+        version, where the create put it, deleted or not. The syncer then has the node
+        pulled, which brings what happened to it since as another device's change.
         Never `gone_before`: the node a file created again (`detached`) had before, whose
-        delete elsewhere is why it is created again, with these very bytes maybe."""
+        delete elsewhere is why it is created again, with these very bytes maybe. Never a
+        node another inode than `ino` stands for here (`_landed_already`)."""
         assert request.parent_id is not None and request.name is not None
         ours = (self.client.device, request.size, request.mtime_ns)
         try:
-            gone_here = await self.client.deleted_named(request.parent_id, request.name)
+            candidates = await self.client.deleted_named(request.parent_id, request.name)
+            if tried.after is not None:
+                candidates = await self.client.created_named(request.parent_id, request.name,
+                                                             after=tried.after) + candidates
         except ServerError as exc:
             if exc.status == 404:
                 return None  # the directory went too: the commit is told so (404 parent_id)
             raise
-        for gone in gone_here:
-            if gone.kind != "file" or gone.id == gone_before:
+        looked_at = {gone_before}
+        for made in candidates:
+            if made.kind != "file" or made.id in looked_at or self.cache.ino_for_node(made.id) not in (None, ino):
                 continue
-            version, info = await self._older_of_ours(gone.id, 0, None, ours, refs)
-            if version is not None and info is not None and version.created_at >= tried_since - CLOCK_SLACK_S:
-                return _as_answer(version, info)
+            looked_at.add(made.id)
+            version, info = await self._older_of_ours(made.id, 0, None, ours, refs)
+            if version is not None and info is not None and version.created_at >= tried.at - CLOCK_SLACK_S:
+                return _as_answer(version, info, at=(request.parent_id, request.name))
         return None
 
     def _is_ours(self, info: wire.FileInfo, ours: tuple[str, int, int], refs: list[tuple[str, int]]) -> bool:
@@ -584,12 +615,17 @@ async def pipeline(items: Callable[[], Iterator[_Outgoing | Reused]],
     return refs, sent_chunks, sent_bytes
 
 
-def _as_answer(version: wire.Version, info: wire.FileInfo) -> wire.CommitResponse:
+def _as_answer(version: wire.Version, info: wire.FileInfo,
+               at: tuple[int, str] | None = None) -> wire.CommitResponse:
     """A commit's answer for our own version found after the fact: the node as the server
-    has it (deleted, it may be), with the revision that was ours, not what is newer."""
+    has it (deleted, it may be), with the revision that was ours, not what is newer; for
+    a create, where the create put it (`at`), not where it may have moved since."""
     log.info("the commit of node %d rev %d had landed before its answer was lost%s", info.node.id, version.rev,
              "; another device has deleted it since" if info.node.deleted else "")
-    node = info.node.model_copy(update={"rev": version.rev, "size": version.size, "mtime_ns": version.mtime_ns})
+    update: dict = {"rev": version.rev, "size": version.size, "mtime_ns": version.mtime_ns}
+    if at is not None:
+        update["parent_id"], update["name"] = at
+    node = info.node.model_copy(update=update)
     return wire.CommitResponse(node=node, version=version, cursor=info.cursor)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from tests.conftest import Api
-from tests.server.helpers import mkdir, put_file
+from tests.server.helpers import cursor, mkdir, put_file
 
 
 def tree_of(api: Api, dir_id: int | None = None, prefix: str = "") -> dict[str, bytes | None]:
@@ -220,3 +220,31 @@ def test_the_deleted_nodes_of_a_name_newest_first_and_only_the_owner_s(alice: Ap
     assert alice.get(f"/nodes/{d['id']}/deleted", params={"name": "a\0b"}).status_code == 422
     assert alice.get(f"/nodes/{live['id']}/deleted", params={"name": "f"}).status_code in (404, 409)
     assert bob.get(f"/nodes/{d['id']}/deleted", params={"name": "f"}).status_code == 404
+
+
+def test_the_nodes_created_under_a_name_after_a_position_wherever_they_are_now(alice: Api, bob: Api) -> None:
+    """What a create retried after its answer was lost asks (uploader._landed_before): its
+    first try may have landed and been moved away, written over or deleted since."""
+    d = mkdir(alice, alice.root_id, "created-names")
+    elsewhere = mkdir(alice, alice.root_id, "created-elsewhere")
+    before = put_file(alice, "/created-names/f", b"made before the position")
+    assert alice.post(f"/nodes/{before['id']}/move", json={"parent_id": elsewhere["id"], "name": "old"}).status_code == 200
+    after = cursor(alice)
+    moved = put_file(alice, "/created-names/f", b"one")
+    r = alice.post(f"/nodes/{moved['id']}/move", json={"parent_id": elsewhere["id"], "name": "moved"})
+    assert r.status_code == 200, r.text
+    gone = put_file(alice, "/created-names/f", b"two")
+    assert alice.delete(f"/nodes/{gone['id']}").status_code == 200
+    live = put_file(alice, "/created-names/f", b"three")
+    put_file(alice, "/created-names/g", b"another name")
+    answer = alice.get(f"/nodes/{d['id']}/created", params={"name": "f", "after": after})
+    assert answer.status_code == 200, answer.text
+    entries = answer.json()["entries"]
+    assert [e["id"] for e in entries] == [moved["id"], gone["id"], live["id"]]
+    assert [(e["parent_id"], e["name"], e["deleted"]) for e in entries] == [
+        (elsewhere["id"], "moved", False), (d["id"], "f", True), (d["id"], "f", False)]
+    assert alice.get(f"/nodes/{d['id']}/created", params={"name": "f", "after": cursor(alice)}).json()["entries"] == []
+    assert alice.get(f"/nodes/{d['id']}/created", params={"name": "f", "after": -1}).status_code == 422
+    assert alice.get(f"/nodes/{d['id']}/created", params={"name": "a/b", "after": 0}).status_code == 422
+    assert alice.get(f"/nodes/{d['id']}/created", params={"name": "f"}).status_code == 422
+    assert bob.get(f"/nodes/{d['id']}/created", params={"name": "f", "after": 0}).status_code == 404
