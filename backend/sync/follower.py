@@ -878,6 +878,7 @@ class Follower:
             return
         keep, alive, promote = self._with_local_work(local)
         parent, name = local.parent, local.name
+        repull: list[int] = []
         with self.cache.write() as txn:
             stack = [(local, self.cache.names_to(local.ino))]
             for _ in range(10_000_000):
@@ -897,12 +898,24 @@ class Follower:
                     if target is not None:
                         self._inval.append(("inode", target.ino))
                     continue
-                if node.ino in promote:  # it has a name outside, made here: it lives on there
+                if node.ino in promote:  # it has a name outside: it lives on there
                     self.cache.unlink(txn, node.parent, node.name)
-                    links.promote(self.cache, txn, node, promote[node.ino])
-                    self.cache.detach(txn, node, queue=True)
-                    log.warning("%r was deleted on another device: it lives on as %r, a name it was given here",
-                                path[-1] if path else node.name, "/".join(self.cache.names_to(node.ino)))
+                    alias = links.promote(self.cache, txn, node, promote[node.ino])
+                    if alias is not None and self._known_outside(alias, {}):
+                        # As the server did before the delete: applied ahead of the journal
+                        # (a pull), whose move entries for it come later. Taken for a name
+                        # given here, the file was created anew with the bytes it had here,
+                        # and the other device's newer ones became a conflicted copy of
+                        # them (soak, seed 1090052). Pulled again after the journal.
+                        node.srv_parent, node.srv_name = node.parent, node.name
+                        self.cache.put(txn, node)
+                        repull.append(node.node_id)
+                        log.info("%r was deleted on another device: the server moved it to its other name %r",
+                                 path[-1] if path else node.name, "/".join(self.cache.names_to(node.ino)))
+                    else:
+                        self.cache.detach(txn, node, queue=True)
+                        log.warning("%r was deleted on another device: it lives on as %r, a name it was given here",
+                                    path[-1] if path else node.name, "/".join(self.cache.names_to(node.ino)))
                     self._inval += [("entry", node.parent, node.name), ("inode", node.ino)]
                     continue
                 if node.parent in keep:  # its directory stays here: the kernel must forget the name
@@ -922,6 +935,8 @@ class Follower:
                 else:
                     self.chunks.dirty_bytes -= self.cache.drop_blocks(txn, node.ino, from_block=0)
                     self.cache.drop(txn, node)
+        for node_id in repull:
+            self._defer(node_id)
         if local.ino in keep:
             log.warning("%r was deleted on another device but has local changes here: keeping it", name)
         else:
@@ -945,9 +960,10 @@ class Follower:
         """What of `top`'s subtree must survive its remote deletion: `keep`, inodes with
         local work and the directories leading to them; `alive`, nodes moved into the
         subtree here from outside it (the server still has them where they were); and
-        `promote`, files that have a name outside it made here, which the server has not
-        seen (those it has, it moved the file to before this delete): each moves to its
-        oldest such name (alias record), as the server does, instead of coming back."""
+        `promote`, files that have a name outside it (alias record), each moving there
+        instead of going: to the oldest the server has there (it moved the file there
+        before this delete; the journal says so after the delete when a pull brought the
+        delete first), else to the oldest made here, where it is created again."""
         below: dict[int, Inode] = {}
         path: dict[int, int] = {top.ino: 0}
         stack = [top]
@@ -994,10 +1010,19 @@ class Follower:
                 keep_up_from(node.extra["target"])
         promote = {}
         for node in below.values():
-            outside = [a for a in links.aliases(node) if a not in below]
+            outside = [a for a in map(self.cache.get, links.aliases(node)) if a is not None and a.ino not in below]
             if outside and node.ino not in keep:
-                promote[node.ino] = outside[0]
+                known = sorted((a for a in outside if self._known_outside(a, below)), key=lambda a: a.node_id)
+                promote[node.ino] = (known or outside)[0].ino
         return keep, alive, promote
+
+    @staticmethod
+    def _known_outside(alias: Inode, below: dict[int, Inode]) -> bool:
+        """The server has alias record `alias` where it is here, outside the deleted
+        subtree: before the delete, the server moved the file there itself (tree.py,
+        `_promote_out_of`, oldest alias row first)."""
+        return alias.bound and (alias.parent, alias.name) == (alias.srv_parent, alias.srv_name) \
+            and alias.parent not in below
 
 
     # --- the kernel ---

@@ -17,7 +17,7 @@ import pytest
 
 from tests.harness import ServerProcess, cloudfs_mount, cloudfs_server, wait_until
 from tests.sync.test_conflicts import a_behind_a_proxy
-from tests.sync.conftest import Devices, RestartableServer
+from tests.sync.conftest import Devices, RestartableServer, hold_the_change_feed
 
 
 def shape(top: Path) -> dict[str, tuple]:
@@ -286,3 +286,54 @@ def test_a_device_away_past_the_journal_finds_the_links_by_comparing(tmp_path: P
                 compared = [ln for ln in b.log().splitlines() if "reconciled the mirror" in ln]
                 assert len(compared) >= 2 and compared[-1].endswith(": 0 node(s) repaired"), compared
                 assert shape(b.path) == shape(a.path)
+
+
+@pytest.mark.parametrize(("link", "rm"), [("written through", "rm -r"), ("removed first", "rm -r"),
+                                         ("removed first", "in one request")])
+def test_a_directory_delete_pulled_ahead_of_the_journal_leaves_another_device_s_link(sync_server: ServerProcess,
+                                                                                     tmp_path: Path, link: str,
+                                                                                     rm: str) -> None:
+    """b makes dir/x.txt and links it as y.txt, and a has both; then, with a's change
+    feed held, b writes through y.txt and removes dir. The server moved x.txt to y.txt
+    first (its other name) and deleted dir after. a edits dir/keep.txt: its upload finds
+    the file and then its directory gone, so a pulls the directory's delete ahead of
+    the journal. The file lives on at y.txt as the server has it, clean: taken for a
+    name given on a, it was created anew with its old bytes, and b's version then came
+    back as a conflicted copy of them (soak run 45, seed 1090052). `removed first`: b
+    removed y.txt before dir, so the server moved nothing and the file is gone; a, which
+    cannot tell before the journal comes, moves it to y.txt all the same, and must drop
+    it once the journal has come: by the file's own delete (`rm -r`), or, with dir
+    deleted `in one request` (the web page: one entry for all of it), by asking again."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        (b.path / "dir").mkdir()
+        (b.path / "dir" / "x.txt").write_bytes(b"first\n")
+        (b.path / "dir" / "keep.txt").write_bytes(b"keep\n")
+        os.link(b.path / "dir" / "x.txt", b.path / "y.txt")
+        settle(d, first="b")
+        assert os.stat(a.path / "y.txt").st_nlink == 2
+        hold_the_change_feed(proxy)
+        if link == "written through":
+            (b.path / "y.txt").write_bytes(b"b wrote through its link\n")
+        else:
+            (b.path / "y.txt").unlink()
+        if rm == "rm -r":
+            shutil.rmtree(b.path / "dir")
+        else:
+            b.sync(timeout=60)
+            with httpx.Client(base_url=sync_server.url, headers={"Authorization": f"Bearer {b.token}"}) as api:
+                dir_id = api.get("/resolve", params={"path": "/dir"}).json()["node"]["id"]
+                api.delete(f"/nodes/{dir_id}", params={"recursive": "true"}).raise_for_status()
+        b.sync(timeout=60)
+        (a.path / "dir" / "keep.txt").write_bytes(b"edited on a\n")
+        wait_until(lambda: "'keep.txt' was deleted on another device while edited here" in a.log(), timeout=30,
+                   what="a's upload should find its file deleted")
+        wait_until(lambda: not a.status()["pending_ops"], timeout=30, what="a's edit should be on the server")
+        proxy.release()
+        settle(d)
+        want = {"dir": ("dir",), "dir/keep.txt": ("-rw-r--r--", ["dir/keep.txt"], 1, b"edited on a\n")}
+        if link == "written through":
+            want["y.txt"] = ("-rw-r--r--", ["y.txt"], 1, b"b wrote through its link\n")
+        assert shape(a.path) == want
+        assert shape(b.path) == want
+        assert a.status()["conflicts"] == 0
