@@ -152,6 +152,7 @@ class Session:
             "over_quota_files": len(self.syncer.quota_blocked),
             "uploaded_chunks": self.uploader.sent_chunks,
             "uploaded_bytes": self.uploader.sent_bytes,
+            "cut_bytes": self.uploader.cut_bytes,
             "downloaded_bytes": self.fetcher.downloaded_bytes,
             "last_error": self.syncer.last_error or self.streamer.last_error,
             "held_deletes": self.syncer.guard.held,

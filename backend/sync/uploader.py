@@ -217,6 +217,9 @@ class Uploader:
         self.sent_bytes = 0
         """Bytes PUT to the store (compressed bodies count as stored)."""
         self.sent_plain_bytes = 0
+        self.cut_bytes = 0
+        """Bytes uploads read and cut into chunks; a chunk named again unchanged (a
+        streamed prefix's, prefix.py) is not read."""
         self.compressed_chunks = 0
         self.transfers = Transfers()
         """Uploads under way, chunk by chunk (`cloudfs status`; the session shares it)."""
@@ -328,8 +331,10 @@ class Uploader:
         runs on the trio thread. `keep`: a clean copy of each sent chunk goes into the
         chunk cache (`_keep`). Returns (chunk refs, chunks sent, bytes sent)."""
         hint = self._namespace_hint(node)
+        cut = 0  # written by the worker thread alone, added up on this one after
 
         def items() -> Iterator[_Outgoing | Reused]:
+            nonlocal cut
             def open_at(start: int, stop: int) -> _Unmapping:
                 return _Unmapping(ContentReader(self.content, node, base, stop, start), self.cache)
 
@@ -338,6 +343,7 @@ class Uploader:
                 if isinstance(item, Reused):
                     yield item
                     continue
+                cut += item.length
                 if compressible is None:
                     reason = skip_reason(node.name, item.data[:16])
                     if reason:
@@ -360,7 +366,10 @@ class Uploader:
                 if check:  # the store's read-back of this batch overlaps the PUTs of the next
                     checks.start_soon(self._check, check, hint, checking)
                 return sent_chunks, sent_bytes
-            return await pipeline(items, send_batch, on_progress, room=min(2 * avg, BUDGET_BYTES // 2))
+            try:
+                return await pipeline(items, send_batch, on_progress, room=min(2 * avg, BUDGET_BYTES // 2))
+            finally:
+                self.cut_bytes += cut
 
     async def _landed_already(self, exc: ServerError, ino: int, request: wire.CommitRequest,
                               refs: list[tuple[str, int]]) -> wire.CommitResponse | None:

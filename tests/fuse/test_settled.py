@@ -65,6 +65,47 @@ def test_a_settled_file_written_and_truncated_syncs_its_new_bytes(fuse_server: S
         assert "Traceback" not in a.log()
 
 
+def test_a_small_write_to_a_settled_file_reads_and_cuts_only_around_it(fuse_server: ServerProcess, account: str,
+                                                                       tmp_path: Path) -> None:
+    """The blocks of a settled file hold its base version's bytes: written to, the file
+    keeps the base's chunks as its prefix, so the next upload names them unread but for
+    those the write touched and the last one (its cut was the file's end). Without that,
+    every save of a small edit read and cut the whole file again. Across a restart too,
+    and another device reads the edited bytes."""
+    data = bytearray(os.urandom(48 * MiB))
+    with cloudfs_mount(fuse_server, account, tmp_path / "a", tmp_path / "cache-a") as a:
+        path = a.path / "f.bin"
+        path.write_bytes(data)
+        a.sync()
+        assert settled_lines(a) == 1
+        for at in (20 * MiB + 5, 33 * MiB):
+            before = a.status()["cut_bytes"]
+            patch = os.urandom(4096)
+            with open(path, "r+b") as f:
+                f.seek(at)
+                f.write(patch)
+            data[at:at + len(patch)] = patch
+            a.sync()
+            cut = a.status()["cut_bytes"] - before
+            assert cut < 24 * MiB, f"an upload of a 4 KiB edit read and cut {cut / MiB:.1f} MiB of 48"
+            assert settled_lines(a) == 2 + (at == 33 * MiB)
+        patch = os.urandom(4096)
+        with open(path, "r+b") as f:
+            f.seek(7 * MiB)
+            f.write(patch)
+        data[7 * MiB:7 * MiB + len(patch)] = patch
+        a.proc.kill()  # before its upload: the prefix is in the cache with the blocks
+        a.proc.wait(10)
+    with cloudfs_mount(fuse_server, account, tmp_path / "a", tmp_path / "cache-a") as a:
+        before = a.status()["cut_bytes"]
+        a.sync()
+        assert a.status()["cut_bytes"] - before < 24 * MiB
+        assert dropped_from_page_cache(a.path / "f.bin").read_bytes() == data
+        with cloudfs_mount(fuse_server, account, tmp_path / "b", tmp_path / "cache-b", device="dev-b") as b:
+            assert (b.path / "f.bin").read_bytes() == data
+        assert "Traceback" not in a.log()
+
+
 def test_a_settled_file_replaced_on_another_device_shows_the_new_bytes(fuse_server: ServerProcess, account: str,
                                                                         tmp_path: Path) -> None:
     first, second = os.urandom(12 * MiB), os.urandom(9 * MiB)
