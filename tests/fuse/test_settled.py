@@ -19,6 +19,30 @@ def settled_lines(m: MountProcess) -> int:
     return m.log().count(", settled)")
 
 
+def settled_file(m: MountProcess, size: int) -> tuple[Path, bytearray]:
+    """A new file of `size` random bytes, uploaded and settled; its path and bytes."""
+    data = bytearray(os.urandom(size))
+    path = m.path / "f.bin"
+    path.write_bytes(data)
+    m.sync()
+    assert settled_lines(m) == 1, m.log()[-3000:]
+    return path, data
+
+
+def write_at(path: Path, data: bytearray, at: int, length: int, *, truncate: int | None = None) -> None:
+    """`length` random bytes written over the file at `at`, and over `data`, its model;
+    then, before the close, the file cut to `truncate` bytes."""
+    patch = os.urandom(length)
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(patch)
+        if truncate is not None:
+            f.truncate(truncate)
+    data[at:at + length] = patch
+    if truncate is not None:
+        del data[truncate:]
+
+
 def test_a_new_file_reads_back_from_its_blocks_across_a_restart(fuse_server: ServerProcess, account: str,
                                                                   tmp_path: Path) -> None:
     data = os.urandom(12 * MiB)
@@ -41,19 +65,9 @@ def test_a_new_file_reads_back_from_its_blocks_across_a_restart(fuse_server: Ser
 
 def test_a_settled_file_written_and_truncated_syncs_its_new_bytes(fuse_server: ServerProcess, account: str,
                                                                    tmp_path: Path) -> None:
-    data = bytearray(os.urandom(12 * MiB))
     with cloudfs_mount(fuse_server, account, tmp_path / "a", tmp_path / "cache-a") as a:
-        path = a.path / "f.bin"
-        path.write_bytes(data)
-        a.sync()
-        assert settled_lines(a) == 1
-        patch = os.urandom(100_000)
-        with open(path, "r+b") as f:
-            f.seek(5 * MiB + 123)
-            f.write(patch)
-            f.truncate(10 * MiB)
-        data[5 * MiB + 123:5 * MiB + 123 + len(patch)] = patch
-        del data[10 * MiB:]
+        path, data = settled_file(a, 12 * MiB)
+        write_at(path, data, 5 * MiB + 123, 100_000, truncate=10 * MiB)
         a.sync()
         status = a.status()
         assert status["pending_bytes"] == 0
@@ -72,28 +86,16 @@ def test_a_small_write_to_a_settled_file_reads_and_cuts_only_around_it(fuse_serv
     those the write touched and the last one (its cut was the file's end). Without that,
     every save of a small edit read and cut the whole file again. Across a restart too,
     and another device reads the edited bytes."""
-    data = bytearray(os.urandom(48 * MiB))
     with cloudfs_mount(fuse_server, account, tmp_path / "a", tmp_path / "cache-a") as a:
-        path = a.path / "f.bin"
-        path.write_bytes(data)
-        a.sync()
-        assert settled_lines(a) == 1
+        path, data = settled_file(a, 48 * MiB)
         for at in (20 * MiB + 5, 33 * MiB):
             before = a.status()["cut_bytes"]
-            patch = os.urandom(4096)
-            with open(path, "r+b") as f:
-                f.seek(at)
-                f.write(patch)
-            data[at:at + len(patch)] = patch
+            write_at(path, data, at, 4096)
             a.sync()
             cut = a.status()["cut_bytes"] - before
             assert cut < 24 * MiB, f"an upload of a 4 KiB edit read and cut {cut / MiB:.1f} MiB of 48"
             assert settled_lines(a) == 2 + (at == 33 * MiB)
-        patch = os.urandom(4096)
-        with open(path, "r+b") as f:
-            f.seek(7 * MiB)
-            f.write(patch)
-        data[7 * MiB:7 * MiB + len(patch)] = patch
+        write_at(path, data, 7 * MiB, 4096)
         a.proc.kill()  # before its upload: the prefix is in the cache with the blocks
         a.proc.wait(10)
     with cloudfs_mount(fuse_server, account, tmp_path / "a", tmp_path / "cache-a") as a:
