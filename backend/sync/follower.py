@@ -900,8 +900,8 @@ class Follower:
                     continue
                 if node.ino in promote:  # it has a name outside: it lives on there
                     self.cache.unlink(txn, node.parent, node.name)
-                    alias = links.promote(self.cache, txn, node, promote[node.ino])
-                    if alias is not None and self._known_outside(alias, {}):
+                    to, known = promote[node.ino]
+                    if links.promote(self.cache, txn, node, to) is not None and known:
                         # As the server did before the delete: applied ahead of the journal
                         # (a pull), whose move entries for it come later. Taken for a name
                         # given here, the file was created anew with the bytes it had here,
@@ -956,14 +956,15 @@ class Follower:
         if target is not None:
             self._inval.append(("inode", target.ino))
 
-    def _with_local_work(self, top: Inode) -> tuple[set[int], set[int], dict[int, int]]:
+    def _with_local_work(self, top: Inode) -> tuple[set[int], set[int], dict[int, tuple[int, bool]]]:
         """What of `top`'s subtree must survive its remote deletion: `keep`, inodes with
         local work and the directories leading to them; `alive`, nodes moved into the
         subtree here from outside it (the server still has them where they were); and
-        `promote`, files that have a name outside it (alias record), each moving there
-        instead of going: to the oldest the server has there (it moved the file there
-        before this delete; the journal says so after the delete when a pull brought the
-        delete first), else to the oldest made here, where it is created again."""
+        `promote`, files that have a name outside it, each moving there instead of going:
+        (alias record, whether the server has it there). To the oldest the server has
+        there (it moved the file there before this delete; the journal says so after the
+        delete when a pull brought the delete first), else to the oldest made here, where
+        it is created again."""
         below: dict[int, Inode] = {}
         path: dict[int, int] = {top.ino: 0}
         stack = [top]
@@ -1013,7 +1014,7 @@ class Follower:
             outside = [a for a in map(self.cache.get, links.aliases(node)) if a is not None and a.ino not in below]
             if outside and node.ino not in keep:
                 known = sorted((a for a in outside if self._known_outside(a, below)), key=lambda a: a.node_id)
-                promote[node.ino] = (known or outside)[0].ino
+                promote[node.ino] = (known[0].ino, True) if known else (outside[0].ino, False)
         return keep, alive, promote
 
     @staticmethod
