@@ -109,12 +109,12 @@ class ChunkCache:
         with self.cache.read() as txn:
             data = txn.get(key, db=self.cache.chunks)
         if data is None:
-            self.clean_bytes -= self._lru.pop(key)
+            self.clean_bytes -= self._lru.pop(key, 0)
             return None
         if not self._intact(key, data):
             self._drop_corrupt(key)
             return None
-        self._lru.move_to_end(key)
+        self._touch(key)
         return data[SUM:]
 
     def read_range(self, fingerprint: str, start: int, end: int) -> bytes | None:
@@ -133,10 +133,20 @@ class ChunkCache:
             self._drop_corrupt(key)
             return None
         if data is None:
-            self.clean_bytes -= self._lru.pop(key)
+            self.clean_bytes -= self._lru.pop(key, 0)
             return None
-        self._lru.move_to_end(key)
+        self._touch(key)
         return data
+
+    def _touch(self, key: bytes) -> None:
+        """Used just now. `get` and `read_range` run in worker threads too (an upload's
+        walk reads the chunks under a file's stale ranges), and the trio thread may evict
+        the key while the thread is in LMDB without the GIL: the bytes read stand, and
+        the chunk stays evicted (the CI run of d816fac: KeyError in a streamer round)."""
+        try:
+            self._lru.move_to_end(key)
+        except KeyError:
+            pass
 
     def put(self, fingerprint: str, data: bytes) -> bool:
         """Cache a verified chunk; False (not cached) when changes not uploaded yet leave
