@@ -560,7 +560,7 @@ class Syncer:
             raise
 
     def _trying(self, node: Inode, parent_id: int, shape: dict, name: str | None = None) -> None:
-        after = self._journal_position()
+        after = 0 if "first_try" in node.extra else self._journal_position()  # kept from the first try
         with self.cache.write() as txn:
             self._note_try(node, parent_id, shape, after, name)
             self.cache.put(txn, node)
@@ -802,7 +802,7 @@ class Syncer:
     async def _upload(self, node: Inode, parent_id: int) -> None:
         creating = not node.bound
         retrying = creating and "first_try" in node.extra
-        after = self._journal_position() if creating else 0
+        after = self._journal_position() if creating and not retrying else 0  # a retry keeps the first's
         with self.cache.write() as txn:
             node.min_trunc = -1
             if creating:
