@@ -213,12 +213,18 @@
     const left = uploads.unfinished().filter((u) => !(state.batch && state.batch.active));
     if (!left.length) return null;
     return h("p", { class: "note", id: "unfinished" },
-      `${left.length} upload${left.length > 1 ? "s" : ""} did not finish (${left.map((u) => u.name).join(", ")}). ` +
+      `${left.length} upload${left.length > 1 ? "s" : ""} did not finish (${left.map(uploadPath).join(", ")}). ` +
       "Pick or drop the same files again: only what is missing is sent.",
       h("button", { type: "button", class: "link", on: { click: () => {
         for (const u of left) localStorage.removeItem(u.key);
         renderFolder();
       } } }, "Forget them"));
+  }
+
+  // Where an unfinished upload was going: the same file picked again resumes only in the
+  // same folder, so a name alone did not say why a note outlived the upload just finished.
+  function uploadPath(u) {
+    return !u.folder || u.folder === "/" ? u.name : u.folder.slice(1) + "/" + u.name;
   }
 
   // The note follows the uploads as well as the listing's loads: a refresh of the listing

@@ -91,8 +91,10 @@ def test_big_upload_shows_progress_survives_a_dropped_connection_and_a_reload(
     """8 chunks: 3 go through, the connection drops (the page says so and retries), 2
     more go once it is back, then the page is reloaded mid-upload; picking the file
     again sends only the 3 chunks the server still lacks."""
+    # Going to "#/" from Photos changes only the hash: Photos' listing (and its file picker)
+    # stays until My drive's has loaded, and a file picked meanwhile goes to Photos.
     page.goto(web_server.url + "/#/")
-    page.wait_for_selector("#listing")
+    page.wait_for_selector(".crumbs .crumb.current:text-is('My drive')")
     chunks = -(-(BIG_MIB * 1024 * 1024 + 1234) // CHUNK)
     gate = {"allow": 3, "passed": 0, "held": []}
 
@@ -193,6 +195,33 @@ def test_a_resumed_upload_is_no_longer_unfinished_when_the_listing_cannot_be_rel
     (device.path / "later2.txt").write_text("and another\n")
     device.sync()
     row(page, "later2.txt").wait_for(timeout=5_000)
+
+
+def test_an_unfinished_upload_is_named_with_its_folder_and_can_be_forgotten(page, tmp_path: Path) -> None:  # noqa: ANN001
+    """Picked again, a file resumes only in the folder it was going to, so the note says which
+    folder (it said the name alone, and a note that outlived the same name's upload elsewhere
+    looked wrong)."""
+    (tmp_path / "left.bin").write_bytes(os.urandom(CHUNK + 5))
+    page.goto(page.url.split("#")[0] + "#/")
+    row(page, "Photos").locator("a.name").click()
+    page.wait_for_selector(".crumbs .crumb.current:text-is('Photos')")
+    held = []
+    page.route("**/blobs/**", lambda route: held.append(route) if route.request.method == "PUT" else route.continue_())
+    page.set_input_files("#pick-files", str(tmp_path / "left.bin"))
+    pump_until(page, lambda: held, timeout=60, what="the first chunk held")
+    page.reload()
+    for route in held:
+        try:
+            route.abort()
+        except Exception:  # noqa: BLE001 - already cancelled with its page
+            pass
+    page.unroute("**/blobs/**")
+    page.wait_for_selector("#unfinished:has-text('(Photos/left.bin)')")
+    page.click("#unfinished button:text-is('Forget them')")
+    page.locator("#unfinished").wait_for(state="detached", timeout=5_000)
+    page.reload()
+    page.wait_for_selector(".crumbs .crumb.current:text-is('Photos')")
+    assert not page.locator("#unfinished").count()
 
 
 def test_a_name_clash_makes_a_conflicted_copy(page, local: Path, device: MountProcess) -> None:  # noqa: ANN001
