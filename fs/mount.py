@@ -39,6 +39,7 @@ from cloudfs.backend.startup import ServerUnreachableError, probe_server
 
 from .operations import Operations
 from .pagecache import ReadAround
+from .readahead import raise_readahead
 
 log = logging.getLogger("cloudfs.mount")
 FLUSH_ON_SIGNAL_S = 20.0
@@ -198,6 +199,7 @@ async def serve(options: MountOptions) -> None:
                                     await _control_handler(session, mountpoint))
                 signalled: list[int] = []
                 nursery.start_soon(_on_signal, session, signalled)
+                nursery.start_soon(_raise_readahead, mountpoint)
                 log.info("mounted %s on %s (cache %s)", options.session.server_url, mountpoint,
                          options.session.cache_dir)
                 for note in session.notes:
@@ -210,6 +212,12 @@ async def serve(options: MountOptions) -> None:
                 nursery.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=not unmounted)
+
+
+async def _raise_readahead(mountpoint: Path) -> None:
+    window = await trio.to_thread.run_sync(raise_readahead, mountpoint, abandon_on_cancel=True)
+    if window is not None:
+        log.info("the kernel reads ahead %d KiB on %s", window, mountpoint)
 
 
 def _notify_systemd(message: bytes) -> None:

@@ -10,7 +10,8 @@ import os
 import uuid
 from pathlib import Path
 
-from tests.harness import cloudfs_mount, cloudfs_server
+from cloudfs.fs.readahead import READ_AHEAD_KB, bdi_of
+from tests.harness import MountProcess, cloudfs_mount, cloudfs_server, wait_until
 from tests.proxy import Proxy
 
 MiB = 1 << 20
@@ -51,3 +52,13 @@ def test_cold_sequential_read_keeps_a_window_of_chunks_in_flight(tmp_path: Path)
     # Signed URLs come in batches, not one server round trip per chunk ahead: the first
     # chunk's, then the window's and the reader's next chunk's (at once) for all the rest.
     assert url_requests <= 3, f"{url_requests} POST /downloads/prepare for {chunks} chunks"
+
+
+def test_the_kernel_reads_ahead_in_1_mib_requests(mount: MountProcess) -> None:
+    """The kernel's default window (128 KiB) made a sequential read eight 128 KiB READs
+    per MiB; the mount widens its window once INIT is answered (a wider window set
+    before that is taken back by the INIT reply), and the kernel then sends 1 MiB READs."""
+    setting = bdi_of(mount.path) / "read_ahead_kb"
+    wait_until(lambda: int(setting.read_text()) == READ_AHEAD_KB, timeout=20,
+               what=f"{setting} at {READ_AHEAD_KB} (it is {setting.read_text().strip()})")
+    assert f"the kernel reads ahead {READ_AHEAD_KB} KiB" in mount.log()
