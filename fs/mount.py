@@ -199,14 +199,7 @@ async def serve(options: MountOptions) -> None:
                                     await _control_handler(session, mountpoint))
                 signalled: list[int] = []
                 nursery.start_soon(_on_signal, session, signalled)
-                nursery.start_soon(_raise_readahead, mountpoint)
-                log.info("mounted %s on %s (cache %s)", options.session.server_url, mountpoint,
-                         options.session.cache_dir)
-                for note in session.notes:
-                    log.warning("%s", note)
-                print(f"cloudfs mounted on {mountpoint}", flush=True)
-                control.tell_parent({"ok": True, "online": not session.offline, "notes": session.notes})
-                _notify_systemd(b"READY=1")
+                nursery.start_soon(_announce, options, session)
                 await pyfuse3.main()
                 unmounted = not signalled  # main() also returns after terminate(): the mount is still there
                 nursery.cancel_scope.cancel()
@@ -214,10 +207,20 @@ async def serve(options: MountOptions) -> None:
             pyfuse3.close(unmount=not unmounted)
 
 
-async def _raise_readahead(mountpoint: Path) -> None:
+async def _announce(options: MountOptions, session: Session) -> None:
+    """Says the mount is ready once the kernel's INIT is answered and its read-ahead
+    widened (fs/readahead.py): a file keeps the window it was opened with, so a copy
+    started on the word "mounted" would have read 128 KiB at a time to its end."""
+    mountpoint = options.mountpoint
     window = await trio.to_thread.run_sync(raise_readahead, mountpoint, abandon_on_cancel=True)
+    log.info("mounted %s on %s (cache %s)", options.session.server_url, mountpoint, options.session.cache_dir)
     if window is not None:
         log.info("the kernel reads ahead %d KiB on %s", window, mountpoint)
+    for note in session.notes:
+        log.warning("%s", note)
+    print(f"cloudfs mounted on {mountpoint}", flush=True)
+    control.tell_parent({"ok": True, "online": not session.offline, "notes": session.notes})
+    _notify_systemd(b"READY=1")
 
 
 def _notify_systemd(message: bytes) -> None:

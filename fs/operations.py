@@ -251,9 +251,12 @@ class Operations(pyfuse3.Operations):
     @errno_of
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self.handles[fh]
+        # Where the previous READ ended, as asked, not as answered: the kernel sends its
+        # read-ahead window's READs at once, and each one starts before the one before
+        # it has its bytes.
         sequential = off == handle.next_off and off > 0
+        handle.next_off = off + size
         data = await self.drive.read(handle.ino, off, size, readahead=READAHEAD if sequential else 0)
-        handle.next_off = off + len(data)
         if not sequential:
             self.around.after_read(handle.ino, off, len(data), self.drive.get(handle.ino).size,
                                    self.drive.writers.get(handle.ino, 0))

@@ -17,9 +17,10 @@ from pathlib import Path
 
 log = logging.getLogger("cloudfs.mount")
 
-READ_AHEAD_KB = 4096
-"""The kernel's read-ahead window: four 1 MiB READs in flight ahead of a sequential
-reader (BENCHMARKS.md, "The kernel's read-ahead")."""
+READ_AHEAD_KB = 1024
+"""One READ's worth (the connection's max_pages). A 4 MiB window read as fast (BENCHMARKS.md,
+"The kernel's read-ahead") and made every page fault of a program that maps a file read
+4 MiB around it."""
 
 
 def bdi_of(mountpoint: Path) -> Path:

@@ -226,6 +226,7 @@ def spawn_mount(server: ServerProcess, token: str, path: Path, cache_dir: Path, 
             raise
     cache_dir.mkdir(parents=True, exist_ok=True)
     log_path = cache_dir.parent / f"{cache_dir.name}-mount.log"
+    told = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
             [*CLOUDFS, "mount", server.url, str(path), "--cache", str(cache_dir), "--device", device, "--foreground",
@@ -233,12 +234,20 @@ def spawn_mount(server: ServerProcess, token: str, path: Path, cache_dir: Path, 
             stdout=log_file, stderr=log_file, env={**os.environ, "CLOUDFS_TOKEN": token})
     mount = MountProcess(path, cache_dir, proc, log_path, server, token, device)
     try:
-        wait_until(lambda: os.path.ismount(path) and _answers(path), timeout=timeout, what=f"mount at {path}",
-                   proc=proc, interval=0.1)
+        wait_until(lambda: os.path.ismount(path) and _answers(path) and _announced(log_path, told), timeout=timeout,
+                   what=f"mount at {path}", proc=proc, interval=0.1)
     except BaseException:
         unmount(path, proc)
         raise
     return mount
+
+
+def _announced(log_path: Path, since: int) -> bool:
+    """The process said "mounted" (fs/mount.py `_announce`): the kernel's read-ahead is
+    set by then, which a file opened earlier does not get."""
+    with open(log_path, "rb") as f:
+        f.seek(since)
+        return b"cloudfs mounted on" in f.read()
 
 
 def _answers(path: Path) -> bool:
