@@ -214,9 +214,10 @@ class Cache:
         """Bytes read through the map by uploads since its pages were last given back (lmdbmap.py)."""
         self._deletes: dict[int, set[int]] = {}
         """The outbox seqs of the deletes queued for each node id (`queued_delete`)."""
+        self._unlands: dict[tuple[int, str], set[int]] = {}
+        """The outbox seqs of the unlands queued for each place (`unland_queued`)."""
         for seq, op in self.outbox_items(limit=1 << 62):
-            if op.get("op") == "delete":
-                self._deletes.setdefault(op["node_id"], set()).add(seq)
+            self._index(seq, op)
 
     def close(self) -> None:
         self.env.sync(True)
@@ -582,9 +583,39 @@ class Cache:
     def enqueue(self, txn: lmdb.Transaction, op: dict) -> int:
         seq = self.next_counter(txn, "next_outbox", 1)
         txn.put(u64(seq), orjson.dumps(op, option=orjson.OPT_NON_STR_KEYS), db=self.outbox)
-        if op["op"] == "delete":  # if `txn` fails, a seq that names nothing: queued_delete checks
-            self._deletes.setdefault(op["node_id"], set()).add(seq)
+        self._index(seq, op)  # if `txn` fails, a seq that names nothing: the lookups check
         return seq
+
+    def _index(self, seq: int, op: dict) -> None:
+        if op.get("op") == "delete":
+            self._deletes.setdefault(op["node_id"], set()).add(seq)
+        elif op.get("op") == "unland":
+            for parent_id, name in op["places"]:
+                self._unlands.setdefault((parent_id, name), set()).add(seq)
+
+    def _unindex(self, seq: int, op: dict) -> None:
+        if op["op"] == "delete" and (left := self._deletes.get(op["node_id"])) is not None:
+            left.discard(seq)
+            if not left:
+                del self._deletes[op["node_id"]]
+        elif op["op"] == "unland":
+            for parent_id, name in op["places"]:
+                if (left := self._unlands.get((parent_id, name))) is not None:
+                    left.discard(seq)
+                    if not left:
+                        del self._unlands[parent_id, name]
+
+    def unland_queued(self, parent_id: int, name: str) -> bool:
+        """An unland (syncer._unland) of a create that went to this place is still in
+        the outbox. Indexed like the deletes: the follower asks for a node the mirror
+        lacks whose create of ours came back unanswered."""
+        seqs = self._unlands.get((parent_id, name))
+        if not seqs:
+            return False
+        seqs &= self.outbox_present(seqs)  # applied, or its transaction failed
+        if not seqs:
+            del self._unlands[parent_id, name]
+        return bool(seqs)
 
     def queued_delete(self, node_id: int) -> tuple[int, dict] | None:
         """The first delete of `node_id` still in the outbox, as (seq, entry). Asked for
@@ -639,10 +670,7 @@ class Cache:
                 if raw is not None:
                     gone.append((seq, orjson.loads(raw)))
         for seq, op in gone:  # once committed: a delete forgotten before would not be seen
-            if op["op"] == "delete" and (left := self._deletes.get(op["node_id"])) is not None:
-                left.discard(seq)
-                if not left:
-                    del self._deletes[op["node_id"]]
+            self._unindex(seq, op)
 
     def inode_count(self) -> int:
         with self.read() as txn:

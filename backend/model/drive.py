@@ -370,7 +370,7 @@ class Drive:
         tried = node.extra.get("first_try")
         if tried:
             self.cache.enqueue(txn, {"op": "unland", "ino": node.ino, "since": tried["at"], "places": tried["places"],
-                                     "shape": tried.get("shape")})
+                                     "shape": tried.get("shape"), "after": tried.get("after")})
 
     def _server_name(self, txn: lmdb.Transaction, node: Inode) -> dict:
         """Where the node is on the server once the entries before its delete have gone:

@@ -419,7 +419,7 @@ class Follower:
     def _blocked(self, node_id: int) -> bool:
         local = self._mirrored(node_id)
         if local is None:
-            return self._unanswered_occupant(node_id) is not None or self._deleting(node_id)
+            return self._unanswered_occupant(node_id) is not None or self._unlanding(node_id) or self._deleting(node_id)
         return self._pending(local) or self._move_waits(local) or self._awaiting_answer(local)
 
     # --- what counts as local work ---
@@ -571,13 +571,16 @@ class Follower:
             self._follow_move(local, remote)
             self._defer(remote.id)
             return
-        if local is None and self._unanswered_occupant(remote.id) is not None:
+        if local is None and (self._unanswered_occupant(remote.id) is not None or self._unlanding(remote.id)):
             # Our own create, its answer lost, its retry still to go: another device's
             # version or move of the node waits for the retry, which binds the file here to
             # the node where the create put it (uploader._landed_before), and is pulled
             # over it then. Applied now, a move made the node here a second time, and the
             # retry, finding it another inode's, sent the bytes the other device had
-            # overwritten as a new file (soak, seed 1060113).
+            # overwritten as a new file (soak, seed 1060113). The file removed here
+            # meanwhile, the change waits for the syncer's unland, which removes the node
+            # if it is still as the create made it; applied first, the node came back here
+            # as another device's, and unland left it alone.
             self._defer(remote.id)
             return
         if local is not None and change.seq and change.seq < local.extra.get("srv_seq", 0):
@@ -744,6 +747,12 @@ class Follower:
             if mine is not None and mine.ino == occupant.ino:
                 return True
         return False
+
+    def _unlanding(self, node_id: int) -> bool:
+        """A create of ours made `node_id`, its answer lost, and the file was removed here
+        since: an unland of that place is queued (syncer._unland)."""
+        placed = self.unanswered.get(node_id)
+        return placed is not None and self.cache.unland_queued(*placed)
 
     def _unanswered_occupant(self, node_id: int) -> Inode | None:
         """The local file whose create made `node_id`, when its answer never came (a kill,

@@ -341,7 +341,9 @@ class Syncer:
         sent; a directory while empty (soak, seed 600306: `ln -s` and `rm` 1 ms apart, the
         symlink stayed on the other devices). A new node of that name here now, not yet
         on the server, is left to its own retry, which finds out for itself
-        (uploader._landed_before; a symlink's or link's retry meets its own try)."""
+        (uploader._landed_before; a symlink's or link's retry meets its own try). What a
+        try made is removed wherever it is now: another device may have moved it, and the
+        delete of a node whose answer came would have removed it there too."""
         shape = op.get("shape") or {"kind": "file"}  # entries queued before shapes were kept: files
         for parent_id, name in op["places"]:
             parent_ino = self.cache.ino_for_node(parent_id)
@@ -349,18 +351,33 @@ class Syncer:
             if here is not None and not here.node_id:
                 continue
             try:
-                found = await self.client.child_named(parent_id, name)
-                if found is None or self.cache.ino_for_node(found.id) is not None \
-                        or not await self._made_by_try(found, shape, op["since"]):
-                    continue
-                log.info("%r (node %d) was made by a create of a %s since removed here, whose answer was lost: "
-                         "removing it", name, found.id, found.kind)
-                await self.client.delete(found.id, rev=found.rev if found.kind == "file" else None)
-            except ConflictError:
-                continue  # changed elsewhere meanwhile: that change stays
+                candidates = await self._made_at(parent_id, name, op.get("after"))
             except ServerError as exc:
                 if exc.status != 404:
                     raise
+                continue  # the directory is gone, and whatever was made in it
+            for found in candidates:
+                if found.deleted or self.cache.ino_for_node(found.id) is not None \
+                        or not await self._made_by_try(found, shape, op["since"]):
+                    continue
+                log.info("%r (node %d, now %r) was made by a create of a %s since removed here, whose answer "
+                         "was lost: removing it", name, found.id, found.name, found.kind)
+                try:
+                    await self.client.delete(found.id, rev=found.rev if found.kind == "file" else None)
+                except ConflictError:
+                    continue  # changed elsewhere meanwhile: that change stays
+                except ServerError as exc:
+                    if exc.status != 404:
+                        raise
+
+    async def _made_at(self, parent_id: int, name: str, after: int | None) -> list[wire.Node]:
+        """The nodes a create at (`parent_id`, `name`) may have made: those the journal
+        says were created there since the first try (`after`, its position), wherever
+        they are now; for a try noted before positions were kept, what has the name."""
+        if after is not None:
+            return await self.client.created_named(parent_id, name, after=after)
+        found = await self.client.child_named(parent_id, name)
+        return [found] if found is not None else []
 
     async def _made_by_try(self, found: wire.Node, shape: dict, since: float) -> bool:
         if shape["kind"] != "file":
@@ -609,7 +626,7 @@ class Syncer:
         if others:
             with self.cache.write() as txn:
                 self.cache.enqueue(txn, {"op": "unland", "ino": node.ino, "since": tried["at"], "places": others,
-                                         "shape": tried.get("shape")})
+                                         "shape": tried.get("shape"), "after": tried.get("after")})
 
     async def _created(self, node: Inode, answer: wire.NodeResponse) -> None:
         if not self._still_here(node):

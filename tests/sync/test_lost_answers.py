@@ -14,6 +14,7 @@ from typing import Callable
 import httpx
 import pytest
 
+from cloudfs.backend.sync.follower import SETTLE_EVERY_S
 from tests.model import snapshot
 from tests.sync.conftest import (a_behind_a_proxy, a_killable_behind_a_proxy, wait_for_answers, wait_for_cursor,
                                  wait_until_held, wait_until_lost)
@@ -624,3 +625,35 @@ def _nothing_came_back(a, b) -> None:  # noqa: ANN001
     expected = {"d": None, "d/l": b"b's, over a's\n"}
     assert snapshot(b.path) == expected
     assert snapshot(a.path) == expected
+
+
+@pytest.mark.parametrize("removed", ["during the retries", "after they gave up"])
+def test_a_lost_create_moved_elsewhere_then_removed_here_goes_from_the_server(sync_server, tmp_path, removed: str):
+    """a's create of x.txt lands unanswered (its retries refused for a while); b moves the
+    file to d/l, bytes untouched, and a's follower holds that back for the retry; then a
+    removes x.txt (while the retry is still to come, or after the retries gave up). Had
+    the answer come, a's delete would have removed the node where b put it. The held-back
+    move was pulled as soon as x.txt was gone, and d/l came here as b's file; and with no
+    retry left, the removal's search for what the create made (syncer._unland, by the name
+    alone, which was free) found nothing: d/l stayed on both devices."""
+    with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
+        a, b = d.a, d.b
+        data = _with_a_directory(a, b)
+        proxy.lose_answers(A_FILE_CREATE, 1, then_fail=True)
+        (a.path / "x.txt").write_bytes(data)
+        wait_until_lost(proxy)
+        b.sync(timeout=60)
+        os.rename(b.path / "x.txt", b.path / "d" / "l")
+        b.sync(timeout=60)
+        wait_for_cursor(a, b.status()["cursor"])  # a's follower has b's move, held back
+        if removed == "after they gave up":
+            deadline = time.monotonic() + 60
+            while "server unreachable" not in a.log():  # the syncer's own retries ended
+                assert time.monotonic() < deadline, "the create's retries should give up"
+                time.sleep(0.2)
+        (a.path / "x.txt").unlink()
+        time.sleep(20 * SETTLE_EVERY_S)  # the follower's passes over what it held back
+        proxy.release()
+        for m in (a, b, a, b):
+            m.sync(timeout=60)
+        assert snapshot(a.path) == snapshot(b.path) == {"d": None}
