@@ -298,6 +298,10 @@ class Ledger:
     """content -> devices that renamed its file or gave it another name"""
     spared: set[bytes] = field(default_factory=set)
     """contents that lost one name of several: they may live on"""
+    rewritten: dict[bytes, set[str]] = field(default_factory=dict)
+    """content -> devices that wrote its file again with the same bytes (a truncate to
+    its own size): a new version all the same, which a concurrent change elsewhere does
+    not destroy (it ends as a conflicted copy beside it)"""
     linked_from: dict[str, set[str]] = field(default_factory=dict)
     """path -> devices that gave the file there another name"""
     xattr_values: set[bytes] = field(default_factory=set)
@@ -334,6 +338,10 @@ class Ledger:
 
     def produce(self, dev: str, old: bytes, new: bytes, path: str = "") -> None:
         """A file's bytes went from `old` (observed) to `new` on `dev`."""
+        if old and new == old:
+            with self.lock:
+                self.rewritten.setdefault(old, set()).add(dev)
+            return
         self.destroy(dev, old, path)
         with self.lock:
             if new:
@@ -407,9 +415,10 @@ class Ledger:
         return out
 
     def _kept_by_a_move(self, content: bytes, destroyers: set[str]) -> bool:
-        """A device other than the ones that destroyed `content` moved its file, or a
-        directory above where it was destroyed."""
-        if self.moved.get(content, set()) - destroyers or content in self.spared:
+        """A device other than the ones that destroyed `content` moved its file (or wrote
+        it again with the same bytes), or a directory above where it was destroyed."""
+        if self.moved.get(content, set()) - destroyers or self.rewritten.get(content, set()) - destroyers \
+                or content in self.spared:
             return True
         if any(self.linked_from.get(path, set()) - destroyers for _, path in self.destroyed_at.get(content, [])):
             return True
@@ -482,7 +491,7 @@ class Ledger:
             self.settled, self.settled_xattrs, self.settled_linked = settled.tree, settled.xattrs, settled.linked
             self.live = Counter(settled.contents)
             self.destroyed, self.destroyed_at, self.moved, self.moved_dirs, self.moved_from = {}, {}, {}, [], []
-            self.spared, self.linked_from = set(), {}
+            self.spared, self.linked_from, self.rewritten = set(), {}, {}
             self.groups = []
 
 

@@ -210,3 +210,23 @@ def test_a_file_moved_before_its_new_content_reached_the_mover_may_live_on(tmp_p
     unmoved.destroy("c", d, "x.txt")
     unmoved.touched("c", "x.txt")
     assert "destroyed content came back" in whats(unmoved, final, {"a": final, "c": final})
+
+
+def test_a_file_written_again_with_its_own_bytes_survives_a_change_elsewhere(tmp_path):
+    """b truncates x.txt to its own size (a new version with the same bytes) while a
+    truncates it longer: the drive keeps b's version and a's as a conflicted copy. The
+    books took b's write for a destroy and a write of the same bytes, and a's change for
+    the destroy that left them nowhere: "destroyed content came back" (model test, 80
+    examples). Without b's write, C coming back is still caught."""
+    W = b"<a#2>first\0\0\0"
+    final = tree(tmp_path, "final", {"x.txt": C, "x (conflicted copy, dev-a).txt": W})
+    ledger, _ = settled(tmp_path, {"x.txt": C})
+    ledger.produce("b", C, C, "x.txt")
+    ledger.produce("a", C, W, "x.txt")
+    ledger.touched("a", "x.txt")
+    ledger.touched("b", "x.txt")
+    assert "destroyed content came back" not in whats(ledger, final, {"a": final, "b": final})
+    alone, _ = settled(tmp_path / "alone", {"x.txt": C})
+    alone.produce("a", C, W, "x.txt")
+    alone.touched("a", "x.txt")
+    assert "destroyed content came back" in whats(alone, final, {"a": final, "b": final})
