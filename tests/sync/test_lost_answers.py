@@ -574,10 +574,7 @@ def test_a_lost_create_overwritten_and_moved_elsewhere_is_not_brought_back(sync_
     if how == "the answer lost":
         with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
             a, b = d.a, d.b
-            data = _with_a_directory(a, b)
-            proxy.lose_answers(A_FILE_CREATE, 1, then_fail=True)
-            (a.path / "x.txt").write_bytes(data)
-            wait_until_lost(proxy)
+            data = _x_created_unanswered(a, b, proxy)
             _overwritten_and_moved(b, data)
             wait_for_cursor(a, b.status()["cursor"])  # a's follower has had b's change
             proxy.release()
@@ -611,6 +608,16 @@ def _with_a_directory(a, b) -> bytes:  # noqa: ANN001
     return os.urandom(300_000)
 
 
+def _x_created_unanswered(a, b, proxy) -> bytes:  # noqa: ANN001
+    """d/ on both devices, then a's create of x.txt lands and its answer is lost, the
+    retries refused until `proxy.release()`; returns x.txt's bytes."""
+    data = _with_a_directory(a, b)
+    proxy.lose_answers(A_FILE_CREATE, 1, then_fail=True)
+    (a.path / "x.txt").write_bytes(data)
+    wait_until_lost(proxy)
+    return data
+
+
 def _overwritten_and_moved(b, data: bytes) -> None:  # noqa: ANN001
     b.sync(timeout=60)
     assert (b.path / "x.txt").read_bytes() == data
@@ -638,10 +645,7 @@ def test_a_lost_create_moved_elsewhere_then_removed_here_goes_from_the_server(sy
     alone, which was free) found nothing: d/l stayed on both devices."""
     with a_behind_a_proxy(sync_server, tmp_path) as (d, proxy):
         a, b = d.a, d.b
-        data = _with_a_directory(a, b)
-        proxy.lose_answers(A_FILE_CREATE, 1, then_fail=True)
-        (a.path / "x.txt").write_bytes(data)
-        wait_until_lost(proxy)
+        _x_created_unanswered(a, b, proxy)
         b.sync(timeout=60)
         os.rename(b.path / "x.txt", b.path / "d" / "l")
         b.sync(timeout=60)

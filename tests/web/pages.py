@@ -31,6 +31,17 @@ def pump_until(page, check, *, timeout: float, what: str) -> None:  # noqa: ANN0
         page.wait_for_timeout(50)
 
 
+def reload_dropping(page, held: list) -> None:  # noqa: ANN001
+    """Reload the page; the requests held (routes) for the page that is gone are aborted."""
+    page.reload()
+    for route in held:
+        try:
+            route.abort()
+        except Exception:  # noqa: BLE001 - already cancelled with its page
+            pass
+    held.clear()
+
+
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

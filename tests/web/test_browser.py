@@ -22,7 +22,7 @@ import pytest
 
 from tests.harness import CLOUDFS, MountProcess, ServerProcess, wait_until
 from tests.web.conftest import Account, screenshot
-from tests.web.pages import pump_until, row, sha, upload_finished
+from tests.web.pages import pump_until, reload_dropping, row, sha, upload_finished
 
 BIG_MIB = int(os.environ.get("CLOUDFS_WEB_BIG_MIB", "200"))
 """The issue's 200 MiB file (50 chunks; about 40 s of the module at load 18)."""
@@ -126,13 +126,7 @@ def test_big_upload_shows_progress_survives_a_dropped_connection_and_a_reload(
     page.context.set_offline(False)
     pump_until(page, lambda: gate["passed"] == 5 and gate["held"], timeout=60, what="two more chunks after reconnecting")
     # A reload in the middle: what was sent stays on the server.
-    page.reload()
-    for route in gate["held"]:  # requests of the page that is gone
-        try:
-            route.abort()
-        except Exception:  # noqa: BLE001 - already cancelled with its page
-            pass
-    gate["held"].clear()
+    reload_dropping(page, gate["held"])
     page.wait_for_selector("#unfinished")
     assert "big.bin" in page.inner_text("#unfinished")
     before, gate["allow"] = gate["passed"], 10**9
@@ -165,12 +159,7 @@ def test_a_resumed_upload_is_no_longer_unfinished_when_the_listing_cannot_be_rel
     page.route("**/blobs/**", on_put)
     page.set_input_files("#pick-files", str(tmp_path / "resumed.bin"))
     pump_until(page, lambda: gate["passed"] == 1 and gate["held"], timeout=60, what="one chunk sent, the next held")
-    page.reload()
-    for route in gate["held"]:
-        try:
-            route.abort()
-        except Exception:  # noqa: BLE001 - already cancelled with its page
-            pass
+    reload_dropping(page, gate["held"])
     page.unroute("**/blobs/**")
     page.wait_for_selector("#unfinished:has-text('resumed.bin')")
     page.route("**/children?*", lambda route: route.abort())  # every reload of the listing fails from here
@@ -209,12 +198,7 @@ def test_an_unfinished_upload_is_named_with_its_folder_and_can_be_forgotten(page
     page.route("**/blobs/**", lambda route: held.append(route) if route.request.method == "PUT" else route.continue_())
     page.set_input_files("#pick-files", str(tmp_path / "left.bin"))
     pump_until(page, lambda: held, timeout=60, what="the first chunk held")
-    page.reload()
-    for route in held:
-        try:
-            route.abort()
-        except Exception:  # noqa: BLE001 - already cancelled with its page
-            pass
+    reload_dropping(page, held)
     page.unroute("**/blobs/**")
     page.wait_for_selector("#unfinished:has-text('(Photos/left.bin)')")
     page.click("#unfinished button:text-is('Forget them')")
