@@ -492,6 +492,19 @@ class Cache:
         cursor = txn.cursor(db=self.blocks)
         return cursor.set_range(_QQ.pack(ino, first)) and bytes(cursor.key()) <= _QQ.pack(ino, last)
 
+    def blocks_in(self, txn: lmdb.Transaction, ino: int, first: int, last: int) -> set[int]:
+        """The numbers of one file's blocks first..last that exist (one seek, keys only)."""
+        out: set[int] = set()
+        cursor = txn.cursor(db=self.blocks)
+        if not cursor.set_range(_QQ.pack(ino, first)):
+            return out
+        high = _QQ.pack(ino, last)
+        for key in cursor.iternext(keys=True, values=False):
+            if bytes(key) > high:
+                break
+            out.add(_QQ.unpack(key)[1])
+        return out
+
     def drop_blocks(self, txn: lmdb.Transaction, ino: int, *, from_block: int) -> int:
         """Delete blocks >= from_block of one file; returns the dirty bytes freed. A
         settled file's blocks were not dirty: it is unsettled first (`unsettle`), so

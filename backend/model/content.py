@@ -272,7 +272,7 @@ class Content:
             if settled is not None:
                 return settled
         chunks = await self.base_chunks(node)
-        needed = [c.fingerprint for c, _, _ in self._segments(node, chunks, off, end) if c is not None]
+        needed = self._needed(node, chunks, off, end)
         upcoming = None
         if readahead:
             ahead, upcoming = self._ahead(chunks, end, min(end + readahead, node.base_len))
@@ -301,6 +301,31 @@ class Content:
                 parts.append(await self._under_bytes_fetching(node, chunks, pos, stop))
             pos = stop
         return b"".join(parts)
+
+    def _needed(self, node: Inode, chunks: list[ChunkEntry], off: int, end: int) -> list[str]:
+        """The chunks a read of [off, end) takes bytes from: those under the blocks it
+        lacks. A block holds its range's bytes whatever lies under it, and a file written
+        or cut since it was settled has every block and no chunk in the chunk cache:
+        fetched all the same, its chunks were downloaded again on the first read after an
+        edit, and the read failed while the server was away."""
+        first, last = off // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
+        with self.cache.read(buffers=True) as txn:
+            present = self.cache.blocks_in(txn, node.ino, first, last)
+        gaps: list[tuple[int, int]] = []
+        for block_no in range(first, last + 1):
+            if block_no in present:
+                continue
+            lo, hi = max(off, block_no * BLOCK_SIZE), min(end, (block_no + 1) * BLOCK_SIZE)
+            if gaps and gaps[-1][1] == lo:
+                gaps[-1] = (gaps[-1][0], hi)
+            else:
+                gaps.append((lo, hi))
+        needed: dict[str, None] = {}
+        for lo, hi in gaps:
+            for c, _, _ in self._segments(node, chunks, lo, hi):
+                if c is not None:
+                    needed[c.fingerprint] = None
+        return list(needed)
 
     async def _read_settled(self, node: Inode, off: int, end: int) -> bytes | None:
         """Bytes [off, end) of a settled file from its blocks alone: nothing fetched nor

@@ -108,6 +108,22 @@ def test_a_small_write_to_a_settled_file_reads_and_cuts_only_around_it(fuse_serv
         assert "Traceback" not in a.log()
 
 
+def test_a_settled_file_written_and_cut_reads_from_its_blocks_alone(fuse_server: ServerProcess, account: str,
+                                                                    tmp_path: Path) -> None:
+    """Written to (or truncated), a settled file keeps every block: its bytes are all
+    here. A read fetched the base chunks under the range all the same before it looked at
+    the blocks, which the chunk cache does not hold for a settled file: the whole file
+    downloaded again on the first read after an edit, and a read while the server was
+    away failed with EIO (soak, seed 1190039: a truncate, then a read whose chunk request
+    lost its answer)."""
+    with cloudfs_mount(fuse_server, account, tmp_path / "a", tmp_path / "cache-a") as a:
+        path, data = settled_file(a, 12 * MiB)
+        before = a.status()["downloaded_bytes"]
+        write_at(path, data, 5 * MiB + 3, 4096, truncate=10 * MiB + 7)
+        assert dropped_from_page_cache(path).read_bytes() == data
+        assert a.status()["downloaded_bytes"] == before, "a read of bytes all in blocks downloaded chunks"
+
+
 def test_a_settled_file_replaced_on_another_device_shows_the_new_bytes(fuse_server: ServerProcess, account: str,
                                                                         tmp_path: Path) -> None:
     first, second = os.urandom(12 * MiB), os.urandom(9 * MiB)
