@@ -274,7 +274,7 @@ class Content:
         chunks = await self.base_chunks(node)
         needed = self._needed(node, chunks, off, end)
         upcoming = None
-        if readahead:
+        if readahead and needed:  # a reader of blocks alone (an edited settled file) reads on in blocks
             ahead, upcoming = self._ahead(chunks, end, min(end + readahead, node.base_len))
             self.fetcher.prefetch(ahead, upcoming=upcoming)
         if needed:
