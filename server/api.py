@@ -192,7 +192,8 @@ async def list_deleted(ctx: Ctx, user: Auth, node_id: NodeIdPath,
 @router.get("/nodes/{node_id}/created", tags=["tree"])
 async def list_created(ctx: Ctx, user: Auth, node_id: NodeIdPath,
                        name: Annotated[str, Query(min_length=1, max_length=255, description="the name they were given")],
-                       after: Annotated[int, Query(ge=0, description="a journal position before the create")],
+                       after: Annotated[int, Query(ge=0, le=wire.INT64_MAX,
+                                                   description="a journal position before the create")],
                        limit: Annotated[int, Query(ge=1, le=100)] = 20) -> wire.Listing:
     """The nodes created under `name` in this directory after journal position `after`,
     as they are now (moved, changed or deleted since), oldest first. A device retrying a
@@ -317,7 +318,7 @@ async def set_attr(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath, re
 
 @router.delete("/nodes/{node_id}", tags=["tree"])
 async def delete(ctx: Ctx, user: Auth, device: Device, node_id: NodeIdPath, recursive: bool = False,
-                 rev: Annotated[int | None, Query(ge=0, description="delete a file only if it is still at this revision")] = None,
+                 rev: Annotated[int | None, Query(ge=0, le=wire.INT64_MAX, description="delete a file only if it is still at this revision")] = None,
                  ) -> wire.NodeResponse:
     """Tombstone a node; a non-empty directory needs `recursive=true`. A file deleted with
     a `rev` it no longer has answers 409 stale_revision, like a commit would. A shared

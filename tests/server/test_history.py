@@ -245,6 +245,8 @@ def test_the_nodes_created_under_a_name_after_a_position_wherever_they_are_now(a
         (elsewhere["id"], "moved", False), (d["id"], "f", True), (d["id"], "f", False)]
     assert alice.get(f"/nodes/{d['id']}/created", params={"name": "f", "after": cursor(alice)}).json()["entries"] == []
     assert alice.get(f"/nodes/{d['id']}/created", params={"name": "f", "after": -1}).status_code == 422
+    assert alice.get(f"/nodes/{d['id']}/created", params={"name": "f", "after": 2**63}).status_code == 422  # was 500
+    assert alice.delete(f"/nodes/{live['id']}", params={"rev": 2**63}).status_code == 422  # a revision past int64 too
     assert alice.get(f"/nodes/{d['id']}/created", params={"name": "a/b", "after": 0}).status_code == 422
     assert alice.get(f"/nodes/{d['id']}/created", params={"name": "f"}).status_code == 422
     assert bob.get(f"/nodes/{d['id']}/created", params={"name": "f", "after": 0}).status_code == 404
