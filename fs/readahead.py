@@ -32,8 +32,9 @@ def raise_readahead(mountpoint: Path, kb: int = READ_AHEAD_KB) -> int | None:
     """Set the mount's read-ahead window to `kb` KiB; the window it has afterwards, None
     when it could not be read. Blocks until the mount has answered INIT (its stat
     waits for that), so it must run beside the request loop, never on it."""
-    setting = bdi_of(mountpoint) / "read_ahead_kb"
+    setting: Path | str = "the mount's backing device"
     try:
+        setting = bdi_of(mountpoint) / "read_ahead_kb"
         if int(setting.read_text()) < kb:
             setting.write_text(str(kb))
         return int(setting.read_text())
