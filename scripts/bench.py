@@ -20,7 +20,7 @@ the best peer; on the sequential write and warm read rows it must also reach hal
 bindfs figure.
 
     .venv/bin/python scripts/bench.py [--quick] [--json FILE] [--systems cloudfs,s3fs,...]
-                                      [--profile DIR] [--tmp DIR] [--workloads sequential,...]
+                                      [--profile DIR [--profile-format raw]] [--tmp DIR] [--workloads sequential,...]
                                       [--file-mib N] [--small-files N] [--repeat N]
 
 Needs root (drop_caches, allow_other); installs s3fs, rclone, bindfs and fio with
@@ -269,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, run in this order (default {','.join(RUN_ORDER)})")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="record every cloudfs phase with py-spy (mount and server) into DIR/*.svg")
+    parser.add_argument("--profile-format", choices=("flamegraph", "raw"), default="flamegraph",
+                        help="py-spy's output: flame graphs, or collapsed stacks (DIR/*.txt) to add up and compare")
     parser.add_argument("--tmp", type=Path, default=None, help="where the temp dir goes (default: the system's)")
     parser.add_argument("--workloads", default=None,
                         help=f"comma-separated workloads to run (default all: {','.join(w for w, _ in WORKLOADS)})")
@@ -319,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         tar_files = make_tarball(tarball, sizes.tar_files)
         print(f"inputs: {sizes.file_label} of random bytes; tarball of {tar_files:,} files, "
               f"{tarball.stat().st_size / MIB:.0f} MiB", flush=True)
-        bench = Bench(sizes, source, tarball, tar_files, tmp / "home", args.profile)
+        bench = Bench(sizes, source, tarball, tar_files, tmp / "home", args.profile, args.profile_format)
         for name in [n for _ in range(max(1, args.repeat)) for n in run]:
             before = loadavg()[0]
             try:

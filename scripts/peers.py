@@ -482,15 +482,17 @@ def io_bytes(pid: int) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def profiled(pids: dict[str, int], out_prefix: Path | None) -> Iterator[None]:
-    """py-spy record of each process while the block runs (`OUT_PREFIX-NAME.svg`)."""
+def profiled(pids: dict[str, int], out_prefix: Path | None, fmt: str = "flamegraph") -> Iterator[None]:
+    """py-spy record of each process while the block runs (`OUT_PREFIX-NAME.svg`, or
+    `.txt` for `fmt="raw"`: collapsed stacks, which add up across runs and grep well)."""
     if out_prefix is None or not pids:
         yield
         return
     spy = Path(sys.executable).parent / "py-spy"
     spy_path = str(spy) if spy.exists() else (shutil.which("py-spy") or "py-spy")
-    procs = [subprocess.Popen([spy_path, "record", "--pid", str(pid), "--output", f"{out_prefix}-{name}.svg",
-                               "--rate", "200", "--nonblocking"],
+    suffix = "txt" if fmt == "raw" else "svg"
+    procs = [subprocess.Popen([spy_path, "record", "--pid", str(pid), "--output", f"{out_prefix}-{name}.{suffix}",
+                               "--format", fmt, "--rate", "200", "--nonblocking"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for name, pid in pids.items()]
     try:

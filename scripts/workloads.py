@@ -143,6 +143,7 @@ class Bench:
     tar_files: int
     home: Path            # HOME for git, so no user config leaks in
     profile_dir: Path | None = None
+    profile_format: str = "flamegraph"
     rows: list[Row] = field(default_factory=list)
     _phase: dict = field(default_factory=dict)
 
@@ -164,7 +165,7 @@ class Bench:
         io_before = {k: io_bytes(p) for k, p in pids.items()}
         prefix = self.profile_dir / f"{fs.name}-{name}" if self.profile_dir and fs.role == "cloudfs" else None
         self._phase = {"load": loadavg()[0]}
-        with profiled(pids, prefix):
+        with profiled(pids, prefix, self.profile_format):
             yield
         self._phase["cpu"] = {k: cpu_seconds(p) - before[k] for k, p in pids.items()}
         self._phase["io"] = {k: tuple((b - a) / 1e6 for a, b in zip(io_before[k], io_bytes(p))) for k, p in pids.items()}
