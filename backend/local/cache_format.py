@@ -27,6 +27,14 @@ file's commit as the cached copy of that version, clean. A cache of format 5 has
 it is only marked; an older release must not open one that has some, as it would count
 their blocks as changes not uploaded, for ever.
 
+Format 7 keeps each clean chunk in pieces (chunkcache.PIECE bytes, each its own value,
+under a header with the chunk's length) in a database of its own, `chunk_pieces`: a read of
+a few pages touches one piece, not the whole chunk (chunkcache.py). Each whole chunk of the
+old `chunks` is checked against its sum and cut into pieces there, a batch per
+transaction, deleted from the old database in the transaction that writes its pieces (a
+damaged one is only deleted: it is fetched again when read). Chunks of a cache from
+before sums (no `chunk_format` recorded) are dropped, as they always were.
+
 A cache written by a newer cloudfs is refused with an error naming it, never
 guessed at.
 """
@@ -40,14 +48,17 @@ from typing import Callable
 import lmdb
 
 from ..errors import CloudFsError
+from . import chunkcache
 from .cache import _QQ, BLOCK_SIZE, Cache, Inode
 
 log = logging.getLogger("cloudfs.cache")
 
-FORMAT = 6
+FORMAT = 7
 OLD_BLOCK_SIZE = 128 * 1024
 MOVE_BATCH = 256
 """Old blocks moved per transaction in the step to format 5 (at most 32 MiB)."""
+MOVE_BYTES = 32 << 20
+"""Bytes of whole chunks cut into pieces per transaction in the step to format 7."""
 _KEY = "format"
 
 
@@ -105,9 +116,40 @@ def _to_5(cache: Cache) -> int:
             moved += len(batch)
 
 
+def _to_7(cache: Cache) -> int:
+    """Cut every whole chunk into pieces (module docstring); returns the chunks moved.
+    Runs its own transactions, a batch each."""
+    old = cache.env.open_db(b"chunks")
+    if cache.get_meta("chunk_format") != chunkcache.WHOLE_FORMAT:
+        with cache.write() as txn:
+            txn.drop(old, delete=True)
+        return 0
+    moved = 0
+    while True:
+        with cache.write() as txn:
+            batch, size = [], 0
+            for key, value in txn.cursor(db=old):
+                batch.append((bytes(key), value))
+                size += len(value)
+                if size >= MOVE_BYTES:
+                    break
+            if not batch:
+                txn.drop(old, delete=True)
+                cache.set_meta(txn, "chunk_format", chunkcache.FORMAT)
+                return moved
+            for key, value in batch:
+                if chunkcache.piece_intact(value):
+                    plain = memoryview(value)[chunkcache.SUM:]
+                    chunkcache.write_sealed(txn, cache.chunks, key, len(plain), chunkcache.seal(plain))
+                    moved += 1
+                else:
+                    log.warning("cached chunk %s is damaged on disk: dropped, it will be fetched again", key.hex())
+                txn.delete(key, db=old)
+
+
 _MIGRATIONS: dict[int, Callable[[Cache, lmdb.Transaction], int]] = {2: _to_2, 3: _marked_only, 4: _to_4,
                                                                   6: _marked_only}
-_BATCHED: dict[int, Callable[[Cache], int]] = {5: _to_5}
+_BATCHED: dict[int, Callable[[Cache], int]] = {5: _to_5, 7: _to_7}
 """Steps too big for one transaction: each runs its own, and may be cut short and run again."""
 
 
@@ -130,7 +172,7 @@ def upgrade(cache: Cache) -> tuple[int, int]:
             version += 1
             cache.set_meta(txn, _KEY, str(version))
         log.info("cache %s migrated to format %d (%d %s rewritten)", cache.path, version, count,
-                 "dirty blocks" if batched is not None else "inodes")
+                 {5: "dirty blocks", 7: "cached chunks"}.get(version, "inodes"))
     if raw is None and before == FORMAT:
         with cache.write() as txn:
             cache.set_meta(txn, _KEY, str(FORMAT))

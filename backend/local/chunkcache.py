@@ -14,10 +14,18 @@ The LRU order lives in memory (rebuilt from LMDB at start, oldest first by key o
 which is good enough after a restart); it is touched on every hit without a write
 transaction, so reads stay cheap.
 
-Every entry starts with the xxh3-64 of its bytes. An entry is checked the first time
-this process reads it (and by `verify_all`, for fsck): bytes damaged on disk are
-dropped and fetched again instead of being returned. Checking once per process keeps
-reads cheap (a 4 MiB chunk read in 128 KiB pieces is hashed once, not 32 times).
+A chunk is kept in pieces of PIECE bytes, each its own LMDB value (key: fingerprint and
+piece number), under a header (key: the fingerprint alone; value: the chunk's length)
+written in the same transaction, so a header means every piece is there. py-lmdb
+touches every page of a value it returns, so that page faults happen without the GIL:
+a 4 KiB read out of a 4 MiB chunk kept whole touched 1,024 pages, a third of a random
+read's time, and the start of a mount touched every cached byte to learn the lengths
+(cache format 7 cut the whole chunks of format 6 into pieces: cache_format.py).
+
+Every piece starts with the xxh3-64 of its bytes. A chunk's pieces are checked the first
+time this process reads the chunk (and by `verify_entry`, for fsck): bytes damaged on
+disk are dropped and fetched again instead of being returned. Checking once per process
+keeps reads cheap.
 """
 
 from __future__ import annotations
@@ -25,18 +33,27 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import struct
 from collections import OrderedDict
 from typing import Callable, Iterator
 
+import lmdb
 import xxhash
 
 from .cache import Cache, u64
 
 log = logging.getLogger("cloudfs.cache")
 
-FORMAT = "xxh3-prefix-1"
-SUM = 8  # bytes of xxh3-64 in front of each entry
-
+FORMAT = "xxh3-pieces-1"
+WHOLE_FORMAT = "xxh3-prefix-1"
+"""Cache format 6's chunks: each one value, the xxh3-64 of its bytes in front."""
+SUM = 8  # bytes of xxh3-64 in front of each piece
+PIECE = 128 * 1024
+"""Bytes of a chunk per LMDB value (the last piece is shorter): what a read of a few
+pages touches, and the read-around window (fs/pagecache.py) in one value."""
+_PIECE_NO = struct.Struct(">I")
+_LENGTH = struct.Struct(">Q")
+KEY = 32  # a fingerprint's bytes: the header's key, and the front of its pieces' keys
 
 
 def settled_key(ino: int) -> bytes:
@@ -48,14 +65,26 @@ def _settled_ino(key: bytes) -> int | None:
     return int.from_bytes(key[1:], "big") if len(key) == 9 else None
 
 
-def _seal(data: bytes) -> bytes:
-    return xxhash.xxh3_64_digest(data) + data
+def _piece_key(key: bytes, n: int) -> bytes:
+    return key + _PIECE_NO.pack(n)
 
 
-def seal(data: bytes | memoryview) -> bytes:
-    """What `put_sealed` stores: the caller can let go of `data` before LMDB copies the
-    sealed bytes into its write transaction's pages."""
-    return _seal(data)
+def seal(data: bytes | memoryview) -> list[bytes]:
+    """A chunk's pieces as `put_sealed` stores them, each behind its xxh3-64: the caller
+    can let go of `data` before LMDB copies them into its write transaction's pages."""
+    view = memoryview(data)
+    return [xxhash.xxh3_64_digest(view[i:i + PIECE]) + view[i:i + PIECE] for i in range(0, len(view), PIECE)]
+
+
+def write_sealed(txn: lmdb.Transaction, db: lmdb._Database, key: bytes, length: int, pieces: list[bytes]) -> None:
+    """A chunk's header and pieces, in the caller's transaction."""
+    txn.put(key, _LENGTH.pack(length), db=db)
+    for n, piece in enumerate(pieces):
+        txn.put(_piece_key(key, n), piece, db=db)
+
+
+def piece_intact(view: memoryview | bytes) -> bool:
+    return len(view) >= SUM and xxhash.xxh3_64_digest(view[SUM:]) == bytes(view[:SUM])
 
 
 class ChunkCache:
@@ -76,59 +105,82 @@ class ChunkCache:
                 cache.set_meta(txn, "chunk_format", FORMAT)
         for ino in cache.settled:  # oldest first, before every chunk: their order is not kept
             self._lru[settled_key(ino)] = cache.settled[ino]
-        with cache.read(buffers=True) as txn:
-            for key, value in txn.cursor(db=cache.chunks):
-                self._lru[bytes(key)] = len(value) - SUM
-                self.clean_bytes += len(value) - SUM
+        with cache.read(buffers=True) as txn:  # the headers alone: one seek past each chunk's pieces
+            cursor = txn.cursor(db=cache.chunks)
+            found = cursor.first()
+            while found:
+                key = bytes(cursor.key())
+                if len(key) == KEY:
+                    length = _LENGTH.unpack(cursor.value())[0]
+                    self._lru[key] = length
+                    self.clean_bytes += length
+                found = cursor.set_range(key[:KEY] + b"\xff" * (_PIECE_NO.size + 1))
         self.dirty_bytes = cache.dirty_bytes()
 
-    def _intact(self, key: bytes, view: memoryview | bytes) -> bool:
-        """First read of `key` in this process: do the bytes still match their sum?"""
+    def _pieces(self, txn: lmdb.Transaction, key: bytes, length: int) -> Iterator[memoryview | bytes | None]:
+        """Every piece of a chunk `length` bytes long, None for one that is missing."""
+        for n in range(-(-length // PIECE)):
+            yield txn.get(_piece_key(key, n), db=self.cache.chunks)
+
+    def _intact(self, txn: lmdb.Transaction, key: bytes, length: int) -> bool:
+        """First read of `key` in this process: do its pieces still match their sums?"""
         if key in self._checked:
             return True
-        self.cache.mapped(len(view))
-        if len(view) >= SUM and xxhash.xxh3_64_digest(view[SUM:]) == bytes(view[:SUM]):
-            self._checked.add(key)
-            return True
-        return False
+        self.cache.mapped(length)
+        total = 0
+        for view in self._pieces(txn, key, length):
+            if view is None or not piece_intact(view):
+                return False
+            total += len(view) - SUM
+        if total != length:
+            return False
+        self._checked.add(key)
+        return True
 
     def _drop_corrupt(self, key: bytes) -> None:
         log.error("cached chunk %s is damaged on disk: dropped, it will be fetched again", key.hex())
         self.corrupt_dropped += 1
         self.clean_bytes -= self._lru.pop(key, 0)
+        self._checked.discard(key)
         with self.cache.write() as txn:
-            txn.delete(key, db=self.cache.chunks)
+            self._delete(txn, key)
+
+    def _delete(self, txn: lmdb.Transaction, key: bytes) -> None:
+        """A chunk's header and pieces (whatever is left of them)."""
+        cursor = txn.cursor(db=self.cache.chunks)
+        if cursor.set_range(key):
+            while bytes(cursor.key()[:KEY]) == key and cursor.delete():
+                pass
 
     def __contains__(self, fingerprint: str) -> bool:
         return bytes.fromhex(fingerprint) in self._lru
 
     def get(self, fingerprint: str) -> bytes | None:
         key = bytes.fromhex(fingerprint)
-        if key not in self._lru:
-            return None
-        with self.cache.read() as txn:
-            data = txn.get(key, db=self.cache.chunks)
-        if data is None:
-            self.clean_bytes -= self._lru.pop(key, 0)
-            return None
-        if not self._intact(key, data):
-            self._drop_corrupt(key)
-            return None
-        self._touch(key)
-        return data[SUM:]
+        length = self._lru.get(key)
+        return self._read(key, 0, length) if length is not None else None
 
     def read_range(self, fingerprint: str, start: int, end: int) -> bytes | None:
         """Bytes [start, end) of a cached chunk, copying only that slice out of the map."""
         key = bytes.fromhex(fingerprint)
-        if key not in self._lru:
-            return None
+        return self._read(key, start, end) if key in self._lru else None
+
+    def _read(self, key: bytes, start: int, end: int) -> bytes | None:
+        """Bytes [start, end) of a chunk in the LRU, touching only the pieces under them;
+        None when it is gone (evicted since the LRU was looked at) or damaged (dropped)."""
+        length = self._lru.get(key, 0)
+        first, last = start // PIECE, max(start, end - 1) // PIECE
         corrupt = False
+        data = None
         with self.cache.read(buffers=True) as txn:
-            view = txn.get(key, db=self.cache.chunks)
-            if view is not None and not self._intact(key, view):
-                corrupt, view = True, None
-            data = bytes(view[SUM + start:SUM + end]) if view is not None else None
-        self.cache.mapped(end - start)
+            if not self._intact(txn, key, length):
+                corrupt = txn.get(key, db=self.cache.chunks) is not None
+            else:
+                views = [txn.get(_piece_key(key, n), db=self.cache.chunks) for n in range(first, last + 1)]
+                if all(v is not None for v in views):
+                    data = b"".join(v[SUM + max(start - n * PIECE, 0):SUM + min(end - n * PIECE, PIECE)]
+                                    for n, v in zip(range(first, last + 1), views))
+        self.cache.mapped((last - first + 1) * PIECE)
         if corrupt:
             self._drop_corrupt(key)
             return None
@@ -151,9 +203,9 @@ class ChunkCache:
     def put(self, fingerprint: str, data: bytes) -> bool:
         """Cache a verified chunk; False (not cached) when changes not uploaded yet leave
         no room for it: the limit holds even then."""
-        return self.put_sealed(fingerprint, len(data), lambda: _seal(data))
+        return self.put_sealed(fingerprint, len(data), lambda: seal(data))
 
-    def put_sealed(self, fingerprint: str, length: int, sealed: Callable[[], bytes]) -> bool:
+    def put_sealed(self, fingerprint: str, length: int, sealed: Callable[[], list[bytes]]) -> bool:
         """`put`, for a caller that hands over its chunk: `sealed()` returns `seal(data)`
         and drops the caller's own copy, so a chunk is held twice (sealed, and in LMDB's
         dirty pages until the commit), not three times. At 64 MiB chunks that is 64 MiB
@@ -165,10 +217,10 @@ class ChunkCache:
         if self.dirty_bytes + length > self.limit:
             return False
         self.evict(length)
-        value = sealed()
+        pieces = sealed()
         with self.cache.write() as txn:
-            txn.put(key, value, db=self.cache.chunks)
-            del value  # LMDB holds its own copy until the commit
+            write_sealed(txn, self.cache.chunks, key, length, pieces)
+            del pieces  # LMDB holds its own copy until the commit
         self._checked.add(key)
         self._lru[key] = length
         self.clean_bytes += length
@@ -207,7 +259,7 @@ class ChunkCache:
         if victims or settled:
             with self.cache.write() as txn:
                 for key in victims:
-                    txn.delete(key, db=self.cache.chunks)
+                    self._delete(txn, key)
                 for ino in settled:
                     self.dirty_bytes -= self.cache.drop_blocks(txn, ino, from_block=0)
         log.debug("evicted %d clean chunks and %d settled files", len(victims), len(settled))
@@ -234,17 +286,23 @@ class ChunkCache:
         return [k.hex() for k in self._lru if _settled_ino(k) is None]
 
     def verify_entry(self, fingerprint: str) -> bool:
-        """fsck, one entry: its sum and its fingerprint (SHA-256) must both match; a bad
-        entry is dropped (the next read fetches it again)."""
+        """fsck, one entry: the sums of its pieces and its fingerprint (SHA-256) must all
+        match; a bad entry is dropped (the next read fetches it again)."""
         key = bytes.fromhex(fingerprint)
+        length = self._lru.get(key)
+        if length is None:
+            return True  # evicted meanwhile
+        digest = hashlib.sha256()
         with self.cache.read(buffers=True) as txn:
-            view = txn.get(key, db=self.cache.chunks)
-            if view is None:
-                return True  # evicted meanwhile
-            ok = len(view) >= SUM and xxhash.xxh3_64_digest(view[SUM:]) == bytes(view[:SUM]) \
-                and hashlib.sha256(view[SUM:]).digest() == key
-        if not ok:
+            if txn.get(key, db=self.cache.chunks) is None:
+                return True
             self._checked.discard(key)
+            ok = self._intact(txn, key, length)
+            if ok:
+                for view in self._pieces(txn, key, length):
+                    digest.update(view[SUM:])
+                ok = digest.digest() == key
+        if not ok:
             self._drop_corrupt(key)
         return ok
 

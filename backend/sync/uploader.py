@@ -138,7 +138,7 @@ class _Outgoing:
         left ~120 MiB of finished chunks in memory (gc.collect() freed them)."""
         self.data, self.packed = b"", None
 
-    def seal_and_drop(self) -> bytes:
+    def seal_and_drop(self) -> list[bytes]:
         """`chunkcache.seal(data)`, forgetting the bytes (see `ChunkCache.put_sealed`)."""
         sealed = seal(self.data)
         self.drop()
