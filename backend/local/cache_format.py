@@ -27,9 +27,10 @@ file's commit as the cached copy of that version, clean. A cache of format 5 has
 it is only marked; an older release must not open one that has some, as it would count
 their blocks as changes not uploaded, for ever.
 
-Format 7 keeps each clean chunk in pieces (chunkcache.PIECE bytes, each its own value,
-under a header with the chunk's length) in a database of its own, `chunk_pieces`: a read of
-a few pages touches one piece, not the whole chunk (chunkcache.py). Each whole chunk of the
+Format 7 keeps each clean chunk in pieces (chunkcache.PIECE bytes, each its own value) in a
+database of its own, `chunk_pieces`, and its length in another, `chunk_lengths`: a read of
+a few pages touches one piece, not the whole chunk, and a mount's start reads the lengths
+alone (chunkcache.py). Each whole chunk of the
 old `chunks` is checked against its sum and cut into pieces there, a batch per
 transaction, deleted from the old database in the transaction that writes its pieces (a
 damaged one is only deleted: it is fetched again when read). Chunks of a cache from
@@ -140,7 +141,7 @@ def _to_7(cache: Cache) -> int:
             for key, value in batch:
                 if chunkcache.piece_intact(value):
                     plain = memoryview(value)[chunkcache.SUM:]
-                    chunkcache.write_sealed(txn, cache.chunks, key, len(plain), chunkcache.seal(plain))
+                    chunkcache.write_sealed(txn, cache, key, len(plain), chunkcache.seal(plain))
                     moved += 1
                 else:
                     log.warning("cached chunk %s is damaged on disk: dropped, it will be fetched again", key.hex())

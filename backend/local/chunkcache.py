@@ -15,12 +15,13 @@ which is good enough after a restart); it is touched on every hit without a writ
 transaction, so reads stay cheap.
 
 A chunk is kept in pieces of PIECE bytes, each its own LMDB value (key: fingerprint and
-piece number), under a header (key: the fingerprint alone; value: the chunk's length)
-written in the same transaction, so a header means every piece is there. py-lmdb
-touches every page of a value it returns, so that page faults happen without the GIL:
-a 4 KiB read out of a 4 MiB chunk kept whole touched 1,024 pages, a third of a random
-read's time, and the start of a mount touched every cached byte to learn the lengths
-(cache format 7 cut the whole chunks of format 6 into pieces: cache_format.py).
+piece number), and its length under its fingerprint in a database of their own
+(`chunk_lengths`), written in the same transaction: a length means every piece is
+there. py-lmdb touches every page of a value it returns, so that page faults happen
+without the GIL: a 4 KiB read out of a 4 MiB chunk kept whole touched 1,024 pages, a
+third of a random read's time, and the start of a mount read every cached byte to learn
+the lengths, which now lie together in a few pages (cache format 7 cut the whole
+chunks of format 6 into pieces: cache_format.py).
 
 Every piece starts with the xxh3-64 of its bytes. A chunk's pieces are checked the first
 time this process reads the chunk (and by `verify_entry`, for fsck): bytes damaged on
@@ -53,7 +54,7 @@ PIECE = 128 * 1024
 pages touches, and the read-around window (fs/pagecache.py) in one value."""
 _PIECE_NO = struct.Struct(">I")
 _LENGTH = struct.Struct(">Q")
-KEY = 32  # a fingerprint's bytes: the header's key, and the front of its pieces' keys
+KEY = 32  # a fingerprint's bytes: the front of its pieces' keys
 
 
 def settled_key(ino: int) -> bytes:
@@ -76,11 +77,11 @@ def seal(data: bytes | memoryview) -> list[bytes]:
     return [xxhash.xxh3_64_digest(view[i:i + PIECE]) + view[i:i + PIECE] for i in range(0, len(view), PIECE)]
 
 
-def write_sealed(txn: lmdb.Transaction, db: lmdb._Database, key: bytes, length: int, pieces: list[bytes]) -> None:
-    """A chunk's header and pieces, in the caller's transaction."""
-    txn.put(key, _LENGTH.pack(length), db=db)
+def write_sealed(txn: lmdb.Transaction, cache: Cache, key: bytes, length: int, pieces: list[bytes]) -> None:
+    """A chunk's length and pieces, in the caller's transaction."""
+    txn.put(key, _LENGTH.pack(length), db=cache.chunk_lengths)
     for n, piece in enumerate(pieces):
-        txn.put(_piece_key(key, n), piece, db=db)
+        txn.put(_piece_key(key, n), piece, db=cache.chunks)
 
 
 def piece_intact(view: memoryview | bytes) -> bool:
@@ -102,19 +103,15 @@ class ChunkCache:
         if cache.get_meta("chunk_format") != FORMAT:
             with cache.write() as txn:  # a cache from before checksums: clean chunks are only a cache
                 txn.drop(cache.chunks, delete=False)
+                txn.drop(cache.chunk_lengths, delete=False)
                 cache.set_meta(txn, "chunk_format", FORMAT)
         for ino in cache.settled:  # oldest first, before every chunk: their order is not kept
             self._lru[settled_key(ino)] = cache.settled[ino]
-        with cache.read(buffers=True) as txn:  # the headers alone: one seek past each chunk's pieces
-            cursor = txn.cursor(db=cache.chunks)
-            found = cursor.first()
-            while found:
-                key = bytes(cursor.key())
-                if len(key) == KEY:
-                    length = _LENGTH.unpack(cursor.value())[0]
-                    self._lru[key] = length
-                    self.clean_bytes += length
-                found = cursor.set_range(key[:KEY] + b"\xff" * (_PIECE_NO.size + 1))
+        with cache.read() as txn:  # the lengths alone, not a byte of the pieces
+            for key, raw in txn.cursor(db=cache.chunk_lengths):
+                length = _LENGTH.unpack(raw)[0]
+                self._lru[key] = length
+                self.clean_bytes += length
         self.dirty_bytes = cache.dirty_bytes()
 
     def _pieces(self, txn: lmdb.Transaction, key: bytes, length: int) -> Iterator[memoryview | bytes | None]:
@@ -146,7 +143,8 @@ class ChunkCache:
             self._delete(txn, key)
 
     def _delete(self, txn: lmdb.Transaction, key: bytes) -> None:
-        """A chunk's header and pieces (whatever is left of them)."""
+        """A chunk's length and pieces (whatever is left of them)."""
+        txn.delete(key, db=self.cache.chunk_lengths)
         cursor = txn.cursor(db=self.cache.chunks)
         if cursor.set_range(key):
             while bytes(cursor.key()[:KEY]) == key and cursor.delete():
@@ -174,7 +172,7 @@ class ChunkCache:
         data = None
         with self.cache.read(buffers=True) as txn:
             if not self._intact(txn, key, length):
-                corrupt = txn.get(key, db=self.cache.chunks) is not None
+                corrupt = txn.get(key, db=self.cache.chunk_lengths) is not None
             else:
                 views = [txn.get(_piece_key(key, n), db=self.cache.chunks) for n in range(first, last + 1)]
                 if all(v is not None for v in views):
@@ -219,7 +217,7 @@ class ChunkCache:
         self.evict(length)
         pieces = sealed()
         with self.cache.write() as txn:
-            write_sealed(txn, self.cache.chunks, key, length, pieces)
+            write_sealed(txn, self.cache, key, length, pieces)
             del pieces  # LMDB holds its own copy until the commit
         self._checked.add(key)
         self._lru[key] = length
@@ -294,7 +292,7 @@ class ChunkCache:
             return True  # evicted meanwhile
         digest = hashlib.sha256()
         with self.cache.read(buffers=True) as txn:
-            if txn.get(key, db=self.cache.chunks) is None:
+            if txn.get(key, db=self.cache.chunk_lengths) is None:
                 return True
             self._checked.discard(key)
             ok = self._intact(txn, key, length)

@@ -1,6 +1,6 @@
 """Clean chunks in pieces (chunkcache.PIECE, cache format 7): any range reads back as it
 was put, a read of a few pages touches one piece, not the whole chunk, a damaged
-piece drops its chunk, a restart finds every chunk from its header alone, and the step
+piece drops its chunk, a restart finds every chunk from its length alone, and the step
 from format 6 cuts each whole chunk into pieces, a batch per transaction, going on where
 a cut-short run stopped."""
 
@@ -26,11 +26,13 @@ def chunk(length: int) -> tuple[str, bytes]:
 
 
 def stored_keys(cache: Cache) -> list[bytes]:
+    """The keys of the chunks' lengths, then of their pieces."""
     with cache.read() as txn:
-        return [bytes(k) for k in txn.cursor(db=cache.chunks).iternext(keys=True, values=False)]
+        return [bytes(k) for db in (cache.chunk_lengths, cache.chunks)
+                for k in txn.cursor(db=db).iternext(keys=True, values=False)]
 
 
-def test_any_range_reads_back_and_a_restart_finds_the_chunk_from_its_header(tmp_path: Path) -> None:
+def test_any_range_reads_back_and_a_restart_finds_the_chunk_from_its_length(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "c")
     chunks = ChunkCache(cache, limit_bytes=64 * MIB)
     fp, data = chunk(3 * PIECE + 1234)
