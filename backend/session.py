@@ -273,7 +273,10 @@ def _why_stuck(client: ApiClient, syncer: Syncer, streamer: Streamer) -> str:
 
 
 @contextlib.asynccontextmanager
-async def open_session(options: SessionOptions, invalidate: Invalidator | None = None) -> AsyncIterator[Session]:
+async def open_session(options: SessionOptions, invalidate: Invalidator | None = None,
+                       migrating: cache_format.Working | None = None) -> AsyncIterator[Session]:
+    """The mount's parts over one cache. `migrating` hears how far a long cache migration
+    got (cache_format.upgrade), so a service manager can be told the start is moving."""
     lock_fd = claim_cache(options.cache_dir, options.mountpoint)
     try:
         cache = Cache(options.cache_dir)
@@ -285,7 +288,7 @@ async def open_session(options: SessionOptions, invalidate: Invalidator | None =
         os.close(lock_fd)
         raise
     try:
-        cache_format.upgrade(cache)
+        cache_format.upgrade(cache, migrating)
     except cache_format.CacheFormatError as exc:
         cache.close()
         os.close(lock_fd)

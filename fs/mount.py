@@ -184,7 +184,7 @@ async def serve(options: MountOptions) -> None:
     mountpoint = options.mountpoint
     ready = threading.Event()
     around = ReadAround()
-    async with open_session(options.session, _invalidator(ready, around)) as session:
+    async with open_session(options.session, _invalidator(ready, around), _StillStarting()) as session:
         ops = Operations(session.drive, around=around, on_init=ready.set)
         fuse_options = set(pyfuse3.default_options) | {"fsname=cloudfs", "subtype=cloudfs", "default_permissions"}
         if os.getuid() == 0:
@@ -221,6 +221,30 @@ async def _announce(options: MountOptions, session: Session) -> None:
     print(f"cloudfs mounted on {mountpoint}", flush=True)
     control.tell_parent({"ok": True, "online": not session.offline, "notes": session.notes})
     _notify_systemd(b"READY=1")
+
+
+class _StillStarting:
+    """Heard after each batch of a long cache migration at the start (cache_format.upgrade,
+    about 2 s per GiB cached): every PERIOD seconds at most, tells systemd the start is
+    still moving, so a `Type=notify` unit is not killed at its TimeoutStartSec (90 s by
+    default) and restarted into the same migration, and says in the log and in
+    `systemctl status` how far it got."""
+
+    PERIOD = 10.0
+    EXTEND_S = 60
+    """Each word buys this long; the next comes well before it runs out."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.PERIOD:
+            return
+        self.last = now
+        log.info("migrating the cache to a new format: %d of %d entries done", done, total)
+        _notify_systemd(f"EXTEND_TIMEOUT_USEC={self.EXTEND_S * 1_000_000}\n"
+                        f"STATUS=migrating the cache: {done} of {total} entries".encode())
 
 
 def _notify_systemd(message: bytes) -> None:

@@ -38,6 +38,10 @@ before sums (no `chunk_format` recorded) are dropped, as they always were.
 
 A cache written by a newer cloudfs is refused with an error naming it, never
 guessed at.
+
+The batched steps call `working(done, total)` after each batch: a large cache's migration
+takes about 2 s per GiB at a mount's start, longer than a service manager waits for a
+start by default, and the mount says it is still working (fs/mount.py) and how far it got.
 """
 
 from __future__ import annotations
@@ -67,6 +71,14 @@ class CacheFormatError(CloudFsError):
     """The cache was written by a newer release than this one."""
 
 
+Working = Callable[[int, int], None]
+"""Told (done, total) after each batch of a batched step, in the step's own unit."""
+
+
+def _quiet(done: int, total: int) -> None:
+    pass
+
+
 def _to_2(cache: Cache, txn: lmdb.Transaction) -> int:
     rewritten = 0
     for key, raw in list(txn.cursor(db=cache.inodes)):
@@ -88,12 +100,14 @@ def _to_4(cache: Cache, txn: lmdb.Transaction) -> int:
     return 0
 
 
-def _to_5(cache: Cache) -> int:
+def _to_5(cache: Cache, working: Working) -> int:
     """Split every 128 KiB dirty block into BLOCK_SIZE parts (module docstring); returns
     the old blocks moved. Runs its own transactions, a batch each."""
     old = cache.env.open_db(b"blocks")
     ratio = OLD_BLOCK_SIZE // BLOCK_SIZE
     moved = 0
+    with cache.read() as txn:
+        total = txn.stat(old)["entries"]
     while True:
         with cache.write() as txn:
             batch = []
@@ -115,9 +129,10 @@ def _to_5(cache: Cache) -> int:
                     cache.put_block(txn, ino, block_no * ratio + k, value[k * BLOCK_SIZE:(k + 1) * BLOCK_SIZE])
                 txn.delete(key, db=old)
             moved += len(batch)
+        working(moved, total)
 
 
-def _to_7(cache: Cache) -> int:
+def _to_7(cache: Cache, working: Working) -> int:
     """Cut every whole chunk into pieces (module docstring); returns the chunks moved.
     Runs its own transactions, a batch each."""
     old = cache.env.open_db(b"chunks")
@@ -125,7 +140,9 @@ def _to_7(cache: Cache) -> int:
         with cache.write() as txn:
             txn.drop(old, delete=True)
         return 0
-    moved = 0
+    moved = done = 0
+    with cache.read() as txn:
+        total = txn.stat(old)["entries"]
     while True:
         with cache.write() as txn:
             batch, size = [], 0
@@ -146,16 +163,20 @@ def _to_7(cache: Cache) -> int:
                 else:
                     log.warning("cached chunk %s is damaged on disk: dropped, it will be fetched again", key.hex())
                 txn.delete(key, db=old)
+            done += len(batch)
+        working(done, total)
 
 
 _MIGRATIONS: dict[int, Callable[[Cache, lmdb.Transaction], int]] = {2: _to_2, 3: _marked_only, 4: _to_4,
                                                                   6: _marked_only}
-_BATCHED: dict[int, Callable[[Cache], int]] = {5: _to_5, 7: _to_7}
+_BATCHED: dict[int, Callable[[Cache, Working], int]] = {5: _to_5, 7: _to_7}
 """Steps too big for one transaction: each runs its own, and may be cut short and run again."""
 
 
-def upgrade(cache: Cache) -> tuple[int, int]:
-    """Bring `cache` to FORMAT, each step in its own transaction; returns (before, after)."""
+def upgrade(cache: Cache, working: Working | None = None) -> tuple[int, int]:
+    """Bring `cache` to FORMAT, each step in its own transaction; returns (before, after).
+    `working` hears of each batch of a batched step (module docstring)."""
+    working = working or _quiet
     with cache.read() as txn:
         raw = txn.get(_KEY.encode(), db=cache.meta)
         empty = txn.stat(cache.inodes)["entries"] == 0
@@ -166,7 +187,7 @@ def upgrade(cache: Cache) -> tuple[int, int]:
     before = version
     while version < FORMAT:
         batched = _BATCHED.get(version + 1)
-        count = batched(cache) if batched is not None else 0
+        count = batched(cache, working) if batched is not None else 0
         with cache.write() as txn:
             if batched is None:
                 count = _MIGRATIONS[version + 1](cache, txn)

@@ -2,12 +2,15 @@
 was put, a read of a few pages touches one piece, not the whole chunk, a damaged
 piece drops its chunk, a restart finds every chunk from its length alone, and the step
 from format 6 cuts each whole chunk into pieces, a batch per transaction, going on where
-a cut-short run stopped."""
+a cut-short run stopped, telling a service manager after each batch that the start is
+moving."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ import xxhash
 from cloudfs.backend.local import cache_format, chunkcache
 from cloudfs.backend.local.cache import ROOT_INO, Cache, Inode
 from cloudfs.backend.local.chunkcache import PIECE, SUM, ChunkCache
+from cloudfs.fs import mount
 
 MIB = 1 << 20
 
@@ -157,4 +161,27 @@ def test_cutting_into_pieces_cut_short_goes_on_where_it_stopped(tmp_path: Path, 
     chunks = ChunkCache(cache, limit_bytes=64 * MIB)
     assert sorted(chunks.keys()) == sorted(good)
     assert all(chunks.get(fp) == data for fp, data in good.items())
+    cache.close()
+
+
+def test_a_long_migration_tells_systemd_after_each_batch_that_the_start_is_moving(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unit's TimeoutStartSec (90 s) would kill a mount migrating a large cache and
+    restart it into the same migration, for ever: each batch buys time (sd_notify(3))."""
+    good = dict(chunk(MIB) for _ in range(9))
+    cache = whole_chunks_cache(tmp_path / "c", {bytes.fromhex(fp): xxhash.xxh3_64_digest(d) + d
+                                               for fp, d in good.items()})
+    monkeypatch.setattr(cache_format, "MOVE_BYTES", 3 * MIB)
+    monkeypatch.setattr(mount._StillStarting, "PERIOD", 0.0)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(tmp_path / "notify.sock"))
+        listener.setblocking(False)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+        assert cache_format.upgrade(cache, mount._StillStarting()) == (6, cache_format.FORMAT)
+        heard = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                heard.append(listener.recv(256).decode())
+    assert heard == [f"EXTEND_TIMEOUT_USEC=60000000\nSTATUS=migrating the cache: {n} of 9 entries"
+                     for n in (3, 6, 9)]
     cache.close()
