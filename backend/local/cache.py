@@ -194,7 +194,7 @@ class Cache:
         self.chunklists = self.env.open_db(b"chunklists")
         self.blocks = self.env.open_db(b"blocks32")  # cache_format 5: BLOCK_SIZE blocks
         self.chunks = self.env.open_db(b"chunk_pieces")  # cache_format 7: chunks in pieces (chunkcache.py)
-        self.chunk_lengths = self.env.open_db(b"chunk_lengths")  # cache_format 7: their headers
+        self.chunk_lengths = self.env.open_db(b"chunk_lengths")  # cache_format 7: each chunk's length
         self.outbox = self.env.open_db(b"outbox")
         self.meta = self.env.open_db(b"meta")
         self.streams = self.env.open_db(b"streams")

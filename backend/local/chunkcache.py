@@ -154,19 +154,20 @@ class ChunkCache:
         return bytes.fromhex(fingerprint) in self._lru
 
     def get(self, fingerprint: str) -> bytes | None:
-        key = bytes.fromhex(fingerprint)
-        length = self._lru.get(key)
-        return self._read(key, 0, length) if length is not None else None
+        return self._read(bytes.fromhex(fingerprint), 0, None)
 
     def read_range(self, fingerprint: str, start: int, end: int) -> bytes | None:
         """Bytes [start, end) of a cached chunk, copying only that slice out of the map."""
-        key = bytes.fromhex(fingerprint)
-        return self._read(key, start, end) if key in self._lru else None
+        return self._read(bytes.fromhex(fingerprint), start, end)
 
-    def _read(self, key: bytes, start: int, end: int) -> bytes | None:
-        """Bytes [start, end) of a chunk in the LRU, touching only the pieces under them;
-        None when it is gone (evicted since the LRU was looked at) or damaged (dropped)."""
-        length = self._lru.get(key, 0)
+    def _read(self, key: bytes, start: int, end: int | None) -> bytes | None:
+        """Bytes [start, end) of a chunk (end None: to its end), touching only the pieces
+        under them; None when it is not cached, gone (evicted by the trio thread while a
+        worker thread reads) or damaged (dropped)."""
+        length = self._lru.get(key)
+        if length is None:
+            return None
+        end = length if end is None else end
         first, last = start // PIECE, max(start, end - 1) // PIECE
         corrupt = False
         data = None
